@@ -1,0 +1,93 @@
+//! The replicated commands: every change to the cluster's state is one of these, proposed to Raft by
+//! the leader and applied by every orchestrator's state machine. Commands carry their own times and
+//! ids so that `apply` needs no clock and no randomness.
+//!
+//! Wire rule (see `codec`): only append variants and never change a variant's fields; add a new variant
+//! instead.
+
+use serde::{Deserialize, Serialize};
+
+use crate::evaluation::Evaluation;
+use crate::execution::{Execution, ExecutionUpdate};
+use crate::history::Event;
+use crate::node::NodeInfo;
+use crate::spec::Job;
+use crate::states::{ExecutionDesiredState, ExecutionStateType, JobStateType, NodeConnection};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// A new job, or a new version of the job with the same name and namespace.
+    SubmitJob { job: Job, evaluation: Evaluation, force: bool, now: i64 },
+    /// Stop a job at a user's request.
+    StopJob { job_id: String, reason: String, evaluation_id: String, now: i64 },
+    /// The scheduler's answer to an evaluation.
+    ApplyPlan(Plan),
+    /// A compute node's report, applied once per (node, seq).
+    UpdateExecution { node_id: String, seq: u64, update: ExecutionUpdate, followup_eval_id: String, now: i64 },
+    /// A compute node joined or refreshed its info.
+    RegisterNode { info: NodeInfo, now: i64 },
+    /// A node's connection changed (decided by the leader's liveness tracking).
+    SetNodeConnection { node_id: String, status: NodeConnection, reason: String, evaluation_ids: Vec<String>, now: i64 },
+}
+
+impl Command {
+    /// A short name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::SubmitJob { .. } => "submit_job",
+            Command::StopJob { .. } => "stop_job",
+            Command::ApplyPlan(_) => "apply_plan",
+            Command::UpdateExecution { .. } => "update_execution",
+            Command::RegisterNode { .. } => "register_node",
+            Command::SetNodeConnection { .. } => "set_node_connection",
+        }
+    }
+}
+
+/// What the scheduler wants done for one evaluation. Applied atomically, and only if the job has not
+/// changed since the scheduler read it (`job_revision`), so a stale plan is refused, not half-applied.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Plan {
+    pub eval_id: String,
+    pub job_id: String,
+    pub job_revision: u64,
+    pub new_executions: Vec<Execution>,
+    pub updates: Vec<ExecutionChange>,
+    pub job_state: Option<(JobStateType, String)>,
+    pub eval_status: String,
+    pub eval_comment: String,
+    pub new_evaluations: Vec<Evaluation>,
+    pub events: Vec<Event>,
+    pub now: i64,
+}
+
+/// The orchestrator's change to an existing execution (stop, fail, mark lost).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecutionChange {
+    pub execution_id: String,
+    pub desired: ExecutionDesiredState,
+    pub compute: Option<ExecutionStateType>,
+    pub message: String,
+}
+
+/// What applying a command produced, returned to whoever proposed it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub enum CommandResponse {
+    #[default]
+    Ok,
+    JobSubmitted { job_id: String, evaluation_id: String, version: u64 },
+    JobStopped { evaluation_id: String },
+    /// The report was applied before (same node and sequence number): acknowledged, not re-applied.
+    Duplicate,
+    /// The command was refused; the state is unchanged.
+    Rejected { code: RejectCode, message: String, hint: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RejectCode {
+    NotFound,
+    Conflict,
+    NoChange,
+    Stale,
+    Invalid,
+}

@@ -1,0 +1,312 @@
+//! Bacalhau's job spec (reference §3.1–§3.5), field for field, with PascalCase JSON names.
+//!
+//! The same types are persisted in the Raft log through the binary codec, so they follow its rules:
+//! no `skip_serializing_if`, no `flatten`, no untagged enums. Free-form `Params` maps are carried as a
+//! JSON string inside binary encodings (see [`Params`]).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error};
+
+use crate::states::{JobStateType, State};
+
+/// A free-form parameter map (`SpecConfig.Params`). In JSON/YAML it is a map; in binary encodings
+/// (not self-describing) it travels as a JSON string so any value shape survives.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Params(pub serde_json::Map<String, serde_json::Value>);
+
+impl Params {
+    /// Case-insensitive lookup, as Bacalhau's mapstructure decoding.
+    pub fn get(&self, key: &str) -> Option<&serde_json::Value> {
+        self.0.get(key).or_else(|| self.0.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v))
+    }
+    /// First key present among `keys`.
+    pub fn get_any(&self, keys: &[&str]) -> Option<&serde_json::Value> {
+        keys.iter().find_map(|k| self.get(k))
+    }
+    pub fn str(&self, key: &str) -> Option<&str> {
+        self.get(key).and_then(|v| v.as_str())
+    }
+    pub fn insert(&mut self, key: &str, v: impl Into<serde_json::Value>) {
+        self.0.insert(key.to_string(), v.into());
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for Params {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            self.0.serialize(s)
+        } else {
+            let json = serde_json::to_string(&self.0).map_err(serde::ser::Error::custom)?;
+            s.serialize_str(&json)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Params {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let v = Option::<serde_json::Map<String, serde_json::Value>>::deserialize(d)?;
+            Ok(Params(v.unwrap_or_default()))
+        } else {
+            let s = String::deserialize(d)?;
+            serde_json::from_str(&s).map(Params).map_err(D::Error::custom)
+        }
+    }
+}
+
+/// `SpecConfig`: `{Type, Params}` for engines, sources and publishers.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SpecConfig {
+    #[serde(default, rename = "Type")]
+    pub kind: String,
+    #[serde(default)]
+    pub params: Params,
+}
+
+impl SpecConfig {
+    pub fn new(kind: &str) -> Self {
+        SpecConfig { kind: kind.to_string(), params: Params::default() }
+    }
+    pub fn with(mut self, key: &str, v: impl Into<serde_json::Value>) -> Self {
+        self.params.insert(key, v);
+        self
+    }
+    pub fn is_empty(&self) -> bool {
+        self.kind.is_empty()
+    }
+    /// The type, lower-cased, as Bacalhau compares it.
+    pub fn kind_lower(&self) -> String {
+        self.kind.to_ascii_lowercase()
+    }
+}
+
+/// `InputSource`: where an input comes from and where the task sees it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InputSource {
+    #[serde(default)]
+    pub source: SpecConfig,
+    #[serde(default)]
+    pub alias: String,
+    #[serde(default)]
+    pub target: String,
+}
+
+/// `ResultPath`: a directory the task writes that is published under `Name`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ResultPath {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub path: String,
+}
+
+/// `ResourcesConfig` (JSON `Resources`): quantities as strings, as the user wrote them.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ResourcesConfig {
+    #[serde(default, rename = "CPU")]
+    pub cpu: String,
+    #[serde(default)]
+    pub memory: String,
+    #[serde(default)]
+    pub disk: String,
+    #[serde(default, rename = "GPU")]
+    pub gpu: String,
+}
+
+/// `Network`: `{Type, Domains, Ports}`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkConfig {
+    #[serde(default, rename = "Type")]
+    pub kind: String,
+    #[serde(default)]
+    pub domains: Vec<String>,
+    #[serde(default)]
+    pub ports: Vec<PortMapping>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PortMapping {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, rename = "Static")]
+    pub static_: u16,
+    #[serde(default)]
+    pub target: u16,
+    #[serde(default)]
+    pub host_network: String,
+}
+
+/// `Timeouts`, all in seconds. Caravel adds `DisconnectGrace` (seconds a disconnected node keeps its
+/// executions before they are replaced; 0 = the orchestrator's default).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TimeoutConfig {
+    #[serde(default)]
+    pub execution_timeout: i64,
+    #[serde(default)]
+    pub queue_timeout: i64,
+    #[serde(default)]
+    pub total_timeout: i64,
+}
+
+impl TimeoutConfig {
+    /// ExecutionTimeout, falling back to TotalTimeout as Bacalhau does.
+    pub fn effective_execution_timeout(&self) -> i64 {
+        if self.execution_timeout > 0 { self.execution_timeout } else { self.total_timeout }
+    }
+}
+
+/// `LabelSelectorRequirement`: `{Key, Operator, Values}`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct LabelSelectorRequirement {
+    #[serde(default)]
+    pub key: String,
+    #[serde(default)]
+    pub operator: String,
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+impl LabelSelectorRequirement {
+    /// Whether a node with `labels` satisfies this requirement (k8s selector semantics).
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        let v = labels.get(&self.key);
+        match self.operator.to_ascii_lowercase().as_str() {
+            "=" | "==" | "in" => v.is_some_and(|v| self.values.contains(v)),
+            "!=" | "notin" => v.is_none_or(|v| !self.values.contains(v)),
+            "exists" => v.is_some(),
+            "!" | "doesnotexist" => v.is_none(),
+            "gt" => v.and_then(|v| v.parse::<f64>().ok()).zip(self.values.first().and_then(|x| x.parse::<f64>().ok())).is_some_and(|(a, b)| a > b),
+            "lt" => v.and_then(|v| v.parse::<f64>().ok()).zip(self.values.first().and_then(|x| x.parse::<f64>().ok())).is_some_and(|(a, b)| a < b),
+            _ => false,
+        }
+    }
+}
+
+/// `Task`: the one unit of work of a job.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Task {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub engine: SpecConfig,
+    #[serde(default)]
+    pub publisher: SpecConfig,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub meta: BTreeMap<String, String>,
+    #[serde(default)]
+    pub input_sources: Vec<InputSource>,
+    #[serde(default)]
+    pub result_paths: Vec<ResultPath>,
+    #[serde(default, rename = "Resources")]
+    pub resources: ResourcesConfig,
+    #[serde(default)]
+    pub network: NetworkConfig,
+    #[serde(default)]
+    pub timeouts: TimeoutConfig,
+}
+
+/// `Job`: what a user submits, plus the fields the orchestrator maintains.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Job {
+    #[serde(default, rename = "ID")]
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub namespace: String,
+    #[serde(default, rename = "Type")]
+    pub kind: String,
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default)]
+    pub count: i32,
+    #[serde(default)]
+    pub constraints: Vec<LabelSelectorRequirement>,
+    #[serde(default)]
+    pub meta: BTreeMap<String, String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub tasks: Vec<Task>,
+    #[serde(default)]
+    pub state: State<JobStateType>,
+    #[serde(default)]
+    pub version: u64,
+    #[serde(default)]
+    pub revision: u64,
+    #[serde(default)]
+    pub create_time: i64,
+    #[serde(default)]
+    pub modify_time: i64,
+}
+
+/// Job types (`Job.Type`).
+pub const JOB_TYPES: &[&str] = &["batch", "ops", "daemon", "service"];
+
+impl Job {
+    pub fn task(&self) -> Option<&Task> {
+        self.tasks.first()
+    }
+    pub fn is_batch_like(&self) -> bool {
+        matches!(self.kind.as_str(), "batch" | "ops")
+    }
+    /// Engine type of the first task (`wasm`, `docker`, …) for tables and metrics.
+    pub fn engine(&self) -> String {
+        self.task().map(|t| t.engine.kind_lower()).unwrap_or_default()
+    }
+
+    /// Applies Bacalhau's defaults to a submitted spec: Type batch, Count 1 for batch/service,
+    /// Namespace default, Name = ID, task name `main`, a `local` publisher when none is set.
+    /// `count_given` says whether the spec wrote `Count` (an explicit 0 stops all executions).
+    pub fn normalize(&mut self, count_given: bool) {
+        self.kind = self.kind.trim().to_ascii_lowercase();
+        if self.kind.is_empty() {
+            self.kind = "batch".into();
+        }
+        if self.namespace.trim().is_empty() {
+            self.namespace = crate::DEFAULT_NAMESPACE.into();
+        }
+        if matches!(self.kind.as_str(), "batch" | "service") && self.count == 0 && !count_given {
+            self.count = 1;
+        }
+        if matches!(self.kind.as_str(), "daemon" | "ops") && self.count <= 1 {
+            self.count = 0;
+        }
+        if self.name.trim().is_empty() {
+            self.name = self.id.clone();
+        }
+        for t in &mut self.tasks {
+            if t.name.trim().is_empty() {
+                t.name = "main".into();
+            }
+            t.engine.kind = t.engine.kind.trim().to_ascii_lowercase();
+            if t.publisher.kind.trim().is_empty() {
+                t.publisher = SpecConfig::new("local");
+            }
+            t.publisher.kind = t.publisher.kind.trim().to_string();
+            let r = &mut t.resources;
+            for q in [&mut r.cpu, &mut r.memory, &mut r.disk, &mut r.gpu] {
+                *q = q.split_whitespace().collect::<String>().to_ascii_lowercase();
+            }
+            if t.network.kind.is_empty() {
+                t.network.kind = "None".into();
+            }
+        }
+    }
+}

@@ -1,0 +1,664 @@
+//! `ClusterState`: the replicated state and its deterministic `apply`. Every orchestrator holds one,
+//! fed by the same Raft log; applying the same commands in the same order gives byte-identical state
+//! (no clock, no randomness, only ordered maps). The Raft store persists it record by record (see
+//! [`ClusterState::take_dirty`]) and snapshots it whole.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::command::{Command, CommandResponse, ExecutionChange, Plan, RejectCode};
+use crate::evaluation::{Evaluation, status, trigger};
+use crate::execution::{Execution, ExecutionUpdate};
+use crate::history::{EXECUTION_LEVEL, Event, JOB_LEVEL, JobHistory, topic};
+use crate::node::{NodeInfo, NodeState};
+use crate::spec::Job;
+use crate::states::{ExecutionDesiredState, ExecutionStateType, JobStateType, NodeConnection, NodeMembership, State};
+use crate::view::StateView;
+
+/// Tables of the state, as stored by the Raft store (one byte in front of each key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum Table {
+    Job = 1,
+    JobVersion = 2,
+    Execution = 3,
+    Evaluation = 4,
+    Node = 5,
+    History = 6,
+    NodeSeq = 7,
+    Counters = 8,
+}
+
+impl Table {
+    pub const ALL: [Table; 8] = [
+        Table::Job,
+        Table::JobVersion,
+        Table::Execution,
+        Table::Evaluation,
+        Table::Node,
+        Table::History,
+        Table::NodeSeq,
+        Table::Counters,
+    ];
+    pub fn from_u8(b: u8) -> Option<Table> {
+        Self::ALL.into_iter().find(|t| *t as u8 == b)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Counters {
+    pub history_seq: u64,
+}
+
+/// Derived lookups, rebuilt on load; never persisted.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Indexes {
+    by_name: BTreeMap<(String, String), String>,
+    execs_by_job: BTreeMap<String, BTreeSet<String>>,
+    execs_by_node: BTreeMap<String, BTreeSet<String>>,
+    history_by_job: BTreeMap<String, BTreeSet<String>>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub jobs: BTreeMap<String, Job>,
+    pub job_versions: BTreeMap<String, Job>,
+    pub executions: BTreeMap<String, Execution>,
+    pub evaluations: BTreeMap<String, Evaluation>,
+    pub nodes: BTreeMap<String, NodeState>,
+    pub history: BTreeMap<String, JobHistory>,
+    pub node_seq: BTreeMap<String, u64>,
+    pub counters: Counters,
+    #[serde(skip)]
+    idx: Indexes,
+    #[serde(skip)]
+    dirty: BTreeSet<(Table, String)>,
+}
+
+impl PartialEq for ClusterState {
+    fn eq(&self, o: &Self) -> bool {
+        self.jobs == o.jobs
+            && self.job_versions == o.job_versions
+            && self.executions == o.executions
+            && self.evaluations == o.evaluations
+            && self.nodes == o.nodes
+            && self.history == o.history
+            && self.node_seq == o.node_seq
+            && self.counters == o.counters
+    }
+}
+
+fn version_key(id: &str, v: u64) -> String {
+    format!("{id}/{v:020}")
+}
+
+fn reject(code: RejectCode, message: impl Into<String>, hint: impl Into<String>) -> CommandResponse {
+    CommandResponse::Rejected { code, message: message.into(), hint: hint.into() }
+}
+
+impl ClusterState {
+    // ---------- persistence hooks ----------
+
+    /// The whole state as one blob (snapshots). Deterministic: ordered maps only.
+    pub fn to_snapshot(&self) -> Result<Vec<u8>, codec::Error> {
+        codec::encode(self)
+    }
+
+    pub fn from_snapshot(b: &[u8]) -> Result<Self, codec::Error> {
+        let mut s: ClusterState = codec::decode(b)?;
+        s.rebuild_indexes();
+        Ok(s)
+    }
+
+    /// Records changed since the last call: `(table, key, Some(encoded) | None for deleted)`.
+    pub fn take_dirty(&mut self) -> Result<Vec<(Table, String, Option<Vec<u8>>)>, codec::Error> {
+        let dirty = std::mem::take(&mut self.dirty);
+        let mut out = Vec::with_capacity(dirty.len());
+        for (t, k) in dirty {
+            let v = match t {
+                Table::Job => self.jobs.get(&k).map(codec::encode).transpose()?,
+                Table::JobVersion => self.job_versions.get(&k).map(codec::encode).transpose()?,
+                Table::Execution => self.executions.get(&k).map(codec::encode).transpose()?,
+                Table::Evaluation => self.evaluations.get(&k).map(codec::encode).transpose()?,
+                Table::Node => self.nodes.get(&k).map(codec::encode).transpose()?,
+                Table::History => self.history.get(&k).map(codec::encode).transpose()?,
+                Table::NodeSeq => self.node_seq.get(&k).map(codec::encode).transpose()?,
+                Table::Counters => Some(codec::encode(&self.counters)?),
+            };
+            out.push((t, k, v));
+        }
+        Ok(out)
+    }
+
+    /// Loads one stored record (on start-up); call [`Self::finish_load`] after the last one.
+    pub fn load_record(&mut self, t: Table, key: String, v: &[u8]) -> Result<(), codec::Error> {
+        match t {
+            Table::Job => {
+                self.jobs.insert(key, codec::decode(v)?);
+            }
+            Table::JobVersion => {
+                self.job_versions.insert(key, codec::decode(v)?);
+            }
+            Table::Execution => {
+                self.executions.insert(key, codec::decode(v)?);
+            }
+            Table::Evaluation => {
+                self.evaluations.insert(key, codec::decode(v)?);
+            }
+            Table::Node => {
+                self.nodes.insert(key, codec::decode(v)?);
+            }
+            Table::History => {
+                self.history.insert(key, codec::decode(v)?);
+            }
+            Table::NodeSeq => {
+                self.node_seq.insert(key, codec::decode(v)?);
+            }
+            Table::Counters => self.counters = codec::decode(v)?,
+        }
+        Ok(())
+    }
+
+    pub fn finish_load(&mut self) {
+        self.rebuild_indexes();
+        self.dirty.clear();
+    }
+
+    /// Marks every record dirty (after installing a snapshot, the store rewrites everything).
+    pub fn mark_all_dirty(&mut self) {
+        let mut d = BTreeSet::new();
+        d.extend(self.jobs.keys().map(|k| (Table::Job, k.clone())));
+        d.extend(self.job_versions.keys().map(|k| (Table::JobVersion, k.clone())));
+        d.extend(self.executions.keys().map(|k| (Table::Execution, k.clone())));
+        d.extend(self.evaluations.keys().map(|k| (Table::Evaluation, k.clone())));
+        d.extend(self.nodes.keys().map(|k| (Table::Node, k.clone())));
+        d.extend(self.history.keys().map(|k| (Table::History, k.clone())));
+        d.extend(self.node_seq.keys().map(|k| (Table::NodeSeq, k.clone())));
+        d.insert((Table::Counters, String::new()));
+        self.dirty = d;
+    }
+
+    fn rebuild_indexes(&mut self) {
+        let mut idx = Indexes::default();
+        for (id, j) in &self.jobs {
+            idx.by_name.insert((j.namespace.clone(), j.name.clone()), id.clone());
+        }
+        for (id, e) in &self.executions {
+            idx.execs_by_job.entry(e.job_id.clone()).or_default().insert(id.clone());
+            idx.execs_by_node.entry(e.node_id.clone()).or_default().insert(id.clone());
+        }
+        for (k, h) in &self.history {
+            idx.history_by_job.entry(h.job_id.clone()).or_default().insert(k.clone());
+        }
+        self.idx = idx;
+    }
+
+    // ---------- reads ----------
+
+    /// Finds a job by exact id, unique id prefix, or name (within `namespace`).
+    pub fn find_job(&self, namespace: &str, id_or_name: &str) -> Result<&Job, LookupError> {
+        if let Some(j) = self.jobs.get(id_or_name) {
+            return Ok(j);
+        }
+        if let Some(id) = self.idx.by_name.get(&(namespace.to_string(), id_or_name.to_string())) {
+            return self.jobs.get(id).ok_or(LookupError::NotFound);
+        }
+        if id_or_name.len() >= 3 {
+            let mut matches = self.jobs.range(id_or_name.to_string()..).take_while(|(k, _)| k.starts_with(id_or_name));
+            if let Some((_, first)) = matches.next() {
+                if matches.next().is_some() {
+                    return Err(LookupError::Ambiguous);
+                }
+                return Ok(first);
+            }
+        }
+        Err(LookupError::NotFound)
+    }
+
+    pub fn find_node(&self, id: &str) -> Result<&NodeState, LookupError> {
+        if let Some(n) = self.nodes.get(id) {
+            return Ok(n);
+        }
+        let mut matches = self.nodes.range(id.to_string()..).take_while(|(k, _)| k.starts_with(id));
+        match (matches.next(), matches.next()) {
+            (Some((_, n)), None) if !id.is_empty() => Ok(n),
+            (Some(_), Some(_)) => Err(LookupError::Ambiguous),
+            _ => Err(LookupError::NotFound),
+        }
+    }
+
+    pub fn history_of(&self, job_id: &str) -> Vec<&JobHistory> {
+        self.idx
+            .history_by_job
+            .get(job_id)
+            .map(|keys| keys.iter().filter_map(|k| self.history.get(k)).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn job_version(&self, job_id: &str, version: u64) -> Option<&Job> {
+        self.job_versions.get(&version_key(job_id, version))
+    }
+
+    pub fn pending_evaluations(&self) -> Vec<&Evaluation> {
+        self.evaluations.values().filter(|e| e.status == status::PENDING).collect()
+    }
+
+    pub fn last_report_seq(&self, node_id: &str) -> u64 {
+        self.node_seq.get(node_id).copied().unwrap_or(0)
+    }
+
+    // ---------- apply ----------
+
+    /// Applies one command. Deterministic: everything it needs is in the command.
+    pub fn apply(&mut self, cmd: &Command) -> CommandResponse {
+        match cmd {
+            Command::SubmitJob { job, evaluation, force, now } => self.submit_job(job, evaluation, *force, *now),
+            Command::StopJob { job_id, reason, evaluation_id, now } => self.stop_job(job_id, reason, evaluation_id, *now),
+            Command::ApplyPlan(plan) => self.apply_plan(plan),
+            Command::UpdateExecution { node_id, seq, update, followup_eval_id, now } => {
+                self.update_execution(node_id, *seq, update, followup_eval_id, *now)
+            }
+            Command::RegisterNode { info, now } => self.register_node(info, *now),
+            Command::SetNodeConnection { node_id, status, reason, evaluation_ids, now } => {
+                self.set_node_connection(node_id, *status, reason, evaluation_ids, *now)
+            }
+        }
+    }
+
+    fn put_job(&mut self, job: Job) {
+        self.idx.by_name.insert((job.namespace.clone(), job.name.clone()), job.id.clone());
+        self.dirty.insert((Table::Job, job.id.clone()));
+        let vk = version_key(&job.id, job.version);
+        self.dirty.insert((Table::JobVersion, vk.clone()));
+        self.job_versions.insert(vk, job.clone());
+        self.jobs.insert(job.id.clone(), job);
+    }
+
+    fn put_execution(&mut self, e: Execution) {
+        self.idx.execs_by_job.entry(e.job_id.clone()).or_default().insert(e.id.clone());
+        self.idx.execs_by_node.entry(e.node_id.clone()).or_default().insert(e.id.clone());
+        self.dirty.insert((Table::Execution, e.id.clone()));
+        self.executions.insert(e.id.clone(), e);
+    }
+
+    fn put_eval(&mut self, e: Evaluation) {
+        self.dirty.insert((Table::Evaluation, e.id.clone()));
+        self.evaluations.insert(e.id.clone(), e);
+    }
+
+    fn record(&mut self, job_id: &str, version: u64, execution_id: &str, event: Event) {
+        self.counters.history_seq += 1;
+        self.dirty.insert((Table::Counters, String::new()));
+        let seq = self.counters.history_seq;
+        let key = format!("{job_id}/{seq:020}");
+        let h = JobHistory {
+            seq_num: seq,
+            kind: if execution_id.is_empty() { JOB_LEVEL } else { EXECUTION_LEVEL }.to_string(),
+            job_id: job_id.to_string(),
+            job_version: version,
+            execution_id: execution_id.to_string(),
+            time: event.timestamp,
+            event,
+        };
+        self.idx.history_by_job.entry(job_id.to_string()).or_default().insert(key.clone());
+        self.dirty.insert((Table::History, key.clone()));
+        self.history.insert(key, h);
+    }
+
+    fn set_job_state(&mut self, job_id: &str, new: JobStateType, message: &str, now: i64) {
+        let Some(mut job) = self.jobs.get(job_id).cloned() else { return };
+        if job.state.state_type == new {
+            return;
+        }
+        let prev = job.state.state_type;
+        job.state = State::with_message(new, message);
+        job.revision += 1;
+        job.modify_time = now;
+        let version = job.version;
+        self.put_job(job);
+        let mut text = format!("Job state changed from {prev} to {new}");
+        if !message.is_empty() {
+            text = format!("{text}: {message}");
+        }
+        let mut ev = Event::new(topic::STATE_UPDATE, text, now).detail("NewState", new.as_str());
+        if new == JobStateType::Failed {
+            ev = ev.error();
+        }
+        self.record(job_id, version, "", ev);
+    }
+
+    fn submit_job(&mut self, job: &Job, eval: &Evaluation, force: bool, now: i64) -> CommandResponse {
+        if job.id.is_empty() || eval.id.is_empty() {
+            return reject(RejectCode::Invalid, "job and evaluation ids are required", "");
+        }
+        if let Some(existing) = self.jobs.get(&job.id) {
+            // The same submission applied again (a retried forward): answer as the first time.
+            return if same_spec(existing, job) {
+                let eval_id = self.evaluations.get(&eval.id).map(|e| e.id.clone()).unwrap_or_default();
+                CommandResponse::JobSubmitted { job_id: existing.id.clone(), evaluation_id: eval_id, version: existing.version }
+            } else {
+                reject(RejectCode::Conflict, format!("job {} already exists with another spec", job.id), "")
+            };
+        }
+        let mut new = job.clone();
+        let mut eval = eval.clone();
+        let message;
+        match self.idx.by_name.get(&(job.namespace.clone(), job.name.clone())).and_then(|id| self.jobs.get(id)) {
+            Some(old) => {
+                if !force && same_spec(old, job) {
+                    return reject(
+                        RejectCode::NoChange,
+                        format!("no changes detected for new job spec; job {} is at version {}", old.id, old.version),
+                        "use the --force flag to submit it again as a new version",
+                    );
+                }
+                new.id = old.id.clone();
+                new.version = old.version + 1;
+                new.revision = old.revision + 1;
+                new.create_time = old.create_time;
+                eval.job_id = old.id.clone();
+                eval.triggered_by = trigger::JOB_UPDATE.into();
+                message = "Job update requested by user";
+            }
+            None => {
+                new.version = 1;
+                new.revision = 1;
+                new.create_time = now;
+                message = "Job submitted";
+            }
+        }
+        new.modify_time = now;
+        new.state = State::new(JobStateType::Pending);
+        let (id, version) = (new.id.clone(), new.version);
+        self.put_job(new);
+        eval.create_time = now;
+        eval.modify_time = now;
+        eval.status = status::PENDING.into();
+        let eval_id = eval.id.clone();
+        self.put_eval(eval);
+        self.record(&id, version, "", Event::new(topic::SUBMISSION, message, now));
+        CommandResponse::JobSubmitted { job_id: id, evaluation_id: eval_id, version }
+    }
+
+    fn stop_job(&mut self, job_id: &str, reason: &str, eval_id: &str, now: i64) -> CommandResponse {
+        let Some(job) = self.jobs.get(job_id).cloned() else {
+            return reject(RejectCode::NotFound, format!("job {job_id} not found"), "list jobs with `caravel job list`");
+        };
+        match job.state.state_type {
+            JobStateType::Completed => {
+                return reject(RejectCode::Conflict, "cannot stop job in state Completed", "the job has already finished");
+            }
+            JobStateType::Stopped => return CommandResponse::JobStopped { evaluation_id: String::new() },
+            _ => {}
+        }
+        let was_failed = job.state.state_type == JobStateType::Failed;
+        let reason = if reason.is_empty() { "Stopped at user request" } else { reason };
+        self.set_job_state(job_id, JobStateType::Stopped, reason, now);
+        if was_failed || eval_id.is_empty() {
+            return CommandResponse::JobStopped { evaluation_id: String::new() };
+        }
+        let job = self.jobs[job_id].clone();
+        self.put_eval(Evaluation::new(eval_id.to_string(), &job, trigger::JOB_CANCEL, now));
+        CommandResponse::JobStopped { evaluation_id: eval_id.to_string() }
+    }
+
+    fn apply_plan(&mut self, plan: &Plan) -> CommandResponse {
+        match self.evaluations.get(&plan.eval_id) {
+            Some(e) if e.status == status::PENDING => {}
+            Some(e) => return reject(RejectCode::Stale, format!("evaluation {} is already {}", e.id, e.status), ""),
+            None => return reject(RejectCode::NotFound, format!("evaluation {} not found", plan.eval_id), ""),
+        }
+        let now = plan.now;
+        let Some(job) = self.jobs.get(&plan.job_id).cloned() else {
+            self.finish_eval(&plan.eval_id, status::CANCELED, "job no longer exists", now);
+            return CommandResponse::Ok;
+        };
+        if job.revision != plan.job_revision {
+            return reject(
+                RejectCode::Stale,
+                format!("job {} changed (revision {} → {}) since the plan was made", job.id, plan.job_revision, job.revision),
+                "the scheduler will evaluate again",
+            );
+        }
+        for e in &plan.new_executions {
+            if self.executions.contains_key(&e.id) {
+                continue;
+            }
+            let mut e = e.clone();
+            e.revision = 1;
+            e.create_time = now;
+            e.modify_time = now;
+            e.job = None;
+            let (jid, ver, eid, node) = (e.job_id.clone(), e.job_version, e.id.clone(), e.node_id.clone());
+            self.put_execution(e);
+            self.record(&jid, ver, &eid, Event::new(topic::SCHEDULING, format!("Execution created on node {node}"), now));
+        }
+        for ch in &plan.updates {
+            self.change_execution(ch, now);
+        }
+        for ev in &plan.events {
+            self.record(&job.id, job.version, "", ev.clone());
+        }
+        if let Some((state, msg)) = &plan.job_state
+            && !self.jobs[&job.id].state.state_type.is_terminal()
+        {
+            self.set_job_state(&job.id, *state, msg, now);
+        }
+        for e in &plan.new_evaluations {
+            if !self.evaluations.contains_key(&e.id) {
+                self.put_eval(e.clone());
+            }
+        }
+        let st = if plan.eval_status.is_empty() { status::COMPLETE } else { plan.eval_status.as_str() };
+        self.finish_eval(&plan.eval_id, st, &plan.eval_comment, now);
+        CommandResponse::Ok
+    }
+
+    fn finish_eval(&mut self, id: &str, st: &str, comment: &str, now: i64) {
+        if let Some(mut e) = self.evaluations.get(id).cloned() {
+            e.status = st.to_string();
+            e.comment = comment.to_string();
+            e.modify_time = now;
+            self.put_eval(e);
+        }
+    }
+
+    fn change_execution(&mut self, ch: &ExecutionChange, now: i64) {
+        let Some(mut e) = self.executions.get(&ch.execution_id).cloned() else { return };
+        let mut changed = false;
+        if e.desired_state.state_type != ch.desired {
+            e.desired_state = State::with_message(ch.desired, ch.message.clone());
+            changed = true;
+        }
+        if let Some(c) = ch.compute
+            && e.compute_state.state_type.can_transition_to(c)
+            && e.compute_state.state_type != c
+        {
+            e.compute_state = State::with_message(c, ch.message.clone());
+            changed = true;
+        }
+        if !changed {
+            return;
+        }
+        e.revision += 1;
+        e.modify_time = now;
+        let (jid, ver, eid) = (e.job_id.clone(), e.job_version, e.id.clone());
+        let text = format!("Execution {}: {}", e.compute_state.state_type, ch.message);
+        self.put_execution(e);
+        self.record(&jid, ver, &eid, Event::new(topic::EXECUTION, text, now));
+    }
+
+    fn update_execution(&mut self, node_id: &str, seq: u64, u: &ExecutionUpdate, followup: &str, now: i64) -> CommandResponse {
+        if seq <= self.last_report_seq(node_id) {
+            return CommandResponse::Duplicate;
+        }
+        self.node_seq.insert(node_id.to_string(), seq);
+        self.dirty.insert((Table::NodeSeq, node_id.to_string()));
+        let Some(mut e) = self.executions.get(&u.execution_id).cloned() else {
+            return reject(RejectCode::NotFound, format!("execution {} not found", u.execution_id), "");
+        };
+        if e.node_id != node_id {
+            return reject(RejectCode::Invalid, format!("execution {} does not belong to node {node_id}", e.id), "");
+        }
+        let from = e.compute_state.state_type;
+        if from == u.state && u.run_output.is_none() {
+            return CommandResponse::Ok;
+        }
+        if !from.can_transition_to(u.state) {
+            return reject(RejectCode::Stale, format!("execution {} cannot go from {from} to {}", e.id, u.state), "");
+        }
+        e.compute_state = State::with_message(u.state, u.message.clone());
+        if let Some(o) = &u.run_output {
+            e.run_output = Some(o.clone());
+        }
+        if let Some(p) = &u.published_result {
+            e.published_result = p.clone();
+        }
+        e.revision += 1;
+        e.modify_time = now;
+        let terminal = u.state.is_terminal();
+        let job = self.jobs.get(&e.job_id).cloned();
+        if terminal {
+            e.desired_state = State::with_message(ExecutionDesiredState::Stopped, "execution finished");
+            if let Some(job) = &job
+                && !job.state.state_type.is_terminal()
+                && !followup.is_empty()
+            {
+                e.followup_eval_id = followup.to_string();
+            }
+        }
+        let (jid, ver, eid) = (e.job_id.clone(), e.job_version, e.id.clone());
+        let fid = e.followup_eval_id.clone();
+        self.put_execution(e);
+        let topic = if u.topic.is_empty() { topic::EXECUTION } else { u.topic.as_str() };
+        let mut text = format!("Execution {}", u.state);
+        if !u.message.is_empty() {
+            text = format!("{text}: {}", u.message);
+        }
+        let mut ev = Event::new(topic, text, now).detail("NewState", u.state.as_str());
+        if u.state == ExecutionStateType::Failed {
+            ev = ev.error();
+        }
+        self.record(&jid, ver, &eid, ev);
+        if let Some(job) = job {
+            if u.state == ExecutionStateType::Running
+                && matches!(job.state.state_type, JobStateType::Pending | JobStateType::Queued)
+            {
+                self.set_job_state(&jid, JobStateType::Running, "", now);
+            }
+            if terminal && !fid.is_empty() && !self.evaluations.contains_key(&fid) {
+                let j = &self.jobs[&jid];
+                let trig = if u.state == ExecutionStateType::Failed { trigger::EXEC_FAILURE } else { trigger::EXEC_UPDATE };
+                let ev = Evaluation::new(fid, j, trig, now);
+                self.put_eval(ev);
+            }
+        }
+        CommandResponse::Ok
+    }
+
+    fn register_node(&mut self, info: &NodeInfo, now: i64) -> CommandResponse {
+        if info.node_id.is_empty() {
+            return reject(RejectCode::Invalid, "node id is required", "");
+        }
+        let mut n = self.nodes.get(&info.node_id).cloned().unwrap_or_else(|| NodeState {
+            membership: NodeMembership::Approved,
+            ..Default::default()
+        });
+        if n.membership == NodeMembership::Rejected {
+            return reject(RejectCode::Conflict, format!("node {} was rejected", info.node_id), "");
+        }
+        n.info = info.clone();
+        if n.connection_state.status != NodeConnection::Connected {
+            n.connection_state.connected_since = now;
+        }
+        n.connection_state.status = NodeConnection::Connected;
+        n.connection_state.last_heartbeat = now;
+        n.connection_state.last_error.clear();
+        n.connection = NodeConnection::Connected;
+        self.dirty.insert((Table::Node, info.node_id.clone()));
+        self.nodes.insert(info.node_id.clone(), n);
+        CommandResponse::Ok
+    }
+
+    fn set_node_connection(&mut self, node_id: &str, st: NodeConnection, reason: &str, eval_ids: &[String], now: i64) -> CommandResponse {
+        let Some(mut n) = self.nodes.get(node_id).cloned() else {
+            return reject(RejectCode::NotFound, format!("node {node_id} not found"), "");
+        };
+        if n.connection_state.status == st {
+            return CommandResponse::Ok;
+        }
+        n.connection_state.status = st;
+        n.connection = st;
+        match st {
+            NodeConnection::Connected => n.connection_state.connected_since = now,
+            NodeConnection::Disconnected => {
+                n.connection_state.disconnected_since = now;
+                n.connection_state.last_error = reason.to_string();
+            }
+        }
+        self.dirty.insert((Table::Node, node_id.to_string()));
+        self.nodes.insert(node_id.to_string(), n);
+        // One evaluation per affected job, ids handed out in job order (deterministic).
+        let jobs: BTreeSet<String> = self
+            .live_executions_on(node_id)
+            .into_iter()
+            .map(|e| e.job_id.clone())
+            .filter(|j| self.jobs.get(j).is_some_and(|j| !j.state.state_type.is_terminal()))
+            .collect();
+        let trig = if st == NodeConnection::Connected { trigger::NODE_JOIN } else { trigger::NODE_LEAVE };
+        for (job_id, eval_id) in jobs.iter().zip(eval_ids) {
+            let job = self.jobs[job_id].clone();
+            self.put_eval(Evaluation::new(eval_id.clone(), &job, trig, now));
+        }
+        CommandResponse::Ok
+    }
+}
+
+/// Two specs are the same submission when everything a user writes is equal.
+fn same_spec(a: &Job, b: &Job) -> bool {
+    a.name == b.name
+        && a.namespace == b.namespace
+        && a.kind == b.kind
+        && a.priority == b.priority
+        && a.count == b.count
+        && a.constraints == b.constraints
+        && a.meta == b.meta
+        && a.labels == b.labels
+        && a.tasks == b.tasks
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LookupError {
+    #[error("not found")]
+    NotFound,
+    #[error("the prefix matches more than one")]
+    Ambiguous,
+}
+
+impl StateView for ClusterState {
+    fn job(&self, id: &str) -> Option<&Job> {
+        self.jobs.get(id)
+    }
+    fn executions_of(&self, job_id: &str) -> Vec<&Execution> {
+        self.idx
+            .execs_by_job
+            .get(job_id)
+            .map(|ids| ids.iter().filter_map(|i| self.executions.get(i)).collect())
+            .unwrap_or_default()
+    }
+    fn nodes(&self) -> Vec<&NodeState> {
+        self.nodes.values().collect()
+    }
+    fn evaluation(&self, id: &str) -> Option<&Evaluation> {
+        self.evaluations.get(id)
+    }
+    fn live_executions_on(&self, node_id: &str) -> Vec<&Execution> {
+        self.idx
+            .execs_by_node
+            .get(node_id)
+            .map(|ids| ids.iter().filter_map(|i| self.executions.get(i)).filter(|e| !e.is_terminal()).collect())
+            .unwrap_or_default()
+    }
+}
