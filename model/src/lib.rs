@@ -18,6 +18,7 @@
 pub mod api;
 pub mod codec;
 pub mod command;
+pub mod config;
 pub mod evaluation;
 pub mod execution;
 pub mod history;

@@ -1,0 +1,543 @@
+//! `job run|list|describe|logs|get|stop|history|executions|validate`.
+
+use std::io::{IsTerminal, Read};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use caravel_model::api::*;
+use caravel_model::execution::Execution;
+use caravel_model::ids::short;
+use caravel_model::parse::{Mode, parse_job};
+use caravel_model::spec::Job;
+use caravel_model::states::JobStateType;
+use clap::{Args, Subcommand};
+use futures::StreamExt;
+
+use crate::ApiClient;
+use crate::output::{Format, OutputArgs, short_time, table};
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Submit a job from a YAML or JSON file (or stdin) and follow it.
+    Run(RunArgs),
+    /// List jobs.
+    List(ListArgs),
+    /// Describe a job: state, executions, history and output.
+    Describe(IdArgs),
+    /// Print a job's logs.
+    Logs(LogsArgs),
+    /// Download a job's results.
+    Get(GetArgs),
+    /// Stop a job.
+    Stop(StopArgs),
+    /// A job's history events.
+    History(HistoryArgs),
+    /// A job's executions.
+    Executions(IdArgs),
+    /// Check job specs without submitting them.
+    Validate { files: Vec<String> },
+}
+
+#[derive(Debug, Clone, Args, Default)]
+pub struct RuntimeArgs {
+    /// Wait for the job to finish (default true; --wait=false to return at once).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub wait: bool,
+    /// Give up waiting after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub wait_timeout_secs: u64,
+    /// Print only the job id.
+    #[arg(long)]
+    pub id_only: bool,
+    /// Stream the job's logs instead of showing progress.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Print the job that would be submitted, without submitting it.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Submit even if the spec is unchanged (a new version).
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The spec file; `-` or nothing reads stdin.
+    pub file: Option<String>,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[arg(long, default_value_t = 10)]
+    limit: u32,
+    #[arg(long)]
+    next_token: Option<String>,
+    #[arg(long, default_value = "created_at")]
+    order_by: String,
+    #[arg(long)]
+    order_reversed: bool,
+    /// Label selector, e.g. env=prod.
+    #[arg(long)]
+    labels: Option<String>,
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Every namespace.
+    #[arg(long)]
+    all_namespaces: bool,
+    #[command(flatten)]
+    out: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    /// Job id, unique id prefix, or name.
+    pub id: String,
+    #[arg(long)]
+    pub namespace: Option<String>,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    pub id: String,
+    #[arg(short = 'e', long)]
+    pub execution_id: Option<String>,
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    #[arg(short = 't', long)]
+    pub tail: bool,
+    #[arg(long)]
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    pub id: String,
+    /// Where to write the results (default ./job-<short id>).
+    #[arg(long)]
+    pub output_dir: Option<String>,
+    #[arg(long, default_value_t = 300)]
+    pub download_timeout_secs: u64,
+    /// Keep each execution's results apart under raw/<execution id>.
+    #[arg(long)]
+    pub raw: bool,
+    #[arg(long)]
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    pub id: String,
+    #[arg(long)]
+    pub quiet: bool,
+    #[arg(long)]
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    pub id: String,
+    /// all, job or execution.
+    #[arg(long, default_value = "all")]
+    pub event_type: String,
+    #[arg(long)]
+    pub execution_id: Option<String>,
+    #[arg(long)]
+    pub namespace: Option<String>,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+fn ns_query(ns: &Option<String>) -> Vec<(&'static str, String)> {
+    ns.iter().map(|n| ("namespace", n.clone())).collect()
+}
+
+pub async fn run(c: &ApiClient, cmd: JobCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        JobCommand::Run(a) => {
+            let (text, base) = read_spec(a.file.as_deref())?;
+            let value = spec_to_value(&text, &base)?;
+            submit_and_follow(c, value, &a.runtime).await
+        }
+        JobCommand::Validate { files } => {
+            if files.is_empty() {
+                bail!("give one or more spec files");
+            }
+            let mut ok = true;
+            for f in files {
+                let (text, base) = read_spec(Some(&f))?;
+                match spec_to_value(&text, &base) {
+                    Ok(_) => println!("{f}: OK"),
+                    Err(e) => {
+                        ok = false;
+                        println!("{f}: {e:#}");
+                    }
+                }
+            }
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        JobCommand::List(a) => list(c, a).await,
+        JobCommand::Describe(a) => describe(c, a).await,
+        JobCommand::Executions(a) => {
+            let r: ListExecutionsResponse = c.get(&format!("/api/v1/orchestrator/jobs/{}/executions", a.id), &ns_query(&a.namespace)).await?;
+            if !a.out.structured(&r)? {
+                print!("{}", executions_table(&r.items, a.out.hide_header));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        JobCommand::History(a) => {
+            let mut q = ns_query(&a.namespace);
+            q.push(("event_type", a.event_type.clone()));
+            if let Some(e) = &a.execution_id {
+                q.push(("execution_id", e.clone()));
+            }
+            let r: ListHistoryResponse = c.get(&format!("/api/v1/orchestrator/jobs/{}/history", a.id), &q).await?;
+            if !a.out.structured(&r)? {
+                let rows: Vec<Vec<String>> = r
+                    .items
+                    .iter()
+                    .map(|h| {
+                        let level = if h.event.details.get("IsError").is_some_and(|v| v == "true") { "Error" } else { "Info" };
+                        vec![short_time(h.time), level.into(), h.job_version.to_string(), short(&h.execution_id).to_string(), h.event.topic.clone(), h.event.message.clone()]
+                    })
+                    .collect();
+                print!("{}", table(&["time", "level", "job version", "exec. id", "topic", "event"], &rows, a.out.hide_header));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        JobCommand::Stop(a) => {
+            let job: GetJobResponse = c.get(&format!("/api/v1/orchestrator/jobs/{}", a.id), &ns_query(&a.namespace)).await?;
+            let r: StopJobResponse = c.delete(&format!("/api/v1/orchestrator/jobs/{}", job.job.id), &StopJobRequest { reason: "Stopped at user request".into() }).await?;
+            if !a.quiet {
+                eprintln!("Job {} stopped.", job.job.id);
+            }
+            if !r.evaluation_id.is_empty() && !a.quiet {
+                println!("{}", r.evaluation_id);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        JobCommand::Logs(a) => {
+            let job: GetJobResponse = c.get(&format!("/api/v1/orchestrator/jobs/{}", a.id), &ns_query(&a.namespace)).await?;
+            stream_logs(c, &job.job.id, a.execution_id.as_deref(), a.follow, a.tail).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        JobCommand::Get(a) => get(c, a).await,
+    }
+}
+
+fn read_spec(file: Option<&str>) -> anyhow::Result<(Vec<u8>, std::path::PathBuf)> {
+    match file {
+        None | Some("-") => {
+            let mut b = Vec::new();
+            std::io::stdin().read_to_end(&mut b).context("reading the spec from stdin")?;
+            Ok((b, std::env::current_dir().unwrap_or_default()))
+        }
+        Some(f) => {
+            let b = std::fs::read(f).with_context(|| format!("cannot read job spec {f}"))?;
+            let base = std::path::Path::new(f).parent().map(|p| p.to_path_buf()).unwrap_or_default();
+            Ok((b, base))
+        }
+    }
+}
+
+/// Validates a spec on the client (strictly, as Bacalhau's CLI) and returns the JSON to submit.
+/// Caravel extension: a `local` input whose `SourcePath` is relative names a file on the client,
+/// relative to the spec file; it is sent inline (as `wasm run` sends a local module).
+pub fn spec_to_value(text: &[u8], base: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    let parsed = parse_job(text, Mode::Client).map_err(|e| anyhow!("{e}"))?;
+    for w in &parsed.warnings {
+        eprintln!("Warning: {w}");
+    }
+    let mut job = parsed.job;
+    for t in job.tasks.iter_mut() {
+        for input in t.input_sources.iter_mut() {
+            let k = input.source.kind_lower();
+            if k != "local" && k != "localdirectory" {
+                continue;
+            }
+            let Some(p) = input.source.params.str("SourcePath").map(String::from) else { continue };
+            if p.starts_with('/') {
+                continue;
+            }
+            let path = base.join(&p);
+            let bytes = std::fs::read(&path).with_context(|| format!("input {} names the local file {} (relative paths are read on this machine and sent inline)", input.target, path.display()))?;
+            *input = caravel_model::parse::inline_input(&input.target, "application/octet-stream", &bytes);
+        }
+    }
+    let mut v = serde_json::to_value(&job)?;
+    if let Some(o) = v.as_object_mut() {
+        for k in caravel_model::parse::SERVER_OWNED_KEYS {
+            o.remove(*k);
+        }
+    }
+    // Validate again after inlining (an inlined file may push the spec over the size limit).
+    let text = serde_json::to_vec(&v)?;
+    parse_job(&text, Mode::Client).map_err(|e| anyhow!("{e}"))?;
+    Ok(v)
+}
+
+pub async fn submit_and_follow(c: &ApiClient, job: serde_json::Value, rt: &RuntimeArgs) -> anyhow::Result<ExitCode> {
+    if rt.dry_run {
+        print!("{}", serde_norway::to_string(&job)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let started = Instant::now();
+    let r: PutJobResponse = c.put("/api/v1/orchestrator/jobs", &PutJobRequest { job, force: rt.force }).await?;
+    for w in &r.warnings {
+        eprintln!("Warning: {w}");
+    }
+    if rt.id_only {
+        println!("{}", r.job_id);
+    } else {
+        eprintln!("Job successfully submitted. Job ID: {}", r.job_id);
+    }
+    if !rt.wait && !rt.follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let deadline = started + Duration::from_secs(rt.wait_timeout_secs.max(1));
+    if rt.follow {
+        // Wait for an execution to exist, then stream its logs live.
+        loop {
+            let j: GetJobResponse = c.get(&format!("/api/v1/orchestrator/jobs/{}", r.job_id), &[("include", "executions".into())]).await?;
+            if j.executions.as_ref().is_some_and(|e| !e.items.is_empty()) || j.job.state.state_type.is_terminal() {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("timed out waiting for job {} to start", r.job_id);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        stream_logs(c, &r.job_id, None, true, false).await?;
+    }
+    let job = wait_for(c, &r.job_id, deadline, !rt.id_only && !rt.follow).await?;
+    let ok = job.state.state_type == JobStateType::Completed;
+    if !rt.id_only {
+        match job.state.state_type {
+            JobStateType::Completed => eprintln!("\nJob {} completed in {:.1}s.", r.job_id, started.elapsed().as_secs_f64()),
+            s => eprintln!("\nJob {} is {s}: {}", r.job_id, job.state.message),
+        }
+        eprintln!("\nTo get more details about the run, execute:\n\tcaravel job describe {}", r.job_id);
+        eprintln!("\nTo get more details about the run executions, execute:\n\tcaravel job executions {}", r.job_id);
+        if ok {
+            eprintln!("\nTo download the results, execute:\n\tcaravel job get {}", r.job_id);
+        }
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Polls until the job is terminal, showing progress (a spinner on a TTY, plain lines otherwise).
+pub async fn wait_for(c: &ApiClient, id: &str, deadline: Instant, show: bool) -> anyhow::Result<Job> {
+    let tty = std::io::stderr().is_terminal();
+    let spinner = (show && tty).then(|| {
+        let s = indicatif::ProgressBar::new_spinner();
+        s.enable_steady_tick(Duration::from_millis(100));
+        s
+    });
+    if show && !tty {
+        eprintln!("Checking job status... (Ctrl+C stops waiting; the job keeps running)");
+    }
+    let started = Instant::now();
+    let mut last = None;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let j: GetJobResponse = c.get(&format!("/api/v1/orchestrator/jobs/{id}"), &[]).await?;
+        let st = j.job.state.state_type;
+        if last != Some(st) {
+            if let Some(s) = &spinner {
+                s.set_message(format!("Job {} … {:.1}s", st, started.elapsed().as_secs_f64()));
+            } else if show {
+                eprintln!("\t{:>10}  {:.1}s", st.as_str(), started.elapsed().as_secs_f64());
+            }
+            last = Some(st);
+        } else if let Some(s) = &spinner {
+            s.set_message(format!("Job {} … {:.1}s", st, started.elapsed().as_secs_f64()));
+        }
+        if st.is_terminal() {
+            if let Some(s) = spinner {
+                s.finish_with_message(format!("Job {} after {:.1}s", st, started.elapsed().as_secs_f64()));
+            }
+            return Ok(j.job);
+        }
+        if Instant::now() > deadline {
+            if let Some(s) = spinner {
+                s.abandon();
+            }
+            bail!("job {id} is still {st} after waiting; it keeps running. Follow it with `caravel job describe {id}`");
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay + Duration::from_millis(50)).min(Duration::from_millis(500));
+    }
+}
+
+async fn list(c: &ApiClient, a: ListArgs) -> anyhow::Result<ExitCode> {
+    let mut q = vec![("limit", a.limit.to_string()), ("order_by", a.order_by.clone())];
+    if a.order_reversed {
+        q.push(("reverse", "true".into()));
+    }
+    if let Some(t) = &a.next_token {
+        q.push(("next_token", t.clone()));
+    }
+    if let Some(l) = &a.labels {
+        q.push(("labels", l.clone()));
+    }
+    if a.all_namespaces {
+        q.push(("namespace", "*".into()));
+    } else if let Some(n) = &a.namespace {
+        q.push(("namespace", n.clone()));
+    }
+    let r: ListJobsResponse = c.get("/api/v1/orchestrator/jobs", &q).await?;
+    if !a.out.structured(&r)? {
+        let rows: Vec<Vec<String>> = r.items.iter().map(|j| vec![short_time(j.create_time), short(&j.id).into(), j.name.clone(), j.engine(), j.kind.clone(), j.state.state_type.to_string()]).collect();
+        print!("{}", table(&["created", "id", "name", "job", "type", "state"], &rows, a.out.hide_header));
+        if !r.next_token.is_empty() {
+            eprintln!("\nMore jobs: caravel job list --next-token {}", r.next_token);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn executions_table(execs: &[Execution], hide: bool) -> String {
+    let rows: Vec<Vec<String>> = execs
+        .iter()
+        .map(|e| {
+            vec![
+                short_time(e.create_time),
+                short_time(e.modify_time),
+                short(&e.id).into(),
+                e.job_version.to_string(),
+                short(&e.node_id).into(),
+                e.revision.to_string(),
+                e.compute_state.state_type.to_string(),
+                e.desired_state.state_type.to_string(),
+            ]
+        })
+        .collect();
+    table(&["created", "modified", "id", "job version", "node id", "rev.", "state", "desired"], &rows, hide)
+}
+
+async fn describe(c: &ApiClient, a: IdArgs) -> anyhow::Result<ExitCode> {
+    let mut q = ns_query(&a.namespace);
+    q.push(("include", "executions,history".into()));
+    let r: GetJobResponse = c.get(&format!("/api/v1/orchestrator/jobs/{}", a.id), &q).await?;
+    if a.out.output != Format::Table {
+        a.out.structured(&r)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let j = &r.job;
+    let mut out = String::new();
+    let kv = [
+        ("ID", j.id.clone()),
+        ("Name", j.name.clone()),
+        ("Namespace", j.namespace.clone()),
+        ("Type", j.kind.clone()),
+        ("State", j.state.state_type.to_string()),
+        ("Message", j.state.message.clone()),
+        ("Count", j.count.to_string()),
+        ("Created Time", caravel_model::time::rfc3339(j.create_time)),
+        ("Modified Time", caravel_model::time::rfc3339(j.modify_time)),
+        ("Version", j.version.to_string()),
+    ];
+    for (k, v) in kv {
+        if !v.is_empty() {
+            out.push_str(&format!("{k:<14} = {v}\n"));
+        }
+    }
+    let execs = r.executions.map(|p| p.items).unwrap_or_default();
+    out.push_str("\nExecutions\n");
+    out.push_str(&executions_table(&execs, false));
+    if let Some(h) = r.history {
+        out.push_str("\nHistory\n");
+        let rows: Vec<Vec<String>> = h.items.iter().map(|h| vec![short_time(h.time), short(&h.execution_id).into(), h.event.topic.clone(), h.event.message.clone()]).collect();
+        out.push_str(&table(&["time", "exec. id", "topic", "event"], &rows, false));
+    }
+    for e in &execs {
+        if let Some(o) = &e.run_output {
+            out.push_str(&format!("\nStandard Output ({})\n", short(&e.id)));
+            out.push_str(&o.stdout);
+            if o.stdout_truncated {
+                out.push_str("\n[output truncated: `caravel job logs` or `caravel job get` for all of it]\n");
+            }
+            if !o.stderr.is_empty() {
+                out.push_str(&format!("\nStandard Error ({})\n{}", short(&e.id), o.stderr));
+            }
+            if !o.error_msg.is_empty() {
+                out.push_str(&format!("\nError: {}\n", o.error_msg));
+            }
+        }
+    }
+    print!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Streams logs over the API's WebSocket: stdout lines to stdout, stderr lines to stderr.
+pub async fn stream_logs(c: &ApiClient, job_id: &str, exec: Option<&str>, follow: bool, tail: bool) -> anyhow::Result<()> {
+    let mut url = url::Url::parse(&c.ws_url(&format!("/api/v1/orchestrator/jobs/{job_id}/logs")))?;
+    url.query_pairs_mut().append_pair("follow", &follow.to_string()).append_pair("tail", &tail.to_string());
+    if let Some(e) = exec {
+        url.query_pairs_mut().append_pair("execution_id", e);
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.map_err(|e| anyhow!("cannot open the logs stream at {url}: {e}"))?;
+    use std::io::Write;
+    while let Some(msg) = ws.next().await {
+        let msg = msg.map_err(|e| anyhow!("logs stream broke: {e}"))?;
+        let text = match msg {
+            tokio_tungstenite::tungstenite::Message::Text(t) => t.to_string(),
+            tokio_tungstenite::tungstenite::Message::Close(_) => break,
+            _ => continue,
+        };
+        let frame: LogFrame = serde_json::from_str(&text).context("unexpected frame on the logs stream")?;
+        if !frame.error.is_empty() {
+            bail!("{}", frame.error);
+        }
+        if let Some(v) = frame.value {
+            if v.stream == 2 {
+                let _ = writeln!(std::io::stderr(), "{}", v.line);
+            } else {
+                let _ = writeln!(std::io::stdout(), "{}", v.line);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn get(c: &ApiClient, a: GetArgs) -> anyhow::Result<ExitCode> {
+    let job: GetJobResponse = c.get(&format!("/api/v1/orchestrator/jobs/{}", a.id), &ns_query(&a.namespace)).await?;
+    let id = job.job.id.clone();
+    let r: ListResultsResponse = c.get(&format!("/api/v1/orchestrator/jobs/{id}/results"), &ns_query(&a.namespace)).await?;
+    if r.items.is_empty() {
+        bail!("job {id} has no published results (state {}); results exist once an execution completes with a publisher", job.job.state.state_type);
+    }
+    let dir = std::path::PathBuf::from(a.output_dir.clone().unwrap_or_else(|| format!("job-{}", short(&id))));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for (i, item) in r.items.iter().enumerate() {
+        let url = match item.kind.to_ascii_lowercase().as_str() {
+            "urldownload" | "s3presigned" => item.params.str("URL").or_else(|| item.params.str("PreSignedURL")).unwrap_or_default().to_string(),
+            other => bail!("results of type {other} cannot be downloaded by this client yet"),
+        };
+        let bytes = c.download(&url, Duration::from_secs(a.download_timeout_secs)).await?;
+        let target = if a.raw { dir.join("raw").join(format!("{i}")) } else { dir.clone() };
+        std::fs::create_dir_all(&target)?;
+        extract(&bytes, &target).with_context(|| format!("unpacking the results from {url}"))?;
+    }
+    println!("{}", dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Unpacks a tar.gz, refusing entries that would escape the target directory.
+fn extract(bytes: &[u8], target: &std::path::Path) -> anyhow::Result<()> {
+    let gz = flate2::read::GzDecoder::new(bytes);
+    let mut ar = tar::Archive::new(gz);
+    for entry in ar.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.into_owned();
+        if path.is_absolute() || path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            bail!("refusing archive entry {} outside the output directory", path.display());
+        }
+        entry.unpack_in(target)?;
+    }
+    Ok(())
+}

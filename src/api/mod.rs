@@ -1,0 +1,149 @@
+//! The REST API: Bacalhau's v1 paths and JSON bodies (reference §2) on axum, plus `GET /metrics`.
+//! Errors use Bacalhau's `APIError` body with a stable `Code` and a `Hint`; a user mistake is a 4xx,
+//! never a 500; no quorum is a 503 with `Retry-After`.
+
+mod agent;
+mod jobs;
+mod nodes;
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use caravel_model::api::ApiError;
+use caravel_model::config::Config;
+use caravel_model::node::NodeInfo;
+
+use crate::orchestrator::{Cluster, WriteError};
+
+/// Largest request body, as Bacalhau's.
+pub const BODY_LIMIT: usize = 10 << 20;
+
+#[derive(Clone, Debug)]
+pub struct ApiState {
+    pub cluster: Cluster,
+    pub node_info: NodeInfo,
+    pub config: Config,
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/api/v1/agent/alive", get(agent::alive))
+        .route("/api/v1/agent/version", get(agent::version))
+        .route("/api/v1/agent/node", get(agent::node))
+        .route("/api/v1/agent/config", get(agent::config))
+        .route("/api/v1/orchestrator/jobs", get(jobs::list).put(jobs::submit).post(jobs::submit))
+        .route("/api/v1/orchestrator/jobs/{id}", get(jobs::get).delete(jobs::stop))
+        .route("/api/v1/orchestrator/jobs/{id}/history", get(jobs::history))
+        .route("/api/v1/orchestrator/jobs/{id}/executions", get(jobs::executions))
+        .route("/api/v1/orchestrator/jobs/{id}/results", get(jobs::results))
+        .route("/api/v1/orchestrator/jobs/{id}/logs", get(jobs::logs))
+        .route("/api/v1/orchestrator/executions/{id}/result", get(jobs::download_result))
+        .route("/api/v1/orchestrator/nodes", get(nodes::list))
+        .route("/api/v1/orchestrator/nodes/{id}", get(nodes::get))
+        .route("/metrics", get(metrics))
+        .route("/livez", get(agent::alive))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+async fn metrics(State(s): State<ApiState>) -> Response {
+    let body = s.cluster.metrics().render(&s.cluster);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}
+
+async fn not_found(req: Request) -> ApiErr {
+    ApiErr::new(StatusCode::NOT_FOUND, "NotFound", format!("no route for {} {}", req.method(), req.uri().path()))
+        .hint("check the path; the server may be older than the CLI")
+}
+
+/// Counts and times every request by its route template, and adds Bacalhau's version headers.
+async fn observe(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().to_string();
+    let route = req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let mut resp = next.run(req).await;
+    s.cluster.metrics().observe_request(&method, &route, resp.status().as_u16(), started.elapsed());
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&format!("v{}", caravel_model::VERSION)) {
+        h.insert("X-Bacalhau-Git-Version", v);
+    }
+    resp
+}
+
+/// An API error in Bacalhau's shape.
+#[derive(Debug)]
+pub struct ApiErr {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    hint: String,
+    details: std::collections::BTreeMap<String, serde_json::Value>,
+    retry_after: Option<u64>,
+}
+
+impl ApiErr {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiErr { status, code, message: message.into(), hint: String::new(), details: Default::default(), retry_after: None }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "BadRequest", message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "NotFound", message)
+    }
+    pub fn hint(mut self, h: impl Into<String>) -> Self {
+        self.hint = h.into();
+        self
+    }
+    pub fn detail(mut self, k: &str, v: serde_json::Value) -> Self {
+        self.details.insert(k.into(), v);
+        self
+    }
+}
+
+impl From<WriteError> for ApiErr {
+    fn from(e: WriteError) -> Self {
+        let mut err = match &e {
+            WriteError::Fatal(_) => ApiErr::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()),
+            _ => ApiErr::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", e.to_string())
+                .hint("the orchestrators have no quorum or no leader right now; retry shortly"),
+        };
+        if err.status == StatusCode::SERVICE_UNAVAILABLE {
+            err.retry_after = Some(1);
+        }
+        err
+    }
+}
+
+impl IntoResponse for ApiErr {
+    fn into_response(self) -> Response {
+        let body = ApiError {
+            status: self.status.as_u16(),
+            message: self.message,
+            request_id: caravel_model::ids::new_evaluation_id(),
+            code: self.code.to_string(),
+            component: "APIServer".into(),
+            hint: self.hint,
+            details: self.details,
+        };
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(s) = self.retry_after
+            && let Ok(v) = HeaderValue::from_str(&s.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        resp
+    }
+}
+
+/// Parses a JSON body into our error shape (axum's own rejection is plain text).
+pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiErr> {
+    serde_json::from_slice(body).map_err(|e| ApiErr::bad_request(format!("the request body is not valid JSON: {e}")).hint("send a JSON document"))
+}

@@ -1,0 +1,130 @@
+//! Leader-only duties: the evaluation broker feeding the scheduler and the planner, and node liveness.
+//! They start when this member becomes leader and stop (cancelled) when it stops being one; since
+//! evaluations live in the replicated state, a new leader picks up exactly those still pending.
+
+use std::time::Duration;
+
+use caravel_model::command::{Command, CommandResponse};
+use caravel_model::ids::RandomIds;
+use caravel_model::states::NodeConnection;
+use tokio_util::sync::CancellationToken;
+
+use super::{Cluster, now_ns, scheduler};
+
+/// Follows Raft's metrics and runs the duties while this member leads.
+pub async fn run(cluster: Cluster, shutdown: CancellationToken) {
+    let mut metrics = cluster.raft().metrics();
+    let mut duty: Option<CancellationToken> = None;
+    loop {
+        let leading = {
+            let m = metrics.borrow();
+            m.current_leader == Some(cluster.node_id()) && m.state.is_leader()
+        };
+        match (leading, &duty) {
+            (true, None) => {
+                tracing::info!("became leader: starting evaluation broker and liveness checks");
+                let t = shutdown.child_token();
+                tokio::spawn(broker(cluster.clone(), t.clone()));
+                tokio::spawn(liveness(cluster.clone(), t.clone()));
+                duty = Some(t);
+            }
+            (false, Some(t)) => {
+                tracing::info!("no longer leader: stopping leader duties");
+                t.cancel();
+                duty = None;
+            }
+            _ => {}
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            r = metrics.changed() => if r.is_err() { break },
+        }
+    }
+    if let Some(t) = duty {
+        t.cancel();
+    }
+}
+
+/// The evaluation broker: hands every due pending evaluation to the scheduler and commits the plan.
+async fn broker(cluster: Cluster, stop: CancellationToken) {
+    let mut applied = cluster.subscribe();
+    let mut ids = RandomIds;
+    loop {
+        let now = now_ns();
+        let due: Vec<_> = cluster.read(|s| {
+            let mut v: Vec<_> = s.pending_evaluations().into_iter().filter(|e| e.wait_until <= now).cloned().collect();
+            v.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.create_time.cmp(&b.create_time)).then(a.id.cmp(&b.id)));
+            v
+        });
+        for eval in due {
+            if stop.is_cancelled() {
+                return;
+            }
+            let plan = cluster.read(|s| scheduler::schedule(s, &eval, now_ns(), &mut ids));
+            let outcome = match cluster.write(Command::ApplyPlan(plan)).await {
+                Ok(CommandResponse::Rejected { message, .. }) => {
+                    tracing::debug!(eval = %eval.id, %message, "plan refused; will evaluate again");
+                    "stale"
+                }
+                Ok(_) => {
+                    cluster.metrics().scheduling_latency.observe((now_ns() - eval.create_time).max(0) as f64 / 1e9);
+                    "planned"
+                }
+                Err(e) => {
+                    tracing::warn!(eval = %eval.id, error = %e, "could not commit plan");
+                    "error"
+                }
+            };
+            cluster.metrics().observe_eval(&eval.triggered_by, outcome);
+        }
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            r = applied.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+/// Marks compute nodes DISCONNECTED when their heartbeats stop.
+async fn liveness(cluster: Cluster, stop: CancellationToken) {
+    // A new leader gives every node a full timeout before judging it.
+    let started = now_ns();
+    let timeout = cluster.disconnect_timeout();
+    let period = (timeout / 3).clamp(Duration::from_secs(1), Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        let now = now_ns();
+        let nodes: Vec<(String, usize)> = cluster.read(|s| {
+            use caravel_model::view::StateView;
+            s.nodes
+                .values()
+                .filter(|n| n.info.node_type == "Compute" && n.connection_state.status == NodeConnection::Connected)
+                .map(|n| (n.id().to_string(), s.live_executions_on(n.id()).len()))
+                .collect()
+        });
+        for (node, live) in nodes {
+            let seen = cluster.last_heartbeat(&node).unwrap_or(started).max(started);
+            if now - seen > timeout.as_nanos() as i64 {
+                let eval_ids = (0..live).map(|_| caravel_model::ids::new_evaluation_id()).collect();
+                let cmd = Command::SetNodeConnection {
+                    node_id: node.clone(),
+                    status: NodeConnection::Disconnected,
+                    reason: format!("no heartbeat for {}s", timeout.as_secs()),
+                    evaluation_ids: eval_ids,
+                    now,
+                };
+                if let Err(e) = cluster.write(cmd).await {
+                    tracing::warn!(%node, error = %e, "could not mark node disconnected");
+                } else {
+                    tracing::warn!(%node, "compute node marked DISCONNECTED");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! One compute session on the orchestrator side, whatever carries it (in-process today, QUIC next).
+//!
+//! Level-triggered: on every applied change the handler recomputes what the node should run from the
+//! replicated desired state and sends what the node has not been told yet in this session. Reports
+//! become `UpdateExecution` writes; the node's sequence number makes each apply once, and the node is
+//! acknowledged only after the write committed.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use caravel_model::command::{Command, CommandResponse};
+use caravel_model::states::{ExecutionDesiredState, ExecutionStateType};
+use caravel_model::wire::{ToCompute, ToOrchestrator};
+use caravel_net::OrchestratorEnd;
+use tokio_util::sync::CancellationToken;
+
+use super::{Cluster, SessionHandle, WriteError, now_ns};
+
+/// How long a new session may take to say Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Refresh the node's info in the replicated state at most this often (heartbeats are not replicated).
+const INFO_REFRESH: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the node did not say Hello within {0:?}")]
+    NoHello(Duration),
+    #[error("the first message of a session must be Hello")]
+    Protocol,
+    #[error("the node closed the session")]
+    Closed,
+    #[error("registering the node failed: {0}")]
+    Register(String),
+}
+
+/// Serves one session until it closes or `shutdown` fires.
+pub async fn serve(cluster: Cluster, mut end: OrchestratorEnd, shutdown: CancellationToken) -> Result<(), Error> {
+    let first = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        m = tokio::time::timeout(HELLO_TIMEOUT, end.rx.recv()) => m.map_err(|_| Error::NoHello(HELLO_TIMEOUT))?,
+    };
+    let Some(ToOrchestrator::Hello { info, last_seq: _ }) = first else {
+        return Err(if first.is_none() { Error::Closed } else { Error::Protocol });
+    };
+    let node_id = info.node_id.clone();
+    register(&cluster, &info, &shutdown).await?;
+    let handle = SessionHandle::new(end.tx.clone());
+    cluster.register_session(&node_id, handle.clone());
+    cluster.heartbeat(&node_id, now_ns());
+    cluster.metrics().sessions_opened.inc();
+    tracing::info!(node = %node_id, "compute session established");
+    let committed = cluster.read(|s| s.last_report_seq(&node_id));
+    let _ = end.tx.send(ToCompute::Ack { seq: committed }).await;
+
+    let mut applied = cluster.subscribe();
+    let mut sent_runs: HashSet<String> = HashSet::new();
+    let mut sent_cancels: HashSet<String> = HashSet::new();
+    let mut running_since: HashMap<String, i64> = HashMap::new();
+    let mut last_info = (*info).clone();
+    let mut last_refresh = std::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let result = loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break Ok(()),
+            msg = end.rx.recv() => {
+                let Some(msg) = msg else { break Err(Error::Closed) };
+                match msg {
+                    ToOrchestrator::Hello { info, .. } => {
+                        register(&cluster, &info, &shutdown).await?;
+                        last_info = *info;
+                    }
+                    ToOrchestrator::Report { seq, update } => {
+                        if update.state == ExecutionStateType::Running {
+                            running_since.insert(update.execution_id.clone(), update.time);
+                        }
+                        if update.state.is_terminal() && let Some(start) = running_since.remove(&update.execution_id) {
+                            let engine = cluster.read(|s| s.executions.get(&update.execution_id).and_then(|e| s.job_version(&e.job_id, e.job_version)).map(|j| j.engine())).unwrap_or_default();
+                            cluster.metrics().observe_run(&engine, update.state.as_str(), (update.time - start).max(0) as f64 / 1e9);
+                        }
+                        let cmd = Command::UpdateExecution {
+                            node_id: node_id.clone(), seq, update, followup_eval_id: caravel_model::ids::new_evaluation_id(), now: now_ns(),
+                        };
+                        match write_retrying(&cluster, cmd, &shutdown).await {
+                            Some(r) => {
+                                cluster.metrics().observe_report(match r { CommandResponse::Duplicate => "duplicate", CommandResponse::Rejected { .. } => "rejected", _ => "applied" });
+                                let _ = end.tx.send(ToCompute::Ack { seq }).await;
+                            }
+                            None => break Ok(()),
+                        }
+                    }
+                    ToOrchestrator::Heartbeat { info } => {
+                        cluster.heartbeat(&node_id, now_ns());
+                        let changed = info.compute_node_info.execution_engines != last_info.compute_node_info.execution_engines
+                            || info.labels != last_info.labels
+                            || info.compute_node_info.max_capacity != last_info.compute_node_info.max_capacity;
+                        let disconnected = cluster.read(|s| s.nodes.get(&node_id).is_some_and(|n| n.connection_state.status != caravel_model::states::NodeConnection::Connected));
+                        if changed || disconnected || last_refresh.elapsed() > INFO_REFRESH {
+                            register(&cluster, &info, &shutdown).await?;
+                            last_refresh = std::time::Instant::now();
+                        }
+                        last_info = *info;
+                    }
+                    m @ ToOrchestrator::LogLine { request_id, .. } | m @ ToOrchestrator::ResultChunk { request_id, .. } => {
+                        handle.route(request_id, m, false).await;
+                    }
+                    m @ ToOrchestrator::LogEnd { request_id, .. } | m @ ToOrchestrator::ResultEnd { request_id, .. } => {
+                        handle.route(request_id, m, true).await;
+                    }
+                }
+            }
+            r = applied.changed() => {
+                if r.is_err() { break Ok(()) }
+                dispatch(&cluster, &node_id, &end, &mut sent_runs, &mut sent_cancels).await;
+            }
+            _ = tick.tick() => dispatch(&cluster, &node_id, &end, &mut sent_runs, &mut sent_cancels).await,
+        }
+    };
+    cluster.unregister_session(&node_id, &end.tx);
+    tracing::info!(node = %node_id, ?result, "compute session ended");
+    result
+}
+
+async fn register(cluster: &Cluster, info: &caravel_model::NodeInfo, shutdown: &CancellationToken) -> Result<(), Error> {
+    let cmd = Command::RegisterNode { info: info.clone(), now: now_ns() };
+    match write_retrying(cluster, cmd, shutdown).await {
+        Some(CommandResponse::Rejected { message, .. }) => Err(Error::Register(message)),
+        _ => Ok(()),
+    }
+}
+
+/// Writes, retrying while there is no leader or no quorum. `None` when shutting down.
+async fn write_retrying(cluster: &Cluster, cmd: Command, shutdown: &CancellationToken) -> Option<CommandResponse> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match cluster.write(cmd.clone()).await {
+            Ok(r) => return Some(r),
+            Err(e @ (WriteError::NotLeader { .. } | WriteError::Timeout(_))) => {
+                tracing::warn!(error = %e, "write from compute session failed; retrying");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "write from compute session failed");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Sends the node what the replicated state wants of it and it was not told in this session.
+async fn dispatch(cluster: &Cluster, node_id: &str, end: &OrchestratorEnd, sent_runs: &mut HashSet<String>, sent_cancels: &mut HashSet<String>) {
+    let mut out = Vec::new();
+    cluster.read(|s| {
+        use caravel_model::view::StateView;
+        for e in s.live_executions_on(node_id) {
+            if e.desired_state.state_type == ExecutionDesiredState::Running && !sent_runs.contains(&e.id) {
+                if let Some(job) = s.job_version(&e.job_id, e.job_version) {
+                    out.push(ToCompute::Run { execution: Box::new(e.clone()), job: Box::new(job.clone()) });
+                }
+                sent_runs.insert(e.id.clone());
+            }
+        }
+        for id in sent_runs.iter() {
+            if sent_cancels.contains(id) {
+                continue;
+            }
+            if let Some(e) = s.executions.get(id)
+                && e.desired_state.state_type == ExecutionDesiredState::Stopped
+            {
+                if e.compute_state.state_type != ExecutionStateType::Completed && e.compute_state.state_type != ExecutionStateType::Failed {
+                    out.push(ToCompute::Cancel { execution_id: id.clone(), reason: e.desired_state.message.clone() });
+                }
+                sent_cancels.insert(id.clone());
+            }
+        }
+    });
+    for m in out {
+        if end.tx.send(m).await.is_err() {
+            return;
+        }
+    }
+}
