@@ -1,0 +1,193 @@
+//! The `Executor` seam: what an engine (wasm today, docker next) is given to run one execution, and
+//! what it answers. Inputs are already prepared on the host ([`crate::inputs`]); the executor only
+//! maps them into the task's view, runs it, and reports its exit code or why it could not finish.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use caravel_model::quantity::format_bytes;
+use caravel_model::spec::Task;
+use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+
+/// An input the node has fetched: a host file or directory the task sees at `target`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedInput {
+    /// Host path of the file or directory.
+    pub host_path: PathBuf,
+    /// Absolute guest path (`InputSource.Target`).
+    pub target: String,
+    /// Whether the task may only read it (everything but `local` inputs with `ReadWrite` on an `:rw`
+    /// allow-listed path).
+    pub read_only: bool,
+}
+
+/// A writable result directory: a `ResultPath` `Name` backed by `host_dir`, seen by the task at
+/// `guest_path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultDir {
+    pub name: String,
+    pub host_dir: PathBuf,
+    pub guest_path: String,
+}
+
+/// Everything an executor needs to run one execution.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub execution_id: String,
+    pub job_id: String,
+    pub task: Task,
+    /// Prepared inputs (read-only unless stated).
+    pub inputs: Vec<PreparedInput>,
+    /// One writable directory per `ResultPath`.
+    pub results: Vec<ResultDir>,
+    /// Where the task's stdout and stderr go (capped at `max_output_bytes` each).
+    pub stdout_path: PathBuf,
+    pub stderr_path: PathBuf,
+    /// Seconds before the run is stopped; 0 = no limit.
+    pub timeout_secs: u64,
+    /// Bytes of memory the task may use.
+    pub memory_limit: u64,
+    /// Bytes kept of each of stdout and stderr; the rest is dropped.
+    pub max_output_bytes: u64,
+    /// The task's environment (see [`task_env`]).
+    pub env: BTreeMap<String, String>,
+    /// The task's arguments, without argv\[0\] (see [`task_args`]).
+    pub args: Vec<String>,
+    /// A private scratch directory of this execution (the executor may stage files there).
+    pub scratch_dir: PathBuf,
+}
+
+/// How a run ended when the task itself ran to its end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunResult {
+    pub exit_code: i32,
+    /// Whether stdout / stderr hit the output cap and lost bytes.
+    pub stdout_capped: bool,
+    pub stderr_capped: bool,
+}
+
+/// Why an executor could not run a task to its end. The `Display` texts are what users see in
+/// `job describe`, so they say what happened in plain words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExecError {
+    #[error("engine type {0:?} is not supported by this node (supported: wasm)")]
+    UnsupportedEngine(String),
+    #[error("wasm job has no EntryModule: set Engine.Params.EntryModule to the Target of the input that holds the module")]
+    NoEntryModule,
+    #[error("module not found at {0}: no input has that Target")]
+    ModuleNotFound(String),
+    #[error("cannot load the module at {target}: {reason}")]
+    InvalidModule { target: String, reason: String },
+    #[error("entry point `{0}` not exported by the module")]
+    EntryPointNotExported(String),
+    #[error("entry point `{name}` has the wrong type: {reason}")]
+    EntryPointSignature { name: String, reason: String },
+    #[error("cannot link the module: {0}")]
+    Link(String),
+    #[error("invalid job parameters: {0}")]
+    BadParams(String),
+    #[error("trap: {0}")]
+    Trap(String),
+    #[error("execution timed out after {0} s")]
+    Timeout(u64),
+    #[error("memory limit of {} exceeded", format_bytes(*.0))]
+    MemoryLimit(u64),
+    #[error("execution cancelled")]
+    Cancelled,
+    #[error("cannot set up the task's files: {0}")]
+    Setup(String),
+    #[error("internal executor error: {0}")]
+    Internal(String),
+}
+
+/// An engine that runs tasks. Object safe: hold it as `Arc<dyn Executor>`.
+pub trait Executor: Send + Sync {
+    /// Engine names this executor runs (`Engine.Type`, lower case).
+    fn engines(&self) -> Vec<String>;
+
+    /// Runs one task to its end, or until `cancel` fires (then [`ExecError::Cancelled`]).
+    fn run(&self, req: RunRequest, cancel: CancellationToken) -> BoxFuture<'_, Result<RunResult, ExecError>>;
+}
+
+/// The task's environment: its `Env`, then `Engine.Params.EnvironmentVariables` (a map or a list of
+/// `K=V`), then `BACALHAU_EXECUTION_ID`, `BACALHAU_JOB_ID` (which nothing may override).
+pub fn task_env(task: &Task, execution_id: &str, job_id: &str) -> BTreeMap<String, String> {
+    let mut env: BTreeMap<String, String> = task.env.clone();
+    match task.engine.params.get("EnvironmentVariables") {
+        Some(serde_json::Value::Object(m)) => {
+            for (k, v) in m {
+                let v = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Null => String::new(),
+                    other => other.to_string(),
+                };
+                env.insert(k.clone(), v);
+            }
+        }
+        Some(serde_json::Value::Array(items)) => {
+            for item in items.iter().filter_map(|i| i.as_str()) {
+                if let Some((k, v)) = item.split_once('=') {
+                    env.insert(k.to_string(), v.to_string());
+                }
+            }
+        }
+        _ => {}
+    }
+    env.insert("BACALHAU_EXECUTION_ID".into(), execution_id.to_string());
+    env.insert("BACALHAU_JOB_ID".into(), job_id.to_string());
+    env
+}
+
+/// The task's arguments (`Engine.Params.Parameters`), without argv\[0\].
+pub fn task_args(task: &Task) -> Result<Vec<String>, ExecError> {
+    match task.engine.params.get("Parameters") {
+        None | Some(serde_json::Value::Null) => Ok(Vec::new()),
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .map(|v| match v {
+                serde_json::Value::String(s) => Ok(s.clone()),
+                serde_json::Value::Number(n) => Ok(n.to_string()),
+                serde_json::Value::Bool(b) => Ok(b.to_string()),
+                other => Err(ExecError::BadParams(format!("Parameters holds {other}, which is not a string"))),
+            })
+            .collect(),
+        Some(other) => Err(ExecError::BadParams(format!("Parameters must be a list of strings, not {other}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use caravel_model::spec::SpecConfig;
+
+    #[test]
+    fn env_merges_task_env_params_and_ids() {
+        let mut task = Task { engine: SpecConfig::new("wasm").with("EnvironmentVariables", serde_json::json!(["A=1", "B=x=y"])), ..Default::default() };
+        task.env.insert("A".into(), "0".into());
+        task.env.insert("BACALHAU_JOB_ID".into(), "spoof".into());
+        let env = task_env(&task, "e-1", "j-1");
+        assert_eq!(env["A"], "1");
+        assert_eq!(env["B"], "x=y");
+        assert_eq!(env["BACALHAU_JOB_ID"], "j-1");
+        assert_eq!(env["BACALHAU_EXECUTION_ID"], "e-1");
+        let task = Task { engine: SpecConfig::new("wasm").with("EnvironmentVariables", serde_json::json!({"K": "v", "N": 3})), ..Default::default() };
+        let env = task_env(&task, "e", "j");
+        assert_eq!((env["K"].as_str(), env["N"].as_str()), ("v", "3"));
+    }
+
+    #[test]
+    fn args_must_be_a_list() {
+        let task = Task { engine: SpecConfig::new("wasm").with("Parameters", serde_json::json!(["a", 2])), ..Default::default() };
+        assert_eq!(task_args(&task).unwrap(), vec!["a", "2"]);
+        let task = Task { engine: SpecConfig::new("wasm").with("Parameters", "a b"), ..Default::default() };
+        assert!(task_args(&task).unwrap_err().to_string().contains("list of strings"));
+    }
+
+    #[test]
+    fn error_texts_are_plain() {
+        assert_eq!(ExecError::MemoryLimit(64 << 20).to_string(), "memory limit of 64.0 MiB exceeded");
+        assert_eq!(ExecError::Timeout(2).to_string(), "execution timed out after 2 s");
+        assert_eq!(ExecError::EntryPointNotExported("foo".into()).to_string(), "entry point `foo` not exported by the module");
+    }
+}

@@ -1,0 +1,85 @@
+//! RocksDB helpers shared by the log and the state machine: opening, column family lookup, typed
+//! reads, synced writes on a blocking thread.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use caravel_model::codec;
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, Options, WriteBatch, WriteOptions};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::Error;
+
+pub(crate) const CF_LOG: &str = "raft_log";
+pub(crate) const CF_META: &str = "raft_meta";
+pub(crate) const CF_SM: &str = "sm";
+pub(crate) const CF_SM_META: &str = "sm_meta";
+const ALL_CFS: [&str; 4] = [CF_LOG, CF_META, CF_SM, CF_SM_META];
+
+// raft_meta keys
+pub(crate) const KEY_VOTE: &str = "vote";
+pub(crate) const KEY_LAST_PURGED: &str = "last_purged";
+pub(crate) const KEY_COMMITTED: &str = "committed";
+// sm_meta keys
+pub(crate) const KEY_LAST_APPLIED: &str = "last_applied";
+pub(crate) const KEY_LAST_MEMBERSHIP: &str = "last_membership";
+pub(crate) const KEY_SNAPSHOT: &str = "snapshot";
+pub(crate) const KEY_SNAPSHOT_COUNTER: &str = "snapshot_counter";
+
+pub(crate) fn open_db(dir: &Path) -> Result<DB, Error> {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    opts.set_keep_log_file_num(4);
+    let cfs = ALL_CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+    DB::open_cf_descriptors(&opts, dir, cfs).map_err(|source| Error::Open { path: dir.to_path_buf(), source })
+}
+
+pub(crate) fn cf<'a>(db: &'a DB, name: &'static str) -> Result<&'a ColumnFamily, Error> {
+    db.cf_handle(name).ok_or(Error::MissingColumnFamily(name))
+}
+
+pub(crate) fn encode<T: Serialize>(what: &'static str, v: &T) -> Result<Vec<u8>, Error> {
+    codec::encode(v).map_err(|source| Error::Encode { what, source })
+}
+
+/// Reads and decodes one value of a metadata column family.
+pub(crate) fn get<T: DeserializeOwned>(db: &DB, cf_name: &'static str, key: &str) -> Result<Option<T>, Error> {
+    let handle = cf(db, cf_name)?;
+    let Some(bytes) = db.get_pinned_cf(handle, key).map_err(|source| Error::Rocks { op: "read", source })? else {
+        return Ok(None);
+    };
+    codec::decode(&bytes).map(Some).map_err(|source| Error::Decode { cf: cf_name, key: key.to_string(), source })
+}
+
+/// Writes `batch` with `sync = true` on a blocking thread, so the fsync never stalls the runtime.
+pub(crate) async fn write_synced(db: &Arc<DB>, batch: WriteBatch, op: &'static str) -> Result<(), Error> {
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        db.write_opt(batch, &wo).map_err(|source| Error::Rocks { op, source })
+    })
+    .await?
+}
+
+/// A raft_log key: the index, big-endian.
+pub(crate) fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+pub(crate) fn key_index(key: &[u8]) -> Result<u64, Error> {
+    let b: [u8; 8] = key
+        .try_into()
+        .map_err(|_| Error::BadKey { cf: CF_LOG, key: format!("{key:02x?}"), reason: "a log key is 8 bytes" })?;
+    Ok(u64::from_be_bytes(b))
+}
+
+/// An `sm` key: the table byte followed by the record key.
+pub(crate) fn sm_key(table: caravel_model::state::Table, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + key.len());
+    k.push(table as u8);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
