@@ -1,1 +1,147 @@
-//! placeholder
+//! Process-level harness for Caravel's end-to-end and chaos tests: real `caravel` processes on
+//! loopback, each with its own data dir and ports, driven through the real CLI, killed for real
+//! (SIGKILL) and restarted on the same data dir.
+//!
+//! The end-to-end tests of the foundation use it today; the HA and session issues add the UDP chaos
+//! proxy and the multi-orchestrator scenarios here. Depends on no crate of ours: it talks to the
+//! binary only, as a user would.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests on one machine).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// One `caravel serve` process.
+#[derive(Debug)]
+pub struct NodeProcess {
+    bin: PathBuf,
+    child: Option<Child>,
+    pub api_port: u16,
+    pub data_dir: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+}
+
+impl NodeProcess {
+    /// Starts a hybrid node (orchestrator + compute) and waits until its compute node is connected.
+    pub fn start_hybrid(bin: &Path, data_dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        let api_port = free_port()?;
+        let mut args: Vec<String> = vec!["serve".into(), "--orchestrator".into(), "--compute".into()];
+        args.extend(["--data-dir".into(), data_dir.display().to_string(), "--api-host".into(), "127.0.0.1".into(), "--api-port".into(), api_port.to_string()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut n = NodeProcess { bin: bin.to_path_buf(), child: None, api_port, data_dir: data_dir.to_path_buf(), args, log: data_dir.join("node.log") };
+        n.spawn()?;
+        n.wait_ready(Duration::from_secs(60))?;
+        Ok(n)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.data_dir)?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let child = Command::new(&self.bin)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.bin.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits until the API answers and a compute node is CONNECTED.
+    pub fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(c) = self.child.as_mut()
+                && let Some(status) = c.try_wait()?
+            {
+                bail!("caravel exited with {status} during start-up; its log:\n{}", self.log_text());
+            }
+            let out = self.cli(&["node", "list", "--output", "json"]);
+            if let Ok(o) = &out
+                && o.status.success()
+                && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&o.stdout)
+                && v["Nodes"].as_array().is_some_and(|a| a.iter().any(|n| n["Info"]["NodeType"] == "Compute" && n["ConnectionState"]["Status"] == "CONNECTED"))
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("caravel was not ready after {timeout:?}; its log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs the CLI against this node.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<Output> {
+        self.cli_in(args, None)
+    }
+
+    /// Runs the CLI against this node from a working directory.
+    pub fn cli_in(&self, args: &[&str], cwd: Option<&Path>) -> anyhow::Result<Output> {
+        let mut c = Command::new(&self.bin);
+        c.args(["--api-host", "127.0.0.1", "--api-port", &self.api_port.to_string()]).args(args).stdin(Stdio::null());
+        if let Some(d) = cwd {
+            c.current_dir(d);
+        }
+        c.output().with_context(|| format!("cannot run {} {args:?}", self.bin.display()))
+    }
+
+    pub fn api(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api_port)
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit (SIGKILL after 20 s).
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while c.try_wait()?.is_none() {
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    bail!("caravel did not stop within 20 s of SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the same node again on the same data dir and port.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.spawn()?;
+        self.wait_ready(Duration::from_secs(60))
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,465 @@
+//! Input preparation: turns a task's `InputSources` into host files and directories
+//! ([`PreparedInput`]) before the executor runs.
+//!
+//! Supported source types (reference §3.4): `inline` (an RFC 2397 `data:` URL, base64 or
+//! percent-encoded, gzip-compressed when its media type says gzip or its bytes start with the gzip
+//! magic; a gzipped tar archive becomes a directory), `local` / `localDirectory` (a host path under
+//! one of the node's allow-listed paths), `urlDownload` (http/https, streamed to disk with a size
+//! cap, a timeout and at most 5 redirects). Anything else is refused with a clear error.
+
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use base64::Engine as _;
+use caravel_model::quantity::format_bytes;
+use caravel_model::spec::InputSource;
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+
+use crate::executor::PreparedInput;
+
+/// Source types this node can prepare, as reported in `NodeInfo`.
+pub const SUPPORTED_SOURCES: &[&str] = &["inline", "local", "urlDownload"];
+/// Default cap of one downloaded (or inline, decompressed) input.
+pub const DEFAULT_MAX_DOWNLOAD_BYTES: u64 = 1 << 30;
+/// Default timeout of one download.
+pub const DEFAULT_DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(600);
+/// Redirects followed by `urlDownload`.
+pub const MAX_REDIRECTS: usize = 5;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InputError {
+    #[error("input source type {0:?} is not supported on this node (supported: inline, local, urlDownload)")]
+    Unsupported(String),
+    #[error("input target {target:?} is invalid: {reason}")]
+    BadTarget { target: String, reason: String },
+    #[error("{kind} input needs the parameter {param}")]
+    MissingParam { kind: String, param: String },
+    #[error("invalid data URL: {0}")]
+    BadDataUrl(String),
+    #[error("local path {path} is not under an allow-listed path of this node (Compute.AllowListedLocalPaths: {allowed})")]
+    NotAllowed { path: String, allowed: String },
+    #[error("local path {path} may only be read: its allow-list entry {entry} is not :rw")]
+    ReadWriteNotAllowed { path: String, entry: String },
+    #[error("invalid allow-listed local path {entry:?}: {reason}")]
+    BadAllowList { entry: String, reason: String },
+    #[error("local path {0} does not exist (set CreateAs: dir or file, with ReadWrite, to create it)")]
+    NotFound(String),
+    #[error("cannot download {url}: {reason}")]
+    Download { url: String, reason: String },
+    #[error("{what} is larger than the limit of {}", format_bytes(*.limit))]
+    TooLarge { what: String, limit: u64 },
+    #[error("{what}: {reason}")]
+    Io { what: String, reason: String },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> InputError {
+    let what = what.into();
+    move |e| InputError::Io { what, reason: e.to_string() }
+}
+
+/// One entry of `Compute.AllowListedLocalPaths`: `/path`, `/path:ro` or `/path:rw`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedPath {
+    /// As configured (for messages).
+    pub entry: String,
+    pub path: PathBuf,
+    pub read_write: bool,
+}
+
+impl AllowedPath {
+    pub fn parse(entry: &str) -> Result<Self, InputError> {
+        let e = entry.trim();
+        let (path, rw) = if let Some(p) = e.strip_suffix(":rw") {
+            (p, true)
+        } else if let Some(p) = e.strip_suffix(":ro") {
+            (p, false)
+        } else {
+            (e, false)
+        };
+        if !path.starts_with('/') {
+            return Err(InputError::BadAllowList { entry: entry.into(), reason: "not an absolute path".into() });
+        }
+        if Path::new(path).components().any(|c| c == Component::ParentDir) {
+            return Err(InputError::BadAllowList { entry: entry.into(), reason: "contains `..`".into() });
+        }
+        // Canonical when it exists, so symlinked roots compare with canonical sources.
+        let path = std::fs::canonicalize(path).unwrap_or_else(|_| PathBuf::from(path));
+        Ok(AllowedPath { entry: e.to_string(), path, read_write: rw })
+    }
+}
+
+/// Settings of input preparation.
+#[derive(Debug, Clone)]
+pub struct InputOptions {
+    pub allow_listed_local_paths: Vec<String>,
+    pub max_download_bytes: u64,
+    pub download_timeout: Duration,
+}
+
+impl Default for InputOptions {
+    fn default() -> Self {
+        InputOptions {
+            allow_listed_local_paths: Vec::new(),
+            max_download_bytes: DEFAULT_MAX_DOWNLOAD_BYTES,
+            download_timeout: DEFAULT_DOWNLOAD_TIMEOUT,
+        }
+    }
+}
+
+/// Prepares inputs. Build once per node; shares one HTTP client.
+#[derive(Debug)]
+pub struct InputPreparer {
+    allow: Vec<AllowedPath>,
+    max_download_bytes: u64,
+    download_timeout: Duration,
+    client: OnceLock<Result<reqwest::Client, String>>,
+}
+
+impl InputPreparer {
+    pub fn new(opts: InputOptions) -> Result<Self, InputError> {
+        let allow = opts.allow_listed_local_paths.iter().filter(|e| !e.trim().is_empty()).map(|e| AllowedPath::parse(e)).collect::<Result<_, _>>()?;
+        Ok(InputPreparer { allow, max_download_bytes: opts.max_download_bytes, download_timeout: opts.download_timeout, client: OnceLock::new() })
+    }
+
+    /// Prepares every input of a task under `dir` (one subdirectory per input).
+    pub async fn prepare(&self, inputs: &[InputSource], dir: &Path) -> Result<Vec<PreparedInput>, InputError> {
+        let mut out = Vec::with_capacity(inputs.len());
+        for (i, input) in inputs.iter().enumerate() {
+            out.push(self.prepare_one(input, &dir.join(i.to_string())).await?);
+        }
+        Ok(out)
+    }
+
+    /// Prepares one input into `dir` (created if needed; unused for `local`).
+    pub async fn prepare_one(&self, input: &InputSource, dir: &Path) -> Result<PreparedInput, InputError> {
+        let target = check_target(&input.target)?;
+        let kind = input.source.kind.trim().to_ascii_lowercase();
+        match kind.as_str() {
+            "inline" => {
+                let url = param(input, "inline", "URL")?;
+                let (host_path, _) = self.inline(url, dir, &target).await?;
+                Ok(PreparedInput { host_path, target, read_only: true })
+            }
+            "local" | "localdirectory" => self.local(input, target),
+            "urldownload" => {
+                let url = param(input, "urlDownload", "URL")?;
+                let host_path = self.download(url, dir, &target).await?;
+                Ok(PreparedInput { host_path, target, read_only: true })
+            }
+            _ => Err(InputError::Unsupported(input.source.kind.clone())),
+        }
+    }
+
+    async fn inline(&self, url: &str, dir: &Path, target: &str) -> Result<(PathBuf, bool), InputError> {
+        let (mime, data) = decode_data_url(url)?;
+        let gz = mime.to_ascii_lowercase().contains("gzip") || data.starts_with(&[0x1f, 0x8b]);
+        let data = if gz { gunzip(&data, self.max_download_bytes)? } else { data };
+        let dir = dir.to_path_buf();
+        let name = file_name_of(target);
+        let limit = self.max_download_bytes;
+        tokio::task::spawn_blocking(move || write_inline(&dir, &name, data, gz, limit))
+            .await
+            .map_err(|e| InputError::Io { what: "writing an inline input".into(), reason: e.to_string() })?
+    }
+
+    fn local(&self, input: &InputSource, target: String) -> Result<PreparedInput, InputError> {
+        let p = &input.source.params;
+        let src = p
+            .get_any(&["SourcePath", "Source", "Path"])
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| InputError::MissingParam { kind: "local".into(), param: "SourcePath".into() })?;
+        let rw = match p.get("ReadWrite") {
+            Some(serde_json::Value::Bool(b)) => *b,
+            Some(serde_json::Value::String(s)) => s.eq_ignore_ascii_case("true"),
+            _ => false,
+        };
+        let create_as = p.str("CreateAs").unwrap_or("noCreate").to_ascii_lowercase();
+        if !src.starts_with('/') {
+            return Err(InputError::NotAllowed { path: src.into(), allowed: self.allowed_text() });
+        }
+        if Path::new(src).components().any(|c| c == Component::ParentDir) {
+            return Err(InputError::NotAllowed { path: src.into(), allowed: self.allowed_text() });
+        }
+        // Check the allow-list on the lexical path before touching the file system, then again on
+        // the canonical path (symlinks must not lead out of the allowed tree).
+        let lexical = self.allowed_entry(Path::new(src)).ok_or_else(|| InputError::NotAllowed { path: src.into(), allowed: self.allowed_text() })?;
+        if !Path::new(src).exists() {
+            match create_as.as_str() {
+                "dir" | "file" if rw => {
+                    if !lexical.read_write {
+                        return Err(InputError::ReadWriteNotAllowed { path: src.into(), entry: lexical.entry.clone() });
+                    }
+                    if create_as == "dir" {
+                        std::fs::create_dir_all(src).map_err(io(format!("creating {src}")))?;
+                    } else {
+                        if let Some(parent) = Path::new(src).parent() {
+                            std::fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
+                        }
+                        std::fs::File::create(src).map_err(io(format!("creating {src}")))?;
+                    }
+                }
+                _ => return Err(InputError::NotFound(src.into())),
+            }
+        }
+        let canonical = std::fs::canonicalize(src).map_err(io(format!("resolving {src}")))?;
+        let entry = self
+            .allowed_entry(&canonical)
+            .ok_or_else(|| InputError::NotAllowed { path: format!("{src} (resolves to {})", canonical.display()), allowed: self.allowed_text() })?;
+        if rw && !entry.read_write {
+            return Err(InputError::ReadWriteNotAllowed { path: src.into(), entry: entry.entry.clone() });
+        }
+        Ok(PreparedInput { host_path: canonical, target, read_only: !rw })
+    }
+
+    /// The most specific allow-list entry containing `path`.
+    fn allowed_entry(&self, path: &Path) -> Option<&AllowedPath> {
+        self.allow.iter().filter(|a| path.starts_with(&a.path)).max_by_key(|a| a.path.components().count())
+    }
+
+    fn allowed_text(&self) -> String {
+        if self.allow.is_empty() {
+            "none configured".into()
+        } else {
+            self.allow.iter().map(|a| a.entry.as_str()).collect::<Vec<_>>().join(", ")
+        }
+    }
+
+    fn client(&self) -> Result<&reqwest::Client, InputError> {
+        let c = self.client.get_or_init(|| {
+            if rustls::crypto::CryptoProvider::get_default().is_none() {
+                // Harmless if another thread installed one meanwhile.
+                let _ = rustls::crypto::ring::default_provider().install_default();
+            }
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
+                .connect_timeout(Duration::from_secs(30))
+                .build()
+                .map_err(|e| e.to_string())
+        });
+        c.as_ref().map_err(|e| InputError::Download { url: String::new(), reason: format!("cannot build the HTTP client: {e}") })
+    }
+
+    async fn download(&self, url: &str, dir: &Path, target: &str) -> Result<PathBuf, InputError> {
+        let derr = |reason: String| InputError::Download { url: url.to_string(), reason };
+        let parsed = reqwest::Url::parse(url).map_err(|e| derr(format!("not a URL: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(derr(format!("scheme {:?} is not supported (use http or https)", parsed.scheme())));
+        }
+        let client = self.client()?;
+        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+        let path = dir.join(file_name_of(target));
+        let limit = self.max_download_bytes;
+        let fetch = async {
+            let resp = client.get(parsed.clone()).send().await.map_err(|e| derr(error_chain(&e)))?;
+            let status = resp.status();
+            if !status.is_success() {
+                return Err(derr(format!("the server answered HTTP {status}")));
+            }
+            if resp.content_length().is_some_and(|n| n > limit) {
+                return Err(InputError::TooLarge { what: format!("download {url}"), limit });
+            }
+            let mut file = tokio::fs::File::create(&path).await.map_err(io(format!("creating {}", path.display())))?;
+            let mut got: u64 = 0;
+            let mut body = resp.bytes_stream();
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| derr(error_chain(&e)))?;
+                got += chunk.len() as u64;
+                if got > limit {
+                    return Err(InputError::TooLarge { what: format!("download {url}"), limit });
+                }
+                file.write_all(&chunk).await.map_err(io(format!("writing {}", path.display())))?;
+            }
+            file.flush().await.map_err(io(format!("writing {}", path.display())))?;
+            Ok(())
+        };
+        match tokio::time::timeout(self.download_timeout, fetch).await {
+            Ok(Ok(())) => Ok(path),
+            Ok(Err(e)) => {
+                let _ = tokio::fs::remove_file(&path).await;
+                Err(e)
+            }
+            Err(_) => {
+                let _ = tokio::fs::remove_file(&path).await;
+                Err(derr(format!("timed out after {} s", self.download_timeout.as_secs())))
+            }
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s = format!("{s}: {t}");
+        }
+        cur = c.source();
+    }
+    s
+}
+
+fn param<'a>(input: &'a InputSource, kind: &str, name: &str) -> Result<&'a str, InputError> {
+    input
+        .source
+        .params
+        .str(name)
+        .filter(|s| !s.trim().is_empty())
+        .map(str::trim)
+        .ok_or_else(|| InputError::MissingParam { kind: kind.into(), param: name.into() })
+}
+
+/// An input target must be an absolute guest path without `..`.
+pub fn check_target(target: &str) -> Result<String, InputError> {
+    let t = target.trim();
+    let bad = |reason: &str| InputError::BadTarget { target: target.into(), reason: reason.into() };
+    if t.is_empty() {
+        return Err(bad("it is empty; set Target to where the task should see the input, e.g. /inputs"));
+    }
+    if !t.starts_with('/') {
+        return Err(bad("it must be an absolute path"));
+    }
+    if t.split('/').any(|c| c == "..") {
+        return Err(bad("it must not contain `..`"));
+    }
+    Ok(t.to_string())
+}
+
+fn file_name_of(target: &str) -> String {
+    target.trim_end_matches('/').rsplit('/').next().filter(|s| !s.is_empty() && *s != ".").unwrap_or("input").to_string()
+}
+
+/// Decodes an RFC 2397 `data:` URL into its media type and bytes.
+pub fn decode_data_url(url: &str) -> Result<(String, Vec<u8>), InputError> {
+    let t = url.trim();
+    let rest = match (t.get(..5), t.get(5..)) {
+        (Some(scheme), Some(rest)) if scheme.eq_ignore_ascii_case("data:") => rest,
+        _ => return Err(InputError::BadDataUrl("it does not start with data:".into())),
+    };
+    let (meta, payload) = rest.split_once(',').ok_or_else(|| InputError::BadDataUrl("it has no comma before the data".into()))?;
+    let is_b64 = meta.split(';').any(|p| p.trim().eq_ignore_ascii_case("base64"));
+    let mime = meta.split(';').next().unwrap_or("").trim().to_string();
+    let data = if is_b64 {
+        let cleaned: String = payload.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+        let cleaned = percent_decode(&cleaned).map_err(InputError::BadDataUrl)?;
+        let engines = [
+            &base64::engine::general_purpose::STANDARD,
+            &base64::engine::general_purpose::STANDARD_NO_PAD,
+            &base64::engine::general_purpose::URL_SAFE,
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        ];
+        engines
+            .iter()
+            .find_map(|e| e.decode(&cleaned).ok())
+            .ok_or_else(|| InputError::BadDataUrl("its base64 data does not decode".into()))?
+    } else {
+        percent_decode(payload.as_bytes()).map_err(InputError::BadDataUrl)?
+    };
+    Ok((mime, data))
+}
+
+fn percent_decode(s: impl AsRef<[u8]>) -> Result<Vec<u8>, String> {
+    let b = s.as_ref();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+            match hex {
+                Some(v) => {
+                    out.push(v);
+                    i += 3;
+                }
+                None => return Err(format!("bad percent escape at byte {i}")),
+            }
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+fn gunzip(data: &[u8], limit: u64) -> Result<Vec<u8>, InputError> {
+    let mut out = Vec::new();
+    let mut dec = flate2::read::GzDecoder::new(data).take(limit.saturating_add(1));
+    dec.read_to_end(&mut out).map_err(|e| InputError::BadDataUrl(format!("its gzip data does not decompress: {e}")))?;
+    if out.len() as u64 > limit {
+        return Err(InputError::TooLarge { what: "the decompressed inline input".into(), limit });
+    }
+    Ok(out)
+}
+
+fn is_tar(data: &[u8]) -> bool {
+    data.len() >= 512 && data.get(257..262) == Some(b"ustar")
+}
+
+/// Writes inline data to `dir/name`, or unpacks it into `dir/name/` when it was a gzipped tar archive.
+/// Returns the path and whether it is a directory.
+fn write_inline(dir: &Path, name: &str, data: Vec<u8>, gz: bool, limit: u64) -> Result<(PathBuf, bool), InputError> {
+    std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    let path = dir.join(name);
+    if gz && is_tar(&data) {
+        std::fs::create_dir_all(&path).map_err(io(format!("creating {}", path.display())))?;
+        unpack_tar(&data, &path, limit)?;
+        return Ok((path, true));
+    }
+    std::fs::write(&path, &data).map_err(io(format!("writing {}", path.display())))?;
+    Ok((path, false))
+}
+
+/// Unpacks a tar archive, keeping only regular files and directories inside `dst`.
+fn unpack_tar(data: &[u8], dst: &Path, limit: u64) -> Result<(), InputError> {
+    let bad = |e: std::io::Error| InputError::BadDataUrl(format!("its tar archive is unreadable: {e}"));
+    let mut ar = tar::Archive::new(data);
+    let mut total: u64 = 0;
+    for entry in ar.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        let kind = entry.header().entry_type();
+        if !(kind.is_file() || kind.is_dir()) {
+            continue;
+        }
+        total += entry.size();
+        if total > limit {
+            return Err(InputError::TooLarge { what: "the unpacked inline archive".into(), limit });
+        }
+        // `unpack_in` refuses paths that escape `dst`.
+        entry.unpack_in(dst).map_err(bad)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_urls_decode_base64_and_percent_forms() {
+        assert_eq!(decode_data_url("data:text/plain;base64,aGVsbG8=").unwrap(), ("text/plain".into(), b"hello".to_vec()));
+        assert_eq!(decode_data_url("data:,a%20b").unwrap().1, b"a b".to_vec());
+        assert_eq!(decode_data_url("data:;base64,aGVsbG8").unwrap().1, b"hello".to_vec());
+        assert!(decode_data_url("http://x").is_err());
+        assert!(decode_data_url("data:text/plain").is_err());
+    }
+
+    #[test]
+    fn targets_must_be_absolute_without_dotdot() {
+        assert!(check_target("/inputs").is_ok());
+        assert!(check_target("inputs").is_err());
+        assert!(check_target("/inputs/../etc").unwrap_err().to_string().contains(".."));
+        assert!(check_target("").is_err());
+    }
+
+    #[test]
+    fn allow_list_entries_parse_modes() {
+        let a = AllowedPath::parse("/nonexistent-caravel/data:rw").unwrap();
+        assert!(a.read_write);
+        assert_eq!(a.path, PathBuf::from("/nonexistent-caravel/data"));
+        assert!(!AllowedPath::parse("/x:ro").unwrap().read_write);
+        assert!(AllowedPath::parse("rel").is_err());
+    }
+}

@@ -1,0 +1,301 @@
+//! The state machine: applies committed entries to the in-memory [`ClusterState`], persists the
+//! changed records, builds and installs snapshots (`RaftStateMachine` + `RaftSnapshotBuilder`).
+
+use std::fmt;
+use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use caravel_model::command::CommandResponse;
+use caravel_model::state::{ClusterState, Table};
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageIOError, StoredMembership};
+use rocksdb::{DB, IteratorMode, WriteBatch};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::db::{self, CF_SM, CF_SM_META, KEY_LAST_APPLIED, KEY_LAST_MEMBERSHIP, KEY_SNAPSHOT, KEY_SNAPSHOT_COUNTER};
+use crate::{Entry, Error, LogId, NodeAddr, NodeId, StorageError, TypeConfig};
+
+type Membership = StoredMembership<NodeId, NodeAddr>;
+type Meta = SnapshotMeta<NodeId, NodeAddr>;
+
+/// What the state machine has applied: kept next to the state, persisted in `sm_meta`.
+#[derive(Debug, Clone, Default)]
+struct Applied {
+    last_applied: Option<LogId>,
+    last_membership: Membership,
+}
+
+/// The snapshot kept in `sm_meta`: openraft's meta and the `ClusterState::to_snapshot` bytes.
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: Meta,
+    data: Vec<u8>,
+}
+
+struct Shared {
+    db: Arc<DB>,
+    /// Lock order: `state` before `applied`.
+    state: Arc<RwLock<ClusterState>>,
+    applied: Mutex<Applied>,
+    applied_tx: watch::Sender<u64>,
+    snapshot_counter: AtomicU64,
+}
+
+/// The state machine store. Cheap to clone; clones share the state (it is also the snapshot builder).
+#[derive(Clone)]
+pub struct StateMachineStore {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for StateMachineStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StateMachineStore")
+            .field("path", &self.shared.db.path())
+            .field("last_applied", &self.last_applied())
+            .finish()
+    }
+}
+
+fn read_sm_err(e: Error) -> StorageError {
+    StorageIOError::read_state_machine(&e).into()
+}
+
+fn write_sm_err(e: Error) -> StorageError {
+    StorageIOError::write_state_machine(&e).into()
+}
+
+fn encode_err(e: caravel_model::codec::Error) -> Error {
+    Error::Encode { what: "state machine record", source: e }
+}
+
+/// `Job/abc`-style name of an `sm` key, for error messages.
+fn show_sm_key(k: &[u8]) -> String {
+    match k.split_first() {
+        Some((t, rest)) => match Table::from_u8(*t) {
+            Some(t) => format!("{t:?}/{}", String::from_utf8_lossy(rest)),
+            None => format!("{k:02x?}"),
+        },
+        None => "<empty key>".into(),
+    }
+}
+
+/// Adds the records `take_dirty` returned to `batch`.
+fn put_records(batch: &mut WriteBatch, cf: &rocksdb::ColumnFamily, records: Vec<(Table, String, Option<Vec<u8>>)>) {
+    for (table, key, value) in records {
+        let k = db::sm_key(table, &key);
+        match value {
+            Some(v) => batch.put_cf(cf, k, v),
+            None => batch.delete_cf(cf, k),
+        }
+    }
+}
+
+fn put_applied(db: &DB, batch: &mut WriteBatch, applied: &Applied) -> Result<(), Error> {
+    let cf = db::cf(db, CF_SM_META)?;
+    batch.put_cf(cf, KEY_LAST_APPLIED, db::encode("last applied log id", &applied.last_applied)?);
+    batch.put_cf(cf, KEY_LAST_MEMBERSHIP, db::encode("last membership", &applied.last_membership)?);
+    Ok(())
+}
+
+impl StateMachineStore {
+    /// Loads the state machine from the database: every `sm` record, then `sm_meta`.
+    pub(crate) fn load(db: Arc<DB>) -> Result<Self, Error> {
+        let mut state = ClusterState::default();
+        let cf = db::cf(&db, CF_SM)?;
+        let mut records = 0usize;
+        for item in db.iterator_cf(cf, IteratorMode::Start) {
+            let (k, v) = item.map_err(|source| Error::Rocks { op: "read state machine records", source })?;
+            let bad = |reason| Error::BadKey { cf: CF_SM, key: show_sm_key(&k), reason };
+            let (t, rest) = k.split_first().ok_or_else(|| bad("empty key"))?;
+            let table = Table::from_u8(*t).ok_or_else(|| bad("unknown table byte"))?;
+            let key = String::from_utf8(rest.to_vec()).map_err(|_| bad("record key is not UTF-8"))?;
+            state
+                .load_record(table, key, &v)
+                .map_err(|source| Error::Decode { cf: CF_SM, key: show_sm_key(&k), source })?;
+            records += 1;
+        }
+        state.finish_load();
+        let last_applied = db::get::<Option<LogId>>(&db, CF_SM_META, KEY_LAST_APPLIED)?.flatten();
+        let last_membership = db::get::<Membership>(&db, CF_SM_META, KEY_LAST_MEMBERSHIP)?.unwrap_or_default();
+        let counter = db::get::<u64>(&db, CF_SM_META, KEY_SNAPSHOT_COUNTER)?.unwrap_or(0);
+        tracing::debug!(records, ?last_applied, "state machine loaded");
+        let (applied_tx, _) = watch::channel(last_applied.map(|l| l.index).unwrap_or(0));
+        Ok(StateMachineStore {
+            shared: Arc::new(Shared {
+                db,
+                state: Arc::new(RwLock::new(state)),
+                applied: Mutex::new(Applied { last_applied, last_membership }),
+                applied_tx,
+                snapshot_counter: AtomicU64::new(counter),
+            }),
+        })
+    }
+
+    /// The replicated state, for readers (API, scheduler). Take the read lock briefly and never
+    /// hold it across an `.await`: `apply` needs the write lock.
+    pub fn state(&self) -> Arc<RwLock<ClusterState>> {
+        self.shared.state.clone()
+    }
+
+    /// The index of the last applied log entry, updated after each applied batch and installed
+    /// snapshot (0 before anything was applied). Wakes readers that wait for their write.
+    pub fn subscribe_applied(&self) -> watch::Receiver<u64> {
+        self.shared.applied_tx.subscribe()
+    }
+
+    /// The last applied log id (`None` before anything was applied).
+    pub fn last_applied(&self) -> Option<LogId> {
+        self.lock_applied().ok().and_then(|a| a.last_applied)
+    }
+
+    fn read_state(&self) -> Result<RwLockReadGuard<'_, ClusterState>, Error> {
+        self.shared.state.read().map_err(|_| Error::Poisoned)
+    }
+
+    fn write_state(&self) -> Result<RwLockWriteGuard<'_, ClusterState>, Error> {
+        self.shared.state.write().map_err(|_| Error::Poisoned)
+    }
+
+    fn lock_applied(&self) -> Result<std::sync::MutexGuard<'_, Applied>, Error> {
+        self.shared.applied.lock().map_err(|_| Error::Poisoned)
+    }
+
+    fn publish_applied(&self, last: Option<LogId>) {
+        self.shared.applied_tx.send_replace(last.map(|l| l.index).unwrap_or(0));
+    }
+
+    fn apply_entries(&self, entries: impl IntoIterator<Item = Entry>) -> Result<Vec<CommandResponse>, Error> {
+        let db = &self.shared.db;
+        let mut batch = WriteBatch::default();
+        let mut responses = Vec::new();
+        let last = {
+            let mut state = self.write_state()?;
+            let mut applied = self.lock_applied()?;
+            for entry in entries {
+                applied.last_applied = Some(entry.log_id);
+                let resp = match entry.payload {
+                    EntryPayload::Blank => CommandResponse::Ok,
+                    EntryPayload::Normal(cmd) => state.apply(&cmd),
+                    EntryPayload::Membership(m) => {
+                        applied.last_membership = StoredMembership::new(Some(entry.log_id), m);
+                        CommandResponse::Ok
+                    }
+                };
+                responses.push(resp);
+            }
+            if responses.is_empty() {
+                return Ok(responses);
+            }
+            let records = state.take_dirty().map_err(encode_err)?;
+            put_records(&mut batch, db::cf(db, CF_SM)?, records);
+            put_applied(db, &mut batch, &applied)?;
+            applied.last_applied
+        };
+        // Unsynced: see the crate docs (the log is synced; openraft re-applies what is missing).
+        db.write(batch).map_err(|source| Error::Rocks { op: "write applied state", source })?;
+        self.publish_applied(last);
+        Ok(responses)
+    }
+
+    async fn build(&self) -> Result<Snapshot<TypeConfig>, Error> {
+        let (data, applied) = {
+            let state = self.read_state()?;
+            let applied = self.lock_applied()?.clone();
+            (state.to_snapshot().map_err(|source| Error::Encode { what: "snapshot", source })?, applied)
+        };
+        let counter = self.shared.snapshot_counter.fetch_add(1, Ordering::SeqCst) + 1;
+        let snapshot_id = match &applied.last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id, l.index, counter),
+            None => format!("none-{counter}"),
+        };
+        let meta = Meta { last_log_id: applied.last_applied, last_membership: applied.last_membership, snapshot_id };
+        let stored = StoredSnapshot { meta, data };
+        let db = &self.shared.db;
+        let mut batch = WriteBatch::default();
+        let cf = db::cf(db, CF_SM_META)?;
+        batch.put_cf(cf, KEY_SNAPSHOT, db::encode("snapshot", &stored)?);
+        batch.put_cf(cf, KEY_SNAPSHOT_COUNTER, db::encode("snapshot counter", &counter)?);
+        // Not synced: the state itself is persisted record by record; the purge that follows a
+        // snapshot is synced and makes this write durable with it.
+        let db2 = db.clone();
+        tokio::task::spawn_blocking(move || db2.write(batch).map_err(|source| Error::Rocks { op: "store the snapshot", source }))
+            .await??;
+        tracing::info!(snapshot_id = %stored.meta.snapshot_id, bytes = stored.data.len(), "snapshot built");
+        Ok(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) })
+    }
+
+    async fn install(&self, meta: &Meta, data: Vec<u8>) -> Result<(), Error> {
+        let mut new_state =
+            ClusterState::from_snapshot(&data).map_err(|source| Error::Decode { cf: "snapshot", key: meta.snapshot_id.clone(), source })?;
+        new_state.mark_all_dirty();
+        let records = new_state.take_dirty().map_err(encode_err)?;
+        let applied = Applied { last_applied: meta.last_log_id, last_membership: meta.last_membership.clone() };
+        let db = &self.shared.db;
+        let mut batch = WriteBatch::default();
+        let sm = db::cf(db, CF_SM)?;
+        // Table bytes are 1..=8, so [0x00, 0xff) covers every record.
+        batch.delete_range_cf(sm, [0x00u8], [0xffu8]);
+        put_records(&mut batch, sm, records);
+        put_applied(db, &mut batch, &applied)?;
+        let stored = StoredSnapshot { meta: meta.clone(), data };
+        batch.put_cf(db::cf(db, CF_SM_META)?, KEY_SNAPSHOT, db::encode("snapshot", &stored)?);
+        db::write_synced(db, batch, "install a snapshot").await?;
+        {
+            let mut state = self.write_state()?;
+            let mut a = self.lock_applied()?;
+            *state = new_state;
+            *a = applied;
+        }
+        self.publish_applied(meta.last_log_id);
+        tracing::info!(snapshot_id = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "snapshot installed");
+        Ok(())
+    }
+
+    fn current_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, Error> {
+        let stored: Option<StoredSnapshot> = db::get(&self.shared.db, CF_SM_META, KEY_SNAPSHOT)?;
+        Ok(stored.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        self.build().await.map_err(|e| StorageIOError::write_snapshot(None, &e).into())
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = StateMachineStore;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), StorageError> {
+        let a = self.lock_applied().map_err(read_sm_err)?;
+        Ok((a.last_applied, a.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResponse>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        self.apply_entries(entries).map_err(write_sm_err)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(&mut self, meta: &Meta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+        self.install(meta, snapshot.into_inner())
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e).into())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        self.current_snapshot().map_err(|e| StorageIOError::read_snapshot(None, &e).into())
+    }
+}
