@@ -33,10 +33,25 @@ impl NodeProcess {
     /// Starts a hybrid node (orchestrator + compute) and waits until its compute node is connected.
     pub fn start_hybrid(bin: &Path, data_dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
         let api_port = free_port()?;
-        let mut args: Vec<String> = vec!["serve".into(), "--orchestrator".into(), "--compute".into()];
-        args.extend(["--data-dir".into(), data_dir.display().to_string(), "--api-host".into(), "127.0.0.1".into(), "--api-port".into(), api_port.to_string()]);
+        let mut args: Vec<String> =
+            vec!["serve".into(), "--orchestrator".into(), "--compute".into()];
+        args.extend([
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--api-host".into(),
+            "127.0.0.1".into(),
+            "--api-port".into(),
+            api_port.to_string(),
+        ]);
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut n = NodeProcess { bin: bin.to_path_buf(), child: None, api_port, data_dir: data_dir.to_path_buf(), args, log: data_dir.join("node.log") };
+        let mut n = NodeProcess {
+            bin: bin.to_path_buf(),
+            child: None,
+            api_port,
+            data_dir: data_dir.to_path_buf(),
+            args,
+            log: data_dir.join("node.log"),
+        };
         n.spawn()?;
         n.wait_ready(Duration::from_secs(60))?;
         Ok(n)
@@ -44,7 +59,10 @@ impl NodeProcess {
 
     fn spawn(&mut self) -> anyhow::Result<()> {
         std::fs::create_dir_all(&self.data_dir)?;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
         let child = Command::new(&self.bin)
             .args(&self.args)
             .stdin(Stdio::null())
@@ -63,18 +81,29 @@ impl NodeProcess {
             if let Some(c) = self.child.as_mut()
                 && let Some(status) = c.try_wait()?
             {
-                bail!("caravel exited with {status} during start-up; its log:\n{}", self.log_text());
+                bail!(
+                    "caravel exited with {status} during start-up; its log:\n{}",
+                    self.log_text()
+                );
             }
             let out = self.cli(&["node", "list", "--output", "json"]);
             if let Ok(o) = &out
                 && o.status.success()
                 && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&o.stdout)
-                && v["Nodes"].as_array().is_some_and(|a| a.iter().any(|n| n["Info"]["NodeType"] == "Compute" && n["ConnectionState"]["Status"] == "CONNECTED"))
+                && v["Nodes"].as_array().is_some_and(|a| {
+                    a.iter().any(|n| {
+                        n["Info"]["NodeType"] == "Compute"
+                            && n["ConnectionState"]["Status"] == "CONNECTED"
+                    })
+                })
             {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("caravel was not ready after {timeout:?}; its log:\n{}", self.log_text());
+                bail!(
+                    "caravel was not ready after {timeout:?}; its log:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -92,11 +121,19 @@ impl NodeProcess {
     /// Runs the CLI against this node from a working directory.
     pub fn cli_in(&self, args: &[&str], cwd: Option<&Path>) -> anyhow::Result<Output> {
         let mut c = Command::new(&self.bin);
-        c.args(["--api-host", "127.0.0.1", "--api-port", &self.api_port.to_string()]).args(args).stdin(Stdio::null());
+        c.args([
+            "--api-host",
+            "127.0.0.1",
+            "--api-port",
+            &self.api_port.to_string(),
+        ])
+        .args(args)
+        .stdin(Stdio::null());
         if let Some(d) = cwd {
             c.current_dir(d);
         }
-        c.output().with_context(|| format!("cannot run {} {args:?}", self.bin.display()))
+        c.output()
+            .with_context(|| format!("cannot run {} {args:?}", self.bin.display()))
     }
 
     pub fn api(&self) -> String {
@@ -114,7 +151,10 @@ impl NodeProcess {
     /// SIGTERM and wait for a clean exit (SIGKILL after 20 s).
     pub fn stop(&mut self) -> anyhow::Result<()> {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(20);
             while c.try_wait()?.is_none() {
                 if Instant::now() > deadline {

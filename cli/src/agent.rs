@@ -64,11 +64,27 @@ pub async fn run(c: &ApiClient, cmd: AgentCommand) -> anyhow::Result<ExitCode> {
 
 pub async fn version(c: &ApiClient, a: VersionArgs) -> anyhow::Result<ExitCode> {
     let client = BuildVersionInfo::current();
-    let server: Option<BuildVersionInfo> = if a.client { None } else { c.get("/api/v1/agent/version", &[]).await.ok() };
+    let server: Option<BuildVersionInfo> = if a.client {
+        None
+    } else {
+        c.get("/api/v1/agent/version", &[]).await.ok()
+    };
     let v = serde_json::json!({"ClientVersion": client, "ServerVersion": server});
     if !a.out.structured(&v)? {
-        let rows = vec![vec![client.git_version.clone(), server.map(|s| s.git_version).unwrap_or_else(|| if a.client { "-".into() } else { "unreachable".into() })]];
-        print!("{}", crate::output::table(&["client", "server"], &rows, a.out.hide_header));
+        let rows = vec![vec![
+            client.git_version.clone(),
+            server.map(|s| s.git_version).unwrap_or_else(|| {
+                if a.client {
+                    "-".into()
+                } else {
+                    "unreachable".into()
+                }
+            }),
+        ]];
+        print!(
+            "{}",
+            crate::output::table(&["client", "server"], &rows, a.out.hide_header)
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -15,8 +15,14 @@ pub struct ApiClient {
 
 impl ApiClient {
     pub fn new(base: &str) -> Self {
-        let http = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(5)).build().unwrap_or_default();
-        ApiClient { base: base.trim_end_matches('/').to_string(), http }
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .build()
+            .unwrap_or_default();
+        ApiClient {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+        }
     }
 
     /// `--api-host`/`--api-port` (or CARAVEL_API_HOST/PORT), default `http://127.0.0.1:1234`.
@@ -26,7 +32,11 @@ impl ApiClient {
         if host.starts_with("http://") || host.starts_with("https://") {
             return Self::new(&host);
         }
-        let host = if host == "0.0.0.0" { "127.0.0.1".to_string() } else { host };
+        let host = if host == "0.0.0.0" {
+            "127.0.0.1".to_string()
+        } else {
+            host
+        };
         Self::new(&format!("http://{host}:{port}"))
     }
 
@@ -41,36 +51,72 @@ impl ApiClient {
         )
     }
 
-    async fn handle<T: DeserializeOwned>(&self, resp: Result<reqwest::Response, reqwest::Error>) -> anyhow::Result<T> {
+    async fn handle<T: DeserializeOwned>(
+        &self,
+        resp: Result<reqwest::Response, reqwest::Error>,
+    ) -> anyhow::Result<T> {
         let resp = resp.map_err(|e| self.unreachable(e))?;
         let status = resp.status();
         let body = resp.bytes().await.map_err(|e| self.unreachable(e))?;
         if !status.is_success() {
             return Err(match serde_json::from_slice::<ApiError>(&body) {
                 Ok(e) => anyhow!("{e}"),
-                Err(_) => anyhow!("the API answered {status}: {}", String::from_utf8_lossy(&body)),
+                Err(_) => anyhow!(
+                    "the API answered {status}: {}",
+                    String::from_utf8_lossy(&body)
+                ),
             });
         }
-        serde_json::from_slice(&body).with_context(|| format!("the API's answer is not what this client expects (status {status})"))
+        serde_json::from_slice(&body).with_context(|| {
+            format!("the API's answer is not what this client expects (status {status})")
+        })
     }
 
-    pub async fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<T> {
-        self.handle(self.http.get(self.url(path)).query(query).send().await).await
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> anyhow::Result<T> {
+        self.handle(self.http.get(self.url(path)).query(query).send().await)
+            .await
     }
 
-    pub async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
-        self.handle(self.http.put(self.url(path)).json(body).send().await).await
+    pub async fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.handle(self.http.put(self.url(path)).json(body).send().await)
+            .await
     }
 
-    pub async fn delete<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
-        self.handle(self.http.delete(self.url(path)).json(body).send().await).await
+    pub async fn delete<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.handle(self.http.delete(self.url(path)).json(body).send().await)
+            .await
     }
 
     /// Downloads a URL into memory (results archives), with a timeout.
-    pub async fn download(&self, url: &str, timeout: std::time::Duration) -> anyhow::Result<Vec<u8>> {
-        let resp = self.http.get(url).timeout(timeout).send().await.map_err(|e| anyhow!("downloading {url}: {e}"))?;
+    pub async fn download(
+        &self,
+        url: &str,
+        timeout: std::time::Duration,
+    ) -> anyhow::Result<Vec<u8>> {
+        let resp = self
+            .http
+            .get(url)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| anyhow!("downloading {url}: {e}"))?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| anyhow!("downloading {url}: {e}"))?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| anyhow!("downloading {url}: {e}"))?;
         if !status.is_success() {
             return Err(match serde_json::from_slice::<ApiError>(&body) {
                 Ok(e) => anyhow!("downloading {url}: {e}"),
@@ -82,7 +128,10 @@ impl ApiClient {
 
     /// The WebSocket URL of a path.
     pub fn ws_url(&self, path: &str) -> String {
-        let base = self.base.replacen("https://", "wss://", 1).replacen("http://", "ws://", 1);
+        let base = self
+            .base
+            .replacen("https://", "wss://", 1)
+            .replacen("http://", "ws://", 1);
         format!("{base}{path}")
     }
 }

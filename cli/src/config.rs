@@ -19,27 +19,42 @@ pub enum ConfigCommand {
 
 /// The config file this command reads and writes.
 pub fn config_file(g: &Global) -> String {
-    if let Some(f) = g.config.iter().rev().find(|c| c.ends_with(".yaml") || c.ends_with(".yml")) {
+    if let Some(f) = g
+        .config
+        .iter()
+        .rev()
+        .find(|c| c.ends_with(".yaml") || c.ends_with(".yml"))
+    {
         return f.clone();
     }
-    let dir = g.data_dir.clone().unwrap_or_else(caravel_model::config::default_data_dir);
+    let dir = g
+        .data_dir
+        .clone()
+        .unwrap_or_else(caravel_model::config::default_data_dir);
     format!("{dir}/config.yaml")
 }
 
 /// Loads the effective config: defaults → config files → `CARAVEL_*` env → `-c Key=Value`.
 pub fn load(g: &Global) -> anyhow::Result<Config> {
     let mut doc = serde_json::json!({});
-    let mut files: Vec<String> = g.config.iter().filter(|c| c.ends_with(".yaml") || c.ends_with(".yml")).cloned().collect();
+    let mut files: Vec<String> = g
+        .config
+        .iter()
+        .filter(|c| c.ends_with(".yaml") || c.ends_with(".yml"))
+        .cloned()
+        .collect();
     if files.is_empty() {
         files.push(config_file(g));
     }
     for f in &files {
         match std::fs::read_to_string(f) {
             Ok(text) => {
-                let v: serde_json::Value = serde_norway::from_str(&text).with_context(|| format!("config file {f} is not valid YAML"))?;
+                let v: serde_json::Value = serde_norway::from_str(&text)
+                    .with_context(|| format!("config file {f} is not valid YAML"))?;
                 merge(&mut doc, v);
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && g.config.iter().all(|c| c != f) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound && g.config.iter().all(|c| c != f) => {}
             Err(e) => return Err(e).with_context(|| format!("cannot read config file {f}")),
         }
     }
@@ -49,7 +64,11 @@ pub fn load(g: &Global) -> anyhow::Result<Config> {
             set_in(&mut doc, k, &v).with_context(|| format!("environment variable {env}"))?;
         }
     }
-    for c in g.config.iter().filter(|c| !(c.ends_with(".yaml") || c.ends_with(".yml"))) {
+    for c in g
+        .config
+        .iter()
+        .filter(|c| !(c.ends_with(".yaml") || c.ends_with(".yml")))
+    {
         let (k, v) = c.split_once('=').unwrap_or((c.as_str(), "true"));
         set_in(&mut doc, k, v).with_context(|| format!("-c {c}"))?;
     }
@@ -80,13 +99,23 @@ pub fn run(g: &Global, cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
         ConfigCommand::List(out) => {
             let c = load(g)?;
             if !out.structured(&c)? {
-                let rows: Vec<Vec<String>> = c.list().into_iter().map(|(k, v, d)| vec![k, v, d]).collect();
-                print!("{}", crate::output::table(&["key", "value", "description"], &rows, out.hide_header));
+                let rows: Vec<Vec<String>> = c
+                    .list()
+                    .into_iter()
+                    .map(|(k, v, d)| vec![k, v, d])
+                    .collect();
+                print!(
+                    "{}",
+                    crate::output::table(&["key", "value", "description"], &rows, out.hide_header)
+                );
             }
         }
         ConfigCommand::Set { assignment } => {
             let (key, value) = match assignment.as_slice() {
-                [kv] => kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).context("use `caravel config set Key=Value`")?,
+                [kv] => kv
+                    .split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .context("use `caravel config set Key=Value`")?,
                 [k, v] => {
                     eprintln!("DEPRECATED: use `caravel config set {k}={v}`");
                     (k.clone(), v.clone())
@@ -95,7 +124,8 @@ pub fn run(g: &Global, cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
             };
             let file = config_file(g);
             let mut doc: serde_json::Value = match std::fs::read_to_string(&file) {
-                Ok(t) => serde_norway::from_str(&t).with_context(|| format!("config file {file} is not valid YAML"))?,
+                Ok(t) => serde_norway::from_str(&t)
+                    .with_context(|| format!("config file {file} is not valid YAML"))?,
                 Err(_) => serde_json::json!({}),
             };
             if doc.is_null() {
@@ -104,9 +134,11 @@ pub fn run(g: &Global, cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
             set_in(&mut doc, &key, &value)?;
             Config::from_value(doc.clone())?;
             if let Some(parent) = std::path::Path::new(&file).parent() {
-                std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
             }
-            std::fs::write(&file, serde_norway::to_string(&doc)?).with_context(|| format!("cannot write {file}"))?;
+            std::fs::write(&file, serde_norway::to_string(&doc)?)
+                .with_context(|| format!("cannot write {file}"))?;
             eprintln!("set {key} in {file}");
         }
     }

@@ -178,12 +178,21 @@ pub async fn run(c: &ApiClient, cmd: JobCommand) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         JobCommand::List(a) => list(c, a).await,
         JobCommand::Describe(a) => describe(c, a).await,
         JobCommand::Executions(a) => {
-            let r: ListExecutionsResponse = c.get(&format!("/api/v1/orchestrator/jobs/{}/executions", a.id), &ns_query(&a.namespace)).await?;
+            let r: ListExecutionsResponse = c
+                .get(
+                    &format!("/api/v1/orchestrator/jobs/{}/executions", a.id),
+                    &ns_query(&a.namespace),
+                )
+                .await?;
             if !a.out.structured(&r)? {
                 print!("{}", executions_table(&r.items, a.out.hide_header));
             }
@@ -195,23 +204,55 @@ pub async fn run(c: &ApiClient, cmd: JobCommand) -> anyhow::Result<ExitCode> {
             if let Some(e) = &a.execution_id {
                 q.push(("execution_id", e.clone()));
             }
-            let r: ListHistoryResponse = c.get(&format!("/api/v1/orchestrator/jobs/{}/history", a.id), &q).await?;
+            let r: ListHistoryResponse = c
+                .get(&format!("/api/v1/orchestrator/jobs/{}/history", a.id), &q)
+                .await?;
             if !a.out.structured(&r)? {
                 let rows: Vec<Vec<String>> = r
                     .items
                     .iter()
                     .map(|h| {
-                        let level = if h.event.details.get("IsError").is_some_and(|v| v == "true") { "Error" } else { "Info" };
-                        vec![short_time(h.time), level.into(), h.job_version.to_string(), short(&h.execution_id).to_string(), h.event.topic.clone(), h.event.message.clone()]
+                        let level = if h.event.details.get("IsError").is_some_and(|v| v == "true") {
+                            "Error"
+                        } else {
+                            "Info"
+                        };
+                        vec![
+                            short_time(h.time),
+                            level.into(),
+                            h.job_version.to_string(),
+                            short(&h.execution_id).to_string(),
+                            h.event.topic.clone(),
+                            h.event.message.clone(),
+                        ]
                     })
                     .collect();
-                print!("{}", table(&["time", "level", "job version", "exec. id", "topic", "event"], &rows, a.out.hide_header));
+                print!(
+                    "{}",
+                    table(
+                        &["time", "level", "job version", "exec. id", "topic", "event"],
+                        &rows,
+                        a.out.hide_header
+                    )
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
         JobCommand::Stop(a) => {
-            let job: GetJobResponse = c.get(&format!("/api/v1/orchestrator/jobs/{}", a.id), &ns_query(&a.namespace)).await?;
-            let r: StopJobResponse = c.delete(&format!("/api/v1/orchestrator/jobs/{}", job.job.id), &StopJobRequest { reason: "Stopped at user request".into() }).await?;
+            let job: GetJobResponse = c
+                .get(
+                    &format!("/api/v1/orchestrator/jobs/{}", a.id),
+                    &ns_query(&a.namespace),
+                )
+                .await?;
+            let r: StopJobResponse = c
+                .delete(
+                    &format!("/api/v1/orchestrator/jobs/{}", job.job.id),
+                    &StopJobRequest {
+                        reason: "Stopped at user request".into(),
+                    },
+                )
+                .await?;
             if !a.quiet {
                 eprintln!("Job {} stopped.", job.job.id);
             }
@@ -221,7 +262,12 @@ pub async fn run(c: &ApiClient, cmd: JobCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         JobCommand::Logs(a) => {
-            let job: GetJobResponse = c.get(&format!("/api/v1/orchestrator/jobs/{}", a.id), &ns_query(&a.namespace)).await?;
+            let job: GetJobResponse = c
+                .get(
+                    &format!("/api/v1/orchestrator/jobs/{}", a.id),
+                    &ns_query(&a.namespace),
+                )
+                .await?;
             stream_logs(c, &job.job.id, a.execution_id.as_deref(), a.follow, a.tail).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -233,12 +279,17 @@ fn read_spec(file: Option<&str>) -> anyhow::Result<(Vec<u8>, std::path::PathBuf)
     match file {
         None | Some("-") => {
             let mut b = Vec::new();
-            std::io::stdin().read_to_end(&mut b).context("reading the spec from stdin")?;
+            std::io::stdin()
+                .read_to_end(&mut b)
+                .context("reading the spec from stdin")?;
             Ok((b, std::env::current_dir().unwrap_or_default()))
         }
         Some(f) => {
             let b = std::fs::read(f).with_context(|| format!("cannot read job spec {f}"))?;
-            let base = std::path::Path::new(f).parent().map(|p| p.to_path_buf()).unwrap_or_default();
+            let base = std::path::Path::new(f)
+                .parent()
+                .map(|p| p.to_path_buf())
+                .unwrap_or_default();
             Ok((b, base))
         }
     }
@@ -259,13 +310,19 @@ pub fn spec_to_value(text: &[u8], base: &std::path::Path) -> anyhow::Result<serd
             if k != "local" && k != "localdirectory" {
                 continue;
             }
-            let Some(p) = input.source.params.str("SourcePath").map(String::from) else { continue };
+            let Some(p) = input.source.params.str("SourcePath").map(String::from) else {
+                continue;
+            };
             if p.starts_with('/') {
                 continue;
             }
             let path = base.join(&p);
             let bytes = std::fs::read(&path).with_context(|| format!("input {} names the local file {} (relative paths are read on this machine and sent inline)", input.target, path.display()))?;
-            *input = caravel_model::parse::inline_input(&input.target, "application/octet-stream", &bytes);
+            *input = caravel_model::parse::inline_input(
+                &input.target,
+                "application/octet-stream",
+                &bytes,
+            );
         }
     }
     let mut v = serde_json::to_value(&job)?;
@@ -280,13 +337,25 @@ pub fn spec_to_value(text: &[u8], base: &std::path::Path) -> anyhow::Result<serd
     Ok(v)
 }
 
-pub async fn submit_and_follow(c: &ApiClient, job: serde_json::Value, rt: &RuntimeArgs) -> anyhow::Result<ExitCode> {
+pub async fn submit_and_follow(
+    c: &ApiClient,
+    job: serde_json::Value,
+    rt: &RuntimeArgs,
+) -> anyhow::Result<ExitCode> {
     if rt.dry_run {
         print!("{}", serde_norway::to_string(&job)?);
         return Ok(ExitCode::SUCCESS);
     }
     let started = Instant::now();
-    let r: PutJobResponse = c.put("/api/v1/orchestrator/jobs", &PutJobRequest { job, force: rt.force }).await?;
+    let r: PutJobResponse = c
+        .put(
+            "/api/v1/orchestrator/jobs",
+            &PutJobRequest {
+                job,
+                force: rt.force,
+            },
+        )
+        .await?;
     for w in &r.warnings {
         eprintln!("Warning: {w}");
     }
@@ -302,8 +371,15 @@ pub async fn submit_and_follow(c: &ApiClient, job: serde_json::Value, rt: &Runti
     if rt.follow {
         // Wait for an execution to exist, then stream its logs live.
         loop {
-            let j: GetJobResponse = c.get(&format!("/api/v1/orchestrator/jobs/{}", r.job_id), &[("include", "executions".into())]).await?;
-            if j.executions.as_ref().is_some_and(|e| !e.items.is_empty()) || j.job.state.state_type.is_terminal() {
+            let j: GetJobResponse = c
+                .get(
+                    &format!("/api/v1/orchestrator/jobs/{}", r.job_id),
+                    &[("include", "executions".into())],
+                )
+                .await?;
+            if j.executions.as_ref().is_some_and(|e| !e.items.is_empty())
+                || j.job.state.state_type.is_terminal()
+            {
                 break;
             }
             if Instant::now() > deadline {
@@ -317,20 +393,42 @@ pub async fn submit_and_follow(c: &ApiClient, job: serde_json::Value, rt: &Runti
     let ok = job.state.state_type == JobStateType::Completed;
     if !rt.id_only {
         match job.state.state_type {
-            JobStateType::Completed => eprintln!("\nJob {} completed in {:.1}s.", r.job_id, started.elapsed().as_secs_f64()),
+            JobStateType::Completed => eprintln!(
+                "\nJob {} completed in {:.1}s.",
+                r.job_id,
+                started.elapsed().as_secs_f64()
+            ),
             s => eprintln!("\nJob {} is {s}: {}", r.job_id, job.state.message),
         }
-        eprintln!("\nTo get more details about the run, execute:\n\tcaravel job describe {}", r.job_id);
-        eprintln!("\nTo get more details about the run executions, execute:\n\tcaravel job executions {}", r.job_id);
+        eprintln!(
+            "\nTo get more details about the run, execute:\n\tcaravel job describe {}",
+            r.job_id
+        );
+        eprintln!(
+            "\nTo get more details about the run executions, execute:\n\tcaravel job executions {}",
+            r.job_id
+        );
         if ok {
-            eprintln!("\nTo download the results, execute:\n\tcaravel job get {}", r.job_id);
+            eprintln!(
+                "\nTo download the results, execute:\n\tcaravel job get {}",
+                r.job_id
+            );
         }
     }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Polls until the job is terminal, showing progress (a spinner on a TTY, plain lines otherwise).
-pub async fn wait_for(c: &ApiClient, id: &str, deadline: Instant, show: bool) -> anyhow::Result<Job> {
+pub async fn wait_for(
+    c: &ApiClient,
+    id: &str,
+    deadline: Instant,
+    show: bool,
+) -> anyhow::Result<Job> {
     let tty = std::io::stderr().is_terminal();
     let spinner = (show && tty).then(|| {
         let s = indicatif::ProgressBar::new_spinner();
@@ -344,21 +442,39 @@ pub async fn wait_for(c: &ApiClient, id: &str, deadline: Instant, show: bool) ->
     let mut last = None;
     let mut delay = Duration::from_millis(100);
     loop {
-        let j: GetJobResponse = c.get(&format!("/api/v1/orchestrator/jobs/{id}"), &[]).await?;
+        let j: GetJobResponse = c
+            .get(&format!("/api/v1/orchestrator/jobs/{id}"), &[])
+            .await?;
         let st = j.job.state.state_type;
         if last != Some(st) {
             if let Some(s) = &spinner {
-                s.set_message(format!("Job {} … {:.1}s", st, started.elapsed().as_secs_f64()));
+                s.set_message(format!(
+                    "Job {} … {:.1}s",
+                    st,
+                    started.elapsed().as_secs_f64()
+                ));
             } else if show {
-                eprintln!("\t{:>10}  {:.1}s", st.as_str(), started.elapsed().as_secs_f64());
+                eprintln!(
+                    "\t{:>10}  {:.1}s",
+                    st.as_str(),
+                    started.elapsed().as_secs_f64()
+                );
             }
             last = Some(st);
         } else if let Some(s) = &spinner {
-            s.set_message(format!("Job {} … {:.1}s", st, started.elapsed().as_secs_f64()));
+            s.set_message(format!(
+                "Job {} … {:.1}s",
+                st,
+                started.elapsed().as_secs_f64()
+            ));
         }
         if st.is_terminal() {
             if let Some(s) = spinner {
-                s.finish_with_message(format!("Job {} after {:.1}s", st, started.elapsed().as_secs_f64()));
+                s.finish_with_message(format!(
+                    "Job {} after {:.1}s",
+                    st,
+                    started.elapsed().as_secs_f64()
+                ));
             }
             return Ok(j.job);
         }
@@ -366,7 +482,9 @@ pub async fn wait_for(c: &ApiClient, id: &str, deadline: Instant, show: bool) ->
             if let Some(s) = spinner {
                 s.abandon();
             }
-            bail!("job {id} is still {st} after waiting; it keeps running. Follow it with `caravel job describe {id}`");
+            bail!(
+                "job {id} is still {st} after waiting; it keeps running. Follow it with `caravel job describe {id}`"
+            );
         }
         tokio::time::sleep(delay).await;
         delay = (delay + Duration::from_millis(50)).min(Duration::from_millis(500));
@@ -374,7 +492,10 @@ pub async fn wait_for(c: &ApiClient, id: &str, deadline: Instant, show: bool) ->
 }
 
 async fn list(c: &ApiClient, a: ListArgs) -> anyhow::Result<ExitCode> {
-    let mut q = vec![("limit", a.limit.to_string()), ("order_by", a.order_by.clone())];
+    let mut q = vec![
+        ("limit", a.limit.to_string()),
+        ("order_by", a.order_by.clone()),
+    ];
     if a.order_reversed {
         q.push(("reverse", "true".into()));
     }
@@ -391,10 +512,33 @@ async fn list(c: &ApiClient, a: ListArgs) -> anyhow::Result<ExitCode> {
     }
     let r: ListJobsResponse = c.get("/api/v1/orchestrator/jobs", &q).await?;
     if !a.out.structured(&r)? {
-        let rows: Vec<Vec<String>> = r.items.iter().map(|j| vec![short_time(j.create_time), short(&j.id).into(), j.name.clone(), j.engine(), j.kind.clone(), j.state.state_type.to_string()]).collect();
-        print!("{}", table(&["created", "id", "name", "job", "type", "state"], &rows, a.out.hide_header));
+        let rows: Vec<Vec<String>> = r
+            .items
+            .iter()
+            .map(|j| {
+                vec![
+                    short_time(j.create_time),
+                    short(&j.id).into(),
+                    j.name.clone(),
+                    j.engine(),
+                    j.kind.clone(),
+                    j.state.state_type.to_string(),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            table(
+                &["created", "id", "name", "job", "type", "state"],
+                &rows,
+                a.out.hide_header
+            )
+        );
         if !r.next_token.is_empty() {
-            eprintln!("\nMore jobs: caravel job list --next-token {}", r.next_token);
+            eprintln!(
+                "\nMore jobs: caravel job list --next-token {}",
+                r.next_token
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -416,13 +560,28 @@ fn executions_table(execs: &[Execution], hide: bool) -> String {
             ]
         })
         .collect();
-    table(&["created", "modified", "id", "job version", "node id", "rev.", "state", "desired"], &rows, hide)
+    table(
+        &[
+            "created",
+            "modified",
+            "id",
+            "job version",
+            "node id",
+            "rev.",
+            "state",
+            "desired",
+        ],
+        &rows,
+        hide,
+    )
 }
 
 async fn describe(c: &ApiClient, a: IdArgs) -> anyhow::Result<ExitCode> {
     let mut q = ns_query(&a.namespace);
     q.push(("include", "executions,history".into()));
-    let r: GetJobResponse = c.get(&format!("/api/v1/orchestrator/jobs/{}", a.id), &q).await?;
+    let r: GetJobResponse = c
+        .get(&format!("/api/v1/orchestrator/jobs/{}", a.id), &q)
+        .await?;
     if a.out.output != Format::Table {
         a.out.structured(&r)?;
         return Ok(ExitCode::SUCCESS);
@@ -451,18 +610,39 @@ async fn describe(c: &ApiClient, a: IdArgs) -> anyhow::Result<ExitCode> {
     out.push_str(&executions_table(&execs, false));
     if let Some(h) = r.history {
         out.push_str("\nHistory\n");
-        let rows: Vec<Vec<String>> = h.items.iter().map(|h| vec![short_time(h.time), short(&h.execution_id).into(), h.event.topic.clone(), h.event.message.clone()]).collect();
-        out.push_str(&table(&["time", "exec. id", "topic", "event"], &rows, false));
+        let rows: Vec<Vec<String>> = h
+            .items
+            .iter()
+            .map(|h| {
+                vec![
+                    short_time(h.time),
+                    short(&h.execution_id).into(),
+                    h.event.topic.clone(),
+                    h.event.message.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &["time", "exec. id", "topic", "event"],
+            &rows,
+            false,
+        ));
     }
     for e in &execs {
         if let Some(o) = &e.run_output {
             out.push_str(&format!("\nStandard Output ({})\n", short(&e.id)));
             out.push_str(&o.stdout);
             if o.stdout_truncated {
-                out.push_str("\n[output truncated: `caravel job logs` or `caravel job get` for all of it]\n");
+                out.push_str(
+                    "\n[output truncated: `caravel job logs` or `caravel job get` for all of it]\n",
+                );
             }
             if !o.stderr.is_empty() {
-                out.push_str(&format!("\nStandard Error ({})\n{}", short(&e.id), o.stderr));
+                out.push_str(&format!(
+                    "\nStandard Error ({})\n{}",
+                    short(&e.id),
+                    o.stderr
+                ));
             }
             if !o.error_msg.is_empty() {
                 out.push_str(&format!("\nError: {}\n", o.error_msg));
@@ -474,13 +654,23 @@ async fn describe(c: &ApiClient, a: IdArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Streams logs over the API's WebSocket: stdout lines to stdout, stderr lines to stderr.
-pub async fn stream_logs(c: &ApiClient, job_id: &str, exec: Option<&str>, follow: bool, tail: bool) -> anyhow::Result<()> {
+pub async fn stream_logs(
+    c: &ApiClient,
+    job_id: &str,
+    exec: Option<&str>,
+    follow: bool,
+    tail: bool,
+) -> anyhow::Result<()> {
     let mut url = url::Url::parse(&c.ws_url(&format!("/api/v1/orchestrator/jobs/{job_id}/logs")))?;
-    url.query_pairs_mut().append_pair("follow", &follow.to_string()).append_pair("tail", &tail.to_string());
+    url.query_pairs_mut()
+        .append_pair("follow", &follow.to_string())
+        .append_pair("tail", &tail.to_string());
     if let Some(e) = exec {
         url.query_pairs_mut().append_pair("execution_id", e);
     }
-    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.map_err(|e| anyhow!("cannot open the logs stream at {url}: {e}"))?;
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .map_err(|e| anyhow!("cannot open the logs stream at {url}: {e}"))?;
     use std::io::Write;
     while let Some(msg) = ws.next().await {
         let msg = msg.map_err(|e| anyhow!("logs stream broke: {e}"))?;
@@ -489,7 +679,8 @@ pub async fn stream_logs(c: &ApiClient, job_id: &str, exec: Option<&str>, follow
             tokio_tungstenite::tungstenite::Message::Close(_) => break,
             _ => continue,
         };
-        let frame: LogFrame = serde_json::from_str(&text).context("unexpected frame on the logs stream")?;
+        let frame: LogFrame =
+            serde_json::from_str(&text).context("unexpected frame on the logs stream")?;
         if !frame.error.is_empty() {
             bail!("{}", frame.error);
         }
@@ -505,21 +696,49 @@ pub async fn stream_logs(c: &ApiClient, job_id: &str, exec: Option<&str>, follow
 }
 
 async fn get(c: &ApiClient, a: GetArgs) -> anyhow::Result<ExitCode> {
-    let job: GetJobResponse = c.get(&format!("/api/v1/orchestrator/jobs/{}", a.id), &ns_query(&a.namespace)).await?;
+    let job: GetJobResponse = c
+        .get(
+            &format!("/api/v1/orchestrator/jobs/{}", a.id),
+            &ns_query(&a.namespace),
+        )
+        .await?;
     let id = job.job.id.clone();
-    let r: ListResultsResponse = c.get(&format!("/api/v1/orchestrator/jobs/{id}/results"), &ns_query(&a.namespace)).await?;
+    let r: ListResultsResponse = c
+        .get(
+            &format!("/api/v1/orchestrator/jobs/{id}/results"),
+            &ns_query(&a.namespace),
+        )
+        .await?;
     if r.items.is_empty() {
-        bail!("job {id} has no published results (state {}); results exist once an execution completes with a publisher", job.job.state.state_type);
+        bail!(
+            "job {id} has no published results (state {}); results exist once an execution completes with a publisher",
+            job.job.state.state_type
+        );
     }
-    let dir = std::path::PathBuf::from(a.output_dir.clone().unwrap_or_else(|| format!("job-{}", short(&id))));
+    let dir = std::path::PathBuf::from(
+        a.output_dir
+            .clone()
+            .unwrap_or_else(|| format!("job-{}", short(&id))),
+    );
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     for (i, item) in r.items.iter().enumerate() {
         let url = match item.kind.to_ascii_lowercase().as_str() {
-            "urldownload" | "s3presigned" => item.params.str("URL").or_else(|| item.params.str("PreSignedURL")).unwrap_or_default().to_string(),
+            "urldownload" | "s3presigned" => item
+                .params
+                .str("URL")
+                .or_else(|| item.params.str("PreSignedURL"))
+                .unwrap_or_default()
+                .to_string(),
             other => bail!("results of type {other} cannot be downloaded by this client yet"),
         };
-        let bytes = c.download(&url, Duration::from_secs(a.download_timeout_secs)).await?;
-        let target = if a.raw { dir.join("raw").join(format!("{i}")) } else { dir.clone() };
+        let bytes = c
+            .download(&url, Duration::from_secs(a.download_timeout_secs))
+            .await?;
+        let target = if a.raw {
+            dir.join("raw").join(format!("{i}"))
+        } else {
+            dir.clone()
+        };
         std::fs::create_dir_all(&target)?;
         extract(&bytes, &target).with_context(|| format!("unpacking the results from {url}"))?;
     }
@@ -534,8 +753,15 @@ fn extract(bytes: &[u8], target: &std::path::Path) -> anyhow::Result<()> {
     for entry in ar.entries()? {
         let mut entry = entry?;
         let path = entry.path()?.into_owned();
-        if path.is_absolute() || path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-            bail!("refusing archive entry {} outside the output directory", path.display());
+        if path.is_absolute()
+            || path
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            bail!(
+                "refusing archive entry {} outside the output directory",
+                path.display()
+            );
         }
         entry.unpack_in(target)?;
     }

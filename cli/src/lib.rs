@@ -18,7 +18,12 @@ use clap::{Args, Parser, Subcommand};
 pub use client::ApiClient;
 
 #[derive(Debug, Parser)]
-#[command(name = "caravel", version, about = "Compute over data: run jobs next to the data, on highly available orchestrators", propagate_version = true)]
+#[command(
+    name = "caravel",
+    version,
+    about = "Compute over data: run jobs next to the data, on highly available orchestrators",
+    propagate_version = true
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -42,6 +47,8 @@ pub struct Global {
     pub config: Vec<String>,
 }
 
+// Parsed once per process: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a node: orchestrator, compute, or both (hybrid).

@@ -76,18 +76,42 @@ pub async fn run(c: &ApiClient, cmd: NodeCommand) -> anyhow::Result<ExitCode> {
                             n.info.node_type.clone(),
                             n.membership.as_str().into(),
                             n.connection_state.status.as_str().into(),
-                            n.info.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
-                            format!("{:.1} / {:.1}", ci.available_capacity.cpu, ci.max_capacity.cpu),
-                            format!("{} / {}", format_bytes(ci.available_capacity.memory), format_bytes(ci.max_capacity.memory)),
+                            n.info
+                                .labels
+                                .iter()
+                                .map(|(k, v)| format!("{k}={v}"))
+                                .collect::<Vec<_>>()
+                                .join(" "),
+                            format!(
+                                "{:.1} / {:.1}",
+                                ci.available_capacity.cpu, ci.max_capacity.cpu
+                            ),
+                            format!(
+                                "{} / {}",
+                                format_bytes(ci.available_capacity.memory),
+                                format_bytes(ci.max_capacity.memory)
+                            ),
                             ci.execution_engines.join(","),
                         ]
                     })
                     .collect();
-                print!("{}", table(&["id", "type", "approval", "status", "labels", "cpu", "memory", "engines"], &rows, a.out.hide_header));
+                print!(
+                    "{}",
+                    table(
+                        &[
+                            "id", "type", "approval", "status", "labels", "cpu", "memory",
+                            "engines"
+                        ],
+                        &rows,
+                        a.out.hide_header
+                    )
+                );
             }
         }
         NodeCommand::Describe { id, out } => {
-            let r: GetNodeResponse = c.get(&format!("/api/v1/orchestrator/nodes/{id}"), &[]).await?;
+            let r: GetNodeResponse = c
+                .get(&format!("/api/v1/orchestrator/nodes/{id}"), &[])
+                .await?;
             let mut out = out;
             if out.output == Format::Table {
                 out.output = Format::Yaml;

@@ -30,7 +30,11 @@ impl OutputArgs {
         match self.output {
             Format::Table => Ok(false),
             Format::Json => {
-                let s = if self.pretty { serde_json::to_string_pretty(v)? } else { serde_json::to_string(v)? };
+                let s = if self.pretty {
+                    serde_json::to_string_pretty(v)?
+                } else {
+                    serde_json::to_string(v)?
+                };
                 println!("{s}");
                 Ok(true)
             }

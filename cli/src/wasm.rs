@@ -70,24 +70,45 @@ pub async fn run(c: &ApiClient, cmd: WasmCommand) -> anyhow::Result<ExitCode> {
     let job = build_job(&a)?;
     let value = serde_json::to_value(&job)?;
     let text = serde_json::to_vec(&value)?;
-    caravel_model::parse::parse_job(&text, caravel_model::parse::Mode::Server).map_err(|e| anyhow::anyhow!("{e}"))?;
+    caravel_model::parse::parse_job(&text, caravel_model::parse::Mode::Server)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     submit_and_follow(c, value, &a.runtime).await
 }
 
 pub fn build_job(a: &WasmRunArgs) -> anyhow::Result<Job> {
-    let mut task = Task { name: "main".into(), ..Default::default() };
+    let mut task = Task {
+        name: "main".into(),
+        ..Default::default()
+    };
     for i in &a.inputs {
-        task.input_sources.push(parse_input(i).with_context(|| format!("-i {i}"))?);
+        task.input_sources
+            .push(parse_input(i).with_context(|| format!("-i {i}"))?);
     }
     let (module, target_override) = match a.module.rsplit_once(':') {
-        Some((m, t)) if t.starts_with('/') && !m.ends_with("http") && !m.ends_with("https") && !m.ends_with("s3") => (m.to_string(), Some(t.to_string())),
+        Some((m, t))
+            if t.starts_with('/')
+                && !m.ends_with("http")
+                && !m.ends_with("https")
+                && !m.ends_with("s3") =>
+        {
+            (m.to_string(), Some(t.to_string()))
+        }
         _ => (a.module.clone(), None),
     };
     let entry_target = if std::path::Path::new(&module).is_file() {
-        let bytes = std::fs::read(&module).with_context(|| format!("cannot read module {module}"))?;
-        let file = std::path::Path::new(&module).file_name().and_then(|f| f.to_str()).unwrap_or("main.wasm").to_string();
+        let bytes =
+            std::fs::read(&module).with_context(|| format!("cannot read module {module}"))?;
+        let file = std::path::Path::new(&module)
+            .file_name()
+            .and_then(|f| f.to_str())
+            .unwrap_or("main.wasm")
+            .to_string();
         let target = target_override.unwrap_or_else(|| format!("/{file}"));
-        task.input_sources.push(caravel_model::parse::inline_input(&target, "application/wasm", &bytes));
+        task.input_sources.push(caravel_model::parse::inline_input(
+            &target,
+            "application/wasm",
+            &bytes,
+        ));
         target
     } else if module.contains("://") {
         let mut input = parse_input(&module)?;
@@ -100,7 +121,10 @@ pub fn build_job(a: &WasmRunArgs) -> anyhow::Result<Job> {
     } else {
         bail!("module {module:?} is neither a local file, a URL, nor the target of an -i input");
     };
-    let mut engine = SpecConfig::new("wasm").with("EntryModule", entry_target).with("Entrypoint", a.entry_point.clone()).with("Parameters", a.args.clone());
+    let mut engine = SpecConfig::new("wasm")
+        .with("EntryModule", entry_target)
+        .with("Entrypoint", a.entry_point.clone())
+        .with("Parameters", a.args.clone());
     if !a.import_modules.is_empty() {
         engine = engine.with("ImportModules", a.import_modules.clone());
     }
@@ -110,16 +134,27 @@ pub fn build_job(a: &WasmRunArgs) -> anyhow::Result<Job> {
         task.result_paths.push(parse_result_path(o)?);
     }
     for e in &a.env {
-        let (k, v) = e.split_once('=').with_context(|| format!("-e {e}: use KEY=VALUE"))?;
+        let (k, v) = e
+            .split_once('=')
+            .with_context(|| format!("-e {e}: use KEY=VALUE"))?;
         task.env.insert(k.into(), v.into());
     }
     task.resources.cpu = a.cpu.clone().unwrap_or_default();
     task.resources.memory = a.memory.clone().unwrap_or_default();
     task.timeouts.execution_timeout = a.timeout.unwrap_or(0);
     task.timeouts.queue_timeout = a.queue_timeout.unwrap_or(0);
-    let mut job = Job { name: a.name.clone().unwrap_or_default(), namespace: a.namespace.clone().unwrap_or_default(), kind: "batch".into(), count: a.count, tasks: vec![task], ..Default::default() };
+    let mut job = Job {
+        name: a.name.clone().unwrap_or_default(),
+        namespace: a.namespace.clone().unwrap_or_default(),
+        kind: "batch".into(),
+        count: a.count,
+        tasks: vec![task],
+        ..Default::default()
+    };
     for l in a.labels.iter().flat_map(|l| l.split(',')) {
-        let (k, v) = l.split_once('=').with_context(|| format!("label {l}: use key=value"))?;
+        let (k, v) = l
+            .split_once('=')
+            .with_context(|| format!("label {l}: use key=value"))?;
         job.labels.insert(k.trim().into(), v.trim().into());
     }
     Ok(job)

@@ -144,11 +144,14 @@ pub struct PagingToken {
 impl PagingToken {
     pub fn encode(&self) -> String {
         use base64::Engine;
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).unwrap_or_default())
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(serde_json::to_vec(self).unwrap_or_default())
     }
     pub fn decode(s: &str) -> Option<Self> {
         use base64::Engine;
-        let b = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).ok()?;
+        let b = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s.trim_end_matches('='))
+            .ok()?;
         serde_json::from_slice(&b).ok()
     }
 }

@@ -13,18 +13,29 @@ pub const FORMAT_VERSION: u16 = 1;
 pub enum Error {
     #[error("encoded data is empty or shorter than its 2-byte header")]
     Truncated,
-    #[error("data was written with format version {found}; this build reads version {expected}: upgrade Caravel to read it")]
+    #[error(
+        "data was written with format version {found}; this build reads version {expected}: upgrade Caravel to read it"
+    )]
     Version { found: u16, expected: u16 },
     #[error("cannot decode {what}: {source}")]
-    Decode { what: &'static str, source: postcard::Error },
+    Decode {
+        what: &'static str,
+        source: postcard::Error,
+    },
     #[error("cannot encode {what}: {source}")]
-    Encode { what: &'static str, source: postcard::Error },
+    Encode {
+        what: &'static str,
+        source: postcard::Error,
+    },
 }
 
 /// Encodes a value with the format header.
 pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, Error> {
     let mut out = FORMAT_VERSION.to_le_bytes().to_vec();
-    let body = postcard::to_allocvec(v).map_err(|source| Error::Encode { what: std::any::type_name::<T>(), source })?;
+    let body = postcard::to_allocvec(v).map_err(|source| Error::Encode {
+        what: std::any::type_name::<T>(),
+        source,
+    })?;
     out.extend_from_slice(&body);
     Ok(out)
 }
@@ -36,9 +47,15 @@ pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, Error> {
     }
     let found = u16::from_le_bytes([b[0], b[1]]);
     if found != FORMAT_VERSION {
-        return Err(Error::Version { found, expected: FORMAT_VERSION });
+        return Err(Error::Version {
+            found,
+            expected: FORMAT_VERSION,
+        });
     }
-    postcard::from_bytes(&b[2..]).map_err(|source| Error::Decode { what: std::any::type_name::<T>(), source })
+    postcard::from_bytes(&b[2..]).map_err(|source| Error::Decode {
+        what: std::any::type_name::<T>(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -48,7 +65,9 @@ mod tests {
 
     #[test]
     fn params_survive_the_binary_codec() {
-        let s = SpecConfig::new("docker").with("Image", "busybox").with("Parameters", serde_json::json!(["-c", 1, {"a": null}]));
+        let s = SpecConfig::new("docker")
+            .with("Image", "busybox")
+            .with("Parameters", serde_json::json!(["-c", 1, {"a": null}]));
         let back: SpecConfig = decode(&encode(&s).unwrap()).unwrap();
         assert_eq!(back, s);
     }
@@ -64,7 +83,15 @@ mod tests {
 
     #[test]
     fn golden_bytes_of_a_command_do_not_change() {
-        let c = crate::command::Command::StopJob { job_id: "j-1".into(), reason: "r".into(), evaluation_id: "e".into(), now: 5 };
-        assert_eq!(encode(&c).unwrap(), vec![1, 0, 1, 3, b'j', b'-', b'1', 1, b'r', 1, b'e', 10]);
+        let c = crate::command::Command::StopJob {
+            job_id: "j-1".into(),
+            reason: "r".into(),
+            evaluation_id: "e".into(),
+            now: 5,
+        };
+        assert_eq!(
+            encode(&c).unwrap(),
+            vec![1, 0, 1, 3, b'j', b'-', b'1', 1, b'r', 1, b'e', 10]
+        );
     }
 }

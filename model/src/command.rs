@@ -17,17 +17,39 @@ use crate::states::{ExecutionDesiredState, ExecutionStateType, JobStateType, Nod
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     /// A new job, or a new version of the job with the same name and namespace.
-    SubmitJob { job: Job, evaluation: Evaluation, force: bool, now: i64 },
+    SubmitJob {
+        job: Job,
+        evaluation: Evaluation,
+        force: bool,
+        now: i64,
+    },
     /// Stop a job at a user's request.
-    StopJob { job_id: String, reason: String, evaluation_id: String, now: i64 },
+    StopJob {
+        job_id: String,
+        reason: String,
+        evaluation_id: String,
+        now: i64,
+    },
     /// The scheduler's answer to an evaluation.
     ApplyPlan(Plan),
     /// A compute node's report, applied once per (node, seq).
-    UpdateExecution { node_id: String, seq: u64, update: ExecutionUpdate, followup_eval_id: String, now: i64 },
+    UpdateExecution {
+        node_id: String,
+        seq: u64,
+        update: ExecutionUpdate,
+        followup_eval_id: String,
+        now: i64,
+    },
     /// A compute node joined or refreshed its info.
     RegisterNode { info: NodeInfo, now: i64 },
     /// A node's connection changed (decided by the leader's liveness tracking).
-    SetNodeConnection { node_id: String, status: NodeConnection, reason: String, evaluation_ids: Vec<String>, now: i64 },
+    SetNodeConnection {
+        node_id: String,
+        status: NodeConnection,
+        reason: String,
+        evaluation_ids: Vec<String>,
+        now: i64,
+    },
 }
 
 impl Command {
@@ -75,12 +97,22 @@ pub struct ExecutionChange {
 pub enum CommandResponse {
     #[default]
     Ok,
-    JobSubmitted { job_id: String, evaluation_id: String, version: u64 },
-    JobStopped { evaluation_id: String },
+    JobSubmitted {
+        job_id: String,
+        evaluation_id: String,
+        version: u64,
+    },
+    JobStopped {
+        evaluation_id: String,
+    },
     /// The report was applied before (same node and sequence number): acknowledged, not re-applied.
     Duplicate,
     /// The command was refused; the state is unchanged.
-    Rejected { code: RejectCode, message: String, hint: String },
+    Rejected {
+        code: RejectCode,
+        message: String,
+        hint: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

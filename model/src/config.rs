@@ -58,12 +58,20 @@ pub struct ComputeConfig {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            api: ApiConfig { host: "0.0.0.0".into(), port: 1234 },
+            api: ApiConfig {
+                host: "0.0.0.0".into(),
+                port: 1234,
+            },
             data_dir: default_data_dir(),
             name_provider: "puuid".into(),
             labels: BTreeMap::new(),
-            logging: LoggingConfig { level: "info".into() },
-            orchestrator: OrchestratorConfig { enabled: false, disconnect_timeout_secs: 30 },
+            logging: LoggingConfig {
+                level: "info".into(),
+            },
+            orchestrator: OrchestratorConfig {
+                enabled: false,
+                disconnect_timeout_secs: 30,
+            },
             compute: ComputeConfig {
                 enabled: false,
                 allow_listed_local_paths: vec![],
@@ -110,19 +118,46 @@ pub fn default_data_dir() -> String {
 
 /// Every settable key: (dot path, description).
 pub const KEYS: &[(&str, &str)] = &[
-    ("API.Host", "Host the API listens on (clients map 0.0.0.0 to 127.0.0.1)"),
+    (
+        "API.Host",
+        "Host the API listens on (clients map 0.0.0.0 to 127.0.0.1)",
+    ),
     ("API.Port", "Port of the REST API"),
-    ("DataDir", "Directory holding the node's state (Raft store, executions, results)"),
-    ("NameProvider", "How a new node names itself: puuid (n-<uuid>) or hostname"),
+    (
+        "DataDir",
+        "Directory holding the node's state (Raft store, executions, results)",
+    ),
+    (
+        "NameProvider",
+        "How a new node names itself: puuid (n-<uuid>) or hostname",
+    ),
     ("Labels", "Node labels, key=value pairs separated by commas"),
-    ("Logging.Level", "Log level: error, warn, info, debug, trace"),
+    (
+        "Logging.Level",
+        "Log level: error, warn, info, debug, trace",
+    ),
     ("Orchestrator.Enabled", "Run the orchestrator"),
-    ("Orchestrator.DisconnectTimeoutSecs", "Seconds without heartbeat before a compute node is DISCONNECTED"),
+    (
+        "Orchestrator.DisconnectTimeoutSecs",
+        "Seconds without heartbeat before a compute node is DISCONNECTED",
+    ),
     ("Compute.Enabled", "Run the compute node"),
-    ("Compute.AllowListedLocalPaths", "Host paths local inputs may read: /path, /path:ro or /path:rw, comma separated"),
-    ("Compute.MaxConcurrent", "Executions run at once (0 = one per core)"),
-    ("Compute.DefaultMemoryLimit", "Memory limit of a WASM execution whose job sets none (e.g. 512Mi)"),
-    ("Compute.HeartbeatSecs", "Seconds between compute heartbeats"),
+    (
+        "Compute.AllowListedLocalPaths",
+        "Host paths local inputs may read: /path, /path:ro or /path:rw, comma separated",
+    ),
+    (
+        "Compute.MaxConcurrent",
+        "Executions run at once (0 = one per core)",
+    ),
+    (
+        "Compute.DefaultMemoryLimit",
+        "Memory limit of a WASM execution whose job sets none (e.g. 512Mi)",
+    ),
+    (
+        "Compute.HeartbeatSecs",
+        "Seconds between compute heartbeats",
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -137,12 +172,17 @@ pub enum Error {
 
 /// Canonical spelling of a key given in any case.
 pub fn canonical_key(key: &str) -> Option<&'static str> {
-    KEYS.iter().map(|(k, _)| *k).find(|k| k.eq_ignore_ascii_case(key.trim()))
+    KEYS.iter()
+        .map(|(k, _)| *k)
+        .find(|k| k.eq_ignore_ascii_case(key.trim()))
 }
 
 fn key_kind(key: &str) -> &'static str {
     match key {
-        "API.Port" | "Orchestrator.DisconnectTimeoutSecs" | "Compute.MaxConcurrent" | "Compute.HeartbeatSecs" => "int",
+        "API.Port"
+        | "Orchestrator.DisconnectTimeoutSecs"
+        | "Compute.MaxConcurrent"
+        | "Compute.HeartbeatSecs" => "int",
         "Orchestrator.Enabled" | "Compute.Enabled" => "bool",
         "Compute.AllowListedLocalPaths" => "list",
         "Labels" => "map",
@@ -152,19 +192,34 @@ fn key_kind(key: &str) -> &'static str {
 
 /// Turns the text of a `Key=Value` into the JSON value for that key.
 pub fn parse_value(key: &str, raw: &str) -> Result<Value, Error> {
-    let bad = |m: &str| Error::Invalid { key: key.to_string(), message: m.to_string() };
+    let bad = |m: &str| Error::Invalid {
+        key: key.to_string(),
+        message: m.to_string(),
+    };
     Ok(match key_kind(key) {
-        "int" => Value::from(raw.trim().parse::<u64>().map_err(|_| bad("expected a whole number"))?),
+        "int" => Value::from(
+            raw.trim()
+                .parse::<u64>()
+                .map_err(|_| bad("expected a whole number"))?,
+        ),
         "bool" => Value::from(match raw.trim().to_ascii_lowercase().as_str() {
             "" | "true" | "1" | "yes" => true,
             "false" | "0" | "no" => false,
             _ => return Err(bad("expected true or false")),
         }),
-        "list" => Value::from(raw.split(',').map(|s| s.trim()).filter(|s| !s.is_empty()).map(String::from).collect::<Vec<_>>()),
+        "list" => Value::from(
+            raw.split(',')
+                .map(|s| s.trim())
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect::<Vec<_>>(),
+        ),
         "map" => {
             let mut m = serde_json::Map::new();
             for kv in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                let (k, v) = kv.split_once('=').ok_or_else(|| bad("expected key=value pairs"))?;
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| bad("expected key=value pairs"))?;
                 m.insert(k.trim().to_string(), Value::from(v.trim()));
             }
             Value::Object(m)
@@ -175,7 +230,9 @@ pub fn parse_value(key: &str, raw: &str) -> Result<Value, Error> {
 
 /// Sets `key` (any case) in a config document.
 pub fn set_in(doc: &mut Value, key: &str, raw: &str) -> Result<(), Error> {
-    let canon = canonical_key(key).ok_or_else(|| Error::UnknownKey { key: key.to_string() })?;
+    let canon = canonical_key(key).ok_or_else(|| Error::UnknownKey {
+        key: key.to_string(),
+    })?;
     let value = parse_value(canon, raw)?;
     if !doc.is_object() {
         *doc = Value::Object(Default::default());
@@ -184,15 +241,25 @@ pub fn set_in(doc: &mut Value, key: &str, raw: &str) -> Result<(), Error> {
     let parts: Vec<&str> = canon.split('.').collect();
     for p in &parts[..parts.len() - 1] {
         let obj = cur.as_object_mut().expect("objects all the way down");
-        let existing = obj.keys().find(|k| k.eq_ignore_ascii_case(p)).cloned().unwrap_or_else(|| p.to_string());
-        cur = obj.entry(existing).or_insert_with(|| Value::Object(Default::default()));
+        let existing = obj
+            .keys()
+            .find(|k| k.eq_ignore_ascii_case(p))
+            .cloned()
+            .unwrap_or_else(|| p.to_string());
+        cur = obj
+            .entry(existing)
+            .or_insert_with(|| Value::Object(Default::default()));
         if !cur.is_object() {
             *cur = Value::Object(Default::default());
         }
     }
     let obj = cur.as_object_mut().expect("object");
     let last = parts[parts.len() - 1];
-    let existing = obj.keys().find(|k| k.eq_ignore_ascii_case(last)).cloned().unwrap_or_else(|| last.to_string());
+    let existing = obj
+        .keys()
+        .find(|k| k.eq_ignore_ascii_case(last))
+        .cloned()
+        .unwrap_or_else(|| last.to_string());
     obj.insert(existing, value);
     Ok(())
 }
@@ -201,20 +268,34 @@ fn canonicalize(v: &mut Value, prefix: &str) {
     let Value::Object(map) = v else { return };
     let old = std::mem::take(map);
     for (k, mut val) in old {
-        let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
         let name = KEYS
             .iter()
             .filter_map(|(key, _)| {
                 let parts: Vec<&str> = key.split('.').collect();
                 let depth = prefix.split('.').filter(|s| !s.is_empty()).count();
                 let pre = parts[..depth].join(".");
-                (parts.len() > depth && pre.eq_ignore_ascii_case(prefix) && parts[depth].eq_ignore_ascii_case(&k)).then(|| parts[depth])
+                (parts.len() > depth
+                    && pre.eq_ignore_ascii_case(prefix)
+                    && parts[depth].eq_ignore_ascii_case(&k))
+                .then(|| parts[depth])
             })
             .next()
             .map(String::from)
             .unwrap_or(k);
         if name != "Labels" {
-            canonicalize(&mut val, &if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") });
+            canonicalize(
+                &mut val,
+                &if prefix.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{prefix}.{name}")
+                },
+            );
         }
         let _ = path;
         map.insert(name, val);
@@ -235,12 +316,22 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), Error> {
         if self.api.port == 0 {
-            return Err(Error::Invalid { key: "API.Port".into(), message: "must be 1-65535".into() });
+            return Err(Error::Invalid {
+                key: "API.Port".into(),
+                message: "must be 1-65535".into(),
+            });
         }
-        crate::quantity::parse_bytes(&self.compute.default_memory_limit)
-            .map_err(|m| Error::Invalid { key: "Compute.DefaultMemoryLimit".into(), message: m })?;
+        crate::quantity::parse_bytes(&self.compute.default_memory_limit).map_err(|m| {
+            Error::Invalid {
+                key: "Compute.DefaultMemoryLimit".into(),
+                message: m,
+            }
+        })?;
         for p in &self.compute.allow_listed_local_paths {
-            let path = p.rsplit_once(':').filter(|(_, m)| *m == "ro" || *m == "rw").map_or(p.as_str(), |(a, _)| a);
+            let path = p
+                .rsplit_once(':')
+                .filter(|(_, m)| *m == "ro" || *m == "rw")
+                .map_or(p.as_str(), |(a, _)| a);
             if !path.starts_with('/') {
                 return Err(Error::Invalid {
                     key: "Compute.AllowListedLocalPaths".into(),
@@ -248,8 +339,13 @@ impl Config {
                 });
             }
         }
-        if !["error", "warn", "info", "debug", "trace"].contains(&self.logging.level.to_ascii_lowercase().as_str()) {
-            return Err(Error::Invalid { key: "Logging.Level".into(), message: format!("unknown level {:?}", self.logging.level) });
+        if !["error", "warn", "info", "debug", "trace"]
+            .contains(&self.logging.level.to_ascii_lowercase().as_str())
+        {
+            return Err(Error::Invalid {
+                key: "Logging.Level".into(),
+                message: format!("unknown level {:?}", self.logging.level),
+            });
         }
         Ok(())
     }
@@ -265,8 +361,16 @@ impl Config {
                 }
                 let text = match cur {
                     Value::String(s) => s.clone(),
-                    Value::Array(a) => a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(","),
-                    Value::Object(m) => m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(","),
+                    Value::Array(a) => a
+                        .iter()
+                        .filter_map(|x| x.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    Value::Object(m) => m
+                        .iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                        .collect::<Vec<_>>()
+                        .join(","),
                     Value::Null => String::new(),
                     other => other.to_string(),
                 };
@@ -284,21 +388,51 @@ mod tests {
     fn keys_set_in_any_case_land_on_the_canonical_path() {
         let mut doc = Value::Object(Default::default());
         set_in(&mut doc, "api.port", "4321").unwrap();
-        set_in(&mut doc, "compute.allowlistedlocalpaths", "/data:ro,/scratch:rw").unwrap();
+        set_in(
+            &mut doc,
+            "compute.allowlistedlocalpaths",
+            "/data:ro,/scratch:rw",
+        )
+        .unwrap();
         set_in(&mut doc, "labels", "region=eu,tier=edge").unwrap();
         let c = Config::from_value(doc).unwrap();
         assert_eq!(c.api.port, 4321);
-        assert_eq!(c.compute.allow_listed_local_paths, vec!["/data:ro", "/scratch:rw"]);
+        assert_eq!(
+            c.compute.allow_listed_local_paths,
+            vec!["/data:ro", "/scratch:rw"]
+        );
         assert_eq!(c.labels["region"], "eu");
-        assert!(matches!(set_in(&mut Value::Null, "Nope.Key", "1"), Err(Error::UnknownKey { .. })));
+        assert!(matches!(
+            set_in(&mut Value::Null, "Nope.Key", "1"),
+            Err(Error::UnknownKey { .. })
+        ));
         assert!(set_in(&mut Value::Null, "API.Port", "http").is_err());
     }
 
     #[test]
     fn a_lower_case_file_is_read() {
-        let doc: Value = serde_norway::from_str("api:\n  port: 9999\ncompute:\n  enabled: true\n").unwrap();
+        let doc: Value =
+            serde_norway::from_str("api:\n  port: 9999\ncompute:\n  enabled: true\n").unwrap();
         let c = Config::from_value(doc).unwrap();
         assert_eq!(c.api.port, 9999);
         assert!(c.compute.enabled);
+    }
+}
+
+#[cfg(test)]
+mod example_file {
+    #[test]
+    fn the_documented_example_config_parses_and_documents_every_key() {
+        let text = include_str!("../../deploy/config/example.yaml");
+        let doc: serde_json::Value = serde_norway::from_str(text).unwrap();
+        let c = super::Config::from_value(doc).unwrap();
+        assert_eq!(c.compute.allow_listed_local_paths, vec!["/srv/data:ro"]);
+        for (key, _) in super::KEYS {
+            let last = key.rsplit('.').next().unwrap();
+            assert!(
+                text.contains(&format!("{last}:")),
+                "deploy/config/example.yaml does not document {key}"
+            );
+        }
     }
 }

@@ -25,14 +25,19 @@ impl Resources {
     /// From a task's quantity strings (already validated; bad values count as zero).
     pub fn from_config(c: &crate::spec::ResourcesConfig) -> Self {
         Resources {
-            cpu: crate::quantity::parse_cpu(&c.cpu).map(|m| m as f64 / 1000.0).unwrap_or(0.0),
+            cpu: crate::quantity::parse_cpu(&c.cpu)
+                .map(|m| m as f64 / 1000.0)
+                .unwrap_or(0.0),
             memory: crate::quantity::parse_bytes(&c.memory).unwrap_or(0),
             disk: crate::quantity::parse_bytes(&c.disk).unwrap_or(0),
             gpu: c.gpu.parse().unwrap_or(0),
         }
     }
     pub fn fits_in(&self, avail: &Resources) -> bool {
-        self.cpu <= avail.cpu + 1e-9 && self.memory <= avail.memory && self.disk <= avail.disk && self.gpu <= avail.gpu
+        self.cpu <= avail.cpu + 1e-9
+            && self.memory <= avail.memory
+            && self.disk <= avail.disk
+            && self.gpu <= avail.gpu
     }
     pub fn add(&mut self, o: &Resources) {
         self.cpu += o.cpu;

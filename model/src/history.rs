@@ -30,7 +30,12 @@ pub struct Event {
 
 impl Event {
     pub fn new(topic: &str, message: impl Into<String>, timestamp: i64) -> Self {
-        Event { message: message.into(), topic: topic.to_string(), timestamp, details: BTreeMap::new() }
+        Event {
+            message: message.into(),
+            topic: topic.to_string(),
+            timestamp,
+            details: BTreeMap::new(),
+        }
     }
     pub fn error(mut self) -> Self {
         self.details.insert("IsError".into(), "true".into());

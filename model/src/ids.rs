@@ -24,7 +24,9 @@ pub fn new_node_id() -> String {
 
 /// The short form the CLI prints in tables.
 pub fn short(id: &str) -> &str {
-    let n = if id.starts_with(JOB_PREFIX) || id.starts_with(EXECUTION_PREFIX) || id.starts_with(NODE_PREFIX)
+    let n = if id.starts_with(JOB_PREFIX)
+        || id.starts_with(EXECUTION_PREFIX)
+        || id.starts_with(NODE_PREFIX)
     {
         10
     } else {
@@ -61,7 +63,10 @@ pub struct SequentialIds {
 impl IdGen for SequentialIds {
     fn execution_id(&mut self) -> String {
         self.next += 1;
-        format!("{EXECUTION_PREFIX}00000000-0000-4000-8000-{:012x}", self.next)
+        format!(
+            "{EXECUTION_PREFIX}00000000-0000-4000-8000-{:012x}",
+            self.next
+        )
     }
     fn evaluation_id(&mut self) -> String {
         self.next += 1;

@@ -56,14 +56,44 @@ fn fields(shape: Shape) -> &'static [(&'static str, Shape, bool)] {
             ("Timeouts", Timeouts, false),
         ],
         Spec => &[("Type", Free, false), ("Params", FreeMap, false)],
-        Input => &[("Source", Spec, false), ("Alias", Free, false), ("Target", Free, false)],
+        Input => &[
+            ("Source", Spec, false),
+            ("Alias", Free, false),
+            ("Target", Free, false),
+        ],
         ResultPath => &[("Name", Free, false), ("Path", Free, false)],
-        Resources => &[("CPU", Free, false), ("Memory", Free, false), ("Disk", Free, false), ("GPU", Free, false)],
-        Network => &[("Type", Free, false), ("Domains", Free, false), ("Ports", Port, true)],
-        Port => &[("Name", Free, false), ("Static", Free, false), ("Target", Free, false), ("HostNetwork", Free, false)],
-        Timeouts => &[("ExecutionTimeout", Free, false), ("QueueTimeout", Free, false), ("TotalTimeout", Free, false)],
-        Constraint => &[("Key", Free, false), ("Operator", Free, false), ("Values", Free, false)],
-        State => &[("StateType", Free, false), ("Message", Free, false), ("Details", FreeMap, false)],
+        Resources => &[
+            ("CPU", Free, false),
+            ("Memory", Free, false),
+            ("Disk", Free, false),
+            ("GPU", Free, false),
+        ],
+        Network => &[
+            ("Type", Free, false),
+            ("Domains", Free, false),
+            ("Ports", Port, true),
+        ],
+        Port => &[
+            ("Name", Free, false),
+            ("Static", Free, false),
+            ("Target", Free, false),
+            ("HostNetwork", Free, false),
+        ],
+        Timeouts => &[
+            ("ExecutionTimeout", Free, false),
+            ("QueueTimeout", Free, false),
+            ("TotalTimeout", Free, false),
+        ],
+        Constraint => &[
+            ("Key", Free, false),
+            ("Operator", Free, false),
+            ("Values", Free, false),
+        ],
+        State => &[
+            ("StateType", Free, false),
+            ("Message", Free, false),
+            ("Details", FreeMap, false),
+        ],
         Free | FreeMap => &[],
     }
 }
@@ -101,7 +131,11 @@ fn walk(v: &mut Value, shape: Shape, path: &str, unknown: &mut Vec<String>) {
             .or_else(|| alias(shape, &lower).and_then(|a| table.iter().find(|(n, _, _)| *n == a)));
         match found {
             Some((name, sub, list)) => {
-                let sub_path = if path.is_empty() { name.to_string() } else { format!("{path}.{name}") };
+                let sub_path = if path.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{path}.{name}")
+                };
                 if *list {
                     if let Value::Array(items) = &mut val {
                         for (i, item) in items.iter_mut().enumerate() {
@@ -114,7 +148,11 @@ fn walk(v: &mut Value, shape: Shape, path: &str, unknown: &mut Vec<String>) {
                 out.insert(name.to_string(), val);
             }
             None => {
-                unknown.push(if path.is_empty() { k.clone() } else { format!("{path}.{k}") });
+                unknown.push(if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                });
             }
         }
     }
@@ -125,10 +163,39 @@ fn walk(v: &mut Value, shape: Shape, path: &str, unknown: &mut Vec<String>) {
 pub fn suggest(path: &str) -> Option<&'static str> {
     let key = path.rsplit('.').next().unwrap_or(path).to_ascii_lowercase();
     let all = [
-        "Name", "Namespace", "Type", "Priority", "Count", "Constraints", "Meta", "Labels", "Tasks", "Engine",
-        "Publisher", "Env", "InputSources", "ResultPaths", "Resources", "Network", "Timeouts", "Params", "Source",
-        "Alias", "Target", "Path", "CPU", "Memory", "Disk", "GPU", "ExecutionTimeout", "QueueTimeout",
-        "TotalTimeout", "Key", "Operator", "Values", "Domains",
+        "Name",
+        "Namespace",
+        "Type",
+        "Priority",
+        "Count",
+        "Constraints",
+        "Meta",
+        "Labels",
+        "Tasks",
+        "Engine",
+        "Publisher",
+        "Env",
+        "InputSources",
+        "ResultPaths",
+        "Resources",
+        "Network",
+        "Timeouts",
+        "Params",
+        "Source",
+        "Alias",
+        "Target",
+        "Path",
+        "CPU",
+        "Memory",
+        "Disk",
+        "GPU",
+        "ExecutionTimeout",
+        "QueueTimeout",
+        "TotalTimeout",
+        "Key",
+        "Operator",
+        "Values",
+        "Domains",
     ];
     all.iter()
         .map(|c| (edit_distance(&key, &c.to_ascii_lowercase()), *c))
@@ -143,7 +210,11 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
+            cur.push(
+                (prev[j] + usize::from(ca != *cb))
+                    .min(prev[j + 1] + 1)
+                    .min(cur[j] + 1),
+            );
         }
         prev = cur;
     }

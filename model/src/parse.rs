@@ -10,7 +10,14 @@ use crate::validate::{SpecError, SpecErrors, validate_job};
 pub const MAX_SPEC_BYTES: usize = 8 << 20;
 
 /// Top-level keys a user may not set; the server drops them with a warning, the CLI refuses them.
-pub const SERVER_OWNED_KEYS: &[&str] = &["ID", "State", "Version", "Revision", "CreateTime", "ModifyTime"];
+pub const SERVER_OWNED_KEYS: &[&str] = &[
+    "ID",
+    "State",
+    "Version",
+    "Revision",
+    "CreateTime",
+    "ModifyTime",
+];
 
 /// Who is parsing: the CLI is strict about server-owned keys, the server sanitises them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,17 +38,34 @@ pub fn parse_job(text: &[u8], mode: Mode) -> Result<Parsed, SpecErrors> {
     if text.len() > MAX_SPEC_BYTES {
         return Err(SpecErrors::one(SpecError::new(
             "",
-            format!("the spec is {} bytes, more than the limit of {} bytes", text.len(), MAX_SPEC_BYTES),
+            format!(
+                "the spec is {} bytes, more than the limit of {} bytes",
+                text.len(),
+                MAX_SPEC_BYTES
+            ),
             "keep large data out of the spec: use an s3, urlDownload or local input source instead of inline data",
         )));
     }
-    let text = std::str::from_utf8(text)
-        .map_err(|_| SpecErrors::one(SpecError::new("", "the spec is not UTF-8 text", "save the file as UTF-8")))?;
+    let text = std::str::from_utf8(text).map_err(|_| {
+        SpecErrors::one(SpecError::new(
+            "",
+            "the spec is not UTF-8 text",
+            "save the file as UTF-8",
+        ))
+    })?;
     if text.trim().is_empty() {
-        return Err(SpecErrors::one(SpecError::new("", "the spec is empty", "give a job in YAML or JSON")));
+        return Err(SpecErrors::one(SpecError::new(
+            "",
+            "the spec is empty",
+            "give a job in YAML or JSON",
+        )));
     }
     let value: Value = serde_norway::from_str(text).map_err(|e| {
-        SpecErrors::one(SpecError::new("", format!("not valid YAML or JSON: {e}"), "check the indentation and quoting"))
+        SpecErrors::one(SpecError::new(
+            "",
+            format!("not valid YAML or JSON: {e}"),
+            "check the indentation and quoting",
+        ))
     })?;
     job_from_value(value, mode)
 }
@@ -75,7 +99,9 @@ pub fn job_from_value(mut value: Value, mode: Mode) -> Result<Parsed, SpecErrors
                 )),
                 Mode::Server => {
                     obj.remove(*key);
-                    warnings.push(format!("{key} is set by the orchestrator; the value in the spec was ignored"));
+                    warnings.push(format!(
+                        "{key} is set by the orchestrator; the value in the spec was ignored"
+                    ));
                 }
             }
         }
@@ -87,23 +113,38 @@ pub fn job_from_value(mut value: Value, mode: Mode) -> Result<Parsed, SpecErrors
     let mut job: Job = serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };
-        SpecErrors::one(SpecError::new(&path, e.into_inner().to_string(), "fix the value's type"))
+        SpecErrors::one(SpecError::new(
+            &path,
+            e.into_inner().to_string(),
+            "fix the value's type",
+        ))
     })?;
     convert_legacy_wasm(&mut job, &mut warnings);
     if job.tasks.len() > 1 {
-        warnings.push(format!("only one task per job is supported; {} extra task(s) were dropped", job.tasks.len() - 1));
+        warnings.push(format!(
+            "only one task per job is supported; {} extra task(s) were dropped",
+            job.tasks.len() - 1
+        ));
         job.tasks.truncate(1);
     }
     for t in job.tasks.iter_mut() {
-        let reserved: Vec<String> =
-            t.meta.keys().filter(|k| k.starts_with(crate::RESERVED_META_PREFIX)).cloned().collect();
+        let reserved: Vec<String> = t
+            .meta
+            .keys()
+            .filter(|k| k.starts_with(crate::RESERVED_META_PREFIX))
+            .cloned()
+            .collect();
         for k in reserved {
             t.meta.remove(&k);
             warnings.push(format!("Meta key {k} is reserved and was dropped"));
         }
     }
-    let reserved: Vec<String> =
-        job.meta.keys().filter(|k| k.starts_with(crate::RESERVED_META_PREFIX)).cloned().collect();
+    let reserved: Vec<String> = job
+        .meta
+        .keys()
+        .filter(|k| k.starts_with(crate::RESERVED_META_PREFIX))
+        .cloned()
+        .collect();
     for k in reserved {
         job.meta.remove(&k);
         warnings.push(format!("Meta key {k} is reserved and was dropped"));
@@ -121,7 +162,10 @@ fn convert_legacy_wasm(job: &mut Job, warnings: &mut Vec<String>) {
             continue;
         }
         let params = &mut task.engine.params.0;
-        if let Some(key) = params.keys().find(|k| k.eq_ignore_ascii_case("EntryModule")).cloned()
+        if let Some(key) = params
+            .keys()
+            .find(|k| k.eq_ignore_ascii_case("EntryModule"))
+            .cloned()
             && params.get(&key).is_some_and(Value::is_object)
         {
             let v = params.remove(&key).unwrap_or_default();
@@ -130,7 +174,10 @@ fn convert_legacy_wasm(job: &mut Job, warnings: &mut Vec<String>) {
                 warnings.push("EntryModule as an InputSource is the legacy form; converted to an input target".into());
             }
         }
-        if let Some(key) = params.keys().find(|k| k.eq_ignore_ascii_case("ImportModules")).cloned()
+        if let Some(key) = params
+            .keys()
+            .find(|k| k.eq_ignore_ascii_case("ImportModules"))
+            .cloned()
             && let Some(Value::Array(items)) = params.get(&key).cloned()
             && items.iter().any(Value::is_object)
         {
@@ -138,7 +185,11 @@ fn convert_legacy_wasm(job: &mut Job, warnings: &mut Vec<String>) {
             for (i, item) in items.into_iter().enumerate() {
                 match item {
                     Value::Object(_) => {
-                        if let Some(t) = legacy_input(item, &format!("/import-{i}.wasm"), &mut task.input_sources) {
+                        if let Some(t) = legacy_input(
+                            item,
+                            &format!("/import-{i}.wasm"),
+                            &mut task.input_sources,
+                        ) {
                             targets.push(Value::String(t));
                         }
                     }
@@ -149,7 +200,10 @@ fn convert_legacy_wasm(job: &mut Job, warnings: &mut Vec<String>) {
             params.insert("ImportModules".into(), Value::Array(targets));
         }
         // `EntryPoint` (legacy) and `Entrypoint` (v1.7+) both name the exported function.
-        if let Some(key) = params.keys().find(|k| k.as_str() != "Entrypoint" && k.eq_ignore_ascii_case("EntryPoint")).cloned()
+        if let Some(key) = params
+            .keys()
+            .find(|k| k.as_str() != "Entrypoint" && k.eq_ignore_ascii_case("EntryPoint"))
+            .cloned()
             && let Some(v) = params.remove(&key)
         {
             params.entry("Entrypoint").or_insert(v);
@@ -181,7 +235,10 @@ fn legacy_input(v: Value, default_target: &str, inputs: &mut Vec<InputSource>) -
 /// Builds a `data:` URL for inline sources (what `wasm run` sends for a local module).
 pub fn data_url(mime: &str, bytes: &[u8]) -> String {
     use base64::Engine;
-    format!("data:{mime};base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes))
+    format!(
+        "data:{mime};base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
 }
 
 /// Convenience: an inline input source.

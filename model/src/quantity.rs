@@ -11,7 +11,9 @@ pub fn parse_cpu(s: &str) -> Result<u64, String> {
         Some(n) => (n, 1.0),
         None => (t, 1000.0),
     };
-    let v: f64 = num.parse().map_err(|_| format!("{s:?} is not a CPU quantity"))?;
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a CPU quantity"))?;
     if !v.is_finite() || v < 0.0 {
         return Err(format!("{s:?} is not a CPU quantity"));
     }
@@ -25,7 +27,9 @@ pub fn parse_cpu(s: &str) -> Result<u64, String> {
 /// Parses a byte quantity.
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     if num.is_empty() {
         return Err(format!("{s:?} is not a size"));
@@ -62,7 +66,11 @@ pub fn format_bytes(b: u64) -> String {
         v /= 1024.0;
         i += 1;
     }
-    if i == 0 { format!("{b} B") } else { format!("{v:.1} {}", U[i]) }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
 }
 
 #[cfg(test)]

@@ -18,7 +18,12 @@ pub struct Params(pub serde_json::Map<String, serde_json::Value>);
 impl Params {
     /// Case-insensitive lookup, as Bacalhau's mapstructure decoding.
     pub fn get(&self, key: &str) -> Option<&serde_json::Value> {
-        self.0.get(key).or_else(|| self.0.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v))
+        self.0.get(key).or_else(|| {
+            self.0
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                .map(|(_, v)| v)
+        })
     }
     /// First key present among `keys`.
     pub fn get_any(&self, keys: &[&str]) -> Option<&serde_json::Value> {
@@ -53,7 +58,9 @@ impl<'de> Deserialize<'de> for Params {
             Ok(Params(v.unwrap_or_default()))
         } else {
             let s = String::deserialize(d)?;
-            serde_json::from_str(&s).map(Params).map_err(D::Error::custom)
+            serde_json::from_str(&s)
+                .map(Params)
+                .map_err(D::Error::custom)
         }
     }
 }
@@ -70,7 +77,10 @@ pub struct SpecConfig {
 
 impl SpecConfig {
     pub fn new(kind: &str) -> Self {
-        SpecConfig { kind: kind.to_string(), params: Params::default() }
+        SpecConfig {
+            kind: kind.to_string(),
+            params: Params::default(),
+        }
     }
     pub fn with(mut self, key: &str, v: impl Into<serde_json::Value>) -> Self {
         self.params.insert(key, v);
@@ -162,7 +172,11 @@ pub struct TimeoutConfig {
 impl TimeoutConfig {
     /// ExecutionTimeout, falling back to TotalTimeout as Bacalhau does.
     pub fn effective_execution_timeout(&self) -> i64 {
-        if self.execution_timeout > 0 { self.execution_timeout } else { self.total_timeout }
+        if self.execution_timeout > 0 {
+            self.execution_timeout
+        } else {
+            self.total_timeout
+        }
     }
 }
 
@@ -187,8 +201,14 @@ impl LabelSelectorRequirement {
             "!=" | "notin" => v.is_none_or(|v| !self.values.contains(v)),
             "exists" => v.is_some(),
             "!" | "doesnotexist" => v.is_none(),
-            "gt" => v.and_then(|v| v.parse::<f64>().ok()).zip(self.values.first().and_then(|x| x.parse::<f64>().ok())).is_some_and(|(a, b)| a > b),
-            "lt" => v.and_then(|v| v.parse::<f64>().ok()).zip(self.values.first().and_then(|x| x.parse::<f64>().ok())).is_some_and(|(a, b)| a < b),
+            "gt" => v
+                .and_then(|v| v.parse::<f64>().ok())
+                .zip(self.values.first().and_then(|x| x.parse::<f64>().ok()))
+                .is_some_and(|(a, b)| a > b),
+            "lt" => v
+                .and_then(|v| v.parse::<f64>().ok())
+                .zip(self.values.first().and_then(|x| x.parse::<f64>().ok()))
+                .is_some_and(|(a, b)| a < b),
             _ => false,
         }
     }
@@ -268,7 +288,9 @@ impl Job {
     }
     /// Engine type of the first task (`wasm`, `docker`, …) for tables and metrics.
     pub fn engine(&self) -> String {
-        self.task().map(|t| t.engine.kind_lower()).unwrap_or_default()
+        self.task()
+            .map(|t| t.engine.kind_lower())
+            .unwrap_or_default()
     }
 
     /// Applies Bacalhau's defaults to a submitted spec: Type batch, Count 1 for batch/service,
@@ -302,7 +324,10 @@ impl Job {
             t.publisher.kind = t.publisher.kind.trim().to_string();
             let r = &mut t.resources;
             for q in [&mut r.cpu, &mut r.memory, &mut r.disk, &mut r.gpu] {
-                *q = q.split_whitespace().collect::<String>().to_ascii_lowercase();
+                *q = q
+                    .split_whitespace()
+                    .collect::<String>()
+                    .to_ascii_lowercase();
             }
             if t.network.kind.is_empty() {
                 t.network.kind = "None".into();

@@ -14,7 +14,9 @@ use crate::execution::{Execution, ExecutionUpdate};
 use crate::history::{EXECUTION_LEVEL, Event, JOB_LEVEL, JobHistory, topic};
 use crate::node::{NodeInfo, NodeState};
 use crate::spec::Job;
-use crate::states::{ExecutionDesiredState, ExecutionStateType, JobStateType, NodeConnection, NodeMembership, State};
+use crate::states::{
+    ExecutionDesiredState, ExecutionStateType, JobStateType, NodeConnection, NodeMembership, State,
+};
 use crate::view::StateView;
 
 /// Tables of the state, as stored by the Raft store (one byte in front of each key).
@@ -46,6 +48,9 @@ impl Table {
         Self::ALL.into_iter().find(|t| *t as u8 == b)
     }
 }
+
+/// A changed record: its table, its key, and its encoded value (`None` when deleted).
+pub type DirtyRecord = (Table, String, Option<Vec<u8>>);
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Counters {
@@ -94,8 +99,16 @@ fn version_key(id: &str, v: u64) -> String {
     format!("{id}/{v:020}")
 }
 
-fn reject(code: RejectCode, message: impl Into<String>, hint: impl Into<String>) -> CommandResponse {
-    CommandResponse::Rejected { code, message: message.into(), hint: hint.into() }
+fn reject(
+    code: RejectCode,
+    message: impl Into<String>,
+    hint: impl Into<String>,
+) -> CommandResponse {
+    CommandResponse::Rejected {
+        code,
+        message: message.into(),
+        hint: hint.into(),
+    }
 }
 
 impl ClusterState {
@@ -113,7 +126,7 @@ impl ClusterState {
     }
 
     /// Records changed since the last call: `(table, key, Some(encoded) | None for deleted)`.
-    pub fn take_dirty(&mut self) -> Result<Vec<(Table, String, Option<Vec<u8>>)>, codec::Error> {
+    pub fn take_dirty(&mut self) -> Result<Vec<DirtyRecord>, codec::Error> {
         let dirty = std::mem::take(&mut self.dirty);
         let mut out = Vec::with_capacity(dirty.len());
         for (t, k) in dirty {
@@ -170,9 +183,21 @@ impl ClusterState {
     pub fn mark_all_dirty(&mut self) {
         let mut d = BTreeSet::new();
         d.extend(self.jobs.keys().map(|k| (Table::Job, k.clone())));
-        d.extend(self.job_versions.keys().map(|k| (Table::JobVersion, k.clone())));
-        d.extend(self.executions.keys().map(|k| (Table::Execution, k.clone())));
-        d.extend(self.evaluations.keys().map(|k| (Table::Evaluation, k.clone())));
+        d.extend(
+            self.job_versions
+                .keys()
+                .map(|k| (Table::JobVersion, k.clone())),
+        );
+        d.extend(
+            self.executions
+                .keys()
+                .map(|k| (Table::Execution, k.clone())),
+        );
+        d.extend(
+            self.evaluations
+                .keys()
+                .map(|k| (Table::Evaluation, k.clone())),
+        );
         d.extend(self.nodes.keys().map(|k| (Table::Node, k.clone())));
         d.extend(self.history.keys().map(|k| (Table::History, k.clone())));
         d.extend(self.node_seq.keys().map(|k| (Table::NodeSeq, k.clone())));
@@ -183,14 +208,24 @@ impl ClusterState {
     fn rebuild_indexes(&mut self) {
         let mut idx = Indexes::default();
         for (id, j) in &self.jobs {
-            idx.by_name.insert((j.namespace.clone(), j.name.clone()), id.clone());
+            idx.by_name
+                .insert((j.namespace.clone(), j.name.clone()), id.clone());
         }
         for (id, e) in &self.executions {
-            idx.execs_by_job.entry(e.job_id.clone()).or_default().insert(id.clone());
-            idx.execs_by_node.entry(e.node_id.clone()).or_default().insert(id.clone());
+            idx.execs_by_job
+                .entry(e.job_id.clone())
+                .or_default()
+                .insert(id.clone());
+            idx.execs_by_node
+                .entry(e.node_id.clone())
+                .or_default()
+                .insert(id.clone());
         }
         for (k, h) in &self.history {
-            idx.history_by_job.entry(h.job_id.clone()).or_default().insert(k.clone());
+            idx.history_by_job
+                .entry(h.job_id.clone())
+                .or_default()
+                .insert(k.clone());
         }
         self.idx = idx;
     }
@@ -202,11 +237,18 @@ impl ClusterState {
         if let Some(j) = self.jobs.get(id_or_name) {
             return Ok(j);
         }
-        if let Some(id) = self.idx.by_name.get(&(namespace.to_string(), id_or_name.to_string())) {
+        if let Some(id) = self
+            .idx
+            .by_name
+            .get(&(namespace.to_string(), id_or_name.to_string()))
+        {
             return self.jobs.get(id).ok_or(LookupError::NotFound);
         }
         if id_or_name.len() >= 3 {
-            let mut matches = self.jobs.range(id_or_name.to_string()..).take_while(|(k, _)| k.starts_with(id_or_name));
+            let mut matches = self
+                .jobs
+                .range(id_or_name.to_string()..)
+                .take_while(|(k, _)| k.starts_with(id_or_name));
             if let Some((_, first)) = matches.next() {
                 if matches.next().is_some() {
                     return Err(LookupError::Ambiguous);
@@ -221,7 +263,10 @@ impl ClusterState {
         if let Some(n) = self.nodes.get(id) {
             return Ok(n);
         }
-        let mut matches = self.nodes.range(id.to_string()..).take_while(|(k, _)| k.starts_with(id));
+        let mut matches = self
+            .nodes
+            .range(id.to_string()..)
+            .take_while(|(k, _)| k.starts_with(id));
         match (matches.next(), matches.next()) {
             (Some((_, n)), None) if !id.is_empty() => Ok(n),
             (Some(_), Some(_)) => Err(LookupError::Ambiguous),
@@ -242,7 +287,10 @@ impl ClusterState {
     }
 
     pub fn pending_evaluations(&self) -> Vec<&Evaluation> {
-        self.evaluations.values().filter(|e| e.status == status::PENDING).collect()
+        self.evaluations
+            .values()
+            .filter(|e| e.status == status::PENDING)
+            .collect()
     }
 
     pub fn last_report_seq(&self, node_id: &str) -> u64 {
@@ -254,21 +302,41 @@ impl ClusterState {
     /// Applies one command. Deterministic: everything it needs is in the command.
     pub fn apply(&mut self, cmd: &Command) -> CommandResponse {
         match cmd {
-            Command::SubmitJob { job, evaluation, force, now } => self.submit_job(job, evaluation, *force, *now),
-            Command::StopJob { job_id, reason, evaluation_id, now } => self.stop_job(job_id, reason, evaluation_id, *now),
+            Command::SubmitJob {
+                job,
+                evaluation,
+                force,
+                now,
+            } => self.submit_job(job, evaluation, *force, *now),
+            Command::StopJob {
+                job_id,
+                reason,
+                evaluation_id,
+                now,
+            } => self.stop_job(job_id, reason, evaluation_id, *now),
             Command::ApplyPlan(plan) => self.apply_plan(plan),
-            Command::UpdateExecution { node_id, seq, update, followup_eval_id, now } => {
-                self.update_execution(node_id, *seq, update, followup_eval_id, *now)
-            }
+            Command::UpdateExecution {
+                node_id,
+                seq,
+                update,
+                followup_eval_id,
+                now,
+            } => self.update_execution(node_id, *seq, update, followup_eval_id, *now),
             Command::RegisterNode { info, now } => self.register_node(info, *now),
-            Command::SetNodeConnection { node_id, status, reason, evaluation_ids, now } => {
-                self.set_node_connection(node_id, *status, reason, evaluation_ids, *now)
-            }
+            Command::SetNodeConnection {
+                node_id,
+                status,
+                reason,
+                evaluation_ids,
+                now,
+            } => self.set_node_connection(node_id, *status, reason, evaluation_ids, *now),
         }
     }
 
     fn put_job(&mut self, job: Job) {
-        self.idx.by_name.insert((job.namespace.clone(), job.name.clone()), job.id.clone());
+        self.idx
+            .by_name
+            .insert((job.namespace.clone(), job.name.clone()), job.id.clone());
         self.dirty.insert((Table::Job, job.id.clone()));
         let vk = version_key(&job.id, job.version);
         self.dirty.insert((Table::JobVersion, vk.clone()));
@@ -277,8 +345,16 @@ impl ClusterState {
     }
 
     fn put_execution(&mut self, e: Execution) {
-        self.idx.execs_by_job.entry(e.job_id.clone()).or_default().insert(e.id.clone());
-        self.idx.execs_by_node.entry(e.node_id.clone()).or_default().insert(e.id.clone());
+        self.idx
+            .execs_by_job
+            .entry(e.job_id.clone())
+            .or_default()
+            .insert(e.id.clone());
+        self.idx
+            .execs_by_node
+            .entry(e.node_id.clone())
+            .or_default()
+            .insert(e.id.clone());
         self.dirty.insert((Table::Execution, e.id.clone()));
         self.executions.insert(e.id.clone(), e);
     }
@@ -295,20 +371,31 @@ impl ClusterState {
         let key = format!("{job_id}/{seq:020}");
         let h = JobHistory {
             seq_num: seq,
-            kind: if execution_id.is_empty() { JOB_LEVEL } else { EXECUTION_LEVEL }.to_string(),
+            kind: if execution_id.is_empty() {
+                JOB_LEVEL
+            } else {
+                EXECUTION_LEVEL
+            }
+            .to_string(),
             job_id: job_id.to_string(),
             job_version: version,
             execution_id: execution_id.to_string(),
             time: event.timestamp,
             event,
         };
-        self.idx.history_by_job.entry(job_id.to_string()).or_default().insert(key.clone());
+        self.idx
+            .history_by_job
+            .entry(job_id.to_string())
+            .or_default()
+            .insert(key.clone());
         self.dirty.insert((Table::History, key.clone()));
         self.history.insert(key, h);
     }
 
     fn set_job_state(&mut self, job_id: &str, new: JobStateType, message: &str, now: i64) {
-        let Some(mut job) = self.jobs.get(job_id).cloned() else { return };
+        let Some(mut job) = self.jobs.get(job_id).cloned() else {
+            return;
+        };
         if job.state.state_type == new {
             return;
         }
@@ -329,28 +416,58 @@ impl ClusterState {
         self.record(job_id, version, "", ev);
     }
 
-    fn submit_job(&mut self, job: &Job, eval: &Evaluation, force: bool, now: i64) -> CommandResponse {
+    fn submit_job(
+        &mut self,
+        job: &Job,
+        eval: &Evaluation,
+        force: bool,
+        now: i64,
+    ) -> CommandResponse {
         if job.id.is_empty() || eval.id.is_empty() {
-            return reject(RejectCode::Invalid, "job and evaluation ids are required", "");
+            return reject(
+                RejectCode::Invalid,
+                "job and evaluation ids are required",
+                "",
+            );
         }
         if let Some(existing) = self.jobs.get(&job.id) {
             // The same submission applied again (a retried forward): answer as the first time.
             return if same_spec(existing, job) {
-                let eval_id = self.evaluations.get(&eval.id).map(|e| e.id.clone()).unwrap_or_default();
-                CommandResponse::JobSubmitted { job_id: existing.id.clone(), evaluation_id: eval_id, version: existing.version }
+                let eval_id = self
+                    .evaluations
+                    .get(&eval.id)
+                    .map(|e| e.id.clone())
+                    .unwrap_or_default();
+                CommandResponse::JobSubmitted {
+                    job_id: existing.id.clone(),
+                    evaluation_id: eval_id,
+                    version: existing.version,
+                }
             } else {
-                reject(RejectCode::Conflict, format!("job {} already exists with another spec", job.id), "")
+                reject(
+                    RejectCode::Conflict,
+                    format!("job {} already exists with another spec", job.id),
+                    "",
+                )
             };
         }
         let mut new = job.clone();
         let mut eval = eval.clone();
         let message;
-        match self.idx.by_name.get(&(job.namespace.clone(), job.name.clone())).and_then(|id| self.jobs.get(id)) {
+        match self
+            .idx
+            .by_name
+            .get(&(job.namespace.clone(), job.name.clone()))
+            .and_then(|id| self.jobs.get(id))
+        {
             Some(old) => {
                 if !force && same_spec(old, job) {
                     return reject(
                         RejectCode::NoChange,
-                        format!("no changes detected for new job spec; job {} is at version {}", old.id, old.version),
+                        format!(
+                            "no changes detected for new job spec; job {} is at version {}",
+                            old.id, old.version
+                        ),
                         "use the --force flag to submit it again as a new version",
                     );
                 }
@@ -378,37 +495,83 @@ impl ClusterState {
         eval.status = status::PENDING.into();
         let eval_id = eval.id.clone();
         self.put_eval(eval);
-        self.record(&id, version, "", Event::new(topic::SUBMISSION, message, now));
-        CommandResponse::JobSubmitted { job_id: id, evaluation_id: eval_id, version }
+        self.record(
+            &id,
+            version,
+            "",
+            Event::new(topic::SUBMISSION, message, now),
+        );
+        CommandResponse::JobSubmitted {
+            job_id: id,
+            evaluation_id: eval_id,
+            version,
+        }
     }
 
     fn stop_job(&mut self, job_id: &str, reason: &str, eval_id: &str, now: i64) -> CommandResponse {
         let Some(job) = self.jobs.get(job_id).cloned() else {
-            return reject(RejectCode::NotFound, format!("job {job_id} not found"), "list jobs with `caravel job list`");
+            return reject(
+                RejectCode::NotFound,
+                format!("job {job_id} not found"),
+                "list jobs with `caravel job list`",
+            );
         };
         match job.state.state_type {
             JobStateType::Completed => {
-                return reject(RejectCode::Conflict, "cannot stop job in state Completed", "the job has already finished");
+                return reject(
+                    RejectCode::Conflict,
+                    "cannot stop job in state Completed",
+                    "the job has already finished",
+                );
             }
-            JobStateType::Stopped => return CommandResponse::JobStopped { evaluation_id: String::new() },
+            JobStateType::Stopped => {
+                return CommandResponse::JobStopped {
+                    evaluation_id: String::new(),
+                };
+            }
             _ => {}
         }
         let was_failed = job.state.state_type == JobStateType::Failed;
-        let reason = if reason.is_empty() { "Stopped at user request" } else { reason };
+        let reason = if reason.is_empty() {
+            "Stopped at user request"
+        } else {
+            reason
+        };
         self.set_job_state(job_id, JobStateType::Stopped, reason, now);
         if was_failed || eval_id.is_empty() {
-            return CommandResponse::JobStopped { evaluation_id: String::new() };
+            return CommandResponse::JobStopped {
+                evaluation_id: String::new(),
+            };
         }
         let job = self.jobs[job_id].clone();
-        self.put_eval(Evaluation::new(eval_id.to_string(), &job, trigger::JOB_CANCEL, now));
-        CommandResponse::JobStopped { evaluation_id: eval_id.to_string() }
+        self.put_eval(Evaluation::new(
+            eval_id.to_string(),
+            &job,
+            trigger::JOB_CANCEL,
+            now,
+        ));
+        CommandResponse::JobStopped {
+            evaluation_id: eval_id.to_string(),
+        }
     }
 
     fn apply_plan(&mut self, plan: &Plan) -> CommandResponse {
         match self.evaluations.get(&plan.eval_id) {
             Some(e) if e.status == status::PENDING => {}
-            Some(e) => return reject(RejectCode::Stale, format!("evaluation {} is already {}", e.id, e.status), ""),
-            None => return reject(RejectCode::NotFound, format!("evaluation {} not found", plan.eval_id), ""),
+            Some(e) => {
+                return reject(
+                    RejectCode::Stale,
+                    format!("evaluation {} is already {}", e.id, e.status),
+                    "",
+                );
+            }
+            None => {
+                return reject(
+                    RejectCode::NotFound,
+                    format!("evaluation {} not found", plan.eval_id),
+                    "",
+                );
+            }
         }
         let now = plan.now;
         let Some(job) = self.jobs.get(&plan.job_id).cloned() else {
@@ -418,7 +581,10 @@ impl ClusterState {
         if job.revision != plan.job_revision {
             return reject(
                 RejectCode::Stale,
-                format!("job {} changed (revision {} → {}) since the plan was made", job.id, plan.job_revision, job.revision),
+                format!(
+                    "job {} changed (revision {} → {}) since the plan was made",
+                    job.id, plan.job_revision, job.revision
+                ),
                 "the scheduler will evaluate again",
             );
         }
@@ -431,9 +597,23 @@ impl ClusterState {
             e.create_time = now;
             e.modify_time = now;
             e.job = None;
-            let (jid, ver, eid, node) = (e.job_id.clone(), e.job_version, e.id.clone(), e.node_id.clone());
+            let (jid, ver, eid, node) = (
+                e.job_id.clone(),
+                e.job_version,
+                e.id.clone(),
+                e.node_id.clone(),
+            );
             self.put_execution(e);
-            self.record(&jid, ver, &eid, Event::new(topic::SCHEDULING, format!("Execution created on node {node}"), now));
+            self.record(
+                &jid,
+                ver,
+                &eid,
+                Event::new(
+                    topic::SCHEDULING,
+                    format!("Execution created on node {node}"),
+                    now,
+                ),
+            );
         }
         for ch in &plan.updates {
             self.change_execution(ch, now);
@@ -451,7 +631,11 @@ impl ClusterState {
                 self.put_eval(e.clone());
             }
         }
-        let st = if plan.eval_status.is_empty() { status::COMPLETE } else { plan.eval_status.as_str() };
+        let st = if plan.eval_status.is_empty() {
+            status::COMPLETE
+        } else {
+            plan.eval_status.as_str()
+        };
         self.finish_eval(&plan.eval_id, st, &plan.eval_comment, now);
         CommandResponse::Ok
     }
@@ -466,7 +650,9 @@ impl ClusterState {
     }
 
     fn change_execution(&mut self, ch: &ExecutionChange, now: i64) {
-        let Some(mut e) = self.executions.get(&ch.execution_id).cloned() else { return };
+        let Some(mut e) = self.executions.get(&ch.execution_id).cloned() else {
+            return;
+        };
         let mut changed = false;
         if e.desired_state.state_type != ch.desired {
             e.desired_state = State::with_message(ch.desired, ch.message.clone());
@@ -490,24 +676,43 @@ impl ClusterState {
         self.record(&jid, ver, &eid, Event::new(topic::EXECUTION, text, now));
     }
 
-    fn update_execution(&mut self, node_id: &str, seq: u64, u: &ExecutionUpdate, followup: &str, now: i64) -> CommandResponse {
+    fn update_execution(
+        &mut self,
+        node_id: &str,
+        seq: u64,
+        u: &ExecutionUpdate,
+        followup: &str,
+        now: i64,
+    ) -> CommandResponse {
         if seq <= self.last_report_seq(node_id) {
             return CommandResponse::Duplicate;
         }
         self.node_seq.insert(node_id.to_string(), seq);
         self.dirty.insert((Table::NodeSeq, node_id.to_string()));
         let Some(mut e) = self.executions.get(&u.execution_id).cloned() else {
-            return reject(RejectCode::NotFound, format!("execution {} not found", u.execution_id), "");
+            return reject(
+                RejectCode::NotFound,
+                format!("execution {} not found", u.execution_id),
+                "",
+            );
         };
         if e.node_id != node_id {
-            return reject(RejectCode::Invalid, format!("execution {} does not belong to node {node_id}", e.id), "");
+            return reject(
+                RejectCode::Invalid,
+                format!("execution {} does not belong to node {node_id}", e.id),
+                "",
+            );
         }
         let from = e.compute_state.state_type;
         if from == u.state && u.run_output.is_none() {
             return CommandResponse::Ok;
         }
         if !from.can_transition_to(u.state) {
-            return reject(RejectCode::Stale, format!("execution {} cannot go from {from} to {}", e.id, u.state), "");
+            return reject(
+                RejectCode::Stale,
+                format!("execution {} cannot go from {from} to {}", e.id, u.state),
+                "",
+            );
         }
         e.compute_state = State::with_message(u.state, u.message.clone());
         if let Some(o) = &u.run_output {
@@ -521,7 +726,8 @@ impl ClusterState {
         let terminal = u.state.is_terminal();
         let job = self.jobs.get(&e.job_id).cloned();
         if terminal {
-            e.desired_state = State::with_message(ExecutionDesiredState::Stopped, "execution finished");
+            e.desired_state =
+                State::with_message(ExecutionDesiredState::Stopped, "execution finished");
             if let Some(job) = &job
                 && !job.state.state_type.is_terminal()
                 && !followup.is_empty()
@@ -532,7 +738,11 @@ impl ClusterState {
         let (jid, ver, eid) = (e.job_id.clone(), e.job_version, e.id.clone());
         let fid = e.followup_eval_id.clone();
         self.put_execution(e);
-        let topic = if u.topic.is_empty() { topic::EXECUTION } else { u.topic.as_str() };
+        let topic = if u.topic.is_empty() {
+            topic::EXECUTION
+        } else {
+            u.topic.as_str()
+        };
         let mut text = format!("Execution {}", u.state);
         if !u.message.is_empty() {
             text = format!("{text}: {}", u.message);
@@ -544,13 +754,20 @@ impl ClusterState {
         self.record(&jid, ver, &eid, ev);
         if let Some(job) = job {
             if u.state == ExecutionStateType::Running
-                && matches!(job.state.state_type, JobStateType::Pending | JobStateType::Queued)
+                && matches!(
+                    job.state.state_type,
+                    JobStateType::Pending | JobStateType::Queued
+                )
             {
                 self.set_job_state(&jid, JobStateType::Running, "", now);
             }
             if terminal && !fid.is_empty() && !self.evaluations.contains_key(&fid) {
                 let j = &self.jobs[&jid];
-                let trig = if u.state == ExecutionStateType::Failed { trigger::EXEC_FAILURE } else { trigger::EXEC_UPDATE };
+                let trig = if u.state == ExecutionStateType::Failed {
+                    trigger::EXEC_FAILURE
+                } else {
+                    trigger::EXEC_UPDATE
+                };
                 let ev = Evaluation::new(fid, j, trig, now);
                 self.put_eval(ev);
             }
@@ -562,12 +779,20 @@ impl ClusterState {
         if info.node_id.is_empty() {
             return reject(RejectCode::Invalid, "node id is required", "");
         }
-        let mut n = self.nodes.get(&info.node_id).cloned().unwrap_or_else(|| NodeState {
-            membership: NodeMembership::Approved,
-            ..Default::default()
-        });
+        let mut n = self
+            .nodes
+            .get(&info.node_id)
+            .cloned()
+            .unwrap_or_else(|| NodeState {
+                membership: NodeMembership::Approved,
+                ..Default::default()
+            });
         if n.membership == NodeMembership::Rejected {
-            return reject(RejectCode::Conflict, format!("node {} was rejected", info.node_id), "");
+            return reject(
+                RejectCode::Conflict,
+                format!("node {} was rejected", info.node_id),
+                "",
+            );
         }
         n.info = info.clone();
         if n.connection_state.status != NodeConnection::Connected {
@@ -582,9 +807,20 @@ impl ClusterState {
         CommandResponse::Ok
     }
 
-    fn set_node_connection(&mut self, node_id: &str, st: NodeConnection, reason: &str, eval_ids: &[String], now: i64) -> CommandResponse {
+    fn set_node_connection(
+        &mut self,
+        node_id: &str,
+        st: NodeConnection,
+        reason: &str,
+        eval_ids: &[String],
+        now: i64,
+    ) -> CommandResponse {
         let Some(mut n) = self.nodes.get(node_id).cloned() else {
-            return reject(RejectCode::NotFound, format!("node {node_id} not found"), "");
+            return reject(
+                RejectCode::NotFound,
+                format!("node {node_id} not found"),
+                "",
+            );
         };
         if n.connection_state.status == st {
             return CommandResponse::Ok;
@@ -605,9 +841,17 @@ impl ClusterState {
             .live_executions_on(node_id)
             .into_iter()
             .map(|e| e.job_id.clone())
-            .filter(|j| self.jobs.get(j).is_some_and(|j| !j.state.state_type.is_terminal()))
+            .filter(|j| {
+                self.jobs
+                    .get(j)
+                    .is_some_and(|j| !j.state.state_type.is_terminal())
+            })
             .collect();
-        let trig = if st == NodeConnection::Connected { trigger::NODE_JOIN } else { trigger::NODE_LEAVE };
+        let trig = if st == NodeConnection::Connected {
+            trigger::NODE_JOIN
+        } else {
+            trigger::NODE_LEAVE
+        };
         for (job_id, eval_id) in jobs.iter().zip(eval_ids) {
             let job = self.jobs[job_id].clone();
             self.put_eval(Evaluation::new(eval_id.clone(), &job, trig, now));
@@ -658,7 +902,12 @@ impl StateView for ClusterState {
         self.idx
             .execs_by_node
             .get(node_id)
-            .map(|ids| ids.iter().filter_map(|i| self.executions.get(i)).filter(|e| !e.is_terminal()).collect())
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|i| self.executions.get(i))
+                    .filter(|e| !e.is_terminal())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }

@@ -51,7 +51,11 @@ impl ExecutionStateType {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            Self::BidRejected | Self::Completed | Self::Failed | Self::Cancelled | Self::AskForBidRejected
+            Self::BidRejected
+                | Self::Completed
+                | Self::Failed
+                | Self::Cancelled
+                | Self::AskForBidRejected
         )
     }
     /// BidAccepted, Running or Publishing: holding resources on a node.
@@ -84,7 +88,11 @@ impl ExecutionStateType {
 
 impl Serialize for JobStateType {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if s.is_human_readable() { s.serialize_str(self.as_str()) } else { s.serialize_u8(*self as u8) }
+        if s.is_human_readable() {
+            s.serialize_str(self.as_str())
+        } else {
+            s.serialize_u8(*self as u8)
+        }
     }
 }
 
@@ -147,10 +155,18 @@ pub struct State<T> {
 
 impl<T> State<T> {
     pub fn new(state_type: T) -> Self {
-        State { state_type, message: String::new(), details: Default::default() }
+        State {
+            state_type,
+            message: String::new(),
+            details: Default::default(),
+        }
     }
     pub fn with_message(state_type: T, message: impl Into<String>) -> Self {
-        State { state_type, message: message.into(), details: Default::default() }
+        State {
+            state_type,
+            message: message.into(),
+            details: Default::default(),
+        }
     }
 }
 
@@ -172,7 +188,11 @@ pub enum NodeConnection {
     #[serde(rename = "CONNECTED", alias = "connected", alias = "Connected")]
     Connected,
     #[default]
-    #[serde(rename = "DISCONNECTED", alias = "disconnected", alias = "Disconnected")]
+    #[serde(
+        rename = "DISCONNECTED",
+        alias = "disconnected",
+        alias = "Disconnected"
+    )]
     Disconnected,
 }
 
@@ -200,12 +220,30 @@ mod tests {
 
     #[test]
     fn job_states_are_strings_and_execution_states_integers_in_json() {
-        assert_eq!(serde_json::to_string(&JobStateType::Completed).unwrap(), "\"Completed\"");
-        assert_eq!(serde_json::to_string(&ExecutionStateType::Completed).unwrap(), "9");
-        assert_eq!(serde_json::to_string(&ExecutionDesiredState::Stopped).unwrap(), "2");
-        assert_eq!(serde_json::from_str::<JobStateType>("\"completed\"").unwrap(), JobStateType::Completed);
-        assert_eq!(serde_json::from_str::<ExecutionStateType>("6").unwrap(), ExecutionStateType::Running);
-        assert_eq!(serde_json::to_string(&NodeMembership::Approved).unwrap(), "\"APPROVED\"");
+        assert_eq!(
+            serde_json::to_string(&JobStateType::Completed).unwrap(),
+            "\"Completed\""
+        );
+        assert_eq!(
+            serde_json::to_string(&ExecutionStateType::Completed).unwrap(),
+            "9"
+        );
+        assert_eq!(
+            serde_json::to_string(&ExecutionDesiredState::Stopped).unwrap(),
+            "2"
+        );
+        assert_eq!(
+            serde_json::from_str::<JobStateType>("\"completed\"").unwrap(),
+            JobStateType::Completed
+        );
+        assert_eq!(
+            serde_json::from_str::<ExecutionStateType>("6").unwrap(),
+            ExecutionStateType::Running
+        );
+        assert_eq!(
+            serde_json::to_string(&NodeMembership::Approved).unwrap(),
+            "\"APPROVED\""
+        );
     }
 
     #[test]

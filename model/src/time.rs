@@ -46,7 +46,8 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
         "Z" | "z" => 0,
         tz if tz.len() == 6 => {
             let sign = if tz.starts_with('-') { -1 } else { 1 };
-            sign * (tz.get(1..3)?.parse::<i64>().ok()? * 3600 + tz.get(4..6)?.parse::<i64>().ok()? * 60)
+            sign * (tz.get(1..3)?.parse::<i64>().ok()? * 3600
+                + tz.get(4..6)?.parse::<i64>().ok()? * 60)
         }
         _ => return None,
     };
@@ -116,10 +117,18 @@ mod tests {
 
     #[test]
     fn rfc3339_round_trips() {
-        for ns in [0i64, 1_764_295_782_123_456_789, 951_782_400_000_000_000, -1_000_000_001] {
+        for ns in [
+            0i64,
+            1_764_295_782_123_456_789,
+            951_782_400_000_000_000,
+            -1_000_000_001,
+        ] {
             assert_eq!(parse_rfc3339(&rfc3339(ns)), Some(ns), "{}", rfc3339(ns));
         }
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000000Z");
-        assert_eq!(parse_rfc3339("2000-02-29T00:00:00+01:00"), Some(951_778_800_000_000_000));
+        assert_eq!(
+            parse_rfc3339("2000-02-29T00:00:00+01:00"),
+            Some(951_778_800_000_000_000)
+        );
     }
 }

@@ -19,7 +19,11 @@ pub struct SpecError {
 
 impl SpecError {
     pub fn new(field: &str, message: impl Into<String>, hint: impl Into<String>) -> Self {
-        SpecError { field: field.to_string(), message: message.into(), hint: hint.into() }
+        SpecError {
+            field: field.to_string(),
+            message: message.into(),
+            hint: hint.into(),
+        }
     }
 }
 
@@ -57,226 +61,512 @@ impl std::fmt::Display for SpecErrors {
 impl std::error::Error for SpecErrors {}
 
 pub const ENGINES: &[&str] = &["docker", "wasm", "noop"];
-pub const SOURCES: &[&str] = &["s3", "urldownload", "local", "localdirectory", "ipfs", "inline", "noop", "s3presigned"];
+pub const SOURCES: &[&str] = &[
+    "s3",
+    "urldownload",
+    "local",
+    "localdirectory",
+    "ipfs",
+    "inline",
+    "noop",
+    "s3presigned",
+];
 pub const PUBLISHERS: &[&str] = &["local", "s3", "s3managed", "ipfs", "noop"];
 pub const NETWORKS: &[&str] = &["default", "none", "host", "full", "http", "bridge"];
-pub const OPERATORS: &[&str] = &["=", "==", "!=", "in", "notin", "exists", "!", "doesnotexist", "gt", "lt"];
+pub const OPERATORS: &[&str] = &[
+    "=",
+    "==",
+    "!=",
+    "in",
+    "notin",
+    "exists",
+    "!",
+    "doesnotexist",
+    "gt",
+    "lt",
+];
 const MAX_NAME: usize = 256;
 
 /// Validates a job after `normalize`.
 pub fn validate_job(job: &Job) -> Result<(), SpecErrors> {
     let mut e = Vec::new();
     if !crate::spec::JOB_TYPES.contains(&job.kind.as_str()) {
-        e.push(SpecError::new("Type", format!("unknown job type {:?}", job.kind), "use batch, ops, daemon or service"));
+        e.push(SpecError::new(
+            "Type",
+            format!("unknown job type {:?}", job.kind),
+            "use batch, ops, daemon or service",
+        ));
     }
     if job.name.len() > MAX_NAME {
-        e.push(SpecError::new("Name", format!("is {} characters long, the limit is {MAX_NAME}", job.name.len()), "use a shorter name"));
+        e.push(SpecError::new(
+            "Name",
+            format!(
+                "is {} characters long, the limit is {MAX_NAME}",
+                job.name.len()
+            ),
+            "use a shorter name",
+        ));
     }
     if job.name.chars().any(|c| c.is_control()) {
-        e.push(SpecError::new("Name", "contains control characters", "use printable characters only"));
+        e.push(SpecError::new(
+            "Name",
+            "contains control characters",
+            "use printable characters only",
+        ));
     }
-    if !job.namespace.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) || job.namespace.len() > 64 {
-        e.push(SpecError::new("Namespace", format!("{:?} is not a valid namespace", job.namespace), "use letters, digits, '-', '_' or '.' (at most 64)"));
+    if !job
+        .namespace
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        || job.namespace.len() > 64
+    {
+        e.push(SpecError::new(
+            "Namespace",
+            format!("{:?} is not a valid namespace", job.namespace),
+            "use letters, digits, '-', '_' or '.' (at most 64)",
+        ));
     }
     if job.count < 0 {
-        e.push(SpecError::new("Count", format!("{} is negative", job.count), "use 1 or more (0 stops all executions)"));
+        e.push(SpecError::new(
+            "Count",
+            format!("{} is negative", job.count),
+            "use 1 or more (0 stops all executions)",
+        ));
     }
     if matches!(job.kind.as_str(), "ops" | "daemon") && job.count > 1 {
-        e.push(SpecError::new("Count", format!("{} is not allowed for {} jobs", job.count, job.kind), "ops and daemon jobs run on every matching node; remove Count"));
+        e.push(SpecError::new(
+            "Count",
+            format!("{} is not allowed for {} jobs", job.count, job.kind),
+            "ops and daemon jobs run on every matching node; remove Count",
+        ));
     }
     if job.count > 10_000 {
-        e.push(SpecError::new("Count", format!("{} is more than the limit of 10000", job.count), "split the work into several jobs"));
+        e.push(SpecError::new(
+            "Count",
+            format!("{} is more than the limit of 10000", job.count),
+            "split the work into several jobs",
+        ));
     }
     for (i, c) in job.constraints.iter().enumerate() {
         let f = format!("Constraints[{i}]");
         let op = c.operator.to_ascii_lowercase();
         if c.key.is_empty() {
-            e.push(SpecError::new(&format!("{f}.Key"), "is empty", "name the node label to match"));
+            e.push(SpecError::new(
+                &format!("{f}.Key"),
+                "is empty",
+                "name the node label to match",
+            ));
         }
         if !OPERATORS.contains(&op.as_str()) {
-            e.push(SpecError::new(&format!("{f}.Operator"), format!("unknown operator {:?}", c.operator), "use one of =, ==, !=, in, notin, exists, !, gt, lt"));
+            e.push(SpecError::new(
+                &format!("{f}.Operator"),
+                format!("unknown operator {:?}", c.operator),
+                "use one of =, ==, !=, in, notin, exists, !, gt, lt",
+            ));
         } else if matches!(op.as_str(), "in" | "notin") && c.values.is_empty() {
-            e.push(SpecError::new(&format!("{f}.Values"), format!("operator {} needs at least one value", c.operator), "add Values"));
+            e.push(SpecError::new(
+                &format!("{f}.Values"),
+                format!("operator {} needs at least one value", c.operator),
+                "add Values",
+            ));
         } else if matches!(op.as_str(), "exists" | "!" | "doesnotexist") && !c.values.is_empty() {
-            e.push(SpecError::new(&format!("{f}.Values"), format!("operator {} takes no values", c.operator), "remove Values"));
+            e.push(SpecError::new(
+                &format!("{f}.Values"),
+                format!("operator {} takes no values", c.operator),
+                "remove Values",
+            ));
         } else if matches!(op.as_str(), "=" | "==" | "!=" | "gt" | "lt") && c.values.len() != 1 {
-            e.push(SpecError::new(&format!("{f}.Values"), format!("operator {} needs exactly one value", c.operator), "give one value"));
+            e.push(SpecError::new(
+                &format!("{f}.Values"),
+                format!("operator {} needs exactly one value", c.operator),
+                "give one value",
+            ));
         }
     }
     match job.tasks.first() {
-        None => e.push(SpecError::new("Tasks", "a job needs one task and has none", "add a task with an Engine, e.g. Tasks: [{Name: main, Engine: {Type: wasm, …}}]")),
+        None => e.push(SpecError::new(
+            "Tasks",
+            "a job needs one task and has none",
+            "add a task with an Engine, e.g. Tasks: [{Name: main, Engine: {Type: wasm, …}}]",
+        )),
         Some(t) => validate_task(t, "Tasks[0]", &mut e),
     }
-    if e.is_empty() { Ok(()) } else { Err(SpecErrors(e)) }
+    if e.is_empty() {
+        Ok(())
+    } else {
+        Err(SpecErrors(e))
+    }
 }
 
 fn validate_task(t: &Task, f: &str, e: &mut Vec<SpecError>) {
     let engine = t.engine.kind_lower();
     if engine.is_empty() {
-        e.push(SpecError::new(&format!("{f}.Engine.Type"), "is empty", "use docker or wasm"));
+        e.push(SpecError::new(
+            &format!("{f}.Engine.Type"),
+            "is empty",
+            "use docker or wasm",
+        ));
     } else if !ENGINES.contains(&engine.as_str()) {
-        e.push(SpecError::new(&format!("{f}.Engine.Type"), format!("unknown engine type {:?}", t.engine.kind), "use docker or wasm"));
+        e.push(SpecError::new(
+            &format!("{f}.Engine.Type"),
+            format!("unknown engine type {:?}", t.engine.kind),
+            "use docker or wasm",
+        ));
     }
     match engine.as_str() {
         "docker" => validate_docker(&t.engine, &format!("{f}.Engine.Params"), e),
-        "wasm" => validate_wasm(&t.engine, &t.input_sources, &format!("{f}.Engine.Params"), e),
+        "wasm" => validate_wasm(
+            &t.engine,
+            &t.input_sources,
+            &format!("{f}.Engine.Params"),
+            e,
+        ),
         _ => {}
     }
     let publisher = t.publisher.kind_lower();
     if !PUBLISHERS.contains(&publisher.as_str()) {
-        e.push(SpecError::new(&format!("{f}.Publisher.Type"), format!("unknown publisher type {:?}", t.publisher.kind), "use local, s3 or noop"));
+        e.push(SpecError::new(
+            &format!("{f}.Publisher.Type"),
+            format!("unknown publisher type {:?}", t.publisher.kind),
+            "use local, s3 or noop",
+        ));
     }
     if publisher == "s3" {
         for k in ["Bucket", "Key"] {
             if t.publisher.params.str(k).is_none_or(str::is_empty) {
-                e.push(SpecError::new(&format!("{f}.Publisher.Params.{k}"), "is required for the s3 publisher", format!("set {k}")));
+                e.push(SpecError::new(
+                    &format!("{f}.Publisher.Params.{k}"),
+                    "is required for the s3 publisher",
+                    format!("set {k}"),
+                ));
             }
         }
     }
     for (k, v) in &t.env {
         let field = format!("{f}.Env.{k}");
         if k.starts_with(crate::RESERVED_ENV_PREFIX) {
-            e.push(SpecError::new(&field, format!("names starting with {} are reserved", crate::RESERVED_ENV_PREFIX), "rename the variable"));
-        } else if k.is_empty() || !k.starts_with(|c: char| c.is_ascii_uppercase()) || !k.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_') {
-            e.push(SpecError::new(&field, "is not a valid variable name", "use upper-case letters, digits and '_', starting with a letter"));
+            e.push(SpecError::new(
+                &field,
+                format!(
+                    "names starting with {} are reserved",
+                    crate::RESERVED_ENV_PREFIX
+                ),
+                "rename the variable",
+            ));
+        } else if k.is_empty()
+            || !k.starts_with(|c: char| c.is_ascii_uppercase())
+            || !k
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        {
+            e.push(SpecError::new(
+                &field,
+                "is not a valid variable name",
+                "use upper-case letters, digits and '_', starting with a letter",
+            ));
         }
         if v.is_empty() {
-            e.push(SpecError::new(&field, "has an empty value", "give a value, or env:NAME to forward one from the node"));
+            e.push(SpecError::new(
+                &field,
+                "has an empty value",
+                "give a value, or env:NAME to forward one from the node",
+            ));
         }
     }
     let mut targets = HashSet::new();
     let mut aliases = HashSet::new();
     for (i, input) in t.input_sources.iter().enumerate() {
-        validate_input(input, &format!("{f}.InputSources[{i}]"), &mut targets, &mut aliases, e);
+        validate_input(
+            input,
+            &format!("{f}.InputSources[{i}]"),
+            &mut targets,
+            &mut aliases,
+            e,
+        );
     }
     let mut names = HashSet::new();
     let mut paths = HashSet::new();
     for (i, r) in t.result_paths.iter().enumerate() {
         let rf = format!("{f}.ResultPaths[{i}]");
         if r.name.is_empty() {
-            e.push(SpecError::new(&format!("{rf}.Name"), "is empty", "name the result directory"));
-        } else if r.name.contains('/') || r.name == "." || r.name == ".." || ["stdout", "stderr", "exitcode"].contains(&r.name.to_ascii_lowercase().as_str()) {
-            e.push(SpecError::new(&format!("{rf}.Name"), format!("{:?} cannot be used as a result name", r.name), "use a plain name without '/' other than stdout, stderr or exitCode"));
+            e.push(SpecError::new(
+                &format!("{rf}.Name"),
+                "is empty",
+                "name the result directory",
+            ));
+        } else if r.name.contains('/')
+            || r.name == "."
+            || r.name == ".."
+            || ["stdout", "stderr", "exitcode"].contains(&r.name.to_ascii_lowercase().as_str())
+        {
+            e.push(SpecError::new(
+                &format!("{rf}.Name"),
+                format!("{:?} cannot be used as a result name", r.name),
+                "use a plain name without '/' other than stdout, stderr or exitCode",
+            ));
         } else if !names.insert(r.name.clone()) {
-            e.push(SpecError::new(&format!("{rf}.Name"), format!("duplicate result name {:?}", r.name), "give each result path its own name"));
+            e.push(SpecError::new(
+                &format!("{rf}.Name"),
+                format!("duplicate result name {:?}", r.name),
+                "give each result path its own name",
+            ));
         }
         check_abs_path(&r.path, &format!("{rf}.Path"), e);
         if !r.path.is_empty() && !paths.insert(r.path.trim_end_matches('/').to_string()) {
-            e.push(SpecError::new(&format!("{rf}.Path"), format!("duplicate result path {:?}", r.path), "give each result path its own directory"));
+            e.push(SpecError::new(
+                &format!("{rf}.Path"),
+                format!("duplicate result path {:?}", r.path),
+                "give each result path its own directory",
+            ));
         }
     }
     let r = &t.resources;
-    if !r.cpu.is_empty() && let Err(m) = parse_cpu(&r.cpu) {
-        e.push(SpecError::new(&format!("{f}.Resources.CPU"), m, "use cores (1, 0.5) or millicores (500m)"));
+    if !r.cpu.is_empty()
+        && let Err(m) = parse_cpu(&r.cpu)
+    {
+        e.push(SpecError::new(
+            &format!("{f}.Resources.CPU"),
+            m,
+            "use cores (1, 0.5) or millicores (500m)",
+        ));
     }
     for (name, v) in [("Memory", &r.memory), ("Disk", &r.disk)] {
-        if !v.is_empty() && let Err(m) = parse_bytes(v) {
-            e.push(SpecError::new(&format!("{f}.Resources.{name}"), m, "use a size like 512Mb, 1Gb or 2GiB"));
+        if !v.is_empty()
+            && let Err(m) = parse_bytes(v)
+        {
+            e.push(SpecError::new(
+                &format!("{f}.Resources.{name}"),
+                m,
+                "use a size like 512Mb, 1Gb or 2GiB",
+            ));
         }
     }
     if !r.gpu.is_empty() && r.gpu.parse::<u32>().is_err() {
-        e.push(SpecError::new(&format!("{f}.Resources.GPU"), format!("{:?} is not a GPU count", r.gpu), "use a whole number such as 1"));
+        e.push(SpecError::new(
+            &format!("{f}.Resources.GPU"),
+            format!("{:?} is not a GPU count", r.gpu),
+            "use a whole number such as 1",
+        ));
     }
     let net = t.network.kind.to_ascii_lowercase();
     if !NETWORKS.contains(&net.as_str()) {
-        e.push(SpecError::new(&format!("{f}.Network.Type"), format!("unknown network type {:?}", t.network.kind), "use None, Host, Full, HTTP, Bridge or Default"));
+        e.push(SpecError::new(
+            &format!("{f}.Network.Type"),
+            format!("unknown network type {:?}", t.network.kind),
+            "use None, Host, Full, HTTP, Bridge or Default",
+        ));
     }
     if !t.network.domains.is_empty() && net != "http" {
-        e.push(SpecError::new(&format!("{f}.Network.Domains"), "are only allowed with network type HTTP", "set Network.Type: HTTP or remove Domains"));
+        e.push(SpecError::new(
+            &format!("{f}.Network.Domains"),
+            "are only allowed with network type HTTP",
+            "set Network.Type: HTTP or remove Domains",
+        ));
     }
     let to = &t.timeouts;
-    for (name, v) in [("ExecutionTimeout", to.execution_timeout), ("QueueTimeout", to.queue_timeout), ("TotalTimeout", to.total_timeout)] {
+    for (name, v) in [
+        ("ExecutionTimeout", to.execution_timeout),
+        ("QueueTimeout", to.queue_timeout),
+        ("TotalTimeout", to.total_timeout),
+    ] {
         if v < 0 {
-            e.push(SpecError::new(&format!("{f}.Timeouts.{name}"), format!("{v} is negative"), "use seconds ≥ 0 (0 = no limit)"));
+            e.push(SpecError::new(
+                &format!("{f}.Timeouts.{name}"),
+                format!("{v} is negative"),
+                "use seconds ≥ 0 (0 = no limit)",
+            ));
         }
     }
     if to.total_timeout > 0 && to.execution_timeout + to.queue_timeout > to.total_timeout {
-        e.push(SpecError::new(&format!("{f}.Timeouts"), format!("ExecutionTimeout ({}) + QueueTimeout ({}) exceed TotalTimeout ({})", to.execution_timeout, to.queue_timeout, to.total_timeout), "raise TotalTimeout or lower the others"));
+        e.push(SpecError::new(
+            &format!("{f}.Timeouts"),
+            format!(
+                "ExecutionTimeout ({}) + QueueTimeout ({}) exceed TotalTimeout ({})",
+                to.execution_timeout, to.queue_timeout, to.total_timeout
+            ),
+            "raise TotalTimeout or lower the others",
+        ));
     }
 }
 
 fn check_abs_path(p: &str, field: &str, e: &mut Vec<SpecError>) {
     if p.is_empty() {
-        e.push(SpecError::new(field, "is empty", "give an absolute path such as /outputs"));
+        e.push(SpecError::new(
+            field,
+            "is empty",
+            "give an absolute path such as /outputs",
+        ));
     } else if !p.starts_with('/') {
-        e.push(SpecError::new(field, format!("{p:?} is not an absolute path"), format!("use /{}", p.trim_start_matches("./"))));
+        e.push(SpecError::new(
+            field,
+            format!("{p:?} is not an absolute path"),
+            format!("use /{}", p.trim_start_matches("./")),
+        ));
     } else if p.split('/').any(|c| c == "..") {
-        e.push(SpecError::new(field, format!("{p:?} contains '..'"), "use a path without '..'"));
+        e.push(SpecError::new(
+            field,
+            format!("{p:?} contains '..'"),
+            "use a path without '..'",
+        ));
     } else if p.contains('\0') {
         e.push(SpecError::new(field, "contains a NUL byte", "remove it"));
     }
 }
 
-fn validate_input(input: &InputSource, f: &str, targets: &mut HashSet<String>, aliases: &mut HashSet<String>, e: &mut Vec<SpecError>) {
+fn validate_input(
+    input: &InputSource,
+    f: &str,
+    targets: &mut HashSet<String>,
+    aliases: &mut HashSet<String>,
+    e: &mut Vec<SpecError>,
+) {
     let kind = input.source.kind_lower();
     if kind.is_empty() {
-        e.push(SpecError::new(&format!("{f}.Source.Type"), "is empty", "use inline, local, urlDownload, s3 or ipfs"));
+        e.push(SpecError::new(
+            &format!("{f}.Source.Type"),
+            "is empty",
+            "use inline, local, urlDownload, s3 or ipfs",
+        ));
     } else if !SOURCES.contains(&kind.as_str()) {
-        e.push(SpecError::new(&format!("{f}.Source.Type"), format!("unknown input source type {:?}", input.source.kind), "use inline, local, urlDownload, s3 or ipfs"));
+        e.push(SpecError::new(
+            &format!("{f}.Source.Type"),
+            format!("unknown input source type {:?}", input.source.kind),
+            "use inline, local, urlDownload, s3 or ipfs",
+        ));
     }
     check_abs_path(&input.target, &format!("{f}.Target"), e);
     if !input.target.is_empty() && !targets.insert(input.target.trim_end_matches('/').to_string()) {
-        e.push(SpecError::new(&format!("{f}.Target"), format!("duplicate target {:?}", input.target), "give each input its own target"));
+        e.push(SpecError::new(
+            &format!("{f}.Target"),
+            format!("duplicate target {:?}", input.target),
+            "give each input its own target",
+        ));
     }
     if !input.alias.is_empty() && !aliases.insert(input.alias.clone()) {
-        e.push(SpecError::new(&format!("{f}.Alias"), format!("duplicate alias {:?}", input.alias), "give each input its own alias"));
+        e.push(SpecError::new(
+            &format!("{f}.Alias"),
+            format!("duplicate alias {:?}", input.alias),
+            "give each input its own alias",
+        ));
     }
     let p = &input.source.params;
     let pf = format!("{f}.Source.Params");
     match kind.as_str() {
         "inline" => match p.str("URL") {
             Some(u) if u.starts_with("data:") && u.contains(',') => {}
-            Some(u) => e.push(SpecError::new(&format!("{pf}.URL"), format!("{:?} is not a data: URL", truncate(u)), "use data:[<mime>][;base64],<data>")),
-            None => e.push(SpecError::new(&format!("{pf}.URL"), "is required for inline sources", "set URL to a data: URL")),
+            Some(u) => e.push(SpecError::new(
+                &format!("{pf}.URL"),
+                format!("{:?} is not a data: URL", truncate(u)),
+                "use data:[<mime>][;base64],<data>",
+            )),
+            None => e.push(SpecError::new(
+                &format!("{pf}.URL"),
+                "is required for inline sources",
+                "set URL to a data: URL",
+            )),
         },
         "urldownload" => match p.str("URL") {
             Some(u) if u.starts_with("http://") || u.starts_with("https://") => {}
-            Some(u) => e.push(SpecError::new(&format!("{pf}.URL"), format!("{:?} is not an http(s) URL", truncate(u)), "use http:// or https://")),
-            None => e.push(SpecError::new(&format!("{pf}.URL"), "is required for urlDownload sources", "set URL")),
+            Some(u) => e.push(SpecError::new(
+                &format!("{pf}.URL"),
+                format!("{:?} is not an http(s) URL", truncate(u)),
+                "use http:// or https://",
+            )),
+            None => e.push(SpecError::new(
+                &format!("{pf}.URL"),
+                "is required for urlDownload sources",
+                "set URL",
+            )),
         },
-        "s3" => {
-            if p.str("Bucket").is_none_or(str::is_empty) {
-                e.push(SpecError::new(&format!("{pf}.Bucket"), "is required for s3 sources", "set Bucket"));
-            }
+        "s3" if p.str("Bucket").is_none_or(str::is_empty) => {
+            e.push(SpecError::new(
+                &format!("{pf}.Bucket"),
+                "is required for s3 sources",
+                "set Bucket",
+            ));
         }
         "local" | "localdirectory" => match p.str("SourcePath") {
             Some(s) if !s.is_empty() => check_abs_path(s, &format!("{pf}.SourcePath"), e),
-            _ => e.push(SpecError::new(&format!("{pf}.SourcePath"), "is required for local sources", "set SourcePath to an allow-listed path on the node")),
+            _ => e.push(SpecError::new(
+                &format!("{pf}.SourcePath"),
+                "is required for local sources",
+                "set SourcePath to an allow-listed path on the node",
+            )),
         },
-        "ipfs" => {
-            if p.str("CID").is_none_or(str::is_empty) {
-                e.push(SpecError::new(&format!("{pf}.CID"), "is required for ipfs sources", "set CID"));
-            }
+        "ipfs" if p.str("CID").is_none_or(str::is_empty) => {
+            e.push(SpecError::new(
+                &format!("{pf}.CID"),
+                "is required for ipfs sources",
+                "set CID",
+            ));
         }
         _ => {}
     }
 }
 
 fn truncate(s: &str) -> String {
-    if s.len() > 60 { format!("{}…", &s[..s.char_indices().nth(60).map_or(s.len(), |(i, _)| i)]) } else { s.to_string() }
+    if s.len() > 60 {
+        format!(
+            "{}…",
+            &s[..s.char_indices().nth(60).map_or(s.len(), |(i, _)| i)]
+        )
+    } else {
+        s.to_string()
+    }
 }
 
 fn validate_docker(engine: &SpecConfig, f: &str, e: &mut Vec<SpecError>) {
     let p = &engine.params;
     if p.str("Image").is_none_or(|s| s.trim().is_empty()) {
-        e.push(SpecError::new(&format!("{f}.Image"), "is required for docker jobs", "set Image, e.g. busybox:1.37.0"));
+        e.push(SpecError::new(
+            &format!("{f}.Image"),
+            "is required for docker jobs",
+            "set Image, e.g. busybox:1.37.0",
+        ));
     }
-    if let Some(w) = p.str("WorkingDirectory") && !w.is_empty() && !w.starts_with('/') {
-        e.push(SpecError::new(&format!("{f}.WorkingDirectory"), format!("{w:?} is not an absolute path"), "use an absolute path"));
+    if let Some(w) = p.str("WorkingDirectory")
+        && !w.is_empty()
+        && !w.starts_with('/')
+    {
+        e.push(SpecError::new(
+            &format!("{f}.WorkingDirectory"),
+            format!("{w:?} is not an absolute path"),
+            "use an absolute path",
+        ));
     }
     if let Some(serde_json::Value::Array(vars)) = p.get("EnvironmentVariables") {
         for (i, v) in vars.iter().enumerate() {
             let s = v.as_str().unwrap_or_default();
             if !s.contains('=') {
-                e.push(SpecError::new(&format!("{f}.EnvironmentVariables[{i}]"), format!("{s:?} is not KEY=VALUE"), "write KEY=VALUE"));
+                e.push(SpecError::new(
+                    &format!("{f}.EnvironmentVariables[{i}]"),
+                    format!("{s:?} is not KEY=VALUE"),
+                    "write KEY=VALUE",
+                ));
             } else if s.starts_with(crate::RESERVED_ENV_PREFIX) {
-                e.push(SpecError::new(&format!("{f}.EnvironmentVariables[{i}]"), format!("names starting with {} are reserved", crate::RESERVED_ENV_PREFIX), "rename the variable"));
+                e.push(SpecError::new(
+                    &format!("{f}.EnvironmentVariables[{i}]"),
+                    format!(
+                        "names starting with {} are reserved",
+                        crate::RESERVED_ENV_PREFIX
+                    ),
+                    "rename the variable",
+                ));
             }
         }
     }
     for k in ["Entrypoint", "Parameters"] {
-        if let Some(v) = p.get(k) && !v.is_null() && !v.as_array().is_some_and(|a| a.iter().all(|x| x.is_string())) {
-            e.push(SpecError::new(&format!("{f}.{k}"), "must be a list of strings", format!("write {k}: [\"…\"]")));
+        if let Some(v) = p.get(k)
+            && !v.is_null()
+            && !v
+                .as_array()
+                .is_some_and(|a| a.iter().all(|x| x.is_string()))
+        {
+            e.push(SpecError::new(
+                &format!("{f}.{k}"),
+                "must be a list of strings",
+                format!("write {k}: [\"…\"]"),
+            ));
         }
     }
 }
@@ -284,24 +574,52 @@ fn validate_docker(engine: &SpecConfig, f: &str, e: &mut Vec<SpecError>) {
 fn validate_wasm(engine: &SpecConfig, inputs: &[InputSource], f: &str, e: &mut Vec<SpecError>) {
     let p = &engine.params;
     match p.str("EntryModule") {
-        None | Some("") => e.push(SpecError::new(&format!("{f}.EntryModule"), "is required for wasm jobs", "set EntryModule to the Target of the InputSource that holds the module")),
+        None | Some("") => e.push(SpecError::new(
+            &format!("{f}.EntryModule"),
+            "is required for wasm jobs",
+            "set EntryModule to the Target of the InputSource that holds the module",
+        )),
         Some(m) => {
             if !inputs.iter().any(|i| i.target == m) {
-                e.push(SpecError::new(&format!("{f}.EntryModule"), format!("{m:?} is not the Target of any InputSource"), "add an InputSource with that Target (inline, local, urlDownload, s3)"));
+                e.push(SpecError::new(
+                    &format!("{f}.EntryModule"),
+                    format!("{m:?} is not the Target of any InputSource"),
+                    "add an InputSource with that Target (inline, local, urlDownload, s3)",
+                ));
             }
         }
     }
-    if let Some(v) = p.get("Parameters") && !v.is_null() && !v.as_array().is_some_and(|a| a.iter().all(|x| x.is_string())) {
-        e.push(SpecError::new(&format!("{f}.Parameters"), "must be a list of strings", "write Parameters: [\"…\"]"));
+    if let Some(v) = p.get("Parameters")
+        && !v.is_null()
+        && !v
+            .as_array()
+            .is_some_and(|a| a.iter().all(|x| x.is_string()))
+    {
+        e.push(SpecError::new(
+            &format!("{f}.Parameters"),
+            "must be a list of strings",
+            "write Parameters: [\"…\"]",
+        ));
     }
-    if let Some(v) = p.get("Entrypoint") && !v.is_null() && !v.is_string() {
-        e.push(SpecError::new(&format!("{f}.Entrypoint"), "must be a function name", "write Entrypoint: _start"));
+    if let Some(v) = p.get("Entrypoint")
+        && !v.is_null()
+        && !v.is_string()
+    {
+        e.push(SpecError::new(
+            &format!("{f}.Entrypoint"),
+            "must be a function name",
+            "write Entrypoint: _start",
+        ));
     }
     if let Some(serde_json::Value::Array(mods)) = p.get("ImportModules") {
         for (i, m) in mods.iter().enumerate() {
             let m = m.as_str().unwrap_or_default();
             if !inputs.iter().any(|x| x.target == m) {
-                e.push(SpecError::new(&format!("{f}.ImportModules[{i}]"), format!("{m:?} is not the Target of any InputSource"), "add an InputSource with that Target"));
+                e.push(SpecError::new(
+                    &format!("{f}.ImportModules[{i}]"),
+                    format!("{m:?} is not the Target of any InputSource"),
+                    "add an InputSource with that Target",
+                ));
             }
         }
     }

@@ -12,15 +12,29 @@ use crate::spec::Job;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ToCompute {
     /// Run this execution of this job version (idempotent on the execution id).
-    Run { execution: Box<Execution>, job: Box<Job> },
+    Run {
+        execution: Box<Execution>,
+        job: Box<Job>,
+    },
     /// Stop an execution (idempotent).
-    Cancel { execution_id: String, reason: String },
+    Cancel {
+        execution_id: String,
+        reason: String,
+    },
     /// Every report up to and including `seq` is committed; drop them from the outbox.
     Ack { seq: u64 },
     /// Stream an execution's logs (`follow`: until it ends), starting at byte `offset` of each stream.
-    Logs { request_id: u64, execution_id: String, follow: bool, tail: bool },
+    Logs {
+        request_id: u64,
+        execution_id: String,
+        follow: bool,
+        tail: bool,
+    },
     /// Send an execution's published results (the local publisher's tar.gz).
-    FetchResult { request_id: u64, execution_id: String },
+    FetchResult {
+        request_id: u64,
+        execution_id: String,
+    },
     /// The client went away; stop streaming for this request.
     CancelRequest { request_id: u64 },
 }
@@ -35,7 +49,11 @@ pub enum ToOrchestrator {
     /// Liveness and current capacity.
     Heartbeat { info: Box<NodeInfo> },
     /// A log line of a `Logs` request. `stream`: 1 stdout, 2 stderr (Bacalhau's numbering).
-    LogLine { request_id: u64, stream: u8, line: String },
+    LogLine {
+        request_id: u64,
+        stream: u8,
+        line: String,
+    },
     /// End of a `Logs` request, with an error if it failed.
     LogEnd { request_id: u64, error: String },
     /// A chunk of a `FetchResult` answer.

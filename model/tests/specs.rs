@@ -86,22 +86,42 @@ Tasks:
 #[test]
 fn bacalhaus_example_specs_parse_with_bacalhaus_defaults() {
     let j = parse_job(DOCKER_S3.as_bytes(), Mode::Client).unwrap().job;
-    assert_eq!((j.kind.as_str(), j.count, j.namespace.as_str()), ("batch", 1, "default"));
+    assert_eq!(
+        (j.kind.as_str(), j.count, j.namespace.as_str()),
+        ("batch", 1, "default")
+    );
     let t = &j.tasks[0];
     assert_eq!(t.engine.params.str("Image"), Some("busybox:1.37.0"));
-    assert_eq!(t.input_sources[0].source.params.str("Bucket"), Some("my-bucket"));
-    assert_eq!(t.publisher.kind, "local", "a job without a publisher keeps its results on the node");
+    assert_eq!(
+        t.input_sources[0].source.params.str("Bucket"),
+        Some("my-bucket")
+    );
+    assert_eq!(
+        t.publisher.kind, "local",
+        "a job without a publisher keeps its results on the node"
+    );
     assert_eq!(j.state.state_type, JobStateType::Undefined);
 
-    let j = parse_job(DOCKER_OUTPUT.as_bytes(), Mode::Client).unwrap().job;
+    let j = parse_job(DOCKER_OUTPUT.as_bytes(), Mode::Client)
+        .unwrap()
+        .job;
     let t = &j.tasks[0];
     assert_eq!(t.result_paths[0].path, "/output_custom");
-    assert_eq!((t.resources.cpu.as_str(), t.resources.memory.as_str()), ("500m", "512mb"));
-    assert_eq!((t.timeouts.execution_timeout, t.timeouts.queue_timeout), (300, 3600));
+    assert_eq!(
+        (t.resources.cpu.as_str(), t.resources.memory.as_str()),
+        ("500m", "512mb")
+    );
+    assert_eq!(
+        (t.timeouts.execution_timeout, t.timeouts.queue_timeout),
+        (300, 3600)
+    );
 
     let j = parse_job(WASM_INLINE.as_bytes(), Mode::Client).unwrap().job;
     assert_eq!(j.count, 1, "Count defaults to 1 for batch jobs");
-    assert_eq!(j.tasks[0].engine.params.str("EntryModule"), Some("/wasm.main"));
+    assert_eq!(
+        j.tasks[0].engine.params.str("EntryModule"),
+        Some("/wasm.main")
+    );
 
     let j = parse_job(DAEMON.as_bytes(), Mode::Client).unwrap().job;
     assert_eq!((j.kind.as_str(), j.count), ("daemon", 0));
@@ -114,14 +134,20 @@ fn keys_in_any_case_are_accepted() {
     let j = parse_job(LOWERCASE.as_bytes(), Mode::Client).unwrap().job;
     assert_eq!((j.name.as_str(), j.count), ("lower", 2));
     assert_eq!(j.tasks[0].resources.memory, "2gib");
-    assert_eq!(j.tasks[0].input_sources[0].source.params.str("URL"), Some("data:,x"));
+    assert_eq!(
+        j.tasks[0].input_sources[0].source.params.str("URL"),
+        Some("data:,x")
+    );
 }
 
 #[test]
 fn json_specs_parse_like_yaml() {
     let json = r#"{"Name":"j","Type":"batch","Tasks":[{"Name":"main","Engine":{"Type":"wasm","Params":{"EntryModule":"/m"}},
       "InputSources":[{"Target":"/m","Source":{"Type":"inline","Params":{"URL":"data:,x"}}}]}]}"#;
-    assert_eq!(parse_job(json.as_bytes(), Mode::Client).unwrap().job.name, "j");
+    assert_eq!(
+        parse_job(json.as_bytes(), Mode::Client).unwrap().job.name,
+        "j"
+    );
 }
 
 #[test]
@@ -137,7 +163,10 @@ fn the_legacy_wasm_form_is_converted_to_input_targets() {
 #[test]
 fn an_explicit_count_of_zero_is_kept_for_batch_jobs() {
     let spec = WASM_INLINE.replace("Type: batch", "Type: batch\nCount: 0");
-    assert_eq!(parse_job(spec.as_bytes(), Mode::Client).unwrap().job.count, 0);
+    assert_eq!(
+        parse_job(spec.as_bytes(), Mode::Client).unwrap().job.count,
+        0
+    );
 }
 
 #[test]
@@ -146,7 +175,9 @@ fn the_server_drops_owned_fields_with_a_warning_and_the_client_refuses_them() {
     let p = parse_job(spec.as_bytes(), Mode::Server).unwrap();
     assert_eq!(p.job.version, 0);
     assert!(p.warnings.iter().any(|w| w.contains("ID")));
-    let e = parse_job(spec.as_bytes(), Mode::Client).unwrap_err().to_string();
+    let e = parse_job(spec.as_bytes(), Mode::Client)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("ID: is set by the orchestrator"), "{e}");
 }
 
@@ -159,48 +190,198 @@ fn wasm(task_extra: &str, job_extra: &str) -> String {
 
 #[test]
 fn bad_specs_are_refused_with_a_precise_message() {
-    let big = format!("Name: big\nMeta: {{blob: \"{}\"}}\nTasks: []\n", "x".repeat(9 << 20));
+    let big = format!(
+        "Name: big\nMeta: {{blob: \"{}\"}}\nTasks: []\n",
+        "x".repeat(9 << 20)
+    );
     let cases: Vec<(String, &str)> = vec![
-        ("Name: x\nType: batch\n".into(), "Tasks: a job needs one task and has none"),
+        (
+            "Name: x\nType: batch\n".into(),
+            "Tasks: a job needs one task and has none",
+        ),
         ("Name: x\nTasks: []\n".into(), "Tasks: a job needs one task"),
-        (wasm("", "").replace("Type: batch", "Type: cron"), "Type: unknown job type \"cron\""),
-        (wasm("", "").replace("Type: wasm", "Type: dockr"), "Tasks[0].Engine.Type: unknown engine type \"dockr\""),
-        (wasm("", "").replace("Engine: {Type: wasm, Params: {EntryModule: /m.wasm}}", "Engine: {Params: {}}"), "Tasks[0].Engine.Type: is empty"),
-        ("Name: x\nTasks:\n  - Name: main\n    Engine: {Type: docker, Params: {}}\n".into(), "Tasks[0].Engine.Params.Image: is required for docker jobs"),
-        ("Name: x\nTasks:\n  - Name: main\n    Engine: {Type: docker, Params: {Image: '  '}}\n".into(), "Image: is required"),
-        (wasm("", "").replace("EntryModule: /m.wasm", "EntryModule: ''"), "Tasks[0].Engine.Params.EntryModule: is required for wasm jobs"),
-        (wasm("", "").replace("EntryModule: /m.wasm", "EntryModule: /other.wasm"), "\"/other.wasm\" is not the Target of any InputSource"),
-        (wasm("    Publisher: {Type: ftp}\n", ""), "Tasks[0].Publisher.Type: unknown publisher type \"ftp\""),
-        (wasm("", "").replace("Type: inline", "Type: gopher"), "Tasks[0].InputSources[0].Source.Type: unknown input source type \"gopher\""),
-        (wasm("    Resources: {CPU: lots}\n", ""), "Tasks[0].Resources.CPU: \"lots\" is not a CPU quantity"),
-        (wasm("    Resources: {Memory: 1Zb}\n", ""), "Tasks[0].Resources.Memory: \"1zb\" has an unknown unit"),
-        (wasm("    Resources: {Disk: big}\n", ""), "Tasks[0].Resources.Disk: \"big\" is not a size"),
-        (wasm("    Resources: {GPU: one}\n", ""), "Tasks[0].Resources.GPU: \"one\" is not a GPU count"),
-        (wasm("    ResultPaths: [{Name: out, Path: outputs}]\n", ""), "Tasks[0].ResultPaths[0].Path: \"outputs\" is not an absolute path"),
-        (wasm("    ResultPaths: [{Name: a, Path: /o}, {Name: a, Path: /p}]\n", ""), "Tasks[0].ResultPaths[1].Name: duplicate result name \"a\""),
-        (wasm("    ResultPaths: [{Name: a, Path: /o}, {Name: b, Path: /o/}]\n", ""), "Tasks[0].ResultPaths[1].Path: duplicate result path"),
-        (wasm("    ResultPaths: [{Name: stdout, Path: /o}]\n", ""), "cannot be used as a result name"),
-        (wasm("", "").replace("Target: /m.wasm", "Target: /inputs/../etc/m.wasm").replace("EntryModule: /m.wasm", "EntryModule: /inputs/../etc/m.wasm"), "Tasks[0].InputSources[0].Target: \"/inputs/../etc/m.wasm\" contains '..'"),
-        (wasm("      - Target: /m.wasm\n        Source: {Type: inline, Params: {URL: 'data:,y'}}\n", ""), "Tasks[0].InputSources[1].Target: duplicate target \"/m.wasm\""),
-        (wasm("    Env: {BACALHAU_JOB_ID: x}\n", ""), "Tasks[0].Env.BACALHAU_JOB_ID: names starting with BACALHAU_ are reserved"),
-        (wasm("    Env: {lower: x}\n", ""), "Tasks[0].Env.lower: is not a valid variable name"),
-        (wasm("    Env: {EMPTY: ''}\n", ""), "Tasks[0].Env.EMPTY: has an empty value"),
-        (wasm("    Timeouts: {ExecutionTimeout: -1}\n", ""), "Tasks[0].Timeouts.ExecutionTimeout: -1 is negative"),
-        (wasm("    Timeouts: {ExecutionTimeout: 50, QueueTimeout: 60, TotalTimeout: 100}\n", ""), "exceed TotalTimeout (100)"),
-        (wasm("    Network: {Type: Internet}\n", ""), "Tasks[0].Network.Type: unknown network type \"Internet\""),
-        (wasm("    Network: {Type: None, Domains: [example.org]}\n", ""), "Domains: are only allowed with network type HTTP"),
+        (
+            wasm("", "").replace("Type: batch", "Type: cron"),
+            "Type: unknown job type \"cron\"",
+        ),
+        (
+            wasm("", "").replace("Type: wasm", "Type: dockr"),
+            "Tasks[0].Engine.Type: unknown engine type \"dockr\"",
+        ),
+        (
+            wasm("", "").replace(
+                "Engine: {Type: wasm, Params: {EntryModule: /m.wasm}}",
+                "Engine: {Params: {}}",
+            ),
+            "Tasks[0].Engine.Type: is empty",
+        ),
+        (
+            "Name: x\nTasks:\n  - Name: main\n    Engine: {Type: docker, Params: {}}\n".into(),
+            "Tasks[0].Engine.Params.Image: is required for docker jobs",
+        ),
+        (
+            "Name: x\nTasks:\n  - Name: main\n    Engine: {Type: docker, Params: {Image: '  '}}\n"
+                .into(),
+            "Image: is required",
+        ),
+        (
+            wasm("", "").replace("EntryModule: /m.wasm", "EntryModule: ''"),
+            "Tasks[0].Engine.Params.EntryModule: is required for wasm jobs",
+        ),
+        (
+            wasm("", "").replace("EntryModule: /m.wasm", "EntryModule: /other.wasm"),
+            "\"/other.wasm\" is not the Target of any InputSource",
+        ),
+        (
+            wasm("    Publisher: {Type: ftp}\n", ""),
+            "Tasks[0].Publisher.Type: unknown publisher type \"ftp\"",
+        ),
+        (
+            wasm("", "").replace("Type: inline", "Type: gopher"),
+            "Tasks[0].InputSources[0].Source.Type: unknown input source type \"gopher\"",
+        ),
+        (
+            wasm("    Resources: {CPU: lots}\n", ""),
+            "Tasks[0].Resources.CPU: \"lots\" is not a CPU quantity",
+        ),
+        (
+            wasm("    Resources: {Memory: 1Zb}\n", ""),
+            "Tasks[0].Resources.Memory: \"1zb\" has an unknown unit",
+        ),
+        (
+            wasm("    Resources: {Disk: big}\n", ""),
+            "Tasks[0].Resources.Disk: \"big\" is not a size",
+        ),
+        (
+            wasm("    Resources: {GPU: one}\n", ""),
+            "Tasks[0].Resources.GPU: \"one\" is not a GPU count",
+        ),
+        (
+            wasm("    ResultPaths: [{Name: out, Path: outputs}]\n", ""),
+            "Tasks[0].ResultPaths[0].Path: \"outputs\" is not an absolute path",
+        ),
+        (
+            wasm(
+                "    ResultPaths: [{Name: a, Path: /o}, {Name: a, Path: /p}]\n",
+                "",
+            ),
+            "Tasks[0].ResultPaths[1].Name: duplicate result name \"a\"",
+        ),
+        (
+            wasm(
+                "    ResultPaths: [{Name: a, Path: /o}, {Name: b, Path: /o/}]\n",
+                "",
+            ),
+            "Tasks[0].ResultPaths[1].Path: duplicate result path",
+        ),
+        (
+            wasm("    ResultPaths: [{Name: stdout, Path: /o}]\n", ""),
+            "cannot be used as a result name",
+        ),
+        (
+            wasm("", "")
+                .replace("Target: /m.wasm", "Target: /inputs/../etc/m.wasm")
+                .replace("EntryModule: /m.wasm", "EntryModule: /inputs/../etc/m.wasm"),
+            "Tasks[0].InputSources[0].Target: \"/inputs/../etc/m.wasm\" contains '..'",
+        ),
+        (
+            wasm(
+                "      - Target: /m.wasm\n        Source: {Type: inline, Params: {URL: 'data:,y'}}\n",
+                "",
+            ),
+            "Tasks[0].InputSources[1].Target: duplicate target \"/m.wasm\"",
+        ),
+        (
+            wasm("    Env: {BACALHAU_JOB_ID: x}\n", ""),
+            "Tasks[0].Env.BACALHAU_JOB_ID: names starting with BACALHAU_ are reserved",
+        ),
+        (
+            wasm("    Env: {lower: x}\n", ""),
+            "Tasks[0].Env.lower: is not a valid variable name",
+        ),
+        (
+            wasm("    Env: {EMPTY: ''}\n", ""),
+            "Tasks[0].Env.EMPTY: has an empty value",
+        ),
+        (
+            wasm("    Timeouts: {ExecutionTimeout: -1}\n", ""),
+            "Tasks[0].Timeouts.ExecutionTimeout: -1 is negative",
+        ),
+        (
+            wasm(
+                "    Timeouts: {ExecutionTimeout: 50, QueueTimeout: 60, TotalTimeout: 100}\n",
+                "",
+            ),
+            "exceed TotalTimeout (100)",
+        ),
+        (
+            wasm("    Network: {Type: Internet}\n", ""),
+            "Tasks[0].Network.Type: unknown network type \"Internet\"",
+        ),
+        (
+            wasm("    Network: {Type: None, Domains: [example.org]}\n", ""),
+            "Domains: are only allowed with network type HTTP",
+        ),
         (wasm("", "Count: -2"), "Count: -2 is negative"),
-        (wasm("", "").replace("Type: batch", "Type: ops\nCount: 3"), "Count: 3 is not allowed for ops jobs"),
-        (wasm("", "Constraints: [{Key: region, Operator: '~', Values: [eu]}]"), "Constraints[0].Operator: unknown operator \"~\""),
-        (wasm("", "Constraints: [{Key: region, Operator: in}]"), "Constraints[0].Values: operator in needs at least one value"),
-        (wasm("", "Constraints: [{Key: gpu, Operator: exists, Values: [x]}]"), "operator exists takes no values"),
-        (wasm("", "").replace("URL: 'data:,x'", "URL: 'http://x/m.wasm'"), "\"http://x/m.wasm\" is not a data: URL"),
-        (wasm("", "").replace("Type: inline, Params: {URL: 'data:,x'}", "Type: urlDownload, Params: {URL: 'ftp://x'}"), "\"ftp://x\" is not an http(s) URL"),
-        (wasm("", "").replace("Type: inline, Params: {URL: 'data:,x'}", "Type: s3, Params: {Key: k}"), "Source.Params.Bucket: is required for s3 sources"),
-        (wasm("", "").replace("Type: inline, Params: {URL: 'data:,x'}", "Type: local, Params: {SourcePath: data}"), "SourcePath: \"data\" is not an absolute path"),
-        (wasm("    Publisher: {Type: s3, Params: {Bucket: b}}\n", ""), "Tasks[0].Publisher.Params.Key: is required for the s3 publisher"),
-        (wasm("", "").replace("Engine:", "Engin:"), "Tasks[0].Engin: unknown field (hint: did you mean Engine?)"),
-        (wasm("", "Count: many"), "Count: invalid type: string \"many\""),
+        (
+            wasm("", "").replace("Type: batch", "Type: ops\nCount: 3"),
+            "Count: 3 is not allowed for ops jobs",
+        ),
+        (
+            wasm(
+                "",
+                "Constraints: [{Key: region, Operator: '~', Values: [eu]}]",
+            ),
+            "Constraints[0].Operator: unknown operator \"~\"",
+        ),
+        (
+            wasm("", "Constraints: [{Key: region, Operator: in}]"),
+            "Constraints[0].Values: operator in needs at least one value",
+        ),
+        (
+            wasm(
+                "",
+                "Constraints: [{Key: gpu, Operator: exists, Values: [x]}]",
+            ),
+            "operator exists takes no values",
+        ),
+        (
+            wasm("", "").replace("URL: 'data:,x'", "URL: 'http://x/m.wasm'"),
+            "\"http://x/m.wasm\" is not a data: URL",
+        ),
+        (
+            wasm("", "").replace(
+                "Type: inline, Params: {URL: 'data:,x'}",
+                "Type: urlDownload, Params: {URL: 'ftp://x'}",
+            ),
+            "\"ftp://x\" is not an http(s) URL",
+        ),
+        (
+            wasm("", "").replace(
+                "Type: inline, Params: {URL: 'data:,x'}",
+                "Type: s3, Params: {Key: k}",
+            ),
+            "Source.Params.Bucket: is required for s3 sources",
+        ),
+        (
+            wasm("", "").replace(
+                "Type: inline, Params: {URL: 'data:,x'}",
+                "Type: local, Params: {SourcePath: data}",
+            ),
+            "SourcePath: \"data\" is not an absolute path",
+        ),
+        (
+            wasm("    Publisher: {Type: s3, Params: {Bucket: b}}\n", ""),
+            "Tasks[0].Publisher.Params.Key: is required for the s3 publisher",
+        ),
+        (
+            wasm("", "").replace("Engine:", "Engin:"),
+            "Tasks[0].Engin: unknown field (hint: did you mean Engine?)",
+        ),
+        (
+            wasm("", "Count: many"),
+            "Count: invalid type: string \"many\"",
+        ),
         ("Name: [unclosed\n".into(), "not valid YAML or JSON"),
         ("- just\n- a list\n".into(), "the spec must be a mapping"),
         ("".into(), "the spec is empty"),
@@ -208,10 +389,20 @@ fn bad_specs_are_refused_with_a_precise_message() {
     ];
     assert!(cases.len() >= 25);
     for (spec, want) in cases {
-        let err = parse_job(spec.as_bytes(), Mode::Client).err().map(|e| e.to_string()).unwrap_or_else(|| "accepted".into());
-        assert!(err.contains(want), "spec:\n{}\nwanted {want:?}\ngot: {err}", &spec[..spec.len().min(400)]);
+        let err = parse_job(spec.as_bytes(), Mode::Client)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "accepted".into());
+        assert!(
+            err.contains(want),
+            "spec:\n{}\nwanted {want:?}\ngot: {err}",
+            &spec[..spec.len().min(400)]
+        );
         if err != "accepted" {
-            assert!(err.contains("hint:") || want.contains("invalid type") || err.contains("YAML"), "every error has a hint: {err}");
+            assert!(
+                err.contains("hint:") || want.contains("invalid type") || err.contains("YAML"),
+                "every error has a hint: {err}"
+            );
         }
     }
 }

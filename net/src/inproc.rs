@@ -12,7 +12,16 @@ pub const DEFAULT_CAPACITY: usize = 1024;
 pub fn pair(capacity: usize) -> (OrchestratorEnd, ComputeEnd) {
     let (down_tx, down_rx) = mpsc::channel(capacity.max(1));
     let (up_tx, up_rx) = mpsc::channel(capacity.max(1));
-    (OrchestratorEnd { tx: down_tx, rx: up_rx }, ComputeEnd { inbox: down_rx, outbox: up_tx })
+    (
+        OrchestratorEnd {
+            tx: down_tx,
+            rx: up_rx,
+        },
+        ComputeEnd {
+            inbox: down_rx,
+            outbox: up_tx,
+        },
+    )
 }
 
 #[cfg(test)]
@@ -28,8 +37,17 @@ mod tests {
         for seq in 1..=3 {
             assert_eq!(c.inbox.recv().await, Some(ToCompute::Ack { seq }));
         }
-        c.outbox.send(ToOrchestrator::LogEnd { request_id: 7, error: String::new() }).await.unwrap();
-        assert!(matches!(o.rx.recv().await, Some(ToOrchestrator::LogEnd { request_id: 7, .. })));
+        c.outbox
+            .send(ToOrchestrator::LogEnd {
+                request_id: 7,
+                error: String::new(),
+            })
+            .await
+            .unwrap();
+        assert!(matches!(
+            o.rx.recv().await,
+            Some(ToOrchestrator::LogEnd { request_id: 7, .. })
+        ));
         drop(o);
         assert_eq!(c.inbox.recv().await, None, "closing one end ends the other");
     }

@@ -1,0 +1,823 @@
+//! The compute node runtime: takes commands from an orchestrator session ([`ToCompute`]), runs
+//! executions through an [`Executor`], and reports state changes, logs and results
+//! ([`ToOrchestrator`]).
+//!
+//! `ComputeNode` is cheap to clone (all clones share one node). [`ComputeNode::run`] serves one
+//! session; executions keep running when a session ends, and a later `run` with new channels sends
+//! `Hello` and replays the reports not yet acknowledged. Only `shutdown` stops executions (they are
+//! reported Failed, as Bacalhau fails executions interrupted by a node restart).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use caravel_model::execution::{ExecutionUpdate, Resources, RunOutput};
+use caravel_model::history::topic;
+use caravel_model::node::{BuildVersionInfo, ComputeNodeInfo, NodeInfo};
+use caravel_model::spec::{Job, SpecConfig, Task};
+use caravel_model::states::ExecutionDesiredState;
+use caravel_model::wire::{ToCompute, ToOrchestrator};
+use caravel_model::{Execution, ExecutionStateType};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::capacity;
+use crate::executor::{ExecError, Executor, ResultDir, RunRequest, task_args, task_env};
+use crate::inputs::{InputError, InputOptions, InputPreparer, SUPPORTED_SOURCES, check_target};
+use crate::outbox::Outbox;
+use crate::publish::{ExecutionPaths, Publisher, SUPPORTED_PUBLISHERS, run_output};
+use crate::wasm::WasmExecutor;
+
+/// Default memory limit of a task whose job sets none.
+pub const DEFAULT_MEMORY_LIMIT: u64 = 512 << 20;
+/// Default cap of each of stdout and stderr.
+pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 1 << 30;
+/// Default interval between heartbeats.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+/// Largest `ResultChunk`.
+pub const RESULT_CHUNK_BYTES: usize = 256 * 1024;
+/// Lines of each stream sent for a `Logs` request with `tail`.
+pub const LOG_TAIL_LINES: usize = 100;
+/// How often a followed log is polled for new lines.
+const LOG_POLL: Duration = Duration::from_millis(200);
+/// A line longer than this is sent in pieces.
+const MAX_LOG_LINE: usize = 64 * 1024;
+/// How long shutdown waits for cancelled executions to report.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("invalid compute option {option}: {reason}")]
+    BadOption { option: String, reason: String },
+    #[error(transparent)]
+    Executor(#[from] ExecError),
+    #[error(transparent)]
+    Inputs(#[from] InputError),
+    #[error("cannot prepare the data directory {path}: {reason}")]
+    DataDir { path: String, reason: String },
+}
+
+/// Settings of a compute node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ComputeOptions {
+    pub node_id: String,
+    /// Executions live in `<data_dir>/executions/<id>/`, archives in `<data_dir>/results/`.
+    pub data_dir: PathBuf,
+    /// Extra node labels (besides `os_type`, `os_arch`, `name`).
+    pub labels: BTreeMap<String, String>,
+    /// `Compute.AllowListedLocalPaths`: `/path`, `/path:ro`, `/path:rw`.
+    pub allow_listed_local_paths: Vec<String>,
+    /// Executions run at once; 0 = one per core.
+    pub max_concurrent: usize,
+    /// Memory limit of a task whose job sets none, in bytes.
+    pub default_memory_limit: u64,
+    /// Bytes kept of each of stdout and stderr.
+    pub max_output_bytes: u64,
+    pub heartbeat_interval: Duration,
+    /// Cap of one downloaded input.
+    pub max_download_bytes: u64,
+    pub download_timeout: Duration,
+}
+
+impl ComputeOptions {
+    pub fn new(node_id: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
+        ComputeOptions {
+            node_id: node_id.into(),
+            data_dir: data_dir.into(),
+            labels: BTreeMap::new(),
+            allow_listed_local_paths: Vec::new(),
+            max_concurrent: 0,
+            default_memory_limit: DEFAULT_MEMORY_LIMIT,
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            heartbeat_interval: DEFAULT_HEARTBEAT,
+            max_download_bytes: crate::inputs::DEFAULT_MAX_DOWNLOAD_BYTES,
+            download_timeout: crate::inputs::DEFAULT_DOWNLOAD_TIMEOUT,
+        }
+    }
+
+    /// From the node's configuration (`Compute.*`, `Labels`, `DataDir`).
+    pub fn from_config(node_id: impl Into<String>, cfg: &caravel_model::config::Config) -> Result<Self, NodeError> {
+        let mut o = ComputeOptions::new(node_id, PathBuf::from(&cfg.data_dir).join("compute"));
+        o.labels = cfg.labels.clone();
+        o.allow_listed_local_paths = cfg.compute.allow_listed_local_paths.clone();
+        o.max_concurrent = cfg.compute.max_concurrent as usize;
+        if !cfg.compute.default_memory_limit.trim().is_empty() {
+            o.default_memory_limit = caravel_model::quantity::parse_bytes(&cfg.compute.default_memory_limit)
+                .map_err(|reason| NodeError::BadOption { option: "Compute.DefaultMemoryLimit".into(), reason })?;
+        }
+        if cfg.compute.heartbeat_secs > 0 {
+            o.heartbeat_interval = Duration::from_secs(cfg.compute.heartbeat_secs);
+        }
+        Ok(o)
+    }
+
+    /// A node with the wasm executor.
+    pub fn build(self) -> Result<ComputeNode, NodeError> {
+        let exec = WasmExecutor::new()?;
+        ComputeNode::with_executor(self, Arc::new(exec))
+    }
+}
+
+/// One execution the node knows.
+struct Entry {
+    state: ExecutionStateType,
+    cancel: CancellationToken,
+    cancel_reason: String,
+    done: watch::Sender<bool>,
+    paths: ExecutionPaths,
+    resources: Resources,
+}
+
+struct State {
+    execs: HashMap<String, Entry>,
+    outbox: Outbox,
+    /// The current session's report channel.
+    out: Option<mpsc::UnboundedSender<ToOrchestrator>>,
+    streams: HashMap<u64, CancellationToken>,
+}
+
+struct Shared {
+    opts: ComputeOptions,
+    executor: Arc<dyn Executor>,
+    inputs: InputPreparer,
+    capacity: Resources,
+    slots: Arc<Semaphore>,
+    state: Mutex<State>,
+    tasks: TaskTracker,
+    shutting_down: AtomicBool,
+}
+
+/// A compute node. Clones share the node.
+#[derive(Clone)]
+pub struct ComputeNode {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ComputeNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ComputeNode").field("node_id", &self.shared.opts.node_id).finish_non_exhaustive()
+    }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+/// Execution ids become directory names: only `[A-Za-z0-9._-]`, not starting with a dot.
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 200 && !id.starts_with('.') && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn valid_result_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
+        return Err(format!("result path name {name:?} must be a plain directory name"));
+    }
+    if matches!(name, "stdout" | "stderr" | "exitCode") {
+        return Err(format!("result path name {name:?} is reserved for the execution's own files"));
+    }
+    Ok(())
+}
+
+impl ComputeNode {
+    /// A node with the given executor.
+    pub fn with_executor(mut opts: ComputeOptions, executor: Arc<dyn Executor>) -> Result<Self, NodeError> {
+        if opts.node_id.trim().is_empty() {
+            return Err(NodeError::BadOption { option: "node_id".into(), reason: "is empty".into() });
+        }
+        if opts.max_concurrent == 0 {
+            opts.max_concurrent = capacity::cores();
+        }
+        if opts.default_memory_limit == 0 {
+            opts.default_memory_limit = DEFAULT_MEMORY_LIMIT;
+        }
+        if opts.max_output_bytes == 0 {
+            opts.max_output_bytes = DEFAULT_MAX_OUTPUT_BYTES;
+        }
+        if opts.heartbeat_interval.is_zero() {
+            opts.heartbeat_interval = DEFAULT_HEARTBEAT;
+        }
+        for d in [opts.data_dir.join("executions"), opts.data_dir.join("results")] {
+            std::fs::create_dir_all(&d).map_err(|e| NodeError::DataDir { path: d.display().to_string(), reason: e.to_string() })?;
+        }
+        let inputs = InputPreparer::new(InputOptions {
+            allow_listed_local_paths: opts.allow_listed_local_paths.clone(),
+            max_download_bytes: opts.max_download_bytes,
+            download_timeout: opts.download_timeout,
+        })?;
+        let capacity = capacity::machine_capacity(&opts.data_dir);
+        let slots = Arc::new(Semaphore::new(opts.max_concurrent));
+        Ok(ComputeNode {
+            shared: Arc::new(Shared {
+                opts,
+                executor,
+                inputs,
+                capacity,
+                slots,
+                state: Mutex::new(State { execs: HashMap::new(), outbox: Outbox::new(), out: None, streams: HashMap::new() }),
+                tasks: TaskTracker::new(),
+                shutting_down: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    pub fn options(&self) -> &ComputeOptions {
+        &self.shared.opts
+    }
+
+    /// The paths an execution uses on this node.
+    pub fn execution_paths(&self, execution_id: &str) -> ExecutionPaths {
+        ExecutionPaths::new(&self.shared.opts.data_dir, execution_id)
+    }
+
+    /// The node's view of an execution's state.
+    pub fn execution_state(&self, execution_id: &str) -> Option<ExecutionStateType> {
+        self.lock().execs.get(execution_id).map(|e| e.state)
+    }
+
+    /// Number of the last report made, and how many are not yet acknowledged.
+    pub fn outbox_status(&self) -> (u64, usize) {
+        let st = self.lock();
+        (st.outbox.last_seq(), st.outbox.len())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves consistent-enough data; keep serving.
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `NodeInfo` with fresh capacity and counts.
+    pub fn node_info(&self) -> NodeInfo {
+        let o = &self.shared.opts;
+        let (mut running, mut enqueued) = (0u32, 0u32);
+        let mut used = Resources::default();
+        let mut queued = Resources::default();
+        for e in self.lock().execs.values() {
+            if e.state == ExecutionStateType::New {
+                enqueued += 1;
+                queued.add(&e.resources);
+            } else if e.state.is_executing() {
+                running += 1;
+                used.add(&e.resources);
+            }
+        }
+        let mut available = self.shared.capacity.clone();
+        available.sub(&used);
+        let mut labels = capacity::default_labels(&o.node_id);
+        labels.extend(o.labels.clone());
+        NodeInfo {
+            node_id: o.node_id.clone(),
+            node_type: "Compute".into(),
+            labels,
+            supported_protocols: Vec::new(),
+            compute_node_info: ComputeNodeInfo {
+                execution_engines: self.shared.executor.engines(),
+                publishers: SUPPORTED_PUBLISHERS.iter().map(|s| s.to_string()).collect(),
+                storage_sources: SUPPORTED_SOURCES.iter().map(|s| s.to_string()).collect(),
+                max_capacity: self.shared.capacity.clone(),
+                queue_used_capacity: queued,
+                available_capacity: available,
+                max_job_requirements: self.shared.capacity.clone(),
+                running_executions: running,
+                enqueued_executions: enqueued,
+                address: String::new(),
+            },
+            bacalhau_version: BuildVersionInfo::current(),
+        }
+    }
+
+    /// Serves one orchestrator session until `inbox` closes, `outbox` closes or `shutdown` fires.
+    /// Sends `Hello` first, then replays unacknowledged reports, then heartbeats. On `shutdown`,
+    /// running executions are stopped and reported Failed before this returns.
+    pub async fn run(self, mut inbox: mpsc::Receiver<ToCompute>, outbox: mpsc::Sender<ToOrchestrator>, shutdown: CancellationToken) {
+        let last_seq = self.lock().outbox.last_seq();
+        if outbox.send(ToOrchestrator::Hello { info: Box::new(self.node_info()), last_seq }).await.is_err() {
+            return;
+        }
+        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<ToOrchestrator>();
+        {
+            let mut st = self.lock();
+            for (seq, update) in st.outbox.unacked_after(st.outbox.acked_seq()) {
+                let _ = out_tx.send(ToOrchestrator::Report { seq, update });
+            }
+            st.out = Some(out_tx.clone());
+        }
+        let fwd_sink = outbox.clone();
+        let forwarder = tokio::spawn(async move {
+            while let Some(m) = out_rx.recv().await {
+                if fwd_sink.send(m).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut heartbeat = tokio::time::interval(self.shared.opts.heartbeat_interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = outbox.closed() => break,
+                msg = inbox.recv() => match msg {
+                    Some(m) => self.handle(m, &outbox),
+                    None => break,
+                },
+                _ = heartbeat.tick() => {
+                    // Best effort: a full channel means the peer is busy; the next beat will do.
+                    let _ = outbox.try_send(ToOrchestrator::Heartbeat { info: Box::new(self.node_info()) });
+                }
+            }
+        }
+        if shutdown.is_cancelled() {
+            self.stop_all().await;
+        }
+        {
+            let mut st = self.lock();
+            if st.out.as_ref().is_some_and(|o| o.same_channel(&out_tx)) {
+                st.out = None;
+            }
+        }
+        drop(out_tx);
+        let _ = tokio::time::timeout(Duration::from_secs(5), forwarder).await;
+    }
+
+    /// Stops every execution (node shutdown) and waits for their final reports.
+    async fn stop_all(&self) {
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
+        {
+            let st = self.lock();
+            for e in st.execs.values() {
+                e.cancel.cancel();
+            }
+            for s in st.streams.values() {
+                s.cancel();
+            }
+        }
+        self.shared.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.shared.tasks.wait()).await.is_err() {
+            tracing::warn!("some executions did not stop within {SHUTDOWN_GRACE:?} of shutdown");
+        }
+    }
+
+    fn handle(&self, msg: ToCompute, outbox: &mpsc::Sender<ToOrchestrator>) {
+        match msg {
+            ToCompute::Run { execution, job } => self.start(*execution, *job),
+            ToCompute::Cancel { execution_id, reason } => self.cancel(&execution_id, &reason),
+            ToCompute::Ack { seq } => self.lock().outbox.ack(seq),
+            ToCompute::Logs { request_id, execution_id, follow, tail } => {
+                let token = self.register_stream(request_id);
+                let (node, out) = (self.clone(), outbox.clone());
+                self.shared.tasks.spawn(async move {
+                    node.stream_logs(request_id, &execution_id, follow, tail, &out, &token).await;
+                    node.lock().streams.remove(&request_id);
+                });
+            }
+            ToCompute::FetchResult { request_id, execution_id } => {
+                let token = self.register_stream(request_id);
+                let (node, out) = (self.clone(), outbox.clone());
+                self.shared.tasks.spawn(async move {
+                    node.send_result(request_id, &execution_id, &out, &token).await;
+                    node.lock().streams.remove(&request_id);
+                });
+            }
+            ToCompute::CancelRequest { request_id } => {
+                if let Some(t) = self.lock().streams.remove(&request_id) {
+                    t.cancel();
+                }
+            }
+        }
+    }
+
+    fn register_stream(&self, request_id: u64) -> CancellationToken {
+        let token = CancellationToken::new();
+        if let Some(old) = self.lock().streams.insert(request_id, token.clone()) {
+            old.cancel();
+        }
+        token
+    }
+
+    /// Records and sends a state change of an execution. Refuses moves the state machine forbids
+    /// (e.g. a second terminal state).
+    fn report(&self, id: &str, state: ExecutionStateType, topic: &str, message: impl Into<String>, out: Option<RunOutput>, published: Option<SpecConfig>) {
+        let mut st = self.lock();
+        if let Some(e) = st.execs.get_mut(id) {
+            if e.state != state && !e.state.can_transition_to(state) {
+                tracing::debug!(execution = id, from = %e.state, to = %state, "ignored an impossible state change");
+                return;
+            }
+            e.state = state;
+            if state.is_terminal() {
+                e.done.send_replace(true);
+            }
+        }
+        let update = ExecutionUpdate {
+            execution_id: id.to_string(),
+            state,
+            message: message.into(),
+            run_output: out,
+            published_result: published,
+            topic: topic.to_string(),
+            time: now_ns(),
+        };
+        let seq = st.outbox.push(update.clone());
+        tracing::debug!(execution = id, %state, seq, "report");
+        if let Some(tx) = &st.out {
+            let _ = tx.send(ToOrchestrator::Report { seq, update });
+        }
+    }
+
+    fn cancel(&self, id: &str, reason: &str) {
+        let mut st = self.lock();
+        match st.execs.get_mut(id) {
+            Some(e) if e.state.is_terminal() => {}
+            Some(e) => {
+                e.cancel_reason = reason.to_string();
+                e.cancel.cancel();
+            }
+            None => {
+                // Remember it, so a late `Run` of the same execution is ignored.
+                let (done, _) = watch::channel(true);
+                let entry = Entry {
+                    state: ExecutionStateType::New,
+                    cancel: CancellationToken::new(),
+                    cancel_reason: reason.to_string(),
+                    done,
+                    paths: ExecutionPaths::new(&self.shared.opts.data_dir, id),
+                    resources: Resources::default(),
+                };
+                st.execs.insert(id.to_string(), entry);
+                drop(st);
+                self.report(id, ExecutionStateType::Cancelled, topic::EXECUTION, cancel_message(reason), None, None);
+            }
+        }
+    }
+
+    fn start(&self, execution: Execution, job: Job) {
+        let id = execution.id.clone();
+        let task = match execution.job.as_ref().and_then(|j| j.task().cloned()).or_else(|| job.task().cloned()) {
+            Some(t) => t,
+            None => Task::default(),
+        };
+        let resources = {
+            let mut r = Resources::from_config(&task.resources);
+            if let Some(a) = execution.allocated_resources.tasks.get(&task.name) {
+                r = a.clone();
+            }
+            r
+        };
+        {
+            let mut st = self.lock();
+            if st.execs.contains_key(&id) {
+                tracing::debug!(execution = %id, "run of a known execution ignored");
+                return;
+            }
+            let (done, _) = watch::channel(false);
+            st.execs.insert(
+                id.clone(),
+                Entry {
+                    state: ExecutionStateType::New,
+                    cancel: CancellationToken::new(),
+                    cancel_reason: String::new(),
+                    done,
+                    paths: ExecutionPaths::new(&self.shared.opts.data_dir, &id),
+                    resources: resources.clone(),
+                },
+            );
+        }
+        if execution.desired_state.state_type == ExecutionDesiredState::Stopped {
+            self.report(&id, ExecutionStateType::Cancelled, topic::EXECUTION, "execution was asked to stop before it started", None, None);
+            return;
+        }
+        // Refuse what this node cannot run before it takes a slot.
+        let refusal = if !valid_id(&id) {
+            Some(format!("invalid execution id {id:?}"))
+        } else if job.tasks.is_empty() && execution.job.is_none() {
+            Some("the job has no task".to_string())
+        } else if !self.shared.executor.engines().contains(&task.engine.kind_lower()) {
+            Some(format!("engine type {:?} is not supported by this node (supported: {})", task.engine.kind, self.shared.executor.engines().join(", ")))
+        } else {
+            Publisher::from_spec(&task.publisher).err().map(|e| e.to_string())
+        };
+        if let Some(msg) = refusal {
+            let out = RunOutput { error_msg: msg.clone(), ..Default::default() };
+            self.report(&id, ExecutionStateType::Failed, topic::EXECUTION, msg, Some(out), None);
+            return;
+        }
+        let node = self.clone();
+        let job_id = if execution.job_id.is_empty() { job.id.clone() } else { execution.job_id.clone() };
+        self.shared.tasks.spawn(async move { node.execute(id, job_id, task).await });
+    }
+
+    async fn execute(self, id: String, job_id: String, task: Task) {
+        let Some((cancel, paths)) = self.lock().execs.get(&id).map(|e| (e.cancel.clone(), e.paths.clone())) else { return };
+        let permit = tokio::select! {
+            p = self.shared.slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = cancel.cancelled() => {
+                self.finish_cancelled(&id);
+                return;
+            }
+        };
+        self.report(&id, ExecutionStateType::BidAccepted, topic::EXECUTION, "", None, None);
+        let outcome = self.run_execution(&id, &job_id, &task, &paths, &cancel).await;
+        match outcome {
+            Outcome::Completed { out, published } => {
+                let msg = if out.exit_code == 0 { String::new() } else { format!("exited with code {}", out.exit_code) };
+                self.report(&id, ExecutionStateType::Completed, topic::EXECUTION, msg, Some(out), published);
+            }
+            Outcome::Failed { topic, message, out } => {
+                let out = out.unwrap_or_else(|| RunOutput { error_msg: message.clone(), ..Default::default() });
+                self.report(&id, ExecutionStateType::Failed, topic, message, Some(out), None);
+            }
+            Outcome::Cancelled => self.finish_cancelled(&id),
+        }
+        drop(permit);
+        let p = paths.clone();
+        let _ = tokio::task::spawn_blocking(move || p.cleanup_work()).await;
+    }
+
+    fn finish_cancelled(&self, id: &str) {
+        if self.shared.shutting_down.load(Ordering::SeqCst) {
+            let msg = "the compute node shut down during the execution";
+            let out = RunOutput { error_msg: msg.into(), ..Default::default() };
+            self.report(id, ExecutionStateType::Failed, topic::EXECUTION, msg, Some(out), None);
+        } else {
+            let reason = self.lock().execs.get(id).map(|e| e.cancel_reason.clone()).unwrap_or_default();
+            self.report(id, ExecutionStateType::Cancelled, topic::EXECUTION, cancel_message(&reason), None, None);
+        }
+    }
+
+    async fn run_execution(&self, id: &str, job_id: &str, task: &Task, paths: &ExecutionPaths, cancel: &CancellationToken) -> Outcome {
+        let fail = |topic: &'static str, message: String| Outcome::Failed { topic, message, out: None };
+        if let Err(e) = paths.create() {
+            return fail(topic::EXECUTION, format!("cannot create the execution directory {}: {e}", paths.root.display()));
+        }
+        let publisher = match Publisher::from_spec(&task.publisher) {
+            Ok(p) => p,
+            Err(e) => return fail(topic::EXECUTION, e.to_string()),
+        };
+        let inputs = tokio::select! {
+            r = self.shared.inputs.prepare(&task.input_sources, &paths.inputs) => match r {
+                Ok(i) => i,
+                Err(e) => return fail(topic::DOWNLOADING, format!("preparing inputs: {e}")),
+            },
+            _ = cancel.cancelled() => return Outcome::Cancelled,
+        };
+        let mut results = Vec::new();
+        for rp in &task.result_paths {
+            if let Err(m) = valid_result_name(&rp.name) {
+                return fail(topic::EXECUTION, m);
+            }
+            let guest = match check_target(&rp.path) {
+                Ok(g) => g,
+                Err(e) => return fail(topic::EXECUTION, format!("result path {:?}: {e}", rp.name)),
+            };
+            results.push(ResultDir { name: rp.name.clone(), host_dir: paths.result_dir(&rp.name), guest_path: guest });
+        }
+        let args = match task_args(task) {
+            Ok(a) => a,
+            Err(e) => return fail(topic::EXECUTION, e.to_string()),
+        };
+        let resources = self.lock().execs.get(id).map(|e| e.resources.clone()).unwrap_or_default();
+        let memory_limit = if resources.memory > 0 { resources.memory } else { self.shared.opts.default_memory_limit };
+        let req = RunRequest {
+            execution_id: id.to_string(),
+            job_id: job_id.to_string(),
+            task: task.clone(),
+            inputs,
+            results,
+            stdout_path: paths.stdout(),
+            stderr_path: paths.stderr(),
+            timeout_secs: task.timeouts.effective_execution_timeout().max(0) as u64,
+            memory_limit,
+            max_output_bytes: self.shared.opts.max_output_bytes,
+            env: task_env(task, id, job_id),
+            args,
+            scratch_dir: paths.scratch.clone(),
+        };
+        self.report(id, ExecutionStateType::Running, topic::RUNNING, "", None, None);
+        let result = self.shared.executor.run(req, cancel.clone()).await;
+        let r = match result {
+            Ok(r) => r,
+            Err(ExecError::Cancelled) => return Outcome::Cancelled,
+            Err(e) => {
+                let msg = e.to_string();
+                let _ = paths.write_exit_code(-1);
+                let out = run_output(paths, -1, &msg, (false, false));
+                return Outcome::Failed { topic: topic::RUNNING, message: msg, out: Some(out) };
+            }
+        };
+        if let Err(e) = paths.write_exit_code(r.exit_code) {
+            return fail(topic::EXECUTION, format!("cannot write the exit code: {e}"));
+        }
+        let out = run_output(paths, r.exit_code, "", (r.stdout_capped, r.stderr_capped));
+        if publisher.keeps_results() {
+            self.report(id, ExecutionStateType::Publishing, topic::PUBLISHING, "", None, None);
+        }
+        let (p, eid, node) = (paths.clone(), id.to_string(), self.shared.opts.node_id.clone());
+        let published = match tokio::task::spawn_blocking(move || publisher.publish(&p, &eid, &node)).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => return Outcome::Failed { topic: topic::PUBLISHING, message: e.to_string(), out: Some(out) },
+            Err(e) => return Outcome::Failed { topic: topic::PUBLISHING, message: format!("publishing panicked: {e}"), out: Some(out) },
+        };
+        Outcome::Completed { out, published }
+    }
+
+    async fn stream_logs(&self, request_id: u64, id: &str, follow: bool, tail: bool, out: &mpsc::Sender<ToOrchestrator>, cancel: &CancellationToken) {
+        let found = self.lock().execs.get(id).map(|e| (e.paths.clone(), e.done.subscribe()));
+        let (paths, mut done) = match found {
+            Some(f) => f,
+            None if valid_id(id) && self.execution_paths(id).stdout().exists() => {
+                let (_tx, rx) = watch::channel(true);
+                (self.execution_paths(id), rx)
+            }
+            None => {
+                let error = format!("execution {id} is not known on node {}", self.shared.opts.node_id);
+                let _ = out.send(ToOrchestrator::LogEnd { request_id, error }).await;
+                return;
+            }
+        };
+        let mut readers = [LogReader::new(paths.stdout(), 1), LogReader::new(paths.stderr(), 2)];
+        if tail {
+            for r in &mut readers {
+                r.seek_to_last_lines(LOG_TAIL_LINES).await;
+            }
+        }
+        loop {
+            let finished = *done.borrow_and_update();
+            for r in &mut readers {
+                let lines = r.read_lines(finished || !follow).await;
+                for line in lines {
+                    let msg = ToOrchestrator::LogLine { request_id, stream: r.stream, line };
+                    tokio::select! {
+                        sent = out.send(msg) => if sent.is_err() { return },
+                        _ = cancel.cancelled() => return,
+                    }
+                }
+            }
+            if finished || !follow {
+                break;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = done.changed() => {}
+                _ = tokio::time::sleep(LOG_POLL) => {}
+            }
+        }
+        let _ = out.send(ToOrchestrator::LogEnd { request_id, error: String::new() }).await;
+    }
+
+    async fn send_result(&self, request_id: u64, id: &str, out: &mpsc::Sender<ToOrchestrator>, cancel: &CancellationToken) {
+        let end = |error: String| ToOrchestrator::ResultEnd { request_id, error };
+        if !valid_id(id) {
+            let _ = out.send(end(format!("invalid execution id {id:?}"))).await;
+            return;
+        }
+        let path = self.execution_paths(id).archive;
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let msg = format!("execution {id} has no published results on node {} (it has not completed, or its publisher keeps none)", self.shared.opts.node_id);
+                let _ = out.send(end(msg)).await;
+                return;
+            }
+            Err(e) => {
+                let _ = out.send(end(format!("cannot read the results of execution {id}: {e}"))).await;
+                return;
+            }
+        };
+        let mut buf = vec![0u8; RESULT_CHUNK_BYTES];
+        loop {
+            let n = match file.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = out.send(end(format!("reading the results of execution {id}: {e}"))).await;
+                    return;
+                }
+            };
+            let msg = ToOrchestrator::ResultChunk { request_id, data: buf[..n].to_vec() };
+            tokio::select! {
+                sent = out.send(msg) => if sent.is_err() { return },
+                _ = cancel.cancelled() => return,
+            }
+        }
+        let _ = out.send(end(String::new())).await;
+    }
+}
+
+fn cancel_message(reason: &str) -> String {
+    if reason.trim().is_empty() { "execution cancelled".into() } else { format!("execution cancelled: {reason}") }
+}
+
+enum Outcome {
+    Completed { out: RunOutput, published: Option<SpecConfig> },
+    Failed { topic: &'static str, message: String, out: Option<RunOutput> },
+    Cancelled,
+}
+
+/// Reads complete lines appended to a log file.
+struct LogReader {
+    path: PathBuf,
+    stream: u8,
+    offset: u64,
+    partial: Vec<u8>,
+}
+
+impl LogReader {
+    fn new(path: PathBuf, stream: u8) -> Self {
+        LogReader { path, stream, offset: 0, partial: Vec::new() }
+    }
+
+    /// Starts reading at the beginning of the last `n` lines.
+    async fn seek_to_last_lines(&mut self, n: usize) {
+        let Ok(data) = tokio::fs::read(&self.path).await else { return };
+        let body = data.strip_suffix(b"\n").unwrap_or(&data);
+        let mut count = 0;
+        let mut start = 0;
+        for (i, b) in body.iter().enumerate().rev() {
+            if *b == b'\n' {
+                count += 1;
+                if count == n {
+                    start = i + 1;
+                    break;
+                }
+            }
+        }
+        self.offset = start as u64;
+    }
+
+    /// New complete lines; with `flush`, a trailing line without a newline too.
+    async fn read_lines(&mut self, flush: bool) -> Vec<String> {
+        let mut lines = Vec::new();
+        if let Ok(mut f) = tokio::fs::File::open(&self.path).await
+            && f.seek(std::io::SeekFrom::Start(self.offset)).await.is_ok()
+        {
+            let mut buf = vec![0u8; 256 * 1024];
+            while let Ok(n) = f.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                self.offset += n as u64;
+                for &b in &buf[..n] {
+                    if b == b'\n' {
+                        lines.push(take_line(&mut self.partial));
+                    } else {
+                        self.partial.push(b);
+                        if self.partial.len() >= MAX_LOG_LINE {
+                            lines.push(take_line(&mut self.partial));
+                        }
+                    }
+                }
+                if lines.len() > 10_000 {
+                    break;
+                }
+            }
+        }
+        if flush && !self.partial.is_empty() {
+            lines.push(take_line(&mut self.partial));
+        }
+        lines
+    }
+}
+
+fn take_line(partial: &mut Vec<u8>) -> String {
+    let bytes = std::mem::take(partial);
+    let bytes = bytes.strip_suffix(b"\r").map(<[u8]>::to_vec).unwrap_or(bytes);
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_and_result_names_are_checked() {
+        assert!(valid_id("e-0b5e2c7a-1f"));
+        assert!(!valid_id("../x"));
+        assert!(!valid_id(".hidden"));
+        assert!(!valid_id(""));
+        assert!(valid_result_name("outputs").is_ok());
+        assert!(valid_result_name("a/b").is_err());
+        assert!(valid_result_name("stdout").is_err());
+    }
+
+    #[tokio::test]
+    async fn log_reader_returns_complete_lines_then_the_rest_on_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        std::fs::write(&p, "a\nb\r\nc").unwrap();
+        let mut r = LogReader::new(p.clone(), 1);
+        assert_eq!(r.read_lines(false).await, vec!["a", "b"]);
+        assert!(r.read_lines(false).await.is_empty());
+        assert_eq!(r.read_lines(true).await, vec!["c"]);
+        std::fs::write(&p, (0..10).map(|i| format!("l{i}\n")).collect::<String>()).unwrap();
+        let mut r = LogReader::new(p, 1);
+        r.seek_to_last_lines(3).await;
+        assert_eq!(r.read_lines(true).await, vec!["l7", "l8", "l9"]);
+    }
+}
