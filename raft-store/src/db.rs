@@ -1,6 +1,7 @@
 //! RocksDB helpers shared by the log and the state machine: opening, column family lookup, typed
 //! reads, synced writes on a blocking thread.
 
+use std::ops::Deref;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use caravel_model::codec;
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, Options, WriteBatch, WriteOptions};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::watch;
 
 use crate::Error;
 
@@ -27,13 +29,59 @@ pub(crate) const KEY_LAST_MEMBERSHIP: &str = "last_membership";
 pub(crate) const KEY_SNAPSHOT: &str = "snapshot";
 pub(crate) const KEY_SNAPSHOT_COUNTER: &str = "snapshot_counter";
 
-pub(crate) fn open_db(dir: &Path) -> Result<DB, Error> {
+/// The database, and a signal that fires once it is closed (when the last clone of the store halves
+/// is dropped). Fields drop in order: the DB closes before the signal's sender goes away.
+pub(crate) struct Db {
+    db: DB,
+    closed: watch::Sender<()>,
+}
+
+impl Deref for Db {
+    type Target = DB;
+    fn deref(&self) -> &DB {
+        &self.db
+    }
+}
+
+impl Db {
+    pub(crate) fn closed(&self) -> StoreClosed {
+        StoreClosed(self.closed.subscribe())
+    }
+}
+
+/// Resolves once the store's database is closed and its directory unlocked, so that it can be
+/// opened again in the same process (e.g. after `Raft::shutdown`, whose background tasks may still
+/// hold clones of the store for a moment).
+#[derive(Debug, Clone)]
+pub struct StoreClosed(watch::Receiver<()>);
+
+impl StoreClosed {
+    pub async fn wait(mut self) {
+        // `changed` fails once the sender (dropped right after the DB) is gone; nothing is ever sent.
+        while self.0.changed().await.is_ok() {}
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.0.has_changed().is_err()
+    }
+}
+
+pub(crate) fn open_db(dir: &Path) -> Result<Db, Error> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     opts.set_keep_log_file_num(4);
-    let cfs = ALL_CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
-    DB::open_cf_descriptors(&opts, dir, cfs).map_err(|source| Error::Open { path: dir.to_path_buf(), source })
+    let cfs = ALL_CFS
+        .iter()
+        .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+    let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|source| Error::Open {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    Ok(Db {
+        db,
+        closed: watch::channel(()).0,
+    })
 }
 
 pub(crate) fn cf<'a>(db: &'a DB, name: &'static str) -> Result<&'a ColumnFamily, Error> {
@@ -45,21 +93,39 @@ pub(crate) fn encode<T: Serialize>(what: &'static str, v: &T) -> Result<Vec<u8>,
 }
 
 /// Reads and decodes one value of a metadata column family.
-pub(crate) fn get<T: DeserializeOwned>(db: &DB, cf_name: &'static str, key: &str) -> Result<Option<T>, Error> {
+pub(crate) fn get<T: DeserializeOwned>(
+    db: &DB,
+    cf_name: &'static str,
+    key: &str,
+) -> Result<Option<T>, Error> {
     let handle = cf(db, cf_name)?;
-    let Some(bytes) = db.get_pinned_cf(handle, key).map_err(|source| Error::Rocks { op: "read", source })? else {
+    let Some(bytes) = db
+        .get_pinned_cf(handle, key)
+        .map_err(|source| Error::Rocks { op: "read", source })?
+    else {
         return Ok(None);
     };
-    codec::decode(&bytes).map(Some).map_err(|source| Error::Decode { cf: cf_name, key: key.to_string(), source })
+    codec::decode(&bytes)
+        .map(Some)
+        .map_err(|source| Error::Decode {
+            cf: cf_name,
+            key: key.to_string(),
+            source,
+        })
 }
 
 /// Writes `batch` with `sync = true` on a blocking thread, so the fsync never stalls the runtime.
-pub(crate) async fn write_synced(db: &Arc<DB>, batch: WriteBatch, op: &'static str) -> Result<(), Error> {
+pub(crate) async fn write_synced(
+    db: &Arc<Db>,
+    batch: WriteBatch,
+    op: &'static str,
+) -> Result<(), Error> {
     let db = db.clone();
     tokio::task::spawn_blocking(move || {
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
-        db.write_opt(batch, &wo).map_err(|source| Error::Rocks { op, source })
+        db.write_opt(batch, &wo)
+            .map_err(|source| Error::Rocks { op, source })
     })
     .await?
 }
@@ -70,9 +136,11 @@ pub(crate) fn index_key(index: u64) -> [u8; 8] {
 }
 
 pub(crate) fn key_index(key: &[u8]) -> Result<u64, Error> {
-    let b: [u8; 8] = key
-        .try_into()
-        .map_err(|_| Error::BadKey { cf: CF_LOG, key: format!("{key:02x?}"), reason: "a log key is 8 bytes" })?;
+    let b: [u8; 8] = key.try_into().map_err(|_| Error::BadKey {
+        cf: CF_LOG,
+        key: format!("{key:02x?}"),
+        reason: "a log key is 8 bytes",
+    })?;
     Ok(u64::from_be_bytes(b))
 }
 

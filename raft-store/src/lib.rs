@@ -47,6 +47,7 @@ use caravel_model::command::{Command, CommandResponse};
 use serde::{Deserialize, Serialize};
 
 pub use caravel_model::state::{ClusterState, Table};
+pub use db::StoreClosed;
 pub use log_store::LogStore;
 pub use state_machine::StateMachineStore;
 
@@ -81,7 +82,10 @@ pub struct NodeAddr {
 
 impl NodeAddr {
     pub fn new(raft_addr: impl Into<String>, api_addr: impl Into<String>) -> Self {
-        NodeAddr { raft_addr: raft_addr.into(), api_addr: api_addr.into() }
+        NodeAddr {
+            raft_addr: raft_addr.into(),
+            api_addr: api_addr.into(),
+        }
     }
 }
 
@@ -96,17 +100,36 @@ impl fmt::Display for NodeAddr {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot open the Raft store at {path}: {source}")]
-    Open { path: PathBuf, source: rocksdb::Error },
+    Open {
+        path: PathBuf,
+        source: rocksdb::Error,
+    },
     #[error("RocksDB failed to {op}: {source}")]
-    Rocks { op: &'static str, source: rocksdb::Error },
+    Rocks {
+        op: &'static str,
+        source: rocksdb::Error,
+    },
     #[error("column family {0} is missing from the Raft store")]
     MissingColumnFamily(&'static str),
-    #[error("cannot decode {cf}/{key} in the Raft store (corrupt, or written by another Caravel version): {source}")]
-    Decode { cf: &'static str, key: String, source: codec::Error },
+    #[error(
+        "cannot decode {cf}/{key} in the Raft store (corrupt, or written by another Caravel version): {source}"
+    )]
+    Decode {
+        cf: &'static str,
+        key: String,
+        source: codec::Error,
+    },
     #[error("cannot encode {what} for the Raft store: {source}")]
-    Encode { what: &'static str, source: codec::Error },
+    Encode {
+        what: &'static str,
+        source: codec::Error,
+    },
     #[error("malformed key {key} in column family {cf}: {reason}")]
-    BadKey { cf: &'static str, key: String, reason: &'static str },
+    BadKey {
+        cf: &'static str,
+        key: String,
+        reason: &'static str,
+    },
     #[error("the state machine lock was poisoned by an earlier panic")]
     Poisoned,
     #[error("a blocking storage task failed: {0}")]
@@ -115,7 +138,8 @@ pub enum Error {
 
 /// Opens (or creates) the store in `dir` and returns its two halves, which share one database.
 /// Loads the state machine's records, last applied log id and membership. Call it once per
-/// directory: RocksDB locks the directory until both halves (and all their clones) are dropped.
+/// directory: RocksDB locks the directory until both halves (and all their clones) are dropped;
+/// to reopen it in the same process, await [`LogStore::closed`] first.
 pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), Error> {
     let db = Arc::new(db::open_db(dir)?);
     let log = LogStore::new(db.clone());

@@ -7,26 +7,33 @@ use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader, StorageIOError, Vote};
-use rocksdb::{DB, Direction, IteratorMode, ReadOptions, WriteBatch};
+use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 
-use crate::db::{self, CF_LOG, CF_META, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE};
+use crate::db::{self, CF_LOG, CF_META, Db, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE, StoreClosed};
 use crate::{Entry, Error, LogId, NodeId, StorageError, TypeConfig};
 
 /// The Raft log store. Cheap to clone (it is its own log reader); all clones share one database.
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<DB>,
+    db: Arc<Db>,
 }
 
 impl Debug for LogStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LogStore").field("path", &self.db.path()).finish()
+        f.debug_struct("LogStore")
+            .field("path", &self.db.path())
+            .finish()
     }
 }
 
 impl LogStore {
-    pub(crate) fn new(db: Arc<DB>) -> Self {
+    pub(crate) fn new(db: Arc<Db>) -> Self {
         LogStore { db }
+    }
+
+    /// Resolves once every clone of both store halves is dropped and the directory is unlocked.
+    pub fn closed(&self) -> StoreClosed {
+        self.db.closed()
     }
 
     fn last_purged(&self) -> Result<Option<LogId>, Error> {
@@ -35,8 +42,13 @@ impl LogStore {
 
     fn last_entry_id(&self) -> Result<Option<LogId>, Error> {
         let cf = db::cf(&self.db, CF_LOG)?;
-        let Some(item) = self.db.iterator_cf(cf, IteratorMode::End).next() else { return Ok(None) };
-        let (k, v) = item.map_err(|source| Error::Rocks { op: "read the last log entry", source })?;
+        let Some(item) = self.db.iterator_cf(cf, IteratorMode::End).next() else {
+            return Ok(None);
+        };
+        let (k, v) = item.map_err(|source| Error::Rocks {
+            op: "read the last log entry",
+            source,
+        })?;
         Ok(Some(decode_entry(&k, &v)?.log_id))
     }
 
@@ -50,8 +62,14 @@ impl LogStore {
         let mut ro = ReadOptions::default();
         ro.set_iterate_upper_bound(db::index_key(end).to_vec());
         let start_key = db::index_key(start);
-        for item in self.db.iterator_cf_opt(cf, ro, IteratorMode::From(&start_key, Direction::Forward)) {
-            let (k, v) = item.map_err(|source| Error::Rocks { op: "read log entries", source })?;
+        for item in
+            self.db
+                .iterator_cf_opt(cf, ro, IteratorMode::From(&start_key, Direction::Forward))
+        {
+            let (k, v) = item.map_err(|source| Error::Rocks {
+                op: "read log entries",
+                source,
+            })?;
             out.push(decode_entry(&k, &v)?);
         }
         Ok(out)
@@ -60,7 +78,11 @@ impl LogStore {
 
 fn decode_entry(k: &[u8], v: &[u8]) -> Result<Entry, Error> {
     let index = db::key_index(k)?;
-    caravel_model::codec::decode(v).map_err(|source| Error::Decode { cf: CF_LOG, key: format!("index {index}"), source })
+    caravel_model::codec::decode(v).map_err(|source| Error::Decode {
+        cf: CF_LOG,
+        key: format!("index {index}"),
+        source,
+    })
 }
 
 /// `[start, end)` of a range of log indexes.
@@ -101,8 +123,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id = self.last_purged().map_err(read_logs_err)?;
-        let last_log_id = self.last_entry_id().map_err(read_logs_err)?.or(last_purged_log_id);
-        Ok(LogState { last_purged_log_id, last_log_id })
+        let last_log_id = self
+            .last_entry_id()
+            .map_err(read_logs_err)?
+            .or(last_purged_log_id);
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -112,7 +140,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
         let res = async {
             let mut batch = WriteBatch::default();
-            batch.put_cf(db::cf(&self.db, CF_META)?, KEY_VOTE, db::encode("vote", vote)?);
+            batch.put_cf(
+                db::cf(&self.db, CF_META)?,
+                KEY_VOTE,
+                db::encode("vote", vote)?,
+            );
             db::write_synced(&self.db, batch, "save the vote").await
         }
         .await;
@@ -129,16 +161,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let res = (|| {
             let cf = db::cf(&self.db, CF_META)?;
             let v = db::encode("committed log id", &committed)?;
-            self.db.put_cf(cf, KEY_COMMITTED, v).map_err(|source| Error::Rocks { op: "save the committed log id", source })
+            self.db
+                .put_cf(cf, KEY_COMMITTED, v)
+                .map_err(|source| Error::Rocks {
+                    op: "save the committed log id",
+                    source,
+                })
         })();
         res.map_err(write_logs_err)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(db::get::<Option<LogId>>(&self.db, CF_META, KEY_COMMITTED).map_err(read_logs_err)?.flatten())
+        Ok(db::get::<Option<LogId>>(&self.db, CF_META, KEY_COMMITTED)
+            .map_err(read_logs_err)?
+            .flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -148,7 +191,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut batch = WriteBatch::default();
             let mut n = 0usize;
             for entry in entries {
-                batch.put_cf(cf, db::index_key(entry.log_id.index), db::encode("log entry", &entry)?);
+                batch.put_cf(
+                    cf,
+                    db::index_key(entry.log_id.index),
+                    db::encode("log entry", &entry)?,
+                );
                 n += 1;
             }
             if n > 0 {
@@ -198,7 +245,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let meta = db::cf(&self.db, CF_META)?;
             let cf = db::cf(&self.db, CF_LOG)?;
             let mut batch = WriteBatch::default();
-            batch.put_cf(meta, KEY_LAST_PURGED, db::encode("last purged log id", &Some(log_id))?);
+            batch.put_cf(
+                meta,
+                KEY_LAST_PURGED,
+                db::encode("last purged log id", &Some(log_id))?,
+            );
             match log_id.index.checked_add(1) {
                 Some(end) => batch.delete_range_cf(cf, db::index_key(0), db::index_key(end)),
                 None => {

@@ -9,12 +9,17 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use caravel_model::command::CommandResponse;
 use caravel_model::state::{ClusterState, Table};
 use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageIOError, StoredMembership};
+use openraft::{
+    EntryPayload, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageIOError, StoredMembership,
+};
 use rocksdb::{DB, IteratorMode, WriteBatch};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::db::{self, CF_SM, CF_SM_META, KEY_LAST_APPLIED, KEY_LAST_MEMBERSHIP, KEY_SNAPSHOT, KEY_SNAPSHOT_COUNTER};
+use crate::db::{
+    self, CF_SM, CF_SM_META, Db, KEY_LAST_APPLIED, KEY_LAST_MEMBERSHIP, KEY_SNAPSHOT,
+    KEY_SNAPSHOT_COUNTER, StoreClosed,
+};
 use crate::{Entry, Error, LogId, NodeAddr, NodeId, StorageError, TypeConfig};
 
 type Membership = StoredMembership<NodeId, NodeAddr>;
@@ -35,7 +40,7 @@ struct StoredSnapshot {
 }
 
 struct Shared {
-    db: Arc<DB>,
+    db: Arc<Db>,
     /// Lock order: `state` before `applied`.
     state: Arc<RwLock<ClusterState>>,
     applied: Mutex<Applied>,
@@ -67,7 +72,10 @@ fn write_sm_err(e: Error) -> StorageError {
 }
 
 fn encode_err(e: caravel_model::codec::Error) -> Error {
-    Error::Encode { what: "state machine record", source: e }
+    Error::Encode {
+        what: "state machine record",
+        source: e,
+    }
 }
 
 /// `Job/abc`-style name of an `sm` key, for error messages.
@@ -82,7 +90,11 @@ fn show_sm_key(k: &[u8]) -> String {
 }
 
 /// Adds the records `take_dirty` returned to `batch`.
-fn put_records(batch: &mut WriteBatch, cf: &rocksdb::ColumnFamily, records: Vec<(Table, String, Option<Vec<u8>>)>) {
+fn put_records(
+    batch: &mut WriteBatch,
+    cf: &rocksdb::ColumnFamily,
+    records: Vec<(Table, String, Option<Vec<u8>>)>,
+) {
     for (table, key, value) in records {
         let k = db::sm_key(table, &key);
         match value {
@@ -94,31 +106,52 @@ fn put_records(batch: &mut WriteBatch, cf: &rocksdb::ColumnFamily, records: Vec<
 
 fn put_applied(db: &DB, batch: &mut WriteBatch, applied: &Applied) -> Result<(), Error> {
     let cf = db::cf(db, CF_SM_META)?;
-    batch.put_cf(cf, KEY_LAST_APPLIED, db::encode("last applied log id", &applied.last_applied)?);
-    batch.put_cf(cf, KEY_LAST_MEMBERSHIP, db::encode("last membership", &applied.last_membership)?);
+    batch.put_cf(
+        cf,
+        KEY_LAST_APPLIED,
+        db::encode("last applied log id", &applied.last_applied)?,
+    );
+    batch.put_cf(
+        cf,
+        KEY_LAST_MEMBERSHIP,
+        db::encode("last membership", &applied.last_membership)?,
+    );
     Ok(())
 }
 
 impl StateMachineStore {
     /// Loads the state machine from the database: every `sm` record, then `sm_meta`.
-    pub(crate) fn load(db: Arc<DB>) -> Result<Self, Error> {
+    pub(crate) fn load(db: Arc<Db>) -> Result<Self, Error> {
         let mut state = ClusterState::default();
         let cf = db::cf(&db, CF_SM)?;
         let mut records = 0usize;
         for item in db.iterator_cf(cf, IteratorMode::Start) {
-            let (k, v) = item.map_err(|source| Error::Rocks { op: "read state machine records", source })?;
-            let bad = |reason| Error::BadKey { cf: CF_SM, key: show_sm_key(&k), reason };
+            let (k, v) = item.map_err(|source| Error::Rocks {
+                op: "read state machine records",
+                source,
+            })?;
+            let bad = |reason| Error::BadKey {
+                cf: CF_SM,
+                key: show_sm_key(&k),
+                reason,
+            };
             let (t, rest) = k.split_first().ok_or_else(|| bad("empty key"))?;
             let table = Table::from_u8(*t).ok_or_else(|| bad("unknown table byte"))?;
-            let key = String::from_utf8(rest.to_vec()).map_err(|_| bad("record key is not UTF-8"))?;
+            let key =
+                String::from_utf8(rest.to_vec()).map_err(|_| bad("record key is not UTF-8"))?;
             state
                 .load_record(table, key, &v)
-                .map_err(|source| Error::Decode { cf: CF_SM, key: show_sm_key(&k), source })?;
+                .map_err(|source| Error::Decode {
+                    cf: CF_SM,
+                    key: show_sm_key(&k),
+                    source,
+                })?;
             records += 1;
         }
         state.finish_load();
         let last_applied = db::get::<Option<LogId>>(&db, CF_SM_META, KEY_LAST_APPLIED)?.flatten();
-        let last_membership = db::get::<Membership>(&db, CF_SM_META, KEY_LAST_MEMBERSHIP)?.unwrap_or_default();
+        let last_membership =
+            db::get::<Membership>(&db, CF_SM_META, KEY_LAST_MEMBERSHIP)?.unwrap_or_default();
         let counter = db::get::<u64>(&db, CF_SM_META, KEY_SNAPSHOT_COUNTER)?.unwrap_or(0);
         tracing::debug!(records, ?last_applied, "state machine loaded");
         let (applied_tx, _) = watch::channel(last_applied.map(|l| l.index).unwrap_or(0));
@@ -126,11 +159,19 @@ impl StateMachineStore {
             shared: Arc::new(Shared {
                 db,
                 state: Arc::new(RwLock::new(state)),
-                applied: Mutex::new(Applied { last_applied, last_membership }),
+                applied: Mutex::new(Applied {
+                    last_applied,
+                    last_membership,
+                }),
                 applied_tx,
                 snapshot_counter: AtomicU64::new(counter),
             }),
         })
+    }
+
+    /// Resolves once every clone of both store halves is dropped and the directory is unlocked.
+    pub fn closed(&self) -> StoreClosed {
+        self.shared.db.closed()
     }
 
     /// The replicated state, for readers (API, scheduler). Take the read lock briefly and never
@@ -163,10 +204,15 @@ impl StateMachineStore {
     }
 
     fn publish_applied(&self, last: Option<LogId>) {
-        self.shared.applied_tx.send_replace(last.map(|l| l.index).unwrap_or(0));
+        self.shared
+            .applied_tx
+            .send_replace(last.map(|l| l.index).unwrap_or(0));
     }
 
-    fn apply_entries(&self, entries: impl IntoIterator<Item = Entry>) -> Result<Vec<CommandResponse>, Error> {
+    fn apply_entries(
+        &self,
+        entries: impl IntoIterator<Item = Entry>,
+    ) -> Result<Vec<CommandResponse>, Error> {
         let db = &self.shared.db;
         let mut batch = WriteBatch::default();
         let mut responses = Vec::new();
@@ -194,7 +240,10 @@ impl StateMachineStore {
             applied.last_applied
         };
         // Unsynced: see the crate docs (the log is synced; openraft re-applies what is missing).
-        db.write(batch).map_err(|source| Error::Rocks { op: "write applied state", source })?;
+        db.write(batch).map_err(|source| Error::Rocks {
+            op: "write applied state",
+            source,
+        })?;
         self.publish_applied(last);
         Ok(responses)
     }
@@ -203,35 +252,63 @@ impl StateMachineStore {
         let (data, applied) = {
             let state = self.read_state()?;
             let applied = self.lock_applied()?.clone();
-            (state.to_snapshot().map_err(|source| Error::Encode { what: "snapshot", source })?, applied)
+            (
+                state.to_snapshot().map_err(|source| Error::Encode {
+                    what: "snapshot",
+                    source,
+                })?,
+                applied,
+            )
         };
         let counter = self.shared.snapshot_counter.fetch_add(1, Ordering::SeqCst) + 1;
         let snapshot_id = match &applied.last_applied {
             Some(l) => format!("{}-{}-{}", l.leader_id, l.index, counter),
             None => format!("none-{counter}"),
         };
-        let meta = Meta { last_log_id: applied.last_applied, last_membership: applied.last_membership, snapshot_id };
+        let meta = Meta {
+            last_log_id: applied.last_applied,
+            last_membership: applied.last_membership,
+            snapshot_id,
+        };
         let stored = StoredSnapshot { meta, data };
         let db = &self.shared.db;
         let mut batch = WriteBatch::default();
         let cf = db::cf(db, CF_SM_META)?;
         batch.put_cf(cf, KEY_SNAPSHOT, db::encode("snapshot", &stored)?);
-        batch.put_cf(cf, KEY_SNAPSHOT_COUNTER, db::encode("snapshot counter", &counter)?);
+        batch.put_cf(
+            cf,
+            KEY_SNAPSHOT_COUNTER,
+            db::encode("snapshot counter", &counter)?,
+        );
         // Not synced: the state itself is persisted record by record; the purge that follows a
         // snapshot is synced and makes this write durable with it.
         let db2 = db.clone();
-        tokio::task::spawn_blocking(move || db2.write(batch).map_err(|source| Error::Rocks { op: "store the snapshot", source }))
-            .await??;
+        tokio::task::spawn_blocking(move || {
+            db2.write(batch).map_err(|source| Error::Rocks {
+                op: "store the snapshot",
+                source,
+            })
+        })
+        .await??;
         tracing::info!(snapshot_id = %stored.meta.snapshot_id, bytes = stored.data.len(), "snapshot built");
-        Ok(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) })
+        Ok(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        })
     }
 
     async fn install(&self, meta: &Meta, data: Vec<u8>) -> Result<(), Error> {
-        let mut new_state =
-            ClusterState::from_snapshot(&data).map_err(|source| Error::Decode { cf: "snapshot", key: meta.snapshot_id.clone(), source })?;
+        let mut new_state = ClusterState::from_snapshot(&data).map_err(|source| Error::Decode {
+            cf: "snapshot",
+            key: meta.snapshot_id.clone(),
+            source,
+        })?;
         new_state.mark_all_dirty();
         let records = new_state.take_dirty().map_err(encode_err)?;
-        let applied = Applied { last_applied: meta.last_log_id, last_membership: meta.last_membership.clone() };
+        let applied = Applied {
+            last_applied: meta.last_log_id,
+            last_membership: meta.last_membership.clone(),
+        };
         let db = &self.shared.db;
         let mut batch = WriteBatch::default();
         let sm = db::cf(db, CF_SM)?;
@@ -239,8 +316,15 @@ impl StateMachineStore {
         batch.delete_range_cf(sm, [0x00u8], [0xffu8]);
         put_records(&mut batch, sm, records);
         put_applied(db, &mut batch, &applied)?;
-        let stored = StoredSnapshot { meta: meta.clone(), data };
-        batch.put_cf(db::cf(db, CF_SM_META)?, KEY_SNAPSHOT, db::encode("snapshot", &stored)?);
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        batch.put_cf(
+            db::cf(db, CF_SM_META)?,
+            KEY_SNAPSHOT,
+            db::encode("snapshot", &stored)?,
+        );
         db::write_synced(db, batch, "install a snapshot").await?;
         {
             let mut state = self.write_state()?;
@@ -255,13 +339,18 @@ impl StateMachineStore {
 
     fn current_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, Error> {
         let stored: Option<StoredSnapshot> = db::get(&self.shared.db, CF_SM_META, KEY_SNAPSHOT)?;
-        Ok(stored.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
+        Ok(stored.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        self.build().await.map_err(|e| StorageIOError::write_snapshot(None, &e).into())
+        self.build()
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, &e).into())
     }
 }
 
@@ -289,13 +378,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &Meta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &Meta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
         self.install(meta, snapshot.into_inner())
             .await
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e).into())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        self.current_snapshot().map_err(|e| StorageIOError::read_snapshot(None, &e).into())
+        self.current_snapshot()
+            .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
     }
 }
