@@ -47,7 +47,7 @@ pub async fn run(global: &Global, args: &DevstackArgs) -> anyhow::Result<ExitCod
     let text = std::fs::read(file).with_context(|| format!("cannot read {file}"))?;
     let base = std::path::Path::new(file).parent().map(|p| p.to_path_buf()).unwrap_or_default();
     let value = caravel_cli::job::spec_to_value(&text, &base)?;
-    let rt = caravel_cli::job::RuntimeArgs { wait: true, wait_timeout_secs: 600, ..Default::default() };
+    let rt = caravel_cli::job::RuntimeArgs { wait: true, wait_timeout_secs: 600, no_hints: true, ..Default::default() };
     let code = caravel_cli::job::submit_and_follow(&client, value, &rt).await?;
     // Print the job's full stdout from its results.
     let jobs: caravel_model::api::ListJobsResponse = client.get("/api/v1/orchestrator/jobs", &[("limit", "1".into()), ("reverse", "true".into())]).await?;

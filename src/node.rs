@@ -111,17 +111,8 @@ pub async fn start(config: Config, orchestrator: bool, compute: bool, name: Opti
     };
 
     if compute {
-        let opts = caravel_compute::ComputeOptions {
-            node_id: node_name.clone(),
-            data_dir: data_dir.join("compute"),
-            labels: config.labels.clone(),
-            allow_listed_local_paths: config.compute.allow_listed_local_paths.clone(),
-            max_concurrent: config.compute.max_concurrent as usize,
-            default_memory_limit: caravel_model::quantity::parse_bytes(&config.compute.default_memory_limit)?,
-            heartbeat: Duration::from_secs(config.compute.heartbeat_secs.max(1)),
-            ..Default::default()
-        };
-        let node = caravel_compute::ComputeNode::build(opts).await.context("cannot start the compute node")?;
+        let opts = caravel_compute::ComputeOptions::from_config(node_name.clone(), &config)?;
+        let node = opts.build().context("cannot start the compute node")?;
         orchestrator_info = node.node_info();
         orchestrator_info.node_type = "Hybrid".into();
         let (oend, cend) = caravel_net::inproc::pair(caravel_net::inproc::DEFAULT_CAPACITY);

@@ -59,6 +59,9 @@ pub struct RuntimeArgs {
     /// Submit even if the spec is unchanged (a new version).
     #[arg(long)]
     pub force: bool,
+    /// Leave out the follow-up commands (devstack prints its own).
+    #[arg(skip)]
+    pub no_hints: bool,
 }
 
 #[derive(Debug, Args)]
@@ -299,42 +302,50 @@ fn read_spec(file: Option<&str>) -> anyhow::Result<(Vec<u8>, std::path::PathBuf)
 /// Caravel extension: a `local` input whose `SourcePath` is relative names a file on the client,
 /// relative to the spec file; it is sent inline (as `wasm run` sends a local module).
 pub fn spec_to_value(text: &[u8], base: &std::path::Path) -> anyhow::Result<serde_json::Value> {
-    let parsed = parse_job(text, Mode::Client).map_err(|e| anyhow!("{e}"))?;
+    // Inline client-side files first, so the strict parse below sees inline sources.
+    let mut doc: Option<serde_json::Value> = std::str::from_utf8(text).ok().and_then(|t| serde_norway::from_str(t).ok());
+    if let Some(v) = doc.as_mut().filter(|v| v.is_object()) {
+        caravel_model::normalize::canonicalize_job(v);
+        inline_relative_local_inputs(v, base)?;
+    }
+    let text = match &doc {
+        Some(v) if v.is_object() => serde_json::to_vec(v)?,
+        _ => text.to_vec(),
+    };
+    let parsed = parse_job(&text, Mode::Client).map_err(|e| anyhow!("{e}"))?;
     for w in &parsed.warnings {
         eprintln!("Warning: {w}");
     }
-    let mut job = parsed.job;
-    for t in job.tasks.iter_mut() {
-        for input in t.input_sources.iter_mut() {
-            let k = input.source.kind_lower();
-            if k != "local" && k != "localdirectory" {
-                continue;
-            }
-            let Some(p) = input.source.params.str("SourcePath").map(String::from) else {
-                continue;
-            };
-            if p.starts_with('/') {
-                continue;
-            }
-            let path = base.join(&p);
-            let bytes = std::fs::read(&path).with_context(|| format!("input {} names the local file {} (relative paths are read on this machine and sent inline)", input.target, path.display()))?;
-            *input = caravel_model::parse::inline_input(
-                &input.target,
-                "application/octet-stream",
-                &bytes,
-            );
-        }
-    }
-    let mut v = serde_json::to_value(&job)?;
+    let mut v = serde_json::to_value(&parsed.job)?;
     if let Some(o) = v.as_object_mut() {
         for k in caravel_model::parse::SERVER_OWNED_KEYS {
             o.remove(*k);
         }
     }
-    // Validate again after inlining (an inlined file may push the spec over the size limit).
-    let text = serde_json::to_vec(&v)?;
-    parse_job(&text, Mode::Client).map_err(|e| anyhow!("{e}"))?;
     Ok(v)
+}
+
+fn inline_relative_local_inputs(v: &mut serde_json::Value, base: &std::path::Path) -> anyhow::Result<()> {
+    let Some(tasks) = v.get_mut("Tasks").and_then(|t| t.as_array_mut()) else { return Ok(()) };
+    for task in tasks {
+        let Some(inputs) = task.get_mut("InputSources").and_then(|i| i.as_array_mut()) else { continue };
+        for input in inputs {
+            let kind = input["Source"]["Type"].as_str().unwrap_or_default().to_ascii_lowercase();
+            if kind != "local" && kind != "localdirectory" {
+                continue;
+            }
+            let params = &input["Source"]["Params"];
+            let path = params.as_object().and_then(|m| m.iter().find(|(k, _)| k.eq_ignore_ascii_case("SourcePath"))).and_then(|(_, v)| v.as_str()).map(String::from);
+            let Some(p) = path.filter(|p| !p.is_empty() && !p.starts_with('/')) else { continue };
+            let file = base.join(&p);
+            let target = input["Target"].as_str().unwrap_or_default().to_string();
+            let bytes = std::fs::read(&file).with_context(|| {
+                format!("input {target} names the local file {} (a relative SourcePath is read on this machine and sent inline)", file.display())
+            })?;
+            input["Source"] = serde_json::to_value(caravel_model::parse::inline_input(&target, "application/octet-stream", &bytes).source)?;
+        }
+    }
+    Ok(())
 }
 
 pub async fn submit_and_follow(
