@@ -68,7 +68,12 @@ pub struct WasmRunArgs {
 pub async fn run(c: &ApiClient, cmd: WasmCommand) -> anyhow::Result<ExitCode> {
     let WasmCommand::Run(a) = cmd;
     let job = build_job(&a)?;
-    let value = serde_json::to_value(&job)?;
+    let mut value = serde_json::to_value(&job)?;
+    if let Some(o) = value.as_object_mut() {
+        for k in caravel_model::parse::SERVER_OWNED_KEYS {
+            o.remove(*k);
+        }
+    }
     let text = serde_json::to_vec(&value)?;
     caravel_model::parse::parse_job(&text, caravel_model::parse::Mode::Server)
         .map_err(|e| anyhow::anyhow!("{e}"))?;

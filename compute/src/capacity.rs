@@ -8,11 +8,18 @@ use caravel_model::execution::Resources;
 
 /// Cores, total memory and total disk of the file system holding `data_dir`.
 pub fn machine_capacity(data_dir: &Path) -> Resources {
-    Resources { cpu: cores() as f64, memory: total_memory().unwrap_or(0), disk: disk_total(data_dir).unwrap_or(0), gpu: 0 }
+    Resources {
+        cpu: cores() as f64,
+        memory: total_memory().unwrap_or(0),
+        disk: disk_total(data_dir).unwrap_or(0),
+        gpu: 0,
+    }
 }
 
 pub fn cores() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// `MemTotal` from `/proc/meminfo`, in bytes.

@@ -73,7 +73,9 @@ pub struct RunResult {
 pub enum ExecError {
     #[error("engine type {0:?} is not supported by this node (supported: wasm)")]
     UnsupportedEngine(String),
-    #[error("wasm job has no EntryModule: set Engine.Params.EntryModule to the Target of the input that holds the module")]
+    #[error(
+        "wasm job has no EntryModule: set Engine.Params.EntryModule to the Target of the input that holds the module"
+    )]
     NoEntryModule,
     #[error("module not found at {0}: no input has that Target")]
     ModuleNotFound(String),
@@ -107,7 +109,11 @@ pub trait Executor: Send + Sync {
     fn engines(&self) -> Vec<String>;
 
     /// Runs one task to its end, or until `cancel` fires (then [`ExecError::Cancelled`]).
-    fn run(&self, req: RunRequest, cancel: CancellationToken) -> BoxFuture<'_, Result<RunResult, ExecError>>;
+    fn run(
+        &self,
+        req: RunRequest,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, Result<RunResult, ExecError>>;
 }
 
 /// The task's environment: its `Env`, then `Engine.Params.EnvironmentVariables` (a map or a list of
@@ -149,10 +155,14 @@ pub fn task_args(task: &Task) -> Result<Vec<String>, ExecError> {
                 serde_json::Value::String(s) => Ok(s.clone()),
                 serde_json::Value::Number(n) => Ok(n.to_string()),
                 serde_json::Value::Bool(b) => Ok(b.to_string()),
-                other => Err(ExecError::BadParams(format!("Parameters holds {other}, which is not a string"))),
+                other => Err(ExecError::BadParams(format!(
+                    "Parameters holds {other}, which is not a string"
+                ))),
             })
             .collect(),
-        Some(other) => Err(ExecError::BadParams(format!("Parameters must be a list of strings, not {other}"))),
+        Some(other) => Err(ExecError::BadParams(format!(
+            "Parameters must be a list of strings, not {other}"
+        ))),
     }
 }
 
@@ -163,7 +173,11 @@ mod tests {
 
     #[test]
     fn env_merges_task_env_params_and_ids() {
-        let mut task = Task { engine: SpecConfig::new("wasm").with("EnvironmentVariables", serde_json::json!(["A=1", "B=x=y"])), ..Default::default() };
+        let mut task = Task {
+            engine: SpecConfig::new("wasm")
+                .with("EnvironmentVariables", serde_json::json!(["A=1", "B=x=y"])),
+            ..Default::default()
+        };
         task.env.insert("A".into(), "0".into());
         task.env.insert("BACALHAU_JOB_ID".into(), "spoof".into());
         let env = task_env(&task, "e-1", "j-1");
@@ -171,23 +185,49 @@ mod tests {
         assert_eq!(env["B"], "x=y");
         assert_eq!(env["BACALHAU_JOB_ID"], "j-1");
         assert_eq!(env["BACALHAU_EXECUTION_ID"], "e-1");
-        let task = Task { engine: SpecConfig::new("wasm").with("EnvironmentVariables", serde_json::json!({"K": "v", "N": 3})), ..Default::default() };
+        let task = Task {
+            engine: SpecConfig::new("wasm").with(
+                "EnvironmentVariables",
+                serde_json::json!({"K": "v", "N": 3}),
+            ),
+            ..Default::default()
+        };
         let env = task_env(&task, "e", "j");
         assert_eq!((env["K"].as_str(), env["N"].as_str()), ("v", "3"));
     }
 
     #[test]
     fn args_must_be_a_list() {
-        let task = Task { engine: SpecConfig::new("wasm").with("Parameters", serde_json::json!(["a", 2])), ..Default::default() };
+        let task = Task {
+            engine: SpecConfig::new("wasm").with("Parameters", serde_json::json!(["a", 2])),
+            ..Default::default()
+        };
         assert_eq!(task_args(&task).unwrap(), vec!["a", "2"]);
-        let task = Task { engine: SpecConfig::new("wasm").with("Parameters", "a b"), ..Default::default() };
-        assert!(task_args(&task).unwrap_err().to_string().contains("list of strings"));
+        let task = Task {
+            engine: SpecConfig::new("wasm").with("Parameters", "a b"),
+            ..Default::default()
+        };
+        assert!(
+            task_args(&task)
+                .unwrap_err()
+                .to_string()
+                .contains("list of strings")
+        );
     }
 
     #[test]
     fn error_texts_are_plain() {
-        assert_eq!(ExecError::MemoryLimit(64 << 20).to_string(), "memory limit of 64.0 MiB exceeded");
-        assert_eq!(ExecError::Timeout(2).to_string(), "execution timed out after 2 s");
-        assert_eq!(ExecError::EntryPointNotExported("foo".into()).to_string(), "entry point `foo` not exported by the module");
+        assert_eq!(
+            ExecError::MemoryLimit(64 << 20).to_string(),
+            "memory limit of 64.0 MiB exceeded"
+        );
+        assert_eq!(
+            ExecError::Timeout(2).to_string(),
+            "execution timed out after 2 s"
+        );
+        assert_eq!(
+            ExecError::EntryPointNotExported("foo".into()).to_string(),
+            "entry point `foo` not exported by the module"
+        );
     }
 }

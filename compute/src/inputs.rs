@@ -31,7 +31,9 @@ pub const MAX_REDIRECTS: usize = 5;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InputError {
-    #[error("input source type {0:?} is not supported on this node (supported: inline, local, urlDownload)")]
+    #[error(
+        "input source type {0:?} is not supported on this node (supported: inline, local, urlDownload)"
+    )]
     Unsupported(String),
     #[error("input target {target:?} is invalid: {reason}")]
     BadTarget { target: String, reason: String },
@@ -39,13 +41,17 @@ pub enum InputError {
     MissingParam { kind: String, param: String },
     #[error("invalid data URL: {0}")]
     BadDataUrl(String),
-    #[error("local path {path} is not under an allow-listed path of this node (Compute.AllowListedLocalPaths: {allowed})")]
+    #[error(
+        "local path {path} is not under an allow-listed path of this node (Compute.AllowListedLocalPaths: {allowed})"
+    )]
     NotAllowed { path: String, allowed: String },
     #[error("local path {path} may only be read: its allow-list entry {entry} is not :rw")]
     ReadWriteNotAllowed { path: String, entry: String },
     #[error("invalid allow-listed local path {entry:?}: {reason}")]
     BadAllowList { entry: String, reason: String },
-    #[error("local path {0} does not exist (set CreateAs: dir or file, with ReadWrite, to create it)")]
+    #[error(
+        "local path {0} does not exist (set CreateAs: dir or file, with ReadWrite, to create it)"
+    )]
     NotFound(String),
     #[error("cannot download {url}: {reason}")]
     Download { url: String, reason: String },
@@ -57,7 +63,10 @@ pub enum InputError {
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> InputError {
     let what = what.into();
-    move |e| InputError::Io { what, reason: e.to_string() }
+    move |e| InputError::Io {
+        what,
+        reason: e.to_string(),
+    }
 }
 
 /// One entry of `Compute.AllowListedLocalPaths`: `/path`, `/path:ro` or `/path:rw`.
@@ -80,14 +89,27 @@ impl AllowedPath {
             (e, false)
         };
         if !path.starts_with('/') {
-            return Err(InputError::BadAllowList { entry: entry.into(), reason: "not an absolute path".into() });
+            return Err(InputError::BadAllowList {
+                entry: entry.into(),
+                reason: "not an absolute path".into(),
+            });
         }
-        if Path::new(path).components().any(|c| c == Component::ParentDir) {
-            return Err(InputError::BadAllowList { entry: entry.into(), reason: "contains `..`".into() });
+        if Path::new(path)
+            .components()
+            .any(|c| c == Component::ParentDir)
+        {
+            return Err(InputError::BadAllowList {
+                entry: entry.into(),
+                reason: "contains `..`".into(),
+            });
         }
         // Canonical when it exists, so symlinked roots compare with canonical sources.
         let path = std::fs::canonicalize(path).unwrap_or_else(|_| PathBuf::from(path));
-        Ok(AllowedPath { entry: e.to_string(), path, read_write: rw })
+        Ok(AllowedPath {
+            entry: e.to_string(),
+            path,
+            read_write: rw,
+        })
     }
 }
 
@@ -120,12 +142,26 @@ pub struct InputPreparer {
 
 impl InputPreparer {
     pub fn new(opts: InputOptions) -> Result<Self, InputError> {
-        let allow = opts.allow_listed_local_paths.iter().filter(|e| !e.trim().is_empty()).map(|e| AllowedPath::parse(e)).collect::<Result<_, _>>()?;
-        Ok(InputPreparer { allow, max_download_bytes: opts.max_download_bytes, download_timeout: opts.download_timeout, client: OnceLock::new() })
+        let allow = opts
+            .allow_listed_local_paths
+            .iter()
+            .filter(|e| !e.trim().is_empty())
+            .map(|e| AllowedPath::parse(e))
+            .collect::<Result<_, _>>()?;
+        Ok(InputPreparer {
+            allow,
+            max_download_bytes: opts.max_download_bytes,
+            download_timeout: opts.download_timeout,
+            client: OnceLock::new(),
+        })
     }
 
     /// Prepares every input of a task under `dir` (one subdirectory per input).
-    pub async fn prepare(&self, inputs: &[InputSource], dir: &Path) -> Result<Vec<PreparedInput>, InputError> {
+    pub async fn prepare(
+        &self,
+        inputs: &[InputSource],
+        dir: &Path,
+    ) -> Result<Vec<PreparedInput>, InputError> {
         let mut out = Vec::with_capacity(inputs.len());
         for (i, input) in inputs.iter().enumerate() {
             out.push(self.prepare_one(input, &dir.join(i.to_string())).await?);
@@ -134,35 +170,59 @@ impl InputPreparer {
     }
 
     /// Prepares one input into `dir` (created if needed; unused for `local`).
-    pub async fn prepare_one(&self, input: &InputSource, dir: &Path) -> Result<PreparedInput, InputError> {
+    pub async fn prepare_one(
+        &self,
+        input: &InputSource,
+        dir: &Path,
+    ) -> Result<PreparedInput, InputError> {
         let target = check_target(&input.target)?;
         let kind = input.source.kind.trim().to_ascii_lowercase();
         match kind.as_str() {
             "inline" => {
                 let url = param(input, "inline", "URL")?;
                 let (host_path, _) = self.inline(url, dir, &target).await?;
-                Ok(PreparedInput { host_path, target, read_only: true })
+                Ok(PreparedInput {
+                    host_path,
+                    target,
+                    read_only: true,
+                })
             }
             "local" | "localdirectory" => self.local(input, target),
             "urldownload" => {
                 let url = param(input, "urlDownload", "URL")?;
                 let host_path = self.download(url, dir, &target).await?;
-                Ok(PreparedInput { host_path, target, read_only: true })
+                Ok(PreparedInput {
+                    host_path,
+                    target,
+                    read_only: true,
+                })
             }
             _ => Err(InputError::Unsupported(input.source.kind.clone())),
         }
     }
 
-    async fn inline(&self, url: &str, dir: &Path, target: &str) -> Result<(PathBuf, bool), InputError> {
+    async fn inline(
+        &self,
+        url: &str,
+        dir: &Path,
+        target: &str,
+    ) -> Result<(PathBuf, bool), InputError> {
         let (mime, data) = decode_data_url(url)?;
         let gz = mime.to_ascii_lowercase().contains("gzip") || data.starts_with(&[0x1f, 0x8b]);
-        let data = if gz { gunzip(&data, self.max_download_bytes)? } else { data };
+        let data = if gz {
+            gunzip(&data, self.max_download_bytes)?
+        } else {
+            data
+        };
         let dir = dir.to_path_buf();
         let name = file_name_of(target);
         let limit = self.max_download_bytes;
         tokio::task::spawn_blocking(move || write_inline(&dir, &name, data, gz, limit))
             .await
-            .map_err(|e| InputError::Io { what: "writing an inline input".into(), reason: e.to_string() })?
+            .map_err(|e| InputError::Io {
+                what: "writing an inline input".into(),
+                reason: e.to_string(),
+            })?
     }
 
     fn local(&self, input: &InputSource, target: String) -> Result<PreparedInput, InputError> {
@@ -171,7 +231,10 @@ impl InputPreparer {
             .get_any(&["SourcePath", "Source", "Path"])
             .and_then(|v| v.as_str())
             .filter(|s| !s.trim().is_empty())
-            .ok_or_else(|| InputError::MissingParam { kind: "local".into(), param: "SourcePath".into() })?;
+            .ok_or_else(|| InputError::MissingParam {
+                kind: "local".into(),
+                param: "SourcePath".into(),
+            })?;
         let rw = match p.get("ReadWrite") {
             Some(serde_json::Value::Bool(b)) => *b,
             Some(serde_json::Value::String(s)) => s.eq_ignore_ascii_case("true"),
@@ -179,25 +242,43 @@ impl InputPreparer {
         };
         let create_as = p.str("CreateAs").unwrap_or("noCreate").to_ascii_lowercase();
         if !src.starts_with('/') {
-            return Err(InputError::NotAllowed { path: src.into(), allowed: self.allowed_text() });
+            return Err(InputError::NotAllowed {
+                path: src.into(),
+                allowed: self.allowed_text(),
+            });
         }
-        if Path::new(src).components().any(|c| c == Component::ParentDir) {
-            return Err(InputError::NotAllowed { path: src.into(), allowed: self.allowed_text() });
+        if Path::new(src)
+            .components()
+            .any(|c| c == Component::ParentDir)
+        {
+            return Err(InputError::NotAllowed {
+                path: src.into(),
+                allowed: self.allowed_text(),
+            });
         }
         // Check the allow-list on the lexical path before touching the file system, then again on
         // the canonical path (symlinks must not lead out of the allowed tree).
-        let lexical = self.allowed_entry(Path::new(src)).ok_or_else(|| InputError::NotAllowed { path: src.into(), allowed: self.allowed_text() })?;
+        let lexical = self
+            .allowed_entry(Path::new(src))
+            .ok_or_else(|| InputError::NotAllowed {
+                path: src.into(),
+                allowed: self.allowed_text(),
+            })?;
         if !Path::new(src).exists() {
             match create_as.as_str() {
                 "dir" | "file" if rw => {
                     if !lexical.read_write {
-                        return Err(InputError::ReadWriteNotAllowed { path: src.into(), entry: lexical.entry.clone() });
+                        return Err(InputError::ReadWriteNotAllowed {
+                            path: src.into(),
+                            entry: lexical.entry.clone(),
+                        });
                     }
                     if create_as == "dir" {
                         std::fs::create_dir_all(src).map_err(io(format!("creating {src}")))?;
                     } else {
                         if let Some(parent) = Path::new(src).parent() {
-                            std::fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
+                            std::fs::create_dir_all(parent)
+                                .map_err(io(format!("creating {}", parent.display())))?;
                         }
                         std::fs::File::create(src).map_err(io(format!("creating {src}")))?;
                     }
@@ -208,23 +289,40 @@ impl InputPreparer {
         let canonical = std::fs::canonicalize(src).map_err(io(format!("resolving {src}")))?;
         let entry = self
             .allowed_entry(&canonical)
-            .ok_or_else(|| InputError::NotAllowed { path: format!("{src} (resolves to {})", canonical.display()), allowed: self.allowed_text() })?;
+            .ok_or_else(|| InputError::NotAllowed {
+                path: format!("{src} (resolves to {})", canonical.display()),
+                allowed: self.allowed_text(),
+            })?;
         if rw && !entry.read_write {
-            return Err(InputError::ReadWriteNotAllowed { path: src.into(), entry: entry.entry.clone() });
+            return Err(InputError::ReadWriteNotAllowed {
+                path: src.into(),
+                entry: entry.entry.clone(),
+            });
         }
-        Ok(PreparedInput { host_path: canonical, target, read_only: !rw })
+        Ok(PreparedInput {
+            host_path: canonical,
+            target,
+            read_only: !rw,
+        })
     }
 
     /// The most specific allow-list entry containing `path`.
     fn allowed_entry(&self, path: &Path) -> Option<&AllowedPath> {
-        self.allow.iter().filter(|a| path.starts_with(&a.path)).max_by_key(|a| a.path.components().count())
+        self.allow
+            .iter()
+            .filter(|a| path.starts_with(&a.path))
+            .max_by_key(|a| a.path.components().count())
     }
 
     fn allowed_text(&self) -> String {
         if self.allow.is_empty() {
             "none configured".into()
         } else {
-            self.allow.iter().map(|a| a.entry.as_str()).collect::<Vec<_>>().join(", ")
+            self.allow
+                .iter()
+                .map(|a| a.entry.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         }
     }
 
@@ -240,40 +338,65 @@ impl InputPreparer {
                 .build()
                 .map_err(|e| e.to_string())
         });
-        c.as_ref().map_err(|e| InputError::Download { url: String::new(), reason: format!("cannot build the HTTP client: {e}") })
+        c.as_ref().map_err(|e| InputError::Download {
+            url: String::new(),
+            reason: format!("cannot build the HTTP client: {e}"),
+        })
     }
 
     async fn download(&self, url: &str, dir: &Path, target: &str) -> Result<PathBuf, InputError> {
-        let derr = |reason: String| InputError::Download { url: url.to_string(), reason };
+        let derr = |reason: String| InputError::Download {
+            url: url.to_string(),
+            reason,
+        };
         let parsed = reqwest::Url::parse(url).map_err(|e| derr(format!("not a URL: {e}")))?;
         if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(derr(format!("scheme {:?} is not supported (use http or https)", parsed.scheme())));
+            return Err(derr(format!(
+                "scheme {:?} is not supported (use http or https)",
+                parsed.scheme()
+            )));
         }
         let client = self.client()?;
         std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
         let path = dir.join(file_name_of(target));
         let limit = self.max_download_bytes;
         let fetch = async {
-            let resp = client.get(parsed.clone()).send().await.map_err(|e| derr(error_chain(&e)))?;
+            let resp = client
+                .get(parsed.clone())
+                .send()
+                .await
+                .map_err(|e| derr(error_chain(&e)))?;
             let status = resp.status();
             if !status.is_success() {
                 return Err(derr(format!("the server answered HTTP {status}")));
             }
             if resp.content_length().is_some_and(|n| n > limit) {
-                return Err(InputError::TooLarge { what: format!("download {url}"), limit });
+                return Err(InputError::TooLarge {
+                    what: format!("download {url}"),
+                    limit,
+                });
             }
-            let mut file = tokio::fs::File::create(&path).await.map_err(io(format!("creating {}", path.display())))?;
+            let mut file = tokio::fs::File::create(&path)
+                .await
+                .map_err(io(format!("creating {}", path.display())))?;
             let mut got: u64 = 0;
             let mut body = resp.bytes_stream();
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.map_err(|e| derr(error_chain(&e)))?;
                 got += chunk.len() as u64;
                 if got > limit {
-                    return Err(InputError::TooLarge { what: format!("download {url}"), limit });
+                    return Err(InputError::TooLarge {
+                        what: format!("download {url}"),
+                        limit,
+                    });
                 }
-                file.write_all(&chunk).await.map_err(io(format!("writing {}", path.display())))?;
+                file.write_all(&chunk)
+                    .await
+                    .map_err(io(format!("writing {}", path.display())))?;
             }
-            file.flush().await.map_err(io(format!("writing {}", path.display())))?;
+            file.flush()
+                .await
+                .map_err(io(format!("writing {}", path.display())))?;
             Ok(())
         };
         match tokio::time::timeout(self.download_timeout, fetch).await {
@@ -284,7 +407,10 @@ impl InputPreparer {
             }
             Err(_) => {
                 let _ = tokio::fs::remove_file(&path).await;
-                Err(derr(format!("timed out after {} s", self.download_timeout.as_secs())))
+                Err(derr(format!(
+                    "timed out after {} s",
+                    self.download_timeout.as_secs()
+                )))
             }
         }
     }
@@ -310,15 +436,23 @@ fn param<'a>(input: &'a InputSource, kind: &str, name: &str) -> Result<&'a str, 
         .str(name)
         .filter(|s| !s.trim().is_empty())
         .map(str::trim)
-        .ok_or_else(|| InputError::MissingParam { kind: kind.into(), param: name.into() })
+        .ok_or_else(|| InputError::MissingParam {
+            kind: kind.into(),
+            param: name.into(),
+        })
 }
 
 /// An input target must be an absolute guest path without `..`.
 pub fn check_target(target: &str) -> Result<String, InputError> {
     let t = target.trim();
-    let bad = |reason: &str| InputError::BadTarget { target: target.into(), reason: reason.into() };
+    let bad = |reason: &str| InputError::BadTarget {
+        target: target.into(),
+        reason: reason.into(),
+    };
     if t.is_empty() {
-        return Err(bad("it is empty; set Target to where the task should see the input, e.g. /inputs"));
+        return Err(bad(
+            "it is empty; set Target to where the task should see the input, e.g. /inputs",
+        ));
     }
     if !t.starts_with('/') {
         return Err(bad("it must be an absolute path"));
@@ -330,7 +464,13 @@ pub fn check_target(target: &str) -> Result<String, InputError> {
 }
 
 fn file_name_of(target: &str) -> String {
-    target.trim_end_matches('/').rsplit('/').next().filter(|s| !s.is_empty() && *s != ".").unwrap_or("input").to_string()
+    target
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .filter(|s| !s.is_empty() && *s != ".")
+        .unwrap_or("input")
+        .to_string()
 }
 
 /// Decodes an RFC 2397 `data:` URL into its media type and bytes.
@@ -338,13 +478,24 @@ pub fn decode_data_url(url: &str) -> Result<(String, Vec<u8>), InputError> {
     let t = url.trim();
     let rest = match (t.get(..5), t.get(5..)) {
         (Some(scheme), Some(rest)) if scheme.eq_ignore_ascii_case("data:") => rest,
-        _ => return Err(InputError::BadDataUrl("it does not start with data:".into())),
+        _ => {
+            return Err(InputError::BadDataUrl(
+                "it does not start with data:".into(),
+            ));
+        }
     };
-    let (meta, payload) = rest.split_once(',').ok_or_else(|| InputError::BadDataUrl("it has no comma before the data".into()))?;
-    let is_b64 = meta.split(';').any(|p| p.trim().eq_ignore_ascii_case("base64"));
+    let (meta, payload) = rest
+        .split_once(',')
+        .ok_or_else(|| InputError::BadDataUrl("it has no comma before the data".into()))?;
+    let is_b64 = meta
+        .split(';')
+        .any(|p| p.trim().eq_ignore_ascii_case("base64"));
     let mime = meta.split(';').next().unwrap_or("").trim().to_string();
     let data = if is_b64 {
-        let cleaned: String = payload.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+        let cleaned: String = payload
+            .chars()
+            .filter(|c| !c.is_ascii_whitespace())
+            .collect();
         let cleaned = percent_decode(&cleaned).map_err(InputError::BadDataUrl)?;
         let engines = [
             &base64::engine::general_purpose::STANDARD,
@@ -368,7 +519,10 @@ fn percent_decode(s: impl AsRef<[u8]>) -> Result<Vec<u8>, String> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+            let hex = b
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
             match hex {
                 Some(v) => {
                     out.push(v);
@@ -387,9 +541,13 @@ fn percent_decode(s: impl AsRef<[u8]>) -> Result<Vec<u8>, String> {
 fn gunzip(data: &[u8], limit: u64) -> Result<Vec<u8>, InputError> {
     let mut out = Vec::new();
     let mut dec = flate2::read::GzDecoder::new(data).take(limit.saturating_add(1));
-    dec.read_to_end(&mut out).map_err(|e| InputError::BadDataUrl(format!("its gzip data does not decompress: {e}")))?;
+    dec.read_to_end(&mut out)
+        .map_err(|e| InputError::BadDataUrl(format!("its gzip data does not decompress: {e}")))?;
     if out.len() as u64 > limit {
-        return Err(InputError::TooLarge { what: "the decompressed inline input".into(), limit });
+        return Err(InputError::TooLarge {
+            what: "the decompressed inline input".into(),
+            limit,
+        });
     }
     Ok(out)
 }
@@ -400,7 +558,13 @@ fn is_tar(data: &[u8]) -> bool {
 
 /// Writes inline data to `dir/name`, or unpacks it into `dir/name/` when it was a gzipped tar archive.
 /// Returns the path and whether it is a directory.
-fn write_inline(dir: &Path, name: &str, data: Vec<u8>, gz: bool, limit: u64) -> Result<(PathBuf, bool), InputError> {
+fn write_inline(
+    dir: &Path,
+    name: &str,
+    data: Vec<u8>,
+    gz: bool,
+    limit: u64,
+) -> Result<(PathBuf, bool), InputError> {
     std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
     let path = dir.join(name);
     if gz && is_tar(&data) {
@@ -414,7 +578,8 @@ fn write_inline(dir: &Path, name: &str, data: Vec<u8>, gz: bool, limit: u64) -> 
 
 /// Unpacks a tar archive, keeping only regular files and directories inside `dst`.
 fn unpack_tar(data: &[u8], dst: &Path, limit: u64) -> Result<(), InputError> {
-    let bad = |e: std::io::Error| InputError::BadDataUrl(format!("its tar archive is unreadable: {e}"));
+    let bad =
+        |e: std::io::Error| InputError::BadDataUrl(format!("its tar archive is unreadable: {e}"));
     let mut ar = tar::Archive::new(data);
     let mut total: u64 = 0;
     for entry in ar.entries().map_err(bad)? {
@@ -425,7 +590,10 @@ fn unpack_tar(data: &[u8], dst: &Path, limit: u64) -> Result<(), InputError> {
         }
         total += entry.size();
         if total > limit {
-            return Err(InputError::TooLarge { what: "the unpacked inline archive".into(), limit });
+            return Err(InputError::TooLarge {
+                what: "the unpacked inline archive".into(),
+                limit,
+            });
         }
         // `unpack_in` refuses paths that escape `dst`.
         entry.unpack_in(dst).map_err(bad)?;
@@ -439,9 +607,15 @@ mod tests {
 
     #[test]
     fn data_urls_decode_base64_and_percent_forms() {
-        assert_eq!(decode_data_url("data:text/plain;base64,aGVsbG8=").unwrap(), ("text/plain".into(), b"hello".to_vec()));
+        assert_eq!(
+            decode_data_url("data:text/plain;base64,aGVsbG8=").unwrap(),
+            ("text/plain".into(), b"hello".to_vec())
+        );
         assert_eq!(decode_data_url("data:,a%20b").unwrap().1, b"a b".to_vec());
-        assert_eq!(decode_data_url("data:;base64,aGVsbG8").unwrap().1, b"hello".to_vec());
+        assert_eq!(
+            decode_data_url("data:;base64,aGVsbG8").unwrap().1,
+            b"hello".to_vec()
+        );
         assert!(decode_data_url("http://x").is_err());
         assert!(decode_data_url("data:text/plain").is_err());
     }
@@ -450,7 +624,12 @@ mod tests {
     fn targets_must_be_absolute_without_dotdot() {
         assert!(check_target("/inputs").is_ok());
         assert!(check_target("inputs").is_err());
-        assert!(check_target("/inputs/../etc").unwrap_err().to_string().contains(".."));
+        assert!(
+            check_target("/inputs/../etc")
+                .unwrap_err()
+                .to_string()
+                .contains("..")
+        );
         assert!(check_target("").is_err());
     }
 

@@ -42,10 +42,14 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 pub const RESULT_CHUNK_BYTES: usize = 256 * 1024;
 /// Lines of each stream sent for a `Logs` request with `tail`.
 pub const LOG_TAIL_LINES: usize = 100;
+/// How long the node waits for the orchestrator's answer to `Hello`.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a followed log is polled for new lines.
 const LOG_POLL: Duration = Duration::from_millis(200);
 /// A line longer than this is sent in pieces.
 const MAX_LOG_LINE: usize = 64 * 1024;
+/// Finished executions remembered (so a repeated `Run` is ignored, logs are served).
+pub const REMEMBERED_FINISHED: usize = 10_000;
 /// How long shutdown waits for cancelled executions to report.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
@@ -100,14 +104,22 @@ impl ComputeOptions {
     }
 
     /// From the node's configuration (`Compute.*`, `Labels`, `DataDir`).
-    pub fn from_config(node_id: impl Into<String>, cfg: &caravel_model::config::Config) -> Result<Self, NodeError> {
+    pub fn from_config(
+        node_id: impl Into<String>,
+        cfg: &caravel_model::config::Config,
+    ) -> Result<Self, NodeError> {
         let mut o = ComputeOptions::new(node_id, PathBuf::from(&cfg.data_dir).join("compute"));
         o.labels = cfg.labels.clone();
         o.allow_listed_local_paths = cfg.compute.allow_listed_local_paths.clone();
         o.max_concurrent = cfg.compute.max_concurrent as usize;
         if !cfg.compute.default_memory_limit.trim().is_empty() {
-            o.default_memory_limit = caravel_model::quantity::parse_bytes(&cfg.compute.default_memory_limit)
-                .map_err(|reason| NodeError::BadOption { option: "Compute.DefaultMemoryLimit".into(), reason })?;
+            o.default_memory_limit = caravel_model::quantity::parse_bytes(
+                &cfg.compute.default_memory_limit,
+            )
+            .map_err(|reason| NodeError::BadOption {
+                option: "Compute.DefaultMemoryLimit".into(),
+                reason,
+            })?;
         }
         if cfg.compute.heartbeat_secs > 0 {
             o.heartbeat_interval = Duration::from_secs(cfg.compute.heartbeat_secs);
@@ -138,6 +150,8 @@ struct State {
     /// The current session's report channel.
     out: Option<mpsc::UnboundedSender<ToOrchestrator>>,
     streams: HashMap<u64, CancellationToken>,
+    /// Finished executions, oldest first; the oldest are forgotten past [`REMEMBERED_FINISHED`].
+    finished: std::collections::VecDeque<String>,
 }
 
 struct Shared {
@@ -159,34 +173,54 @@ pub struct ComputeNode {
 
 impl std::fmt::Debug for ComputeNode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ComputeNode").field("node_id", &self.shared.opts.node_id).finish_non_exhaustive()
+        f.debug_struct("ComputeNode")
+            .field("node_id", &self.shared.opts.node_id)
+            .finish_non_exhaustive()
     }
 }
 
 fn now_ns() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
 }
 
 /// Execution ids become directory names: only `[A-Za-z0-9._-]`, not starting with a dot.
 fn valid_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 200 && !id.starts_with('.') && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    !id.is_empty()
+        && id.len() <= 200
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn valid_result_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
-        return Err(format!("result path name {name:?} must be a plain directory name"));
+        return Err(format!(
+            "result path name {name:?} must be a plain directory name"
+        ));
     }
     if matches!(name, "stdout" | "stderr" | "exitCode") {
-        return Err(format!("result path name {name:?} is reserved for the execution's own files"));
+        return Err(format!(
+            "result path name {name:?} is reserved for the execution's own files"
+        ));
     }
     Ok(())
 }
 
 impl ComputeNode {
     /// A node with the given executor.
-    pub fn with_executor(mut opts: ComputeOptions, executor: Arc<dyn Executor>) -> Result<Self, NodeError> {
+    pub fn with_executor(
+        mut opts: ComputeOptions,
+        executor: Arc<dyn Executor>,
+    ) -> Result<Self, NodeError> {
         if opts.node_id.trim().is_empty() {
-            return Err(NodeError::BadOption { option: "node_id".into(), reason: "is empty".into() });
+            return Err(NodeError::BadOption {
+                option: "node_id".into(),
+                reason: "is empty".into(),
+            });
         }
         if opts.max_concurrent == 0 {
             opts.max_concurrent = capacity::cores();
@@ -200,8 +234,14 @@ impl ComputeNode {
         if opts.heartbeat_interval.is_zero() {
             opts.heartbeat_interval = DEFAULT_HEARTBEAT;
         }
-        for d in [opts.data_dir.join("executions"), opts.data_dir.join("results")] {
-            std::fs::create_dir_all(&d).map_err(|e| NodeError::DataDir { path: d.display().to_string(), reason: e.to_string() })?;
+        for d in [
+            opts.data_dir.join("executions"),
+            opts.data_dir.join("results"),
+        ] {
+            std::fs::create_dir_all(&d).map_err(|e| NodeError::DataDir {
+                path: d.display().to_string(),
+                reason: e.to_string(),
+            })?;
         }
         let inputs = InputPreparer::new(InputOptions {
             allow_listed_local_paths: opts.allow_listed_local_paths.clone(),
@@ -217,7 +257,13 @@ impl ComputeNode {
                 inputs,
                 capacity,
                 slots,
-                state: Mutex::new(State { execs: HashMap::new(), outbox: Outbox::new(), out: None, streams: HashMap::new() }),
+                state: Mutex::new(State {
+                    execs: HashMap::new(),
+                    outbox: Outbox::new(),
+                    out: None,
+                    streams: HashMap::new(),
+                    finished: std::collections::VecDeque::new(),
+                }),
                 tasks: TaskTracker::new(),
                 shutting_down: AtomicBool::new(false),
             }),
@@ -292,10 +338,42 @@ impl ComputeNode {
     /// Serves one orchestrator session until `inbox` closes, `outbox` closes or `shutdown` fires.
     /// Sends `Hello` first, then replays unacknowledged reports, then heartbeats. On `shutdown`,
     /// running executions are stopped and reported Failed before this returns.
-    pub async fn run(self, mut inbox: mpsc::Receiver<ToCompute>, outbox: mpsc::Sender<ToOrchestrator>, shutdown: CancellationToken) {
+    pub async fn run(
+        self,
+        mut inbox: mpsc::Receiver<ToCompute>,
+        outbox: mpsc::Sender<ToOrchestrator>,
+        shutdown: CancellationToken,
+    ) {
         let last_seq = self.lock().outbox.last_seq();
-        if outbox.send(ToOrchestrator::Hello { info: Box::new(self.node_info()), last_seq }).await.is_err() {
+        if outbox
+            .send(ToOrchestrator::Hello {
+                info: Box::new(self.node_info()),
+                last_seq,
+            })
+            .await
+            .is_err()
+        {
             return;
+        }
+        // Wait for the orchestrator's answer (the last report sequence it committed) before sending
+        // any report, so numbering continues after it even if this node lost its outbox.
+        let answer = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+            loop {
+                match inbox.recv().await {
+                    Some(ToCompute::Ack { seq }) => return Some(seq),
+                    Some(other) => self.handle(other, &outbox),
+                    None => return None,
+                }
+            }
+        });
+        let committed = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = answer => a,
+        };
+        match committed {
+            Ok(Some(seq)) => self.lock().outbox.rebase(seq),
+            Ok(None) => return,
+            Err(_) => tracing::warn!("the orchestrator did not answer Hello within {HANDSHAKE_TIMEOUT:?}; sending reports anyway"),
         }
         let (out_tx, mut out_rx) = mpsc::unbounded_channel::<ToOrchestrator>();
         {
@@ -356,7 +434,10 @@ impl ComputeNode {
             }
         }
         self.shared.tasks.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, self.shared.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.shared.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("some executions did not stop within {SHUTDOWN_GRACE:?} of shutdown");
         }
     }
@@ -364,21 +445,34 @@ impl ComputeNode {
     fn handle(&self, msg: ToCompute, outbox: &mpsc::Sender<ToOrchestrator>) {
         match msg {
             ToCompute::Run { execution, job } => self.start(*execution, *job),
-            ToCompute::Cancel { execution_id, reason } => self.cancel(&execution_id, &reason),
+            ToCompute::Cancel {
+                execution_id,
+                reason,
+            } => self.cancel(&execution_id, &reason),
             ToCompute::Ack { seq } => self.lock().outbox.ack(seq),
-            ToCompute::Logs { request_id, execution_id, follow, tail } => {
+            ToCompute::Logs {
+                request_id,
+                execution_id,
+                follow,
+                tail,
+            } => {
                 let token = self.register_stream(request_id);
                 let (node, out) = (self.clone(), outbox.clone());
                 self.shared.tasks.spawn(async move {
-                    node.stream_logs(request_id, &execution_id, follow, tail, &out, &token).await;
+                    node.stream_logs(request_id, &execution_id, follow, tail, &out, &token)
+                        .await;
                     node.lock().streams.remove(&request_id);
                 });
             }
-            ToCompute::FetchResult { request_id, execution_id } => {
+            ToCompute::FetchResult {
+                request_id,
+                execution_id,
+            } => {
                 let token = self.register_stream(request_id);
                 let (node, out) = (self.clone(), outbox.clone());
                 self.shared.tasks.spawn(async move {
-                    node.send_result(request_id, &execution_id, &out, &token).await;
+                    node.send_result(request_id, &execution_id, &out, &token)
+                        .await;
                     node.lock().streams.remove(&request_id);
                 });
             }
@@ -400,8 +494,17 @@ impl ComputeNode {
 
     /// Records and sends a state change of an execution. Refuses moves the state machine forbids
     /// (e.g. a second terminal state).
-    fn report(&self, id: &str, state: ExecutionStateType, topic: &str, message: impl Into<String>, out: Option<RunOutput>, published: Option<SpecConfig>) {
+    fn report(
+        &self,
+        id: &str,
+        state: ExecutionStateType,
+        topic: &str,
+        message: impl Into<String>,
+        out: Option<RunOutput>,
+        published: Option<SpecConfig>,
+    ) {
         let mut st = self.lock();
+        let mut newly_finished = false;
         if let Some(e) = st.execs.get_mut(id) {
             if e.state != state && !e.state.can_transition_to(state) {
                 tracing::debug!(execution = id, from = %e.state, to = %state, "ignored an impossible state change");
@@ -410,6 +513,15 @@ impl ComputeNode {
             e.state = state;
             if state.is_terminal() {
                 e.done.send_replace(true);
+                newly_finished = true;
+            }
+        }
+        if newly_finished {
+            st.finished.push_back(id.to_string());
+            while st.finished.len() > REMEMBERED_FINISHED {
+                if let Some(old) = st.finished.pop_front() {
+                    st.execs.remove(&old);
+                }
             }
         }
         let update = ExecutionUpdate {
@@ -436,6 +548,7 @@ impl ComputeNode {
                 e.cancel_reason = reason.to_string();
                 e.cancel.cancel();
             }
+            None if !valid_id(id) => {}
             None => {
                 // Remember it, so a late `Run` of the same execution is ignored.
                 let (done, _) = watch::channel(true);
@@ -449,17 +562,40 @@ impl ComputeNode {
                 };
                 st.execs.insert(id.to_string(), entry);
                 drop(st);
-                self.report(id, ExecutionStateType::Cancelled, topic::EXECUTION, cancel_message(reason), None, None);
+                self.report(
+                    id,
+                    ExecutionStateType::Cancelled,
+                    topic::EXECUTION,
+                    cancel_message(reason),
+                    None,
+                    None,
+                );
             }
         }
     }
 
     fn start(&self, execution: Execution, job: Job) {
         let id = execution.id.clone();
-        let task = match execution.job.as_ref().and_then(|j| j.task().cloned()).or_else(|| job.task().cloned()) {
-            Some(t) => t,
-            None => Task::default(),
-        };
+        // The job version sent with the run; the execution's own copy only if that has no task.
+        let task_opt = job
+            .task()
+            .cloned()
+            .or_else(|| execution.job.as_ref().and_then(|j| j.task().cloned()));
+        if !valid_id(&id) {
+            // Never becomes a path on this node, and is not remembered.
+            let msg = format!("invalid execution id {id:?}");
+            self.report(
+                &id,
+                ExecutionStateType::Failed,
+                topic::EXECUTION,
+                msg.clone(),
+                Some(failed_output(&msg)),
+                None,
+            );
+            return;
+        }
+        let has_task = task_opt.is_some();
+        let task = task_opt.unwrap_or_default();
         let resources = {
             let mut r = Resources::from_config(&task.resources);
             if let Some(a) = execution.allocated_resources.tasks.get(&task.name) {
@@ -487,31 +623,67 @@ impl ComputeNode {
             );
         }
         if execution.desired_state.state_type == ExecutionDesiredState::Stopped {
-            self.report(&id, ExecutionStateType::Cancelled, topic::EXECUTION, "execution was asked to stop before it started", None, None);
+            self.report(
+                &id,
+                ExecutionStateType::Cancelled,
+                topic::EXECUTION,
+                "execution was asked to stop before it started",
+                None,
+                None,
+            );
             return;
         }
         // Refuse what this node cannot run before it takes a slot.
-        let refusal = if !valid_id(&id) {
-            Some(format!("invalid execution id {id:?}"))
-        } else if job.tasks.is_empty() && execution.job.is_none() {
+        let refusal = if !has_task {
             Some("the job has no task".to_string())
-        } else if !self.shared.executor.engines().contains(&task.engine.kind_lower()) {
-            Some(format!("engine type {:?} is not supported by this node (supported: {})", task.engine.kind, self.shared.executor.engines().join(", ")))
+        } else if !self
+            .shared
+            .executor
+            .engines()
+            .contains(&task.engine.kind_lower())
+        {
+            Some(format!(
+                "engine type {:?} is not supported by this node (supported: {})",
+                task.engine.kind,
+                self.shared.executor.engines().join(", ")
+            ))
         } else {
-            Publisher::from_spec(&task.publisher).err().map(|e| e.to_string())
+            Publisher::from_spec(&task.publisher)
+                .err()
+                .map(|e| e.to_string())
         };
         if let Some(msg) = refusal {
-            let out = RunOutput { error_msg: msg.clone(), ..Default::default() };
-            self.report(&id, ExecutionStateType::Failed, topic::EXECUTION, msg, Some(out), None);
+            let out = failed_output(&msg);
+            self.report(
+                &id,
+                ExecutionStateType::Failed,
+                topic::EXECUTION,
+                msg,
+                Some(out),
+                None,
+            );
             return;
         }
         let node = self.clone();
-        let job_id = if execution.job_id.is_empty() { job.id.clone() } else { execution.job_id.clone() };
-        self.shared.tasks.spawn(async move { node.execute(id, job_id, task).await });
+        let job_id = if execution.job_id.is_empty() {
+            job.id.clone()
+        } else {
+            execution.job_id.clone()
+        };
+        self.shared
+            .tasks
+            .spawn(async move { node.execute(id, job_id, task).await });
     }
 
     async fn execute(self, id: String, job_id: String, task: Task) {
-        let Some((cancel, paths)) = self.lock().execs.get(&id).map(|e| (e.cancel.clone(), e.paths.clone())) else { return };
+        let Some((cancel, paths)) = self
+            .lock()
+            .execs
+            .get(&id)
+            .map(|e| (e.cancel.clone(), e.paths.clone()))
+        else {
+            return;
+        };
         let permit = tokio::select! {
             p = self.shared.slots.clone().acquire_owned() => match p {
                 Ok(p) => p,
@@ -522,39 +694,107 @@ impl ComputeNode {
                 return;
             }
         };
-        self.report(&id, ExecutionStateType::BidAccepted, topic::EXECUTION, "", None, None);
-        let outcome = self.run_execution(&id, &job_id, &task, &paths, &cancel).await;
+        self.report(
+            &id,
+            ExecutionStateType::BidAccepted,
+            topic::EXECUTION,
+            "",
+            None,
+            None,
+        );
+        let outcome = self
+            .run_execution(&id, &job_id, &task, &paths, &cancel)
+            .await;
+        // Clean up and free the slot before the final report, so whoever sees it sees the end state.
+        let p = paths.clone();
+        let _ = tokio::task::spawn_blocking(move || p.cleanup_work()).await;
+        drop(permit);
         match outcome {
             Outcome::Completed { out, published } => {
-                let msg = if out.exit_code == 0 { String::new() } else { format!("exited with code {}", out.exit_code) };
-                self.report(&id, ExecutionStateType::Completed, topic::EXECUTION, msg, Some(out), published);
+                let msg = if out.exit_code == 0 {
+                    String::new()
+                } else {
+                    format!("exited with code {}", out.exit_code)
+                };
+                self.report(
+                    &id,
+                    ExecutionStateType::Completed,
+                    topic::EXECUTION,
+                    msg,
+                    Some(out),
+                    published,
+                );
             }
-            Outcome::Failed { topic, message, out } => {
-                let out = out.unwrap_or_else(|| RunOutput { error_msg: message.clone(), ..Default::default() });
-                self.report(&id, ExecutionStateType::Failed, topic, message, Some(out), None);
+            Outcome::Failed {
+                topic,
+                message,
+                out,
+            } => {
+                let out = out.unwrap_or_else(|| failed_output(&message));
+                self.report(
+                    &id,
+                    ExecutionStateType::Failed,
+                    topic,
+                    message,
+                    Some(out),
+                    None,
+                );
             }
             Outcome::Cancelled => self.finish_cancelled(&id),
         }
-        drop(permit);
-        let p = paths.clone();
-        let _ = tokio::task::spawn_blocking(move || p.cleanup_work()).await;
     }
 
     fn finish_cancelled(&self, id: &str) {
         if self.shared.shutting_down.load(Ordering::SeqCst) {
             let msg = "the compute node shut down during the execution";
-            let out = RunOutput { error_msg: msg.into(), ..Default::default() };
-            self.report(id, ExecutionStateType::Failed, topic::EXECUTION, msg, Some(out), None);
+            let out = failed_output(msg);
+            self.report(
+                id,
+                ExecutionStateType::Failed,
+                topic::EXECUTION,
+                msg,
+                Some(out),
+                None,
+            );
         } else {
-            let reason = self.lock().execs.get(id).map(|e| e.cancel_reason.clone()).unwrap_or_default();
-            self.report(id, ExecutionStateType::Cancelled, topic::EXECUTION, cancel_message(&reason), None, None);
+            let reason = self
+                .lock()
+                .execs
+                .get(id)
+                .map(|e| e.cancel_reason.clone())
+                .unwrap_or_default();
+            self.report(
+                id,
+                ExecutionStateType::Cancelled,
+                topic::EXECUTION,
+                cancel_message(&reason),
+                None,
+                None,
+            );
         }
     }
 
-    async fn run_execution(&self, id: &str, job_id: &str, task: &Task, paths: &ExecutionPaths, cancel: &CancellationToken) -> Outcome {
-        let fail = |topic: &'static str, message: String| Outcome::Failed { topic, message, out: None };
+    async fn run_execution(
+        &self,
+        id: &str,
+        job_id: &str,
+        task: &Task,
+        paths: &ExecutionPaths,
+        cancel: &CancellationToken,
+    ) -> Outcome {
+        let fail = |topic: &'static str, message: String| Outcome::Failed {
+            topic,
+            message,
+            out: None,
+        };
         if let Err(e) = paths.create() {
-            return fail(topic::EXECUTION, format!("cannot create the execution directory {}: {e}", paths.root.display()));
+            return fail(
+                topic::EXECUTION,
+                format!(
+                    "cannot create the execution directory {}: {e}",
+                    paths.root.display()
+                ),
+            );
         }
         let publisher = match Publisher::from_spec(&task.publisher) {
             Ok(p) => p,
@@ -576,14 +816,27 @@ impl ComputeNode {
                 Ok(g) => g,
                 Err(e) => return fail(topic::EXECUTION, format!("result path {:?}: {e}", rp.name)),
             };
-            results.push(ResultDir { name: rp.name.clone(), host_dir: paths.result_dir(&rp.name), guest_path: guest });
+            results.push(ResultDir {
+                name: rp.name.clone(),
+                host_dir: paths.result_dir(&rp.name),
+                guest_path: guest,
+            });
         }
         let args = match task_args(task) {
             Ok(a) => a,
             Err(e) => return fail(topic::EXECUTION, e.to_string()),
         };
-        let resources = self.lock().execs.get(id).map(|e| e.resources.clone()).unwrap_or_default();
-        let memory_limit = if resources.memory > 0 { resources.memory } else { self.shared.opts.default_memory_limit };
+        let resources = self
+            .lock()
+            .execs
+            .get(id)
+            .map(|e| e.resources.clone())
+            .unwrap_or_default();
+        let memory_limit = if resources.memory > 0 {
+            resources.memory
+        } else {
+            self.shared.opts.default_memory_limit
+        };
         let req = RunRequest {
             execution_id: id.to_string(),
             job_id: job_id.to_string(),
@@ -599,7 +852,14 @@ impl ComputeNode {
             args,
             scratch_dir: paths.scratch.clone(),
         };
-        self.report(id, ExecutionStateType::Running, topic::RUNNING, "", None, None);
+        self.report(
+            id,
+            ExecutionStateType::Running,
+            topic::RUNNING,
+            "",
+            None,
+            None,
+        );
         let result = self.shared.executor.run(req, cancel.clone()).await;
         let r = match result {
             Ok(r) => r,
@@ -608,7 +868,11 @@ impl ComputeNode {
                 let msg = e.to_string();
                 let _ = paths.write_exit_code(-1);
                 let out = run_output(paths, -1, &msg, (false, false));
-                return Outcome::Failed { topic: topic::RUNNING, message: msg, out: Some(out) };
+                return Outcome::Failed {
+                    topic: topic::RUNNING,
+                    message: msg,
+                    out: Some(out),
+                };
             }
         };
         if let Err(e) = paths.write_exit_code(r.exit_code) {
@@ -616,19 +880,60 @@ impl ComputeNode {
         }
         let out = run_output(paths, r.exit_code, "", (r.stdout_capped, r.stderr_capped));
         if publisher.keeps_results() {
-            self.report(id, ExecutionStateType::Publishing, topic::PUBLISHING, "", None, None);
+            self.report(
+                id,
+                ExecutionStateType::Publishing,
+                topic::PUBLISHING,
+                "",
+                None,
+                None,
+            );
         }
-        let (p, eid, node) = (paths.clone(), id.to_string(), self.shared.opts.node_id.clone());
-        let published = match tokio::task::spawn_blocking(move || publisher.publish(&p, &eid, &node)).await {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => return Outcome::Failed { topic: topic::PUBLISHING, message: e.to_string(), out: Some(out) },
-            Err(e) => return Outcome::Failed { topic: topic::PUBLISHING, message: format!("publishing panicked: {e}"), out: Some(out) },
-        };
+        let (p, eid, node) = (
+            paths.clone(),
+            id.to_string(),
+            self.shared.opts.node_id.clone(),
+        );
+        let published =
+            match tokio::task::spawn_blocking(move || publisher.publish(&p, &eid, &node)).await {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => {
+                    return Outcome::Failed {
+                        topic: topic::PUBLISHING,
+                        message: e.to_string(),
+                        out: Some(out),
+                    };
+                }
+                Err(e) => {
+                    return Outcome::Failed {
+                        topic: topic::PUBLISHING,
+                        message: format!("publishing panicked: {e}"),
+                        out: Some(out),
+                    };
+                }
+            };
         Outcome::Completed { out, published }
     }
 
-    async fn stream_logs(&self, request_id: u64, id: &str, follow: bool, tail: bool, out: &mpsc::Sender<ToOrchestrator>, cancel: &CancellationToken) {
-        let found = self.lock().execs.get(id).map(|e| (e.paths.clone(), e.done.subscribe()));
+    async fn stream_logs(
+        &self,
+        request_id: u64,
+        id: &str,
+        follow: bool,
+        tail: bool,
+        out: &mpsc::Sender<ToOrchestrator>,
+        cancel: &CancellationToken,
+    ) {
+        if !valid_id(id) {
+            let error = format!("invalid execution id {id:?}");
+            let _ = out.send(ToOrchestrator::LogEnd { request_id, error }).await;
+            return;
+        }
+        let found = self
+            .lock()
+            .execs
+            .get(id)
+            .map(|e| (e.paths.clone(), e.done.subscribe()));
         let (paths, mut done) = match found {
             Some(f) => f,
             None if valid_id(id) && self.execution_paths(id).stdout().exists() => {
@@ -636,12 +941,18 @@ impl ComputeNode {
                 (self.execution_paths(id), rx)
             }
             None => {
-                let error = format!("execution {id} is not known on node {}", self.shared.opts.node_id);
+                let error = format!(
+                    "execution {id} is not known on node {}",
+                    self.shared.opts.node_id
+                );
                 let _ = out.send(ToOrchestrator::LogEnd { request_id, error }).await;
                 return;
             }
         };
-        let mut readers = [LogReader::new(paths.stdout(), 1), LogReader::new(paths.stderr(), 2)];
+        let mut readers = [
+            LogReader::new(paths.stdout(), 1),
+            LogReader::new(paths.stderr(), 2),
+        ];
         if tail {
             for r in &mut readers {
                 r.seek_to_last_lines(LOG_TAIL_LINES).await;
@@ -652,7 +963,11 @@ impl ComputeNode {
             for r in &mut readers {
                 let lines = r.read_lines(finished || !follow).await;
                 for line in lines {
-                    let msg = ToOrchestrator::LogLine { request_id, stream: r.stream, line };
+                    let msg = ToOrchestrator::LogLine {
+                        request_id,
+                        stream: r.stream,
+                        line,
+                    };
                     tokio::select! {
                         sent = out.send(msg) => if sent.is_err() { return },
                         _ = cancel.cancelled() => return,
@@ -668,10 +983,21 @@ impl ComputeNode {
                 _ = tokio::time::sleep(LOG_POLL) => {}
             }
         }
-        let _ = out.send(ToOrchestrator::LogEnd { request_id, error: String::new() }).await;
+        let _ = out
+            .send(ToOrchestrator::LogEnd {
+                request_id,
+                error: String::new(),
+            })
+            .await;
     }
 
-    async fn send_result(&self, request_id: u64, id: &str, out: &mpsc::Sender<ToOrchestrator>, cancel: &CancellationToken) {
+    async fn send_result(
+        &self,
+        request_id: u64,
+        id: &str,
+        out: &mpsc::Sender<ToOrchestrator>,
+        cancel: &CancellationToken,
+    ) {
         let end = |error: String| ToOrchestrator::ResultEnd { request_id, error };
         if !valid_id(id) {
             let _ = out.send(end(format!("invalid execution id {id:?}"))).await;
@@ -681,12 +1007,19 @@ impl ComputeNode {
         let mut file = match tokio::fs::File::open(&path).await {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let msg = format!("execution {id} has no published results on node {} (it has not completed, or its publisher keeps none)", self.shared.opts.node_id);
+                let msg = format!(
+                    "execution {id} has no published results on node {} (it has not completed, or its publisher keeps none)",
+                    self.shared.opts.node_id
+                );
                 let _ = out.send(end(msg)).await;
                 return;
             }
             Err(e) => {
-                let _ = out.send(end(format!("cannot read the results of execution {id}: {e}"))).await;
+                let _ = out
+                    .send(end(format!(
+                        "cannot read the results of execution {id}: {e}"
+                    )))
+                    .await;
                 return;
             }
         };
@@ -696,11 +1029,16 @@ impl ComputeNode {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) => {
-                    let _ = out.send(end(format!("reading the results of execution {id}: {e}"))).await;
+                    let _ = out
+                        .send(end(format!("reading the results of execution {id}: {e}")))
+                        .await;
                     return;
                 }
             };
-            let msg = ToOrchestrator::ResultChunk { request_id, data: buf[..n].to_vec() };
+            let msg = ToOrchestrator::ResultChunk {
+                request_id,
+                data: buf[..n].to_vec(),
+            };
             tokio::select! {
                 sent = out.send(msg) => if sent.is_err() { return },
                 _ = cancel.cancelled() => return,
@@ -710,13 +1048,33 @@ impl ComputeNode {
     }
 }
 
+/// `RunOutput` of an execution that failed before or outside its task: exit code -1, as Bacalhau.
+fn failed_output(msg: &str) -> RunOutput {
+    RunOutput {
+        exit_code: -1,
+        error_msg: msg.to_string(),
+        ..Default::default()
+    }
+}
+
 fn cancel_message(reason: &str) -> String {
-    if reason.trim().is_empty() { "execution cancelled".into() } else { format!("execution cancelled: {reason}") }
+    if reason.trim().is_empty() {
+        "execution cancelled".into()
+    } else {
+        format!("execution cancelled: {reason}")
+    }
 }
 
 enum Outcome {
-    Completed { out: RunOutput, published: Option<SpecConfig> },
-    Failed { topic: &'static str, message: String, out: Option<RunOutput> },
+    Completed {
+        out: RunOutput,
+        published: Option<SpecConfig>,
+    },
+    Failed {
+        topic: &'static str,
+        message: String,
+        out: Option<RunOutput>,
+    },
     Cancelled,
 }
 
@@ -730,12 +1088,19 @@ struct LogReader {
 
 impl LogReader {
     fn new(path: PathBuf, stream: u8) -> Self {
-        LogReader { path, stream, offset: 0, partial: Vec::new() }
+        LogReader {
+            path,
+            stream,
+            offset: 0,
+            partial: Vec::new(),
+        }
     }
 
     /// Starts reading at the beginning of the last `n` lines.
     async fn seek_to_last_lines(&mut self, n: usize) {
-        let Ok(data) = tokio::fs::read(&self.path).await else { return };
+        let Ok(data) = tokio::fs::read(&self.path).await else {
+            return;
+        };
         let body = data.strip_suffix(b"\n").unwrap_or(&data);
         let mut count = 0;
         let mut start = 0;
@@ -787,7 +1152,10 @@ impl LogReader {
 
 fn take_line(partial: &mut Vec<u8>) -> String {
     let bytes = std::mem::take(partial);
-    let bytes = bytes.strip_suffix(b"\r").map(<[u8]>::to_vec).unwrap_or(bytes);
+    let bytes = bytes
+        .strip_suffix(b"\r")
+        .map(<[u8]>::to_vec)
+        .unwrap_or(bytes);
     String::from_utf8_lossy(&bytes).into_owned()
 }
 

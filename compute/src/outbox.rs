@@ -22,7 +22,11 @@ impl Outbox {
 
     /// An outbox whose numbering continues after `seq` (e.g. restored from disk).
     pub fn starting_after(seq: u64) -> Self {
-        Outbox { last_seq: seq, acked: seq, pending: BTreeMap::new() }
+        Outbox {
+            last_seq: seq,
+            acked: seq,
+            pending: BTreeMap::new(),
+        }
     }
 
     /// Queues a report; returns its sequence number (1, 2, 3, … per node).
@@ -41,9 +45,29 @@ impl Outbox {
         self.pending = self.pending.split_off(&(seq + 1));
     }
 
+    /// The orchestrator's answer to `Hello`: it has committed every report up to `committed`. If that
+    /// is beyond anything this outbox numbered, the node lost its outbox (a restart without a durable
+    /// one): continue numbering after `committed`, renumbering what is pending, so no new report is
+    /// mistaken for a duplicate. Otherwise it is a plain acknowledgement.
+    pub fn rebase(&mut self, committed: u64) {
+        if committed <= self.last_seq {
+            self.ack(committed);
+            return;
+        }
+        let pending = std::mem::take(&mut self.pending);
+        self.last_seq = committed;
+        self.acked = committed;
+        for (_, u) in pending {
+            self.push(u);
+        }
+    }
+
     /// The reports after `seq` not yet acknowledged, in order.
     pub fn unacked_after(&self, seq: u64) -> Vec<(u64, ExecutionUpdate)> {
-        self.pending.range(seq.saturating_add(1)..).map(|(s, u)| (*s, u.clone())).collect()
+        self.pending
+            .range(seq.saturating_add(1)..)
+            .map(|(s, u)| (*s, u.clone()))
+            .collect()
     }
 
     /// The number given to the last report pushed (0 if none).
@@ -63,6 +87,35 @@ impl Outbox {
 
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod rebase_tests {
+    use super::*;
+    use caravel_model::ExecutionStateType;
+
+    fn update(id: &str) -> ExecutionUpdate {
+        ExecutionUpdate { execution_id: id.into(), state: ExecutionStateType::Running, message: String::new(), run_output: None, published_result: None, topic: String::new(), time: 0 }
+    }
+
+    #[test]
+    fn a_node_that_lost_its_outbox_numbers_after_what_the_orchestrator_committed() {
+        let mut o = Outbox::new();
+        o.push(update("a"));
+        o.rebase(8);
+        assert_eq!(o.unacked_after(o.acked_seq()).iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![9]);
+        assert_eq!(o.push(update("b")), 10);
+    }
+
+    #[test]
+    fn a_normal_answer_is_an_acknowledgement() {
+        let mut o = Outbox::new();
+        o.push(update("a"));
+        o.push(update("b"));
+        o.rebase(1);
+        assert_eq!(o.unacked_after(o.acked_seq()).len(), 1);
+        assert_eq!(o.last_seq(), 2);
     }
 }
 
@@ -89,7 +142,13 @@ mod tests {
         assert_eq!(o.push(upd("a")), 1);
         assert_eq!(o.push(upd("b")), 2);
         assert_eq!(o.push(upd("c")), 3);
-        assert_eq!(o.unacked_after(1).iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(
+            o.unacked_after(1)
+                .iter()
+                .map(|(s, _)| *s)
+                .collect::<Vec<_>>(),
+            vec![2, 3]
+        );
         o.ack(2);
         assert_eq!(o.len(), 1);
         assert_eq!(o.acked_seq(), 2);

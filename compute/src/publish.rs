@@ -47,7 +47,9 @@ impl ExecutionPaths {
             results: root.join("results"),
             inputs: root.join("inputs"),
             scratch: root.join("scratch"),
-            archive: data_dir.join("results").join(format!("{execution_id}.tar.gz")),
+            archive: data_dir
+                .join("results")
+                .join(format!("{execution_id}.tar.gz")),
             root,
         }
     }
@@ -84,9 +86,14 @@ impl ExecutionPaths {
 /// The first [`RUN_OUTPUT_PREVIEW`] bytes of a file (cut back to a character boundary) and whether
 /// there was more. A missing file reads as empty.
 pub fn preview(path: &Path) -> (String, bool) {
-    let Ok(f) = std::fs::File::open(path) else { return (String::new(), false) };
+    let Ok(f) = std::fs::File::open(path) else {
+        return (String::new(), false);
+    };
     let mut buf = Vec::with_capacity(RUN_OUTPUT_PREVIEW + 1);
-    if f.take(RUN_OUTPUT_PREVIEW as u64 + 1).read_to_end(&mut buf).is_err() {
+    if f.take(RUN_OUTPUT_PREVIEW as u64 + 1)
+        .read_to_end(&mut buf)
+        .is_err()
+    {
         return (String::new(), false);
     }
     let truncated = buf.len() > RUN_OUTPUT_PREVIEW;
@@ -97,7 +104,8 @@ pub fn preview(path: &Path) -> (String, bool) {
             let valid = e.utf8_error().valid_up_to();
             let mut bytes = e.into_bytes();
             // Cut an incomplete trailing character; replace real garbage.
-            if bytes.len() - valid < 4 && std::str::from_utf8(&bytes[valid..]).is_err() && truncated {
+            if bytes.len() - valid < 4 && std::str::from_utf8(&bytes[valid..]).is_err() && truncated
+            {
                 bytes.truncate(valid);
             }
             String::from_utf8_lossy(&bytes).into_owned()
@@ -107,7 +115,12 @@ pub fn preview(path: &Path) -> (String, bool) {
 }
 
 /// `RunOutput` of an execution: previews of stdout and stderr, the exit code and an error.
-pub fn run_output(paths: &ExecutionPaths, exit_code: i32, error_msg: &str, capped: (bool, bool)) -> RunOutput {
+pub fn run_output(
+    paths: &ExecutionPaths,
+    exit_code: i32,
+    error_msg: &str,
+    capped: (bool, bool),
+) -> RunOutput {
     let (stdout, so_t) = preview(&paths.stdout());
     let (stderr, se_t) = preview(&paths.stderr());
     RunOutput {
@@ -143,11 +156,22 @@ impl Publisher {
     }
 
     /// Publishes the results of a finished execution; returns the published result, if any.
-    pub fn publish(self, paths: &ExecutionPaths, execution_id: &str, node_id: &str) -> Result<Option<SpecConfig>, PublishError> {
+    pub fn publish(
+        self,
+        paths: &ExecutionPaths,
+        execution_id: &str,
+        node_id: &str,
+    ) -> Result<Option<SpecConfig>, PublishError> {
         match self {
             Publisher::Local => {
-                tar_gz_dir(&paths.results, &paths.archive).map_err(|e| PublishError::Io(format!("archiving {}: {e}", paths.results.display())))?;
-                Ok(Some(SpecConfig::new("local").with("ExecutionID", execution_id).with("NodeID", node_id)))
+                tar_gz_dir(&paths.results, &paths.archive).map_err(|e| {
+                    PublishError::Io(format!("archiving {}: {e}", paths.results.display()))
+                })?;
+                Ok(Some(
+                    SpecConfig::new("local")
+                        .with("ExecutionID", execution_id)
+                        .with("NodeID", node_id),
+                ))
             }
             Publisher::Noop => {
                 // Keep only the log files.
@@ -214,8 +238,19 @@ mod tests {
 
     #[test]
     fn publishers_parse() {
-        assert_eq!(Publisher::from_spec(&SpecConfig::new("Local")).unwrap(), Publisher::Local);
-        assert_eq!(Publisher::from_spec(&SpecConfig::default()).unwrap(), Publisher::Noop);
-        assert!(Publisher::from_spec(&SpecConfig::new("s3")).unwrap_err().to_string().contains("not supported"));
+        assert_eq!(
+            Publisher::from_spec(&SpecConfig::new("Local")).unwrap(),
+            Publisher::Local
+        );
+        assert_eq!(
+            Publisher::from_spec(&SpecConfig::default()).unwrap(),
+            Publisher::Noop
+        );
+        assert!(
+            Publisher::from_spec(&SpecConfig::new("s3"))
+                .unwrap_err()
+                .to_string()
+                .contains("not supported")
+        );
     }
 }

@@ -23,7 +23,10 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
-use wasmtime::{Config, Engine, Linker, Module, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
+use wasmtime::{
+    Config, Engine, Linker, Module, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap,
+    UpdateDeadline,
+};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
@@ -68,8 +71,8 @@ impl WasmExecutor {
     pub fn new() -> Result<Self, ExecError> {
         let mut config = Config::new();
         config.epoch_interruption(true);
-        config.wasm_backtrace(true);
-        let engine = Engine::new(&config).map_err(|e| ExecError::Internal(format!("cannot create the wasm engine: {e}")))?;
+        let engine = Engine::new(&config)
+            .map_err(|e| ExecError::Internal(format!("cannot create the wasm engine: {e}")))?;
         let stop = Arc::new(AtomicBool::new(false));
         let (ticker, flag) = (engine.clone(), stop.clone());
         std::thread::Builder::new()
@@ -81,7 +84,13 @@ impl WasmExecutor {
                 }
             })
             .map_err(|e| ExecError::Internal(format!("cannot start the wasm epoch thread: {e}")))?;
-        Ok(WasmExecutor { inner: Arc::new(Inner { engine, stop, modules: Mutex::new(HashMap::new()) }) })
+        Ok(WasmExecutor {
+            inner: Arc::new(Inner {
+                engine,
+                stop,
+                modules: Mutex::new(HashMap::new()),
+            }),
+        })
     }
 }
 
@@ -90,7 +99,11 @@ impl Executor for WasmExecutor {
         vec!["wasm".into()]
     }
 
-    fn run(&self, req: RunRequest, cancel: CancellationToken) -> BoxFuture<'_, Result<RunResult, ExecError>> {
+    fn run(
+        &self,
+        req: RunRequest,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, Result<RunResult, ExecError>> {
         let inner = self.inner.clone();
         Box::pin(async move {
             if cancel.is_cancelled() {
@@ -98,7 +111,9 @@ impl Executor for WasmExecutor {
             }
             match tokio::task::spawn_blocking(move || run_blocking(&inner, req, cancel)).await {
                 Ok(r) => r,
-                Err(e) => Err(ExecError::Internal(format!("the wasm run panicked or was aborted: {e}"))),
+                Err(e) => Err(ExecError::Internal(format!(
+                    "the wasm run panicked or was aborted: {e}"
+                ))),
             }
         })
     }
@@ -126,7 +141,12 @@ struct Limiter {
 }
 
 impl ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.memory_limit {
             self.exceeded = true;
         }
@@ -135,7 +155,12 @@ impl ResourceLimiter for Limiter {
     fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
         self.inner.memory_grow_failed(error)
     }
-    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         self.inner.table_growing(current, desired, maximum)
     }
     fn instances(&self) -> usize {
@@ -149,7 +174,11 @@ impl ResourceLimiter for Limiter {
     }
 }
 
-fn run_blocking(inner: &Inner, req: RunRequest, cancel: CancellationToken) -> Result<RunResult, ExecError> {
+fn run_blocking(
+    inner: &Inner,
+    req: RunRequest,
+    cancel: CancellationToken,
+) -> Result<RunResult, ExecError> {
     let engine_kind = req.task.engine.kind_lower();
     if engine_kind != "wasm" {
         return Err(ExecError::UnsupportedEngine(req.task.engine.kind.clone()));
@@ -157,19 +186,39 @@ fn run_blocking(inner: &Inner, req: RunRequest, cancel: CancellationToken) -> Re
     let params = &req.task.engine.params;
     let entry_target = match params.get("EntryModule") {
         Some(serde_json::Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
-        Some(serde_json::Value::String(_)) | None | Some(serde_json::Value::Null) => return Err(ExecError::NoEntryModule),
-        Some(other) => return Err(ExecError::BadParams(format!("EntryModule must be the Target of an input, not {other}"))),
+        Some(serde_json::Value::String(_)) | None | Some(serde_json::Value::Null) => {
+            return Err(ExecError::NoEntryModule);
+        }
+        Some(other) => {
+            return Err(ExecError::BadParams(format!(
+                "EntryModule must be the Target of an input, not {other}"
+            )));
+        }
     };
     let entry_point = match params.get_any(&["Entrypoint", "EntryPoint"]) {
         Some(serde_json::Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
-        Some(serde_json::Value::String(_)) | None | Some(serde_json::Value::Null) => "_start".to_string(),
-        Some(other) => return Err(ExecError::BadParams(format!("Entrypoint must be a function name, not {other}"))),
+        Some(serde_json::Value::String(_)) | None | Some(serde_json::Value::Null) => {
+            "_start".to_string()
+        }
+        Some(other) => {
+            return Err(ExecError::BadParams(format!(
+                "Entrypoint must be a function name, not {other}"
+            )));
+        }
     };
     let module = load_module(inner, &req, &entry_target)?;
     let imports: Vec<String> = match params.get("ImportModules") {
         None | Some(serde_json::Value::Null) => Vec::new(),
-        Some(serde_json::Value::Array(items)) => items.iter().filter_map(|v| v.as_str()).map(str::to_string).collect(),
-        Some(other) => return Err(ExecError::BadParams(format!("ImportModules must be a list of input targets, not {other}"))),
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .filter_map(|v| v.as_str())
+            .map(str::to_string)
+            .collect(),
+        Some(other) => {
+            return Err(ExecError::BadParams(format!(
+                "ImportModules must be a list of input targets, not {other}"
+            )));
+        }
     };
 
     // WASI context: args, env, stdio, preopens.
@@ -177,7 +226,11 @@ fn run_blocking(inner: &Inner, req: RunRequest, cancel: CancellationToken) -> Re
     let stderr = CappedOutput::create(&req.stderr_path, req.max_output_bytes)?;
     let mut b = WasiCtxBuilder::new();
     b.allow_blocking_current_thread(true);
-    let argv0 = entry_target.rsplit('/').next().unwrap_or(&entry_target).to_string();
+    let argv0 = entry_target
+        .rsplit('/')
+        .next()
+        .unwrap_or(&entry_target)
+        .to_string();
     let mut argv = vec![argv0];
     argv.extend(req.args.iter().cloned());
     b.args(&argv);
@@ -187,18 +240,39 @@ fn run_blocking(inner: &Inner, req: RunRequest, cancel: CancellationToken) -> Re
     b.stdout(stdout.clone());
     b.stderr(stderr.clone());
     for m in mounts(&req)? {
-        let perms = if m.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
-        b.preopened_dir(&m.host, &m.guest, perms)
-            .map_err(|e| ExecError::Setup(format!("cannot expose {} at {}: {e}", m.host.display(), m.guest)))?;
+        let perms = if m.writable {
+            FsPerms::ReadWrite
+        } else {
+            FsPerms::ReadOnly
+        };
+        b.preopened_dir(&m.host, &m.guest, perms).map_err(|e| {
+            ExecError::Setup(format!(
+                "cannot expose {} at {}: {e}",
+                m.host.display(),
+                m.guest
+            ))
+        })?;
     }
     let wasi = b.build_p1();
 
     let memory_limit = usize::try_from(req.memory_limit).unwrap_or(usize::MAX);
-    let limits = StoreLimitsBuilder::new().memory_size(memory_limit).trap_on_grow_failure(true).build();
-    let state = RunState { wasi, limiter: Limiter { inner: limits, memory_limit, exceeded: false }, stop: None };
+    let limits = StoreLimitsBuilder::new()
+        .memory_size(memory_limit)
+        .trap_on_grow_failure(true)
+        .build();
+    let state = RunState {
+        wasi,
+        limiter: Limiter {
+            inner: limits,
+            memory_limit,
+            exceeded: false,
+        },
+        stop: None,
+    };
     let mut store = Store::new(&inner.engine, state);
     store.limiter(|s| &mut s.limiter);
-    let deadline = (req.timeout_secs > 0).then(|| Instant::now() + Duration::from_secs(req.timeout_secs));
+    let deadline =
+        (req.timeout_secs > 0).then(|| Instant::now() + Duration::from_secs(req.timeout_secs));
     let token = cancel.clone();
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |mut ctx| {
@@ -223,9 +297,14 @@ fn run_blocking(inner: &Inner, req: RunRequest, cancel: CancellationToken) -> Re
         .map_err(|e| ExecError::Internal(format!("cannot add WASI to the linker: {e}")))?;
     for target in &imports {
         let m = load_module(inner, &req, target)?;
-        let name = m.name().map(str::to_string).unwrap_or_else(|| module_name_from_target(target));
+        let name = m
+            .name()
+            .map(str::to_string)
+            .unwrap_or_else(|| module_name_from_target(target));
         if let Err(e) = linker.module(&mut store, &name, &m) {
-            return Err(classify(e, &store, &req, |m| ExecError::Link(format!("import module {target} (as {name:?}): {m}"))));
+            return Err(classify(e, &store, &req, |m| {
+                ExecError::Link(format!("import module {target} (as {name:?}): {m}"))
+            }));
         }
     }
     let instance = match linker.instantiate(&mut store, &module) {
@@ -242,7 +321,10 @@ fn run_blocking(inner: &Inner, req: RunRequest, cancel: CancellationToken) -> Re
     };
     let func = func
         .typed::<(), ()>(&store)
-        .map_err(|e| ExecError::EntryPointSignature { name: entry_point.clone(), reason: format!("{e} (it must take no arguments and return nothing)") })?;
+        .map_err(|e| ExecError::EntryPointSignature {
+            name: entry_point.clone(),
+            reason: format!("{e} (it must take no arguments and return nothing)"),
+        })?;
     let outcome = func.call(&mut store, ());
     let _ = stdout.flush_file();
     let _ = stderr.flush_file();
@@ -250,13 +332,17 @@ fn run_blocking(inner: &Inner, req: RunRequest, cancel: CancellationToken) -> Re
         Ok(()) => Ok(finish(0, &stdout, &stderr)),
         Err(e) => match classify_exit(&e) {
             Some(code) => Ok(finish(code, &stdout, &stderr)),
-            None => Err(classify(e, &store, &req, |m| ExecError::Trap(m))),
+            None => Err(classify(e, &store, &req, ExecError::Trap)),
         },
     }
 }
 
 fn finish(exit_code: i32, stdout: &CappedOutput, stderr: &CappedOutput) -> RunResult {
-    RunResult { exit_code, stdout_capped: stdout.capped(), stderr_capped: stderr.capped() }
+    RunResult {
+        exit_code,
+        stdout_capped: stdout.capped(),
+        stderr_capped: stderr.capped(),
+    }
 }
 
 fn classify_exit(e: &wasmtime::Error) -> Option<i32> {
@@ -265,7 +351,12 @@ fn classify_exit(e: &wasmtime::Error) -> Option<i32> {
 
 /// Maps a failed instantiation or call to the reason users see: our own interruption (timeout or
 /// cancel), the memory limit, or else `other` with a trap summary.
-fn classify(e: wasmtime::Error, store: &Store<RunState>, req: &RunRequest, other: impl FnOnce(String) -> ExecError) -> ExecError {
+fn classify(
+    e: wasmtime::Error,
+    store: &Store<RunState>,
+    req: &RunRequest,
+    other: impl FnOnce(String) -> ExecError,
+) -> ExecError {
     let st = store.data();
     let interrupted = e.downcast_ref::<Trap>() == Some(&Trap::Interrupt);
     match st.stop {
@@ -283,18 +374,35 @@ fn classify(e: wasmtime::Error, store: &Store<RunState>, req: &RunRequest, other
 /// frames of its backtrace.
 fn trap_summary(e: &wasmtime::Error) -> String {
     let mut msg = match e.downcast_ref::<Trap>() {
-        Some(t) => t.to_string(),
-        None => e.chain().map(|c| c.to_string()).filter(|s| !s.is_empty()).collect::<Vec<_>>().join(": "),
+        Some(t) => {
+            let s = t.to_string();
+            s.strip_prefix("wasm trap: ")
+                .map(str::to_string)
+                .unwrap_or(s)
+        }
+        None => e
+            .chain()
+            .map(|c| c.to_string())
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join(": "),
     };
     if let Some(bt) = e.downcast_ref::<wasmtime::WasmBacktrace>() {
         let frames: Vec<String> = bt
             .frames()
             .iter()
             .take(BACKTRACE_FRAMES)
-            .map(|f| f.func_name().map(str::to_string).unwrap_or_else(|| format!("func[{}]", f.func_index())))
+            .map(|f| match f.func_name() {
+                Some(n) => format!("{:#}", rustc_demangle::demangle(n)),
+                None => format!("func[{}]", f.func_index()),
+            })
             .collect();
         if !frames.is_empty() {
-            let more = if bt.frames().len() > BACKTRACE_FRAMES { " <- …" } else { "" };
+            let more = if bt.frames().len() > BACKTRACE_FRAMES {
+                " <- …"
+            } else {
+                ""
+            };
             msg = format!("{msg} (in {}{more})", frames.join(" <- "));
         }
     }
@@ -311,12 +419,20 @@ fn load_module(inner: &Inner, req: &RunRequest, target: &str) -> Result<Module, 
     let input = req
         .inputs
         .iter()
-        .find(|i| i.target == target || i.target.trim_end_matches('/') == target.trim_end_matches('/'))
+        .find(|i| {
+            i.target == target || i.target.trim_end_matches('/') == target.trim_end_matches('/')
+        })
         .ok_or_else(|| ExecError::ModuleNotFound(target.to_string()))?;
     if input.host_path.is_dir() {
-        return Err(ExecError::InvalidModule { target: target.into(), reason: "it is a directory, not a .wasm file".into() });
+        return Err(ExecError::InvalidModule {
+            target: target.into(),
+            reason: "it is a directory, not a .wasm file".into(),
+        });
     }
-    let bytes = std::fs::read(&input.host_path).map_err(|e| ExecError::InvalidModule { target: target.into(), reason: format!("cannot read it: {e}") })?;
+    let bytes = std::fs::read(&input.host_path).map_err(|e| ExecError::InvalidModule {
+        target: target.into(),
+        reason: format!("cannot read it: {e}"),
+    })?;
     let key: [u8; 32] = Sha256::digest(&bytes).into();
     if let Ok(cache) = inner.modules.lock()
         && let Some(m) = cache.get(&key)
@@ -325,7 +441,11 @@ fn load_module(inner: &Inner, req: &RunRequest, target: &str) -> Result<Module, 
     }
     let module = Module::new(&inner.engine, &bytes).map_err(|e| ExecError::InvalidModule {
         target: target.into(),
-        reason: e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": "),
+        reason: e
+            .chain()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(": "),
     })?;
     if let Ok(mut cache) = inner.modules.lock() {
         if cache.len() >= MODULE_CACHE_ENTRIES {
@@ -347,14 +467,18 @@ pub(crate) struct Mount {
 /// Normalises an absolute guest path (`/a//b/` → `/a/b`), refusing relative paths and `..`.
 pub(crate) fn normalize_guest(p: &str) -> Result<String, ExecError> {
     if !p.starts_with('/') {
-        return Err(ExecError::Setup(format!("guest path {p:?} is not absolute")));
+        return Err(ExecError::Setup(format!(
+            "guest path {p:?} is not absolute"
+        )));
     }
     let mut parts = Vec::new();
     for c in Path::new(p).components() {
         match c {
             Component::RootDir | Component::CurDir => {}
             Component::Normal(s) => parts.push(s.to_string_lossy().into_owned()),
-            Component::ParentDir | Component::Prefix(_) => return Err(ExecError::Setup(format!("guest path {p:?} contains `..`"))),
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(ExecError::Setup(format!("guest path {p:?} contains `..`")));
+            }
         }
     }
     Ok(format!("/{}", parts.join("/")))
@@ -368,36 +492,71 @@ pub(crate) fn mounts(req: &RunRequest) -> Result<Vec<Mount>, ExecError> {
     let mut staged: BTreeMap<String, Vec<(String, PathBuf, bool)>> = BTreeMap::new();
     for i in &req.inputs {
         let guest = normalize_guest(&i.target)?;
-        let meta = std::fs::metadata(&i.host_path).map_err(|e| ExecError::Setup(format!("input for {guest} is missing at {}: {e}", i.host_path.display())))?;
+        let meta = std::fs::metadata(&i.host_path).map_err(|e| {
+            ExecError::Setup(format!(
+                "input for {guest} is missing at {}: {e}",
+                i.host_path.display()
+            ))
+        })?;
         if meta.is_dir() {
-            out.push(Mount { host: i.host_path.clone(), guest, writable: !i.read_only });
+            out.push(Mount {
+                host: i.host_path.clone(),
+                guest,
+                writable: !i.read_only,
+            });
         } else {
             if guest == "/" {
-                return Err(ExecError::Setup("a file input cannot have the target /".into()));
+                return Err(ExecError::Setup(
+                    "a file input cannot have the target /".into(),
+                ));
             }
             let (parent, name) = guest.rsplit_once('/').unwrap_or(("", guest.as_str()));
-            let parent = if parent.is_empty() { "/".to_string() } else { parent.to_string() };
-            staged.entry(parent).or_default().push((name.to_string(), i.host_path.clone(), i.read_only));
+            let parent = if parent.is_empty() {
+                "/".to_string()
+            } else {
+                parent.to_string()
+            };
+            staged.entry(parent).or_default().push((
+                name.to_string(),
+                i.host_path.clone(),
+                i.read_only,
+            ));
         }
     }
     for (n, (parent, files)) in staged.into_iter().enumerate() {
         let dir = req.scratch_dir.join("staged").join(n.to_string());
-        std::fs::create_dir_all(&dir).map_err(|e| ExecError::Setup(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ExecError::Setup(format!("cannot create {}: {e}", dir.display())))?;
         let mut writable = false;
         for (name, host, ro) in files {
             let dst = dir.join(&name);
             let _ = std::fs::remove_file(&dst);
             if std::fs::hard_link(&host, &dst).is_err() {
-                std::fs::copy(&host, &dst).map_err(|e| ExecError::Setup(format!("cannot stage {} as {parent}/{name}: {e}", host.display())))?;
+                std::fs::copy(&host, &dst).map_err(|e| {
+                    ExecError::Setup(format!(
+                        "cannot stage {} as {parent}/{name}: {e}",
+                        host.display()
+                    ))
+                })?;
             }
             writable |= !ro;
         }
-        out.push(Mount { host: dir, guest: parent, writable });
+        out.push(Mount {
+            host: dir,
+            guest: parent,
+            writable,
+        });
     }
     for r in &req.results {
         let guest = normalize_guest(&r.guest_path)?;
-        std::fs::create_dir_all(&r.host_dir).map_err(|e| ExecError::Setup(format!("cannot create {}: {e}", r.host_dir.display())))?;
-        out.push(Mount { host: r.host_dir.clone(), guest, writable: true });
+        std::fs::create_dir_all(&r.host_dir).map_err(|e| {
+            ExecError::Setup(format!("cannot create {}: {e}", r.host_dir.display()))
+        })?;
+        out.push(Mount {
+            host: r.host_dir.clone(),
+            guest,
+            writable: true,
+        });
     }
     let mut seen = std::collections::BTreeSet::new();
     for m in &out {
@@ -427,8 +586,16 @@ struct CappedInner {
 
 impl CappedOutput {
     fn create(path: &Path, cap: u64) -> Result<Self, ExecError> {
-        let file = std::fs::File::create(path).map_err(|e| ExecError::Setup(format!("cannot create {}: {e}", path.display())))?;
-        Ok(CappedOutput { inner: Arc::new(CappedInner { file, cap, written: AtomicU64::new(0), capped: AtomicBool::new(false) }) })
+        let file = std::fs::File::create(path)
+            .map_err(|e| ExecError::Setup(format!("cannot create {}: {e}", path.display())))?;
+        Ok(CappedOutput {
+            inner: Arc::new(CappedInner {
+                file,
+                cap,
+                written: AtomicU64::new(0),
+                capped: AtomicBool::new(false),
+            }),
+        })
     }
     fn capped(&self) -> bool {
         self.inner.capped.load(Ordering::Relaxed)
@@ -473,10 +640,12 @@ impl Pollable for CappedOutput {
 
 impl OutputStream for CappedOutput {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        self.write_capped(&bytes).map_err(|e| StreamError::LastOperationFailed(wasmtime::Error::msg(e.to_string())))
+        self.write_capped(&bytes)
+            .map_err(|e| StreamError::LastOperationFailed(wasmtime::Error::msg(e.to_string())))
     }
     fn flush(&mut self) -> StreamResult<()> {
-        self.flush_file().map_err(|e| StreamError::LastOperationFailed(wasmtime::Error::msg(e.to_string())))
+        self.flush_file()
+            .map_err(|e| StreamError::LastOperationFailed(wasmtime::Error::msg(e.to_string())))
     }
     fn check_write(&mut self) -> StreamResult<usize> {
         Ok(64 * 1024)
@@ -484,7 +653,11 @@ impl OutputStream for CappedOutput {
 }
 
 impl tokio::io::AsyncWrite for CappedOutput {
-    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Poll::Ready(self.write_capped(buf).map(|()| buf.len()))
     }
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

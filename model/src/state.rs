@@ -244,7 +244,7 @@ impl ClusterState {
         {
             return self.jobs.get(id).ok_or(LookupError::NotFound);
         }
-        if id_or_name.len() >= 3 {
+        if id_or_name.len() >= 2 {
             let mut matches = self
                 .jobs
                 .range(id_or_name.to_string()..)

@@ -1,0 +1,267 @@
+//! Input preparation on its own: inline (plain, gzip), local with the allow-list, urlDownload.
+
+use std::io::Write;
+
+use caravel_compute::{InputError, InputOptions, InputPreparer};
+use caravel_model::parse::inline_input;
+
+use crate::support::{http_server, input, install_crypto};
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+#[tokio::test]
+async fn inline_inputs_decode_plain_percent_and_gzip() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = InputPreparer::new(InputOptions::default()).unwrap();
+    let got = p
+        .prepare_one(
+            &inline_input("/inputs/a.txt", "text/plain", b"plain"),
+            &dir.path().join("0"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&got.host_path).unwrap(), b"plain");
+    assert!(got.read_only);
+    assert_eq!(got.target, "/inputs/a.txt");
+
+    let gz = inline_input("/inputs/b.txt", "application/gzip", &gzip(b"unzipped"));
+    let got = p.prepare_one(&gz, &dir.path().join("1")).await.unwrap();
+    assert_eq!(std::fs::read(&got.host_path).unwrap(), b"unzipped");
+    // Gzip is also recognised by its magic bytes.
+    let gz = inline_input("/inputs/c.txt", "application/octet-stream", &gzip(b"magic"));
+    let got = p.prepare_one(&gz, &dir.path().join("2")).await.unwrap();
+    assert_eq!(std::fs::read(&got.host_path).unwrap(), b"magic");
+
+    let pct = input(
+        "inline",
+        "/inputs/d.txt",
+        &[("URL", "data:,hello%20world".into())],
+    );
+    let got = p.prepare_one(&pct, &dir.path().join("3")).await.unwrap();
+    assert_eq!(std::fs::read(&got.host_path).unwrap(), b"hello world");
+
+    // A gzipped tar archive becomes a directory.
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(2);
+    h.set_mode(0o644);
+    h.set_cksum();
+    tar.append_data(&mut h, "sub/x.txt", &b"hi"[..]).unwrap();
+    let archive = gzip(&tar.into_inner().unwrap());
+    let got = p
+        .prepare_one(
+            &inline_input("/inputs/tree", "application/gzip", &archive),
+            &dir.path().join("4"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(got.host_path.join("sub/x.txt")).unwrap(),
+        b"hi"
+    );
+
+    let bad = input("inline", "/x", &[("URL", "data:;base64,!!!".into())]);
+    assert!(matches!(
+        p.prepare_one(&bad, &dir.path().join("5")).await,
+        Err(InputError::BadDataUrl(_))
+    ));
+    let dotdot = inline_input("/inputs/../etc/passwd", "text/plain", b"x");
+    let e = p
+        .prepare_one(&dotdot, &dir.path().join("6"))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("must not contain `..`"), "{e}");
+}
+
+#[tokio::test]
+async fn local_inputs_must_be_under_the_allow_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let allowed = dir.path().join("allowed");
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&allowed).unwrap();
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(allowed.join("f.txt"), b"ok").unwrap();
+    std::fs::write(other.join("secret.txt"), b"no").unwrap();
+    std::os::unix::fs::symlink(other.join("secret.txt"), allowed.join("link.txt")).unwrap();
+    let p = InputPreparer::new(InputOptions {
+        allow_listed_local_paths: vec![format!("{}:ro", allowed.display())],
+        ..Default::default()
+    })
+    .unwrap();
+    let work = dir.path().join("work");
+
+    let ok = input(
+        "local",
+        "/inputs",
+        &[("SourcePath", allowed.display().to_string().into())],
+    );
+    let got = p.prepare_one(&ok, &work).await.unwrap();
+    assert!(got.read_only);
+    assert_eq!(got.host_path, std::fs::canonicalize(&allowed).unwrap());
+
+    let outside = input(
+        "local",
+        "/inputs",
+        &[(
+            "SourcePath",
+            other.join("secret.txt").display().to_string().into(),
+        )],
+    );
+    let e = p.prepare_one(&outside, &work).await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("is not under an allow-listed path of this node"),
+        "{e}"
+    );
+
+    let via_link = input(
+        "localDirectory",
+        "/inputs/l.txt",
+        &[(
+            "SourcePath",
+            allowed.join("link.txt").display().to_string().into(),
+        )],
+    );
+    let e = p.prepare_one(&via_link, &work).await.unwrap_err();
+    assert!(
+        matches!(e, InputError::NotAllowed { .. }),
+        "a symlink out of the allowed tree is refused: {e}"
+    );
+
+    let rw = input(
+        "local",
+        "/inputs",
+        &[
+            ("SourcePath", allowed.display().to_string().into()),
+            ("ReadWrite", true.into()),
+        ],
+    );
+    assert!(matches!(
+        p.prepare_one(&rw, &work).await.unwrap_err(),
+        InputError::ReadWriteNotAllowed { .. }
+    ));
+
+    let missing = input(
+        "local",
+        "/inputs",
+        &[(
+            "SourcePath",
+            allowed.join("nope").display().to_string().into(),
+        )],
+    );
+    assert!(matches!(
+        p.prepare_one(&missing, &work).await.unwrap_err(),
+        InputError::NotFound(_)
+    ));
+
+    let none = InputPreparer::new(InputOptions::default()).unwrap();
+    let e = none.prepare_one(&ok, &work).await.unwrap_err();
+    assert!(e.to_string().contains("none configured"), "{e}");
+}
+
+#[tokio::test]
+async fn url_downloads_stream_to_disk_with_limits() {
+    install_crypto();
+    let base = http_server(b"downloaded bytes\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = InputPreparer::new(InputOptions::default()).unwrap();
+    let got = p
+        .prepare_one(
+            &input(
+                "urlDownload",
+                "/inputs/data.txt",
+                &[("URL", format!("{base}/data.txt").into())],
+            ),
+            &dir.path().join("0"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(&got.host_path).unwrap(),
+        b"downloaded bytes\n"
+    );
+    let got = p
+        .prepare_one(
+            &input(
+                "urlDownload",
+                "/inputs/r.txt",
+                &[("URL", format!("{base}/redirect").into())],
+            ),
+            &dir.path().join("1"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(&got.host_path).unwrap(),
+        b"downloaded bytes\n",
+        "redirects are followed"
+    );
+
+    let e = p
+        .prepare_one(
+            &input(
+                "urlDownload",
+                "/inputs/x",
+                &[("URL", format!("{base}/missing").into())],
+            ),
+            &dir.path().join("2"),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("HTTP 404"), "{e}");
+
+    let small = InputPreparer::new(InputOptions {
+        max_download_bytes: 4,
+        ..Default::default()
+    })
+    .unwrap();
+    let e = small
+        .prepare_one(
+            &input(
+                "urlDownload",
+                "/inputs/x",
+                &[("URL", format!("{base}/data.txt").into())],
+            ),
+            &dir.path().join("3"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, InputError::TooLarge { .. }), "{e}");
+
+    let e = p
+        .prepare_one(
+            &input(
+                "urlDownload",
+                "/inputs/x",
+                &[("URL", "ftp://example.invalid/x".into())],
+            ),
+            &dir.path().join("4"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("scheme \"ftp\" is not supported"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn unsupported_sources_are_named() {
+    let p = InputPreparer::new(InputOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let e = p
+        .prepare_one(
+            &input("s3", "/inputs", &[("Bucket", "b".into())]),
+            dir.path(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "input source type \"s3\" is not supported on this node (supported: inline, local, urlDownload)"
+    );
+}
