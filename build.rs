@@ -17,7 +17,14 @@ fn main() {
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
-        .args(["build", "--release", "--quiet", "--target", "wasm32-wasip1", "--manifest-path"])
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "--target",
+            "wasm32-wasip1",
+            "--manifest-path",
+        ])
         .arg(example.join("Cargo.toml"))
         .arg("--target-dir")
         .arg(example.join("target"))
@@ -33,7 +40,9 @@ fn main() {
         .status();
     match status {
         Ok(s) if s.success() => {}
-        Ok(s) => println!("cargo:warning=building examples/wordcount-wasm for wasm32-wasip1 failed ({s}); run `rustup target add wasm32-wasip1`"),
+        Ok(s) => println!(
+            "cargo:warning=building examples/wordcount-wasm for wasm32-wasip1 failed ({s}); run `rustup target add wasm32-wasip1`"
+        ),
         Err(e) => println!("cargo:warning=cannot run cargo to build examples/wordcount-wasm: {e}"),
     }
 }

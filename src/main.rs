@@ -9,7 +9,10 @@ fn main() -> ExitCode {
     // One crypto provider for the whole process (reqwest and, later, QUIC use rustls with ring).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("Error: cannot start the async runtime: {e}");

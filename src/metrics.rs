@@ -115,42 +115,130 @@ impl Metrics {
             sessions_connected: Gauge::default(),
             nodes: Family::default(),
         };
-        r.register("api_requests", "API requests by method, route and status", m.api_requests.clone());
-        r.register("api_request_duration_seconds", "API request latency by route", m.api_latency.clone());
+        r.register(
+            "api_requests",
+            "API requests by method, route and status",
+            m.api_requests.clone(),
+        );
+        r.register(
+            "api_request_duration_seconds",
+            "API request latency by route",
+            m.api_latency.clone(),
+        );
         r.register("jobs", "Jobs by type and state", m.jobs.clone());
-        r.register("executions", "Executions by compute state", m.executions.clone());
-        r.register("evaluations_processed", "Evaluations processed by the scheduler, by trigger and outcome", m.evaluations.clone());
-        r.register("scheduling_latency_seconds", "Time from an evaluation's creation to its committed plan", m.scheduling_latency.clone());
+        r.register(
+            "executions",
+            "Executions by compute state",
+            m.executions.clone(),
+        );
+        r.register(
+            "evaluations_processed",
+            "Evaluations processed by the scheduler, by trigger and outcome",
+            m.evaluations.clone(),
+        );
+        r.register(
+            "scheduling_latency_seconds",
+            "Time from an evaluation's creation to its committed plan",
+            m.scheduling_latency.clone(),
+        );
         r.register("raft_term", "Current Raft term", m.raft_term.clone());
-        r.register("raft_last_log_index", "Last Raft log index on this member", m.raft_last_log_index.clone());
-        r.register("raft_applied_index", "Last Raft log index applied on this member", m.raft_applied_index.clone());
-        r.register("raft_is_leader", "1 if this member is the Raft leader", m.raft_is_leader.clone());
-        r.register("raft_leader_id", "Raft id of the current leader (0 if none)", m.raft_leader_id.clone());
-        r.register("raft_write_duration_seconds", "Time from proposing a command to its apply, by command", m.raft_writes.clone());
-        r.register("executor_run_seconds", "Execution run time (Running → terminal) by engine and outcome", m.executor_run.clone());
-        r.register("compute_reports", "Execution reports from compute nodes by outcome (applied, duplicate, rejected)", m.reports.clone());
-        r.register("compute_sessions_opened", "Compute sessions established", m.sessions_opened.clone());
-        r.register("compute_sessions_connected", "Compute sessions held by this orchestrator", m.sessions_connected.clone());
-        r.register("nodes", "Compute nodes by connection status", m.nodes.clone());
+        r.register(
+            "raft_last_log_index",
+            "Last Raft log index on this member",
+            m.raft_last_log_index.clone(),
+        );
+        r.register(
+            "raft_applied_index",
+            "Last Raft log index applied on this member",
+            m.raft_applied_index.clone(),
+        );
+        r.register(
+            "raft_is_leader",
+            "1 if this member is the Raft leader",
+            m.raft_is_leader.clone(),
+        );
+        r.register(
+            "raft_leader_id",
+            "Raft id of the current leader (0 if none)",
+            m.raft_leader_id.clone(),
+        );
+        r.register(
+            "raft_write_duration_seconds",
+            "Time from proposing a command to its apply, by command",
+            m.raft_writes.clone(),
+        );
+        r.register(
+            "executor_run_seconds",
+            "Execution run time (Running → terminal) by engine and outcome",
+            m.executor_run.clone(),
+        );
+        r.register(
+            "compute_reports",
+            "Execution reports from compute nodes by outcome (applied, duplicate, rejected)",
+            m.reports.clone(),
+        );
+        r.register(
+            "compute_sessions_opened",
+            "Compute sessions established",
+            m.sessions_opened.clone(),
+        );
+        r.register(
+            "compute_sessions_connected",
+            "Compute sessions held by this orchestrator",
+            m.sessions_connected.clone(),
+        );
+        r.register(
+            "nodes",
+            "Compute nodes by connection status",
+            m.nodes.clone(),
+        );
         *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = r;
         m
     }
 
     pub fn observe_write(&self, command: &str, d: Duration) {
-        self.raft_writes.get_or_create(&CommandLabels { command: command.into() }).observe(d.as_secs_f64());
+        self.raft_writes
+            .get_or_create(&CommandLabels {
+                command: command.into(),
+            })
+            .observe(d.as_secs_f64());
     }
     pub fn observe_eval(&self, trigger: &str, outcome: &str) {
-        self.evaluations.get_or_create(&EvalLabels { trigger: trigger.into(), outcome: outcome.into() }).inc();
+        self.evaluations
+            .get_or_create(&EvalLabels {
+                trigger: trigger.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
     }
     pub fn observe_run(&self, engine: &str, outcome: &str, secs: f64) {
-        self.executor_run.get_or_create(&EngineLabels { engine: engine.into(), outcome: outcome.into() }).observe(secs);
+        self.executor_run
+            .get_or_create(&EngineLabels {
+                engine: engine.into(),
+                outcome: outcome.into(),
+            })
+            .observe(secs);
     }
     pub fn observe_report(&self, outcome: &str) {
-        self.reports.get_or_create(&OutcomeLabel { outcome: outcome.into() }).inc();
+        self.reports
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            })
+            .inc();
     }
     pub fn observe_request(&self, method: &str, route: &str, status: u16, d: Duration) {
-        self.api_requests.get_or_create(&RouteLabels { method: method.into(), route: route.into(), status: status.to_string() }).inc();
-        self.api_latency.get_or_create(&RouteOnly { route: route.into() }).observe(d.as_secs_f64());
+        self.api_requests
+            .get_or_create(&RouteLabels {
+                method: method.into(),
+                route: route.into(),
+                status: status.to_string(),
+            })
+            .inc();
+        self.api_latency
+            .get_or_create(&RouteOnly {
+                route: route.into(),
+            })
+            .observe(d.as_secs_f64());
     }
 
     /// Refreshes the state gauges from a cluster and renders the text format.
@@ -160,24 +248,42 @@ impl Metrics {
         self.nodes.clear();
         cluster.read(|s| {
             for j in s.jobs.values() {
-                self.jobs.get_or_create(&JobLabels { r#type: j.kind.clone(), state: j.state.state_type.as_str().into() }).inc();
+                self.jobs
+                    .get_or_create(&JobLabels {
+                        r#type: j.kind.clone(),
+                        state: j.state.state_type.as_str().into(),
+                    })
+                    .inc();
             }
             for e in s.executions.values() {
-                self.executions.get_or_create(&StateLabel { state: e.compute_state.state_type.as_str().into() }).inc();
+                self.executions
+                    .get_or_create(&StateLabel {
+                        state: e.compute_state.state_type.as_str().into(),
+                    })
+                    .inc();
             }
             for n in s.nodes.values().filter(|n| n.info.node_type == "Compute") {
-                self.nodes.get_or_create(&StateLabel { state: n.connection_state.status.as_str().into() }).inc();
+                self.nodes
+                    .get_or_create(&StateLabel {
+                        state: n.connection_state.status.as_str().into(),
+                    })
+                    .inc();
             }
         });
         {
             let m = cluster.raft().metrics().borrow().clone();
             self.raft_term.set(m.current_term as i64);
-            self.raft_last_log_index.set(m.last_log_index.unwrap_or(0) as i64);
-            self.raft_applied_index.set(m.last_applied.map(|l| l.index).unwrap_or(0) as i64);
-            self.raft_is_leader.set(i64::from(m.current_leader == Some(cluster.node_id())));
-            self.raft_leader_id.set(m.current_leader.unwrap_or(0) as i64);
+            self.raft_last_log_index
+                .set(m.last_log_index.unwrap_or(0) as i64);
+            self.raft_applied_index
+                .set(m.last_applied.map(|l| l.index).unwrap_or(0) as i64);
+            self.raft_is_leader
+                .set(i64::from(m.current_leader == Some(cluster.node_id())));
+            self.raft_leader_id
+                .set(m.current_leader.unwrap_or(0) as i64);
         }
-        self.sessions_connected.set(cluster.connected_nodes() as i64);
+        self.sessions_connected
+            .set(cluster.connected_nodes() as i64);
         let mut out = String::new();
         let reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &reg) {

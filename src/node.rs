@@ -32,7 +32,9 @@ pub struct RunningNode {
 
 impl std::fmt::Debug for RunningNode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RunningNode").field("api_addr", &self.api_addr).finish()
+        f.debug_struct("RunningNode")
+            .field("api_addr", &self.api_addr)
+            .finish()
     }
 }
 
@@ -40,7 +42,10 @@ impl RunningNode {
     /// Stops every task and Raft, then returns.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(10), async { while self.tasks.join_next().await.is_some() {} }).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
         let _ = self.cluster.raft().shutdown().await;
     }
 }
@@ -61,7 +66,9 @@ fn node_name(data_dir: &Path, requested: Option<&str>, provider: &str) -> anyhow
     }
     let name = match (requested, provider) {
         (Some(r), _) => r.to_string(),
-        (None, "hostname") => std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| caravel_model::ids::new_node_id()),
+        (None, "hostname") => std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| caravel_model::ids::new_node_id()),
         _ => caravel_model::ids::new_node_id(),
     };
     std::fs::write(&file, &name).with_context(|| format!("cannot write {}", file.display()))?;
@@ -69,36 +76,71 @@ fn node_name(data_dir: &Path, requested: Option<&str>, provider: &str) -> anyhow
 }
 
 /// Starts a node from a config. The API listens on `config.api` (port 0 picks a free port).
-pub async fn start(config: Config, orchestrator: bool, compute: bool, name: Option<&str>) -> anyhow::Result<RunningNode> {
+pub async fn start(
+    config: Config,
+    orchestrator: bool,
+    compute: bool,
+    name: Option<&str>,
+) -> anyhow::Result<RunningNode> {
     if !orchestrator {
-        bail!("a compute-only node needs the QUIC session transport, which is not built yet; run `caravel serve --orchestrator --compute` (a hybrid node) for now");
+        bail!(
+            "a compute-only node needs the QUIC session transport, which is not built yet; run `caravel serve --orchestrator --compute` (a hybrid node) for now"
+        );
     }
     let data_dir = PathBuf::from(&config.data_dir);
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
     let node_name = node_name(&data_dir, name, &config.name_provider)?;
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
 
     let bind: SocketAddr = format!("{}:{}", config.api.host, config.api.port)
         .parse()
-        .with_context(|| format!("API.Host {:?} and API.Port {} do not make an address", config.api.host, config.api.port))?;
+        .with_context(|| {
+            format!(
+                "API.Host {:?} and API.Port {} do not make an address",
+                config.api.host, config.api.port
+            )
+        })?;
     let listener = tokio::net::TcpListener::bind(bind).await.with_context(|| format!("cannot listen on {bind} for the API; is another node running? choose another with --api-port"))?;
     let api_addr = listener.local_addr()?;
 
     let raft_dir = data_dir.join("orchestrator").join("raft");
     std::fs::create_dir_all(&raft_dir)?;
-    let (log_store, sm_store) = caravel_raft_store::open(&raft_dir).with_context(|| format!("cannot open the Raft store in {}", raft_dir.display()))?;
+    let (log_store, sm_store) = caravel_raft_store::open(&raft_dir)
+        .with_context(|| format!("cannot open the Raft store in {}", raft_dir.display()))?;
     let state = sm_store.state();
     let applied = sm_store.subscribe_applied();
-    let raft_cfg = Arc::new(raft_config().validate().context("invalid Raft configuration")?);
-    let raft = Raft::new(RAFT_NODE_ID, raft_cfg, PeerNetwork, log_store, sm_store).await.context("cannot start Raft")?;
+    let raft_cfg = Arc::new(
+        raft_config()
+            .validate()
+            .context("invalid Raft configuration")?,
+    );
+    let raft = Raft::new(RAFT_NODE_ID, raft_cfg, PeerNetwork, log_store, sm_store)
+        .await
+        .context("cannot start Raft")?;
     if !raft.is_initialized().await.context("reading Raft state")? {
         let mut members = std::collections::BTreeMap::new();
-        members.insert(RAFT_NODE_ID, NodeAddr { raft_addr: String::new(), api_addr: api_addr.to_string() });
-        raft.initialize(members).await.context("cannot initialise the Raft group")?;
+        members.insert(
+            RAFT_NODE_ID,
+            NodeAddr {
+                raft_addr: String::new(),
+                api_addr: api_addr.to_string(),
+            },
+        );
+        raft.initialize(members)
+            .await
+            .context("cannot initialise the Raft group")?;
     }
     let metrics = Arc::new(Metrics::new());
-    let cluster = Cluster::new(raft, RAFT_NODE_ID, state, applied, metrics, Duration::from_secs(config.orchestrator.disconnect_timeout_secs.max(1)));
+    let cluster = Cluster::new(
+        raft,
+        RAFT_NODE_ID,
+        state,
+        applied,
+        metrics,
+        Duration::from_secs(config.orchestrator.disconnect_timeout_secs.max(1)),
+    );
     tasks.spawn(leader::run(cluster.clone(), shutdown.clone()));
 
     let mut orchestrator_info = caravel_model::NodeInfo {
@@ -127,21 +169,39 @@ pub async fn start(config: Config, orchestrator: bool, compute: bool, name: Opti
         tasks.spawn(async move { node.run(cend.inbox, cend.outbox, s).await });
     }
 
-    let app = crate::api::router(crate::api::ApiState { cluster: cluster.clone(), node_info: orchestrator_info, config: config.clone() });
+    let app = crate::api::router(crate::api::ApiState {
+        cluster: cluster.clone(),
+        node_info: orchestrator_info,
+        config: config.clone(),
+    });
     let s = shutdown.clone();
     tasks.spawn(async move {
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(async move { s.cancelled().await }).await {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { s.cancelled().await })
+            .await
+        {
             tracing::error!(error = %e, "API server failed");
         }
     });
-    Ok(RunningNode { api_addr, node_name, cluster, shutdown, tasks })
+    Ok(RunningNode {
+        api_addr,
+        node_name,
+        cluster,
+        shutdown,
+        tasks,
+    })
 }
 
 pub fn init_tracing(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CARAVEL_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{level},openraft=warn,wasmtime=warn,cranelift=warn"))
+        tracing_subscriber::EnvFilter::new(format!(
+            "{level},openraft=warn,wasmtime=warn,cranelift=warn"
+        ))
     });
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// `caravel serve`.
@@ -153,7 +213,9 @@ pub async fn serve(global: &Global, args: &ServeArgs) -> anyhow::Result<ExitCode
     if let Some(h) = &global.api_host {
         config.api.host = h.clone();
     }
-    let orchestrator = args.orchestrator || config.orchestrator.enabled || !(args.compute || config.compute.enabled);
+    let orchestrator = args.orchestrator
+        || config.orchestrator.enabled
+        || !(args.compute || config.compute.enabled);
     let compute = args.compute || config.compute.enabled;
     init_tracing(&config.logging.level);
     let node = start(config, orchestrator, compute, args.name.as_deref()).await?;
@@ -179,13 +241,14 @@ pub async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(t) => t,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -10,7 +10,10 @@ use std::io;
 use caravel_raft_store::{NodeAddr, TypeConfig};
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
 
 pub type Raft = openraft::Raft<TypeConfig>;
 pub type NodeId = u64;
@@ -48,7 +51,13 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
 
 impl PeerClient {
     fn unreachable<E: std::error::Error>(&self) -> RPCError<NodeId, NodeAddr, E> {
-        let e = io::Error::new(io::ErrorKind::NotConnected, format!("no transport to Raft peer {} in a single-voter node", self.target));
+        let e = io::Error::new(
+            io::ErrorKind::NotConnected,
+            format!(
+                "no transport to Raft peer {} in a single-voter node",
+                self.target
+            ),
+        );
         RPCError::Unreachable(Unreachable::new(&e))
     }
 }
@@ -66,7 +75,10 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         &mut self,
         _rpc: InstallSnapshotRequest<TypeConfig>,
         _option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, NodeAddr, RaftError<NodeId, InstallSnapshotError>>> {
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, NodeAddr, RaftError<NodeId, InstallSnapshotError>>,
+    > {
         Err(self.unreachable())
     }
 

@@ -120,12 +120,12 @@ pub struct LogsArgs {
 #[derive(Debug, Args)]
 pub struct GetArgs {
     pub id: String,
-    /// Where to write the results (default ./job-<short id>).
+    /// Where to write the results (default ./job-SHORT_ID).
     #[arg(long)]
     pub output_dir: Option<String>,
     #[arg(long, default_value_t = 300)]
     pub download_timeout_secs: u64,
-    /// Keep each execution's results apart under raw/<execution id>.
+    /// Keep each execution's results apart under raw/N.
     #[arg(long)]
     pub raw: bool,
     #[arg(long)]
@@ -303,7 +303,9 @@ fn read_spec(file: Option<&str>) -> anyhow::Result<(Vec<u8>, std::path::PathBuf)
 /// relative to the spec file; it is sent inline (as `wasm run` sends a local module).
 pub fn spec_to_value(text: &[u8], base: &std::path::Path) -> anyhow::Result<serde_json::Value> {
     // Inline client-side files first, so the strict parse below sees inline sources.
-    let mut doc: Option<serde_json::Value> = std::str::from_utf8(text).ok().and_then(|t| serde_norway::from_str(t).ok());
+    let mut doc: Option<serde_json::Value> = std::str::from_utf8(text)
+        .ok()
+        .and_then(|t| serde_norway::from_str(t).ok());
     if let Some(v) = doc.as_mut().filter(|v| v.is_object()) {
         caravel_model::normalize::canonicalize_job(v);
         inline_relative_local_inputs(v, base)?;
@@ -325,24 +327,43 @@ pub fn spec_to_value(text: &[u8], base: &std::path::Path) -> anyhow::Result<serd
     Ok(v)
 }
 
-fn inline_relative_local_inputs(v: &mut serde_json::Value, base: &std::path::Path) -> anyhow::Result<()> {
-    let Some(tasks) = v.get_mut("Tasks").and_then(|t| t.as_array_mut()) else { return Ok(()) };
+fn inline_relative_local_inputs(
+    v: &mut serde_json::Value,
+    base: &std::path::Path,
+) -> anyhow::Result<()> {
+    let Some(tasks) = v.get_mut("Tasks").and_then(|t| t.as_array_mut()) else {
+        return Ok(());
+    };
     for task in tasks {
-        let Some(inputs) = task.get_mut("InputSources").and_then(|i| i.as_array_mut()) else { continue };
+        let Some(inputs) = task.get_mut("InputSources").and_then(|i| i.as_array_mut()) else {
+            continue;
+        };
         for input in inputs {
-            let kind = input["Source"]["Type"].as_str().unwrap_or_default().to_ascii_lowercase();
+            let kind = input["Source"]["Type"]
+                .as_str()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
             if kind != "local" && kind != "localdirectory" {
                 continue;
             }
             let params = &input["Source"]["Params"];
-            let path = params.as_object().and_then(|m| m.iter().find(|(k, _)| k.eq_ignore_ascii_case("SourcePath"))).and_then(|(_, v)| v.as_str()).map(String::from);
-            let Some(p) = path.filter(|p| !p.is_empty() && !p.starts_with('/')) else { continue };
+            let path = params
+                .as_object()
+                .and_then(|m| m.iter().find(|(k, _)| k.eq_ignore_ascii_case("SourcePath")))
+                .and_then(|(_, v)| v.as_str())
+                .map(String::from);
+            let Some(p) = path.filter(|p| !p.is_empty() && !p.starts_with('/')) else {
+                continue;
+            };
             let file = base.join(&p);
             let target = input["Target"].as_str().unwrap_or_default().to_string();
             let bytes = std::fs::read(&file).with_context(|| {
                 format!("input {target} names the local file {} (a relative SourcePath is read on this machine and sent inline)", file.display())
             })?;
-            input["Source"] = serde_json::to_value(caravel_model::parse::inline_input(&target, "application/octet-stream", &bytes).source)?;
+            input["Source"] = serde_json::to_value(
+                caravel_model::parse::inline_input(&target, "application/octet-stream", &bytes)
+                    .source,
+            )?;
         }
     }
     Ok(())

@@ -39,7 +39,7 @@ pub struct Global {
     /// Port of the API.
     #[arg(long, global = true, env = "CARAVEL_API_PORT")]
     pub api_port: Option<u16>,
-    /// The node's data directory (config file: <data-dir>/config.yaml).
+    /// The node's data directory (config file: DATA_DIR/config.yaml).
     #[arg(long, global = true, env = "CARAVEL_DIR")]
     pub data_dir: Option<String>,
     /// A YAML config file, or Key=Value (dot path, any case); repeatable, later wins.

@@ -373,7 +373,9 @@ impl ComputeNode {
         match committed {
             Ok(Some(seq)) => self.lock().outbox.rebase(seq),
             Ok(None) => return,
-            Err(_) => tracing::warn!("the orchestrator did not answer Hello within {HANDSHAKE_TIMEOUT:?}; sending reports anyway"),
+            Err(_) => tracing::warn!(
+                "the orchestrator did not answer Hello within {HANDSHAKE_TIMEOUT:?}; sending reports anyway"
+            ),
         }
         let (out_tx, mut out_rx) = mpsc::unbounded_channel::<ToOrchestrator>();
         {

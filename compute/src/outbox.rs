@@ -96,7 +96,15 @@ mod rebase_tests {
     use caravel_model::ExecutionStateType;
 
     fn update(id: &str) -> ExecutionUpdate {
-        ExecutionUpdate { execution_id: id.into(), state: ExecutionStateType::Running, message: String::new(), run_output: None, published_result: None, topic: String::new(), time: 0 }
+        ExecutionUpdate {
+            execution_id: id.into(),
+            state: ExecutionStateType::Running,
+            message: String::new(),
+            run_output: None,
+            published_result: None,
+            topic: String::new(),
+            time: 0,
+        }
     }
 
     #[test]
@@ -104,7 +112,13 @@ mod rebase_tests {
         let mut o = Outbox::new();
         o.push(update("a"));
         o.rebase(8);
-        assert_eq!(o.unacked_after(o.acked_seq()).iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![9]);
+        assert_eq!(
+            o.unacked_after(o.acked_seq())
+                .iter()
+                .map(|(s, _)| *s)
+                .collect::<Vec<_>>(),
+            vec![9]
+        );
         assert_eq!(o.push(update("b")), 10);
     }
 

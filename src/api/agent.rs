@@ -8,7 +8,9 @@ use caravel_model::node::BuildVersionInfo;
 use super::ApiState;
 
 pub async fn alive() -> Json<AliveResponse> {
-    Json(AliveResponse { status: "OK".into() })
+    Json(AliveResponse {
+        status: "OK".into(),
+    })
 }
 
 pub async fn version() -> Json<BuildVersionInfo> {

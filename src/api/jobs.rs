@@ -37,12 +37,21 @@ fn reject_to_api(code: RejectCode, message: String, hint: String) -> ApiErr {
     ApiErr::new(status, c, message).hint(hint)
 }
 
-pub async fn submit(State(s): State<ApiState>, body: Bytes) -> Result<Json<PutJobResponse>, ApiErr> {
+pub async fn submit(
+    State(s): State<ApiState>,
+    body: Bytes,
+) -> Result<Json<PutJobResponse>, ApiErr> {
     let req: PutJobRequest = json_body(&body)?;
     let parsed = job_from_value(req.job, Mode::Server).map_err(|errs| {
-        let details: Vec<serde_json::Value> = errs.0.iter().map(|e| serde_json::to_value(e).unwrap_or_default()).collect();
+        let details: Vec<serde_json::Value> = errs
+            .0
+            .iter()
+            .map(|e| serde_json::to_value(e).unwrap_or_default())
+            .collect();
         let hint = errs.0.first().map(|e| e.hint.clone()).unwrap_or_default();
-        ApiErr::new(StatusCode::BAD_REQUEST, "ValidationError", errs.to_string()).hint(hint).detail("Errors", serde_json::Value::Array(details))
+        ApiErr::new(StatusCode::BAD_REQUEST, "ValidationError", errs.to_string())
+            .hint(hint)
+            .detail("Errors", serde_json::Value::Array(details))
     })?;
     let now = now_ns();
     let mut job = parsed.job;
@@ -50,11 +59,41 @@ pub async fn submit(State(s): State<ApiState>, body: Bytes) -> Result<Json<PutJo
     if job.name.is_empty() || job.name == job.id {
         job.name = job.id.clone();
     }
-    let eval = Evaluation::new(caravel_model::ids::new_evaluation_id(), &job, trigger::JOB_REGISTER, now);
-    match s.cluster.write(Command::SubmitJob { job, evaluation: eval, force: req.force, now }).await? {
-        CommandResponse::JobSubmitted { job_id, evaluation_id, .. } => Ok(Json(PutJobResponse { job_id, evaluation_id, warnings: parsed.warnings })),
-        CommandResponse::Rejected { code, message, hint } => Err(reject_to_api(code, message, hint)),
-        other => Err(ApiErr::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", format!("unexpected answer {other:?}"))),
+    let eval = Evaluation::new(
+        caravel_model::ids::new_evaluation_id(),
+        &job,
+        trigger::JOB_REGISTER,
+        now,
+    );
+    match s
+        .cluster
+        .write(Command::SubmitJob {
+            job,
+            evaluation: eval,
+            force: req.force,
+            now,
+        })
+        .await?
+    {
+        CommandResponse::JobSubmitted {
+            job_id,
+            evaluation_id,
+            ..
+        } => Ok(Json(PutJobResponse {
+            job_id,
+            evaluation_id,
+            warnings: parsed.warnings,
+        })),
+        CommandResponse::Rejected {
+            code,
+            message,
+            hint,
+        } => Err(reject_to_api(code, message, hint)),
+        other => Err(ApiErr::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            format!("unexpected answer {other:?}"),
+        )),
     }
 }
 
@@ -88,19 +127,49 @@ pub fn parse_selector(s: &str) -> Result<Vec<LabelSelectorRequirement>, ApiErr> 
     }
     terms.push(cur);
     for t in terms.iter().map(|t| t.trim()).filter(|t| !t.is_empty()) {
-        let bad = || ApiErr::bad_request(format!("invalid label selector term {t:?}")).hint("use key=value, key!=value, key in (a,b), key notin (a,b), key or !key");
+        let bad = || {
+            ApiErr::bad_request(format!("invalid label selector term {t:?}"))
+                .hint("use key=value, key!=value, key in (a,b), key notin (a,b), key or !key")
+        };
         let req = if let Some(k) = t.strip_prefix('!') {
-            LabelSelectorRequirement { key: k.trim().into(), operator: "!".into(), values: vec![] }
+            LabelSelectorRequirement {
+                key: k.trim().into(),
+                operator: "!".into(),
+                values: vec![],
+            }
         } else if let Some((k, v)) = t.split_once("!=") {
-            LabelSelectorRequirement { key: k.trim().into(), operator: "!=".into(), values: vec![v.trim().into()] }
+            LabelSelectorRequirement {
+                key: k.trim().into(),
+                operator: "!=".into(),
+                values: vec![v.trim().into()],
+            }
         } else if let Some((k, v)) = t.split_once("==").or_else(|| t.split_once('=')) {
-            LabelSelectorRequirement { key: k.trim().into(), operator: "=".into(), values: vec![v.trim().into()] }
+            LabelSelectorRequirement {
+                key: k.trim().into(),
+                operator: "=".into(),
+                values: vec![v.trim().into()],
+            }
         } else if let Some((k, rest)) = t.split_once(" notin ").or_else(|| t.split_once(" in ")) {
             let op = if t.contains(" notin ") { "notin" } else { "in" };
-            let vals = rest.trim().strip_prefix('(').and_then(|r| r.strip_suffix(')')).ok_or_else(bad)?;
-            LabelSelectorRequirement { key: k.trim().into(), operator: op.into(), values: vals.split(',').map(|v| v.trim().to_string()).collect() }
-        } else if t.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c)) {
-            LabelSelectorRequirement { key: t.into(), operator: "exists".into(), values: vec![] }
+            let vals = rest
+                .trim()
+                .strip_prefix('(')
+                .and_then(|r| r.strip_suffix(')'))
+                .ok_or_else(bad)?;
+            LabelSelectorRequirement {
+                key: k.trim().into(),
+                operator: op.into(),
+                values: vals.split(',').map(|v| v.trim().to_string()).collect(),
+            }
+        } else if t
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+        {
+            LabelSelectorRequirement {
+                key: t.into(),
+                operator: "exists".into(),
+                values: vec![],
+            }
         } else {
             return Err(bad());
         };
@@ -112,11 +181,17 @@ pub fn parse_selector(s: &str) -> Result<Vec<LabelSelectorRequirement>, ApiErr> 
     Ok(out)
 }
 
-pub fn selector_matches(sel: &[LabelSelectorRequirement], labels: &BTreeMap<String, String>) -> bool {
+pub fn selector_matches(
+    sel: &[LabelSelectorRequirement],
+    labels: &BTreeMap<String, String>,
+) -> bool {
     sel.iter().all(|r| r.matches(labels))
 }
 
-pub async fn list(State(s): State<ApiState>, Query(q): Query<ListQuery>) -> Result<Json<ListJobsResponse>, ApiErr> {
+pub async fn list(
+    State(s): State<ApiState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<ListJobsResponse>, ApiErr> {
     let mut token = PagingToken {
         sort_by: q.order_by.clone().unwrap_or_else(|| "created_at".into()),
         sort_reverse: q.reverse.unwrap_or(false),
@@ -124,29 +199,51 @@ pub async fn list(State(s): State<ApiState>, Query(q): Query<ListQuery>) -> Resu
         offset: 0,
     };
     if let Some(t) = q.next_token.as_deref().filter(|t| !t.is_empty()) {
-        token = PagingToken::decode(t).ok_or_else(|| ApiErr::bad_request("next_token is not a token this server issued").hint("pass the NextToken of a previous answer unchanged"))?;
+        token = PagingToken::decode(t).ok_or_else(|| {
+            ApiErr::bad_request("next_token is not a token this server issued")
+                .hint("pass the NextToken of a previous answer unchanged")
+        })?;
     }
     if token.limit == 0 || token.limit > MAX_LIMIT {
-        return Err(ApiErr::bad_request(format!("limit {} is out of range", token.limit)).hint(format!("use 1 to {MAX_LIMIT}")));
+        return Err(
+            ApiErr::bad_request(format!("limit {} is out of range", token.limit))
+                .hint(format!("use 1 to {MAX_LIMIT}")),
+        );
     }
     if !["created_at", "modified_at", "id", "name", ""].contains(&token.sort_by.as_str()) {
-        return Err(ApiErr::bad_request(format!("cannot order by {:?}", token.sort_by)).hint("use created_at, modified_at, id or name"));
+        return Err(
+            ApiErr::bad_request(format!("cannot order by {:?}", token.sort_by))
+                .hint("use created_at, modified_at, id or name"),
+        );
     }
     let selector = match q.labels.as_deref() {
         Some(l) if !l.trim().is_empty() => Some(parse_selector(l)?),
         _ => None,
     };
-    let ns = q.namespace.unwrap_or_else(|| caravel_model::DEFAULT_NAMESPACE.into());
+    let ns = q
+        .namespace
+        .unwrap_or_else(|| caravel_model::DEFAULT_NAMESPACE.into());
     let mut jobs: Vec<Job> = s
         .cluster
         .read_linearizable(|st| {
-            st.jobs.values().filter(|j| (ns == "*" || j.namespace == ns) && selector.as_ref().is_none_or(|sel| selector_matches(sel, &j.labels))).cloned().collect()
+            st.jobs
+                .values()
+                .filter(|j| {
+                    (ns == "*" || j.namespace == ns)
+                        && selector
+                            .as_ref()
+                            .is_none_or(|sel| selector_matches(sel, &j.labels))
+                })
+                .cloned()
+                .collect()
         })
         .await?;
     match token.sort_by.as_str() {
         "id" => jobs.sort_by(|a, b| a.id.cmp(&b.id)),
         "name" => jobs.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id))),
-        "modified_at" => jobs.sort_by(|a, b| a.modify_time.cmp(&b.modify_time).then(a.id.cmp(&b.id))),
+        "modified_at" => {
+            jobs.sort_by(|a, b| a.modify_time.cmp(&b.modify_time).then(a.id.cmp(&b.id)))
+        }
         _ => jobs.sort_by(|a, b| a.create_time.cmp(&b.create_time).then(a.id.cmp(&b.id))),
     }
     if token.sort_reverse {
@@ -154,8 +251,19 @@ pub async fn list(State(s): State<ApiState>, Query(q): Query<ListQuery>) -> Resu
     }
     let start = (token.offset as usize).min(jobs.len());
     let end = (start + token.limit as usize).min(jobs.len());
-    let next = if end < jobs.len() { PagingToken { offset: end as u64, ..token }.encode() } else { String::new() };
-    Ok(Json(Page { items: jobs[start..end].to_vec(), next_token: next }))
+    let next = if end < jobs.len() {
+        PagingToken {
+            offset: end as u64,
+            ..token
+        }
+        .encode()
+    } else {
+        String::new()
+    };
+    Ok(Json(Page {
+        items: jobs[start..end].to_vec(),
+        next_token: next,
+    }))
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -174,11 +282,17 @@ pub struct JobQuery {
 }
 
 fn lookup(st: &ClusterState, ns: &Option<String>, id: &str) -> Result<Job, ApiErr> {
-    let ns = ns.clone().unwrap_or_else(|| caravel_model::DEFAULT_NAMESPACE.into());
+    let ns = ns
+        .clone()
+        .unwrap_or_else(|| caravel_model::DEFAULT_NAMESPACE.into());
     match st.find_job(&ns, id) {
         Ok(j) => Ok(j.clone()),
-        Err(LookupError::NotFound) => Err(ApiErr::not_found(format!("job {id} not found")).hint("list jobs with `caravel job list`")),
-        Err(LookupError::Ambiguous) => Err(ApiErr::bad_request(format!("job id prefix {id} matches several jobs")).hint("give more characters of the id")),
+        Err(LookupError::NotFound) => Err(ApiErr::not_found(format!("job {id} not found"))
+            .hint("list jobs with `caravel job list`")),
+        Err(LookupError::Ambiguous) => Err(ApiErr::bad_request(format!(
+            "job id prefix {id} matches several jobs"
+        ))
+        .hint("give more characters of the id")),
     }
 }
 
@@ -186,7 +300,11 @@ fn executions_of(st: &ClusterState, job: &Job, q: &JobQuery) -> Vec<Execution> {
     let mut v: Vec<Execution> = st
         .executions_of(&job.id)
         .into_iter()
-        .filter(|e| q.all_job_versions.unwrap_or(false) || e.job_version == q.job_version.unwrap_or(job.version) || q.job_version.is_none() && e.job_version == job.version)
+        .filter(|e| {
+            q.all_job_versions.unwrap_or(false)
+                || e.job_version == q.job_version.unwrap_or(job.version)
+                || q.job_version.is_none() && e.job_version == job.version
+        })
         .cloned()
         .collect();
     match q.order_by.as_deref() {
@@ -207,40 +325,95 @@ fn history_of(st: &ClusterState, job: &Job, q: &JobQuery) -> Vec<JobHistory> {
             "execution" => !h.execution_id.is_empty(),
             _ => true,
         })
-        .filter(|h| q.execution_id.as_ref().is_none_or(|e| h.execution_id.starts_with(e.as_str())))
-        .filter(|h| q.all_job_versions.unwrap_or(true) || q.job_version.is_none_or(|v| h.job_version == v))
+        .filter(|h| {
+            q.execution_id
+                .as_ref()
+                .is_none_or(|e| h.execution_id.starts_with(e.as_str()))
+        })
+        .filter(|h| {
+            q.all_job_versions.unwrap_or(true) || q.job_version.is_none_or(|v| h.job_version == v)
+        })
         .cloned()
         .collect()
 }
 
-pub async fn get(State(s): State<ApiState>, Path(id): Path<String>, Query(q): Query<JobQuery>) -> Result<Json<GetJobResponse>, ApiErr> {
+pub async fn get(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Query<JobQuery>,
+) -> Result<Json<GetJobResponse>, ApiErr> {
     let include = q.include.clone().unwrap_or_default().to_ascii_lowercase();
     s.cluster
         .read_linearizable(|st| {
             let job = lookup(st, &q.namespace, &id)?;
             let job = match q.job_version {
-                Some(v) if v != job.version => st.job_version(&job.id, v).cloned().ok_or_else(|| ApiErr::not_found(format!("job {} has no version {v}", job.id)))?,
+                Some(v) if v != job.version => {
+                    st.job_version(&job.id, v).cloned().ok_or_else(|| {
+                        ApiErr::not_found(format!("job {} has no version {v}", job.id))
+                    })?
+                }
                 _ => job,
             };
-            let history = include.contains("history").then(|| Page { items: history_of(st, &job, &q), next_token: String::new() });
-            let executions = include.contains("executions").then(|| Page { items: executions_of(st, &job, &q), next_token: String::new() });
-            Ok(Json(GetJobResponse { job, history, executions }))
+            let history = include.contains("history").then(|| Page {
+                items: history_of(st, &job, &q),
+                next_token: String::new(),
+            });
+            let executions = include.contains("executions").then(|| Page {
+                items: executions_of(st, &job, &q),
+                next_token: String::new(),
+            });
+            Ok(Json(GetJobResponse {
+                job,
+                history,
+                executions,
+            }))
         })
         .await?
 }
 
-pub async fn stop(State(s): State<ApiState>, Path(id): Path<String>, Query(q): Query<JobQuery>, body: Bytes) -> Result<Json<StopJobResponse>, ApiErr> {
-    let req: StopJobRequest = if body.is_empty() { StopJobRequest::default() } else { json_body(&body)? };
-    let job = s.cluster.read_linearizable(|st| lookup(st, &q.namespace, &id)).await??;
-    let cmd = Command::StopJob { job_id: job.id, reason: req.reason, evaluation_id: caravel_model::ids::new_evaluation_id(), now: now_ns() };
+pub async fn stop(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Query<JobQuery>,
+    body: Bytes,
+) -> Result<Json<StopJobResponse>, ApiErr> {
+    let req: StopJobRequest = if body.is_empty() {
+        StopJobRequest::default()
+    } else {
+        json_body(&body)?
+    };
+    let job = s
+        .cluster
+        .read_linearizable(|st| lookup(st, &q.namespace, &id))
+        .await??;
+    let cmd = Command::StopJob {
+        job_id: job.id,
+        reason: req.reason,
+        evaluation_id: caravel_model::ids::new_evaluation_id(),
+        now: now_ns(),
+    };
     match s.cluster.write(cmd).await? {
-        CommandResponse::JobStopped { evaluation_id } => Ok(Json(StopJobResponse { evaluation_id })),
-        CommandResponse::Rejected { code, message, hint } => Err(reject_to_api(code, message, hint)),
-        other => Err(ApiErr::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", format!("unexpected answer {other:?}"))),
+        CommandResponse::JobStopped { evaluation_id } => {
+            Ok(Json(StopJobResponse { evaluation_id }))
+        }
+        CommandResponse::Rejected {
+            code,
+            message,
+            hint,
+        } => Err(reject_to_api(code, message, hint)),
+        other => Err(ApiErr::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            format!("unexpected answer {other:?}"),
+        )),
     }
 }
 
-pub async fn history(State(s): State<ApiState>, Path(id): Path<String>, Query(q): Query<JobQuery>) -> Result<Json<ListHistoryResponse>, ApiErr> {
+pub async fn history(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Query<JobQuery>,
+) -> Result<Json<ListHistoryResponse>, ApiErr> {
     s.cluster
         .read_linearizable(|st| {
             let job = lookup(st, &q.namespace, &id)?;
@@ -248,12 +421,19 @@ pub async fn history(State(s): State<ApiState>, Path(id): Path<String>, Query(q)
             if let Some(l) = q.limit.filter(|l| *l > 0) {
                 items.truncate(l);
             }
-            Ok(Json(Page { items, next_token: String::new() }))
+            Ok(Json(Page {
+                items,
+                next_token: String::new(),
+            }))
         })
         .await?
 }
 
-pub async fn executions(State(s): State<ApiState>, Path(id): Path<String>, Query(q): Query<JobQuery>) -> Result<Json<ListExecutionsResponse>, ApiErr> {
+pub async fn executions(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Query<JobQuery>,
+) -> Result<Json<ListExecutionsResponse>, ApiErr> {
     s.cluster
         .read_linearizable(|st| {
             let job = lookup(st, &q.namespace, &id)?;
@@ -261,7 +441,10 @@ pub async fn executions(State(s): State<ApiState>, Path(id): Path<String>, Query
             if let Some(l) = q.limit.filter(|l| *l > 0) {
                 items.truncate(l);
             }
-            Ok(Json(Page { items, next_token: String::new() }))
+            Ok(Json(Page {
+                items,
+                next_token: String::new(),
+            }))
         })
         .await?
 }
@@ -269,65 +452,142 @@ pub async fn executions(State(s): State<ApiState>, Path(id): Path<String>, Query
 /// One item per Completed execution of the current version. Results kept on a node (local publisher)
 /// are offered as a `urlDownload` from this orchestrator, which fetches them through the node's
 /// session: the node needs no inbound port.
-pub async fn results(State(s): State<ApiState>, headers: HeaderMap, Path(id): Path<String>, Query(q): Query<JobQuery>) -> Result<Json<ListResultsResponse>, ApiErr> {
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1:1234").to_string();
+pub async fn results(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<JobQuery>,
+) -> Result<Json<ListResultsResponse>, ApiErr> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1:1234")
+        .to_string();
     s.cluster
         .read_linearizable(|st| {
             let job = lookup(st, &q.namespace, &id)?;
             if !job.is_batch_like() {
-                return Err(ApiErr::bad_request(format!("job {} is a {} job; results exist only for batch and ops jobs", job.id, job.kind)));
+                return Err(ApiErr::bad_request(format!(
+                    "job {} is a {} job; results exist only for batch and ops jobs",
+                    job.id, job.kind
+                )));
             }
             let items = st
                 .executions_of(&job.id)
                 .into_iter()
-                .filter(|e| e.job_version == job.version && e.compute_state.state_type == ExecutionStateType::Completed)
+                .filter(|e| {
+                    e.job_version == job.version
+                        && e.compute_state.state_type == ExecutionStateType::Completed
+                })
                 .filter(|e| !e.published_result.is_empty())
                 .map(|e| {
                     if e.published_result.kind.eq_ignore_ascii_case("local") {
-                        SpecConfig::new("urlDownload").with("URL", format!("http://{host}/api/v1/orchestrator/executions/{}/result", e.id))
+                        SpecConfig::new("urlDownload").with(
+                            "URL",
+                            format!(
+                                "http://{host}/api/v1/orchestrator/executions/{}/result",
+                                e.id
+                            ),
+                        )
                     } else {
                         e.published_result.clone()
                     }
                 })
                 .collect();
-            Ok(Json(Page { items, next_token: String::new() }))
+            Ok(Json(Page {
+                items,
+                next_token: String::new(),
+            }))
         })
         .await?
 }
 
 /// Streams an execution's published results (a tar.gz) from its node through the session.
-pub async fn download_result(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiErr> {
-    let exec = s.cluster.read_linearizable(|st| st.executions.get(&id).cloned()).await?.ok_or_else(|| ApiErr::not_found(format!("execution {id} not found")))?;
+pub async fn download_result(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiErr> {
+    let exec = s
+        .cluster
+        .read_linearizable(|st| st.executions.get(&id).cloned())
+        .await?
+        .ok_or_else(|| ApiErr::not_found(format!("execution {id} not found")))?;
     if exec.compute_state.state_type != ExecutionStateType::Completed {
-        return Err(ApiErr::new(StatusCode::CONFLICT, "ResourceInUse", format!("execution {id} is {}, results exist once it completes", exec.compute_state.state_type)));
+        return Err(ApiErr::new(
+            StatusCode::CONFLICT,
+            "ResourceInUse",
+            format!(
+                "execution {id} is {}, results exist once it completes",
+                exec.compute_state.state_type
+            ),
+        ));
     }
-    let Some(mut stream) = s.cluster.open_stream(&exec.node_id, |request_id| ToCompute::FetchResult { request_id, execution_id: id.clone() }).await else {
-        return Err(ApiErr::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", format!("node {} that holds the results is not connected", exec.node_id)).hint("retry when the node is back (`caravel node list`)"));
+    let Some(mut stream) = s
+        .cluster
+        .open_stream(&exec.node_id, |request_id| ToCompute::FetchResult {
+            request_id,
+            execution_id: id.clone(),
+        })
+        .await
+    else {
+        return Err(ApiErr::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            format!(
+                "node {} that holds the results is not connected",
+                exec.node_id
+            ),
+        )
+        .hint("retry when the node is back (`caravel node list`)"));
     };
     // Wait for the first message so a missing result is a clean error, not a broken download.
     let first = stream.rx.recv().await;
     let first_chunk = match first {
         Some(ToOrchestrator::ResultChunk { data, .. }) => data,
-        Some(ToOrchestrator::ResultEnd { error, .. }) if !error.is_empty() => return Err(ApiErr::not_found(format!("results of {id}: {error}"))),
+        Some(ToOrchestrator::ResultEnd { error, .. }) if !error.is_empty() => {
+            return Err(ApiErr::not_found(format!("results of {id}: {error}")));
+        }
         Some(ToOrchestrator::ResultEnd { .. }) => Vec::new(),
-        _ => return Err(ApiErr::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "the node's session closed during the download")),
+        _ => {
+            return Err(ApiErr::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "the node's session closed during the download",
+            ));
+        }
     };
-    let body = futures::stream::unfold((Some(first_chunk), Some(stream)), |(pending, stream)| async move {
-        if let Some(chunk) = pending {
-            return Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), (None, stream)));
-        }
-        let mut stream = stream?;
-        match stream.rx.recv().await {
-            Some(ToOrchestrator::ResultChunk { data, .. }) => Some((Ok(Bytes::from(data)), (None, Some(stream)))),
-            Some(ToOrchestrator::ResultEnd { error, .. }) if !error.is_empty() => Some((Err(std::io::Error::other(error)), (None, None))),
-            _ => None,
-        }
-    });
-    Ok(([(header::CONTENT_TYPE, "application/gzip")], Body::from_stream(body)).into_response())
+    let body = futures::stream::unfold(
+        (Some(first_chunk), Some(stream)),
+        |(pending, stream)| async move {
+            if let Some(chunk) = pending {
+                return Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), (None, stream)));
+            }
+            let mut stream = stream?;
+            match stream.rx.recv().await {
+                Some(ToOrchestrator::ResultChunk { data, .. }) => {
+                    Some((Ok(Bytes::from(data)), (None, Some(stream))))
+                }
+                Some(ToOrchestrator::ResultEnd { error, .. }) if !error.is_empty() => {
+                    Some((Err(std::io::Error::other(error)), (None, None)))
+                }
+                _ => None,
+            }
+        },
+    );
+    Ok((
+        [(header::CONTENT_TYPE, "application/gzip")],
+        Body::from_stream(body),
+    )
+        .into_response())
 }
 
 /// The logs WebSocket: frames `{"value": {"Type": 1|2, "Line": "…"}}`, or one `{"error": "…"}`.
-pub async fn logs(State(s): State<ApiState>, Path(id): Path<String>, Query(q): Query<JobQuery>, ws: WebSocketUpgrade) -> Result<Response, ApiErr> {
+pub async fn logs(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Query<JobQuery>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiErr> {
     let (job, exec) = s
         .cluster
         .read_linearizable(|st| {
@@ -336,7 +596,10 @@ pub async fn logs(State(s): State<ApiState>, Path(id): Path<String>, Query(q): Q
             execs.sort_by_key(|e| e.modify_time);
             let exec = match &q.execution_id {
                 Some(eid) => execs.into_iter().find(|e| e.id.starts_with(eid.as_str())),
-                None => execs.into_iter().rev().find(|e| e.compute_state.state_type != ExecutionStateType::Cancelled),
+                None => execs
+                    .into_iter()
+                    .rev()
+                    .find(|e| e.compute_state.state_type != ExecutionStateType::Cancelled),
             };
             Ok::<_, ApiErr>((job, exec))
         })
@@ -346,16 +609,50 @@ pub async fn logs(State(s): State<ApiState>, Path(id): Path<String>, Query(q): Q
     Ok(ws.on_upgrade(move |socket| relay_logs(s, socket, job, exec, follow, tail)))
 }
 
-async fn relay_logs(s: ApiState, mut socket: WebSocket, job: Job, exec: Option<Execution>, follow: bool, tail: bool) {
-    let send_err = |m: String| serde_json::to_string(&LogFrame { value: None, error: m }).unwrap_or_default();
+async fn relay_logs(
+    s: ApiState,
+    mut socket: WebSocket,
+    job: Job,
+    exec: Option<Execution>,
+    follow: bool,
+    tail: bool,
+) {
+    let send_err = |m: String| {
+        serde_json::to_string(&LogFrame {
+            value: None,
+            error: m,
+        })
+        .unwrap_or_default()
+    };
     let Some(exec) = exec else {
-        let _ = socket.send(Message::Text(send_err(format!("job {} has no execution yet", job.id)).into())).await;
+        let _ = socket
+            .send(Message::Text(
+                send_err(format!("job {} has no execution yet", job.id)).into(),
+            ))
+            .await;
         let _ = socket.send(Message::Close(None)).await;
         return;
     };
     let eid = exec.id.clone();
-    let Some(mut stream) = s.cluster.open_stream(&exec.node_id, |request_id| ToCompute::Logs { request_id, execution_id: eid, follow, tail }).await else {
-        let _ = socket.send(Message::Text(send_err(format!("node {} running execution {} is not connected", exec.node_id, exec.id)).into())).await;
+    let Some(mut stream) = s
+        .cluster
+        .open_stream(&exec.node_id, |request_id| ToCompute::Logs {
+            request_id,
+            execution_id: eid,
+            follow,
+            tail,
+        })
+        .await
+    else {
+        let _ = socket
+            .send(Message::Text(
+                send_err(format!(
+                    "node {} running execution {} is not connected",
+                    exec.node_id, exec.id
+                ))
+                .into(),
+            ))
+            .await;
         let _ = socket.send(Message::Close(None)).await;
         return;
     };

@@ -36,13 +36,25 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/agent/version", get(agent::version))
         .route("/api/v1/agent/node", get(agent::node))
         .route("/api/v1/agent/config", get(agent::config))
-        .route("/api/v1/orchestrator/jobs", get(jobs::list).put(jobs::submit).post(jobs::submit))
-        .route("/api/v1/orchestrator/jobs/{id}", get(jobs::get).delete(jobs::stop))
+        .route(
+            "/api/v1/orchestrator/jobs",
+            get(jobs::list).put(jobs::submit).post(jobs::submit),
+        )
+        .route(
+            "/api/v1/orchestrator/jobs/{id}",
+            get(jobs::get).delete(jobs::stop),
+        )
         .route("/api/v1/orchestrator/jobs/{id}/history", get(jobs::history))
-        .route("/api/v1/orchestrator/jobs/{id}/executions", get(jobs::executions))
+        .route(
+            "/api/v1/orchestrator/jobs/{id}/executions",
+            get(jobs::executions),
+        )
         .route("/api/v1/orchestrator/jobs/{id}/results", get(jobs::results))
         .route("/api/v1/orchestrator/jobs/{id}/logs", get(jobs::logs))
-        .route("/api/v1/orchestrator/executions/{id}/result", get(jobs::download_result))
+        .route(
+            "/api/v1/orchestrator/executions/{id}/result",
+            get(jobs::download_result),
+        )
         .route("/api/v1/orchestrator/nodes", get(nodes::list))
         .route("/api/v1/orchestrator/nodes/{id}", get(nodes::get))
         .route("/metrics", get(metrics))
@@ -55,21 +67,37 @@ pub fn router(state: ApiState) -> Router {
 
 async fn metrics(State(s): State<ApiState>) -> Response {
     let body = s.cluster.metrics().render(&s.cluster);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn not_found(req: Request) -> ApiErr {
-    ApiErr::new(StatusCode::NOT_FOUND, "NotFound", format!("no route for {} {}", req.method(), req.uri().path()))
-        .hint("check the path; the server may be older than the CLI")
+    ApiErr::new(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        format!("no route for {} {}", req.method(), req.uri().path()),
+    )
+    .hint("check the path; the server may be older than the CLI")
 }
 
 /// Counts and times every request by its route template, and adds Bacalhau's version headers.
 async fn observe(State(s): State<ApiState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().to_string();
-    let route = req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let mut resp = next.run(req).await;
-    s.cluster.metrics().observe_request(&method, &route, resp.status().as_u16(), started.elapsed());
+    s.cluster
+        .metrics()
+        .observe_request(&method, &route, resp.status().as_u16(), started.elapsed());
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&format!("v{}", caravel_model::VERSION)) {
         h.insert("X-Bacalhau-Git-Version", v);
@@ -90,7 +118,14 @@ pub struct ApiErr {
 
 impl ApiErr {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiErr { status, code, message: message.into(), hint: String::new(), details: Default::default(), retry_after: None }
+        ApiErr {
+            status,
+            code,
+            message: message.into(),
+            hint: String::new(),
+            details: Default::default(),
+            retry_after: None,
+        }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "BadRequest", message)
@@ -111,9 +146,17 @@ impl ApiErr {
 impl From<WriteError> for ApiErr {
     fn from(e: WriteError) -> Self {
         let mut err = match &e {
-            WriteError::Fatal(_) => ApiErr::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()),
-            _ => ApiErr::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", e.to_string())
-                .hint("the orchestrators have no quorum or no leader right now; retry shortly"),
+            WriteError::Fatal(_) => ApiErr::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                e.to_string(),
+            ),
+            _ => ApiErr::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                e.to_string(),
+            )
+            .hint("the orchestrators have no quorum or no leader right now; retry shortly"),
         };
         if err.status == StatusCode::SERVICE_UNAVAILABLE {
             err.retry_after = Some(1);
@@ -145,5 +188,8 @@ impl IntoResponse for ApiErr {
 
 /// Parses a JSON body into our error shape (axum's own rejection is plain text).
 pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiErr> {
-    serde_json::from_slice(body).map_err(|e| ApiErr::bad_request(format!("the request body is not valid JSON: {e}")).hint("send a JSON document"))
+    serde_json::from_slice(body).map_err(|e| {
+        ApiErr::bad_request(format!("the request body is not valid JSON: {e}"))
+            .hint("send a JSON document")
+    })
 }

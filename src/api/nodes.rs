@@ -25,22 +25,47 @@ pub struct ListQuery {
     reverse: Option<bool>,
 }
 
-pub async fn list(State(s): State<ApiState>, Query(q): Query<ListQuery>) -> Result<Json<ListNodesResponse>, ApiErr> {
+pub async fn list(
+    State(s): State<ApiState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<ListNodesResponse>, ApiErr> {
     let selector = match &q.labels {
         Some(l) if !l.is_empty() => Some(crate::api::jobs::parse_selector(l)?),
         _ => None,
     };
-    let mut nodes = s.cluster.read_linearizable(|st| st.nodes.values().cloned().collect::<Vec<_>>()).await?;
+    let mut nodes = s
+        .cluster
+        .read_linearizable(|st| st.nodes.values().cloned().collect::<Vec<_>>())
+        .await?;
     nodes.retain(|n| {
-        q.filter_approval.as_ref().is_none_or(|a| n.membership.as_str().eq_ignore_ascii_case(a))
-            && q.filter_status.as_ref().is_none_or(|f| n.connection_state.status.as_str().eq_ignore_ascii_case(f))
-            && selector.as_ref().is_none_or(|sel| selector_matches(sel, &n.info.labels))
+        q.filter_approval
+            .as_ref()
+            .is_none_or(|a| n.membership.as_str().eq_ignore_ascii_case(a))
+            && q.filter_status
+                .as_ref()
+                .is_none_or(|f| n.connection_state.status.as_str().eq_ignore_ascii_case(f))
+            && selector
+                .as_ref()
+                .is_none_or(|sel| selector_matches(sel, &n.info.labels))
     });
     match q.order_by.as_deref().unwrap_or("id") {
         "type" => nodes.sort_by(|a, b| a.info.node_type.cmp(&b.info.node_type)),
-        "status" => nodes.sort_by(|a, b| a.connection_state.status.as_str().cmp(b.connection_state.status.as_str())),
-        "available_cpu" => nodes.sort_by(|a, b| a.info.compute_node_info.available_capacity.cpu.total_cmp(&b.info.compute_node_info.available_capacity.cpu)),
-        "available_memory" => nodes.sort_by_key(|n| n.info.compute_node_info.available_capacity.memory),
+        "status" => nodes.sort_by(|a, b| {
+            a.connection_state
+                .status
+                .as_str()
+                .cmp(b.connection_state.status.as_str())
+        }),
+        "available_cpu" => nodes.sort_by(|a, b| {
+            a.info
+                .compute_node_info
+                .available_capacity
+                .cpu
+                .total_cmp(&b.info.compute_node_info.available_capacity.cpu)
+        }),
+        "available_memory" => {
+            nodes.sort_by_key(|n| n.info.compute_node_info.available_capacity.memory)
+        }
         _ => nodes.sort_by(|a, b| a.info.node_id.cmp(&b.info.node_id)),
     }
     if q.reverse.unwrap_or(false) {
@@ -49,14 +74,27 @@ pub async fn list(State(s): State<ApiState>, Query(q): Query<ListQuery>) -> Resu
     if let Some(l) = q.limit.filter(|l| *l > 0) {
         nodes.truncate(l);
     }
-    Ok(Json(ListNodesResponse { nodes, next_token: String::new() }))
+    Ok(Json(ListNodesResponse {
+        nodes,
+        next_token: String::new(),
+    }))
 }
 
-pub async fn get(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Json<GetNodeResponse>, ApiErr> {
-    let node = s.cluster.read_linearizable(|st| st.find_node(&id).cloned()).await?;
+pub async fn get(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<GetNodeResponse>, ApiErr> {
+    let node = s
+        .cluster
+        .read_linearizable(|st| st.find_node(&id).cloned())
+        .await?;
     match node {
         Ok(node) => Ok(Json(GetNodeResponse { node })),
-        Err(LookupError::NotFound) => Err(ApiErr::not_found(format!("node {id} not found")).hint("list nodes with `caravel node list`")),
-        Err(LookupError::Ambiguous) => Err(ApiErr::bad_request(format!("node id prefix {id} matches several nodes")).hint("give more characters of the id")),
+        Err(LookupError::NotFound) => Err(ApiErr::not_found(format!("node {id} not found"))
+            .hint("list nodes with `caravel node list`")),
+        Err(LookupError::Ambiguous) => Err(ApiErr::bad_request(format!(
+            "node id prefix {id} matches several nodes"
+        ))
+        .hint("give more characters of the id")),
     }
 }

@@ -53,8 +53,18 @@ async fn broker(cluster: Cluster, stop: CancellationToken) {
     loop {
         let now = now_ns();
         let due: Vec<_> = cluster.read(|s| {
-            let mut v: Vec<_> = s.pending_evaluations().into_iter().filter(|e| e.wait_until <= now).cloned().collect();
-            v.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.create_time.cmp(&b.create_time)).then(a.id.cmp(&b.id)));
+            let mut v: Vec<_> = s
+                .pending_evaluations()
+                .into_iter()
+                .filter(|e| e.wait_until <= now)
+                .cloned()
+                .collect();
+            v.sort_by(|a, b| {
+                b.priority
+                    .cmp(&a.priority)
+                    .then(a.create_time.cmp(&b.create_time))
+                    .then(a.id.cmp(&b.id))
+            });
             v
         });
         for eval in due {
@@ -68,7 +78,10 @@ async fn broker(cluster: Cluster, stop: CancellationToken) {
                     "stale"
                 }
                 Ok(_) => {
-                    cluster.metrics().scheduling_latency.observe((now_ns() - eval.create_time).max(0) as f64 / 1e9);
+                    cluster
+                        .metrics()
+                        .scheduling_latency
+                        .observe((now_ns() - eval.create_time).max(0) as f64 / 1e9);
                     "planned"
                 }
                 Err(e) => {
@@ -104,14 +117,22 @@ async fn liveness(cluster: Cluster, stop: CancellationToken) {
             use caravel_model::view::StateView;
             s.nodes
                 .values()
-                .filter(|n| n.info.node_type == "Compute" && n.connection_state.status == NodeConnection::Connected)
+                .filter(|n| {
+                    n.info.node_type == "Compute"
+                        && n.connection_state.status == NodeConnection::Connected
+                })
                 .map(|n| (n.id().to_string(), s.live_executions_on(n.id()).len()))
                 .collect()
         });
         for (node, live) in nodes {
-            let seen = cluster.last_heartbeat(&node).unwrap_or(started).max(started);
+            let seen = cluster
+                .last_heartbeat(&node)
+                .unwrap_or(started)
+                .max(started);
             if now - seen > timeout.as_nanos() as i64 {
-                let eval_ids = (0..live).map(|_| caravel_model::ids::new_evaluation_id()).collect();
+                let eval_ids = (0..live)
+                    .map(|_| caravel_model::ids::new_evaluation_id())
+                    .collect();
                 let cmd = Command::SetNodeConnection {
                     node_id: node.clone(),
                     status: NodeConnection::Disconnected,

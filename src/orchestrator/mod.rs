@@ -31,7 +31,10 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Nanoseconds since the Unix epoch, from this machine's clock (never read inside `apply`).
 pub fn now_ns() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,20 +57,30 @@ pub struct SessionHandle {
 
 impl SessionHandle {
     pub fn new(tx: mpsc::Sender<ToCompute>) -> Self {
-        SessionHandle { tx, routes: Default::default() }
+        SessionHandle {
+            tx,
+            routes: Default::default(),
+        }
     }
     /// Delivers a streamed answer to whoever asked. A reader that does not keep up within a few
     /// seconds loses its stream (it must not stall the session's reports).
     pub async fn route(&self, request_id: u64, msg: ToOrchestrator, last: bool) -> bool {
         let tx = {
             let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
-            if last { routes.remove(&request_id) } else { routes.get(&request_id).cloned() }
+            if last {
+                routes.remove(&request_id)
+            } else {
+                routes.get(&request_id).cloned()
+            }
         };
         let Some(tx) = tx else { return false };
         match tokio::time::timeout(Duration::from_secs(5), tx.send(msg)).await {
             Ok(Ok(())) => true,
             _ => {
-                self.routes.lock().unwrap_or_else(|e| e.into_inner()).remove(&request_id);
+                self.routes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&request_id);
                 let _ = self.tx.try_send(ToCompute::CancelRequest { request_id });
                 false
             }
@@ -85,9 +98,16 @@ pub struct NodeStream {
 
 impl Drop for NodeStream {
     fn drop(&mut self) {
-        let removed = self.session.routes.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.request_id);
+        let removed = self
+            .session
+            .routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.request_id);
         if removed.is_some() {
-            let _ = self.session.tx.try_send(ToCompute::CancelRequest { request_id: self.request_id });
+            let _ = self.session.tx.try_send(ToCompute::CancelRequest {
+                request_id: self.request_id,
+            });
         }
     }
 }
@@ -113,7 +133,9 @@ pub struct Cluster {
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cluster").field("node_id", &self.inner.node_id).finish()
+        f.debug_struct("Cluster")
+            .field("node_id", &self.inner.node_id)
+            .finish()
     }
 }
 
@@ -162,13 +184,18 @@ impl Cluster {
 
     /// A linearizable read: confirm leadership with a quorum (read-index), wait until this replica
     /// applied that index, then read.
-    pub async fn read_linearizable<R>(&self, f: impl FnOnce(&ClusterState) -> R) -> Result<R, WriteError> {
+    pub async fn read_linearizable<R>(
+        &self,
+        f: impl FnOnce(&ClusterState) -> R,
+    ) -> Result<R, WriteError> {
         let fut = self.inner.raft.ensure_linearizable();
         match tokio::time::timeout(WRITE_TIMEOUT, fut).await {
             Err(_) => return Err(WriteError::Timeout(WRITE_TIMEOUT)),
             Ok(Err(e)) => {
                 return Err(match e.forward_to_leader() {
-                    Some(f) => WriteError::NotLeader { leader: f.leader_id },
+                    Some(f) => WriteError::NotLeader {
+                        leader: f.leader_id,
+                    },
                     None => WriteError::Fatal(e.to_string()),
                 });
             }
@@ -187,7 +214,9 @@ impl Cluster {
             Err(_) => Err(WriteError::Timeout(WRITE_TIMEOUT)),
             Ok(Ok(r)) => Ok(r.data),
             Ok(Err(e)) => Err(match e.forward_to_leader() {
-                Some(f) => WriteError::NotLeader { leader: f.leader_id },
+                Some(f) => WriteError::NotLeader {
+                    leader: f.leader_id,
+                },
                 None => WriteError::Fatal(e.to_string()),
             }),
         }
@@ -203,35 +232,73 @@ impl Cluster {
     }
 
     pub fn register_session(&self, node_id: &str, h: SessionHandle) {
-        self.inner.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(node_id.to_string(), h);
+        self.inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node_id.to_string(), h);
     }
     pub fn unregister_session(&self, node_id: &str, tx: &mpsc::Sender<ToCompute>) {
-        let mut m = self.inner.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = self
+            .inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if m.get(node_id).is_some_and(|h| h.tx.same_channel(tx)) {
             m.remove(node_id);
         }
     }
     pub fn session(&self, node_id: &str) -> Option<SessionHandle> {
-        self.inner.sessions.lock().unwrap_or_else(|e| e.into_inner()).get(node_id).cloned()
+        self.inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(node_id)
+            .cloned()
     }
     pub fn connected_nodes(&self) -> usize {
-        self.inner.sessions.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     pub fn heartbeat(&self, node_id: &str, at: i64) {
-        self.inner.heartbeats.lock().unwrap_or_else(|e| e.into_inner()).insert(node_id.to_string(), at);
+        self.inner
+            .heartbeats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node_id.to_string(), at);
     }
     pub fn last_heartbeat(&self, node_id: &str) -> Option<i64> {
-        self.inner.heartbeats.lock().unwrap_or_else(|e| e.into_inner()).get(node_id).copied()
+        self.inner
+            .heartbeats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(node_id)
+            .copied()
     }
 
     /// Opens a streamed request to a compute node through its session.
-    pub async fn open_stream(&self, node_id: &str, make: impl FnOnce(u64) -> ToCompute) -> Option<NodeStream> {
+    pub async fn open_stream(
+        &self,
+        node_id: &str,
+        make: impl FnOnce(u64) -> ToCompute,
+    ) -> Option<NodeStream> {
         let session = self.session(node_id)?;
         let request_id = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(256);
-        session.routes.lock().unwrap_or_else(|e| e.into_inner()).insert(request_id, tx);
-        let stream = NodeStream { rx, request_id, session: session.clone() };
+        session
+            .routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(request_id, tx);
+        let stream = NodeStream {
+            rx,
+            request_id,
+            session: session.clone(),
+        };
         session.tx.send(make(request_id)).await.ok()?;
         Some(stream)
     }

@@ -25,7 +25,12 @@ pub const QUEUE_BACKOFF_NS: i64 = 5_000_000_000;
 
 /// Plans one evaluation.
 pub fn schedule(view: &dyn StateView, eval: &Evaluation, now: i64, ids: &mut dyn IdGen) -> Plan {
-    let mut plan = Plan { eval_id: eval.id.clone(), job_id: eval.job_id.clone(), now, ..Default::default() };
+    let mut plan = Plan {
+        eval_id: eval.id.clone(),
+        job_id: eval.job_id.clone(),
+        now,
+        ..Default::default()
+    };
     let Some(job) = view.job(&eval.job_id) else {
         plan.eval_status = status::CANCELED.into();
         plan.eval_comment = "job not found".into();
@@ -41,12 +46,27 @@ pub fn schedule(view: &dyn StateView, eval: &Evaluation, now: i64, ids: &mut dyn
             JobStateType::Failed => "job failed",
             _ => "job completed",
         };
-        stop_all(&mut plan, execs.iter().copied().filter(|e| e.is_live()), why);
+        stop_all(
+            &mut plan,
+            execs.iter().copied().filter(|e| e.is_live()),
+            why,
+        );
         return plan;
     }
     // Executions of older versions make way for the new one.
-    stop_all(&mut plan, execs.iter().copied().filter(|e| e.is_live() && e.job_version != job.version), "job updated to a new version");
-    let current: Vec<&Execution> = execs.iter().copied().filter(|e| e.job_version == job.version).collect();
+    stop_all(
+        &mut plan,
+        execs
+            .iter()
+            .copied()
+            .filter(|e| e.is_live() && e.job_version != job.version),
+        "job updated to a new version",
+    );
+    let current: Vec<&Execution> = execs
+        .iter()
+        .copied()
+        .filter(|e| e.job_version == job.version)
+        .collect();
 
     match job.kind.as_str() {
         "batch" | "service" => schedule_partitions(view, job, &current, &mut plan, eval, now, ids),
@@ -67,11 +87,23 @@ fn stop_all<'a>(plan: &mut Plan, execs: impl Iterator<Item = &'a Execution>, why
 }
 
 fn failure_message(e: &Execution) -> String {
-    let m = e.run_output.as_ref().map(|o| o.error_msg.clone()).filter(|m| !m.is_empty());
+    let m = e
+        .run_output
+        .as_ref()
+        .map(|o| o.error_msg.clone())
+        .filter(|m| !m.is_empty());
     m.unwrap_or_else(|| e.compute_state.message.clone())
 }
 
-fn schedule_partitions(view: &dyn StateView, job: &Job, execs: &[&Execution], plan: &mut Plan, eval: &Evaluation, now: i64, ids: &mut dyn IdGen) {
+fn schedule_partitions(
+    view: &dyn StateView,
+    job: &Job,
+    execs: &[&Execution],
+    plan: &mut Plan,
+    eval: &Evaluation,
+    now: i64,
+    ids: &mut dyn IdGen,
+) {
     let count = job.count.max(0);
     let mut done: BTreeSet<i32> = BTreeSet::new();
     let mut live: BTreeMap<i32, Vec<&Execution>> = BTreeMap::new();
@@ -83,9 +115,19 @@ fn schedule_partitions(view: &dyn StateView, job: &Job, execs: &[&Execution], pl
             ExecutionStateType::Completed => {
                 done.insert(p);
             }
-            ExecutionStateType::Failed | ExecutionStateType::AskForBidRejected | ExecutionStateType::BidRejected => {
+            ExecutionStateType::Failed
+            | ExecutionStateType::AskForBidRejected
+            | ExecutionStateType::BidRejected => {
                 failed_on.entry(p).or_default().insert(e.node_id.clone());
-                last_failure.insert(p, format!("execution {} on node {} failed: {}", e.id, e.node_id, failure_message(e)));
+                last_failure.insert(
+                    p,
+                    format!(
+                        "execution {} on node {} failed: {}",
+                        e.id,
+                        e.node_id,
+                        failure_message(e)
+                    ),
+                );
             }
             _ if e.is_live() => live.entry(p).or_default().push(e),
             _ => {}
@@ -93,8 +135,16 @@ fn schedule_partitions(view: &dyn StateView, job: &Job, execs: &[&Execution], pl
     }
     // Surplus or finished partitions: stop extra live executions.
     for (p, es) in &live {
-        let keep = if *p >= count || done.contains(p) { 0 } else { 1 };
-        stop_all(plan, es.iter().skip(keep).copied(), "not needed: the partition is already served");
+        let keep = if *p >= count || done.contains(p) {
+            0
+        } else {
+            1
+        };
+        stop_all(
+            plan,
+            es.iter().skip(keep).copied(),
+            "not needed: the partition is already served",
+        );
     }
     if job.kind == "batch" && (0..count).all(|p| done.contains(&p)) {
         plan.job_state = Some((JobStateType::Completed, String::new()));
@@ -114,11 +164,15 @@ fn schedule_partitions(view: &dyn StateView, job: &Job, execs: &[&Execution], pl
         };
         match pool.pick(&exclude, &distinct) {
             Ok(node) => {
-                plan.new_executions.push(new_execution(job, &node, p, &eval.id, now, ids));
+                plan.new_executions
+                    .push(new_execution(job, &node, p, &eval.id, now, ids));
                 live.entry(p).or_default();
             }
             Err(reason) => {
-                let why = last_failure.get(&p).map(|f| format!("{f}; no other node can retry it")).unwrap_or(reason);
+                let why = last_failure
+                    .get(&p)
+                    .map(|f| format!("{f}; no other node can retry it"))
+                    .unwrap_or(reason);
                 unplaced.push((p, why));
             }
         }
@@ -128,11 +182,16 @@ fn schedule_partitions(view: &dyn StateView, job: &Job, execs: &[&Execution], pl
     }
     let reason = unplaced[0].1.clone();
     let retry_exhausted = unplaced.iter().any(|(p, _)| failed_on.contains_key(p));
-    let queue_deadline = job.create_time + job.task().map_or(0, |t| t.timeouts.queue_timeout) * 1_000_000_000;
+    let queue_deadline =
+        job.create_time + job.task().map_or(0, |t| t.timeouts.queue_timeout) * 1_000_000_000;
     if !retry_exhausted && now < queue_deadline {
         if job.state.state_type != JobStateType::Queued {
             plan.job_state = Some((JobStateType::Queued, reason.clone()));
-            plan.events.push(Event::new(topic::QUEUEING, format!("Job queued: {reason}"), now));
+            plan.events.push(Event::new(
+                topic::QUEUEING,
+                format!("Job queued: {reason}"),
+                now,
+            ));
         }
         let mut next = Evaluation::new(ids.evaluation_id(), job, trigger::JOB_QUEUE, now);
         next.wait_until = (now + QUEUE_BACKOFF_NS).min(queue_deadline);
@@ -146,25 +205,44 @@ fn schedule_partitions(view: &dyn StateView, job: &Job, execs: &[&Execution], pl
     plan.job_state = Some((JobStateType::Failed, reason));
 }
 
-fn schedule_per_node(view: &dyn StateView, job: &Job, execs: &[&Execution], plan: &mut Plan, now: i64, ids: &mut dyn IdGen) {
+fn schedule_per_node(
+    view: &dyn StateView,
+    job: &Job,
+    execs: &[&Execution],
+    plan: &mut Plan,
+    now: i64,
+    ids: &mut dyn IdGen,
+) {
     let pool = NodePool::new(view, job);
     let mut any_failed = None;
     let mut covered: BTreeSet<&str> = BTreeSet::new();
     for e in execs {
         covered.insert(&e.node_id);
         if e.compute_state.state_type == ExecutionStateType::Failed {
-            any_failed = Some(format!("execution {} on node {} failed: {}", e.id, e.node_id, failure_message(e)));
+            any_failed = Some(format!(
+                "execution {} on node {} failed: {}",
+                e.id,
+                e.node_id,
+                failure_message(e)
+            ));
         }
     }
-    if job.kind == "ops" && let Some(f) = any_failed {
-        stop_all(plan, execs.iter().copied().filter(|e| e.is_live()), "job failed");
+    if job.kind == "ops"
+        && let Some(f) = any_failed
+    {
+        stop_all(
+            plan,
+            execs.iter().copied().filter(|e| e.is_live()),
+            "job failed",
+        );
         plan.job_state = Some((JobStateType::Failed, f));
         return;
     }
     let mut placed = 0;
     for n in pool.eligible() {
         if !covered.contains(n.id()) {
-            plan.new_executions.push(new_execution(job, n, 0, &plan.eval_id.clone(), now, ids));
+            plan.new_executions
+                .push(new_execution(job, n, 0, &plan.eval_id.clone(), now, ids));
             placed += 1;
         }
     }
@@ -177,10 +255,19 @@ fn schedule_per_node(view: &dyn StateView, job: &Job, execs: &[&Execution], plan
     }
 }
 
-fn new_execution(job: &Job, node: &NodeState, partition: i32, eval_id: &str, now: i64, ids: &mut dyn IdGen) -> Execution {
+fn new_execution(
+    job: &Job,
+    node: &NodeState,
+    partition: i32,
+    eval_id: &str,
+    now: i64,
+    ids: &mut dyn IdGen,
+) -> Execution {
     let task = job.task().cloned().unwrap_or_default();
     let mut alloc = AllocatedResources::default();
-    alloc.tasks.insert(task.name.clone(), Resources::from_config(&task.resources));
+    alloc
+        .tasks
+        .insert(task.name.clone(), Resources::from_config(&task.resources));
     Execution {
         id: ids.execution_id(),
         namespace: job.namespace.clone(),
@@ -221,17 +308,41 @@ impl<'a> NodePool<'a> {
             }
             let ci = &n.info.compute_node_info;
             let why = if !n.is_schedulable() {
-                Some(format!("node is {} / {}", n.membership.as_str(), n.connection_state.status.as_str()))
-            } else if !ci.execution_engines.iter().any(|e| e.eq_ignore_ascii_case(&engine)) {
+                Some(format!(
+                    "node is {} / {}",
+                    n.membership.as_str(),
+                    n.connection_state.status.as_str()
+                ))
+            } else if !ci
+                .execution_engines
+                .iter()
+                .any(|e| e.eq_ignore_ascii_case(&engine))
+            {
                 Some(format!("engine {engine} is not supported"))
-            } else if !publisher.is_empty() && !ci.publishers.iter().any(|p| p.eq_ignore_ascii_case(&publisher)) {
+            } else if !publisher.is_empty()
+                && !ci
+                    .publishers
+                    .iter()
+                    .any(|p| p.eq_ignore_ascii_case(&publisher))
+            {
                 Some(format!("publisher {publisher} is not supported"))
-            } else if let Some(src) = task.input_sources.iter().map(|i| i.source.kind_lower()).find(|s| !ci.storage_sources.iter().any(|x| x.eq_ignore_ascii_case(s))) {
+            } else if let Some(src) = task
+                .input_sources
+                .iter()
+                .map(|i| i.source.kind_lower())
+                .find(|s| !ci.storage_sources.iter().any(|x| x.eq_ignore_ascii_case(s)))
+            {
                 Some(format!("input source {src} is not supported"))
-            } else if let Some(c) = job.constraints.iter().find(|c| !c.matches(&n.info.labels)) {
-                Some(format!("does not match constraint {} {} {:?}", c.key, c.operator, c.values))
             } else {
-                None
+                job.constraints
+                    .iter()
+                    .find(|c| !c.matches(&n.info.labels))
+                    .map(|c| {
+                        format!(
+                            "does not match constraint {} {} {:?}",
+                            c.key, c.operator, c.values
+                        )
+                    })
             };
             if let Some(w) = why {
                 rejections.insert(n.id().to_string(), w);
@@ -245,13 +356,23 @@ impl<'a> NodePool<'a> {
                 }
             }
             if !need.fits_in(&ci.max_capacity) {
-                rejections.insert(n.id().to_string(), format!("job needs more than the node's capacity (cpu {} mem {})", need.cpu, need.memory));
+                rejections.insert(
+                    n.id().to_string(),
+                    format!(
+                        "job needs more than the node's capacity (cpu {} mem {})",
+                        need.cpu, need.memory
+                    ),
+                );
                 continue;
             }
             candidates.push((n, free, live.len()));
         }
         candidates.sort_by(|a, b| a.2.cmp(&b.2).then_with(|| a.0.id().cmp(b.0.id())));
-        NodePool { candidates, rejections, need }
+        NodePool {
+            candidates,
+            rejections,
+            need,
+        }
     }
 
     fn eligible(&self) -> impl Iterator<Item = &'a NodeState> + '_ {
@@ -260,14 +381,22 @@ impl<'a> NodePool<'a> {
 
     /// Picks the least-loaded node outside `exclude` and `distinct`; a node whose free capacity is
     /// short still takes the execution (the compute node queues it) unless nothing else fits.
-    fn pick(&mut self, exclude: &BTreeSet<String>, distinct: &BTreeSet<String>) -> Result<NodeState, String> {
-        let ok = |(n, _, _): &&(&NodeState, Resources, usize)| !exclude.contains(n.id()) && !distinct.contains(n.id());
+    fn pick(
+        &mut self,
+        exclude: &BTreeSet<String>,
+        distinct: &BTreeSet<String>,
+    ) -> Result<NodeState, String> {
+        let ok = |(n, _, _): &&(&NodeState, Resources, usize)| {
+            !exclude.contains(n.id()) && !distinct.contains(n.id())
+        };
         let idx = self
             .candidates
             .iter()
             .enumerate()
             .filter(|(_, c)| ok(c))
-            .min_by_key(|(_, (n, free, load))| (!self.need.fits_in(free), *load, n.id().to_string()))
+            .min_by_key(|(_, (n, free, load))| {
+                (!self.need.fits_in(free), *load, n.id().to_string())
+            })
             .map(|(i, _)| i);
         match idx {
             Some(i) => {
@@ -287,7 +416,11 @@ impl<'a> NodePool<'a> {
         if self.rejections.is_empty() {
             return "every suitable node has already failed this job".into();
         }
-        let reasons: Vec<String> = self.rejections.iter().map(|(n, w)| format!("{}: {w}", caravel_model::ids::short(n))).collect();
+        let reasons: Vec<String> = self
+            .rejections
+            .iter()
+            .map(|(n, w)| format!("{}: {w}", caravel_model::ids::short(n)))
+            .collect();
         format!("no node can run this job ({})", reasons.join("; "))
     }
 }
@@ -302,11 +435,21 @@ mod tests {
     use caravel_model::state::ClusterState;
 
     fn node(id: &str, engines: &[&str]) -> NodeInfo {
-        let mut n = NodeInfo { node_id: id.into(), node_type: "Compute".into(), ..Default::default() };
+        let mut n = NodeInfo {
+            node_id: id.into(),
+            node_type: "Compute".into(),
+            ..Default::default()
+        };
         n.compute_node_info.execution_engines = engines.iter().map(|s| s.to_string()).collect();
         n.compute_node_info.publishers = vec!["local".into(), "noop".into()];
-        n.compute_node_info.storage_sources = vec!["inline".into(), "local".into(), "urlDownload".into()];
-        n.compute_node_info.max_capacity = Resources { cpu: 2.0, memory: 4 << 30, disk: 10 << 30, gpu: 0 };
+        n.compute_node_info.storage_sources =
+            vec!["inline".into(), "local".into(), "urlDownload".into()];
+        n.compute_node_info.max_capacity = Resources {
+            cpu: 2.0,
+            memory: 4 << 30,
+            disk: 10 << 30,
+            gpu: 0,
+        };
         n
     }
 
@@ -314,10 +457,18 @@ mod tests {
         let text = format!(
             "Name: t\nType: batch\nCount: {count}\nTasks:\n- Name: main\n  Engine: {{Type: wasm, Params: {{EntryModule: /m.wasm}}}}\n  InputSources:\n  - Target: /m.wasm\n    Source: {{Type: inline, Params: {{URL: 'data:,x'}}}}\n"
         );
-        let mut job = caravel_model::parse::parse_job(text.as_bytes(), caravel_model::parse::Mode::Server).unwrap().job;
+        let mut job =
+            caravel_model::parse::parse_job(text.as_bytes(), caravel_model::parse::Mode::Server)
+                .unwrap()
+                .job;
         job.id = "j-1".into();
         let eval = Evaluation::new("ev-1".into(), &job, trigger::JOB_REGISTER, 10);
-        s.apply(&Command::SubmitJob { job, evaluation: eval, force: false, now: 10 });
+        s.apply(&Command::SubmitJob {
+            job,
+            evaluation: eval,
+            force: false,
+            now: 10,
+        });
         ("j-1".into(), "ev-1".into())
     }
 
@@ -328,25 +479,70 @@ mod tests {
         plan
     }
 
-    fn report(s: &mut ClusterState, node: &str, seq: u64, exec: &str, st: ExecutionStateType, followup: &str) {
-        let update = ExecutionUpdate { execution_id: exec.into(), state: st, message: "boom".into(), run_output: None, published_result: None, topic: String::new(), time: 0 };
-        s.apply(&Command::UpdateExecution { node_id: node.into(), seq, update, followup_eval_id: followup.into(), now: 100 + seq as i64 });
+    fn report(
+        s: &mut ClusterState,
+        node: &str,
+        seq: u64,
+        exec: &str,
+        st: ExecutionStateType,
+        followup: &str,
+    ) {
+        let update = ExecutionUpdate {
+            execution_id: exec.into(),
+            state: st,
+            message: "boom".into(),
+            run_output: None,
+            published_result: None,
+            topic: String::new(),
+            time: 0,
+        };
+        s.apply(&Command::UpdateExecution {
+            node_id: node.into(),
+            seq,
+            update,
+            followup_eval_id: followup.into(),
+            now: 100 + seq as i64,
+        });
     }
 
     #[test]
     fn a_batch_job_runs_count_partitions_on_the_least_loaded_nodes_and_completes() {
         let mut s = ClusterState::default();
-        s.apply(&Command::RegisterNode { info: node("n-a", &["wasm"]), now: 1 });
-        s.apply(&Command::RegisterNode { info: node("n-b", &["wasm"]), now: 1 });
+        s.apply(&Command::RegisterNode {
+            info: node("n-a", &["wasm"]),
+            now: 1,
+        });
+        s.apply(&Command::RegisterNode {
+            info: node("n-b", &["wasm"]),
+            now: 1,
+        });
         let (job, ev) = submit(&mut s, 2);
         let mut ids = SequentialIds::default();
         let plan = run_eval(&mut s, &ev, &mut ids, 20);
         assert_eq!(plan.new_executions.len(), 2);
-        let nodes: BTreeSet<_> = plan.new_executions.iter().map(|e| e.node_id.clone()).collect();
+        let nodes: BTreeSet<_> = plan
+            .new_executions
+            .iter()
+            .map(|e| e.node_id.clone())
+            .collect();
         assert_eq!(nodes.len(), 2, "spread over both nodes");
         for (i, e) in plan.new_executions.iter().enumerate() {
-            report(&mut s, &e.node_id, 1, &e.id, ExecutionStateType::Running, "");
-            report(&mut s, &e.node_id, 2, &e.id, ExecutionStateType::Completed, &format!("f-{i}"));
+            report(
+                &mut s,
+                &e.node_id,
+                1,
+                &e.id,
+                ExecutionStateType::Running,
+                "",
+            );
+            report(
+                &mut s,
+                &e.node_id,
+                2,
+                &e.id,
+                ExecutionStateType::Completed,
+                &format!("f-{i}"),
+            );
         }
         assert_eq!(s.jobs[&job].state.state_type, JobStateType::Running);
         run_eval(&mut s, "f-0", &mut ids, 30);
@@ -358,15 +554,35 @@ mod tests {
     #[test]
     fn a_failed_execution_is_retried_elsewhere_then_the_job_fails_with_the_error() {
         let mut s = ClusterState::default();
-        s.apply(&Command::RegisterNode { info: node("n-a", &["wasm"]), now: 1 });
-        s.apply(&Command::RegisterNode { info: node("n-b", &["wasm"]), now: 1 });
+        s.apply(&Command::RegisterNode {
+            info: node("n-a", &["wasm"]),
+            now: 1,
+        });
+        s.apply(&Command::RegisterNode {
+            info: node("n-b", &["wasm"]),
+            now: 1,
+        });
         let (job, ev) = submit(&mut s, 1);
         let mut ids = SequentialIds::default();
         let first = run_eval(&mut s, &ev, &mut ids, 20).new_executions[0].clone();
-        report(&mut s, &first.node_id, 1, &first.id, ExecutionStateType::Failed, "f-1");
+        report(
+            &mut s,
+            &first.node_id,
+            1,
+            &first.id,
+            ExecutionStateType::Failed,
+            "f-1",
+        );
         let second = run_eval(&mut s, "f-1", &mut ids, 21).new_executions[0].clone();
         assert_ne!(second.node_id, first.node_id, "retried on the other node");
-        report(&mut s, &second.node_id, 1, &second.id, ExecutionStateType::Failed, "f-2");
+        report(
+            &mut s,
+            &second.node_id,
+            1,
+            &second.id,
+            ExecutionStateType::Failed,
+            "f-2",
+        );
         let last = run_eval(&mut s, "f-2", &mut ids, 22);
         assert!(last.new_executions.is_empty());
         let j = &s.jobs[&job];
@@ -377,38 +593,67 @@ mod tests {
     #[test]
     fn a_job_no_node_can_run_fails_at_once_with_the_reason() {
         let mut s = ClusterState::default();
-        s.apply(&Command::RegisterNode { info: node("n-a", &["docker"]), now: 1 });
+        s.apply(&Command::RegisterNode {
+            info: node("n-a", &["docker"]),
+            now: 1,
+        });
         let (job, ev) = submit(&mut s, 1);
         run_eval(&mut s, &ev, &mut SequentialIds::default(), 20);
         let j = &s.jobs[&job];
         assert_eq!(j.state.state_type, JobStateType::Failed);
-        assert!(j.state.message.contains("engine wasm is not supported"), "{}", j.state.message);
+        assert!(
+            j.state.message.contains("engine wasm is not supported"),
+            "{}",
+            j.state.message
+        );
     }
 
     #[test]
     fn stopping_a_job_cancels_its_live_executions() {
         let mut s = ClusterState::default();
-        s.apply(&Command::RegisterNode { info: node("n-a", &["wasm"]), now: 1 });
+        s.apply(&Command::RegisterNode {
+            info: node("n-a", &["wasm"]),
+            now: 1,
+        });
         let (job, ev) = submit(&mut s, 1);
         let mut ids = SequentialIds::default();
         let e = run_eval(&mut s, &ev, &mut ids, 20).new_executions[0].clone();
-        s.apply(&Command::StopJob { job_id: job.clone(), reason: String::new(), evaluation_id: "stop".into(), now: 30 });
+        s.apply(&Command::StopJob {
+            job_id: job.clone(),
+            reason: String::new(),
+            evaluation_id: "stop".into(),
+            now: 30,
+        });
         let p = run_eval(&mut s, "stop", &mut ids, 31);
         assert_eq!(p.updates.len(), 1);
-        assert_eq!(s.executions[&e.id].desired_state.state_type, ExecutionDesiredState::Stopped);
+        assert_eq!(
+            s.executions[&e.id].desired_state.state_type,
+            ExecutionDesiredState::Stopped
+        );
         assert_eq!(s.jobs[&job].state.state_type, JobStateType::Stopped);
     }
 
     #[test]
     fn a_plan_made_from_a_stale_view_is_refused_and_changes_nothing() {
         let mut s = ClusterState::default();
-        s.apply(&Command::RegisterNode { info: node("n-a", &["wasm"]), now: 1 });
+        s.apply(&Command::RegisterNode {
+            info: node("n-a", &["wasm"]),
+            now: 1,
+        });
         let (job, ev) = submit(&mut s, 1);
         let eval = s.evaluations[&ev].clone();
         let plan = schedule(&s, &eval, 20, &mut SequentialIds::default());
-        s.apply(&Command::StopJob { job_id: job, reason: String::new(), evaluation_id: "stop".into(), now: 21 });
+        s.apply(&Command::StopJob {
+            job_id: job,
+            reason: String::new(),
+            evaluation_id: "stop".into(),
+            now: 21,
+        });
         let r = s.apply(&Command::ApplyPlan(plan));
-        assert!(matches!(r, caravel_model::command::CommandResponse::Rejected { .. }));
+        assert!(matches!(
+            r,
+            caravel_model::command::CommandResponse::Rejected { .. }
+        ));
         assert!(s.executions.is_empty());
     }
 }

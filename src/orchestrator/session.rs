@@ -34,13 +34,21 @@ pub enum Error {
 }
 
 /// Serves one session until it closes or `shutdown` fires.
-pub async fn serve(cluster: Cluster, mut end: OrchestratorEnd, shutdown: CancellationToken) -> Result<(), Error> {
+pub async fn serve(
+    cluster: Cluster,
+    mut end: OrchestratorEnd,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     let first = tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
         m = tokio::time::timeout(HELLO_TIMEOUT, end.rx.recv()) => m.map_err(|_| Error::NoHello(HELLO_TIMEOUT))?,
     };
     let Some(ToOrchestrator::Hello { info, last_seq: _ }) = first else {
-        return Err(if first.is_none() { Error::Closed } else { Error::Protocol });
+        return Err(if first.is_none() {
+            Error::Closed
+        } else {
+            Error::Protocol
+        });
     };
     let node_id = info.node_id.clone();
     register(&cluster, &info, &shutdown).await?;
@@ -121,8 +129,15 @@ pub async fn serve(cluster: Cluster, mut end: OrchestratorEnd, shutdown: Cancell
     result
 }
 
-async fn register(cluster: &Cluster, info: &caravel_model::NodeInfo, shutdown: &CancellationToken) -> Result<(), Error> {
-    let cmd = Command::RegisterNode { info: info.clone(), now: now_ns() };
+async fn register(
+    cluster: &Cluster,
+    info: &caravel_model::NodeInfo,
+    shutdown: &CancellationToken,
+) -> Result<(), Error> {
+    let cmd = Command::RegisterNode {
+        info: info.clone(),
+        now: now_ns(),
+    };
     match write_retrying(cluster, cmd, shutdown).await {
         Some(CommandResponse::Rejected { message, .. }) => Err(Error::Register(message)),
         _ => Ok(()),
@@ -130,7 +145,11 @@ async fn register(cluster: &Cluster, info: &caravel_model::NodeInfo, shutdown: &
 }
 
 /// Writes, retrying while there is no leader or no quorum. `None` when shutting down.
-async fn write_retrying(cluster: &Cluster, cmd: Command, shutdown: &CancellationToken) -> Option<CommandResponse> {
+async fn write_retrying(
+    cluster: &Cluster,
+    cmd: Command,
+    shutdown: &CancellationToken,
+) -> Option<CommandResponse> {
     let mut delay = Duration::from_millis(100);
     loop {
         match cluster.write(cmd.clone()).await {
@@ -151,14 +170,25 @@ async fn write_retrying(cluster: &Cluster, cmd: Command, shutdown: &Cancellation
 }
 
 /// Sends the node what the replicated state wants of it and it was not told in this session.
-async fn dispatch(cluster: &Cluster, node_id: &str, end: &OrchestratorEnd, sent_runs: &mut HashSet<String>, sent_cancels: &mut HashSet<String>) {
+async fn dispatch(
+    cluster: &Cluster,
+    node_id: &str,
+    end: &OrchestratorEnd,
+    sent_runs: &mut HashSet<String>,
+    sent_cancels: &mut HashSet<String>,
+) {
     let mut out = Vec::new();
     cluster.read(|s| {
         use caravel_model::view::StateView;
         for e in s.live_executions_on(node_id) {
-            if e.desired_state.state_type == ExecutionDesiredState::Running && !sent_runs.contains(&e.id) {
+            if e.desired_state.state_type == ExecutionDesiredState::Running
+                && !sent_runs.contains(&e.id)
+            {
                 if let Some(job) = s.job_version(&e.job_id, e.job_version) {
-                    out.push(ToCompute::Run { execution: Box::new(e.clone()), job: Box::new(job.clone()) });
+                    out.push(ToCompute::Run {
+                        execution: Box::new(e.clone()),
+                        job: Box::new(job.clone()),
+                    });
                 }
                 sent_runs.insert(e.id.clone());
             }
@@ -170,8 +200,13 @@ async fn dispatch(cluster: &Cluster, node_id: &str, end: &OrchestratorEnd, sent_
             if let Some(e) = s.executions.get(id)
                 && e.desired_state.state_type == ExecutionDesiredState::Stopped
             {
-                if e.compute_state.state_type != ExecutionStateType::Completed && e.compute_state.state_type != ExecutionStateType::Failed {
-                    out.push(ToCompute::Cancel { execution_id: id.clone(), reason: e.desired_state.message.clone() });
+                if e.compute_state.state_type != ExecutionStateType::Completed
+                    && e.compute_state.state_type != ExecutionStateType::Failed
+                {
+                    out.push(ToCompute::Cancel {
+                        execution_id: id.clone(),
+                        reason: e.desired_state.message.clone(),
+                    });
                 }
                 sent_cancels.insert(id.clone());
             }

@@ -21,7 +21,8 @@ pub fn repo() -> PathBuf {
 /// A hybrid node on a fresh data dir (kept alive as long as the returned tempdir).
 pub fn node() -> (NodeProcess, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let n = NodeProcess::start_hybrid(&bin(), &dir.path().join("node"), &[]).expect("start hybrid node");
+    let n = NodeProcess::start_hybrid(&bin(), &dir.path().join("node"), &[])
+        .expect("start hybrid node");
     (n, dir)
 }
 
@@ -51,7 +52,11 @@ pub fn test_module(name: &str) -> PathBuf {
 /// Runs the CLI, returning (exit ok, stdout, stderr).
 pub fn run(n: &NodeProcess, args: &[&str], cwd: Option<&Path>) -> (bool, String, String) {
     let o = n.cli_in(args, cwd).expect("run caravel");
-    (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 /// `job describe --output json` of a job.

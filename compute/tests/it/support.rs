@@ -138,7 +138,9 @@ pub async fn start(configure: impl FnOnce(&mut ComputeOptions, &std::path::Path)
         other => panic!("expected Hello first, got {other:?}"),
     };
     // The orchestrator's answer: nothing committed yet.
-    tx.send(ToCompute::Ack { seq: 0 }).await.expect("answer Hello");
+    tx.send(ToCompute::Ack { seq: 0 })
+        .await
+        .expect("answer Hello");
     Harness {
         node,
         tx,

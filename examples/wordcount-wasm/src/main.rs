@@ -8,7 +8,11 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-fn add_file(path: &Path, counts: &mut HashMap<String, u64>, words: &mut u64) -> std::io::Result<()> {
+fn add_file(
+    path: &Path,
+    counts: &mut HashMap<String, u64>,
+    words: &mut u64,
+) -> std::io::Result<()> {
     if path.is_dir() {
         let mut entries: Vec<_> = std::fs::read_dir(path)?.collect::<Result<_, _>>()?;
         entries.sort_by_key(|e| e.path());
@@ -34,7 +38,10 @@ fn main() -> ExitCode {
         eprintln!("usage: wordcount FILE|DIR…");
         return ExitCode::from(2);
     }
-    let top: usize = std::env::var("TOP_N").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let top: usize = std::env::var("TOP_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
     let mut counts = HashMap::new();
     let mut words = 0;
     for a in &args {
@@ -46,7 +53,12 @@ fn main() -> ExitCode {
     let mut sorted: Vec<(&String, &u64)> = counts.iter().collect();
     sorted.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{words} words, {} distinct; top {}:", counts.len(), top.min(sorted.len()));
+    let _ = writeln!(
+        out,
+        "{words} words, {} distinct; top {}:",
+        counts.len(),
+        top.min(sorted.len())
+    );
     for (w, c) in sorted.iter().take(top) {
         let _ = writeln!(out, "{c:>6} {w}");
     }

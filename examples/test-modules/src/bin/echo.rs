@@ -5,7 +5,12 @@ use std::io::Write;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     println!("args: {}", args.join(" "));
-    for key in ["GREETING", "FROM_PARAMS", "BACALHAU_EXECUTION_ID", "BACALHAU_JOB_ID"] {
+    for key in [
+        "GREETING",
+        "FROM_PARAMS",
+        "BACALHAU_EXECUTION_ID",
+        "BACALHAU_JOB_ID",
+    ] {
         println!("env {key}={}", std::env::var(key).unwrap_or_default());
     }
     eprintln!("to stderr");
@@ -27,7 +32,8 @@ fn main() {
         }
     }
     if std::path::Path::new("/outputs").exists() {
-        let mut f = std::fs::File::create("/outputs/result.txt").expect("create /outputs/result.txt");
+        let mut f =
+            std::fs::File::create("/outputs/result.txt").expect("create /outputs/result.txt");
         writeln!(f, "echo wrote this; inputs had {} bytes", seen.len()).expect("write");
         if std::fs::write("/inputs/forbidden.txt", b"x").is_ok() {
             println!("inputs are writable");
