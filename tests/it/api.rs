@@ -224,14 +224,24 @@ async fn agent_endpoints_and_metrics_answer() {
         .unwrap();
     assert_eq!(nodes["Nodes"][0]["ConnectionState"]["Status"], "CONNECTED");
     put(&c, &n.api(), wasm_job("metrics")).await;
-    let text = c
-        .get(format!("{}/metrics", n.api()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // The scheduler processes the evaluation shortly after the submission is acknowledged.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let text = loop {
+        let text = c
+            .get(format!("{}/metrics", n.api()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains("caravel_evaluations_processed_total")
+            || std::time::Instant::now() > deadline
+        {
+            break text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     for m in [
         "caravel_api_requests_total",
         "caravel_jobs",
