@@ -91,49 +91,6 @@ impl Outbox {
 }
 
 #[cfg(test)]
-mod rebase_tests {
-    use super::*;
-    use caravel_model::ExecutionStateType;
-
-    fn update(id: &str) -> ExecutionUpdate {
-        ExecutionUpdate {
-            execution_id: id.into(),
-            state: ExecutionStateType::Running,
-            message: String::new(),
-            run_output: None,
-            published_result: None,
-            topic: String::new(),
-            time: 0,
-        }
-    }
-
-    #[test]
-    fn a_node_that_lost_its_outbox_numbers_after_what_the_orchestrator_committed() {
-        let mut o = Outbox::new();
-        o.push(update("a"));
-        o.rebase(8);
-        assert_eq!(
-            o.unacked_after(o.acked_seq())
-                .iter()
-                .map(|(s, _)| *s)
-                .collect::<Vec<_>>(),
-            vec![9]
-        );
-        assert_eq!(o.push(update("b")), 10);
-    }
-
-    #[test]
-    fn a_normal_answer_is_an_acknowledgement() {
-        let mut o = Outbox::new();
-        o.push(update("a"));
-        o.push(update("b"));
-        o.rebase(1);
-        assert_eq!(o.unacked_after(o.acked_seq()).len(), 1);
-        assert_eq!(o.last_seq(), 2);
-    }
-}
-
-#[cfg(test)]
 mod tests {
     use super::*;
     use caravel_model::ExecutionStateType;
@@ -148,6 +105,31 @@ mod tests {
             topic: String::new(),
             time: 0,
         }
+    }
+
+    #[test]
+    fn a_node_that_lost_its_outbox_numbers_after_what_the_orchestrator_committed() {
+        let mut o = Outbox::new();
+        o.push(upd("a"));
+        o.rebase(8);
+        assert_eq!(
+            o.unacked_after(o.acked_seq())
+                .iter()
+                .map(|(s, _)| *s)
+                .collect::<Vec<_>>(),
+            vec![9]
+        );
+        assert_eq!(o.push(upd("b")), 10);
+    }
+
+    #[test]
+    fn a_normal_answer_is_an_acknowledgement() {
+        let mut o = Outbox::new();
+        o.push(upd("a"));
+        o.push(upd("b"));
+        o.rebase(1);
+        assert_eq!(o.unacked_after(o.acked_seq()).len(), 1);
+        assert_eq!(o.last_seq(), 2);
     }
 
     #[test]

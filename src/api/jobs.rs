@@ -409,15 +409,17 @@ pub async fn stop(
     }
 }
 
-pub async fn history(
-    State(s): State<ApiState>,
-    Path(id): Path<String>,
-    Query(q): Query<JobQuery>,
-) -> Result<Json<ListHistoryResponse>, ApiErr> {
+/// A job's list (history, executions) as a page, `limit` applied.
+async fn job_page<T: Send + 'static>(
+    s: &ApiState,
+    id: &str,
+    q: &JobQuery,
+    items: fn(&ClusterState, &Job, &JobQuery) -> Vec<T>,
+) -> Result<Json<Page<T>>, ApiErr> {
     s.cluster
         .read_linearizable(|st| {
-            let job = lookup(st, &q.namespace, &id)?;
-            let mut items = history_of(st, &job, &q);
+            let job = lookup(st, &q.namespace, id)?;
+            let mut items = items(st, &job, q);
             if let Some(l) = q.limit.filter(|l| *l > 0) {
                 items.truncate(l);
             }
@@ -429,24 +431,20 @@ pub async fn history(
         .await?
 }
 
+pub async fn history(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Query<JobQuery>,
+) -> Result<Json<ListHistoryResponse>, ApiErr> {
+    job_page(&s, &id, &q, history_of).await
+}
+
 pub async fn executions(
     State(s): State<ApiState>,
     Path(id): Path<String>,
     Query(q): Query<JobQuery>,
 ) -> Result<Json<ListExecutionsResponse>, ApiErr> {
-    s.cluster
-        .read_linearizable(|st| {
-            let job = lookup(st, &q.namespace, &id)?;
-            let mut items = executions_of(st, &job, &q);
-            if let Some(l) = q.limit.filter(|l| *l > 0) {
-                items.truncate(l);
-            }
-            Ok(Json(Page {
-                items,
-                next_token: String::new(),
-            }))
-        })
-        .await?
+    job_page(&s, &id, &q, executions_of).await
 }
 
 /// One item per Completed execution of the current version. Results kept on a node (local publisher)

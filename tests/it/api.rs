@@ -15,6 +15,10 @@ fn wasm_job(name: &str) -> Value {
         "InputSources": [{"Target": "/m.wasm", "Source": {"Type": "inline", "Params": {"URL": "data:application/wasm;base64,AGFzbQEAAAA="}}}]}]})
 }
 
+async fn get_json(c: &reqwest::Client, url: String) -> Value {
+    c.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 async fn put(c: &reqwest::Client, base: &str, job: Value) -> (u16, Value) {
     let r = c
         .put(format!("{base}/api/v1/orchestrator/jobs"))
@@ -107,7 +111,7 @@ async fn listing_25_jobs_pages_with_next_token_and_ids_resolve_by_prefix_and_nam
         if !token.is_empty() {
             url.push_str(&format!("&next_token={token}"));
         }
-        let body: Value = c.get(url).send().await.unwrap().json().await.unwrap();
+        let body: Value = get_json(&c, url).await;
         pages += 1;
         seen.extend(
             body["Items"]
@@ -125,23 +129,9 @@ async fn listing_25_jobs_pages_with_next_token_and_ids_resolve_by_prefix_and_nam
     assert_eq!(seen, ids, "every job once, in creation order");
 
     let short = &ids[3][..10];
-    let body: Value = c
-        .get(format!("{}/api/v1/orchestrator/jobs/{short}", n.api()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: Value = get_json(&c, format!("{}/api/v1/orchestrator/jobs/{short}", n.api())).await;
     assert_eq!(body["Job"]["ID"], ids[3].as_str());
-    let body: Value = c
-        .get(format!("{}/api/v1/orchestrator/jobs/page-07", n.api()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: Value = get_json(&c, format!("{}/api/v1/orchestrator/jobs/page-07", n.api())).await;
     assert_eq!(body["Job"]["ID"], ids[7].as_str());
     let r = c
         .get(format!("{}/api/v1/orchestrator/jobs/j-", n.api()))
@@ -172,14 +162,7 @@ async fn listing_25_jobs_pages_with_next_token_and_ids_resolve_by_prefix_and_nam
         .unwrap();
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["JobID"], ids[7].as_str());
-    let job: Value = c
-        .get(format!("{}/api/v1/orchestrator/jobs/page-07", n.api()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let job: Value = get_json(&c, format!("{}/api/v1/orchestrator/jobs/page-07", n.api())).await;
     assert_eq!(job["Job"]["Version"], 2);
 }
 
@@ -187,41 +170,13 @@ async fn listing_25_jobs_pages_with_next_token_and_ids_resolve_by_prefix_and_nam
 async fn agent_endpoints_and_metrics_answer() {
     let (n, _d) = tokio::task::spawn_blocking(node).await.unwrap();
     let c = client();
-    let body: Value = c
-        .get(format!("{}/api/v1/agent/alive", n.api()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: Value = get_json(&c, format!("{}/api/v1/agent/alive", n.api())).await;
     assert_eq!(body["Status"], "OK");
-    let body: Value = c
-        .get(format!("{}/api/v1/agent/version", n.api()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: Value = get_json(&c, format!("{}/api/v1/agent/version", n.api())).await;
     assert!(body["GitVersion"].as_str().unwrap().starts_with('v'));
-    let body: Value = c
-        .get(format!("{}/api/v1/agent/config", n.api()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: Value = get_json(&c, format!("{}/api/v1/agent/config", n.api())).await;
     assert_eq!(body["config"]["API"]["Port"], n.api_port);
-    let nodes: Value = c
-        .get(format!("{}/api/v1/orchestrator/nodes", n.api()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let nodes: Value = get_json(&c, format!("{}/api/v1/orchestrator/nodes", n.api())).await;
     assert_eq!(nodes["Nodes"][0]["ConnectionState"]["Status"], "CONNECTED");
     put(&c, &n.api(), wasm_job("metrics")).await;
     // The scheduler processes the evaluation shortly after the submission is acknowledged.
