@@ -70,6 +70,8 @@ pub struct Metrics {
     pub raft_term: Gauge,
     pub raft_last_log_index: Gauge,
     pub raft_applied_index: Gauge,
+    pub raft_commit_index: Gauge,
+    commit_source: Mutex<Option<std::sync::Arc<std::sync::atomic::AtomicU64>>>,
     pub raft_is_leader: Gauge,
     pub raft_leader_id: Gauge,
     pub raft_writes: HistFamily<CommandLabels>,
@@ -106,6 +108,8 @@ impl Metrics {
             raft_term: Gauge::default(),
             raft_last_log_index: Gauge::default(),
             raft_applied_index: Gauge::default(),
+            raft_commit_index: Gauge::default(),
+            commit_source: Mutex::new(None),
             raft_is_leader: Gauge::default(),
             raft_leader_id: Gauge::default(),
             raft_writes: Family::new_with_constructor(latency_histogram),
@@ -153,6 +157,11 @@ impl Metrics {
             m.raft_applied_index.clone(),
         );
         r.register(
+            "raft_commit_index",
+            "Last Raft log index known committed on this member",
+            m.raft_commit_index.clone(),
+        );
+        r.register(
             "raft_is_leader",
             "1 if this member is the Raft leader",
             m.raft_is_leader.clone(),
@@ -194,6 +203,11 @@ impl Metrics {
         );
         *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = r;
         m
+    }
+
+    /// Reads the commit index from the Raft log store at scrape time.
+    pub fn track_commit_index(&self, source: std::sync::Arc<std::sync::atomic::AtomicU64>) {
+        *self.commit_source.lock().unwrap_or_else(|e| e.into_inner()) = Some(source);
     }
 
     pub fn observe_write(&self, command: &str, d: Duration) {
@@ -281,6 +295,15 @@ impl Metrics {
                 .set(i64::from(m.current_leader == Some(cluster.node_id())));
             self.raft_leader_id
                 .set(m.current_leader.unwrap_or(0) as i64);
+        }
+        if let Some(c) = self
+            .commit_source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            self.raft_commit_index
+                .set(c.load(std::sync::atomic::Ordering::Relaxed) as i64);
         }
         self.sessions_connected
             .set(cluster.connected_nodes() as i64);

@@ -110,6 +110,7 @@ pub async fn start(
     let (log_store, sm_store) = caravel_raft_store::open(&raft_dir)
         .with_context(|| format!("cannot open the Raft store in {}", raft_dir.display()))?;
     let state = sm_store.state();
+    let committed = log_store.committed_index();
     let applied = sm_store.subscribe_applied();
     let raft_cfg = Arc::new(
         raft_config()
@@ -133,6 +134,7 @@ pub async fn start(
             .context("cannot initialise the Raft group")?;
     }
     let metrics = Arc::new(Metrics::new());
+    metrics.track_commit_index(committed);
     let cluster = Cluster::new(
         raft,
         RAFT_NODE_ID,

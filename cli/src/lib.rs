@@ -3,6 +3,7 @@
 //! the orchestrator and compute crates, which this crate must not depend on).
 
 pub mod agent;
+pub mod cert;
 pub mod client;
 pub mod config;
 pub mod input;
@@ -72,6 +73,9 @@ pub enum Command {
     Config(config::ConfigCommand),
     /// Client and server versions.
     Version(agent::VersionArgs),
+    /// Cluster CA and node certificates for mutual TLS between nodes.
+    #[command(subcommand)]
+    Cert(cert::CertCommand),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -110,6 +114,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Agent(c) => agent::run(&client, c).await,
         Command::Config(c) => config::run(&cli.global, c),
         Command::Version(a) => agent::version(&client, a).await,
+        Command::Cert(c) => cert::run(c),
         Command::Serve(_) | Command::Devstack(_) => Ok(ExitCode::from(2)),
     };
     match res {

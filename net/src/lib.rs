@@ -13,6 +13,7 @@
 //! same two ends, so neither side changes. Depends on `model` only; never on raft-store or compute.
 
 pub mod inproc;
+pub mod tls;
 
 use caravel_model::wire::{ToCompute, ToOrchestrator};
 use tokio::sync::mpsc;

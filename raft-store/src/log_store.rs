@@ -16,6 +16,8 @@ use crate::{Entry, Error, LogId, NodeId, StorageError, TypeConfig};
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Db>,
+    /// The last committed index openraft told this store about (for the commit-index metric).
+    committed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Debug for LogStore {
@@ -28,7 +30,15 @@ impl Debug for LogStore {
 
 impl LogStore {
     pub(crate) fn new(db: Arc<Db>) -> Self {
-        LogStore { db }
+        LogStore {
+            db,
+            committed: Arc::default(),
+        }
+    }
+
+    /// The commit index as last saved by openraft, shared with every clone (0 before any).
+    pub fn committed_index(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.committed.clone()
     }
 
     /// Resolves once every clone of both store halves is dropped and the directory is unlocked.
@@ -158,6 +168,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// Not synced: the committed id is a hint that lets a restarted node re-apply sooner; losing the
     /// latest one only delays that until the leader's next heartbeat.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        if let Some(c) = committed {
+            self.committed
+                .store(c.index, std::sync::atomic::Ordering::Relaxed);
+        }
         let res = (|| {
             let cf = db::cf(&self.db, CF_META)?;
             let v = db::encode("committed log id", &committed)?;

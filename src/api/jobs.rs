@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use caravel_model::api::*;
@@ -21,7 +21,7 @@ use caravel_model::view::StateView;
 use caravel_model::wire::{ToCompute, ToOrchestrator};
 use serde::Deserialize;
 
-use super::{ApiErr, ApiState, json_body};
+use super::{ApiErr, ApiQuery, ApiState, json_body};
 use crate::orchestrator::now_ns;
 
 const DEFAULT_LIMIT: u32 = 100;
@@ -190,7 +190,7 @@ pub fn selector_matches(
 
 pub async fn list(
     State(s): State<ApiState>,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<ListJobsResponse>, ApiErr> {
     let mut token = PagingToken {
         sort_by: q.order_by.clone().unwrap_or_else(|| "created_at".into()),
@@ -340,7 +340,7 @@ fn history_of(st: &ClusterState, job: &Job, q: &JobQuery) -> Vec<JobHistory> {
 pub async fn get(
     State(s): State<ApiState>,
     Path(id): Path<String>,
-    Query(q): Query<JobQuery>,
+    ApiQuery(q): ApiQuery<JobQuery>,
 ) -> Result<Json<GetJobResponse>, ApiErr> {
     let include = q.include.clone().unwrap_or_default().to_ascii_lowercase();
     s.cluster
@@ -374,7 +374,7 @@ pub async fn get(
 pub async fn stop(
     State(s): State<ApiState>,
     Path(id): Path<String>,
-    Query(q): Query<JobQuery>,
+    ApiQuery(q): ApiQuery<JobQuery>,
     body: Bytes,
 ) -> Result<Json<StopJobResponse>, ApiErr> {
     let req: StopJobRequest = if body.is_empty() {
@@ -434,7 +434,7 @@ async fn job_page<T: Send + 'static>(
 pub async fn history(
     State(s): State<ApiState>,
     Path(id): Path<String>,
-    Query(q): Query<JobQuery>,
+    ApiQuery(q): ApiQuery<JobQuery>,
 ) -> Result<Json<ListHistoryResponse>, ApiErr> {
     job_page(&s, &id, &q, history_of).await
 }
@@ -442,7 +442,7 @@ pub async fn history(
 pub async fn executions(
     State(s): State<ApiState>,
     Path(id): Path<String>,
-    Query(q): Query<JobQuery>,
+    ApiQuery(q): ApiQuery<JobQuery>,
 ) -> Result<Json<ListExecutionsResponse>, ApiErr> {
     job_page(&s, &id, &q, executions_of).await
 }
@@ -454,7 +454,7 @@ pub async fn results(
     State(s): State<ApiState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Query(q): Query<JobQuery>,
+    ApiQuery(q): ApiQuery<JobQuery>,
 ) -> Result<Json<ListResultsResponse>, ApiErr> {
     let host = headers
         .get(header::HOST)
@@ -583,7 +583,7 @@ pub async fn download_result(
 pub async fn logs(
     State(s): State<ApiState>,
     Path(id): Path<String>,
-    Query(q): Query<JobQuery>,
+    ApiQuery(q): ApiQuery<JobQuery>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiErr> {
     let (job, exec) = s

@@ -186,6 +186,30 @@ impl IntoResponse for ApiErr {
     }
 }
 
+/// Query parameters whose parse errors answer in Bacalhau's error shape (axum's own rejection is
+/// plain text).
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiErr;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
+            Err(e) => Err(ApiErr::bad_request(format!("invalid query parameters: {}", e.body_text()))
+                .hint("check the parameter names and values (e.g. limit is a number, reverse is true or false)")),
+        }
+    }
+}
+
 /// Parses a JSON body into our error shape (axum's own rejection is plain text).
 pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiErr> {
     serde_json::from_slice(body).map_err(|e| {

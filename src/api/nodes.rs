@@ -1,12 +1,12 @@
 //! `/api/v1/orchestrator/nodes`: compute and orchestrator nodes with their membership and connection.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use caravel_model::api::{GetNodeResponse, ListNodesResponse};
 use caravel_model::state::LookupError;
 use serde::Deserialize;
 
-use super::{ApiErr, ApiState};
+use super::{ApiErr, ApiQuery, ApiState};
 use crate::api::jobs::selector_matches;
 
 #[derive(Debug, Deserialize, Default)]
@@ -27,7 +27,7 @@ pub struct ListQuery {
 
 pub async fn list(
     State(s): State<ApiState>,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<ListNodesResponse>, ApiErr> {
     let selector = match &q.labels {
         Some(l) if !l.is_empty() => Some(crate::api::jobs::parse_selector(l)?),

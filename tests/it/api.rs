@@ -52,6 +52,22 @@ async fn bad_specs_get_400_with_the_field_and_a_hint() {
     );
 
     let r = c
+        .get(format!("{}/api/v1/orchestrator/jobs?limit=lots", n.api()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["Code"], "BadRequest",
+        "bad query parameters answer in the API's error shape: {body}"
+    );
+    assert!(
+        body["Message"].as_str().unwrap().contains("limit"),
+        "{body}"
+    );
+
+    let r = c
         .put(format!("{}/api/v1/orchestrator/jobs", n.api()))
         .body("{not json")
         .send()
@@ -201,6 +217,7 @@ async fn agent_endpoints_and_metrics_answer() {
         "caravel_api_requests_total",
         "caravel_jobs",
         "caravel_raft_applied_index",
+        "caravel_raft_commit_index",
         "caravel_raft_term",
         "caravel_evaluations_processed_total",
         "caravel_scheduling_latency_seconds",
