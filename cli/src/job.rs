@@ -432,6 +432,8 @@ pub async fn submit_and_follow(
             ),
             s => eprintln!("\nJob {} is {s}: {}", r.job_id, job.state.message),
         }
+    }
+    if !rt.id_only && !rt.no_hints {
         eprintln!(
             "\nTo get more details about the run, execute:\n\tcaravel job describe {}",
             r.job_id
