@@ -37,6 +37,16 @@ pub struct Page<T> {
     pub next_token: String,
 }
 
+impl<T> Page<T> {
+    /// A complete page: every item, no next token.
+    pub fn of(items: Vec<T>) -> Self {
+        Page {
+            items,
+            next_token: String::new(),
+        }
+    }
+}
+
 pub type ListJobsResponse = Page<Job>;
 pub type ListHistoryResponse = Page<JobHistory>;
 pub type ListExecutionsResponse = Page<Execution>;

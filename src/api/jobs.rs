@@ -423,10 +423,7 @@ async fn job_page<T: Send + 'static>(
             if let Some(l) = q.limit.filter(|l| *l > 0) {
                 items.truncate(l);
             }
-            Ok(Json(Page {
-                items,
-                next_token: String::new(),
-            }))
+            Ok(Json(Page::of(items)))
         })
         .await?
 }
@@ -492,10 +489,7 @@ pub async fn results(
                     }
                 })
                 .collect();
-            Ok(Json(Page {
-                items,
-                next_token: String::new(),
-            }))
+            Ok(Json(Page::of(items)))
         })
         .await?
 }

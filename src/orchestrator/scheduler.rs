@@ -453,6 +453,18 @@ mod tests {
         n
     }
 
+    /// A state with these compute nodes registered, each supporting one engine.
+    fn cluster(nodes: &[(&str, &str)]) -> ClusterState {
+        let mut s = ClusterState::default();
+        for (id, engine) in nodes {
+            s.apply(&Command::RegisterNode {
+                info: node(id, &[engine]),
+                now: 1,
+            });
+        }
+        s
+    }
+
     fn submit(s: &mut ClusterState, count: i32) -> (String, String) {
         let text = format!(
             "Name: t\nType: batch\nCount: {count}\nTasks:\n- Name: main\n  Engine: {{Type: wasm, Params: {{EntryModule: /m.wasm}}}}\n  InputSources:\n  - Target: /m.wasm\n    Source: {{Type: inline, Params: {{URL: 'data:,x'}}}}\n"
@@ -507,15 +519,7 @@ mod tests {
 
     #[test]
     fn a_batch_job_runs_count_partitions_on_the_least_loaded_nodes_and_completes() {
-        let mut s = ClusterState::default();
-        s.apply(&Command::RegisterNode {
-            info: node("n-a", &["wasm"]),
-            now: 1,
-        });
-        s.apply(&Command::RegisterNode {
-            info: node("n-b", &["wasm"]),
-            now: 1,
-        });
+        let mut s = cluster(&[("n-a", "wasm"), ("n-b", "wasm")]);
         let (job, ev) = submit(&mut s, 2);
         let mut ids = SequentialIds::default();
         let plan = run_eval(&mut s, &ev, &mut ids, 20);
@@ -553,15 +557,7 @@ mod tests {
 
     #[test]
     fn a_failed_execution_is_retried_elsewhere_then_the_job_fails_with_the_error() {
-        let mut s = ClusterState::default();
-        s.apply(&Command::RegisterNode {
-            info: node("n-a", &["wasm"]),
-            now: 1,
-        });
-        s.apply(&Command::RegisterNode {
-            info: node("n-b", &["wasm"]),
-            now: 1,
-        });
+        let mut s = cluster(&[("n-a", "wasm"), ("n-b", "wasm")]);
         let (job, ev) = submit(&mut s, 1);
         let mut ids = SequentialIds::default();
         let first = run_eval(&mut s, &ev, &mut ids, 20).new_executions[0].clone();
@@ -592,11 +588,7 @@ mod tests {
 
     #[test]
     fn a_job_no_node_can_run_fails_at_once_with_the_reason() {
-        let mut s = ClusterState::default();
-        s.apply(&Command::RegisterNode {
-            info: node("n-a", &["docker"]),
-            now: 1,
-        });
+        let mut s = cluster(&[("n-a", "docker")]);
         let (job, ev) = submit(&mut s, 1);
         run_eval(&mut s, &ev, &mut SequentialIds::default(), 20);
         let j = &s.jobs[&job];
@@ -610,11 +602,7 @@ mod tests {
 
     #[test]
     fn stopping_a_job_cancels_its_live_executions() {
-        let mut s = ClusterState::default();
-        s.apply(&Command::RegisterNode {
-            info: node("n-a", &["wasm"]),
-            now: 1,
-        });
+        let mut s = cluster(&[("n-a", "wasm")]);
         let (job, ev) = submit(&mut s, 1);
         let mut ids = SequentialIds::default();
         let e = run_eval(&mut s, &ev, &mut ids, 20).new_executions[0].clone();
@@ -635,11 +623,7 @@ mod tests {
 
     #[test]
     fn a_plan_made_from_a_stale_view_is_refused_and_changes_nothing() {
-        let mut s = ClusterState::default();
-        s.apply(&Command::RegisterNode {
-            info: node("n-a", &["wasm"]),
-            now: 1,
-        });
+        let mut s = cluster(&[("n-a", "wasm")]);
         let (job, ev) = submit(&mut s, 1);
         let eval = s.evaluations[&ev].clone();
         let plan = schedule(&s, &eval, 20, &mut SequentialIds::default());
