@@ -12,7 +12,9 @@
 //! multiplexed channels, reconnect-and-resync) and hands the orchestrator and the compute runtime the
 //! same two ends, so neither side changes. Depends on `model` only; never on raft-store or compute.
 
+pub mod frame;
 pub mod inproc;
+pub mod rpc;
 pub mod tls;
 
 use caravel_model::wire::{ToCompute, ToOrchestrator};
