@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README, second command; CI runs it through .ci/run).
-# Installs what the tests need, then: rustfmt, clippy (-D warnings), rustdoc (-D warnings), all tests.
+# Installs what the tests need, then: rustfmt, clippy (-D warnings), rustdoc (-D warnings), all tests
+# (with a Docker test image and a moto S3 server, killed on exit; see compute/tests/it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +28,55 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "rustdoc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+
+step "Docker engine and the test image caravel-busybox:latest (scripts/test-image.sh)"
+# The compute crate's docker tests run real containers; they fail (not skip) without an engine.
+if ! docker info >/dev/null 2>&1; then
+  echo "the tests need a running Docker engine: 'docker info' failed (start dockerd, or add this user to the docker group)" >&2
+  exit 1
+fi
+./scripts/test-image.sh
+
+step "S3 test server (moto_server on 127.0.0.1)"
+if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+fi
+moto_bin="$(command -v moto_server || true)"
+if [ -z "$moto_bin" ]; then
+  # A private virtualenv: Debian's system Python refuses `pip install` (PEP 668).
+  moto_venv="${CARAVEL_MOTO_VENV:-$HOME/.cache/caravel-moto}"
+  if [ ! -x "$moto_venv/bin/moto_server" ]; then
+    python3 -m venv "$moto_venv"
+    "$moto_venv/bin/pip" install -q 'moto[server]==5.2.5'
+  fi
+  moto_bin="$moto_venv/bin/moto_server"
+fi
+moto_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+moto_log="$(mktemp -t caravel-moto.XXXXXX.log)"
+"$moto_bin" -H 127.0.0.1 -p "$moto_port" >"$moto_log" 2>&1 &
+moto_pid=$!
+trap 'kill "$moto_pid" 2>/dev/null || true; rm -f "$moto_log"' EXIT
+if ! python3 - "$moto_port" <<'PY'
+import socket, sys, time
+deadline = time.time() + 60
+while time.time() < deadline:
+    try:
+        socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1).close()
+        sys.exit(0)
+    except OSError:
+        time.sleep(0.2)
+sys.exit(1)
+PY
+then
+  echo "moto_server did not start on 127.0.0.1:$moto_port; its log:" >&2
+  cat "$moto_log" >&2
+  exit 1
+fi
+export CARAVEL_TEST_S3_ENDPOINT="http://127.0.0.1:$moto_port"
+export CARAVEL_TEST_MOTO_SERVER="$moto_bin"
+export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
+echo "moto_server $moto_bin on $CARAVEL_TEST_S3_ENDPOINT" >&2
 
 step "tests"
 if cargo nextest --version >/dev/null 2>&1; then

@@ -1,6 +1,8 @@
-//! `caravel devstack`: a local cluster for development and demos. Today: one hybrid node (orchestrator
-//! and compute in one process) on a fresh data dir; with `--run FILE` it runs that job, prints its
-//! output and exits with 0 if the job completed.
+//! `caravel devstack`: a local cluster for development and demos. With one orchestrator and at most
+//! one compute node it runs one hybrid node in this process (fast to start: the README's first
+//! command); with more, or `--processes`, every node is its own OS process
+//! ([`crate::devstack_cluster`]). With `--run FILE` it runs that job, prints its output and exits
+//! with 0 if the job completed.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -10,10 +12,11 @@ use caravel_cli::{ApiClient, DevstackArgs, Global};
 use caravel_model::states::NodeConnection;
 
 pub async fn run(global: &Global, args: &DevstackArgs) -> anyhow::Result<ExitCode> {
-    if args.orchestrators != 1 || args.compute > 1 {
-        bail!(
-            "this build's devstack runs one hybrid node (--orchestrators 1 --compute 0|1); multi-process clusters come with the HA orchestrators"
-        );
+    if args.orchestrators == 0 {
+        bail!("a devstack needs at least one orchestrator (--orchestrators 1, 3 or 5)");
+    }
+    if args.orchestrators > 1 || args.compute > 1 || args.processes {
+        return crate::devstack_cluster::run(global, args).await;
     }
     let mut g = global.clone();
     let dir = match &global.data_dir {
@@ -66,6 +69,17 @@ pub async fn run(global: &Global, args: &DevstackArgs) -> anyhow::Result<ExitCod
         node.stop().await;
         return Ok(ExitCode::SUCCESS);
     };
+    let code = run_job_file(&client, file).await?;
+    node.stop().await;
+    if global.data_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(code)
+}
+
+/// Submits a job spec file, follows it to its end and prints its stdout (from the executions'
+/// run output); the exit code says whether it completed.
+pub async fn run_job_file(client: &ApiClient, file: &str) -> anyhow::Result<ExitCode> {
     let text = std::fs::read(file).with_context(|| format!("cannot read {file}"))?;
     let base = std::path::Path::new(file)
         .parent()
@@ -78,7 +92,7 @@ pub async fn run(global: &Global, args: &DevstackArgs) -> anyhow::Result<ExitCod
         no_hints: true,
         ..Default::default()
     };
-    let code = caravel_cli::job::submit_and_follow(&client, value, &rt).await?;
+    let code = caravel_cli::job::submit_and_follow(client, value, &rt).await?;
     // Print the job's full stdout from its results.
     let jobs: caravel_model::api::ListJobsResponse = client
         .get(
@@ -103,10 +117,6 @@ pub async fn run(global: &Global, args: &DevstackArgs) -> anyhow::Result<ExitCod
                 }
             }
         }
-    }
-    node.stop().await;
-    if global.data_dir.is_none() {
-        let _ = std::fs::remove_dir_all(&dir);
     }
     Ok(code)
 }

@@ -12,7 +12,9 @@
 
 pub mod api;
 pub mod devstack;
+pub mod devstack_cluster;
 pub mod metrics;
 pub mod node;
+pub mod operator;
 pub mod orchestrator;
 pub mod raft;

@@ -80,6 +80,18 @@ pub struct Metrics {
     pub sessions_opened: Counter,
     pub sessions_connected: Gauge,
     pub nodes: Family<StateLabel, Gauge>,
+    pub raft_replication_lag: Family<PeerLabel, Gauge>,
+    pub raft_elections: Counter,
+    pub raft_leader_changes: Counter,
+    pub raft_snapshots: Counter,
+    pub raft_snapshot_index: Gauge,
+    pub forwarded_writes: Counter,
+    pub read_index_latency: Histogram,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabel {
+    pub peer: String,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -118,7 +130,49 @@ impl Metrics {
             sessions_opened: Counter::default(),
             sessions_connected: Gauge::default(),
             nodes: Family::default(),
+            raft_replication_lag: Family::default(),
+            raft_elections: Counter::default(),
+            raft_leader_changes: Counter::default(),
+            raft_snapshots: Counter::default(),
+            raft_snapshot_index: Gauge::default(),
+            forwarded_writes: Counter::default(),
+            read_index_latency: latency_histogram(),
         };
+        r.register(
+            "raft_replication_lag_entries",
+            "On the leader: log entries each follower or learner is behind",
+            m.raft_replication_lag.clone(),
+        );
+        r.register(
+            "raft_elections",
+            "Elections this member started (became candidate)",
+            m.raft_elections.clone(),
+        );
+        r.register(
+            "raft_leader_changes",
+            "Changes of leader seen by this member",
+            m.raft_leader_changes.clone(),
+        );
+        r.register(
+            "raft_snapshots",
+            "Snapshots built or installed on this member",
+            m.raft_snapshots.clone(),
+        );
+        r.register(
+            "raft_snapshot_index",
+            "Last log index covered by this member's snapshot",
+            m.raft_snapshot_index.clone(),
+        );
+        r.register(
+            "raft_forwarded_writes",
+            "Writes this member forwarded to the leader",
+            m.forwarded_writes.clone(),
+        );
+        r.register(
+            "raft_read_index_seconds",
+            "Time to confirm a linearizable read (read-index and wait for apply)",
+            m.read_index_latency.clone(),
+        );
         r.register(
             "api_requests",
             "API requests by method, route and status",
@@ -205,6 +259,11 @@ impl Metrics {
         m
     }
 
+    /// Adds another component's families (the compute node's) to this node's registry.
+    pub fn register_with(&self, f: impl FnOnce(&mut Registry)) {
+        f(&mut self.registry.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
     /// Reads the commit index from the Raft log store at scrape time.
     pub fn track_commit_index(&self, source: std::sync::Arc<std::sync::atomic::AtomicU64>) {
         *self.commit_source.lock().unwrap_or_else(|e| e.into_inner()) = Some(source);
@@ -217,6 +276,46 @@ impl Metrics {
             })
             .observe(d.as_secs_f64());
     }
+    pub fn forwarded_write(&self) {
+        self.forwarded_writes.inc();
+    }
+    pub fn observe_read_index(&self, d: Duration) {
+        self.read_index_latency.observe(d.as_secs_f64());
+    }
+
+    /// Follows Raft's metrics: counts elections, leader changes and snapshots as they happen.
+    pub async fn watch_raft(
+        self: std::sync::Arc<Self>,
+        raft: crate::raft::Raft,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let mut rx = raft.metrics();
+        let (mut leader, mut state, mut snapshot) = {
+            let m = rx.borrow();
+            (m.current_leader, m.state, m.snapshot)
+        };
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                r = rx.changed() => if r.is_err() { return },
+            }
+            let m = rx.borrow().clone();
+            if m.current_leader != leader && m.current_leader.is_some() {
+                self.raft_leader_changes.inc();
+            }
+            if m.state != state && m.state == openraft::ServerState::Candidate {
+                self.raft_elections.inc();
+            }
+            if m.snapshot != snapshot && m.snapshot.is_some() {
+                self.raft_snapshots.inc();
+                self.raft_snapshot_index
+                    .set(m.snapshot.map(|l| l.index).unwrap_or(0) as i64);
+            }
+            (leader, state, snapshot) = (m.current_leader, m.state, m.snapshot);
+        }
+    }
+
     pub fn observe_eval(&self, trigger: &str, outcome: &str) {
         self.evaluations
             .get_or_create(&EvalLabels {
@@ -295,6 +394,25 @@ impl Metrics {
                 .set(i64::from(m.current_leader == Some(cluster.node_id())));
             self.raft_leader_id
                 .set(m.current_leader.unwrap_or(0) as i64);
+            self.raft_replication_lag.clear();
+            if let Some(rep) = &m.replication {
+                let last = m.last_log_index.unwrap_or(0);
+                let membership = m.membership_config.membership();
+                for (id, matched) in rep.iter() {
+                    if *id == cluster.node_id() {
+                        continue;
+                    }
+                    let peer = membership
+                        .get_node(id)
+                        .map(|n| n.name.clone())
+                        .filter(|n| !n.is_empty())
+                        .unwrap_or_else(|| id.to_string());
+                    let lag = last.saturating_sub(matched.map(|l| l.index).unwrap_or(0));
+                    self.raft_replication_lag
+                        .get_or_create(&PeerLabel { peer })
+                        .set(lag as i64);
+                }
+            }
         }
         if let Some(c) = self
             .commit_source

@@ -16,16 +16,30 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::orchestrator::{Cluster, leader, session};
-use crate::raft::{PeerNetwork, Raft, raft_config};
+use crate::raft::{PeerHandler, PeerNetwork, Raft, RaftTiming, SelfAddr, raft_config, raft_id};
 
-/// This node's Raft id. A single-voter group uses 1; the HA issue assigns ids from `--node-id`.
-pub const RAFT_NODE_ID: u64 = 1;
+/// One `--peers` entry: `ID@HOST:PORT`.
+pub fn parse_peer(entry: &str) -> anyhow::Result<(String, String)> {
+    let (id, addr) = entry.trim().split_once('@').with_context(|| {
+        format!("peer {entry:?} is not ID@HOST:PORT (e.g. orch-1@10.0.0.1:1235)")
+    })?;
+    caravel_net::tls::check_node_id(id).map_err(|e| anyhow::anyhow!("peer {entry:?}: {e}"))?;
+    let (host, port) = addr
+        .rsplit_once(':')
+        .with_context(|| format!("peer {entry:?} has no port (ID@HOST:PORT)"))?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        bail!("peer {entry:?}: {addr:?} is not HOST:PORT");
+    }
+    Ok((id.to_string(), addr.to_string()))
+}
 
 /// A running node.
 pub struct RunningNode {
     pub api_addr: SocketAddr,
     pub node_name: String,
     pub cluster: Cluster,
+    /// Where peers reach this orchestrator's Raft listener (None without TLS).
+    pub raft_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -47,6 +61,9 @@ impl RunningNode {
         })
         .await;
         let _ = self.cluster.raft().shutdown().await;
+        if let Some(c) = self.cluster.peers() {
+            c.close();
+        }
     }
 }
 
@@ -105,6 +122,36 @@ pub async fn start(
     let listener = tokio::net::TcpListener::bind(bind).await.with_context(|| format!("cannot listen on {bind} for the API; is another node running? choose another with --api-port"))?;
     let api_addr = listener.local_addr()?;
 
+    // Mutual TLS for QUIC: required as soon as there is more than one orchestrator.
+    let tls = &config.tls;
+    let identity = match (tls.ca.is_empty(), tls.cert.is_empty(), tls.key.is_empty()) {
+        (true, true, true) => None,
+        (false, false, false) => Some(
+            caravel_net::tls::Identity::load(
+                Path::new(&tls.ca),
+                Path::new(&tls.cert),
+                Path::new(&tls.key),
+            )
+            .context("cannot load the TLS identity")?,
+        ),
+        _ => bail!(
+            "set all three of --tls-ca, --tls-cert and --tls-key (TLS.CA, TLS.Cert, TLS.Key), or none"
+        ),
+    };
+    let peers = config
+        .orchestrator
+        .peers
+        .iter()
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| parse_peer(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if !peers.is_empty() && identity.is_none() {
+        bail!(
+            "orchestrators talk over mutual-TLS QUIC: give --tls-ca, --tls-cert and --tls-key (make them with caravel cert ca and caravel cert issue)"
+        );
+    }
+    let me_in_peers = peers.iter().find(|(id, _)| *id == node_name).cloned();
+
     let raft_dir = data_dir.join("orchestrator").join("raft");
     std::fs::create_dir_all(&raft_dir)?;
     let (log_store, sm_store) = caravel_raft_store::open(&raft_dir)
@@ -112,38 +159,139 @@ pub async fn start(
     let state = sm_store.state();
     let committed = log_store.committed_index();
     let applied = sm_store.subscribe_applied();
+    let o = &config.orchestrator;
+    let timing = RaftTiming {
+        heartbeat_ms: o.heartbeat_millis.max(10),
+        election_min_ms: o
+            .election_timeout_millis
+            .max(3 * o.heartbeat_millis.max(10)),
+        election_max_ms: 2 * o
+            .election_timeout_millis
+            .max(3 * o.heartbeat_millis.max(10)),
+    };
     let raft_cfg = Arc::new(
-        raft_config()
+        raft_config(timing)
             .validate()
             .context("invalid Raft configuration")?,
     );
-    let raft = Raft::new(RAFT_NODE_ID, raft_cfg, PeerNetwork, log_store, sm_store)
-        .await
-        .context("cannot start Raft")?;
+    // One QUIC endpoint answers peers and calls them, from the advertised Raft port.
+    let server = match &identity {
+        Some(id) => {
+            let bind: SocketAddr = format!("{}:{}", o.raft_host, o.raft_port)
+                .parse()
+                .with_context(|| {
+                    format!(
+                        "Orchestrator.RaftHost {:?} and RaftPort {} do not make an address",
+                        o.raft_host, o.raft_port
+                    )
+                })?;
+            Some(
+                caravel_net::rpc::Server::bind(
+                    bind,
+                    id,
+                    caravel_net::rpc::RAFT_ALPN,
+                    caravel_net::rpc::TransportOptions::default(),
+                )
+                .with_context(|| {
+                    format!(
+                        "cannot listen for Raft on {bind} (UDP); is another orchestrator using --raft-port {}?",
+                        bind.port()
+                    )
+                })?,
+            )
+        }
+        None => None,
+    };
+    let client = server.as_ref().map(|s| s.client());
+    let my_id = raft_id(&node_name);
+    let raft = Raft::new(
+        my_id,
+        raft_cfg,
+        PeerNetwork::new(client.clone()),
+        log_store,
+        sm_store,
+    )
+    .await
+    .context("cannot start Raft")?;
+
+    let cluster_slot = Arc::new(std::sync::OnceLock::new());
+    let metrics = Arc::new(Metrics::new());
+    let raft_addr = server.as_ref().map(|s| s.local_addr());
+    let advertised = match (&me_in_peers, raft_addr) {
+        (Some((_, a)), _) => a.clone(),
+        (None, Some(local)) if local.ip().is_unspecified() => {
+            format!("127.0.0.1:{}", local.port())
+        }
+        (None, Some(local)) => local.to_string(),
+        (None, None) => String::new(),
+    };
+    if let Some(server) = &server {
+        let handler = PeerHandler {
+            raft: raft.clone(),
+            me: SelfAddr {
+                name: node_name.clone(),
+                api_addr: api_addr.to_string(),
+                raft_addr: advertised.clone(),
+            },
+            bootstrap_peers: peers.iter().map(|(id, _)| id.clone()).collect(),
+            cluster: cluster_slot.clone(),
+        };
+        server.serve(Arc::new(handler), shutdown.clone());
+    }
+
     if !raft.is_initialized().await.context("reading Raft state")? {
         let mut members = std::collections::BTreeMap::new();
-        members.insert(
-            RAFT_NODE_ID,
-            NodeAddr {
-                raft_addr: String::new(),
-                api_addr: api_addr.to_string(),
-            },
-        );
-        raft.initialize(members)
-            .await
-            .context("cannot initialise the Raft group")?;
+        if peers.is_empty() {
+            members.insert(
+                my_id,
+                NodeAddr::named(&node_name, &advertised, api_addr.to_string()),
+            );
+        } else if me_in_peers.is_some() {
+            // Every initial member proposes the same membership (API addresses are learnt later
+            // through status requests), so their first log entries agree.
+            for (id, addr) in &peers {
+                members.insert(raft_id(id), NodeAddr::named(id, addr, ""));
+            }
+        }
+        if members.is_empty() {
+            eprintln!(
+                "{node_name} is not in --peers: it starts empty and waits to be added.\nOn the running cluster: caravel cluster add {node_name}@{advertised}"
+            );
+        } else {
+            match raft.initialize(members).await {
+                Ok(()) => {}
+                // A peer's vote request or append arrived first: the group is forming without us
+                // proposing it, which is what initialising was for (openraft's docs).
+                Err(openraft::error::RaftError::APIError(
+                    openraft::error::InitializeError::NotAllowed(_),
+                )) => {}
+                Err(e) => return Err(e).context("cannot initialise the Raft group"),
+            }
+        }
     }
-    let metrics = Arc::new(Metrics::new());
     metrics.track_commit_index(committed);
+    tasks.spawn(metrics.clone().watch_raft(raft.clone(), shutdown.clone()));
     let cluster = Cluster::new(
         raft,
-        RAFT_NODE_ID,
+        my_id,
         state,
         applied,
         metrics,
-        Duration::from_secs(config.orchestrator.disconnect_timeout_secs.max(1)),
+        crate::orchestrator::Links {
+            disconnect_timeout: Duration::from_secs(
+                config.orchestrator.disconnect_timeout_secs.max(1),
+            ),
+            peers: client,
+            me: SelfAddr {
+                name: node_name.clone(),
+                api_addr: api_addr.to_string(),
+                raft_addr: advertised.clone(),
+            },
+        },
     );
+    let _ = cluster_slot.set(cluster.clone());
     tasks.spawn(leader::run(cluster.clone(), shutdown.clone()));
+    tasks.spawn(leader::relay_heartbeats(cluster.clone(), shutdown.clone()));
 
     let mut orchestrator_info = caravel_model::NodeInfo {
         node_id: node_name.clone(),
@@ -157,6 +305,10 @@ pub async fn start(
     if compute {
         let opts = caravel_compute::ComputeOptions::from_config(node_name.clone(), &config)?;
         let node = opts.build().context("cannot start the compute node")?;
+        let compute_metrics = node.metrics();
+        cluster
+            .metrics()
+            .register_with(|r| compute_metrics.register(r));
         orchestrator_info = node.node_info();
         orchestrator_info.node_type = "Hybrid".into();
         let (oend, cend) = caravel_net::inproc::pair(caravel_net::inproc::DEFAULT_CAPACITY);
@@ -189,6 +341,7 @@ pub async fn start(
         api_addr,
         node_name,
         cluster,
+        raft_addr,
         shutdown,
         tasks,
     })
@@ -215,12 +368,32 @@ pub async fn serve(global: &Global, args: &ServeArgs) -> anyhow::Result<ExitCode
     if let Some(h) = &global.api_host {
         config.api.host = h.clone();
     }
+    if let Some(id) = args.node_id.as_ref().or(args.name.as_ref()) {
+        config.orchestrator.node_id = id.clone();
+    }
+    if !args.peers.is_empty() {
+        config.orchestrator.peers = args.peers.clone();
+    }
+    if let Some(p) = args.raft_port {
+        config.orchestrator.raft_port = p;
+    }
+    for (flag, slot) in [
+        (&args.tls_ca, &mut config.tls.ca),
+        (&args.tls_cert, &mut config.tls.cert),
+        (&args.tls_key, &mut config.tls.key),
+    ] {
+        if let Some(v) = flag {
+            *slot = v.clone();
+        }
+    }
     let orchestrator = args.orchestrator
         || config.orchestrator.enabled
         || !(args.compute || config.compute.enabled);
     let compute = args.compute || config.compute.enabled;
     init_tracing(&config.logging.level);
-    let node = start(config, orchestrator, compute, args.name.as_deref()).await?;
+    let name =
+        (!config.orchestrator.node_id.is_empty()).then(|| config.orchestrator.node_id.clone());
+    let node = start(config, orchestrator, compute, name.as_deref()).await?;
     eprintln!(
         "Caravel node {} is running ({}). API: http://{}\n\nTo use it:\n\texport CARAVEL_API_HOST={} CARAVEL_API_PORT={}\n\tcaravel node list",
         node.node_name,

@@ -1,92 +1,544 @@
-//! The root's adapter between openraft and the rest: the Raft configuration and the network factory.
+//! The root's adapter between openraft and the network: the Raft configuration, Raft ids, the
+//! network factory that carries openraft's RPCs over mutual-TLS QUIC ([`caravel_net::rpc`]), and
+//! the server side that answers them together with the orchestrator-to-orchestrator requests
+//! (forwarded writes, read-index, membership admin, member status).
 //!
-//! This issue runs a single-voter group, so no peer is ever dialled: the factory returns clients that
-//! report peers as unreachable (openraft then backs off). The HA issue replaces [`PeerNetwork`] with
-//! RPCs over mutual-TLS QUIC; nothing else changes, because every write already goes through
-//! `Raft::client_write`, every node has a [`NodeAddr`], and leader-only work follows Raft's metrics.
+//! ```text
+//!   openraft ──append/vote/snapshot──▶ PeerClient ──QUIC rpc──▶ PeerHandler ──▶ openraft (peer)
+//!   Cluster::write on a follower ──FORWARD_WRITE──▶ PeerHandler on the leader ──▶ client_write
+//!   Cluster::read_linearizable on a follower ──READ_INDEX──▶ leader's read index, then wait applied
+//! ```
+//!
+//! Bodies are postcard-encoded; frames carry the protocol version and a checksum, and the ALPN
+//! `caravel-raft/1` keeps other protocol majors out at the handshake. A peer's identity is the node id
+//! in its certificate (cluster CA); only members may call, except on a pristine node waiting to be
+//! added (it cannot tell its future leader from anyone else).
 
+use std::collections::BTreeSet;
 use std::io;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
+use bytes::Bytes;
+use caravel_model::command::{Command, CommandResponse};
+use caravel_net::rpc;
 use caravel_raft_store::{NodeAddr, TypeConfig};
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use futures::future::BoxFuture;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+};
+use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use openraft::{ChangeMembers, ServerState};
+use serde::{Deserialize, Serialize};
 
 pub type Raft = openraft::Raft<TypeConfig>;
 pub type NodeId = u64;
 
-/// Raft timing for loopback and LAN; see docs/ARCHITECTURE.md for why (openraft's RPC timeout is the
-/// heartbeat interval, so it must leave room for an fsync and a round trip).
-pub fn raft_config() -> openraft::Config {
+/// Request kinds on the `caravel-raft/1` protocol.
+pub mod kind {
+    pub const APPEND: u8 = 1;
+    pub const VOTE: u8 = 2;
+    pub const SNAPSHOT: u8 = 3;
+    pub const FORWARD_WRITE: u8 = 4;
+    pub const READ_INDEX: u8 = 5;
+    pub const ADMIN: u8 = 6;
+    pub const STATUS: u8 = 7;
+    pub const HEARTBEATS: u8 = 8;
+}
+
+/// A member's Raft id: the first 8 bytes of SHA-256 of its node id, so every member derives the
+/// same id from `--peers` without a registry. Never 0 (openraft reserves nothing, but 0 reads badly).
+pub fn raft_id(name: &str) -> NodeId {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(name.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    u64::from_be_bytes(b).max(1)
+}
+
+/// Raft timing. openraft uses the heartbeat interval as the timeout of every append RPC, so it must
+/// cover a loaded machine's fsync plus the transfer of one batch; elections start after 3–6 missed
+/// heartbeats, so a dead leader is replaced in one to two seconds. See docs/ARCHITECTURE.md ("Raft timing").
+#[derive(Debug, Clone, Copy)]
+pub struct RaftTiming {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        RaftTiming {
+            heartbeat_ms: 250,
+            election_min_ms: 750,
+            election_max_ms: 1500,
+        }
+    }
+}
+
+pub fn raft_config(t: RaftTiming) -> openraft::Config {
     openraft::Config {
         cluster_name: "caravel".into(),
-        heartbeat_interval: 250,
-        election_timeout_min: 1000,
-        election_timeout_max: 2000,
+        heartbeat_interval: t.heartbeat_ms,
+        election_timeout_min: t.election_min_ms,
+        election_timeout_max: t.election_max_ms,
+        // Per chunk; chunks are 3 MiB, so even a slow WAN link moves one in time.
         install_snapshot_timeout: 10_000,
+        // openraft gives each append RPC one heartbeat interval, whatever it carries; job specs
+        // can be large (inline inputs), so batches stay small enough to cross in time, and a
+        // member that fell behind catches up instead of timing out on one huge batch forever.
+        max_payload_entries: 32,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),
+        // A follower installing a snapshot must still find the logs written meanwhile (openraft#1706).
         max_in_snapshot_log_to_keep: 5_000,
         ..Default::default()
     }
 }
 
-/// The network factory. Single-voter for now: see the module docs.
-#[derive(Debug, Clone, Default)]
-pub struct PeerNetwork;
+/// The network factory. Without TLS (a single-member group) there is no transport, and the factory
+/// reports every peer as unreachable.
+#[derive(Debug, Clone)]
+pub struct PeerNetwork {
+    client: Option<rpc::Client>,
+}
+
+impl PeerNetwork {
+    pub fn new(client: Option<rpc::Client>) -> Self {
+        PeerNetwork { client }
+    }
+}
 
 #[derive(Debug)]
 pub struct PeerClient {
     target: NodeId,
+    node: NodeAddr,
+    client: Option<rpc::Client>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerClient;
-    async fn new_client(&mut self, target: NodeId, _node: &NodeAddr) -> PeerClient {
-        PeerClient { target }
+    async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> PeerClient {
+        PeerClient {
+            target,
+            node: node.clone(),
+            client: self.client.clone(),
+        }
     }
 }
 
+type RpcErr<E> = RPCError<NodeId, NodeAddr, RaftError<NodeId, E>>;
+
 impl PeerClient {
-    fn unreachable<E: std::error::Error>(&self) -> RPCError<NodeId, NodeAddr, E> {
-        let e = io::Error::new(
-            io::ErrorKind::NotConnected,
-            format!(
-                "no transport to Raft peer {} in a single-voter node",
-                self.target
-            ),
-        );
-        RPCError::Unreachable(Unreachable::new(&e))
+    async fn call<Req, Resp, E>(
+        &self,
+        kind: u8,
+        action: RPCTypes,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RpcErr<E>>
+    where
+        Req: Serialize,
+        Resp: for<'de> Deserialize<'de>,
+        E: std::error::Error + for<'de> Deserialize<'de>,
+    {
+        let Some(client) = &self.client else {
+            let e = io::Error::new(
+                io::ErrorKind::NotConnected,
+                "no Raft transport: this orchestrator runs without TLS, as a group of one",
+            );
+            return Err(RPCError::Unreachable(Unreachable::new(&e)));
+        };
+        let body = postcard::to_allocvec(req)
+            .map_err(|e| RPCError::Network(NetworkError::new(&io::Error::other(e))))?;
+        let ttl = option.hard_ttl();
+        let answer = client
+            .call(&self.node.raft_addr, &self.node.name, kind, &body, ttl)
+            .await
+            .map_err(|e| match e {
+                rpc::Error::Timeout { .. } => RPCError::Timeout(Timeout {
+                    action,
+                    id: 0,
+                    target: self.target,
+                    timeout: ttl,
+                }),
+                e if e.is_unreachable() => RPCError::Unreachable(Unreachable::new(&e)),
+                e => RPCError::Network(NetworkError::new(&e)),
+            })?;
+        let decoded: Result<Resp, RaftError<NodeId, E>> = postcard::from_bytes(&answer)
+            .map_err(|e| RPCError::Network(NetworkError::new(&io::Error::other(e))))?;
+        decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
 
 impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeAddr, RaftError<NodeId>>> {
-        Err(self.unreachable())
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
+        self.call(kind::APPEND, RPCTypes::AppendEntries, &rpc, &option)
+            .await
     }
 
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, NodeAddr, RaftError<NodeId, InstallSnapshotError>>,
-    > {
-        Err(self.unreachable())
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
+        self.call(kind::SNAPSHOT, RPCTypes::InstallSnapshot, &rpc, &option)
+            .await
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, NodeAddr, RaftError<NodeId>>> {
-        Err(self.unreachable())
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
+        self.call(kind::VOTE, RPCTypes::Vote, &rpc, &option).await
+    }
+}
+
+/// Why a request that must run on the leader did not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+pub enum LeaderError {
+    #[error("not the leader (leader: {0:?})")]
+    NotLeader(Option<NodeId>),
+    #[error("not committed within {0} ms: no quorum?")]
+    Timeout(u64),
+    #[error("{0}")]
+    Refused(String),
+    #[error("raft stopped: {0}")]
+    Fatal(String),
+}
+
+/// The answer to a forwarded write: what applying it produced and its log index.
+pub type ForwardAnswer = Result<(CommandResponse, u64), LeaderError>;
+
+/// Membership changes, run on the leader.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AdminRequest {
+    /// Add a member: as a learner until it has caught up, then as a voter.
+    Add(NodeAddr),
+    /// Remove a member by node id.
+    Remove(String),
+}
+
+/// What a member says about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct MemberInfo {
+    pub name: String,
+    pub api_addr: String,
+    pub raft_addr: String,
+    pub state: String,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    pub leader: Option<NodeId>,
+}
+
+/// What this member is, for status answers.
+#[derive(Debug, Clone)]
+pub struct SelfAddr {
+    pub name: String,
+    pub api_addr: String,
+    pub raft_addr: String,
+}
+
+/// Maps a Raft API error to [`LeaderError`], reading the leader hint first.
+macro_rules! lerr {
+    ($e:expr) => {{
+        let e = $e;
+        let forward = e.forward_to_leader::<NodeAddr>().map(|f| f.leader_id);
+        leader_err(forward, e)
+    }};
+}
+
+/// How long a membership step may take (a learner catching up may need a snapshot).
+pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs `req` on this member, which must be the leader.
+pub async fn admin(raft: &Raft, req: AdminRequest) -> Result<String, LeaderError> {
+    let m = raft.metrics().borrow().clone();
+    if m.current_leader != Some(m.id) {
+        return Err(LeaderError::NotLeader(m.current_leader));
+    }
+    let membership = m.membership_config.membership().clone();
+    if membership.get_joint_config().len() > 1 {
+        return Err(LeaderError::Refused(
+            "another membership change is in flight; wait for it to finish (caravel cluster status) and try again".into(),
+        ));
+    }
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    let timed = |what: &'static str| {
+        move |_: tokio::time::error::Elapsed| {
+            LeaderError::Timeout(ADMIN_TIMEOUT.as_millis() as u64).with_context(what)
+        }
+    };
+    match req {
+        AdminRequest::Add(addr) => {
+            if addr.name.is_empty() || addr.raft_addr.is_empty() {
+                return Err(LeaderError::Refused(
+                    "a new member needs a node id and a Raft address (ID@HOST:PORT)".into(),
+                ));
+            }
+            let id = raft_id(&addr.name);
+            if voters.contains(&id) {
+                return Err(LeaderError::Refused(format!(
+                    "{} is already a voting member",
+                    addr.name
+                )));
+            }
+            tokio::time::timeout(ADMIN_TIMEOUT, raft.add_learner(id, addr.clone(), true))
+                .await
+                .map_err(timed("adding the learner"))?
+                .map_err(|e| lerr!(e))?;
+            let mut add = BTreeSet::new();
+            add.insert(id);
+            tokio::time::timeout(
+                ADMIN_TIMEOUT,
+                raft.change_membership(ChangeMembers::AddVoterIds(add), false),
+            )
+            .await
+            .map_err(timed("promoting the learner"))?
+            .map_err(|e| lerr!(e))?;
+            Ok(format!(
+                "{} ({}) joined as a voter; the group has {} voters",
+                addr.name,
+                addr.raft_addr,
+                voters.len() + 1
+            ))
+        }
+        AdminRequest::Remove(name) => {
+            let id = raft_id(&name);
+            let is_learner = membership.learner_ids().any(|l| l == id);
+            if !voters.contains(&id) && !is_learner {
+                return Err(LeaderError::Refused(format!(
+                    "no member named {name:?}; see caravel cluster status"
+                )));
+            }
+            let mut set = BTreeSet::new();
+            set.insert(id);
+            let change = if is_learner {
+                ChangeMembers::RemoveNodes(set)
+            } else {
+                if voters.len() == 1 {
+                    return Err(LeaderError::Refused(format!(
+                        "{name} is the last voter; removing it would leave no one to hold the state"
+                    )));
+                }
+                ChangeMembers::RemoveVoters(set)
+            };
+            tokio::time::timeout(ADMIN_TIMEOUT, raft.change_membership(change, false))
+                .await
+                .map_err(timed("removing the member"))?
+                .map_err(|e| lerr!(e))?;
+            Ok(format!("{name} was removed from the group"))
+        }
+    }
+}
+
+impl LeaderError {
+    fn with_context(self, what: &str) -> Self {
+        match self {
+            LeaderError::Timeout(ms) => LeaderError::Refused(format!(
+                "{what} did not finish within {ms} ms; is the new member reachable at its Raft address? The change may still complete: check caravel cluster status"
+            )),
+            e => e,
+        }
+    }
+}
+
+fn leader_err<E: std::fmt::Display>(
+    forward: Option<Option<NodeId>>,
+    e: RaftError<NodeId, E>,
+) -> LeaderError {
+    if let Some(leader) = forward {
+        return LeaderError::NotLeader(leader);
+    }
+    match e {
+        RaftError::APIError(e) => LeaderError::Refused(e.to_string()),
+        RaftError::Fatal(f) => LeaderError::Fatal(f.to_string()),
+    }
+}
+
+/// This member's view of itself.
+pub fn member_info(raft: &Raft, me: &SelfAddr) -> MemberInfo {
+    let m = raft.metrics().borrow().clone();
+    MemberInfo {
+        name: me.name.clone(),
+        api_addr: me.api_addr.clone(),
+        raft_addr: me.raft_addr.clone(),
+        state: state_name(m.state).into(),
+        term: m.current_term,
+        last_log_index: m.last_log_index.unwrap_or(0),
+        applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+        leader: m.current_leader,
+    }
+}
+
+pub fn state_name(s: ServerState) -> &'static str {
+    match s {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Learner => "learner",
+        ServerState::Candidate => "candidate",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+/// Answers the `caravel-raft/1` requests of peers.
+pub struct PeerHandler {
+    pub raft: Raft,
+    pub me: SelfAddr,
+    /// Node ids allowed to call before this member knows its membership (its `--peers`).
+    pub bootstrap_peers: BTreeSet<String>,
+    /// The orchestrator, once built (heartbeats relayed by followers land in it).
+    pub cluster: Arc<OnceLock<crate::orchestrator::Cluster>>,
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
+    postcard::to_allocvec(v).map_err(|e| format!("cannot encode the answer: {e}"))
+}
+fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, String> {
+    postcard::from_bytes(b).map_err(|e| format!("cannot decode the request: {e}"))
+}
+
+impl PeerHandler {
+    /// Whether `peer` may call: a member of the group (voter or learner), one of `--peers`, or
+    /// anyone certified by the CA while this member has no membership yet.
+    fn allowed(&self, peer: &str) -> bool {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        let id = raft_id(peer);
+        let mut nodes = m.membership().nodes().peekable();
+        if nodes.peek().is_none() {
+            return true;
+        }
+        m.membership().nodes().any(|(n, _)| *n == id) || self.bootstrap_peers.contains(peer)
+    }
+
+    async fn handle_inner(&self, peer: String, k: u8, body: Bytes) -> Result<Vec<u8>, String> {
+        if !self.allowed(&peer) {
+            tracing::warn!(%peer, "refusing a Raft request from a node that is not a member");
+            return Err(format!(
+                "{peer} is not a member of this orchestrator group; add it with caravel cluster add"
+            ));
+        }
+        let raft = &self.raft;
+        match k {
+            kind::APPEND => {
+                let req: AppendEntriesRequest<TypeConfig> = decode(&body)?;
+                encode(&raft.append_entries(req).await)
+            }
+            kind::VOTE => {
+                let req: VoteRequest<NodeId> = decode(&body)?;
+                encode(&raft.vote(req).await)
+            }
+            kind::SNAPSHOT => {
+                let req: InstallSnapshotRequest<TypeConfig> = decode(&body)?;
+                encode(&raft.install_snapshot(req).await)
+            }
+            kind::FORWARD_WRITE => {
+                let cmd: Command = decode(&body)?;
+                let ans: ForwardAnswer = match tokio::time::timeout(
+                    crate::orchestrator::WRITE_TIMEOUT,
+                    raft.client_write(cmd),
+                )
+                .await
+                {
+                    Err(_) => Err(LeaderError::Timeout(
+                        crate::orchestrator::WRITE_TIMEOUT.as_millis() as u64,
+                    )),
+                    Ok(Ok(r)) => Ok((r.data, r.log_id.index)),
+                    Ok(Err(e)) => Err(lerr!(e)),
+                };
+                encode(&ans)
+            }
+            kind::READ_INDEX => {
+                let ans: Result<u64, LeaderError> = match tokio::time::timeout(
+                    crate::orchestrator::WRITE_TIMEOUT,
+                    raft.get_read_log_id(),
+                )
+                .await
+                {
+                    Err(_) => Err(LeaderError::Timeout(
+                        crate::orchestrator::WRITE_TIMEOUT.as_millis() as u64,
+                    )),
+                    Ok(Ok((read, _))) => Ok(read.map(|l| l.index).unwrap_or(0)),
+                    Ok(Err(e)) => Err(lerr!(e)),
+                };
+                encode(&ans)
+            }
+            kind::ADMIN => {
+                let req: AdminRequest = decode(&body)?;
+                encode(&admin(raft, req).await)
+            }
+            kind::STATUS => encode(&member_info(raft, &self.me)),
+            kind::HEARTBEATS => {
+                // (compute node, milliseconds since its last heartbeat) from a follower's sessions.
+                let beats: Vec<(String, u64)> = decode(&body)?;
+                if let Some(c) = self.cluster.get() {
+                    let now = crate::orchestrator::now_ns();
+                    for (node, age_ms) in beats {
+                        c.heartbeat(&node, now - (age_ms as i64) * 1_000_000);
+                    }
+                }
+                encode(&())
+            }
+            other => Err(format!("unknown request kind {other}")),
+        }
+    }
+}
+
+impl rpc::Handler for PeerHandler {
+    fn handle(
+        &self,
+        peer: String,
+        kind: u8,
+        body: Bytes,
+    ) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+        let this = PeerHandler {
+            raft: self.raft.clone(),
+            me: self.me.clone(),
+            bootstrap_peers: self.bootstrap_peers.clone(),
+            cluster: self.cluster.clone(),
+        };
+        Box::pin(async move { this.handle_inner(peer, kind, body).await })
+    }
+}
+
+/// Calls a peer with a postcard body and decodes its postcard answer.
+pub async fn call_peer<Req: Serialize, Resp: for<'de> Deserialize<'de>>(
+    client: &rpc::Client,
+    node: &NodeAddr,
+    k: u8,
+    req: &Req,
+    timeout: Duration,
+) -> Result<Resp, rpc::Error> {
+    let body = postcard::to_allocvec(req).map_err(|e| rpc::Error::Remote {
+        addr: node.raft_addr.clone(),
+        message: format!("cannot encode the request: {e}"),
+    })?;
+    let answer = client
+        .call(&node.raft_addr, &node.name, k, &body, timeout)
+        .await?;
+    postcard::from_bytes(&answer).map_err(|e| rpc::Error::Remote {
+        addr: node.raft_addr.clone(),
+        message: format!("cannot decode the answer: {e}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raft_ids_are_stable_and_distinct() {
+        assert_eq!(raft_id("orch-1"), raft_id("orch-1"));
+        assert_ne!(raft_id("orch-1"), raft_id("orch-2"));
+        assert_ne!(raft_id(""), 0);
     }
 }

@@ -32,9 +32,42 @@ pub struct NodeProcess {
 impl NodeProcess {
     /// Starts a hybrid node (orchestrator + compute) and waits until its compute node is connected.
     pub fn start_hybrid(bin: &Path, data_dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        let mut n = Self::prepare(bin, data_dir, true, extra)?;
+        n.spawn()?;
+        n.wait_ready(Duration::from_secs(60))?;
+        Ok(n)
+    }
+
+    /// Starts an orchestrator-only node and waits until it leads its group (answers `job list`).
+    pub fn start_orchestrator(bin: &Path, data_dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        let mut n = Self::prepare(bin, data_dir, false, extra)?;
+        n.spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(c) = n.child.as_mut()
+                && let Some(status) = c.try_wait()?
+            {
+                bail!("caravel exited with {status}; its log:\n{}", n.log_text());
+            }
+            if n.cli(&["job", "list"]).is_ok_and(|o| o.status.success()) {
+                return Ok(n);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "caravel did not answer within 60 s; its log:\n{}",
+                    n.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn prepare(bin: &Path, data_dir: &Path, compute: bool, extra: &[&str]) -> anyhow::Result<Self> {
         let api_port = free_port()?;
-        let mut args: Vec<String> =
-            vec!["serve".into(), "--orchestrator".into(), "--compute".into()];
+        let mut args: Vec<String> = vec!["serve".into(), "--orchestrator".into()];
+        if compute {
+            args.push("--compute".into());
+        }
         args.extend([
             "--data-dir".into(),
             data_dir.display().to_string(),
@@ -44,17 +77,14 @@ impl NodeProcess {
             api_port.to_string(),
         ]);
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut n = NodeProcess {
+        Ok(NodeProcess {
             bin: bin.to_path_buf(),
             child: None,
             api_port,
             data_dir: data_dir.to_path_buf(),
             args,
             log: data_dir.join("node.log"),
-        };
-        n.spawn()?;
-        n.wait_ready(Duration::from_secs(60))?;
-        Ok(n)
+        })
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
@@ -185,3 +215,7 @@ impl Drop for NodeProcess {
         self.kill();
     }
 }
+
+pub mod cluster;
+pub mod linearizability;
+pub mod proxy;

@@ -15,8 +15,22 @@ pub struct ApiClient {
 
 impl ApiClient {
     pub fn new(base: &str) -> Self {
+        Self::with_stale_reads(base, false)
+    }
+
+    /// A client whose reads may be served from the answering member's replica without a
+    /// read-index round trip (`--stale`): faster, works without quorum, may miss recent writes.
+    pub fn with_stale_reads(base: &str, stale: bool) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if stale {
+            headers.insert(
+                "x-caravel-stale-reads",
+                reqwest::header::HeaderValue::from_static("true"),
+            );
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(5))
+            .default_headers(headers)
             .build()
             .unwrap_or_default();
         ApiClient {
@@ -30,14 +44,14 @@ impl ApiClient {
         let host = g.api_host.clone().unwrap_or_else(|| "127.0.0.1".into());
         let port = g.api_port.unwrap_or(1234);
         if host.starts_with("http://") || host.starts_with("https://") {
-            return Self::new(&host);
+            return Self::with_stale_reads(&host, g.stale);
         }
         let host = if host == "0.0.0.0" {
             "127.0.0.1".to_string()
         } else {
             host
         };
-        Self::new(&format!("http://{host}:{port}"))
+        Self::with_stale_reads(&format!("http://{host}:{port}"), g.stale)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -87,6 +101,15 @@ impl ApiClient {
         body: &B,
     ) -> anyhow::Result<T> {
         self.handle(self.http.put(self.url(path)).json(body).send().await)
+            .await
+    }
+
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.handle(self.http.post(self.url(path)).json(body).send().await)
             .await
     }
 

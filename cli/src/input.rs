@@ -1,6 +1,6 @@
 //! Bacalhau's `-i/--input` grammar: `URI[:target]` or `src=URI,dst=PATH,opt=k=v,…`. Schemes: http(s)
 //! → urlDownload, s3:// → s3, file:// → local, ipfs:// → ipfs, data: → inline. Default target
-//! `/inputs`. Also `-p/--publisher` (`local`, `noop`, `s3://bucket/key,opt=…`) and `-o name:path`.
+//! `/inputs`. Also `-p/--publisher` (`local`, `noop`, `s3://bucket/key,opt=…`) and `-o name:/path`.
 
 use anyhow::{anyhow, bail};
 use caravel_model::spec::{InputSource, ResultPath, SpecConfig};
@@ -130,10 +130,20 @@ pub fn parse_publisher(spec: &str) -> anyhow::Result<SpecConfig> {
     Ok(s)
 }
 
+/// `-o name:/path` (or Bacalhau v1's `name=/path`): a result directory published under `name`.
 pub fn parse_result_path(spec: &str) -> anyhow::Result<ResultPath> {
     let (name, path) = spec
-        .split_once(':')
-        .ok_or_else(|| anyhow!("output {spec:?} must be name:/path"))?;
+        .split_once([':', '='])
+        .ok_or_else(|| anyhow!("output {spec:?} must be name:/path, e.g. outputs:/outputs"))?;
+    let (name, path) = (name.trim(), path.trim());
+    if name.is_empty() || name.contains('/') {
+        bail!("output {spec:?} needs a plain name before ':', e.g. outputs:/outputs");
+    }
+    if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
+        bail!(
+            "output {spec:?} needs an absolute path without '..' after ':', e.g. {name}:/outputs"
+        );
+    }
     Ok(ResultPath {
         name: name.into(),
         path: path.into(),

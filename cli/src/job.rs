@@ -14,8 +14,8 @@ use caravel_model::states::JobStateType;
 use clap::{Args, Subcommand};
 use futures::StreamExt;
 
-use crate::ApiClient;
 use crate::output::{Format, OutputArgs, short_time, table};
+use crate::{ApiClient, results};
 
 #[derive(Debug, Subcommand)]
 pub enum JobCommand {
@@ -302,13 +302,22 @@ fn read_spec(file: Option<&str>) -> anyhow::Result<(Vec<u8>, std::path::PathBuf)
 /// Caravel extension: a `local` input whose `SourcePath` is relative names a file on the client,
 /// relative to the spec file; it is sent inline (as `wasm run` sends a local module).
 pub fn spec_to_value(text: &[u8], base: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    spec_to_value_reading(text, base, &|p| std::fs::read(p))
+}
+
+/// [`spec_to_value`] with the reader of client-side files given (tests stand in for build outputs).
+pub fn spec_to_value_reading(
+    text: &[u8],
+    base: &std::path::Path,
+    read: &dyn Fn(&std::path::Path) -> std::io::Result<Vec<u8>>,
+) -> anyhow::Result<serde_json::Value> {
     // Inline client-side files first, so the strict parse below sees inline sources.
     let mut doc: Option<serde_json::Value> = std::str::from_utf8(text)
         .ok()
         .and_then(|t| serde_norway::from_str(t).ok());
     if let Some(v) = doc.as_mut().filter(|v| v.is_object()) {
         caravel_model::normalize::canonicalize_job(v);
-        inline_relative_local_inputs(v, base)?;
+        inline_relative_local_inputs(v, base, read)?;
     }
     let text = match &doc {
         Some(v) if v.is_object() => serde_json::to_vec(v)?,
@@ -319,17 +328,30 @@ pub fn spec_to_value(text: &[u8], base: &std::path::Path) -> anyhow::Result<serd
         eprintln!("Warning: {w}");
     }
     let mut v = serde_json::to_value(&parsed.job)?;
+    strip_server_owned(&mut v);
+    Ok(v)
+}
+
+/// A job built from flags, checked and defaulted exactly as a spec file given to `job run`.
+pub fn job_to_value(job: &Job) -> anyhow::Result<serde_json::Value> {
+    let mut v = serde_json::to_value(job)?;
+    strip_server_owned(&mut v);
+    let cwd = std::env::current_dir().unwrap_or_default();
+    spec_to_value(&serde_json::to_vec(&v)?, &cwd)
+}
+
+fn strip_server_owned(v: &mut serde_json::Value) {
     if let Some(o) = v.as_object_mut() {
         for k in caravel_model::parse::SERVER_OWNED_KEYS {
             o.remove(*k);
         }
     }
-    Ok(v)
 }
 
 fn inline_relative_local_inputs(
     v: &mut serde_json::Value,
     base: &std::path::Path,
+    read: &dyn Fn(&std::path::Path) -> std::io::Result<Vec<u8>>,
 ) -> anyhow::Result<()> {
     let Some(tasks) = v.get_mut("Tasks").and_then(|t| t.as_array_mut()) else {
         return Ok(());
@@ -357,7 +379,7 @@ fn inline_relative_local_inputs(
             };
             let file = base.join(&p);
             let target = input["Target"].as_str().unwrap_or_default().to_string();
-            let bytes = std::fs::read(&file).with_context(|| {
+            let bytes = read(&file).with_context(|| {
                 format!("input {target} names the local file {} (a relative SourcePath is read on this machine and sent inline)", file.display())
             })?;
             input["Source"] = serde_json::to_value(
@@ -369,13 +391,18 @@ fn inline_relative_local_inputs(
     Ok(())
 }
 
+/// What `--dry-run` prints: the job as YAML, ready for `caravel job run`.
+pub fn dry_run_yaml(job: &serde_json::Value) -> anyhow::Result<String> {
+    Ok(serde_norway::to_string(job)?)
+}
+
 pub async fn submit_and_follow(
     c: &ApiClient,
     job: serde_json::Value,
     rt: &RuntimeArgs,
 ) -> anyhow::Result<ExitCode> {
     if rt.dry_run {
-        print!("{}", serde_norway::to_string(&job)?);
+        print!("{}", dry_run_yaml(&job)?);
         return Ok(ExitCode::SUCCESS);
     }
     let started = Instant::now();
@@ -755,49 +782,34 @@ async fn get(c: &ApiClient, a: GetArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|| format!("job-{}", short(&id))),
     );
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let timeout = Duration::from_secs(a.download_timeout_secs);
     for (i, item) in r.items.iter().enumerate() {
-        let url = match item.kind.to_ascii_lowercase().as_str() {
-            "urldownload" | "s3presigned" => item
-                .params
-                .str("URL")
-                .or_else(|| item.params.str("PreSignedURL"))
-                .unwrap_or_default()
-                .to_string(),
-            other => bail!("results of type {other} cannot be downloaded by this client yet"),
-        };
-        let bytes = c
-            .download(&url, Duration::from_secs(a.download_timeout_secs))
-            .await?;
         let target = if a.raw {
             dir.join("raw").join(format!("{i}"))
         } else {
             dir.clone()
         };
         std::fs::create_dir_all(&target)?;
-        extract(&bytes, &target).with_context(|| format!("unpacking the results from {url}"))?;
+        match item.kind.to_ascii_lowercase().as_str() {
+            "urldownload" | "s3presigned" => {
+                let url = item
+                    .params
+                    .str("URL")
+                    .or_else(|| item.params.str("PreSignedURL"))
+                    .unwrap_or_default()
+                    .to_string();
+                let bytes = c.download(&url, timeout).await?;
+                results::extract(&bytes, &target)
+                    .with_context(|| format!("unpacking the results from {url}"))?;
+            }
+            "s3" => {
+                results::S3Result::from_spec(item)?
+                    .download(&target, timeout)
+                    .await?
+            }
+            other => bail!("results of type {other} cannot be downloaded by this client yet"),
+        }
     }
     println!("{}", dir.display());
     Ok(ExitCode::SUCCESS)
-}
-
-/// Unpacks a tar.gz, refusing entries that would escape the target directory.
-fn extract(bytes: &[u8], target: &std::path::Path) -> anyhow::Result<()> {
-    let gz = flate2::read::GzDecoder::new(bytes);
-    let mut ar = tar::Archive::new(gz);
-    for entry in ar.entries()? {
-        let mut entry = entry?;
-        let path = entry.path()?.into_owned();
-        if path.is_absolute()
-            || path
-                .components()
-                .any(|c| matches!(c, std::path::Component::ParentDir))
-        {
-            bail!(
-                "refusing archive entry {} outside the output directory",
-                path.display()
-            );
-        }
-        entry.unpack_in(target)?;
-    }
-    Ok(())
 }

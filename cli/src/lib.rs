@@ -5,11 +5,16 @@
 pub mod agent;
 pub mod cert;
 pub mod client;
+pub mod cluster;
 pub mod config;
+pub mod docker;
 pub mod input;
 pub mod job;
+pub mod jobflags;
 pub mod node;
 pub mod output;
+pub mod results;
+pub mod selector;
 pub mod wasm;
 
 use std::process::ExitCode;
@@ -46,6 +51,10 @@ pub struct Global {
     /// A YAML config file, or Key=Value (dot path, any case); repeatable, later wins.
     #[arg(short = 'c', long = "config", global = true)]
     pub config: Vec<String>,
+    /// Let the orchestrator answer reads from its own replica without confirming it is current
+    /// (faster; answers even without quorum; may miss the latest writes).
+    #[arg(long, global = true, env = "CARAVEL_STALE_READS")]
+    pub stale: bool,
 }
 
 // Parsed once per process: the size difference between variants costs nothing.
@@ -62,6 +71,9 @@ pub enum Command {
     /// Run a WebAssembly module as a job.
     #[command(subcommand)]
     Wasm(wasm::WasmCommand),
+    /// Run a container image as a job.
+    #[command(subcommand)]
+    Docker(docker::DockerCommand),
     /// Inspect the cluster's nodes.
     #[command(subcommand)]
     Node(node::NodeCommand),
@@ -76,6 +88,12 @@ pub enum Command {
     /// Cluster CA and node certificates for mutual TLS between nodes.
     #[command(subcommand)]
     Cert(cert::CertCommand),
+    /// The orchestrator group: status, add and remove members.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
+    /// Operator tasks: backups of the replicated state.
+    #[command(subcommand)]
+    Operator(cluster::OperatorCommand),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -89,6 +107,26 @@ pub struct ServeArgs {
     /// Node name (default: generated once and kept in the data dir).
     #[arg(long)]
     pub name: Option<String>,
+    /// This node's id: its name, its Raft member id, and the id bound into its certificate
+    /// (same as --name when both are given).
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<String>,
+    /// Initial orchestrators, `ID@HOST:PORT` (their Raft addresses), comma separated. List this node
+    /// too to form a new group; leave it out to start empty and join with `caravel cluster add`.
+    #[arg(long, value_delimiter = ',', value_name = "ID@HOST:PORT")]
+    pub peers: Vec<String>,
+    /// Port of the Raft (QUIC/UDP) listener (Orchestrator.RaftPort; default 1235).
+    #[arg(long)]
+    pub raft_port: Option<u16>,
+    /// Cluster CA certificate (PEM) for mutual TLS (TLS.CA).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<String>,
+    /// This node's certificate (PEM), issued by `caravel cert issue` (TLS.Cert).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<String>,
+    /// This node's private key (PEM) (TLS.Key).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -96,12 +134,16 @@ pub struct DevstackArgs {
     /// Run this job spec on the devstack, print its output and exit (0 if it completed).
     #[arg(long, value_name = "FILE")]
     pub run: Option<String>,
-    /// Orchestrators to start (this issue: 1, hybrid with the compute node).
+    /// Orchestrators to start (1, 3 or 5 for a Raft group that survives 0, 1 or 2 failures).
     #[arg(long, default_value_t = 1)]
     pub orchestrators: u32,
-    /// Compute nodes to start.
+    /// Compute nodes to start (0 is allowed).
     #[arg(long, default_value_t = 1)]
     pub compute: u32,
+    /// Run every node as its own OS process even for one orchestrator (always so for more than one
+    /// orchestrator or compute node), and write DATA_DIR/devstack.json.
+    #[arg(long)]
+    pub processes: bool,
 }
 
 /// Runs a client command (everything but serve and devstack).
@@ -110,11 +152,17 @@ pub async fn run(cli: Cli) -> ExitCode {
     let res = match cli.command {
         Command::Job(c) => job::run(&client, c).await,
         Command::Wasm(c) => wasm::run(&client, c).await,
+        Command::Docker(c) => docker::run(&client, c).await,
         Command::Node(c) => node::run(&client, c).await,
         Command::Agent(c) => agent::run(&client, c).await,
         Command::Config(c) => config::run(&cli.global, c),
         Command::Version(a) => agent::version(&client, a).await,
         Command::Cert(c) => cert::run(c),
+        Command::Cluster(c) => cluster::run(&client, c).await,
+        Command::Operator(cluster::OperatorCommand::Snapshot(cluster::SnapshotCommand::Save {
+            file,
+        })) => cluster::save(&client, &file).await,
+        Command::Operator(_) => Ok(ExitCode::from(2)),
         Command::Serve(_) | Command::Devstack(_) => Ok(ExitCode::from(2)),
     };
     match res {

@@ -1,5 +1,5 @@
-//! The machine's capacity: cores, memory (`/proc/meminfo`), disk of the data directory, and the
-//! labels Bacalhau adds to every node.
+//! The machine's capacity: cores, memory (`/proc/meminfo`), disk of the data directory, NVIDIA GPUs
+//! (`nvidia-smi`), and the labels Bacalhau adds to every node.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -12,8 +12,32 @@ pub fn machine_capacity(data_dir: &Path) -> Resources {
         cpu: cores() as f64,
         memory: total_memory().unwrap_or(0),
         disk: disk_total(data_dir).unwrap_or(0),
-        gpu: 0,
+        gpu: gpu_count(),
     }
+}
+
+/// NVIDIA GPUs of the machine (`nvidia-smi --list-gpus`); 0 when nvidia-smi is absent or fails,
+/// so a job asking for GPUs is never placed here.
+pub fn gpu_count() -> u64 {
+    static COUNT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *COUNT.get_or_init(|| {
+        match std::process::Command::new("nvidia-smi")
+            .arg("--list-gpus")
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .output()
+        {
+            Ok(out) if out.status.success() => count_gpus(&String::from_utf8_lossy(&out.stdout)),
+            Ok(_) => 0,
+            Err(_) => 0,
+        }
+    })
+}
+
+fn count_gpus(list: &str) -> u64 {
+    list.lines()
+        .filter(|l| l.trim_start().starts_with("GPU "))
+        .count() as u64
 }
 
 pub fn cores() -> usize {
@@ -77,6 +101,13 @@ mod tests {
         assert_eq!(parse_meminfo(t, "MemTotal"), Some(2030000 * 1024));
         assert_eq!(parse_meminfo(t, "MemAvailable"), Some(1000 * 1024));
         assert_eq!(parse_meminfo(t, "Nope"), None);
+    }
+
+    #[test]
+    fn gpus_are_counted_from_nvidia_smi_lines() {
+        let out = "GPU 0: NVIDIA A100 (UUID: GPU-1)\nGPU 1: NVIDIA A100 (UUID: GPU-2)\n";
+        assert_eq!(count_gpus(out), 2);
+        assert_eq!(count_gpus(""), 0);
     }
 
     #[test]

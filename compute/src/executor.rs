@@ -1,4 +1,4 @@
-//! The `Executor` seam: what an engine (wasm today, docker next) is given to run one execution, and
+//! The `Executor` seam: what an engine (wasm, docker) is given to run one execution, and
 //! what it answers. Inputs are already prepared on the host ([`crate::inputs`]); the executor only
 //! maps them into the task's view, runs it, and reports its exit code or why it could not finish.
 
@@ -71,8 +71,20 @@ pub struct RunResult {
 /// `job describe`, so they say what happened in plain words.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ExecError {
-    #[error("engine type {0:?} is not supported by this node (supported: wasm)")]
+    #[error("engine type {0:?} is not supported by this executor")]
     UnsupportedEngine(String),
+    #[error(
+        "image {image:?} is not on this node and cannot be pulled: {reason}; load it with docker load or docker import"
+    )]
+    ImageUnavailable { image: String, reason: String },
+    #[error(
+        "network type {0:?} is not supported by the docker executor of this node (supported: None, Host, Full); HTTP domain filtering needs a proxy Caravel does not run"
+    )]
+    NetworkUnsupported(String),
+    #[error("the task asks for {requested} GPU(s) but this node has {available}")]
+    NotEnoughGpus { requested: u64, available: u64 },
+    #[error("docker engine error while {action}: {reason}")]
+    Engine { action: String, reason: String },
     #[error(
         "wasm job has no EntryModule: set Engine.Params.EntryModule to the Target of the input that holds the module"
     )]

@@ -5,23 +5,35 @@
 //! percent-encoded, gzip-compressed when its media type says gzip or its bytes start with the gzip
 //! magic; a gzipped tar archive becomes a directory), `local` / `localDirectory` (a host path under
 //! one of the node's allow-listed paths), `urlDownload` (http/https, streamed to disk with a size
-//! cap, a timeout and at most 5 redirects). Anything else is refused with a clear error.
+//! cap, a timeout and at most 5 redirects), `s3` (an object, or every object under a prefix, through
+//! [`crate::s3`] with the node's credentials; `Filter` is a regex on keys, `VersionID` picks a
+//! version, `ChecksumSHA256` is verified), and `ipfs` (`CID` fetched from the node's HTTP gateway,
+//! `Compute.IPFSGateway`, as `GET {gateway}/ipfs/{CID}`; refused when none is configured). Anything
+//! else is refused with a clear error.
+//!
+//! A single object (s3, urlDownload, ipfs, inline) becomes a file at the target; an s3 prefix
+//! becomes a directory holding the matching objects by their key below the prefix's directory.
 
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use caravel_model::quantity::format_bytes;
 use caravel_model::spec::InputSource;
 use futures::StreamExt;
+use object_store::{ObjectStore, ObjectStoreExt};
+use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::executor::PreparedInput;
+use crate::metrics::ComputeMetrics;
+use crate::s3::{S3Error, S3Settings, S3Target, error_chain};
 
-/// Source types this node can prepare, as reported in `NodeInfo`.
-pub const SUPPORTED_SOURCES: &[&str] = &["inline", "local", "urlDownload"];
+/// Source types every node can prepare (`ipfs` is added when a gateway is configured), as reported
+/// in `NodeInfo`.
+pub const SUPPORTED_SOURCES: &[&str] = &["inline", "local", "urlDownload", "s3"];
 /// Default cap of one downloaded (or inline, decompressed) input.
 pub const DEFAULT_MAX_DOWNLOAD_BYTES: u64 = 1 << 30;
 /// Default timeout of one download.
@@ -31,10 +43,25 @@ pub const MAX_REDIRECTS: usize = 5;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InputError {
+    #[error("input source type {kind:?} is not supported on this node (supported: {supported})")]
+    Unsupported { kind: String, supported: String },
+    #[error("ipfs inputs are not supported on this node: set Compute.IPFSGateway")]
+    IpfsNotConfigured,
     #[error(
-        "input source type {0:?} is not supported on this node (supported: inline, local, urlDownload)"
+        "invalid ipfs CID {0:?}: expected a CID such as bafy… or Qm…, optionally followed by /path"
     )]
-    Unsupported(String),
+    BadCid(String),
+    #[error("s3 input: {0}")]
+    S3(#[from] S3Error),
+    #[error(
+        "s3 input s3://{bucket}/{key}: its SHA-256 is {actual}, not the ChecksumSHA256 {expected} the job gave"
+    )]
+    ChecksumMismatch {
+        bucket: String,
+        key: String,
+        expected: String,
+        actual: String,
+    },
     #[error("input target {target:?} is invalid: {reason}")]
     BadTarget { target: String, reason: String },
     #[error("{kind} input needs the parameter {param}")]
@@ -119,6 +146,10 @@ pub struct InputOptions {
     pub allow_listed_local_paths: Vec<String>,
     pub max_download_bytes: u64,
     pub download_timeout: Duration,
+    /// `Compute.IPFSGateway`: base URL of an IPFS HTTP gateway; `ipfs` inputs are refused without.
+    pub ipfs_gateway: Option<String>,
+    /// Credentials and defaults of `s3` inputs.
+    pub s3: S3Settings,
 }
 
 impl Default for InputOptions {
@@ -127,6 +158,8 @@ impl Default for InputOptions {
             allow_listed_local_paths: Vec::new(),
             max_download_bytes: DEFAULT_MAX_DOWNLOAD_BYTES,
             download_timeout: DEFAULT_DOWNLOAD_TIMEOUT,
+            ipfs_gateway: None,
+            s3: S3Settings::default(),
         }
     }
 }
@@ -137,6 +170,9 @@ pub struct InputPreparer {
     allow: Vec<AllowedPath>,
     max_download_bytes: u64,
     download_timeout: Duration,
+    ipfs_gateway: Option<String>,
+    s3: S3Settings,
+    metrics: ComputeMetrics,
     client: OnceLock<Result<reqwest::Client, String>>,
 }
 
@@ -148,12 +184,42 @@ impl InputPreparer {
             .filter(|e| !e.trim().is_empty())
             .map(|e| AllowedPath::parse(e))
             .collect::<Result<_, _>>()?;
+        let ipfs_gateway = opts
+            .ipfs_gateway
+            .map(|g| g.trim().trim_end_matches('/').to_string())
+            .filter(|g| !g.is_empty());
+        if let Some(g) = &ipfs_gateway
+            && !(g.starts_with("http://") || g.starts_with("https://"))
+        {
+            return Err(InputError::Download {
+                url: g.clone(),
+                reason: "Compute.IPFSGateway must be an http:// or https:// URL".into(),
+            });
+        }
         Ok(InputPreparer {
             allow,
             max_download_bytes: opts.max_download_bytes,
             download_timeout: opts.download_timeout,
+            ipfs_gateway,
+            s3: opts.s3,
+            metrics: ComputeMetrics::new(),
             client: OnceLock::new(),
         })
+    }
+
+    /// Records input volume and time in `metrics` (the node's) instead of a private set.
+    pub fn with_metrics(mut self, metrics: ComputeMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Source types this preparer handles, as reported in `NodeInfo`.
+    pub fn supported_sources(&self) -> Vec<String> {
+        let mut v: Vec<String> = SUPPORTED_SOURCES.iter().map(|s| s.to_string()).collect();
+        if self.ipfs_gateway.is_some() {
+            v.push("ipfs".into());
+        }
+        v
     }
 
     /// Prepares every input of a task under `dir` (one subdirectory per input).
@@ -177,7 +243,30 @@ impl InputPreparer {
     ) -> Result<PreparedInput, InputError> {
         let target = check_target(&input.target)?;
         let kind = input.source.kind.trim().to_ascii_lowercase();
-        match kind.as_str() {
+        let started = Instant::now();
+        let prepared = self.fetch(input, &kind, dir, target).await?;
+        if kind != "local" && kind != "localdirectory" {
+            let path = prepared.host_path.clone();
+            let bytes = tokio::task::spawn_blocking(move || tree_size(&path))
+                .await
+                .unwrap_or(0);
+            let label = match kind.as_str() {
+                "urldownload" => "urlDownload",
+                k => k,
+            };
+            self.metrics.input_prepared(label, bytes, started.elapsed());
+        }
+        Ok(prepared)
+    }
+
+    async fn fetch(
+        &self,
+        input: &InputSource,
+        kind: &str,
+        dir: &Path,
+        target: String,
+    ) -> Result<PreparedInput, InputError> {
+        match kind {
             "inline" => {
                 let url = param(input, "inline", "URL")?;
                 let (host_path, _) = self.inline(url, dir, &target).await?;
@@ -197,7 +286,183 @@ impl InputPreparer {
                     read_only: true,
                 })
             }
-            _ => Err(InputError::Unsupported(input.source.kind.clone())),
+            "s3" => {
+                let host_path = self.s3(input, dir, &target).await?;
+                Ok(PreparedInput {
+                    host_path,
+                    target,
+                    read_only: true,
+                })
+            }
+            "ipfs" => {
+                let gateway = self
+                    .ipfs_gateway
+                    .as_deref()
+                    .ok_or(InputError::IpfsNotConfigured)?;
+                let cid = param(input, "ipfs", "CID")?;
+                let cid = cid
+                    .trim_start_matches("ipfs://")
+                    .trim_start_matches("/ipfs/");
+                let valid = !cid.is_empty()
+                    && cid.split('/').all(|part| {
+                        !part.is_empty()
+                            && part != ".."
+                            && part != "."
+                            && part
+                                .chars()
+                                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                    });
+                if !valid {
+                    return Err(InputError::BadCid(cid.to_string()));
+                }
+                let url = format!("{gateway}/ipfs/{cid}");
+                let host_path = self.download(&url, dir, &target).await?;
+                Ok(PreparedInput {
+                    host_path,
+                    target,
+                    read_only: true,
+                })
+            }
+            _ => Err(InputError::Unsupported {
+                kind: input.source.kind.clone(),
+                supported: self.supported_sources().join(", "),
+            }),
+        }
+    }
+
+    /// An `s3` input: one object (a file), or the objects under a prefix (a directory).
+    async fn s3(
+        &self,
+        input: &InputSource,
+        dir: &Path,
+        target: &str,
+    ) -> Result<PathBuf, InputError> {
+        let p = &input.source.params;
+        let text = |k: &str| p.str(k).map(str::trim).filter(|s| !s.is_empty());
+        let bucket = param(input, "s3", "Bucket")?;
+        let key = p.str("Key").unwrap_or("").trim().trim_start_matches('/');
+        let version = text("VersionID").or_else(|| text("VersionId"));
+        let checksum = text("ChecksumSHA256");
+        let filter = match text("Filter") {
+            Some(f) => Some(regex::Regex::new(f).map_err(|e| {
+                S3Error::BadParams(format!(
+                    "Filter {f:?} is not a valid regular expression: {e}"
+                ))
+            })?),
+            None => None,
+        };
+        let t = S3Target::resolve(&self.s3, bucket, text("Endpoint"), text("Region"));
+        let store = crate::s3::store(&self.s3, &t)?;
+        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+        let dest = dir.join(file_name_of(target));
+        let limit = self.max_download_bytes;
+        let work = async {
+            // A key not ending in `/` names an object if one exists; otherwise it is a prefix.
+            if !key.is_empty() && !key.ends_with('/') {
+                let opts = object_store::GetOptions {
+                    version: version.map(String::from),
+                    ..Default::default()
+                };
+                match store
+                    .get_opts(&object_store::path::Path::from(key), opts)
+                    .await
+                {
+                    Ok(res) => {
+                        let sum = write_object(res, &dest, limit, &t, key).await?;
+                        if let Some(expected) = checksum {
+                            check_sha256(expected, &sum, &t.bucket, key)?;
+                        }
+                        return Ok(dest.clone());
+                    }
+                    Err(e) => match crate::s3::classify(&e, &t, key) {
+                        S3Error::NoSuchKey { .. } if version.is_none() => {}
+                        other => return Err(other.into()),
+                    },
+                }
+            }
+            if version.is_some() || checksum.is_some() {
+                return Err(S3Error::BadParams(format!(
+                    "VersionID and ChecksumSHA256 apply to a single object, and s3://{bucket}/{key} is not one"
+                ))
+                .into());
+            }
+            // Objects are listed under the key's directory and kept when their key starts with
+            // the whole key (so `data/2024` matches `data/2024-01.csv` and `data/2024/x.csv`).
+            let parent = match key.rfind('/') {
+                Some(i) => &key[..i],
+                None => "",
+            };
+            let list_prefix = (!parent.is_empty()).then(|| object_store::path::Path::from(parent));
+            let mut listing = store.list(list_prefix.as_ref());
+            let mut objects = Vec::new();
+            while let Some(meta) = listing.next().await {
+                let meta = meta.map_err(|e| crate::s3::classify(&e, &t, key))?;
+                let full = meta.location.as_ref().to_string();
+                if !full.starts_with(key) {
+                    continue;
+                }
+                if filter.as_ref().is_some_and(|f| !f.is_match(&full)) {
+                    continue;
+                }
+                let rel = if parent.is_empty() {
+                    full.as_str()
+                } else {
+                    full.strip_prefix(parent)
+                        .unwrap_or(&full)
+                        .trim_start_matches('/')
+                };
+                if rel.is_empty()
+                    || rel
+                        .split('/')
+                        .any(|c| c.is_empty() || c == "." || c == "..")
+                {
+                    tracing::warn!(key = %full, "s3 object skipped: its key is not a safe relative path");
+                    continue;
+                }
+                objects.push((meta.location.clone(), rel.to_string()));
+            }
+            if objects.is_empty() {
+                return Err(S3Error::NoSuchKey {
+                    bucket: t.bucket.clone(),
+                    key: key.to_string(),
+                    endpoint: t.where_(),
+                }
+                .into());
+            }
+            std::fs::create_dir_all(&dest).map_err(io(format!("creating {}", dest.display())))?;
+            let mut total: u64 = 0;
+            for (loc, rel) in objects {
+                let path = dest.join(&rel);
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)
+                        .map_err(io(format!("creating {}", parent.display())))?;
+                }
+                let res = store
+                    .get(&loc)
+                    .await
+                    .map_err(|e| crate::s3::classify(&e, &t, loc.as_ref()))?;
+                let remaining = limit.saturating_sub(total);
+                write_object(res, &path, remaining, &t, loc.as_ref()).await?;
+                total += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            }
+            Ok(dest.clone())
+        };
+        match tokio::time::timeout(self.download_timeout, work).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(e)) => {
+                let _ = std::fs::remove_dir_all(&dest).or_else(|_| std::fs::remove_file(&dest));
+                Err(e)
+            }
+            Err(_) => {
+                let _ = std::fs::remove_dir_all(&dest).or_else(|_| std::fs::remove_file(&dest));
+                Err(S3Error::Unreachable {
+                    bucket: t.bucket.clone(),
+                    key: key.to_string(),
+                    endpoint: t.where_(),
+                    reason: format!("timed out after {} s", self.download_timeout.as_secs()),
+                }
+                .into())
+            }
         }
     }
 
@@ -328,10 +593,7 @@ impl InputPreparer {
 
     fn client(&self) -> Result<&reqwest::Client, InputError> {
         let c = self.client.get_or_init(|| {
-            if rustls::crypto::CryptoProvider::get_default().is_none() {
-                // Harmless if another thread installed one meanwhile.
-                let _ = rustls::crypto::ring::default_provider().install_default();
-            }
+            crate::install_crypto_provider();
             reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
                 .connect_timeout(Duration::from_secs(30))
@@ -416,17 +678,82 @@ impl InputPreparer {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s = format!("{s}: {t}");
-        }
-        cur = c.source();
+/// Streams an object into `path` (at most `limit` bytes); returns the SHA-256 of its bytes.
+async fn write_object(
+    res: object_store::GetResult,
+    path: &Path,
+    limit: u64,
+    t: &S3Target,
+    key: &str,
+) -> Result<[u8; 32], InputError> {
+    if res.meta.size > limit {
+        return Err(InputError::TooLarge {
+            what: format!("s3://{}/{key}", t.bucket),
+            limit,
+        });
     }
-    s
+    let mut file = tokio::fs::File::create(path)
+        .await
+        .map_err(io(format!("creating {}", path.display())))?;
+    let mut hasher = Sha256::new();
+    let mut got: u64 = 0;
+    let mut body = res.into_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| crate::s3::classify(&e, t, key))?;
+        got += chunk.len() as u64;
+        if got > limit {
+            return Err(InputError::TooLarge {
+                what: format!("s3://{}/{key}", t.bucket),
+                limit,
+            });
+        }
+        hasher.update(&chunk);
+        file.write_all(&chunk)
+            .await
+            .map_err(io(format!("writing {}", path.display())))?;
+    }
+    file.flush()
+        .await
+        .map_err(io(format!("writing {}", path.display())))?;
+    Ok(hasher.finalize().into())
+}
+
+/// Compares a SHA-256 with the job's `ChecksumSHA256`, given as base64 (as S3 reports it) or hex.
+fn check_sha256(
+    expected: &str,
+    actual: &[u8; 32],
+    bucket: &str,
+    key: &str,
+) -> Result<(), InputError> {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(actual);
+    let hex: String = actual.iter().map(|b| format!("{b:02x}")).collect();
+    let e = expected.trim();
+    if e == b64
+        || e.trim_end_matches('=') == b64.trim_end_matches('=')
+        || e.eq_ignore_ascii_case(&hex)
+    {
+        Ok(())
+    } else {
+        Err(InputError::ChecksumMismatch {
+            bucket: bucket.into(),
+            key: key.into(),
+            expected: e.into(),
+            actual: b64,
+        })
+    }
+}
+
+/// Bytes of a file, or of the files under a directory (symlinks not followed).
+pub(crate) fn tree_size(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return if meta.is_file() { meta.len() } else { 0 };
+    }
+    std::fs::read_dir(path)
+        .map(|rd| rd.flatten().map(|e| tree_size(&e.path())).sum())
+        .unwrap_or(0)
 }
 
 fn param<'a>(input: &'a InputSource, kind: &str, name: &str) -> Result<&'a str, InputError> {

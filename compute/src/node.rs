@@ -26,10 +26,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::capacity;
+use crate::docker::{DockerExecutor, DockerOptions};
 use crate::executor::{ExecError, Executor, ResultDir, RunRequest, task_args, task_env};
-use crate::inputs::{InputError, InputOptions, InputPreparer, SUPPORTED_SOURCES, check_target};
+use crate::inputs::{InputError, InputOptions, InputPreparer, check_target};
+use crate::metrics::ComputeMetrics;
 use crate::outbox::Outbox;
-use crate::publish::{ExecutionPaths, Publisher, SUPPORTED_PUBLISHERS, run_output};
+use crate::publish::{ExecutionPaths, PublishContext, Publisher, SUPPORTED_PUBLISHERS, run_output};
+use crate::s3::S3Settings;
 use crate::wasm::WasmExecutor;
 
 /// Default memory limit of a task whose job sets none.
@@ -85,6 +88,15 @@ pub struct ComputeOptions {
     /// Cap of one downloaded input.
     pub max_download_bytes: u64,
     pub download_timeout: Duration,
+    /// Whether [`ComputeOptions::build`] looks for a Docker engine (and adds the `docker` engine
+    /// when one answers).
+    pub docker: bool,
+    /// Grace between SIGTERM and SIGKILL when a container is stopped.
+    pub docker_stop_grace: Duration,
+    /// `Compute.IPFSGateway`: `ipfs` inputs are fetched as `GET {gateway}/ipfs/{CID}`.
+    pub ipfs_gateway: Option<String>,
+    /// S3 credentials and defaults (from the environment by default).
+    pub s3: S3Settings,
 }
 
 impl ComputeOptions {
@@ -100,6 +112,10 @@ impl ComputeOptions {
             heartbeat_interval: DEFAULT_HEARTBEAT,
             max_download_bytes: crate::inputs::DEFAULT_MAX_DOWNLOAD_BYTES,
             download_timeout: crate::inputs::DEFAULT_DOWNLOAD_TIMEOUT,
+            docker: true,
+            docker_stop_grace: crate::docker::DEFAULT_STOP_GRACE,
+            ipfs_gateway: None,
+            s3: S3Settings::from_env(),
         }
     }
 
@@ -124,13 +140,30 @@ impl ComputeOptions {
         if cfg.compute.heartbeat_secs > 0 {
             o.heartbeat_interval = Duration::from_secs(cfg.compute.heartbeat_secs);
         }
+        let gateway = cfg.compute.ipfs_gateway.trim();
+        if !gateway.is_empty() {
+            o.ipfs_gateway = Some(gateway.to_string());
+        }
         Ok(o)
     }
 
-    /// A node with the wasm executor.
+    /// A node with the wasm executor, plus the docker executor when [`ComputeOptions::docker`] is
+    /// set and a Docker engine answers (otherwise the node runs wasm only, and says why in the log).
     pub fn build(self) -> Result<ComputeNode, NodeError> {
-        let exec = WasmExecutor::new()?;
-        ComputeNode::with_executor(self, Arc::new(exec))
+        let metrics = ComputeMetrics::new();
+        let mut executors: Vec<Arc<dyn Executor>> = vec![Arc::new(WasmExecutor::new()?)];
+        if self.docker {
+            let mut d = DockerOptions::new(self.node_id.clone());
+            d.stop_grace = self.docker_stop_grace;
+            d.gpus = capacity::gpu_count();
+            match DockerExecutor::detect(d, metrics.clone()) {
+                Ok(exec) => executors.push(Arc::new(exec)),
+                Err(why) => tracing::info!(
+                    "docker engine not available ({why}); this node runs wasm jobs only"
+                ),
+            }
+        }
+        ComputeNode::with_executors(self, executors, metrics)
     }
 }
 
@@ -156,8 +189,10 @@ struct State {
 
 struct Shared {
     opts: ComputeOptions,
-    executor: Arc<dyn Executor>,
+    /// Engines in order; the first that runs an engine type runs its tasks.
+    executors: Vec<Arc<dyn Executor>>,
     inputs: InputPreparer,
+    metrics: ComputeMetrics,
     capacity: Resources,
     slots: Arc<Semaphore>,
     state: Mutex<State>,
@@ -211,10 +246,19 @@ fn valid_result_name(name: &str) -> Result<(), String> {
 }
 
 impl ComputeNode {
-    /// A node with the given executor.
+    /// A node with the given executor only.
     pub fn with_executor(
-        mut opts: ComputeOptions,
+        opts: ComputeOptions,
         executor: Arc<dyn Executor>,
+    ) -> Result<Self, NodeError> {
+        Self::with_executors(opts, vec![executor], ComputeMetrics::new())
+    }
+
+    /// A node with the given executors (dispatched by engine type), sharing `metrics`.
+    pub fn with_executors(
+        mut opts: ComputeOptions,
+        executors: Vec<Arc<dyn Executor>>,
+        metrics: ComputeMetrics,
     ) -> Result<Self, NodeError> {
         if opts.node_id.trim().is_empty() {
             return Err(NodeError::BadOption {
@@ -247,14 +291,18 @@ impl ComputeNode {
             allow_listed_local_paths: opts.allow_listed_local_paths.clone(),
             max_download_bytes: opts.max_download_bytes,
             download_timeout: opts.download_timeout,
-        })?;
+            ipfs_gateway: opts.ipfs_gateway.clone(),
+            s3: opts.s3.clone(),
+        })?
+        .with_metrics(metrics.clone());
         let capacity = capacity::machine_capacity(&opts.data_dir);
         let slots = Arc::new(Semaphore::new(opts.max_concurrent));
         Ok(ComputeNode {
             shared: Arc::new(Shared {
                 opts,
-                executor,
+                executors,
                 inputs,
+                metrics,
                 capacity,
                 slots,
                 state: Mutex::new(State {
@@ -272,6 +320,30 @@ impl ComputeNode {
 
     pub fn options(&self) -> &ComputeOptions {
         &self.shared.opts
+    }
+
+    /// The node's metrics (register them with the process's registry).
+    pub fn metrics(&self) -> ComputeMetrics {
+        self.shared.metrics.clone()
+    }
+
+    /// Engine types this node runs, in executor order.
+    pub fn engines(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for e in self.shared.executors.iter().flat_map(|x| x.engines()) {
+            if !out.contains(&e) {
+                out.push(e);
+            }
+        }
+        out
+    }
+
+    fn executor_for(&self, engine: &str) -> Option<Arc<dyn Executor>> {
+        self.shared
+            .executors
+            .iter()
+            .find(|x| x.engines().iter().any(|e| e == engine))
+            .cloned()
     }
 
     /// The paths an execution uses on this node.
@@ -320,9 +392,9 @@ impl ComputeNode {
             labels,
             supported_protocols: Vec::new(),
             compute_node_info: ComputeNodeInfo {
-                execution_engines: self.shared.executor.engines(),
+                execution_engines: self.engines(),
                 publishers: SUPPORTED_PUBLISHERS.iter().map(|s| s.to_string()).collect(),
-                storage_sources: SUPPORTED_SOURCES.iter().map(|s| s.to_string()).collect(),
+                storage_sources: self.shared.inputs.supported_sources(),
                 max_capacity: self.shared.capacity.clone(),
                 queue_used_capacity: queued,
                 available_capacity: available,
@@ -638,16 +710,11 @@ impl ComputeNode {
         // Refuse what this node cannot run before it takes a slot.
         let refusal = if !has_task {
             Some("the job has no task".to_string())
-        } else if !self
-            .shared
-            .executor
-            .engines()
-            .contains(&task.engine.kind_lower())
-        {
+        } else if self.executor_for(&task.engine.kind_lower()).is_none() {
             Some(format!(
                 "engine type {:?} is not supported by this node (supported: {})",
                 task.engine.kind,
-                self.shared.executor.engines().join(", ")
+                self.engines().join(", ")
             ))
         } else {
             Publisher::from_spec(&task.publisher)
@@ -711,6 +778,13 @@ impl ComputeNode {
         let p = paths.clone();
         let _ = tokio::task::spawn_blocking(move || p.cleanup_work()).await;
         drop(permit);
+        let engine = task.engine.kind_lower();
+        let label = match &outcome {
+            Outcome::Completed { .. } => "completed",
+            Outcome::Failed { .. } => "failed",
+            Outcome::Cancelled => "cancelled",
+        };
+        self.shared.metrics.execution_finished(&engine, label);
         match outcome {
             Outcome::Completed { out, published } => {
                 let msg = if out.exit_code == 0 {
@@ -854,6 +928,12 @@ impl ComputeNode {
             args,
             scratch_dir: paths.scratch.clone(),
         };
+        let Some(executor) = self.executor_for(&task.engine.kind_lower()) else {
+            return fail(
+                topic::EXECUTION,
+                ExecError::UnsupportedEngine(task.engine.kind.clone()).to_string(),
+            );
+        };
         self.report(
             id,
             ExecutionStateType::Running,
@@ -862,7 +942,7 @@ impl ComputeNode {
             None,
             None,
         );
-        let result = self.shared.executor.run(req, cancel.clone()).await;
+        let result = executor.run(req, cancel.clone()).await;
         let r = match result {
             Ok(r) => r,
             Err(ExecError::Cancelled) => return Outcome::Cancelled,
@@ -891,30 +971,37 @@ impl ComputeNode {
                 None,
             );
         }
-        let (p, eid, node) = (
-            paths.clone(),
-            id.to_string(),
-            self.shared.opts.node_id.clone(),
-        );
-        let published =
-            match tokio::task::spawn_blocking(move || publisher.publish(&p, &eid, &node)).await {
-                Ok(Ok(p)) => p,
-                Ok(Err(e)) => {
-                    return Outcome::Failed {
-                        topic: topic::PUBLISHING,
-                        message: e.to_string(),
-                        out: Some(out),
-                    };
+        let ctx = PublishContext {
+            paths,
+            execution_id: id,
+            job_id,
+            node_id: &self.shared.opts.node_id,
+            s3: &self.shared.opts.s3,
+            now: std::time::SystemTime::now(),
+        };
+        let started = std::time::Instant::now();
+        let published = tokio::select! {
+            r = publisher.publish(&ctx) => r,
+            _ = cancel.cancelled() => return Outcome::Cancelled,
+        };
+        match published {
+            Ok(p) => {
+                if publisher.keeps_results() {
+                    self.shared
+                        .metrics
+                        .published(publisher.kind(), p.bytes, started.elapsed());
                 }
-                Err(e) => {
-                    return Outcome::Failed {
-                        topic: topic::PUBLISHING,
-                        message: format!("publishing panicked: {e}"),
-                        out: Some(out),
-                    };
+                Outcome::Completed {
+                    out,
+                    published: p.result,
                 }
-            };
-        Outcome::Completed { out, published }
+            }
+            Err(e) => Outcome::Failed {
+                topic: topic::PUBLISHING,
+                message: e.to_string(),
+                out: Some(out),
+            },
+        }
     }
 
     async fn stream_logs(

@@ -11,22 +11,42 @@
 //! (the contents of `results/`); its published result is `{"Type": "local", "Params":
 //! {"ExecutionID", "NodeID"}}`, which the orchestrator serves by fetching the archive through the
 //! node's session. The `noop` publisher keeps nothing but the stdout/stderr files (for `job logs`).
+//!
+//! The `s3` publisher (reference §3.5) uploads the same layout to `Bucket` under `Key`, a template
+//! of `{jobID}`, `{executionID}`, `{nodeID}`, `{date}` (UTC YYYYMMDD) and `{time}` (UTC HHMMSS):
+//! with `Encoding: gzip` (the default) as one `.tar.gz` object at `Key` (a `Key` ending in `/` gets
+//! `{executionID}.tar.gz` appended), with `Encoding: plain` as one object per file under `Key/`.
+//! Its published result is `{"Type": "s3", "Params": {"Bucket", "Key", "Endpoint", "Region",
+//! "Encoding"}}` (what `job get` downloads; `Encoding` is Caravel's addition so a client knows
+//! whether `Key` is an archive or a prefix); afterwards only stdout, stderr and exitCode stay on the
+//! node, as with `noop`.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use caravel_model::execution::{RUN_OUTPUT_PREVIEW, RunOutput};
 use caravel_model::spec::SpecConfig;
+use object_store::ObjectStore;
+use tokio::io::AsyncWriteExt;
+
+use crate::s3::{S3Error, S3Settings, S3Target};
 
 /// Publisher types this node supports, as reported in `NodeInfo`.
-pub const SUPPORTED_PUBLISHERS: &[&str] = &["local", "noop"];
+pub const SUPPORTED_PUBLISHERS: &[&str] = &["local", "noop", "s3"];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PublishError {
-    #[error("publisher type {0:?} is not supported on this node (supported: local, noop)")]
+    #[error("publisher type {0:?} is not supported on this node (supported: local, noop, s3)")]
     Unsupported(String),
+    #[error("the s3 publisher needs the parameter {0}")]
+    MissingParam(&'static str),
+    #[error("s3 publisher Encoding {0:?} is not supported (use gzip or plain)")]
+    BadEncoding(String),
     #[error("cannot publish the results: {0}")]
     Io(String),
+    #[error("cannot publish the results to s3: {0}")]
+    S3(#[from] S3Error),
 }
 
 /// The directories and files of one execution.
@@ -133,11 +153,51 @@ pub fn run_output(
     }
 }
 
-/// A task's publisher.
+/// How the `s3` publisher lays results out in the bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum S3Encoding {
+    /// One `.tar.gz` object.
+    Gzip,
+    /// One object per file.
+    Plain,
+}
+
+/// Parameters of an `s3` publisher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Publish {
+    pub bucket: String,
+    /// The key template.
+    pub key: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub encoding: S3Encoding,
+}
+
+/// A task's publisher.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Publisher {
     Local,
     Noop,
+    S3(S3Publish),
+}
+
+/// What the publisher needs to know about the execution.
+#[derive(Debug, Clone)]
+pub struct PublishContext<'a> {
+    pub paths: &'a ExecutionPaths,
+    pub execution_id: &'a str,
+    pub job_id: &'a str,
+    pub node_id: &'a str,
+    pub s3: &'a S3Settings,
+    /// When publishing started (for `{date}` and `{time}`).
+    pub now: std::time::SystemTime,
+}
+
+/// A publisher's answer: the published result (if any) and the bytes it wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Published {
+    pub result: Option<SpecConfig>,
+    pub bytes: u64,
 }
 
 impl Publisher {
@@ -146,47 +206,268 @@ impl Publisher {
         match spec.kind.trim().to_ascii_lowercase().as_str() {
             "local" => Ok(Publisher::Local),
             "noop" | "" => Ok(Publisher::Noop),
+            "s3" => {
+                let p = &spec.params;
+                let text = |k: &str| {
+                    p.str(k)
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(String::from)
+                };
+                let bucket = text("Bucket").ok_or(PublishError::MissingParam("Bucket"))?;
+                let key = text("Key").ok_or(PublishError::MissingParam("Key"))?;
+                let encoding = match text("Encoding").map(|e| e.to_ascii_lowercase()).as_deref() {
+                    None | Some("gzip") => S3Encoding::Gzip,
+                    Some("plain") => S3Encoding::Plain,
+                    Some(_) => {
+                        return Err(PublishError::BadEncoding(
+                            text("Encoding").unwrap_or_default(),
+                        ));
+                    }
+                };
+                Ok(Publisher::S3(S3Publish {
+                    bucket,
+                    key: key.trim_start_matches('/').to_string(),
+                    endpoint: text("Endpoint"),
+                    region: text("Region"),
+                    encoding,
+                }))
+            }
             _ => Err(PublishError::Unsupported(spec.kind.clone())),
         }
     }
 
-    /// Whether results are kept (and the execution goes through `Publishing`).
-    pub fn keeps_results(self) -> bool {
-        self == Publisher::Local
+    /// The publisher type, as in `Task.Publisher.Type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Publisher::Local => "local",
+            Publisher::Noop => "noop",
+            Publisher::S3(_) => "s3",
+        }
+    }
+
+    /// Whether results are published (and the execution goes through `Publishing`).
+    pub fn keeps_results(&self) -> bool {
+        !matches!(self, Publisher::Noop)
     }
 
     /// Publishes the results of a finished execution; returns the published result, if any.
-    pub fn publish(
-        self,
-        paths: &ExecutionPaths,
-        execution_id: &str,
-        node_id: &str,
-    ) -> Result<Option<SpecConfig>, PublishError> {
+    pub async fn publish(&self, ctx: &PublishContext<'_>) -> Result<Published, PublishError> {
         match self {
             Publisher::Local => {
-                tar_gz_dir(&paths.results, &paths.archive).map_err(|e| {
-                    PublishError::Io(format!("archiving {}: {e}", paths.results.display()))
-                })?;
-                Ok(Some(
-                    SpecConfig::new("local")
-                        .with("ExecutionID", execution_id)
-                        .with("NodeID", node_id),
-                ))
+                let (results, archive) = (ctx.paths.results.clone(), ctx.paths.archive.clone());
+                blocking(move || {
+                    tar_gz_dir(&results, &archive).map_err(|e| {
+                        PublishError::Io(format!("archiving {}: {e}", results.display()))
+                    })
+                })
+                .await?;
+                Ok(Published {
+                    result: Some(
+                        SpecConfig::new("local")
+                            .with("ExecutionID", ctx.execution_id)
+                            .with("NodeID", ctx.node_id),
+                    ),
+                    bytes: std::fs::metadata(&ctx.paths.archive)
+                        .map(|m| m.len())
+                        .unwrap_or(0),
+                })
             }
             Publisher::Noop => {
-                // Keep only the log files.
-                if let Ok(rd) = std::fs::read_dir(&paths.results) {
-                    for e in rd.flatten() {
-                        let p = e.path();
-                        if e.file_type().is_ok_and(|t| t.is_dir()) {
-                            let _ = std::fs::remove_dir_all(&p);
-                        }
-                    }
-                }
-                Ok(None)
+                keep_only_logs(ctx.paths);
+                Ok(Published {
+                    result: None,
+                    bytes: 0,
+                })
+            }
+            Publisher::S3(spec) => {
+                let out = publish_s3(spec, ctx).await;
+                keep_only_logs(ctx.paths);
+                out
             }
         }
     }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, PublishError> + Send + 'static,
+) -> Result<T, PublishError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| PublishError::Io(format!("the publishing task failed: {e}")))?
+}
+
+/// Removes the result directories, keeping stdout, stderr and exitCode (for `job logs`).
+fn keep_only_logs(paths: &ExecutionPaths) {
+    if let Ok(rd) = std::fs::read_dir(&paths.results) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// `{jobID}`, `{executionID}`, `{nodeID}`, `{date}` (YYYYMMDD) and `{time}` (HHMMSS), in UTC.
+pub fn render_key(
+    template: &str,
+    job_id: &str,
+    execution_id: &str,
+    node_id: &str,
+    now: std::time::SystemTime,
+) -> String {
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let tod = secs % 86_400;
+    template
+        .replace("{jobID}", job_id)
+        .replace("{executionID}", execution_id)
+        .replace("{nodeID}", node_id)
+        .replace("{date}", &format!("{y:04}{m:02}{d:02}"))
+        .replace(
+            "{time}",
+            &format!("{:02}{:02}{:02}", tod / 3600, tod % 3600 / 60, tod % 60),
+        )
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+async fn publish_s3(spec: &S3Publish, ctx: &PublishContext<'_>) -> Result<Published, PublishError> {
+    let target = S3Target::resolve(
+        ctx.s3,
+        &spec.bucket,
+        spec.endpoint.as_deref(),
+        spec.region.as_deref(),
+    );
+    let store: Arc<dyn ObjectStore> = crate::s3::store(ctx.s3, &target)?;
+    let mut key = render_key(
+        &spec.key,
+        ctx.job_id,
+        ctx.execution_id,
+        ctx.node_id,
+        ctx.now,
+    );
+    let mut bytes = 0;
+    match spec.encoding {
+        S3Encoding::Gzip => {
+            if key.ends_with('/') {
+                key.push_str(&format!("{}.tar.gz", ctx.execution_id));
+            }
+            let archive = ctx.paths.scratch.join("results.tar.gz");
+            let (results, a) = (ctx.paths.results.clone(), archive.clone());
+            blocking(move || {
+                tar_gz_dir(&results, &a)
+                    .map_err(|e| PublishError::Io(format!("archiving {}: {e}", results.display())))
+            })
+            .await?;
+            bytes += upload_file(&store, &target, &archive, &key).await?;
+            let _ = std::fs::remove_file(&archive);
+        }
+        S3Encoding::Plain => {
+            if !key.ends_with('/') {
+                key.push('/');
+            }
+            let results = ctx.paths.results.clone();
+            let files = blocking(move || {
+                let mut out = Vec::new();
+                list_files(&results, "", &mut out)
+                    .map_err(|e| PublishError::Io(format!("listing {}: {e}", results.display())))?;
+                Ok(out)
+            })
+            .await?;
+            for (path, rel) in files {
+                bytes += upload_file(&store, &target, &path, &format!("{key}{rel}")).await?;
+            }
+        }
+    }
+    Ok(Published {
+        result: Some(
+            SpecConfig::new("s3")
+                .with("Bucket", target.bucket.as_str())
+                .with("Key", key.as_str())
+                .with("Endpoint", target.endpoint.as_str())
+                .with("Region", target.region.as_str())
+                .with(
+                    "Encoding",
+                    match spec.encoding {
+                        S3Encoding::Gzip => "gzip",
+                        S3Encoding::Plain => "plain",
+                    },
+                ),
+        ),
+        bytes,
+    })
+}
+
+/// Regular files under `dir` (recursively, symlinks skipped) with their `/`-joined relative paths,
+/// in name order.
+fn list_files(dir: &Path, prefix: &str, out: &mut Vec<(PathBuf, String)>) -> std::io::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let rel = format!("{prefix}{name}");
+        let t = e.file_type()?;
+        if t.is_dir() {
+            list_files(&e.path(), &format!("{rel}/"), out)?;
+        } else if t.is_file() {
+            out.push((e.path(), rel));
+        }
+    }
+    Ok(())
+}
+
+/// Uploads one file (multipart when large); returns its size.
+async fn upload_file(
+    store: &Arc<dyn ObjectStore>,
+    target: &S3Target,
+    path: &Path,
+    key: &str,
+) -> Result<u64, PublishError> {
+    let location = object_store::path::Path::parse(key)
+        .map_err(|e| S3Error::BadParams(format!("{key:?} is not a valid object key: {e}")))?;
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| PublishError::Io(format!("opening {}: {e}", path.display())))?;
+    let mut w = object_store::buffered::BufWriter::new(store.clone(), location);
+    let copied = tokio::io::copy(&mut file, &mut w).await;
+    let result = match copied {
+        Ok(n) => w.shutdown().await.map(|_| n),
+        Err(e) => {
+            let _ = w.abort().await;
+            Err(e)
+        }
+    };
+    result.map_err(|e| {
+        // object_store errors come back wrapped in io::Error; keep their text for classification.
+        match e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<object_store::Error>())
+        {
+            Some(os) => PublishError::S3(crate::s3::classify(os, target, key)),
+            None => PublishError::S3(S3Error::Other {
+                bucket: target.bucket.clone(),
+                key: key.to_string(),
+                endpoint: target.where_(),
+                reason: crate::s3::error_chain(&e),
+            }),
+        }
+    })
 }
 
 /// Archives the contents of `src` (not `src` itself) as a gzipped tar at `dst`, atomically
@@ -237,6 +518,55 @@ mod tests {
     }
 
     #[test]
+    fn key_templates_are_substituted_in_utc() {
+        // 2026-11-28 04:42:49 UTC
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_840_969);
+        assert_eq!(
+            render_key(
+                "r/{jobID}/{executionID}-{nodeID}/{date}T{time}",
+                "j1",
+                "e1",
+                "n1",
+                t
+            ),
+            "r/j1/e1-n1/20261128T044249"
+        );
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn s3_publisher_params_are_checked() {
+        let p = Publisher::from_spec(
+            &SpecConfig::new("S3")
+                .with("Bucket", "b")
+                .with("Key", "/out/{jobID}/")
+                .with("Encoding", "Plain"),
+        )
+        .unwrap();
+        let Publisher::S3(s) = p else {
+            panic!("not s3")
+        };
+        assert_eq!(
+            (s.key.as_str(), s.encoding),
+            ("out/{jobID}/", S3Encoding::Plain)
+        );
+        assert!(matches!(
+            Publisher::from_spec(&SpecConfig::new("s3").with("Key", "k")),
+            Err(PublishError::MissingParam("Bucket"))
+        ));
+        assert!(matches!(
+            Publisher::from_spec(
+                &SpecConfig::new("s3")
+                    .with("Bucket", "b")
+                    .with("Key", "k")
+                    .with("Encoding", "zip")
+            ),
+            Err(PublishError::BadEncoding(_))
+        ));
+    }
+
+    #[test]
     fn publishers_parse() {
         assert_eq!(
             Publisher::from_spec(&SpecConfig::new("Local")).unwrap(),
@@ -247,7 +577,7 @@ mod tests {
             Publisher::Noop
         );
         assert!(
-            Publisher::from_spec(&SpecConfig::new("s3"))
+            Publisher::from_spec(&SpecConfig::new("ipfs"))
                 .unwrap_err()
                 .to_string()
                 .contains("not supported")

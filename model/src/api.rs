@@ -165,3 +165,51 @@ impl PagingToken {
         serde_json::from_slice(&b).ok()
     }
 }
+
+/// `GET /api/v1/orchestrator/cluster` (Caravel): the orchestrator group as one member sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct ClusterStatus {
+    /// Node id of the leader ("" when none is known).
+    pub leader: String,
+    pub term: u64,
+    /// The member that answered.
+    pub answered_by: String,
+    /// Whether a membership change is in flight (joint configuration).
+    pub changing: bool,
+    pub members: Vec<MemberStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct MemberStatus {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub raft_address: String,
+    #[serde(rename = "APIAddress")]
+    pub api_address: String,
+    /// leader, follower, learner, candidate, or unreachable.
+    pub role: String,
+    pub voter: bool,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    /// Entries behind the leader's last log index.
+    pub lag: u64,
+    pub reachable: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct AddMemberRequest {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub raft_address: String,
+    #[serde(default, rename = "APIAddress")]
+    pub api_address: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct AdminResponse {
+    pub message: String,
+}

@@ -19,6 +19,18 @@ pub struct Config {
     pub logging: LoggingConfig,
     pub orchestrator: OrchestratorConfig,
     pub compute: ComputeConfig,
+    #[serde(rename = "TLS")]
+    pub tls: TlsConfig,
+}
+
+/// Mutual TLS of the QUIC links (Raft between orchestrators, compute sessions): PEM files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct TlsConfig {
+    #[serde(rename = "CA")]
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,6 +52,15 @@ pub struct OrchestratorConfig {
     pub enabled: bool,
     /// Seconds without a heartbeat before a compute node is marked DISCONNECTED.
     pub disconnect_timeout_secs: u64,
+    /// This orchestrator's id in the Raft group (bound into its certificate).
+    #[serde(rename = "NodeID")]
+    pub node_id: String,
+    /// Initial members, `ID@HOST:PORT` (Raft addresses).
+    pub peers: Vec<String>,
+    pub raft_host: String,
+    pub raft_port: u16,
+    pub heartbeat_millis: u64,
+    pub election_timeout_millis: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,6 +74,9 @@ pub struct ComputeConfig {
     pub default_memory_limit: String,
     /// Heartbeat interval in seconds.
     pub heartbeat_secs: u64,
+    /// Base URL of an IPFS HTTP gateway for `ipfs` inputs (`GET {gateway}/ipfs/{CID}`); empty = none.
+    #[serde(rename = "IPFSGateway")]
+    pub ipfs_gateway: String,
 }
 
 impl Default for Config {
@@ -71,6 +95,12 @@ impl Default for Config {
             orchestrator: OrchestratorConfig {
                 enabled: false,
                 disconnect_timeout_secs: 30,
+                node_id: String::new(),
+                peers: vec![],
+                raft_host: "0.0.0.0".into(),
+                raft_port: 1235,
+                heartbeat_millis: 250,
+                election_timeout_millis: 750,
             },
             compute: ComputeConfig {
                 enabled: false,
@@ -78,7 +108,9 @@ impl Default for Config {
                 max_concurrent: 0,
                 default_memory_limit: "512Mi".into(),
                 heartbeat_secs: 5,
+                ipfs_gateway: String::new(),
             },
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -141,6 +173,36 @@ pub const KEYS: &[(&str, &str)] = &[
         "Orchestrator.DisconnectTimeoutSecs",
         "Seconds without heartbeat before a compute node is DISCONNECTED",
     ),
+    (
+        "Orchestrator.NodeID",
+        "This orchestrator's id in the Raft group (must match the node id in its certificate)",
+    ),
+    (
+        "Orchestrator.Peers",
+        "Initial Raft members, ID@HOST:PORT comma separated (include this node to form a group; leave it out to join with caravel cluster add)",
+    ),
+    (
+        "Orchestrator.RaftHost",
+        "Address the Raft (QUIC/UDP) listener binds",
+    ),
+    (
+        "Orchestrator.RaftPort",
+        "Port of the Raft (QUIC/UDP) listener",
+    ),
+    (
+        "Orchestrator.HeartbeatMillis",
+        "Raft heartbeat interval in ms (also the timeout of one replication RPC)",
+    ),
+    (
+        "Orchestrator.ElectionTimeoutMillis",
+        "Minimum Raft election timeout in ms (the maximum is twice this)",
+    ),
+    ("TLS.CA", "PEM file of the cluster CA (caravel cert ca)"),
+    (
+        "TLS.Cert",
+        "PEM file of this node's certificate (caravel cert issue)",
+    ),
+    ("TLS.Key", "PEM file of this node's private key"),
     ("Compute.Enabled", "Run the compute node"),
     (
         "Compute.AllowListedLocalPaths",
@@ -157,6 +219,10 @@ pub const KEYS: &[(&str, &str)] = &[
     (
         "Compute.HeartbeatSecs",
         "Seconds between compute heartbeats",
+    ),
+    (
+        "Compute.IPFSGateway",
+        "IPFS HTTP gateway for ipfs inputs, e.g. http://127.0.0.1:8080 (empty = ipfs inputs refused)",
     ),
 ];
 
@@ -182,9 +248,12 @@ fn key_kind(key: &str) -> &'static str {
         "API.Port"
         | "Orchestrator.DisconnectTimeoutSecs"
         | "Compute.MaxConcurrent"
-        | "Compute.HeartbeatSecs" => "int",
+        | "Compute.HeartbeatSecs"
+        | "Orchestrator.RaftPort"
+        | "Orchestrator.HeartbeatMillis"
+        | "Orchestrator.ElectionTimeoutMillis" => "int",
         "Orchestrator.Enabled" | "Compute.Enabled" => "bool",
-        "Compute.AllowListedLocalPaths" => "list",
+        "Compute.AllowListedLocalPaths" | "Orchestrator.Peers" => "list",
         "Labels" => "map",
         _ => "string",
     }
@@ -327,6 +396,13 @@ impl Config {
                 message: m,
             }
         })?;
+        let gw = self.compute.ipfs_gateway.trim();
+        if !(gw.is_empty() || gw.starts_with("http://") || gw.starts_with("https://")) {
+            return Err(Error::Invalid {
+                key: "Compute.IPFSGateway".into(),
+                message: format!("{gw:?} is not an http:// or https:// URL"),
+            });
+        }
         for p in &self.compute.allow_listed_local_paths {
             let path = p
                 .rsplit_once(':')

@@ -76,6 +76,8 @@ pub type StorageError = openraft::StorageError<NodeId>;
 /// address. Stored in membership entries, so it is part of the replicated log's format.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeAddr {
+    /// The member's node id (`--node-id`), bound into its certificate; its Raft id is derived from it.
+    pub name: String,
     pub raft_addr: String,
     pub api_addr: String,
 }
@@ -83,6 +85,18 @@ pub struct NodeAddr {
 impl NodeAddr {
     pub fn new(raft_addr: impl Into<String>, api_addr: impl Into<String>) -> Self {
         NodeAddr {
+            name: String::new(),
+            raft_addr: raft_addr.into(),
+            api_addr: api_addr.into(),
+        }
+    }
+    pub fn named(
+        name: impl Into<String>,
+        raft_addr: impl Into<String>,
+        api_addr: impl Into<String>,
+    ) -> Self {
+        NodeAddr {
+            name: name.into(),
             raft_addr: raft_addr.into(),
             api_addr: api_addr.into(),
         }

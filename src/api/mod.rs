@@ -3,6 +3,7 @@
 //! never a 500; no quorum is a 503 with `Retry-After`.
 
 mod agent;
+pub mod cluster;
 mod jobs;
 mod nodes;
 
@@ -57,6 +58,16 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/v1/orchestrator/nodes", get(nodes::list))
         .route("/api/v1/orchestrator/nodes/{id}", get(nodes::get))
+        .route("/api/v1/orchestrator/cluster", get(cluster::status))
+        .route(
+            "/api/v1/orchestrator/cluster/members",
+            axum::routing::post(cluster::add_member),
+        )
+        .route(
+            "/api/v1/orchestrator/cluster/members/{id}",
+            axum::routing::delete(cluster::remove_member),
+        )
+        .route("/api/v1/orchestrator/snapshot", get(cluster::snapshot))
         .route("/metrics", get(metrics))
         .route("/livez", get(agent::alive))
         .fallback(not_found)
@@ -86,6 +97,23 @@ async fn not_found(req: Request) -> ApiErr {
     .hint("check the path; the server may be older than the CLI")
 }
 
+/// Whether the client opted into reads from this member's replica without a read-index round
+/// trip: header `X-Caravel-Stale-Reads: true` or query parameter `stale=true`. Such reads may miss
+/// the latest writes (by at most the replication lag shown in `caravel cluster status`).
+fn stale_requested(req: &Request) -> bool {
+    let yes = |v: &str| v.eq_ignore_ascii_case("true") || v == "1";
+    req.headers()
+        .get("x-caravel-stale-reads")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(yes)
+        || req.uri().query().is_some_and(|q| {
+            q.split('&').any(|kv| {
+                kv.split_once('=')
+                    .is_some_and(|(k, v)| k == "stale" && yes(v))
+            })
+        })
+}
+
 /// Counts and times every request by its route template, and adds Bacalhau's version headers.
 async fn observe(State(s): State<ApiState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
@@ -94,7 +122,10 @@ async fn observe(State(s): State<ApiState>, req: Request, next: Next) -> Respons
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let mut resp = next.run(req).await;
+    let stale = stale_requested(&req);
+    let mut resp = crate::orchestrator::STALE_READS
+        .scope(stale, next.run(req))
+        .await;
     s.cluster
         .metrics()
         .observe_request(&method, &route, resp.status().as_u16(), started.elapsed());
@@ -151,6 +182,13 @@ impl From<WriteError> for ApiErr {
                 "InternalError",
                 e.to_string(),
             ),
+            WriteError::Refused(_) => ApiErr::new(StatusCode::CONFLICT, "Conflict", e.to_string()),
+            WriteError::Unknown(_) => ApiErr::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                e.to_string(),
+            )
+            .hint("the outcome is unknown: check (e.g. caravel job list) before retrying"),
             _ => ApiErr::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ServiceUnavailable",

@@ -149,3 +149,34 @@ async fn liveness(cluster: Cluster, stop: CancellationToken) {
         }
     }
 }
+
+/// On a follower: relays the heartbeats of the compute nodes connected here to the leader every
+/// second, so the leader's liveness check sees every node whichever orchestrator it talks to.
+pub async fn relay_heartbeats(cluster: Cluster, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        if cluster.is_leader() {
+            continue;
+        }
+        let beats = cluster.local_heartbeats();
+        if beats.is_empty() {
+            continue;
+        }
+        if let (Some((_, node)), Some(client)) = (cluster.leader(), cluster.peers())
+            && let Err(e) = crate::raft::call_peer::<_, ()>(
+                client,
+                &node,
+                crate::raft::kind::HEARTBEATS,
+                &beats,
+                Duration::from_secs(2),
+            )
+            .await
+        {
+            tracing::debug!(leader = %node.name, error = %e, "cannot relay heartbeats");
+        }
+    }
+}

@@ -24,10 +24,19 @@ use caravel_model::wire::{ToCompute, ToOrchestrator};
 use tokio::sync::{mpsc, watch};
 
 use crate::metrics::Metrics;
-use crate::raft::Raft;
+use crate::raft::{self, LeaderError, Raft, SelfAddr};
+use caravel_net::rpc;
+use caravel_raft_store::NodeAddr;
 
 /// How long a write may wait for Raft before the API answers 503.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between attempts while the group has no leader (an election takes about a second).
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+tokio::task_local! {
+    /// Set by the API for requests that opted into stale reads (see `api::stale_requested`).
+    pub static STALE_READS: bool;
+}
 
 /// Nanoseconds since the Unix epoch, from this machine's clock (never read inside `apply`).
 pub fn now_ns() -> i64 {
@@ -39,12 +48,31 @@ pub fn now_ns() -> i64 {
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
-    #[error("this orchestrator is not the Raft leader and cannot forward yet (leader: {leader:?})")]
-    NotLeader { leader: Option<u64> },
-    #[error("the write was not committed within {0:?}: no quorum?")]
+    #[error(
+        "no orchestrator leads the group: {0} (the cluster has no quorum; retry when a majority of orchestrators is up)"
+    )]
+    NoLeader(String),
+    #[error("the write was not committed within {0:?}: the cluster may have lost its quorum")]
     Timeout(Duration),
+    #[error("the leader did not answer; the write may or may not have been applied: {0}")]
+    Unknown(String),
+    #[error("{0}")]
+    Refused(String),
     #[error("raft stopped: {0}")]
     Fatal(String),
+}
+
+impl From<LeaderError> for WriteError {
+    fn from(e: LeaderError) -> Self {
+        match e {
+            LeaderError::NotLeader(l) => {
+                WriteError::NoLeader(format!("the leader moved (now {l:?})"))
+            }
+            LeaderError::Timeout(ms) => WriteError::Timeout(Duration::from_millis(ms)),
+            LeaderError::Refused(m) => WriteError::Refused(m),
+            LeaderError::Fatal(m) => WriteError::Fatal(m),
+        }
+    }
 }
 
 /// A live compute session on this orchestrator: how to send to the node, and where the answers to
@@ -123,6 +151,19 @@ struct Inner {
     heartbeats: Mutex<HashMap<String, i64>>,
     next_request: AtomicU64,
     disconnect_timeout: Duration,
+    /// Calls to other orchestrators (None: a group of one without TLS).
+    peers: Option<rpc::Client>,
+    me: SelfAddr,
+}
+
+/// How this orchestrator relates to the others and to compute nodes.
+#[derive(Debug, Clone)]
+pub struct Links {
+    /// Without a heartbeat for this long a compute node is DISCONNECTED.
+    pub disconnect_timeout: Duration,
+    /// Calls to other orchestrators (None: a group of one without TLS).
+    pub peers: Option<rpc::Client>,
+    pub me: SelfAddr,
 }
 
 /// The orchestrator's handle: cheap to clone.
@@ -146,8 +187,13 @@ impl Cluster {
         state: Arc<RwLock<ClusterState>>,
         applied: watch::Receiver<u64>,
         metrics: Arc<Metrics>,
-        disconnect_timeout: Duration,
+        links: Links,
     ) -> Self {
+        let Links {
+            disconnect_timeout,
+            peers,
+            me,
+        } = links;
         Cluster {
             inner: Arc::new(Inner {
                 raft,
@@ -159,6 +205,8 @@ impl Cluster {
                 heartbeats: Default::default(),
                 next_request: AtomicU64::new(1),
                 disconnect_timeout,
+                peers,
+                me,
             }),
         }
     }
@@ -182,43 +230,154 @@ impl Cluster {
         f(&s)
     }
 
-    /// A linearizable read: confirm leadership with a quorum (read-index), wait until this replica
-    /// applied that index, then read.
+    /// This member's addresses.
+    pub fn me(&self) -> &SelfAddr {
+        &self.inner.me
+    }
+    pub fn peers(&self) -> Option<&rpc::Client> {
+        self.inner.peers.as_ref()
+    }
+
+    /// The leader's id and address, as this member knows them.
+    pub fn leader(&self) -> Option<(u64, NodeAddr)> {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, node))
+    }
+
+    /// Waits until this replica has applied `index` (or `deadline` passes).
+    async fn wait_applied(
+        &self,
+        index: u64,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), WriteError> {
+        let mut rx = self.inner.applied.clone();
+        let wait = rx.wait_for(|a| *a >= index);
+        match tokio::time::timeout_at(deadline, wait).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(WriteError::Fatal("the state machine stopped".into())),
+            Err(_) => Err(WriteError::Timeout(WRITE_TIMEOUT)),
+        }
+    }
+
+    /// A linearizable read: the leader confirms its leadership with a quorum (read-index); this
+    /// replica waits until it has applied that index, then reads. A follower asks the leader for
+    /// the index over QUIC, so every member answers linearizably.
     pub async fn read_linearizable<R>(
         &self,
         f: impl FnOnce(&ClusterState) -> R,
     ) -> Result<R, WriteError> {
-        let fut = self.inner.raft.ensure_linearizable();
-        match tokio::time::timeout(WRITE_TIMEOUT, fut).await {
-            Err(_) => return Err(WriteError::Timeout(WRITE_TIMEOUT)),
-            Ok(Err(e)) => {
-                return Err(match e.forward_to_leader() {
-                    Some(f) => WriteError::NotLeader {
-                        leader: f.leader_id,
-                    },
-                    None => WriteError::Fatal(e.to_string()),
-                });
-            }
-            Ok(Ok(_)) => {}
+        if STALE_READS.try_with(|s| *s).unwrap_or(false) {
+            return Ok(self.read(f));
         }
+        let started = std::time::Instant::now();
+        let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
+        let index = loop {
+            let local = tokio::time::timeout_at(deadline, self.inner.raft.get_read_log_id()).await;
+            let leader = match local {
+                Err(_) => return Err(WriteError::Timeout(WRITE_TIMEOUT)),
+                Ok(Ok((read, _))) => break read.map(|l| l.index).unwrap_or(0),
+                Ok(Err(e)) => match e.forward_to_leader() {
+                    Some(f) => f.leader_id,
+                    None => return Err(WriteError::Fatal(e.to_string())),
+                },
+            };
+            if let (Some(_), Some((_, node)), Some(client)) = (leader, self.leader(), self.peers())
+            {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match raft::call_peer::<_, Result<u64, LeaderError>>(
+                    client,
+                    &node,
+                    raft::kind::READ_INDEX,
+                    &(),
+                    left,
+                )
+                .await
+                {
+                    Ok(Ok(i)) => break i,
+                    Ok(Err(LeaderError::NotLeader(_))) => {}
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(e) if e.is_unreachable() => {}
+                    Err(rpc::Error::Timeout { .. }) => {
+                        return Err(WriteError::Timeout(WRITE_TIMEOUT));
+                    }
+                    Err(e) => return Err(WriteError::Unknown(e.to_string())),
+                }
+            }
+            if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
+                return Err(WriteError::NoLeader(format!(
+                    "no leader known after {WRITE_TIMEOUT:?}"
+                )));
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        };
+        self.wait_applied(index, deadline).await?;
+        self.inner.metrics.observe_read_index(started.elapsed());
         Ok(self.read(f))
     }
 
-    /// Proposes a command and waits until it is committed and applied here.
+    /// Proposes a command and waits until it is committed and applied here. On a follower the
+    /// command is forwarded to the leader over QUIC; the caller cannot tell the difference. A
+    /// command is re-sent only when it certainly was not proposed (no leader, a refused connection,
+    /// a leader that says it no longer leads), so a retry never applies it twice.
     pub async fn write(&self, cmd: Command) -> Result<CommandResponse, WriteError> {
         let name = cmd.name();
         let started = std::time::Instant::now();
-        let res = tokio::time::timeout(WRITE_TIMEOUT, self.inner.raft.client_write(cmd)).await;
+        let res = self.write_inner(cmd).await;
         self.inner.metrics.observe_write(name, started.elapsed());
-        match res {
-            Err(_) => Err(WriteError::Timeout(WRITE_TIMEOUT)),
-            Ok(Ok(r)) => Ok(r.data),
-            Ok(Err(e)) => Err(match e.forward_to_leader() {
-                Some(f) => WriteError::NotLeader {
-                    leader: f.leader_id,
+        res
+    }
+
+    async fn write_inner(&self, cmd: Command) -> Result<CommandResponse, WriteError> {
+        let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
+        loop {
+            let local =
+                tokio::time::timeout_at(deadline, self.inner.raft.client_write(cmd.clone())).await;
+            let leader = match local {
+                Err(_) => return Err(WriteError::Timeout(WRITE_TIMEOUT)),
+                Ok(Ok(r)) => return Ok(r.data),
+                Ok(Err(e)) => match e.forward_to_leader() {
+                    Some(f) => f.leader_id,
+                    None => return Err(WriteError::Fatal(e.to_string())),
                 },
-                None => WriteError::Fatal(e.to_string()),
-            }),
+            };
+            if let (Some(_), Some((_, node)), Some(client)) = (leader, self.leader(), self.peers())
+            {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                self.inner.metrics.forwarded_write();
+                match raft::call_peer::<_, raft::ForwardAnswer>(
+                    client,
+                    &node,
+                    raft::kind::FORWARD_WRITE,
+                    &cmd,
+                    left,
+                )
+                .await
+                {
+                    Ok(Ok((resp, index))) => {
+                        // Read-your-writes on this member too.
+                        self.wait_applied(index, deadline).await?;
+                        return Ok(resp);
+                    }
+                    Ok(Err(LeaderError::NotLeader(_))) => {}
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(rpc::Error::Connect { .. }) => {}
+                    Err(rpc::Error::Timeout { .. }) => {
+                        return Err(WriteError::Unknown(format!(
+                            "no answer from the leader {} within {WRITE_TIMEOUT:?}",
+                            node.name
+                        )));
+                    }
+                    Err(e) => return Err(WriteError::Unknown(e.to_string())),
+                }
+            }
+            if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
+                return Err(WriteError::NoLeader(format!(
+                    "no leader was reachable for {WRITE_TIMEOUT:?}"
+                )));
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
         }
     }
 
@@ -264,12 +423,35 @@ impl Cluster {
             .len()
     }
 
+    /// Records a heartbeat (keeps the latest when relayed ones arrive out of order).
     pub fn heartbeat(&self, node_id: &str, at: i64) {
-        self.inner
+        let mut m = self
+            .inner
             .heartbeats
             .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let e = m.entry(node_id.to_string()).or_insert(at);
+        *e = (*e).max(at);
+    }
+
+    /// Heartbeats of the compute nodes whose sessions this member holds, as (node, ms ago).
+    pub fn local_heartbeats(&self) -> Vec<(String, u64)> {
+        let sessions: Vec<String> = self
+            .inner
+            .sessions
+            .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(node_id.to_string(), at);
+            .keys()
+            .cloned()
+            .collect();
+        let now = now_ns();
+        sessions
+            .into_iter()
+            .filter_map(|n| {
+                let at = self.last_heartbeat(&n)?;
+                Some((n, ((now - at).max(0) / 1_000_000) as u64))
+            })
+            .collect()
     }
     pub fn last_heartbeat(&self, node_id: &str) -> Option<i64> {
         self.inner

@@ -154,7 +154,10 @@ async fn write_retrying(
     loop {
         match cluster.write(cmd.clone()).await {
             Ok(r) => return Some(r),
-            Err(e @ (WriteError::NotLeader { .. } | WriteError::Timeout(_))) => {
+            Err(
+                e @ (WriteError::NoLeader(_) | WriteError::Timeout(_) | WriteError::Unknown(_)),
+            ) => {
+                // Reports are deduplicated by (node, sequence), so re-sending one is safe.
                 tracing::warn!(error = %e, "write from compute session failed; retrying");
             }
             Err(e) => {

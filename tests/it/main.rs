@@ -3,6 +3,7 @@
 
 mod api;
 mod e2e;
+mod ha;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

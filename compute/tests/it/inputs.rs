@@ -5,7 +5,7 @@ use std::io::Write;
 use caravel_compute::{InputError, InputOptions, InputPreparer};
 use caravel_model::parse::inline_input;
 
-use crate::support::{http_server, input, install_crypto};
+use crate::support::{http_server, input, install_crypto, serve_paths};
 
 fn gzip(data: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -255,13 +255,86 @@ async fn unsupported_sources_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let e = p
         .prepare_one(
-            &input("s3", "/inputs", &[("Bucket", "b".into())]),
+            &input("gcs", "/inputs", &[("Bucket", "b".into())]),
             dir.path(),
         )
         .await
         .unwrap_err();
     assert_eq!(
         e.to_string(),
-        "input source type \"s3\" is not supported on this node (supported: inline, local, urlDownload)"
+        "input source type \"gcs\" is not supported on this node (supported: inline, local, urlDownload, s3)"
     );
+}
+
+#[tokio::test]
+async fn an_unreachable_url_is_reported() {
+    install_crypto();
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/x.txt");
+    let dir = tempfile::tempdir().unwrap();
+    let p = InputPreparer::new(InputOptions::default()).unwrap();
+    let e = p
+        .prepare_one(
+            &input("urlDownload", "/inputs/x", &[("URL", url.clone().into())]),
+            dir.path(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, InputError::Download { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with(&format!("cannot download {url}: ")),
+        "{e}"
+    );
+    assert!(!dir.path().join("x").exists(), "nothing is left behind");
+}
+
+#[tokio::test]
+async fn ipfs_inputs_need_a_gateway_and_are_fetched_through_it() {
+    install_crypto();
+    const CID: &str = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku";
+    let dir = tempfile::tempdir().unwrap();
+    let cid_input = input("ipfs", "/inputs/hello.txt", &[("CID", CID.into())]);
+
+    let none = InputPreparer::new(InputOptions::default()).unwrap();
+    assert!(!none.supported_sources().contains(&"ipfs".to_string()));
+    let e = none
+        .prepare_one(&cid_input, &dir.path().join("0"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "ipfs inputs are not supported on this node: set Compute.IPFSGateway"
+    );
+
+    let gateway = serve_paths(vec![(format!("/ipfs/{CID}"), b"hello ipfs\n".to_vec())]).await;
+    let p = InputPreparer::new(InputOptions {
+        ipfs_gateway: Some(format!("{gateway}/")),
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(p.supported_sources().contains(&"ipfs".to_string()));
+    let got = p
+        .prepare_one(&cid_input, &dir.path().join("1"))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&got.host_path).unwrap(), b"hello ipfs\n");
+    assert!(got.read_only);
+
+    let unknown = input("ipfs", "/inputs/x", &[("CID", "bafkunknown".into())]);
+    let e = p
+        .prepare_one(&unknown, &dir.path().join("2"))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("HTTP 404"), "{e}");
+    let sneaky = input("ipfs", "/inputs/x", &[("CID", "../etc/passwd".into())]);
+    assert!(matches!(
+        p.prepare_one(&sneaky, &dir.path().join("3")).await,
+        Err(InputError::BadCid(_))
+    ));
 }

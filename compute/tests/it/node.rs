@@ -32,10 +32,13 @@ async fn echo_runs_with_args_env_inputs_and_outputs_and_publishes_locally() {
     .await;
     assert_eq!(h.hello.node_type, "Compute");
     assert_eq!(h.hello.compute_node_info.execution_engines, vec!["wasm"]);
-    assert_eq!(h.hello.compute_node_info.publishers, vec!["local", "noop"]);
+    assert_eq!(
+        h.hello.compute_node_info.publishers,
+        vec!["local", "noop", "s3"]
+    );
     assert_eq!(
         h.hello.compute_node_info.storage_sources,
-        vec!["inline", "local", "urlDownload"]
+        vec!["inline", "local", "urlDownload", "s3"]
     );
     assert!(
         h.hello.compute_node_info.max_capacity.cpu >= 1.0
@@ -340,7 +343,7 @@ async fn bad_inputs_and_unsupported_features_fail_clearly() {
     assert!(
         last(&r)
             .message
-            .contains("input source type \"ipfs\" is not supported on this node"),
+            .contains("ipfs inputs are not supported on this node: set Compute.IPFSGateway"),
         "{}",
         last(&r).message
     );
@@ -352,7 +355,7 @@ async fn bad_inputs_and_unsupported_features_fail_clearly() {
     assert!(
         last(&r)
             .message
-            .contains("publisher type \"s3\" is not supported")
+            .contains("the s3 publisher needs the parameter Bucket")
     );
 
     let mut t = wasm_task("echo", &[]);

@@ -124,6 +124,8 @@ pub struct Harness {
 pub async fn start(configure: impl FnOnce(&mut ComputeOptions, &std::path::Path)) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut opts = ComputeOptions::new("node-1", dir.path().join("data"));
+    // Tests that want the docker engine turn it back on (see `crate::docker`).
+    opts.docker = false;
     configure(&mut opts, dir.path());
     let node = opts.build().expect("build node");
     let (tx, inbox) = mpsc::channel(64);
@@ -280,6 +282,13 @@ pub fn last(reports: &[ExecutionUpdate]) -> &ExecutionUpdate {
 /// A tiny HTTP/1.1 server on 127.0.0.1: `/data.txt` → 200 with a body, `/redirect` → 302 to
 /// `/data.txt`, anything else → 404. Returns the base URL.
 pub async fn http_server(body: &'static [u8]) -> String {
+    serve_paths(vec![("/data.txt".into(), body.to_vec())]).await
+}
+
+/// A tiny HTTP/1.1 server on 127.0.0.1 answering 200 with a body for each of `routes`, 302 to the
+/// first route for `/redirect`, and 404 otherwise. Returns the base URL.
+pub async fn serve_paths(routes: Vec<(String, Vec<u8>)>) -> String {
+    let routes = std::sync::Arc::new(routes);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -289,6 +298,7 @@ pub async fn http_server(body: &'static [u8]) -> String {
             let Ok((mut sock, _)) = listener.accept().await else {
                 return;
             };
+            let routes = routes.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 1024];
@@ -300,13 +310,14 @@ pub async fn http_server(body: &'static [u8]) -> String {
                 }
                 let head = String::from_utf8_lossy(&buf).to_string();
                 let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
-                let resp: Vec<u8> = match path.as_str() {
-                    "/data.txt" => {
+                let found = routes.iter().find(|(p, _)| *p == path);
+                let resp: Vec<u8> = match (found, path.as_str()) {
+                    (Some((_, body)), _) => {
                         let mut r = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\n", body.len()).into_bytes();
                         r.extend_from_slice(body);
                         r
                     }
-                    "/redirect" => b"HTTP/1.1 302 Found\r\nlocation: /data.txt\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_vec(),
+                    (None, "/redirect") => format!("HTTP/1.1 302 Found\r\nlocation: {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n", routes[0].0).into_bytes(),
                     _ => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_vec(),
                 };
                 let _ = sock.write_all(&resp).await;
@@ -319,4 +330,19 @@ pub async fn http_server(body: &'static [u8]) -> String {
 
 pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A name no other test (or earlier run) uses: `<prefix>-<pid>-<n>`.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{}-{nanos:x}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }

@@ -1,0 +1,429 @@
+//! A group of real orchestrator processes on loopback (`caravel serve --orchestrator --peers …`
+//! with mutual TLS), for HA tests: find the leader, SIGKILL / SIGSTOP / SIGCONT / restart members,
+//! add and remove members, all through the binary's CLI and REST API.
+//!
+//! With `proxied`, every member's Raft port is fronted by a [`crate::proxy::Proxy`] and peers dial the
+//! proxy, so a test can cut a member off (both directions: the member's one QUIC socket is also the
+//! source of everything it sends, see `net::rpc::Server`).
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::free_port;
+
+/// One orchestrator process.
+#[derive(Debug)]
+pub struct Member {
+    pub id: String,
+    pub api_port: u16,
+    /// The port its Raft endpoint binds.
+    pub raft_port: u16,
+    /// The port peers dial (the proxy's when proxied, else `raft_port`).
+    pub dial_port: u16,
+    pub data_dir: PathBuf,
+    pub args: Vec<String>,
+    child: Option<Child>,
+    paused: bool,
+}
+
+impl Member {
+    pub fn api(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api_port)
+    }
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+    /// Started by the harness and not killed by it (it may have exited on its own: see
+    /// [`Group::exited`]).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+    pub fn raft_socket(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.raft_port))
+    }
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("node.log")).unwrap_or_default()
+    }
+}
+
+/// Options of a group.
+#[derive(Debug, Clone, Default)]
+pub struct GroupOptions {
+    /// Members that also run a compute node (the first `compute` ones).
+    pub compute: usize,
+    /// Front each Raft port with a fault-injecting proxy.
+    pub proxied: bool,
+    /// Extra `serve` arguments for every member.
+    pub extra: Vec<String>,
+}
+
+/// A Raft group of orchestrator processes.
+pub struct Group {
+    bin: PathBuf,
+    pub dir: PathBuf,
+    pub members: Vec<Member>,
+    pub proxies: Vec<Option<crate::proxy::Proxy>>,
+    rt: tokio::runtime::Runtime,
+}
+
+impl std::fmt::Debug for Group {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Group")
+            .field("members", &self.members)
+            .finish()
+    }
+}
+
+fn udp_port() -> anyhow::Result<u16> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Group {
+    /// Starts `n` members `orch-1..n` in `dir` and waits until they form a led group.
+    pub fn start(bin: &Path, dir: &Path, n: usize, opts: GroupOptions) -> anyhow::Result<Group> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let mut g = Group {
+            bin: bin.to_path_buf(),
+            dir: dir.to_path_buf(),
+            members: Vec::new(),
+            proxies: Vec::new(),
+            rt,
+        };
+        let certs = dir.join("certs");
+        g.cli_ok(&["cert", "ca", "--out-dir", &certs.to_string_lossy()])?;
+        let mut planned = Vec::new();
+        for i in 1..=n {
+            let id = format!("orch-{i}");
+            let raft_port = udp_port()?;
+            let dial_port = if opts.proxied {
+                let p = g.rt.block_on(crate::proxy::Proxy::start(
+                    "127.0.0.1:0".parse()?,
+                    SocketAddr::from(([127, 0, 0, 1], raft_port)),
+                ))?;
+                let port = p.local_addr().port();
+                g.proxies.push(Some(p));
+                port
+            } else {
+                g.proxies.push(None);
+                raft_port
+            };
+            planned.push((id, raft_port, dial_port));
+        }
+        let peers = planned
+            .iter()
+            .map(|(id, _, dial)| format!("{id}@127.0.0.1:{dial}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        for (i, (id, raft_port, dial_port)) in planned.into_iter().enumerate() {
+            let m = g.member(
+                &id,
+                raft_port,
+                dial_port,
+                &peers,
+                i < opts.compute,
+                &opts.extra,
+            )?;
+            g.members.push(m);
+        }
+        for i in 0..g.members.len() {
+            g.spawn(i)?;
+        }
+        g.wait_leader(Duration::from_secs(60))?;
+        Ok(g)
+    }
+
+    fn member(
+        &self,
+        id: &str,
+        raft_port: u16,
+        dial_port: u16,
+        peers: &str,
+        compute: bool,
+        extra: &[String],
+    ) -> anyhow::Result<Member> {
+        let certs = self.dir.join("certs");
+        self.cli_ok(&[
+            "cert",
+            "issue",
+            "--ca-dir",
+            &certs.to_string_lossy(),
+            "--node-id",
+            id,
+            "--out-dir",
+            &certs.to_string_lossy(),
+        ])?;
+        let data_dir = self.dir.join(id);
+        let api_port = free_port()?;
+        let mut args: Vec<String> = vec!["serve".into(), "--orchestrator".into()];
+        if compute {
+            args.push("--compute".into());
+        }
+        let cert = |f: String| certs.join(f).to_string_lossy().into_owned();
+        args.extend([
+            "--node-id".into(),
+            id.to_string(),
+            "--peers".into(),
+            peers.to_string(),
+            "--raft-port".into(),
+            raft_port.to_string(),
+            "--tls-ca".into(),
+            cert("ca.crt".into()),
+            "--tls-cert".into(),
+            cert(format!("{id}.crt")),
+            "--tls-key".into(),
+            cert(format!("{id}.key")),
+            "--data-dir".into(),
+            data_dir.to_string_lossy().into_owned(),
+            "--api-host".into(),
+            "127.0.0.1".into(),
+            "--api-port".into(),
+            api_port.to_string(),
+            "-c".into(),
+            "Orchestrator.RaftHost=127.0.0.1".into(),
+        ]);
+        args.extend(extra.iter().cloned());
+        Ok(Member {
+            id: id.to_string(),
+            api_port,
+            raft_port,
+            dial_port,
+            data_dir,
+            args,
+            child: None,
+            paused: false,
+        })
+    }
+
+    /// Starts a new member that joins later (`caravel cluster add`): not in the group's `--peers`.
+    pub fn start_joiner(&mut self, id: &str, compute: bool) -> anyhow::Result<usize> {
+        let raft_port = udp_port()?;
+        let peers = self
+            .members
+            .iter()
+            .map(|m| format!("{}@127.0.0.1:{}", m.id, m.dial_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let m = self.member(id, raft_port, raft_port, &peers, compute, &[])?;
+        self.members.push(m);
+        self.proxies.push(None);
+        let i = self.members.len() - 1;
+        self.spawn(i)?;
+        Ok(i)
+    }
+
+    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let m = &mut self.members[i];
+        std::fs::create_dir_all(&m.data_dir)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(m.data_dir.join("node.log"))?;
+        let child = Command::new(&self.bin)
+            .args(&m.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .env_remove("CARAVEL_API_PORT")
+            .env_remove("CARAVEL_API_HOST")
+            .spawn()
+            .with_context(|| format!("cannot start {}", m.id))?;
+        m.child = Some(child);
+        m.paused = false;
+        Ok(())
+    }
+
+    /// Runs the CLI (no node needed) and fails on a non-zero exit.
+    fn cli_ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let o = Command::new(&self.bin).args(args).output()?;
+        if !o.status.success() {
+            bail!(
+                "caravel {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    /// Runs the CLI against member `i`: (success, stdout, stderr).
+    pub fn cli(&self, i: usize, args: &[&str]) -> (bool, String, String) {
+        let o = Command::new(&self.bin)
+            .args(args)
+            .env("CARAVEL_API_HOST", "127.0.0.1")
+            .env("CARAVEL_API_PORT", self.members[i].api_port.to_string())
+            .output();
+        match o {
+            Ok(o) => (
+                o.status.success(),
+                String::from_utf8_lossy(&o.stdout).into_owned(),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            ),
+            Err(e) => (false, String::new(), e.to_string()),
+        }
+    }
+
+    /// `cluster status` as member `i` answers it (None if it does not answer).
+    pub fn status(&self, i: usize) -> Option<serde_json::Value> {
+        let (ok, out, _) = self.cli(i, &["cluster", "status", "--output", "json"]);
+        if !ok {
+            return None;
+        }
+        serde_json::from_str(&out).ok()
+    }
+
+    /// The index of the member that leads, as a running, unpaused member reports it.
+    pub fn leader(&self) -> Option<usize> {
+        for (i, m) in self.members.iter().enumerate() {
+            if !m.is_running() || m.paused {
+                continue;
+            }
+            if let Some(s) = self.status(i)
+                && let Some(l) = s["Leader"].as_str()
+                && !l.is_empty()
+            {
+                return self.members.iter().position(|m| m.id == l);
+            }
+        }
+        None
+    }
+
+    /// Fails if a member the harness started has exited on its own (a crash is always a bug).
+    pub fn exited(&mut self) -> anyhow::Result<()> {
+        for m in &mut self.members {
+            if let Some(c) = m.child.as_mut()
+                && let Some(status) = c.try_wait()?
+            {
+                m.child = None;
+                bail!(
+                    "{} exited on its own ({status}); its log:\n{}",
+                    m.id,
+                    m.log_text()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until some member is leader, as seen by every running member.
+    pub fn wait_leader(&mut self, timeout: Duration) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.exited()?;
+            let views: Vec<Option<String>> = self
+                .members
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m.is_running() && !m.paused)
+                .map(|(i, _)| {
+                    self.status(i)
+                        .and_then(|s| s["Leader"].as_str().map(String::from))
+                        .filter(|l| !l.is_empty())
+                })
+                .collect();
+            if let Some(Some(l)) = views.first()
+                && views.iter().all(|v| v.as_deref() == Some(l))
+                && let Some(i) = self.members.iter().position(|m| &m.id == l)
+                && self.members[i].is_running()
+                && !self.members[i].paused
+            {
+                return Ok(i);
+            }
+            if Instant::now() > deadline {
+                let logs: String = self
+                    .members
+                    .iter()
+                    .map(|m| {
+                        let t = m.log_text();
+                        let tail: String = t
+                            .lines()
+                            .rev()
+                            .take(15)
+                            .collect::<Vec<_>>()
+                            .into_iter()
+                            .rev()
+                            .collect::<Vec<_>>()
+                            .join("\n");
+                        format!("--- {} ---\n{tail}\n", m.id)
+                    })
+                    .collect();
+                bail!("no agreed leader within {timeout:?} (views {views:?})\n{logs}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn signal(&self, i: usize, sig: &str) {
+        if let Some(pid) = self.members[i].pid() {
+            let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
+        }
+    }
+
+    /// SIGSTOP: the process stays, silent.
+    pub fn pause(&mut self, i: usize) {
+        self.signal(i, "-STOP");
+        self.members[i].paused = true;
+    }
+    /// SIGCONT.
+    pub fn resume(&mut self, i: usize) {
+        self.signal(i, "-CONT");
+        self.members[i].paused = false;
+    }
+
+    /// Starts a killed member again on its data dir.
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        self.kill(i);
+        self.spawn(i)
+    }
+
+    /// Cuts member `i` off from every peer, both ways (needs `proxied`): its own proxy drops
+    /// everything, and the others' proxies drop what comes from its socket.
+    pub fn isolate(&self, i: usize, cut: bool) {
+        let me = self.members[i].raft_socket();
+        for (j, p) in self.proxies.iter().enumerate() {
+            let Some(p) = p else { continue };
+            let mut f = p.faults();
+            if j == i {
+                f.blackhole = cut;
+            } else if cut {
+                if !f.blocked_sources.contains(&me) {
+                    f.blocked_sources.push(me);
+                }
+            } else {
+                f.blocked_sources.retain(|s| *s != me);
+            }
+            let _ = p.set(f);
+        }
+    }
+
+    /// Stops every member (SIGKILL) and every proxy.
+    pub fn shutdown(&mut self) {
+        for i in 0..self.members.len() {
+            if self.members[i].paused {
+                self.resume(i);
+            }
+            self.kill(i);
+        }
+        self.proxies.clear();
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

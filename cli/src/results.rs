@@ -1,0 +1,384 @@
+//! Published results, laid out on this machine as `job get` writes them (reference §3.6): the files
+//! `stdout`, `stderr`, `exitCode` and one directory per result path, straight in the output
+//! directory (or under `raw/N` with `--raw`).
+//!
+//! ```text
+//! urlDownload / s3PreSigned ──HTTP──▶ .tar.gz ──extract()──▶ DIR/
+//! s3, Encoding gzip (Key *.tar.gz)  ──S3 GET──▶ .tar.gz ──extract()──▶ DIR/
+//! s3, Encoding plain (Key = prefix) ──S3 LIST + GET──▶ DIR/<key below the prefix>
+//! ```
+//!
+//! S3 results are read directly from the bucket with this machine's credentials (the usual `AWS_*`
+//! environment variables), never through the orchestrator.
+
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use caravel_model::spec::SpecConfig;
+use futures::StreamExt;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjectPath;
+use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, RetryConfig};
+use tokio::io::AsyncWriteExt;
+
+/// Unpacks a tar.gz into `target`, refusing entries that would escape it.
+pub fn extract(bytes: &[u8], target: &Path) -> anyhow::Result<()> {
+    let gz = flate2::read::GzDecoder::new(bytes);
+    let mut ar = tar::Archive::new(gz);
+    for entry in ar.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.into_owned();
+        if !stays_inside(&path) {
+            bail!(
+                "refusing archive entry {} outside the output directory",
+                path.display()
+            );
+        }
+        entry.unpack_in(target)?;
+    }
+    Ok(())
+}
+
+fn stays_inside(p: &Path) -> bool {
+    p.components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+}
+
+/// How an S3 publisher stored the results (its `Encoding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum S3Layout {
+    /// One `.tar.gz` object (`gzip`, Bacalhau's default).
+    Archive,
+    /// One object per file below a key prefix (`plain`).
+    Prefix,
+}
+
+/// Where an execution's `s3` published result is: `{Bucket, Key, Endpoint?, Region?, Encoding?}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Result {
+    pub bucket: String,
+    pub key: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub layout: S3Layout,
+}
+
+impl S3Result {
+    /// Reads a published result. Without `Encoding`, a Key ending in `.tar.gz` (or `.tgz`) is an
+    /// archive and any other Key a prefix.
+    pub fn from_spec(spec: &SpecConfig) -> anyhow::Result<Self> {
+        let p = &spec.params;
+        let text = |k: &str| p.str(k).map(str::trim).filter(|s| !s.is_empty());
+        let bucket = text("Bucket")
+            .ok_or_else(|| anyhow!("the s3 result names no Bucket; `caravel job describe` shows where the execution published"))?
+            .to_string();
+        let key = p.str("Key").unwrap_or_default().to_string();
+        let archive_key = key.ends_with(".tar.gz") || key.ends_with(".tgz");
+        let layout = match text("Encoding").map(str::to_ascii_lowercase).as_deref() {
+            Some("gzip") => S3Layout::Archive,
+            Some("plain") => S3Layout::Prefix,
+            Some(other) => bail!(
+                "the s3 result of s3://{bucket}/{key} has the unknown Encoding {other:?} (this client reads gzip and plain)"
+            ),
+            None if archive_key => S3Layout::Archive,
+            None => S3Layout::Prefix,
+        };
+        if layout == S3Layout::Archive && (key.is_empty() || key.ends_with('/')) {
+            bail!("the s3 result s3://{bucket}/{key} is a gzip archive without an object key");
+        }
+        Ok(S3Result {
+            bucket,
+            key,
+            endpoint: text("Endpoint").map(String::from),
+            region: text("Region").map(String::from),
+            layout,
+        })
+    }
+
+    /// `s3://bucket/key`, for messages.
+    pub fn url(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.key)
+    }
+
+    /// Downloads the result into `target` (created if missing), laid out as a local result.
+    pub async fn download(&self, target: &Path, timeout: Duration) -> anyhow::Result<()> {
+        check_credentials(|k| std::env::var(k).ok())?;
+        let store = self.store(timeout)?;
+        std::fs::create_dir_all(target)
+            .with_context(|| format!("cannot create {}", target.display()))?;
+        match self.layout {
+            S3Layout::Archive => {
+                let bytes = store
+                    .get(&ObjectPath::from(self.key.as_str()))
+                    .await
+                    .map_err(|e| self.explain(e))?
+                    .bytes()
+                    .await
+                    .map_err(|e| self.explain(e))?;
+                extract(&bytes, target)
+                    .with_context(|| format!("unpacking the results from {}", self.url()))
+            }
+            S3Layout::Prefix => self.download_prefix(&store, target).await,
+        }
+    }
+
+    async fn download_prefix(&self, store: &AmazonS3, target: &Path) -> anyhow::Result<()> {
+        let prefix = ObjectPath::from(self.key.as_str());
+        let mut listing = store.list(Some(&prefix));
+        let mut files = 0usize;
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(|e| self.explain(e))?;
+            let Some(rel) = relative_path(prefix.as_ref(), meta.location.as_ref())? else {
+                continue;
+            };
+            let dest = target.join(rel);
+            if let Some(dir) = dest.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            let mut body = store
+                .get(&meta.location)
+                .await
+                .map_err(|e| self.explain(e))?
+                .into_stream();
+            let mut file = tokio::fs::File::create(&dest)
+                .await
+                .with_context(|| format!("cannot create {}", dest.display()))?;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| self.explain(e))?;
+                file.write_all(&chunk)
+                    .await
+                    .with_context(|| format!("writing {}", dest.display()))?;
+            }
+            file.flush().await?;
+            files += 1;
+        }
+        if files == 0 {
+            bail!(
+                "there are no objects under {}: the results were deleted or never uploaded",
+                self.url()
+            );
+        }
+        Ok(())
+    }
+
+    fn store(&self, timeout: Duration) -> anyhow::Result<AmazonS3> {
+        // reqwest is built without a bundled TLS provider; the binary installs ring at start, and
+        // this makes library callers (tests) work the same way. An already installed one stays.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut b = AmazonS3Builder::from_env()
+            .with_bucket_name(&self.bucket)
+            .with_virtual_hosted_style_request(false)
+            .with_client_options(
+                ClientOptions::new()
+                    .with_connect_timeout(Duration::from_secs(10))
+                    .with_timeout(timeout),
+            )
+            .with_retry(RetryConfig {
+                max_retries: 2,
+                retry_timeout: Duration::from_secs(30),
+                ..Default::default()
+            });
+        if let Some(r) = &self.region {
+            b = b.with_region(r);
+        }
+        if let Some(e) = &self.endpoint {
+            b = b.with_endpoint(e).with_allow_http(e.starts_with("http://"));
+        }
+        b.build()
+            .with_context(|| format!("cannot set up an S3 client for {}", self.url()))
+    }
+
+    fn explain(&self, e: object_store::Error) -> anyhow::Error {
+        let at = match &self.endpoint {
+            Some(ep) => format!("{} (endpoint {ep})", self.url()),
+            None => self.url(),
+        };
+        match e {
+            object_store::Error::NotFound { .. } => anyhow!(
+                "{at} is gone: the object was deleted or expired, or the bucket does not exist"
+            ),
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => anyhow!(
+                "S3 refused this machine's credentials for {at}: check that AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary credentials) are right and may read the bucket\ncause: {e}"
+            ),
+            other => anyhow!("downloading {at}: {other}"),
+        }
+    }
+}
+
+/// Refuses to go on without credentials in the environment: object_store would otherwise ask the
+/// cloud instance-metadata service, which hangs off the cloud and says nothing useful.
+pub fn check_credentials(env: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+    let set = |k: &str| env(k).is_some_and(|v| !v.is_empty());
+    let key_pair = set("AWS_ACCESS_KEY_ID") && set("AWS_SECRET_ACCESS_KEY");
+    let other = [
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    ]
+    .iter()
+    .any(|k| set(k));
+    if key_pair || other {
+        return Ok(());
+    }
+    let missing = if set("AWS_ACCESS_KEY_ID") {
+        "AWS_SECRET_ACCESS_KEY is not set"
+    } else if set("AWS_SECRET_ACCESS_KEY") {
+        "AWS_ACCESS_KEY_ID is not set"
+    } else {
+        "no AWS credentials are set"
+    };
+    bail!(
+        "the results are in S3 and {missing}: export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_REGION if the result names no Region) for an identity that may read the bucket, then run `caravel job get` again"
+    )
+}
+
+/// Where the object `key` listed below `prefix` goes, relative to the output directory; `None` for a
+/// directory marker (a key ending in `/`). Refuses keys that would leave the output directory.
+pub fn relative_path(prefix: &str, key: &str) -> anyhow::Result<Option<PathBuf>> {
+    let prefix = prefix.trim_matches('/');
+    let rest = key
+        .strip_prefix(prefix)
+        .filter(|r| prefix.is_empty() || r.starts_with('/'))
+        .ok_or_else(|| anyhow!("listed object {key:?} is not below the prefix {prefix:?}"))?;
+    if rest.ends_with('/') {
+        return Ok(None);
+    }
+    let rel: PathBuf = rest.split('/').filter(|p| !p.is_empty()).collect();
+    if rel.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    if !stays_inside(&rel) {
+        bail!("refusing object {key:?}: it would be written outside the output directory");
+    }
+    Ok(Some(rel))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(params: &[(&str, &str)]) -> SpecConfig {
+        params
+            .iter()
+            .fold(SpecConfig::new("s3"), |s, (k, v)| s.with(k, *v))
+    }
+
+    #[test]
+    fn a_tar_gz_key_is_an_archive_and_other_keys_are_prefixes() {
+        let r = S3Result::from_spec(&spec(&[
+            ("Bucket", "b"),
+            ("Key", "wc/j-1/e-1.tar.gz"),
+            ("Endpoint", "http://127.0.0.1:5000"),
+            ("Region", "eu-west-1"),
+        ]))
+        .unwrap();
+        assert_eq!(r.layout, S3Layout::Archive);
+        assert_eq!(r.endpoint.as_deref(), Some("http://127.0.0.1:5000"));
+        assert_eq!(r.region.as_deref(), Some("eu-west-1"));
+        let r = S3Result::from_spec(&spec(&[("Bucket", "b"), ("Key", "wc/j-1/")])).unwrap();
+        assert_eq!((r.layout, r.endpoint), (S3Layout::Prefix, None));
+        let r = S3Result::from_spec(&spec(&[
+            ("Bucket", "b"),
+            ("Key", "wc/j-1/"),
+            ("Encoding", "plain"),
+        ]))
+        .unwrap();
+        assert_eq!(r.layout, S3Layout::Prefix);
+        let e = S3Result::from_spec(&spec(&[("Key", "k")])).unwrap_err();
+        assert!(e.to_string().contains("no Bucket"), "{e}");
+        let e = S3Result::from_spec(&spec(&[("Bucket", "b"), ("Key", "k"), ("Encoding", "zip")]))
+            .unwrap_err();
+        assert!(e.to_string().contains("unknown Encoding"), "{e}");
+    }
+
+    #[test]
+    fn prefix_objects_land_below_the_output_directory() {
+        let rel = |p, k| relative_path(p, k).unwrap();
+        assert_eq!(
+            rel("wc/j-1/", "wc/j-1/stdout"),
+            Some(PathBuf::from("stdout"))
+        );
+        assert_eq!(
+            rel("wc/j-1", "wc/j-1/outputs/counts.txt"),
+            Some(PathBuf::from("outputs/counts.txt"))
+        );
+        assert_eq!(rel("wc/j-1/", "wc/j-1/outputs/"), None);
+        assert_eq!(rel("", "exitCode"), Some(PathBuf::from("exitCode")));
+        assert!(relative_path("wc/j-1", "wc/j-10/stdout").is_err());
+        assert!(relative_path("wc", "wc/../../etc/passwd").is_err());
+    }
+
+    #[test]
+    fn missing_credentials_are_named_before_any_request() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let e = check_credentials(env(&[])).unwrap_err().to_string();
+        assert!(
+            e.contains("no AWS credentials") && e.contains("AWS_ACCESS_KEY_ID"),
+            "{e}"
+        );
+        let e = check_credentials(env(&[("AWS_ACCESS_KEY_ID", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("AWS_SECRET_ACCESS_KEY is not set"), "{e}");
+        check_credentials(env(&[
+            ("AWS_ACCESS_KEY_ID", "x"),
+            ("AWS_SECRET_ACCESS_KEY", "y"),
+        ]))
+        .unwrap();
+    }
+
+    #[test]
+    fn archives_unpack_in_place_and_refuse_escaping_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        for (name, body) in [
+            ("stdout", "hi\n"),
+            ("exitCode", "0"),
+            ("outputs/a.txt", "a"),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(body.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, body.as_bytes()).unwrap();
+        }
+        let gz = b.into_inner().unwrap().finish().unwrap();
+        extract(&gz, dir.path()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("stdout")).unwrap(),
+            "hi\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("outputs/a.txt")).unwrap(),
+            "a"
+        );
+        // The tar crate will not write a `..` name, so set the header's bytes directly.
+        let mut h = tar::Header::new_old();
+        h.as_old_mut().name[..11].copy_from_slice(b"../evil.txt");
+        h.set_size(1);
+        h.set_cksum();
+        let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        b.append(&h, &b"x"[..]).unwrap();
+        let gz = b.into_inner().unwrap().finish().unwrap();
+        let inner = dir.path().join("inner");
+        let e = extract(&gz, &inner).unwrap_err().to_string();
+        assert!(e.contains("outside the output directory"), "{e}");
+        assert!(!dir.path().join("evil.txt").exists());
+    }
+}

@@ -1,0 +1,307 @@
+//! Highly available orchestrators: real `caravel serve --orchestrator --peers …` processes with
+//! mutual TLS on loopback. Any member serves the API (writes forwarded to the leader, reads
+//! linearizable), a killed leader is replaced, members are added and removed, a full restart keeps
+//! every job, a lost quorum answers 503, and a snapshot restores into a new group.
+
+use std::time::{Duration, Instant};
+
+use caravel_chaos_tests::cluster::{Group, GroupOptions};
+use serde_json::Value;
+
+use crate::{bin, test_module};
+
+fn group(n: usize, compute: usize) -> (Group, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let g = Group::start(
+        &bin(),
+        dir.path(),
+        n,
+        GroupOptions {
+            compute,
+            ..Default::default()
+        },
+    )
+    .expect("start the group");
+    (g, dir)
+}
+
+/// Submits the echo module through member `i` without waiting; returns the job id.
+fn submit(g: &Group, i: usize, name: &str) -> String {
+    let module = test_module("echo");
+    let (ok, out, err) = g.cli(
+        i,
+        &[
+            "wasm",
+            "run",
+            module.to_str().unwrap(),
+            "--name",
+            name,
+            "--id-only",
+            "--wait=false",
+        ],
+    );
+    assert!(ok, "submit through {} failed: {err}", g.members[i].id);
+    out.trim().to_string()
+}
+
+fn job_json(g: &Group, i: usize, id: &str) -> Option<Value> {
+    let (ok, out, _) = g.cli(i, &["job", "describe", id, "--output", "json"]);
+    ok.then(|| serde_json::from_str(&out).ok()).flatten()
+}
+
+fn wait_state(g: &Group, i: usize, id: &str, state: &str, timeout: Duration) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(j) = job_json(g, i, id)
+            && j["Job"]["State"]["StateType"] == state
+        {
+            return j;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {id} not {state} within {timeout:?} on {}: {:?}",
+            g.members[i].id,
+            job_json(g, i, id)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn job_count(g: &Group, i: usize) -> usize {
+    let (ok, out, err) = g.cli(i, &["job", "list", "--output", "json", "--limit", "1000"]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v["Items"].as_array().map(|a| a.len()).unwrap_or(0)
+}
+
+#[test]
+fn any_member_serves_the_api_and_status_names_the_leader() {
+    let (mut g, _d) = group(3, 1);
+    let leader = g.wait_leader(Duration::from_secs(30)).unwrap();
+    let follower = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    // A write through a follower is forwarded; a read through another follower sees it at once.
+    let id = submit(&g, follower, "through-a-follower");
+    assert!(
+        job_json(&g, other, &id).is_some(),
+        "read-your-writes across members"
+    );
+    let j = wait_state(&g, other, &id, "Completed", Duration::from_secs(60));
+    assert_eq!(j["Job"]["Name"], "through-a-follower");
+
+    let s = g.status(other).expect("status");
+    assert_eq!(s["Leader"], g.members[leader].id.as_str(), "{s}");
+    let members = s["Members"].as_array().unwrap();
+    assert_eq!(members.len(), 3, "{s}");
+    assert_eq!(
+        members.iter().filter(|m| m["Role"] == "leader").count(),
+        1,
+        "{s}"
+    );
+    assert!(
+        members
+            .iter()
+            .all(|m| m["Voter"] == true && m["Reachable"] == true),
+        "{s}"
+    );
+    // The table names the leader too.
+    let (ok, out, err) = g.cli(follower, &["cluster", "status"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("leader") && err.contains(&g.members[leader].id),
+        "{out}{err}"
+    );
+}
+
+#[test]
+fn killing_the_leader_elects_another_and_loses_nothing() {
+    let (mut g, _d) = group(3, 0);
+    let leader = g.wait_leader(Duration::from_secs(30)).unwrap();
+    let ids: Vec<String> = (0..5)
+        .map(|k| submit(&g, k % 3, &format!("before-{k}")))
+        .collect();
+    g.kill(leader);
+    let killed_at = Instant::now();
+    let new_leader = g.wait_leader(Duration::from_secs(30)).unwrap();
+    assert_ne!(new_leader, leader);
+    eprintln!(
+        "new leader {} agreed {:?} after the kill",
+        g.members[new_leader].id,
+        killed_at.elapsed()
+    );
+    let survivor = (0..3).find(|i| *i != leader && *i != new_leader).unwrap();
+    for id in &ids {
+        assert!(job_json(&g, survivor, id).is_some(), "job {id} lost");
+    }
+    let after = submit(&g, survivor, "after-the-kill");
+    // The old leader comes back as a follower and catches up.
+    g.restart(leader).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while job_json(&g, leader, &after).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "restarted member never caught up"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(job_count(&g, leader), 6);
+}
+
+#[test]
+fn a_member_is_added_and_another_removed_without_downtime() {
+    let (mut g, _d) = group(3, 0);
+    submit(&g, 0, "first");
+    let j = g.start_joiner("orch-4", false).unwrap();
+    let addr = format!("orch-4@127.0.0.1:{}", g.members[j].raft_port);
+    let (ok, out, err) = g.cli(1, &["cluster", "add", &addr]);
+    assert!(ok, "add failed: {err}");
+    assert!(out.contains("orch-4"), "{out}");
+    let s = g.status(0).unwrap();
+    assert_eq!(s["Members"].as_array().unwrap().len(), 4, "{s}");
+    // The newcomer has the state written before it joined.
+    assert_eq!(job_count(&g, j), 1);
+    // Adding it twice is refused with a reason.
+    let (ok, _, err) = g.cli(0, &["cluster", "add", &addr]);
+    assert!(!ok && err.contains("already a voting member"), "{err}");
+
+    // Remove the current leader: the rest elect another and keep serving.
+    let leader = g.wait_leader(Duration::from_secs(30)).unwrap();
+    let asker = (0..4).find(|i| *i != leader).unwrap();
+    let (ok, _, err) = g.cli(asker, &["cluster", "remove", &g.members[leader].id.clone()]);
+    assert!(ok, "remove failed: {err}");
+    g.kill(leader);
+    let s = loop {
+        let s = g.status(asker).unwrap();
+        if s["Members"].as_array().unwrap().len() == 3 && !s["Leader"].as_str().unwrap().is_empty()
+        {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        s["Members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["ID"] != g.members[leader].id.as_str()),
+        "{s}"
+    );
+    submit(&g, asker, "after-the-change");
+    assert_eq!(job_count(&g, asker), 2);
+    let (ok, _, err) = g.cli(asker, &["cluster", "remove", "nobody"]);
+    assert!(!ok && err.contains("no member named"), "{err}");
+}
+
+#[test]
+fn the_last_voter_cannot_be_removed() {
+    let (g, _d) = group(1, 0);
+    let (ok, _, err) = g.cli(0, &["cluster", "remove", "orch-1"]);
+    assert!(!ok, "removing the last voter must fail");
+    assert!(err.contains("last voter"), "{err}");
+}
+
+#[test]
+fn a_full_restart_keeps_every_job_and_a_lost_quorum_answers_503() {
+    let (mut g, _d) = group(3, 0);
+    let ids: Vec<String> = (0..4)
+        .map(|k| submit(&g, k % 3, &format!("j{k}")))
+        .collect();
+    for i in 0..3 {
+        g.kill(i);
+    }
+    for i in 0..3 {
+        g.restart(i).unwrap();
+    }
+    g.wait_leader(Duration::from_secs(60)).unwrap();
+    for id in &ids {
+        assert!(
+            job_json(&g, 2, id).is_some(),
+            "job {id} lost in the restart"
+        );
+    }
+    // Kill two of three: the survivor answers fast with 503 and Retry-After, never hangs.
+    let leader = g.wait_leader(Duration::from_secs(30)).unwrap();
+    let survivor = (leader + 1) % 3;
+    for i in 0..3 {
+        if i != survivor {
+            g.kill(i);
+        }
+    }
+    let started = Instant::now();
+    let (ok, _, err) = g.cli(survivor, &["job", "list"]);
+    assert!(!ok, "a read without quorum must fail");
+    assert!(err.contains("quorum") || err.contains("leader"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = format!("{}/api/v1/orchestrator/jobs", g.members[survivor].api());
+    let (status, retry) = rt.block_on(async {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let r = reqwest::Client::new().get(url).send().await.unwrap();
+        (r.status().as_u16(), r.headers().get("retry-after").cloned())
+    });
+    assert_eq!(status, 503);
+    assert!(retry.is_some(), "503 without Retry-After");
+    // Stale reads are an explicit opt-in and still answer.
+    let (ok, out, err) = g.cli(survivor, &["job", "list", "--output", "json", "--stale"]);
+    assert!(ok, "stale read failed: {err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["Items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+}
+
+#[test]
+fn a_snapshot_saved_from_a_group_restores_into_a_new_one() {
+    let (g, d) = group(3, 0);
+    let ids: Vec<String> = (0..3).map(|k| submit(&g, k, &format!("s{k}"))).collect();
+    let file = d.path().join("state.snap");
+    let (ok, _, err) = g.cli(1, &["operator", "snapshot", "save", file.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let restored = d.path().join("restored");
+    let o = std::process::Command::new(bin())
+        .args([
+            "operator",
+            "snapshot",
+            "restore",
+            file.to_str().unwrap(),
+            "--node-id",
+            "solo",
+            "--data-dir",
+            restored.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Restoring over an existing store is refused.
+    let again = std::process::Command::new(bin())
+        .args([
+            "operator",
+            "snapshot",
+            "restore",
+            file.to_str().unwrap(),
+            "--node-id",
+            "solo",
+            "--data-dir",
+            restored.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    let n = caravel_chaos_tests::NodeProcess::start_orchestrator(
+        &bin(),
+        &restored,
+        &["--node-id", "solo"],
+    )
+    .expect("start the restored node");
+    for id in &ids {
+        let o = n.cli(&["job", "describe", id, "--output", "json"]).unwrap();
+        assert!(o.status.success(), "job {id} missing after restore");
+    }
+}
