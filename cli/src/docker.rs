@@ -39,7 +39,7 @@ const RUN_EXAMPLES: &str = "Examples:
 
 #[derive(Debug, Args)]
 pub struct DockerRunArgs {
-    /// The image: NAME[:TAG|@DIGEST].
+    /// The image: NAME, NAME:TAG or NAME@DIGEST.
     #[arg(value_name = "IMAGE")]
     pub image: String,
     /// The command and its arguments (the engine's Parameters); put `--` before them when they
