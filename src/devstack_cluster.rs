@@ -8,8 +8,9 @@
 //!  caravel serve --orchestrator [--compute] --node-id orch-i --peers orch-1@…,orch-2@…,… (N processes)
 //! ```
 //!
-//! Compute nodes run inside the first M orchestrator processes (hybrid nodes) until compute nodes get
-//! their own QUIC sessions; M may not exceed N for now. Ctrl-C (or SIGTERM) stops every node.
+//! Compute nodes `compute-1..M` are processes of their own (`caravel serve --compute --orchestrators
+//! …`) that dial every orchestrator's compute port over mutual-TLS QUIC and move to another when one
+//! fails. Ctrl-C (or SIGTERM) stops every node.
 
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -117,11 +118,6 @@ fn stop_all(children: &mut [Child]) {
 
 pub async fn run(global: &Global, args: &DevstackArgs) -> anyhow::Result<ExitCode> {
     let (n, m) = (args.orchestrators as usize, args.compute as usize);
-    if m > n {
-        bail!(
-            "--compute {m} is more than --orchestrators {n}: compute nodes run inside orchestrator processes until compute-only nodes get their QUIC sessions; use --compute {n} or fewer"
-        );
-    }
     let dir = match &global.data_dir {
         Some(d) => PathBuf::from(d),
         None => std::env::temp_dir().join(format!("caravel-devstack-{}", std::process::id())),
@@ -129,11 +125,13 @@ pub async fn run(global: &Global, args: &DevstackArgs) -> anyhow::Result<ExitCod
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = dir.canonicalize()?;
     let ids: Vec<String> = (1..=n).map(|i| format!("orch-{i}")).collect();
-    let certs = certificates(&dir, &ids)?;
+    let compute_ids: Vec<String> = (1..=m).map(|i| format!("compute-{i}")).collect();
+    let certs = certificates(&dir, &[ids.clone(), compute_ids.clone()].concat())?;
     // Ports: the API of orch-i prefers 1234+i-1 (so `caravel` without flags reaches orch-1).
     let base = global.api_port.unwrap_or(1234);
     let mut api_ports = Vec::new();
     let mut raft_ports = Vec::new();
+    let mut compute_ports = Vec::new();
     for i in 0..n {
         api_ports.push(tcp_port(if args.run.is_some() {
             0
@@ -141,7 +139,12 @@ pub async fn run(global: &Global, args: &DevstackArgs) -> anyhow::Result<ExitCod
             base + i as u16
         })?);
         raft_ports.push(udp_port()?);
+        compute_ports.push(udp_port()?);
     }
+    let compute_addrs: Vec<String> = compute_ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
     let peers = ids
         .iter()
         .zip(&raft_ports)
@@ -159,10 +162,9 @@ pub async fn run(global: &Global, args: &DevstackArgs) -> anyhow::Result<ExitCod
             "serve".into(),
             "--orchestrator".into(),
         ];
-        if i < m {
-            argv.push("--compute".into());
-        }
         argv.extend([
+            "--compute-port".into(),
+            compute_ports[i].to_string(),
             "--node-id".into(),
             id.clone(),
             "--peers".into(),
@@ -203,18 +205,60 @@ pub async fn run(global: &Global, args: &DevstackArgs) -> anyhow::Result<ExitCod
             .env_remove("CARAVEL_API_HOST")
             .spawn()
             .with_context(|| format!("cannot start {id}"))?;
-        let mut roles = vec!["orchestrator".to_string()];
-        if i < m {
-            roles.push("compute".into());
-        }
         children.push(Child {
             node: DevstackNode {
                 id: id.clone(),
-                roles,
+                roles: vec!["orchestrator".to_string()],
                 pid: child.id(),
                 api_address: format!("http://127.0.0.1:{}", api_ports[i]),
-                compute_address: String::new(),
+                compute_address: compute_addrs[i].clone(),
                 raft_address: format!("127.0.0.1:{}", raft_ports[i]),
+                data_dir: data.to_string_lossy().into_owned(),
+                command: argv,
+            },
+            child,
+        });
+    }
+    for id in &compute_ids {
+        let data = dir.join(id);
+        std::fs::create_dir_all(&data)?;
+        let cert = |f: String| certs.join(f).to_string_lossy().into_owned();
+        let argv: Vec<String> = vec![
+            exe.to_string_lossy().into_owned(),
+            "serve".into(),
+            "--compute".into(),
+            "--node-id".into(),
+            id.clone(),
+            "--orchestrators".into(),
+            compute_addrs.join(","),
+            "--tls-ca".into(),
+            cert("ca.crt".into()),
+            "--tls-cert".into(),
+            cert(format!("{id}.crt")),
+            "--tls-key".into(),
+            cert(format!("{id}.key")),
+            "--data-dir".into(),
+            data.to_string_lossy().into_owned(),
+        ];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data.join("node.log"))?;
+        let child = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {id}"))?;
+        children.push(Child {
+            node: DevstackNode {
+                id: id.clone(),
+                roles: vec!["compute".to_string()],
+                pid: child.id(),
+                api_address: String::new(),
+                compute_address: String::new(),
+                raft_address: String::new(),
                 data_dir: data.to_string_lossy().into_owned(),
                 command: argv,
             },
@@ -232,7 +276,7 @@ pub async fn run(global: &Global, args: &DevstackArgs) -> anyhow::Result<ExitCod
         return Err(e.context(format!("see the node logs under {}", dir.display())));
     }
     eprintln!(
-        "devstack: {n} orchestrators ({m} with compute) ready in {:.1}s — data {}",
+        "devstack: {n} orchestrators and {m} compute nodes ready in {:.1}s — data {}",
         started.elapsed().as_secs_f64(),
         dir.display()
     );
@@ -246,12 +290,17 @@ pub async fn run(global: &Global, args: &DevstackArgs) -> anyhow::Result<ExitCod
                 d.pid.to_string(),
                 d.api_address.clone(),
                 d.raft_address.clone(),
+                d.compute_address.clone(),
             ]
         })
         .collect();
     eprint!(
         "{}",
-        caravel_cli::output::table(&["ID", "ROLES", "PID", "API", "RAFT"], &rows, false)
+        caravel_cli::output::table(
+            &["ID", "ROLES", "PID", "API", "RAFT", "COMPUTE"],
+            &rows,
+            false
+        )
     );
 
     let code = match &args.run {
@@ -280,7 +329,10 @@ pub async fn run(global: &Global, args: &DevstackArgs) -> anyhow::Result<ExitCod
 /// Waits until every orchestrator answers, one of them leads, and the compute nodes registered.
 async fn wait_ready(children: &mut [Child], compute: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
-    for c in children.iter_mut() {
+    for c in children
+        .iter_mut()
+        .filter(|c| !c.node.api_address.is_empty())
+    {
         let client = ApiClient::new(&c.node.api_address);
         loop {
             if let Ok(Some(status)) = c.child.try_wait() {

@@ -40,6 +40,8 @@ pub struct RunningNode {
     pub cluster: Cluster,
     /// Where peers reach this orchestrator's Raft listener (None without TLS).
     pub raft_addr: Option<SocketAddr>,
+    /// Where compute nodes dial their sessions (None without TLS).
+    pub compute_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -100,9 +102,7 @@ pub async fn start(
     name: Option<&str>,
 ) -> anyhow::Result<RunningNode> {
     if !orchestrator {
-        bail!(
-            "a compute-only node needs the QUIC session transport, which is not built yet; run `caravel serve --orchestrator --compute` (a hybrid node) for now"
-        );
+        bail!("node::start runs an orchestrator; a compute-only node runs through serve_compute");
     }
     let data_dir = PathBuf::from(&config.data_dir);
     std::fs::create_dir_all(&data_dir)
@@ -290,6 +290,46 @@ pub async fn start(
         },
     );
     let _ = cluster_slot.set(cluster.clone());
+    // Compute nodes dial in over mutual-TLS QUIC (net::session); each session is served like the
+    // in-process one.
+    let mut compute_addr = None;
+    if let Some(id) = &identity {
+        let bind: SocketAddr = format!("{}:{}", o.raft_host, o.compute_port)
+            .parse()
+            .with_context(|| {
+                format!("Orchestrator.ComputePort {} is not a port", o.compute_port)
+            })?;
+        let (server, mut incoming) = caravel_net::session::SessionServer::start(
+            bind,
+            id,
+            caravel_net::session::SessionOptions::default(),
+            shutdown.clone(),
+        )
+        .with_context(|| {
+            format!(
+                "cannot listen for compute sessions on {bind} (UDP); choose another with --compute-port"
+            )
+        })?;
+        compute_addr = Some(server.local_addr());
+        let c = cluster.clone();
+        let s = shutdown.clone();
+        tasks.spawn(async move {
+            let _server = server;
+            while let Some(session) = tokio::select! {
+                biased;
+                _ = s.cancelled() => None,
+                i = incoming.recv() => i,
+            } {
+                let (c, s) = (c.clone(), s.clone());
+                tracing::info!(node = %session.node_id, remote = %session.remote, "compute node connected over QUIC");
+                tokio::spawn(async move {
+                    if let Err(e) = session::serve(c, session.end, s).await {
+                        tracing::warn!(node = %session.node_id, error = %e, "compute session ended");
+                    }
+                });
+            }
+        });
+    }
     tasks.spawn(leader::run(cluster.clone(), shutdown.clone()));
     tasks.spawn(leader::relay_heartbeats(cluster.clone(), shutdown.clone()));
 
@@ -342,6 +382,7 @@ pub async fn start(
         node_name,
         cluster,
         raft_addr,
+        compute_addr,
         shutdown,
         tasks,
     })
@@ -377,6 +418,12 @@ pub async fn serve(global: &Global, args: &ServeArgs) -> anyhow::Result<ExitCode
     if let Some(p) = args.raft_port {
         config.orchestrator.raft_port = p;
     }
+    if let Some(p) = args.compute_port {
+        config.orchestrator.compute_port = p;
+    }
+    if !args.orchestrators.is_empty() {
+        config.compute.orchestrators = args.orchestrators.clone();
+    }
     for (flag, slot) in [
         (&args.tls_ca, &mut config.tls.ca),
         (&args.tls_cert, &mut config.tls.cert),
@@ -391,6 +438,13 @@ pub async fn serve(global: &Global, args: &ServeArgs) -> anyhow::Result<ExitCode
         || !(args.compute || config.compute.enabled);
     let compute = args.compute || config.compute.enabled;
     init_tracing(&config.logging.level);
+    if !orchestrator {
+        return serve_compute(
+            config,
+            args.node_id.as_ref().or(args.name.as_ref()).cloned(),
+        )
+        .await;
+    }
     let name =
         (!config.orchestrator.node_id.is_empty()).then(|| config.orchestrator.node_id.clone());
     let node = start(config, orchestrator, compute, name.as_deref()).await?;
@@ -431,4 +485,64 @@ pub async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// `caravel serve --compute` without `--orchestrator`: a compute-only node that dials the
+/// orchestrators over mutual-TLS QUIC, moves to another when one fails, and resynchronises on every
+/// (re)connection (Hello with its last report sequence; the orchestrator answers with the last one it
+/// committed; the outbox is replayed past it). Executions keep running while it is disconnected.
+pub async fn serve_compute(config: Config, name: Option<String>) -> anyhow::Result<ExitCode> {
+    let tls = &config.tls;
+    if tls.ca.is_empty() || tls.cert.is_empty() || tls.key.is_empty() {
+        bail!(
+            "a compute-only node talks to orchestrators over mutual-TLS QUIC: give --tls-ca, --tls-cert and --tls-key (caravel cert issue --node-id ID)"
+        );
+    }
+    if config.compute.orchestrators.is_empty() {
+        bail!(
+            "give the orchestrators to dial: --orchestrators HOST:PORT[,HOST:PORT…] (their Orchestrator.ComputePort, default 4222)"
+        );
+    }
+    let identity = caravel_net::session::ClientIdentity::load(
+        Path::new(&tls.ca),
+        Path::new(&tls.cert),
+        Path::new(&tls.key),
+    )
+    .context("cannot load the TLS identity")?;
+    let data_dir = PathBuf::from(&config.data_dir);
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    let node_name = node_name(&data_dir, name.as_deref(), &config.name_provider)?;
+    let opts = caravel_compute::ComputeOptions::from_config(node_name.clone(), &config)?;
+    let node = opts.build().context("cannot start the compute node")?;
+    let shutdown = CancellationToken::new();
+    eprintln!(
+        "Caravel compute node {node_name} is running; orchestrators: {}",
+        config.compute.orchestrators.join(", ")
+    );
+    let s = shutdown.clone();
+    let orchestrators = config.compute.orchestrators.clone();
+    let runner = tokio::spawn(async move {
+        let n = node.clone();
+        let s2 = s.clone();
+        caravel_net::session::run_client(
+            orchestrators,
+            identity,
+            caravel_net::session::SessionOptions::default(),
+            s,
+            move |end, connected| {
+                let (n, s) = (n.clone(), s2.clone());
+                tracing::info!(orchestrator = %connected.orchestrator, server = %connected.server_id, "session established");
+                Box::pin(async move { n.run(end.inbox, end.outbox, s).await })
+            },
+        )
+        .await
+    });
+    wait_for_signal().await;
+    eprintln!("shutting down…");
+    shutdown.cancel();
+    if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(40), runner).await {
+        return Err(e).context("compute sessions failed");
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -127,6 +127,13 @@ pub struct ServeArgs {
     /// This node's private key (PEM) (TLS.Key).
     #[arg(long, value_name = "FILE")]
     pub tls_key: Option<String>,
+    /// Port compute nodes dial for their QUIC sessions (Orchestrator.ComputePort; default 4222).
+    #[arg(long)]
+    pub compute_port: Option<u16>,
+    /// For a compute-only node: the orchestrators to dial, HOST:PORT comma separated
+    /// (Compute.Orchestrators).
+    #[arg(long, value_delimiter = ',', value_name = "HOST:PORT")]
+    pub orchestrators: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]

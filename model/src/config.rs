@@ -61,6 +61,8 @@ pub struct OrchestratorConfig {
     pub raft_port: u16,
     pub heartbeat_millis: u64,
     pub election_timeout_millis: u64,
+    /// Port (QUIC/UDP) compute nodes dial for their sessions.
+    pub compute_port: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,6 +79,8 @@ pub struct ComputeConfig {
     /// Base URL of an IPFS HTTP gateway for `ipfs` inputs (`GET {gateway}/ipfs/{CID}`); empty = none.
     #[serde(rename = "IPFSGateway")]
     pub ipfs_gateway: String,
+    /// Orchestrators a compute-only node dials, `HOST:PORT` (their `Orchestrator.ComputePort`).
+    pub orchestrators: Vec<String>,
 }
 
 impl Default for Config {
@@ -101,6 +105,7 @@ impl Default for Config {
                 raft_port: 1235,
                 heartbeat_millis: 250,
                 election_timeout_millis: 750,
+                compute_port: 4222,
             },
             compute: ComputeConfig {
                 enabled: false,
@@ -109,6 +114,7 @@ impl Default for Config {
                 default_memory_limit: "512Mi".into(),
                 heartbeat_secs: 5,
                 ipfs_gateway: String::new(),
+                orchestrators: vec![],
             },
             tls: TlsConfig::default(),
         }
@@ -197,6 +203,14 @@ pub const KEYS: &[(&str, &str)] = &[
         "Orchestrator.ElectionTimeoutMillis",
         "Minimum Raft election timeout in ms (the maximum is twice this)",
     ),
+    (
+        "Orchestrator.ComputePort",
+        "Port of the compute-session (QUIC/UDP) listener compute nodes dial",
+    ),
+    (
+        "Compute.Orchestrators",
+        "Orchestrators a compute-only node dials, HOST:PORT comma separated (it moves to the next when one fails)",
+    ),
     ("TLS.CA", "PEM file of the cluster CA (caravel cert ca)"),
     (
         "TLS.Cert",
@@ -251,9 +265,10 @@ fn key_kind(key: &str) -> &'static str {
         | "Compute.HeartbeatSecs"
         | "Orchestrator.RaftPort"
         | "Orchestrator.HeartbeatMillis"
-        | "Orchestrator.ElectionTimeoutMillis" => "int",
+        | "Orchestrator.ElectionTimeoutMillis"
+        | "Orchestrator.ComputePort" => "int",
         "Orchestrator.Enabled" | "Compute.Enabled" => "bool",
-        "Compute.AllowListedLocalPaths" | "Orchestrator.Peers" => "list",
+        "Compute.AllowListedLocalPaths" | "Orchestrator.Peers" | "Compute.Orchestrators" => "list",
         "Labels" => "map",
         _ => "string",
     }

@@ -15,6 +15,7 @@
 pub mod frame;
 pub mod inproc;
 pub mod rpc;
+pub mod session;
 pub mod tls;
 
 use caravel_model::wire::{ToCompute, ToOrchestrator};
