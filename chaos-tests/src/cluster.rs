@@ -24,6 +24,8 @@ pub struct Member {
     pub raft_port: u16,
     /// The port peers dial (the proxy's when proxied, else `raft_port`).
     pub dial_port: u16,
+    /// The port compute nodes dial (QUIC sessions).
+    pub compute_port: u16,
     pub data_dir: PathBuf,
     pub args: Vec<String>,
     child: Option<Child>,
@@ -161,6 +163,7 @@ impl Group {
         ])?;
         let data_dir = self.dir.join(id);
         let api_port = free_port()?;
+        let compute_port = udp_port()?;
         let mut args: Vec<String> = vec!["serve".into(), "--orchestrator".into()];
         if compute {
             args.push("--compute".into());
@@ -173,6 +176,8 @@ impl Group {
             peers.to_string(),
             "--raft-port".into(),
             raft_port.to_string(),
+            "--compute-port".into(),
+            compute_port.to_string(),
             "--tls-ca".into(),
             cert("ca.crt".into()),
             "--tls-cert".into(),
@@ -194,6 +199,7 @@ impl Group {
             api_port,
             raft_port,
             dial_port,
+            compute_port,
             data_dir,
             args,
             child: None,
@@ -408,6 +414,56 @@ impl Group {
             }
             let _ = p.set(f);
         }
+    }
+
+    /// Starts a compute-only node `id` that dials every member's compute port (kill it with
+    /// `Child::kill`). Its certificate is issued from the group's CA.
+    pub fn start_compute(&self, id: &str) -> anyhow::Result<Child> {
+        let certs = self.dir.join("certs");
+        self.cli_ok(&[
+            "cert",
+            "issue",
+            "--ca-dir",
+            &certs.to_string_lossy(),
+            "--node-id",
+            id,
+            "--out-dir",
+            &certs.to_string_lossy(),
+        ])?;
+        let data_dir = self.dir.join(id);
+        std::fs::create_dir_all(&data_dir)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("node.log"))?;
+        let orchestrators = self
+            .members
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.compute_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let cert = |f: String| certs.join(f).to_string_lossy().into_owned();
+        Ok(Command::new(&self.bin)
+            .args([
+                "serve",
+                "--compute",
+                "--node-id",
+                id,
+                "--orchestrators",
+                &orchestrators,
+                "--tls-ca",
+                &cert("ca.crt".into()),
+                "--tls-cert",
+                &cert(format!("{id}.crt")),
+                "--tls-key",
+                &cert(format!("{id}.key")),
+                "--data-dir",
+                &data_dir.to_string_lossy(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?)
     }
 
     /// Stops every member (SIGKILL) and every proxy.

@@ -305,3 +305,46 @@ fn a_snapshot_saved_from_a_group_restores_into_a_new_one() {
         assert!(o.status.success(), "job {id} missing after restore");
     }
 }
+
+#[test]
+fn a_compute_only_node_runs_jobs_over_quic_and_survives_its_orchestrators_death() {
+    let (mut g, _d) = group(3, 0);
+    let mut edge = g.start_compute("edge-1").expect("start the compute node");
+    let wait_connected = |g: &Group| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (ok, out, _) = g.cli(
+                g.leader().unwrap_or(1),
+                &["node", "list", "--output", "json"],
+            );
+            if ok
+                && out.contains("edge-1")
+                && out.contains("CONNECTED")
+                && !out.contains("DISCONNECTED")
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "edge-1 never connected: {out}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait_connected(&g);
+    let id = submit(&g, 1, "over-quic");
+    let j = wait_state(&g, 2, &id, "Completed", Duration::from_secs(60));
+    assert_eq!(j["Job"]["Name"], "over-quic");
+    // The node dials the first orchestrator in its list; kill it: the node moves to another.
+    g.kill(0);
+    g.wait_leader(Duration::from_secs(30)).unwrap();
+    let id = submit(&g, 1, "after-failover");
+    wait_state(&g, 2, &id, "Completed", Duration::from_secs(90));
+    // Results come back through the session (the node accepts no inbound connection).
+    let out = _d.path().join("got");
+    let (ok, _, err) = g.cli(
+        1,
+        &["job", "get", &id, "--output-dir", out.to_str().unwrap()],
+    );
+    assert!(ok, "job get through the session failed: {err}");
+    assert!(out.join("stdout").is_file());
+    let _ = edge.kill();
+    let _ = edge.wait();
+}
