@@ -96,8 +96,8 @@ struct FailoverArgs {
 
 /// Child processes to clean up, by kind.
 type ChildPids = Vec<(&'static str, Vec<u32>)>;
-/// Acknowledged writes seen by one client: (when, job id).
-type AckLog = Vec<(Instant, String)>;
+/// One survivor's cluster-status answers: (when the poll was sent, the leader it named).
+type LeaderViews = Vec<(Instant, String)>;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -937,7 +937,7 @@ async fn watch_new_leader(
     timeout: Duration,
 ) -> anyhow::Result<(String, Instant)> {
     let c = http()?;
-    let seen: Arc<Mutex<Vec<AckLog>>> = Arc::new(Mutex::new(vec![Vec::new(); apis.len()]));
+    let seen: Arc<Mutex<Vec<LeaderViews>>> = Arc::new(Mutex::new(vec![Vec::new(); apis.len()]));
     let deadline = Instant::now() + timeout;
     let mut polls = tokio::task::JoinSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(50));
