@@ -82,6 +82,23 @@ fn certificates(dir: &Path, ids: &[String]) -> anyhow::Result<PathBuf> {
     Ok(certs)
 }
 
+/// Starts `argv` with its output appended to `data/node.log`, free of the devstack's own API
+/// environment (each node gets its addresses from its flags).
+fn spawn_logged(argv: &[String], data: &Path) -> anyhow::Result<std::process::Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data.join("node.log"))?;
+    Ok(std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .env_remove("CARAVEL_API_PORT")
+        .env_remove("CARAVEL_API_HOST")
+        .spawn()?)
+}
+
 struct Child {
     node: DevstackNode,
     child: std::process::Child,
@@ -192,19 +209,7 @@ pub async fn run(global: &Global, args: &DevstackArgs) -> anyhow::Result<ExitCod
             "-c".into(),
             "Orchestrator.RaftHost=127.0.0.1".into(),
         ]);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(data.join("node.log"))?;
-        let child = std::process::Command::new(&argv[0])
-            .args(&argv[1..])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .env_remove("CARAVEL_API_PORT")
-            .env_remove("CARAVEL_API_HOST")
-            .spawn()
-            .with_context(|| format!("cannot start {id}"))?;
+        let child = spawn_logged(&argv, &data).with_context(|| format!("cannot start {id}"))?;
         children.push(Child {
             node: DevstackNode {
                 id: id.clone(),
@@ -240,17 +245,7 @@ pub async fn run(global: &Global, args: &DevstackArgs) -> anyhow::Result<ExitCod
             "--data-dir".into(),
             data.to_string_lossy().into_owned(),
         ];
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(data.join("node.log"))?;
-        let child = std::process::Command::new(&argv[0])
-            .args(&argv[1..])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("cannot start {id}"))?;
+        let child = spawn_logged(&argv, &data).with_context(|| format!("cannot start {id}"))?;
         children.push(Child {
             node: DevstackNode {
                 id: id.clone(),

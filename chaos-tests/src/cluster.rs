@@ -80,6 +80,24 @@ impl std::fmt::Debug for Group {
     }
 }
 
+/// Starts `bin args` with its output appended to `data_dir/node.log`, free of the caller's API
+/// environment (each node gets its addresses from its flags).
+fn spawn_logged(bin: &Path, args: &[String], data_dir: &Path) -> anyhow::Result<Child> {
+    std::fs::create_dir_all(data_dir)?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data_dir.join("node.log"))?;
+    Ok(Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .env_remove("CARAVEL_API_PORT")
+        .env_remove("CARAVEL_API_HOST")
+        .spawn()?)
+}
+
 fn udp_port() -> anyhow::Result<u16> {
     Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -150,17 +168,7 @@ impl Group {
         compute: bool,
         extra: &[String],
     ) -> anyhow::Result<Member> {
-        let certs = self.dir.join("certs");
-        self.cli_ok(&[
-            "cert",
-            "issue",
-            "--ca-dir",
-            &certs.to_string_lossy(),
-            "--node-id",
-            id,
-            "--out-dir",
-            &certs.to_string_lossy(),
-        ])?;
+        let certs = self.issue_cert(id)?;
         let data_dir = self.dir.join(id);
         let api_port = free_port()?;
         let compute_port = udp_port()?;
@@ -226,23 +234,27 @@ impl Group {
 
     fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
         let m = &mut self.members[i];
-        std::fs::create_dir_all(&m.data_dir)?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(m.data_dir.join("node.log"))?;
-        let child = Command::new(&self.bin)
-            .args(&m.args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .env_remove("CARAVEL_API_PORT")
-            .env_remove("CARAVEL_API_HOST")
-            .spawn()
+        let child = spawn_logged(&self.bin, &m.args, &m.data_dir)
             .with_context(|| format!("cannot start {}", m.id))?;
         m.child = Some(child);
         m.paused = false;
         Ok(())
+    }
+
+    /// Issues `certs/ID.{crt,key}` from the group's CA; returns the certs dir.
+    fn issue_cert(&self, id: &str) -> anyhow::Result<PathBuf> {
+        let certs = self.dir.join("certs");
+        self.cli_ok(&[
+            "cert",
+            "issue",
+            "--ca-dir",
+            &certs.to_string_lossy(),
+            "--node-id",
+            id,
+            "--out-dir",
+            &certs.to_string_lossy(),
+        ])?;
+        Ok(certs)
     }
 
     /// Runs the CLI (no node needed) and fails on a non-zero exit.
@@ -419,23 +431,8 @@ impl Group {
     /// Starts a compute-only node `id` that dials every member's compute port (kill it with
     /// `Child::kill`). Its certificate is issued from the group's CA.
     pub fn start_compute(&self, id: &str) -> anyhow::Result<Child> {
-        let certs = self.dir.join("certs");
-        self.cli_ok(&[
-            "cert",
-            "issue",
-            "--ca-dir",
-            &certs.to_string_lossy(),
-            "--node-id",
-            id,
-            "--out-dir",
-            &certs.to_string_lossy(),
-        ])?;
+        let certs = self.issue_cert(id)?;
         let data_dir = self.dir.join(id);
-        std::fs::create_dir_all(&data_dir)?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(data_dir.join("node.log"))?;
         let orchestrators = self
             .members
             .iter()
@@ -443,27 +440,23 @@ impl Group {
             .collect::<Vec<_>>()
             .join(",");
         let cert = |f: String| certs.join(f).to_string_lossy().into_owned();
-        Ok(Command::new(&self.bin)
-            .args([
-                "serve",
-                "--compute",
-                "--node-id",
-                id,
-                "--orchestrators",
-                &orchestrators,
-                "--tls-ca",
-                &cert("ca.crt".into()),
-                "--tls-cert",
-                &cert(format!("{id}.crt")),
-                "--tls-key",
-                &cert(format!("{id}.key")),
-                "--data-dir",
-                &data_dir.to_string_lossy(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?)
+        let args: Vec<String> = vec![
+            "serve".into(),
+            "--compute".into(),
+            "--node-id".into(),
+            id.into(),
+            "--orchestrators".into(),
+            orchestrators,
+            "--tls-ca".into(),
+            cert("ca.crt".into()),
+            "--tls-cert".into(),
+            cert(format!("{id}.crt")),
+            "--tls-key".into(),
+            cert(format!("{id}.key")),
+            "--data-dir".into(),
+            data_dir.to_string_lossy().into_owned(),
+        ];
+        spawn_logged(&self.bin, &args, &data_dir)
     }
 
     /// Stops every member (SIGKILL) and every proxy.
