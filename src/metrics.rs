@@ -5,6 +5,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use caravel_net::session::{Channel, SessionStats, StatsSnapshot};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -87,6 +88,32 @@ pub struct Metrics {
     pub raft_snapshot_index: Gauge,
     pub forwarded_writes: Counter,
     pub read_index_latency: Histogram,
+    // Compute sessions (QUIC): counters of the session server are folded in at scrape time.
+    session_source: Mutex<Option<(SessionStats, StatsSnapshot)>>,
+    pub session_handshakes: Counter,
+    pub session_handshake_failures: Counter,
+    pub session_refused: Counter,
+    pub session_protocol_errors: Counter,
+    pub session_frames: Family<ChannelLabels, Counter>,
+    pub session_bytes: Family<ChannelLabels, Counter>,
+    pub session_reconnects: Counter,
+    pub session_resync: Histogram,
+    pub replayed_reports: Counter,
+    pub reconcile_cancels: Counter,
+    pub session_rtt: Family<NodeLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub session_cwnd: Family<NodeLabel, Gauge>,
+    pub session_lost_packets: Family<NodeLabel, Gauge>,
+    pub session_congestion_events: Family<NodeLabel, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabels {
+    pub channel: String,
+    pub direction: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabel {
+    pub node: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -137,6 +164,21 @@ impl Metrics {
             raft_snapshot_index: Gauge::default(),
             forwarded_writes: Counter::default(),
             read_index_latency: latency_histogram(),
+            session_source: Mutex::new(None),
+            session_handshakes: Counter::default(),
+            session_handshake_failures: Counter::default(),
+            session_refused: Counter::default(),
+            session_protocol_errors: Counter::default(),
+            session_frames: Family::default(),
+            session_bytes: Family::default(),
+            session_reconnects: Counter::default(),
+            session_resync: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
+            replayed_reports: Counter::default(),
+            reconcile_cancels: Counter::default(),
+            session_rtt: Family::default(),
+            session_cwnd: Family::default(),
+            session_lost_packets: Family::default(),
+            session_congestion_events: Family::default(),
         };
         r.register(
             "raft_replication_lag_entries",
@@ -255,8 +297,142 @@ impl Metrics {
             "Compute nodes by connection status",
             m.nodes.clone(),
         );
+        r.register(
+            "compute_session_handshakes",
+            "Compute sessions established over QUIC (valid certificate and Hello)",
+            m.session_handshakes.clone(),
+        );
+        r.register(
+            "compute_session_handshake_failures",
+            "QUIC/TLS handshakes of compute nodes that failed (bad or missing certificate, timeout)",
+            m.session_handshake_failures.clone(),
+        );
+        r.register(
+            "compute_session_refused",
+            "Compute sessions refused after the handshake (Hello missing or naming another node)",
+            m.session_refused.clone(),
+        );
+        r.register(
+            "compute_session_protocol_errors",
+            "Compute sessions closed for an undecodable frame, another protocol version or a message on the wrong channel",
+            m.session_protocol_errors.clone(),
+        );
+        r.register(
+            "compute_session_frames",
+            "Frames on compute sessions by channel and direction (in: from nodes)",
+            m.session_frames.clone(),
+        );
+        r.register(
+            "compute_session_bytes",
+            "Frame payload bytes on compute sessions by channel and direction",
+            m.session_bytes.clone(),
+        );
+        r.register(
+            "compute_session_reconnects",
+            "Sessions opened by a compute node that was registered before (reconnects after a cut, a restart or a failover)",
+            m.session_reconnects.clone(),
+        );
+        r.register(
+            "compute_session_resync_seconds",
+            "From a node's Hello until every report it had made is committed (outbox replayed)",
+            m.session_resync.clone(),
+        );
+        r.register(
+            "compute_session_replayed_reports",
+            "Reports received again after a reconnect (the node's outbox replay)",
+            m.replayed_reports.clone(),
+        );
+        r.register(
+            "compute_session_reconcile_cancels",
+            "Executions a reconnecting node still ran that the cluster no longer wanted, cancelled",
+            m.reconcile_cancels.clone(),
+        );
+        r.register(
+            "compute_session_rtt_seconds",
+            "Smoothed QUIC round-trip time of each compute session",
+            m.session_rtt.clone(),
+        );
+        r.register(
+            "compute_session_cwnd_bytes",
+            "QUIC congestion window of each compute session",
+            m.session_cwnd.clone(),
+        );
+        r.register(
+            "compute_session_lost_packets",
+            "Packets lost on each compute session's current connection",
+            m.session_lost_packets.clone(),
+        );
+        r.register(
+            "compute_session_congestion_events",
+            "Congestion events on each compute session's current connection",
+            m.session_congestion_events.clone(),
+        );
         *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = r;
         m
+    }
+
+    /// Folds the session server's counters into the registry at scrape time.
+    pub fn track_sessions(&self, stats: SessionStats) {
+        *self
+            .session_source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some((stats, StatsSnapshot::default()));
+    }
+
+    fn refresh_sessions(&self, cluster: &crate::orchestrator::Cluster) {
+        if let Some((stats, last)) = self
+            .session_source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            let now = stats.snapshot();
+            let d = |a: u64, b: u64| a.saturating_sub(b);
+            self.session_handshakes
+                .inc_by(d(now.handshakes, last.handshakes));
+            self.session_handshake_failures
+                .inc_by(d(now.handshake_failures, last.handshake_failures));
+            self.session_refused.inc_by(d(now.refused, last.refused));
+            self.session_protocol_errors
+                .inc_by(d(now.protocol_errors, last.protocol_errors));
+            for c in Channel::ALL {
+                let (n, l) = (now.channel(c), last.channel(c));
+                for (direction, frames, bytes) in [
+                    ("in", d(n.frames_in, l.frames_in), d(n.bytes_in, l.bytes_in)),
+                    (
+                        "out",
+                        d(n.frames_out, l.frames_out),
+                        d(n.bytes_out, l.bytes_out),
+                    ),
+                ] {
+                    let labels = ChannelLabels {
+                        channel: c.name().into(),
+                        direction: direction.into(),
+                    };
+                    self.session_frames.get_or_create(&labels).inc_by(frames);
+                    self.session_bytes.get_or_create(&labels).inc_by(bytes);
+                }
+            }
+            *last = now;
+        }
+        self.session_rtt.clear();
+        self.session_cwnd.clear();
+        self.session_lost_packets.clear();
+        self.session_congestion_events.clear();
+        for (node, link) in cluster.session_links() {
+            let st = link.stats();
+            let l = NodeLabel { node };
+            self.session_rtt
+                .get_or_create(&l)
+                .set(st.path.rtt.as_secs_f64());
+            self.session_cwnd.get_or_create(&l).set(st.path.cwnd as i64);
+            self.session_lost_packets
+                .get_or_create(&l)
+                .set(st.path.lost_packets as i64);
+            self.session_congestion_events
+                .get_or_create(&l)
+                .set(st.path.congestion_events as i64);
+        }
     }
 
     /// Adds another component's families (the compute node's) to this node's registry.
@@ -425,9 +601,170 @@ impl Metrics {
         }
         self.sessions_connected
             .set(cluster.connected_nodes() as i64);
+        self.refresh_sessions(cluster);
         let mut out = String::new();
         let reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &reg) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+/// `/metrics` of a compute-only node: the compute node's families and its session to the
+/// orchestrators (state, attempts, frames and bytes per channel, QUIC path statistics), read from
+/// the session client's counters at scrape time.
+pub struct NodeSessionMetrics {
+    registry: Registry,
+    stats: SessionStats,
+    last: Mutex<StatsSnapshot>,
+    connected: Gauge,
+    handshakes: Counter,
+    handshake_failures: Counter,
+    reconnect_attempts: Counter,
+    protocol_errors: Counter,
+    frames: Family<ChannelLabels, Counter>,
+    bytes: Family<ChannelLabels, Counter>,
+    rtt: Gauge<f64, std::sync::atomic::AtomicU64>,
+    cwnd: Gauge,
+    lost_packets: Gauge,
+    congestion_events: Gauge,
+}
+
+impl std::fmt::Debug for NodeSessionMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeSessionMetrics")
+    }
+}
+
+impl NodeSessionMetrics {
+    pub fn new(compute: caravel_compute::metrics::ComputeMetrics, stats: SessionStats) -> Self {
+        let mut r = Registry::with_prefix("caravel");
+        compute.register(&mut r);
+        let m = NodeSessionMetrics {
+            registry: Registry::default(),
+            stats,
+            last: Mutex::new(StatsSnapshot::default()),
+            connected: Gauge::default(),
+            handshakes: Counter::default(),
+            handshake_failures: Counter::default(),
+            reconnect_attempts: Counter::default(),
+            protocol_errors: Counter::default(),
+            frames: Family::default(),
+            bytes: Family::default(),
+            rtt: Gauge::default(),
+            cwnd: Gauge::default(),
+            lost_packets: Gauge::default(),
+            congestion_events: Gauge::default(),
+        };
+        r.register(
+            "session_connected",
+            "1 while a session to an orchestrator is up",
+            m.connected.clone(),
+        );
+        r.register(
+            "session_handshakes",
+            "Sessions established with an orchestrator",
+            m.handshakes.clone(),
+        );
+        r.register(
+            "session_handshake_failures",
+            "Connection attempts that failed (unreachable, refused certificate, timeout)",
+            m.handshake_failures.clone(),
+        );
+        r.register(
+            "session_reconnect_attempts",
+            "Connection attempts after the first (reconnects)",
+            m.reconnect_attempts.clone(),
+        );
+        r.register(
+            "session_protocol_errors",
+            "Sessions closed for a bad frame or another protocol version",
+            m.protocol_errors.clone(),
+        );
+        r.register(
+            "session_frames",
+            "Frames by channel and direction (out: to the orchestrator)",
+            m.frames.clone(),
+        );
+        r.register(
+            "session_bytes",
+            "Frame payload bytes by channel and direction",
+            m.bytes.clone(),
+        );
+        r.register(
+            "session_rtt_seconds",
+            "Smoothed QUIC round-trip time",
+            m.rtt.clone(),
+        );
+        r.register(
+            "session_cwnd_bytes",
+            "QUIC congestion window",
+            m.cwnd.clone(),
+        );
+        r.register(
+            "session_lost_packets",
+            "Packets lost on the current connection",
+            m.lost_packets.clone(),
+        );
+        r.register(
+            "session_congestion_events",
+            "Congestion events on the current connection",
+            m.congestion_events.clone(),
+        );
+        NodeSessionMetrics { registry: r, ..m }
+    }
+
+    pub fn render(&self) -> String {
+        let now = self.stats.snapshot();
+        {
+            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            let d = |a: u64, b: u64| a.saturating_sub(b);
+            self.handshakes.inc_by(d(now.handshakes, last.handshakes));
+            self.handshake_failures
+                .inc_by(d(now.handshake_failures, last.handshake_failures));
+            self.reconnect_attempts
+                .inc_by(d(now.reconnect_attempts, last.reconnect_attempts));
+            self.protocol_errors
+                .inc_by(d(now.protocol_errors, last.protocol_errors));
+            for c in Channel::ALL {
+                let (n, l) = (now.channel(c), last.channel(c));
+                for (direction, frames, bytes) in [
+                    ("in", d(n.frames_in, l.frames_in), d(n.bytes_in, l.bytes_in)),
+                    (
+                        "out",
+                        d(n.frames_out, l.frames_out),
+                        d(n.bytes_out, l.bytes_out),
+                    ),
+                ] {
+                    let labels = ChannelLabels {
+                        channel: c.name().into(),
+                        direction: direction.into(),
+                    };
+                    self.frames.get_or_create(&labels).inc_by(frames);
+                    self.bytes.get_or_create(&labels).inc_by(bytes);
+                }
+            }
+            *last = now.clone();
+        }
+        self.connected.set(now.connected as i64);
+        match self.stats.link().filter(|l| !l.is_closed()) {
+            Some(link) => {
+                let st = link.stats();
+                self.rtt.set(st.path.rtt.as_secs_f64());
+                self.cwnd.set(st.path.cwnd as i64);
+                self.lost_packets.set(st.path.lost_packets as i64);
+                self.congestion_events.set(st.path.congestion_events as i64);
+            }
+            None => {
+                self.rtt.set(0.0);
+                self.cwnd.set(0);
+                self.lost_packets.set(0);
+                self.congestion_events.set(0);
+            }
+        }
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "encoding metrics failed");
         }
         out

@@ -311,6 +311,7 @@ pub async fn start(
             )
         })?;
         compute_addr = Some(server.local_addr());
+        cluster.metrics().track_sessions(server.stats());
         let c = cluster.clone();
         let s = shutdown.clone();
         tasks.spawn(async move {
@@ -323,7 +324,7 @@ pub async fn start(
                 let (c, s) = (c.clone(), s.clone());
                 tracing::info!(node = %session.node_id, remote = %session.remote, "compute node connected over QUIC");
                 tokio::spawn(async move {
-                    if let Err(e) = session::serve(c, session.end, s).await {
+                    if let Err(e) = session::serve(c, session.end, Some(session.link), s).await {
                         tracing::warn!(node = %session.node_id, error = %e, "compute session ended");
                     }
                 });
@@ -355,7 +356,7 @@ pub async fn start(
         let c = cluster.clone();
         let s = shutdown.clone();
         tasks.spawn(async move {
-            if let Err(e) = session::serve(c, oend, s).await {
+            if let Err(e) = session::serve(c, oend, None, s).await {
                 tracing::error!(error = %e, "in-process compute session ended");
             }
         });
@@ -423,6 +424,9 @@ pub async fn serve(global: &Global, args: &ServeArgs) -> anyhow::Result<ExitCode
     }
     if !args.orchestrators.is_empty() {
         config.compute.orchestrators = args.orchestrators.clone();
+    }
+    if let Some(a) = &args.metrics_addr {
+        config.compute.metrics_addr = a.clone();
     }
     for (flag, slot) in [
         (&args.tls_ca, &mut config.tls.ca),
@@ -521,22 +525,54 @@ pub async fn serve_compute(config: Config, name: Option<String>) -> anyhow::Resu
         config.compute.orchestrators.join(", ")
     );
     let s = shutdown.clone();
-    let orchestrators = config.compute.orchestrators.clone();
+    let client = caravel_net::session::SessionClient::new(
+        config.compute.orchestrators.clone(),
+        &identity,
+        caravel_net::session::SessionOptions::default(),
+    )
+    .context("invalid session settings")?;
+    if !config.compute.metrics_addr.is_empty() {
+        let addr = config.compute.metrics_addr.clone();
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot serve metrics on {addr} (Compute.MetricsAddr)"))?;
+        let metrics = std::sync::Arc::new(crate::metrics::NodeSessionMetrics::new(
+            node.metrics(),
+            client.stats(),
+        ));
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let m = metrics.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        m.render(),
+                    )
+                }
+            }),
+        );
+        let s = shutdown.clone();
+        eprintln!("metrics on http://{addr}/metrics");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { s.cancelled().await })
+                .await;
+        });
+    }
     let runner = tokio::spawn(async move {
         let n = node.clone();
         let s2 = s.clone();
-        caravel_net::session::run_client(
-            orchestrators,
-            identity,
-            caravel_net::session::SessionOptions::default(),
-            s,
-            move |end, connected| {
+        client
+            .run(s, move |end, connected| {
                 let (n, s) = (n.clone(), s2.clone());
                 tracing::info!(orchestrator = %connected.orchestrator, server = %connected.server_id, "session established");
                 Box::pin(async move { n.run(end.inbox, end.outbox, s).await })
-            },
-        )
-        .await
+            })
+            .await
     });
     wait_for_signal().await;
     eprintln!("shutting down…");

@@ -48,6 +48,8 @@ pub mod kind {
     pub const ADMIN: u8 = 6;
     pub const STATUS: u8 = 7;
     pub const HEARTBEATS: u8 = 8;
+    /// Whether this member holds a compute node's session: answers its API address, or nothing.
+    pub const SESSION_AT: u8 = 9;
 }
 
 /// A member's Raft id: the first 8 bytes of SHA-256 of its node id, so every member derives the
@@ -365,6 +367,23 @@ fn leader_err<E: std::fmt::Display>(
     }
 }
 
+/// The API address other members can reach: the API's own, with an unspecified host (`0.0.0.0`,
+/// `[::]`) replaced by the host of the advertised Raft address.
+pub fn advertised_api(me: &SelfAddr) -> String {
+    let Ok(api) = me.api_addr.parse::<std::net::SocketAddr>() else {
+        return me.api_addr.clone();
+    };
+    if !api.ip().is_unspecified() {
+        return api.to_string();
+    }
+    let host = me
+        .raft_addr
+        .rsplit_once(':')
+        .map(|(h, _)| h.to_string())
+        .unwrap_or_else(|| "127.0.0.1".into());
+    format!("{host}:{}", api.port())
+}
+
 /// This member's view of itself.
 pub fn member_info(raft: &Raft, me: &SelfAddr) -> MemberInfo {
     let m = raft.metrics().borrow().clone();
@@ -487,6 +506,14 @@ impl PeerHandler {
                     }
                 }
                 encode(&())
+            }
+            kind::SESSION_AT => {
+                let node: String = decode(&body)?;
+                let here = self
+                    .cluster
+                    .get()
+                    .is_some_and(|c| c.session(&node).is_some());
+                encode(&here.then(|| advertised_api(&self.me)))
             }
             other => Err(format!("unknown request kind {other}")),
         }

@@ -134,6 +134,10 @@ pub struct ServeArgs {
     /// (Compute.Orchestrators).
     #[arg(long, value_delimiter = ',', value_name = "HOST:PORT")]
     pub orchestrators: Vec<String>,
+    /// For a compute-only node: serve `GET /metrics` on HOST:PORT (Compute.MetricsAddr; default:
+    /// no listening port at all).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -11,6 +11,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -78,6 +79,9 @@ pub struct ComputeMetrics {
     image_pulls: Family<OutcomeLabel, Counter>,
     container_start_seconds: Histogram,
     executions: Family<EngineOutcomeLabels, Counter>,
+    outbox_pending: Gauge,
+    outbox_last_seq: Gauge,
+    outbox_write_errors: Gauge,
 }
 
 impl Default for ComputeMetrics {
@@ -96,6 +100,9 @@ impl ComputeMetrics {
             image_pulls: Family::default(),
             container_start_seconds: start_histogram(),
             executions: Family::default(),
+            outbox_pending: Gauge::default(),
+            outbox_last_seq: Gauge::default(),
+            outbox_write_errors: Gauge::default(),
         }
     }
 
@@ -136,6 +143,33 @@ impl ComputeMetrics {
             "Executions finished on this node, by engine and outcome (completed, failed, cancelled)",
             self.executions.clone(),
         );
+        registry.register(
+            "compute_outbox_pending",
+            "Execution reports made on this node and not yet committed by the orchestrators (the durable outbox)",
+            self.outbox_pending.clone(),
+        );
+        registry.register(
+            "compute_outbox_last_seq",
+            "Sequence number of this node's last report",
+            self.outbox_last_seq.clone(),
+        );
+        registry.register(
+            "compute_outbox_write_errors",
+            "Outbox writes that failed since start (those reports were kept in memory only)",
+            self.outbox_write_errors.clone(),
+        );
+    }
+
+    /// The outbox after a change: pending reports, last sequence number, failed writes.
+    pub fn outbox(&self, pending: usize, last_seq: u64, write_errors: u64) {
+        self.outbox_pending.set(pending as i64);
+        self.outbox_last_seq.set(last_seq as i64);
+        self.outbox_write_errors.set(write_errors as i64);
+    }
+
+    /// Pending reports as last set (for tests and status pages).
+    pub fn outbox_pending(&self) -> i64 {
+        self.outbox_pending.get()
     }
 
     pub fn input_prepared(&self, source: &str, bytes: u64, took: Duration) {

@@ -295,6 +295,22 @@ impl ComputeNode {
             s3: opts.s3.clone(),
         })?
         .with_metrics(metrics.clone());
+        let outbox_dir = opts.data_dir.join("outbox");
+        let mut outbox = Outbox::open(&outbox_dir).map_err(|e| NodeError::DataDir {
+            path: outbox_dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        if let Some(note) = outbox.take_recovery_note() {
+            tracing::warn!("{note}");
+        }
+        if !outbox.is_empty() {
+            tracing::info!(
+                pending = outbox.len(),
+                last_seq = outbox.last_seq(),
+                "reports from before the restart are waiting for an orchestrator"
+            );
+        }
+        metrics.outbox(outbox.len(), outbox.last_seq(), outbox.write_errors());
         let capacity = capacity::machine_capacity(&opts.data_dir);
         let slots = Arc::new(Semaphore::new(opts.max_concurrent));
         Ok(ComputeNode {
@@ -307,7 +323,7 @@ impl ComputeNode {
                 slots,
                 state: Mutex::new(State {
                     execs: HashMap::new(),
-                    outbox: Outbox::new(),
+                    outbox,
                     out: None,
                     streams: HashMap::new(),
                     finished: std::collections::VecDeque::new(),
@@ -407,6 +423,19 @@ impl ComputeNode {
         }
     }
 
+    /// The executions this node holds and has not finished, sorted.
+    pub fn inventory(&self) -> ToOrchestrator {
+        let mut running: Vec<String> = self
+            .lock()
+            .execs
+            .iter()
+            .filter(|(_, e)| !e.state.is_terminal())
+            .map(|(id, _)| id.clone())
+            .collect();
+        running.sort();
+        ToOrchestrator::Inventory { running }
+    }
+
     /// Serves one orchestrator session until `inbox` closes, `outbox` closes or `shutdown` fires.
     /// Sends `Hello` first, then replays unacknowledged reports, then heartbeats. On `shutdown`,
     /// running executions are stopped and reported Failed before this returns.
@@ -443,7 +472,11 @@ impl ComputeNode {
             a = answer => a,
         };
         match committed {
-            Ok(Some(seq)) => self.lock().outbox.rebase(seq),
+            Ok(Some(seq)) => {
+                let mut st = self.lock();
+                st.outbox.rebase(seq);
+                self.outbox_metrics(&st);
+            }
             Ok(None) => return,
             Err(_) => tracing::warn!(
                 "the orchestrator did not answer Hello within {HANDSHAKE_TIMEOUT:?}; sending reports anyway"
@@ -457,6 +490,8 @@ impl ComputeNode {
             }
             st.out = Some(out_tx.clone());
         }
+        // After the replay: what this node still runs, so the orchestrator can stop what must not.
+        let _ = out_tx.send(self.inventory());
         let fwd_sink = outbox.clone();
         let forwarder = tokio::spawn(async move {
             while let Some(m) = out_rx.recv().await {
@@ -479,6 +514,7 @@ impl ComputeNode {
                 _ = heartbeat.tick() => {
                     // Best effort: a full channel means the peer is busy; the next beat will do.
                     let _ = outbox.try_send(ToOrchestrator::Heartbeat { info: Box::new(self.node_info()) });
+                    let _ = outbox.try_send(self.inventory());
                 }
             }
         }
@@ -523,7 +559,11 @@ impl ComputeNode {
                 execution_id,
                 reason,
             } => self.cancel(&execution_id, &reason),
-            ToCompute::Ack { seq } => self.lock().outbox.ack(seq),
+            ToCompute::Ack { seq } => {
+                let mut st = self.lock();
+                st.outbox.ack(seq);
+                self.outbox_metrics(&st);
+            }
             ToCompute::Logs {
                 request_id,
                 execution_id,
@@ -532,8 +572,29 @@ impl ComputeNode {
             } => {
                 let token = self.register_stream(request_id);
                 let (node, out) = (self.clone(), outbox.clone());
+                let from = if tail {
+                    LogStart::Tail
+                } else {
+                    LogStart::Beginning
+                };
                 self.shared.tasks.spawn(async move {
-                    node.stream_logs(request_id, &execution_id, follow, tail, &out, &token)
+                    node.stream_logs(request_id, &execution_id, follow, from, &out, &token)
+                        .await;
+                    node.lock().streams.remove(&request_id);
+                });
+            }
+            ToCompute::LogsFrom {
+                request_id,
+                execution_id,
+                follow,
+                stdout_offset,
+                stderr_offset,
+            } => {
+                let token = self.register_stream(request_id);
+                let (node, out) = (self.clone(), outbox.clone());
+                let from = LogStart::Offsets(stdout_offset, stderr_offset);
+                self.shared.tasks.spawn(async move {
+                    node.stream_logs(request_id, &execution_id, follow, from, &out, &token)
                         .await;
                     node.lock().streams.remove(&request_id);
                 });
@@ -556,6 +617,14 @@ impl ComputeNode {
                 }
             }
         }
+    }
+
+    fn outbox_metrics(&self, st: &State) {
+        self.shared.metrics.outbox(
+            st.outbox.len(),
+            st.outbox.last_seq(),
+            st.outbox.write_errors(),
+        );
     }
 
     fn register_stream(&self, request_id: u64) -> CancellationToken {
@@ -608,6 +677,7 @@ impl ComputeNode {
             time: now_ns(),
         };
         let seq = st.outbox.push(update.clone());
+        self.outbox_metrics(&st);
         tracing::debug!(execution = id, %state, seq, "report");
         if let Some(tx) = &st.out {
             let _ = tx.send(ToOrchestrator::Report { seq, update });
@@ -695,6 +765,29 @@ impl ComputeNode {
                     resources: resources.clone(),
                 },
             );
+        }
+        if matches!(
+            execution.compute_state.state_type,
+            ExecutionStateType::BidAccepted
+                | ExecutionStateType::Running
+                | ExecutionStateType::Publishing
+        ) {
+            // The orchestrator saw this node take it, and this node does not know it: the compute
+            // process restarted (or its data dir was replaced) while it ran. Report it lost so the
+            // scheduler places it again; never run it a second time under the same id.
+            tracing::warn!(execution = %id, state = %execution.compute_state.state_type, "execution lost in a restart of this node");
+            self.report(
+                &id,
+                ExecutionStateType::Cancelled,
+                topic::EXECUTION,
+                format!(
+                    "lost: the compute node restarted while the execution was {}; it will be scheduled again",
+                    execution.compute_state.state_type
+                ),
+                None,
+                None,
+            );
+            return;
         }
         if execution.desired_state.state_type == ExecutionDesiredState::Stopped {
             self.report(
@@ -1009,7 +1102,7 @@ impl ComputeNode {
         request_id: u64,
         id: &str,
         follow: bool,
-        tail: bool,
+        from: LogStart,
         out: &mpsc::Sender<ToOrchestrator>,
         cancel: &CancellationToken,
     ) {
@@ -1042,20 +1135,37 @@ impl ComputeNode {
             LogReader::new(paths.stdout(), 1),
             LogReader::new(paths.stderr(), 2),
         ];
-        if tail {
-            for r in &mut readers {
-                r.seek_to_last_lines(LOG_TAIL_LINES).await;
+        let with_offsets = matches!(from, LogStart::Offsets(..));
+        match from {
+            LogStart::Beginning => {}
+            LogStart::Tail => {
+                for r in &mut readers {
+                    r.seek_to_last_lines(LOG_TAIL_LINES).await;
+                }
+            }
+            LogStart::Offsets(o, e) => {
+                readers[0].offset = o;
+                readers[1].offset = e;
             }
         }
         loop {
             let finished = *done.borrow_and_update();
             for r in &mut readers {
                 let lines = r.read_lines(finished || !follow).await;
-                for line in lines {
-                    let msg = ToOrchestrator::LogLine {
-                        request_id,
-                        stream: r.stream,
-                        line,
+                for (line, end_offset) in lines {
+                    let msg = if with_offsets {
+                        ToOrchestrator::LogLineAt {
+                            request_id,
+                            stream: r.stream,
+                            line,
+                            end_offset,
+                        }
+                    } else {
+                        ToOrchestrator::LogLine {
+                            request_id,
+                            stream: r.stream,
+                            line,
+                        }
                     };
                     tokio::select! {
                         sent = out.send(msg) => if sent.is_err() { return },
@@ -1168,6 +1278,16 @@ enum Outcome {
 }
 
 /// Reads complete lines appended to a log file.
+/// Where a log request starts reading.
+#[derive(Debug, Clone, Copy)]
+enum LogStart {
+    Beginning,
+    /// The last [`LOG_TAIL_LINES`] lines of each stream.
+    Tail,
+    /// Byte offsets of stdout and stderr (a resumed request).
+    Offsets(u64, u64),
+}
+
 struct LogReader {
     path: PathBuf,
     stream: u8,
@@ -1205,8 +1325,9 @@ impl LogReader {
         self.offset = start as u64;
     }
 
-    /// New complete lines; with `flush`, a trailing line without a newline too.
-    async fn read_lines(&mut self, flush: bool) -> Vec<String> {
+    /// New complete lines, each with the byte offset just past it in the file; with `flush`, a
+    /// trailing line without a newline too.
+    async fn read_lines(&mut self, flush: bool) -> Vec<(String, u64)> {
         let mut lines = Vec::new();
         if let Ok(mut f) = tokio::fs::File::open(&self.path).await
             && f.seek(std::io::SeekFrom::Start(self.offset)).await.is_ok()
@@ -1216,14 +1337,16 @@ impl LogReader {
                 if n == 0 {
                     break;
                 }
+                let base = self.offset;
                 self.offset += n as u64;
-                for &b in &buf[..n] {
+                for (i, &b) in buf[..n].iter().enumerate() {
+                    let end = base + i as u64 + 1;
                     if b == b'\n' {
-                        lines.push(take_line(&mut self.partial));
+                        lines.push((take_line(&mut self.partial), end));
                     } else {
                         self.partial.push(b);
                         if self.partial.len() >= MAX_LOG_LINE {
-                            lines.push(take_line(&mut self.partial));
+                            lines.push((take_line(&mut self.partial), end));
                         }
                     }
                 }
@@ -1233,7 +1356,7 @@ impl LogReader {
             }
         }
         if flush && !self.partial.is_empty() {
-            lines.push(take_line(&mut self.partial));
+            lines.push((take_line(&mut self.partial), self.offset));
         }
         lines
     }
@@ -1269,12 +1392,24 @@ mod tests {
         let p = dir.path().join("log");
         std::fs::write(&p, "a\nb\r\nc").unwrap();
         let mut r = LogReader::new(p.clone(), 1);
-        assert_eq!(r.read_lines(false).await, vec!["a", "b"]);
+        let l = |v: &[(&str, u64)]| {
+            v.iter()
+                .map(|(s, o)| (s.to_string(), *o))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(r.read_lines(false).await, l(&[("a", 2), ("b", 5)]));
         assert!(r.read_lines(false).await.is_empty());
-        assert_eq!(r.read_lines(true).await, vec!["c"]);
+        assert_eq!(r.read_lines(true).await, l(&[("c", 6)]));
         std::fs::write(&p, (0..10).map(|i| format!("l{i}\n")).collect::<String>()).unwrap();
-        let mut r = LogReader::new(p, 1);
+        let mut r = LogReader::new(p.clone(), 1);
         r.seek_to_last_lines(3).await;
-        assert_eq!(r.read_lines(true).await, vec!["l7", "l8", "l9"]);
+        assert_eq!(
+            r.read_lines(true).await,
+            l(&[("l7", 24), ("l8", 27), ("l9", 30)])
+        );
+        // Resuming at a line's end offset continues with the next line, nothing repeated.
+        let mut r = LogReader::new(p, 1);
+        r.offset = 27;
+        assert_eq!(r.read_lines(true).await, l(&[("l9", 30)]));
     }
 }

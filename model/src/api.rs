@@ -139,6 +139,9 @@ pub struct LogLine {
     #[serde(rename = "Type")]
     pub stream: u8,
     pub line: String,
+    /// Byte offset just past this line in its stream (Caravel extension; resumes a stream exactly).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
 }
 
 /// The opaque `NextToken`: base64 of this JSON.

@@ -81,6 +81,9 @@ pub struct ComputeConfig {
     pub ipfs_gateway: String,
     /// Orchestrators a compute-only node dials, `HOST:PORT` (their `Orchestrator.ComputePort`).
     pub orchestrators: Vec<String>,
+    /// Where a compute-only node serves `GET /metrics` (`HOST:PORT`); empty = nowhere (such a node
+    /// listens on no port by default).
+    pub metrics_addr: String,
 }
 
 impl Default for Config {
@@ -115,6 +118,7 @@ impl Default for Config {
                 heartbeat_secs: 5,
                 ipfs_gateway: String::new(),
                 orchestrators: vec![],
+                metrics_addr: String::new(),
             },
             tls: TlsConfig::default(),
         }
@@ -210,6 +214,10 @@ pub const KEYS: &[(&str, &str)] = &[
     (
         "Compute.Orchestrators",
         "Orchestrators a compute-only node dials, HOST:PORT comma separated (it moves to the next when one fails)",
+    ),
+    (
+        "Compute.MetricsAddr",
+        "HOST:PORT where a compute-only node serves GET /metrics (empty: it listens on no port)",
     ),
     ("TLS.CA", "PEM file of the cluster CA (caravel cert ca)"),
     (

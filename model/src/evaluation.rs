@@ -20,6 +20,8 @@ pub mod trigger {
     pub const EXEC_FAILURE: &str = "exec-failure";
     pub const NODE_JOIN: &str = "node-join";
     pub const NODE_LEAVE: &str = "node-leave";
+    /// The disconnect grace period of executions on a DISCONNECTED node ends.
+    pub const NODE_GRACE: &str = "node-disconnect-grace";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -279,7 +279,72 @@ pub struct Job {
 /// Job types (`Job.Type`).
 pub const JOB_TYPES: &[&str] = &["batch", "ops", "daemon", "service"];
 
+/// Job `Meta` key: how long executions on a DISCONNECTED node are kept before they are replaced
+/// (a duration such as `90s`, `10m`, `1h30m`; `0s` replaces them as soon as the node is marked
+/// DISCONNECTED). Default [`DEFAULT_DISCONNECT_GRACE_SECS`].
+pub const DISCONNECT_GRACE_META: &str = "caravel.io/disconnect-grace";
+/// Default grace period of executions on a disconnected node: 10 minutes.
+pub const DEFAULT_DISCONNECT_GRACE_SECS: u64 = 600;
+/// Longest grace period accepted: 7 days.
+pub const MAX_DISCONNECT_GRACE_SECS: u64 = 7 * 24 * 3600;
+
+/// Parses a duration such as `90s`, `10m`, `1h30m`, `500ms` or a bare number of seconds.
+pub fn parse_duration_secs(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Err("is empty".into());
+    }
+    if let Ok(n) = t.parse::<u64>() {
+        return Ok(n as f64);
+    }
+    let mut total = 0.0;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("{s:?} lacks a unit after its last number (use s, m or h)"))?;
+        if digits == 0 {
+            return Err(format!(
+                "{s:?} is not a duration (examples: 90s, 10m, 1h30m)"
+            ));
+        }
+        let n: f64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("{s:?} is not a duration (examples: 90s, 10m, 1h30m)"))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let factor = match &rest[..unit_len] {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            u => {
+                return Err(format!(
+                    "{s:?} has an unknown unit {u:?} (use ms, s, m or h)"
+                ));
+            }
+        };
+        total += n * factor;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
 impl Job {
+    /// How long this job's executions on a DISCONNECTED node are kept before they are replaced
+    /// ([`DISCONNECT_GRACE_META`]); validation refuses a bad value, so a bad one here means default.
+    pub fn disconnect_grace_ns(&self) -> i64 {
+        let secs = self
+            .meta
+            .get(DISCONNECT_GRACE_META)
+            .and_then(|v| parse_duration_secs(v).ok())
+            .filter(|s| *s >= 0.0 && *s <= MAX_DISCONNECT_GRACE_SECS as f64)
+            .unwrap_or(DEFAULT_DISCONNECT_GRACE_SECS as f64);
+        (secs * 1e9) as i64
+    }
+
     pub fn task(&self) -> Option<&Task> {
         self.tasks.first()
     }

@@ -126,6 +126,22 @@ pub fn validate_job(job: &Job) -> Result<(), SpecErrors> {
             "use letters, digits, '-', '_' or '.' (at most 64)",
         ));
     }
+    if let Some(v) = job.meta.get(crate::spec::DISCONNECT_GRACE_META) {
+        let field = format!("Meta[{}]", crate::spec::DISCONNECT_GRACE_META);
+        match crate::spec::parse_duration_secs(v) {
+            Ok(s) if s > crate::spec::MAX_DISCONNECT_GRACE_SECS as f64 => e.push(SpecError::new(
+                &field,
+                format!("{v:?} is longer than the limit of 7 days"),
+                "use a duration such as 10m or 2h",
+            )),
+            Ok(_) => {}
+            Err(m) => e.push(SpecError::new(
+                &field,
+                m,
+                "use a duration such as 90s, 10m or 1h30m (0s replaces executions as soon as their node is DISCONNECTED)",
+            )),
+        }
+    }
     if job.count < 0 {
         e.push(SpecError::new(
             "Count",

@@ -37,6 +37,15 @@ pub enum ToCompute {
     },
     /// The client went away; stop streaming for this request.
     CancelRequest { request_id: u64 },
+    /// Stream an execution's logs from byte offsets of stdout and stderr (a resumed `Logs`: the
+    /// offsets are the `end_offset`s of the last lines delivered). Answered with `LogLineAt`.
+    LogsFrom {
+        request_id: u64,
+        execution_id: String,
+        follow: bool,
+        stdout_offset: u64,
+        stderr_offset: u64,
+    },
 }
 
 /// Compute node → orchestrator.
@@ -60,4 +69,16 @@ pub enum ToOrchestrator {
     ResultChunk { request_id: u64, data: Vec<u8> },
     /// End of a `FetchResult` answer.
     ResultEnd { request_id: u64, error: String },
+    /// The executions this node holds and has not finished (its inventory), sent after `Hello` and
+    /// with every heartbeat. The orchestrator cancels any of them the replicated state says must not
+    /// run (stopped, replaced after the disconnect grace period, or unknown).
+    Inventory { running: Vec<String> },
+    /// A log line of a `LogsFrom` request, with the byte offset in its stream just past the line, so
+    /// a request resumed from that offset neither repeats nor loses a line.
+    LogLineAt {
+        request_id: u64,
+        stream: u8,
+        line: String,
+        end_offset: u64,
+    },
 }

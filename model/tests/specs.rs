@@ -324,6 +324,18 @@ fn bad_specs_are_refused_with_a_precise_message() {
         ),
         (wasm("", "Count: -2"), "Count: -2 is negative"),
         (
+            wasm("", "Meta: {caravel.io/disconnect-grace: ten minutes}"),
+            "Meta[caravel.io/disconnect-grace]: \"ten minutes\" is not a duration",
+        ),
+        (
+            wasm("", "Meta: {caravel.io/disconnect-grace: 10d}"),
+            "has an unknown unit \"d\"",
+        ),
+        (
+            wasm("", "Meta: {caravel.io/disconnect-grace: 200h}"),
+            "is longer than the limit of 7 days",
+        ),
+        (
             wasm("", "").replace("Type: batch", "Type: ops\nCount: 3"),
             "Count: 3 is not allowed for ops jobs",
         ),
@@ -404,5 +416,28 @@ fn bad_specs_are_refused_with_a_precise_message() {
                 "every error has a hint: {err}"
             );
         }
+    }
+}
+
+#[test]
+fn the_disconnect_grace_period_is_read_from_meta_with_a_ten_minute_default() {
+    use caravel_model::spec::{Job, parse_duration_secs};
+    let mut job = Job::default();
+    assert_eq!(job.disconnect_grace_ns(), 600 * 1_000_000_000);
+    for (v, secs) in [
+        ("90s", 90.0),
+        ("10m", 600.0),
+        ("1h30m", 5400.0),
+        ("0s", 0.0),
+        ("45", 45.0),
+        ("1.5s", 1.5),
+    ] {
+        assert_eq!(parse_duration_secs(v), Ok(secs), "{v}");
+        job.meta
+            .insert("caravel.io/disconnect-grace".into(), v.into());
+        assert_eq!(job.disconnect_grace_ns(), (secs * 1e9) as i64, "{v}");
+    }
+    for bad in ["", "m", "10x", "ten"] {
+        assert!(parse_duration_secs(bad).is_err(), "{bad:?}");
     }
 }

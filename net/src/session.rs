@@ -92,7 +92,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use caravel_model::codec;
@@ -207,16 +207,21 @@ pub fn compute_channel(m: &ToCompute) -> Channel {
         | ToCompute::Cancel { .. }
         | ToCompute::Logs { .. }
         | ToCompute::FetchResult { .. }
-        | ToCompute::CancelRequest { .. } => Channel::Commands,
+        | ToCompute::CancelRequest { .. }
+        | ToCompute::LogsFrom { .. } => Channel::Commands,
     }
 }
 
 /// The channel that carries a node → orchestrator message.
 pub fn orchestrator_channel(m: &ToOrchestrator) -> Channel {
     match m {
-        ToOrchestrator::Hello { .. } | ToOrchestrator::Heartbeat { .. } => Channel::Control,
+        ToOrchestrator::Hello { .. }
+        | ToOrchestrator::Heartbeat { .. }
+        | ToOrchestrator::Inventory { .. } => Channel::Control,
         ToOrchestrator::Report { .. } => Channel::Reports,
-        ToOrchestrator::LogLine { .. } | ToOrchestrator::LogEnd { .. } => Channel::Logs,
+        ToOrchestrator::LogLine { .. }
+        | ToOrchestrator::LogLineAt { .. }
+        | ToOrchestrator::LogEnd { .. } => Channel::Logs,
         ToOrchestrator::ResultChunk { .. } | ToOrchestrator::ResultEnd { .. } => Channel::Results,
     }
 }
@@ -225,6 +230,7 @@ pub fn orchestrator_channel(m: &ToOrchestrator) -> Channel {
 pub fn bulk_request(m: &ToOrchestrator) -> Option<(u64, bool)> {
     match m {
         ToOrchestrator::LogLine { request_id, .. }
+        | ToOrchestrator::LogLineAt { request_id, .. }
         | ToOrchestrator::ResultChunk { request_id, .. } => Some((*request_id, false)),
         ToOrchestrator::LogEnd { request_id, .. }
         | ToOrchestrator::ResultEnd { request_id, .. } => Some((*request_id, true)),
@@ -240,6 +246,7 @@ fn compute_name(m: &ToCompute) -> &'static str {
         ToCompute::Logs { .. } => "Logs",
         ToCompute::FetchResult { .. } => "FetchResult",
         ToCompute::CancelRequest { .. } => "CancelRequest",
+        ToCompute::LogsFrom { .. } => "LogsFrom",
     }
 }
 
@@ -252,6 +259,8 @@ fn orchestrator_name(m: &ToOrchestrator) -> &'static str {
         ToOrchestrator::LogEnd { .. } => "LogEnd",
         ToOrchestrator::ResultChunk { .. } => "ResultChunk",
         ToOrchestrator::ResultEnd { .. } => "ResultEnd",
+        ToOrchestrator::Inventory { .. } => "Inventory",
+        ToOrchestrator::LogLineAt { .. } => "LogLineAt",
     }
 }
 
@@ -1246,10 +1255,33 @@ impl SessionServer {
         shutdown: CancellationToken,
     ) -> Result<(SessionServer, mpsc::Receiver<IncomingSession>), Error> {
         opts.validate()?;
-        let mut cfg = identity.server_config(SESSION_ALPN)?;
-        cfg.transport_config(opts.transport(Side::Orchestrator)?);
+        let cfg = SessionServer::server_config(identity, &opts)?;
         let endpoint = quinn::Endpoint::server(cfg, bind)
             .map_err(|source| Error::Bind { addr: bind, source })?;
+        SessionServer::start_on(endpoint, opts, shutdown)
+    }
+
+    /// The QUIC server config [`SessionServer::start`] binds with: the session ALPN, client
+    /// certificates required from the cluster CA, the orchestrator's transport settings. For an
+    /// endpoint the caller makes itself (see [`SessionServer::start_on`]).
+    pub fn server_config(
+        identity: &Identity,
+        opts: &SessionOptions,
+    ) -> Result<quinn::ServerConfig, Error> {
+        let mut cfg = identity.server_config(SESSION_ALPN)?;
+        cfg.transport_config(opts.transport(Side::Orchestrator)?);
+        Ok(cfg)
+    }
+
+    /// Like [`SessionServer::start`], on an endpoint the caller made — over its own socket or
+    /// runtime (`quinn::Endpoint::new_with_abstract_socket`), e.g. a simulated network in tests. The
+    /// endpoint must serve [`SessionServer::server_config`].
+    pub fn start_on(
+        endpoint: quinn::Endpoint,
+        opts: SessionOptions,
+        shutdown: CancellationToken,
+    ) -> Result<(SessionServer, mpsc::Receiver<IncomingSession>), Error> {
+        opts.validate()?;
         let stats = SessionStats::default();
         let (tx, rx) = mpsc::channel(opts.channel_capacity);
         tokio::spawn(accept_loop(
@@ -1433,20 +1465,31 @@ async fn await_hello(
         }
         Read::Gone => return Err(HelloFailure::Gone),
     };
-    let m = decode_to_orchestrator(Channel::Control, &f).map_err(HelloFailure::Bad)?;
-    if !matches!(m, ToOrchestrator::Hello { .. }) {
-        return Err(HelloFailure::Refused(Error::NotHello(orchestrator_name(
-            &m,
-        ))));
-    }
-    check_claim(node_id, &m).map_err(HelloFailure::Refused)?;
+    let m = check_hello(node_id, &f).map_err(|e| match e {
+        Error::NotHello(_) | Error::IdentityMismatch { .. } => HelloFailure::Refused(e),
+        e => HelloFailure::Bad(e),
+    })?;
     link.stats
         .count_in(Channel::Control, frame::HEADER_LEN + f.payload.len());
     Ok((send, recv, m))
 }
 
-/// A `Hello` or `Heartbeat` must name the node of the certificate.
-fn check_claim(cert: &str, m: &ToOrchestrator) -> Result<(), Error> {
+/// The orchestrator's check of a session's first control frame, given the node id bound into the
+/// client certificate: it must decode as a `Hello` ([`Error::NotHello`] otherwise, which refuses
+/// the peer) naming that very node ([`Error::IdentityMismatch`], also a refusal); any other error
+/// is a protocol violation. Pure, so the fuzz targets and property tests reach it.
+pub fn check_hello(cert_node_id: &str, f: &Frame) -> Result<ToOrchestrator, Error> {
+    let m = decode_to_orchestrator(Channel::Control, f)?;
+    if !matches!(m, ToOrchestrator::Hello { .. }) {
+        return Err(Error::NotHello(orchestrator_name(&m)));
+    }
+    check_claim(cert_node_id, &m)?;
+    Ok(m)
+}
+
+/// A `Hello` or `Heartbeat` must name the node of the certificate (`cert`); other messages claim
+/// nothing.
+pub fn check_claim(cert: &str, m: &ToOrchestrator) -> Result<(), Error> {
     let claimed = match m {
         ToOrchestrator::Hello { info, .. } | ToOrchestrator::Heartbeat { info } => &info.node_id,
         _ => return Ok(()),
@@ -1719,6 +1762,8 @@ pub struct SessionClient {
     opts: SessionOptions,
     stats: SessionStats,
     seed: u64,
+    /// Dial every orchestrator from this endpoint instead of binding one per address family.
+    endpoint: Option<quinn::Endpoint>,
 }
 
 impl SessionClient {
@@ -1742,12 +1787,21 @@ impl SessionClient {
             opts,
             stats: SessionStats::default(),
             seed: random_seed(),
+            endpoint: None,
         })
     }
 
     /// Seeds the backoff jitter (tests).
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.seed = seed;
+        self
+    }
+
+    /// Dials from `endpoint` — one the caller made over its own socket or runtime
+    /// (`quinn::Endpoint::new_with_abstract_socket`), e.g. a simulated network in tests — instead
+    /// of binding a UDP socket per address family. [`SessionClient::run`] closes it when it returns.
+    pub fn with_endpoint(mut self, endpoint: quinn::Endpoint) -> Self {
+        self.endpoint = Some(endpoint);
         self
     }
 
@@ -1763,7 +1817,10 @@ impl SessionClient {
         F: FnMut(ComputeEnd, Connected) -> BoxFuture<'static, ()>,
     {
         let mut backoff = Backoff::new(self.opts.backoff_base, self.opts.backoff_cap, self.seed);
-        let mut endpoints = Endpoints::default();
+        let mut endpoints = Endpoints {
+            given: self.endpoint.clone(),
+            ..Endpoints::default()
+        };
         let mut next = 0usize;
         let mut attempts = 0u64;
         while !shutdown.is_cancelled() {
@@ -1781,7 +1838,9 @@ impl SessionClient {
             match connected {
                 Ok((conn, server_id)) => {
                     SessionStats::bump(&self.stats.0.handshakes);
-                    let started = Instant::now();
+                    // tokio's clock (the same as std's outside tests) so a paused or simulated
+                    // clock sees how long the session lived.
+                    let started = tokio::time::Instant::now();
                     self.run_session(conn, &target, server_id, &shutdown, &mut session)
                         .await;
                     if started.elapsed() > self.opts.backoff_reset_after {
@@ -1950,15 +2009,19 @@ fn describe_close(e: &quinn::ConnectionError) -> String {
     }
 }
 
-/// One client endpoint per address family, made on first use.
+/// One client endpoint per address family, made on first use (or the one given to the client).
 #[derive(Default)]
 struct Endpoints {
+    given: Option<quinn::Endpoint>,
     v4: Option<quinn::Endpoint>,
     v6: Option<quinn::Endpoint>,
 }
 
 impl Endpoints {
     fn for_addr(&mut self, addr: SocketAddr) -> Result<&quinn::Endpoint, Error> {
+        if let Some(ep) = &self.given {
+            return Ok(ep);
+        }
         let (slot, bind) = if addr.is_ipv4() {
             (&mut self.v4, SocketAddr::from(([0, 0, 0, 0], 0)))
         } else {
@@ -1973,7 +2036,7 @@ impl Endpoints {
     }
 
     async fn close(self) {
-        for ep in [self.v4, self.v6].into_iter().flatten() {
+        for ep in [self.given, self.v4, self.v6].into_iter().flatten() {
             ep.close(CLOSE_NORMAL.into(), b"compute node shutting down");
             let _ = tokio::time::timeout(Duration::from_secs(1), ep.wait_idle()).await;
         }

@@ -695,9 +695,10 @@ fn compute_variant(m: &ToCompute) -> usize {
         ToCompute::Logs { .. } => 3,
         ToCompute::FetchResult { .. } => 4,
         ToCompute::CancelRequest { .. } => 5,
+        ToCompute::LogsFrom { .. } => 6,
     }
 }
-const COMPUTE_VARIANTS: usize = 6;
+const COMPUTE_VARIANTS: usize = 7;
 
 fn orchestrator_variant(m: &ToOrchestrator) -> usize {
     match m {
@@ -708,9 +709,11 @@ fn orchestrator_variant(m: &ToOrchestrator) -> usize {
         ToOrchestrator::LogEnd { .. } => 4,
         ToOrchestrator::ResultChunk { .. } => 5,
         ToOrchestrator::ResultEnd { .. } => 6,
+        ToOrchestrator::Inventory { .. } => 7,
+        ToOrchestrator::LogLineAt { .. } => 8,
     }
 }
-const ORCHESTRATOR_VARIANTS: usize = 7;
+const ORCHESTRATOR_VARIANTS: usize = 9;
 
 fn to_compute() -> impl Strategy<Value = ToCompute> {
     prop_oneof![
@@ -742,6 +745,24 @@ fn to_compute() -> impl Strategy<Value = ToCompute> {
             execution_id
         }),
         any::<u64>().prop_map(|request_id| ToCompute::CancelRequest { request_id }),
+        (
+            any::<u64>(),
+            text(),
+            any::<bool>(),
+            any::<u64>(),
+            any::<u64>()
+        )
+            .prop_map(
+                |(request_id, execution_id, follow, stdout_offset, stderr_offset)| {
+                    ToCompute::LogsFrom {
+                        request_id,
+                        execution_id,
+                        follow,
+                        stdout_offset,
+                        stderr_offset,
+                    }
+                }
+            ),
     ]
 }
 
@@ -769,6 +790,16 @@ fn to_orchestrator() -> impl Strategy<Value = ToOrchestrator> {
             .prop_map(|(request_id, data)| ToOrchestrator::ResultChunk { request_id, data }),
         (any::<u64>(), text())
             .prop_map(|(request_id, error)| ToOrchestrator::ResultEnd { request_id, error }),
+        proptest::collection::vec(text(), 0..4)
+            .prop_map(|running| ToOrchestrator::Inventory { running }),
+        (any::<u64>(), any::<u8>(), text(), any::<u64>()).prop_map(
+            |(request_id, stream, line, end_offset)| ToOrchestrator::LogLineAt {
+                request_id,
+                stream,
+                line,
+                end_offset,
+            }
+        ),
     ]
 }
 

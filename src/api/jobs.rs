@@ -279,6 +279,11 @@ pub struct JobQuery {
     all_job_versions: Option<bool>,
     follow: Option<bool>,
     tail: Option<bool>,
+    /// Resume a log stream at these byte offsets of stdout and stderr.
+    stdout_offset: Option<u64>,
+    stderr_offset: Option<u64>,
+    /// Serve only from a compute session held by this orchestrator (a peer's proxied request).
+    local: Option<bool>,
 }
 
 fn lookup(st: &ClusterState, ns: &Option<String>, id: &str) -> Result<Job, ApiErr> {
@@ -494,10 +499,22 @@ pub async fn results(
         .await?
 }
 
-/// Streams an execution's published results (a tar.gz) from its node through the session.
+/// How long a followed log waits for its node to come back (a cut link, a moved session) before it
+/// gives up; the client may disconnect at any time.
+const LOG_RESUME_WAIT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub struct LocalQuery {
+    local: Option<bool>,
+}
+
+/// Streams an execution's published results (a tar.gz) from its node through the session — the
+/// one this orchestrator holds, or, through the member that holds it, another's.
 pub async fn download_result(
     State(s): State<ApiState>,
     Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<LocalQuery>,
 ) -> Result<Response, ApiErr> {
     let exec = s
         .cluster
@@ -514,15 +531,8 @@ pub async fn download_result(
             ),
         ));
     }
-    let Some(mut stream) = s
-        .cluster
-        .open_stream(&exec.node_id, |request_id| ToCompute::FetchResult {
-            request_id,
-            execution_id: id.clone(),
-        })
-        .await
-    else {
-        return Err(ApiErr::new(
+    let not_connected = || {
+        ApiErr::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "ServiceUnavailable",
             format!(
@@ -530,7 +540,23 @@ pub async fn download_result(
                 exec.node_id
             ),
         )
-        .hint("retry when the node is back (`caravel node list`)"));
+        .hint("retry when the node is back (`caravel node list`)")
+    };
+    let stream = s
+        .cluster
+        .open_stream(&exec.node_id, |request_id| ToCompute::FetchResult {
+            request_id,
+            execution_id: id.clone(),
+        })
+        .await;
+    let Some(mut stream) = stream else {
+        if q.local.unwrap_or(false) {
+            return Err(not_connected());
+        }
+        let Some(peer) = s.cluster.locate_session(&exec.node_id).await else {
+            return Err(not_connected());
+        };
+        return proxy_result(&peer, &id).await;
     };
     // Wait for the first message so a missing result is a clean error, not a broken download.
     let first = stream.rx.recv().await;
@@ -573,7 +599,36 @@ pub async fn download_result(
         .into_response())
 }
 
+/// Relays a result download from the member `peer` that holds the node's session.
+async fn proxy_result(peer: &str, id: &str) -> Result<Response, ApiErr> {
+    let url = format!("{peer}/api/v1/orchestrator/executions/{id}/result?local=true");
+    let resp = reqwest::Client::new().get(&url).send().await.map_err(|e| {
+        ApiErr::new(
+            StatusCode::BAD_GATEWAY,
+            "BadGateway",
+            format!("the orchestrator holding the node's session did not answer: {e}"),
+        )
+    })?;
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let content_type = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_string();
+    let body = futures::StreamExt::map(resp.bytes_stream(), |r| r.map_err(std::io::Error::other));
+    Ok((
+        status,
+        [(header::CONTENT_TYPE, content_type)],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
 /// The logs WebSocket: frames `{"value": {"Type": 1|2, "Line": "…"}}`, or one `{"error": "…"}`.
+/// A followed log survives a cut link, a restart of the node's session or its move to another
+/// orchestrator: it resumes at the byte offsets of the last lines sent, so no line is lost or
+/// repeated (frames carry `Offset`, the byte offset just past the line in its stream).
 pub async fn logs(
     State(s): State<ApiState>,
     Path(id): Path<String>,
@@ -596,9 +651,173 @@ pub async fn logs(
             Ok::<_, ApiErr>((job, exec))
         })
         .await??;
-    let follow = q.follow.unwrap_or(false);
-    let tail = q.tail.unwrap_or(false);
-    Ok(ws.on_upgrade(move |socket| relay_logs(s, socket, job, exec, follow, tail)))
+    let req = LogRequest {
+        follow: q.follow.unwrap_or(false),
+        tail: q.tail.unwrap_or(false),
+        offsets: match (q.stdout_offset, q.stderr_offset) {
+            (None, None) => None,
+            (o, e) => Some((o.unwrap_or(0), e.unwrap_or(0))),
+        },
+        local: q.local.unwrap_or(false),
+    };
+    Ok(ws.on_upgrade(move |socket| relay_logs(s, socket, job, exec, req)))
+}
+
+#[derive(Debug, Clone, Copy)]
+struct LogRequest {
+    follow: bool,
+    tail: bool,
+    /// Where to resume; `None` = from the start (or the tail).
+    offsets: Option<(u64, u64)>,
+    /// Only through a session held here.
+    local: bool,
+}
+
+impl LogRequest {
+    /// Whether the stream can resume exactly after a cut (a tail request starts at line counts,
+    /// not offsets, so it cannot).
+    fn resumable(&self) -> bool {
+        !self.tail || self.offsets.is_some()
+    }
+}
+
+/// Lines from wherever the node's session is: here, or another member's logs WebSocket.
+enum LogSource {
+    Local(crate::orchestrator::NodeStream),
+    Peer(
+        Box<
+            tokio_tungstenite::WebSocketStream<
+                tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+            >,
+        >,
+    ),
+}
+
+/// What a source yields.
+enum LogEvent {
+    Line {
+        stream: u8,
+        line: String,
+        end: Option<u64>,
+    },
+    End {
+        error: String,
+    },
+    /// The session (or the peer) went away mid-stream.
+    Lost,
+}
+
+impl LogSource {
+    async fn next(&mut self) -> LogEvent {
+        match self {
+            LogSource::Local(st) => match st.rx.recv().await {
+                Some(ToOrchestrator::LogLine { stream, line, .. }) => LogEvent::Line {
+                    stream,
+                    line,
+                    end: None,
+                },
+                Some(ToOrchestrator::LogLineAt {
+                    stream,
+                    line,
+                    end_offset,
+                    ..
+                }) => LogEvent::Line {
+                    stream,
+                    line,
+                    end: Some(end_offset),
+                },
+                Some(ToOrchestrator::LogEnd { error, .. }) => LogEvent::End { error },
+                _ => LogEvent::Lost,
+            },
+            LogSource::Peer(ws) => loop {
+                use futures::StreamExt;
+                use tokio_tungstenite::tungstenite::Message as WsMessage;
+                let text = match ws.next().await {
+                    Some(Ok(WsMessage::Text(t))) => t.to_string(),
+                    Some(Ok(WsMessage::Close(_))) => {
+                        return LogEvent::End {
+                            error: String::new(),
+                        };
+                    }
+                    Some(Ok(_)) => continue,
+                    _ => return LogEvent::Lost,
+                };
+                let Ok(frame) = serde_json::from_str::<LogFrame>(&text) else {
+                    return LogEvent::Lost;
+                };
+                return match frame.value {
+                    Some(v) => LogEvent::Line {
+                        stream: v.stream,
+                        line: v.line,
+                        end: v.offset,
+                    },
+                    // The peer lost the session mid-stream: resume from wherever it is now.
+                    None if frame.error.contains(SESSION_LOST) => LogEvent::Lost,
+                    None => LogEvent::End { error: frame.error },
+                };
+            },
+        }
+    }
+}
+
+/// Marks an error frame that means "the node's session went away", so a proxying member resumes.
+const SESSION_LOST: &str = "session was lost";
+
+async fn open_log_source(s: &ApiState, exec: &Execution, req: &LogRequest) -> Option<LogSource> {
+    let eid = exec.id.clone();
+    let (follow, tail) = (req.follow, req.tail);
+    let local = s
+        .cluster
+        .open_stream(&exec.node_id, |request_id| match req.offsets {
+            Some((o, e)) => ToCompute::LogsFrom {
+                request_id,
+                execution_id: eid,
+                follow,
+                stdout_offset: o,
+                stderr_offset: e,
+            },
+            None if tail => ToCompute::Logs {
+                request_id,
+                execution_id: eid,
+                follow,
+                tail,
+            },
+            None => ToCompute::LogsFrom {
+                request_id,
+                execution_id: eid,
+                follow,
+                stdout_offset: 0,
+                stderr_offset: 0,
+            },
+        })
+        .await;
+    if let Some(l) = local {
+        return Some(LogSource::Local(l));
+    }
+    if req.local {
+        return None;
+    }
+    let peer = s.cluster.locate_session(&exec.node_id).await?;
+    let mut url = format!(
+        "{}/api/v1/orchestrator/jobs/{}/logs?namespace={}&execution_id={}&follow={}&local=true",
+        peer.replacen("http://", "ws://", 1),
+        exec.job_id,
+        exec.namespace,
+        exec.id,
+        req.follow
+    );
+    match req.offsets {
+        Some((o, e)) => url.push_str(&format!("&stdout_offset={o}&stderr_offset={e}")),
+        None if req.tail => url.push_str("&tail=true"),
+        None => url.push_str("&stdout_offset=0&stderr_offset=0"),
+    }
+    match tokio_tungstenite::connect_async(url.as_str()).await {
+        Ok((ws, _)) => Some(LogSource::Peer(Box::new(ws))),
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "cannot follow logs through the member holding the session");
+            None
+        }
+    }
 }
 
 async fn relay_logs(
@@ -606,66 +825,81 @@ async fn relay_logs(
     mut socket: WebSocket,
     job: Job,
     exec: Option<Execution>,
-    follow: bool,
-    tail: bool,
+    mut req: LogRequest,
 ) {
-    let send_err = |m: String| {
-        serde_json::to_string(&LogFrame {
+    let frame = |f: &LogFrame| Message::Text(serde_json::to_string(f).unwrap_or_default().into());
+    let err = |m: String| {
+        frame(&LogFrame {
             value: None,
             error: m,
         })
-        .unwrap_or_default()
     };
     let Some(exec) = exec else {
         let _ = socket
-            .send(Message::Text(
-                send_err(format!("job {} has no execution yet", job.id)).into(),
-            ))
+            .send(err(format!("job {} has no execution yet", job.id)))
             .await;
         let _ = socket.send(Message::Close(None)).await;
         return;
     };
-    let eid = exec.id.clone();
-    let Some(mut stream) = s
-        .cluster
-        .open_stream(&exec.node_id, |request_id| ToCompute::Logs {
-            request_id,
-            execution_id: eid,
-            follow,
-            tail,
-        })
-        .await
-    else {
-        let _ = socket
-            .send(Message::Text(
-                send_err(format!(
-                    "node {} running execution {} is not connected",
-                    exec.node_id, exec.id
-                ))
-                .into(),
-            ))
-            .await;
-        let _ = socket.send(Message::Close(None)).await;
-        return;
-    };
+    let mut waiting_since: Option<std::time::Instant> = None;
+    let mut source: Option<LogSource> = None;
     loop {
+        let Some(src) = source.as_mut() else {
+            source = open_log_source(&s, &exec, &req).await;
+            if source.is_some() {
+                waiting_since = None;
+                continue;
+            }
+            // Not connected anywhere (yet): a resumable request waits for the node to come back.
+            let since = *waiting_since.get_or_insert_with(std::time::Instant::now);
+            let gave_up = req.local || !req.resumable() || since.elapsed() > LOG_RESUME_WAIT;
+            if gave_up {
+                let what = if req.local {
+                    format!("node {}'s {SESSION_LOST}", exec.node_id)
+                } else {
+                    format!(
+                        "node {} running execution {} is not connected",
+                        exec.node_id, exec.id
+                    )
+                };
+                let _ = socket.send(err(what)).await;
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                incoming = socket.recv() => match incoming {
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                    _ => {}
+                },
+            }
+            continue;
+        };
         tokio::select! {
-            msg = stream.rx.recv() => match msg {
-                Some(ToOrchestrator::LogLine { stream: kind, line, .. }) => {
-                    let frame = LogFrame { value: Some(LogLine { stream: kind, line }), error: String::new() };
-                    if socket.send(Message::Text(serde_json::to_string(&frame).unwrap_or_default().into())).await.is_err() {
+            ev = src.next() => match ev {
+                LogEvent::Line { stream, line, end } => {
+                    if let Some(end) = end {
+                        let o = req.offsets.get_or_insert((0, 0));
+                        if stream == 2 { o.1 = end } else { o.0 = end }
+                    }
+                    let f = LogFrame { value: Some(LogLine { stream, line, offset: end }), error: String::new() };
+                    if socket.send(frame(&f)).await.is_err() {
                         return;
                     }
                 }
-                Some(ToOrchestrator::LogEnd { error, .. }) => {
+                LogEvent::End { error } => {
                     if !error.is_empty() {
-                        let _ = socket.send(Message::Text(send_err(error).into())).await;
+                        let _ = socket.send(err(error)).await;
                     }
                     break;
                 }
-                _ => {
-                    let _ = socket.send(Message::Text(send_err("the node's session closed".into()).into())).await;
-                    break;
+                LogEvent::Lost => {
+                    source = None;
+                    if req.local || !req.resumable() {
+                        let _ = socket.send(err(format!("node {}'s {SESSION_LOST}", exec.node_id))).await;
+                        break;
+                    }
+                    tracing::info!(execution = %exec.id, offsets = ?req.offsets, "log stream lost its node session; resuming when it is back");
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
                 }
             },
             incoming = socket.recv() => match incoming {

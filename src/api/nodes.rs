@@ -37,6 +37,9 @@ pub async fn list(
         .cluster
         .read_linearizable(|st| st.nodes.values().cloned().collect::<Vec<_>>())
         .await?;
+    for n in nodes.iter_mut() {
+        fresh_heartbeat(&s, n);
+    }
     nodes.retain(|n| {
         q.filter_approval
             .as_ref()
@@ -89,12 +92,24 @@ pub async fn get(
         .read_linearizable(|st| st.find_node(&id).cloned())
         .await?;
     match node {
-        Ok(node) => Ok(Json(GetNodeResponse { node })),
+        Ok(mut node) => {
+            fresh_heartbeat(&s, &mut node);
+            Ok(Json(GetNodeResponse { node }))
+        }
         Err(LookupError::NotFound) => Err(ApiErr::not_found(format!("node {id} not found"))
             .hint("list nodes with `caravel node list`")),
         Err(LookupError::Ambiguous) => Err(ApiErr::bad_request(format!(
             "node id prefix {id} matches several nodes"
         ))
         .hint("give more characters of the id")),
+    }
+}
+
+/// Heartbeats are not replicated (only registrations are): show the latest one this orchestrator has
+/// seen (from its own sessions, or relayed by followers when it leads).
+fn fresh_heartbeat(s: &ApiState, n: &mut caravel_model::node::NodeState) {
+    if let Some(at) = s.cluster.last_heartbeat(n.id()) {
+        let cs = &mut n.connection_state;
+        cs.last_heartbeat = cs.last_heartbeat.max(at);
     }
 }

@@ -81,6 +81,8 @@ impl From<LeaderError> for WriteError {
 pub struct SessionHandle {
     pub tx: mpsc::Sender<ToCompute>,
     routes: Arc<Mutex<HashMap<u64, mpsc::Sender<ToOrchestrator>>>>,
+    /// The QUIC connection's path statistics (none for in-process sessions).
+    pub link: Option<caravel_net::session::LinkStats>,
 }
 
 impl SessionHandle {
@@ -88,7 +90,12 @@ impl SessionHandle {
         SessionHandle {
             tx,
             routes: Default::default(),
+            link: None,
         }
+    }
+    pub fn with_link(mut self, link: Option<caravel_net::session::LinkStats>) -> Self {
+        self.link = link;
+        self
     }
     /// Delivers a streamed answer to whoever asked. A reader that does not keep up within a few
     /// seconds loses its stream (it must not stall the session's reports).
@@ -423,6 +430,17 @@ impl Cluster {
             .len()
     }
 
+    /// Path statistics of the QUIC sessions this member holds, by node.
+    pub fn session_links(&self) -> Vec<(String, caravel_net::session::LinkStats)> {
+        self.inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(|(n, h)| h.link.clone().map(|l| (n.clone(), l)))
+            .collect()
+    }
+
     /// Records a heartbeat (keeps the latest when relayed ones arrive out of order).
     pub fn heartbeat(&self, node_id: &str, at: i64) {
         let mut m = self
@@ -460,6 +478,44 @@ impl Cluster {
             .unwrap_or_else(|e| e.into_inner())
             .get(node_id)
             .copied()
+    }
+
+    /// Finds the other member that holds `node_id`'s compute session; returns its API base URL
+    /// (`http://HOST:PORT`). Asks every member at once, each for at most a second.
+    pub async fn locate_session(&self, node_id: &str) -> Option<String> {
+        let client = self.peers()?.clone();
+        let me = self.node_id();
+        let members: Vec<NodeAddr> = {
+            let m = self.raft().metrics().borrow().clone();
+            m.membership_config
+                .membership()
+                .nodes()
+                .filter(|(id, _)| **id != me)
+                .map(|(_, n)| n.clone())
+                .collect()
+        };
+        let asks = members.into_iter().map(|n| {
+            let client = client.clone();
+            let node_id = node_id.to_string();
+            async move {
+                crate::raft::call_peer::<_, Option<String>>(
+                    &client,
+                    &n,
+                    crate::raft::kind::SESSION_AT,
+                    &node_id,
+                    Duration::from_secs(1),
+                )
+                .await
+                .ok()
+                .flatten()
+            }
+        });
+        futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .next()
+            .map(|a| format!("http://{a}"))
     }
 
     /// Opens a streamed request to a compute node through its session.

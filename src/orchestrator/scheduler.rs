@@ -17,7 +17,9 @@ use caravel_model::history::{Event, topic};
 use caravel_model::ids::IdGen;
 use caravel_model::node::NodeState;
 use caravel_model::spec::Job;
-use caravel_model::states::{ExecutionDesiredState, ExecutionStateType, JobStateType, State};
+use caravel_model::states::{
+    ExecutionDesiredState, ExecutionStateType, JobStateType, NodeConnection, State,
+};
 use caravel_model::view::StateView;
 
 /// How long a queued job waits before it is evaluated again.
@@ -67,12 +69,92 @@ pub fn schedule(view: &dyn StateView, eval: &Evaluation, now: i64, ids: &mut dyn
         .copied()
         .filter(|e| e.job_version == job.version)
         .collect();
+    // Executions on DISCONNECTED nodes: kept for the job's grace period, then replaced.
+    let lost = disconnected_executions(view, job, &current, &mut plan, eval, now, ids);
+    let current: Vec<&Execution> = current
+        .into_iter()
+        .filter(|e| !lost.contains(e.id.as_str()))
+        .collect();
 
     match job.kind.as_str() {
         "batch" | "service" => schedule_partitions(view, job, &current, &mut plan, eval, now, ids),
         _ => schedule_per_node(view, job, &current, &mut plan, now, ids),
     }
     plan
+}
+
+/// Marks lost the live executions whose node has been DISCONNECTED for longer than the job's grace
+/// period (desired Stopped; compute Cancelled, or Failed for ops jobs, which run once per node), so
+/// the rest of the plan replaces them; returns their ids. While a grace period is still running,
+/// asks for an evaluation when it ends (once per disconnection: on the node-leave evaluation, or
+/// again if a grace evaluation ran early).
+fn disconnected_executions(
+    view: &dyn StateView,
+    job: &Job,
+    execs: &[&Execution],
+    plan: &mut Plan,
+    eval: &Evaluation,
+    now: i64,
+    ids: &mut dyn IdGen,
+) -> BTreeSet<String> {
+    let grace = job.disconnect_grace_ns();
+    let nodes: BTreeMap<&str, &NodeState> = view.nodes().into_iter().map(|n| (n.id(), n)).collect();
+    let mut lost = BTreeSet::new();
+    let mut next_expiry: Option<i64> = None;
+    for e in execs.iter().filter(|e| e.is_live()) {
+        let Some(n) = nodes.get(e.node_id.as_str()) else {
+            continue;
+        };
+        if n.connection_state.status != NodeConnection::Disconnected {
+            continue;
+        }
+        let since = n.connection_state.disconnected_since;
+        let expiry = since.saturating_add(grace);
+        if now < expiry {
+            next_expiry = Some(next_expiry.map_or(expiry, |x: i64| x.min(expiry)));
+            continue;
+        }
+        let message = format!(
+            "lost: node {} has been DISCONNECTED since {} (grace period {}); the execution is replaced",
+            e.node_id,
+            caravel_model::time::rfc3339(since),
+            format_grace(grace)
+        );
+        plan.updates.push(ExecutionChange {
+            execution_id: e.id.clone(),
+            desired: ExecutionDesiredState::Stopped,
+            compute: Some(if job.kind == "ops" {
+                ExecutionStateType::Failed
+            } else {
+                ExecutionStateType::Cancelled
+            }),
+            message: message.clone(),
+        });
+        plan.events.push(Event::new(
+            topic::SCHEDULING,
+            format!("Execution {} {message}", e.id),
+            now,
+        ));
+        lost.insert(e.id.clone());
+    }
+    if let Some(at) = next_expiry
+        && (eval.triggered_by == trigger::NODE_LEAVE || eval.triggered_by == trigger::NODE_GRACE)
+    {
+        let mut next = Evaluation::new(ids.evaluation_id(), job, trigger::NODE_GRACE, now);
+        next.wait_until = at;
+        plan.new_evaluations.push(next);
+    }
+    lost
+}
+
+fn format_grace(ns: i64) -> String {
+    let s = ns / 1_000_000_000;
+    match (s / 3600, (s % 3600) / 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, 0) => format!("{m}m"),
+        (0, m, s) => format!("{m}m{s}s"),
+        (h, m, _) => format!("{h}h{m}m"),
+    }
 }
 
 fn stop_all<'a>(plan: &mut Plan, execs: impl Iterator<Item = &'a Execution>, why: &str) {
@@ -584,6 +666,141 @@ mod tests {
         let j = &s.jobs[&job];
         assert_eq!(j.state.state_type, JobStateType::Failed);
         assert!(j.state.message.contains("boom"), "{}", j.state.message);
+    }
+
+    fn disconnect(s: &mut ClusterState, node: &str, eval_ids: &[&str], now: i64) {
+        s.apply(&Command::SetNodeConnection {
+            node_id: node.into(),
+            status: NodeConnection::Disconnected,
+            reason: "no heartbeat for 30s".into(),
+            evaluation_ids: eval_ids.iter().map(|e| e.to_string()).collect(),
+            now,
+        });
+    }
+
+    const SEC: i64 = 1_000_000_000;
+
+    #[test]
+    fn executions_on_a_disconnected_node_are_kept_for_the_grace_period_then_replaced_once() {
+        let mut s = cluster(&[("n-a", "wasm"), ("n-b", "wasm")]);
+        let (job, ev) = submit(&mut s, 1);
+        let mut ids = SequentialIds::default();
+        let first = run_eval(&mut s, &ev, &mut ids, 20).new_executions[0].clone();
+        report(
+            &mut s,
+            &first.node_id,
+            1,
+            &first.id,
+            ExecutionStateType::Running,
+            "",
+        );
+        let t0 = 100 * SEC;
+        disconnect(&mut s, &first.node_id, &["leave"], t0);
+        // Within the grace period (default 10 min): kept, and an evaluation waits for its end.
+        let p = run_eval(&mut s, "leave", &mut ids, t0 + SEC);
+        assert!(p.new_executions.is_empty() && p.updates.is_empty(), "{p:?}");
+        assert_eq!(p.new_evaluations.len(), 1);
+        let grace_eval = p.new_evaluations[0].clone();
+        assert_eq!(grace_eval.triggered_by, trigger::NODE_GRACE);
+        assert_eq!(grace_eval.wait_until, t0 + 600 * SEC);
+        // Another evaluation of the job meanwhile asks for no second timer.
+        let mut other = Evaluation::new("other".into(), &s.jobs[&job], trigger::EXEC_UPDATE, t0);
+        other.wait_until = 0;
+        let p = schedule(&s, &other, t0 + 2 * SEC, &mut ids);
+        assert!(p.new_evaluations.is_empty() && p.new_executions.is_empty());
+        // At the end of the grace period: the old one is lost, a replacement runs on the other node.
+        let p = run_eval(&mut s, &grace_eval.id, &mut ids, t0 + 600 * SEC);
+        assert_eq!(p.updates.len(), 1);
+        assert!(
+            p.updates[0].message.starts_with("lost: node"),
+            "{}",
+            p.updates[0].message
+        );
+        let old = &s.executions[&first.id];
+        assert_eq!(old.compute_state.state_type, ExecutionStateType::Cancelled);
+        assert_eq!(old.desired_state.state_type, ExecutionDesiredState::Stopped);
+        assert_eq!(p.new_executions.len(), 1);
+        let second = p.new_executions[0].clone();
+        assert_ne!(second.node_id, first.node_id);
+        // The old node comes back and reports its execution completed offline: refused (it was
+        // replaced), so the partition completes once, through the replacement.
+        report(
+            &mut s,
+            &first.node_id,
+            2,
+            &first.id,
+            ExecutionStateType::Completed,
+            "late",
+        );
+        assert_eq!(
+            s.executions[&first.id].compute_state.state_type,
+            ExecutionStateType::Cancelled
+        );
+        report(
+            &mut s,
+            &second.node_id,
+            1,
+            &second.id,
+            ExecutionStateType::Running,
+            "",
+        );
+        report(
+            &mut s,
+            &second.node_id,
+            2,
+            &second.id,
+            ExecutionStateType::Completed,
+            "f-2",
+        );
+        run_eval(&mut s, "f-2", &mut ids, t0 + 601 * SEC);
+        assert_eq!(s.jobs[&job].state.state_type, JobStateType::Completed);
+        let completed = s
+            .executions
+            .values()
+            .filter(|e| e.compute_state.state_type == ExecutionStateType::Completed)
+            .count();
+        assert_eq!(completed, 1, "a batch job of count 1 completes once");
+    }
+
+    #[test]
+    fn a_job_sets_its_own_grace_period_and_zero_replaces_at_once() {
+        let mut s = cluster(&[("n-a", "wasm"), ("n-b", "wasm")]);
+        let (job, ev) = submit(&mut s, 1);
+        let mut j = s.jobs[&job].clone();
+        j.meta.insert(
+            caravel_model::spec::DISCONNECT_GRACE_META.into(),
+            "0s".into(),
+        );
+        s.jobs.insert(job.clone(), j);
+        let mut ids = SequentialIds::default();
+        let first = run_eval(&mut s, &ev, &mut ids, 20).new_executions[0].clone();
+        disconnect(&mut s, &first.node_id, &["leave"], 50 * SEC);
+        let p = run_eval(&mut s, "leave", &mut ids, 50 * SEC);
+        assert_eq!(p.updates.len(), 1);
+        assert_eq!(p.new_executions.len(), 1);
+        assert!(
+            p.updates[0].message.contains("grace period 0s"),
+            "{}",
+            p.updates[0].message
+        );
+    }
+
+    #[test]
+    fn a_node_back_within_the_grace_period_keeps_its_executions() {
+        let mut s = cluster(&[("n-a", "wasm"), ("n-b", "wasm")]);
+        let (_job, ev) = submit(&mut s, 1);
+        let mut ids = SequentialIds::default();
+        let first = run_eval(&mut s, &ev, &mut ids, 20).new_executions[0].clone();
+        disconnect(&mut s, &first.node_id, &["leave"], 100 * SEC);
+        let p = run_eval(&mut s, "leave", &mut ids, 101 * SEC);
+        let grace = p.new_evaluations[0].id.clone();
+        s.apply(&Command::RegisterNode {
+            info: node(&first.node_id, &["wasm"]),
+            now: 200 * SEC,
+        });
+        let p = run_eval(&mut s, &grace, &mut ids, 700 * SEC);
+        assert!(p.updates.is_empty() && p.new_executions.is_empty(), "{p:?}");
+        assert!(s.executions[&first.id].is_live());
     }
 
     #[test]

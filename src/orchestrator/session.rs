@@ -18,6 +18,8 @@ use super::{Cluster, SessionHandle, WriteError, now_ns};
 
 /// How long a new session may take to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+/// At most this many executions of one inventory are looked at (a bound on a peer's input).
+const MAX_INVENTORY: usize = 100_000;
 /// Refresh the node's info in the replicated state at most this often (heartbeats are not replicated).
 const INFO_REFRESH: Duration = Duration::from_secs(60);
 
@@ -37,13 +39,15 @@ pub enum Error {
 pub async fn serve(
     cluster: Cluster,
     mut end: OrchestratorEnd,
+    link: Option<caravel_net::session::LinkStats>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let first = tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
         m = tokio::time::timeout(HELLO_TIMEOUT, end.rx.recv()) => m.map_err(|_| Error::NoHello(HELLO_TIMEOUT))?,
     };
-    let Some(ToOrchestrator::Hello { info, last_seq: _ }) = first else {
+    let hello_at = std::time::Instant::now();
+    let Some(ToOrchestrator::Hello { info, last_seq }) = first else {
         return Err(if first.is_none() {
             Error::Closed
         } else {
@@ -51,14 +55,27 @@ pub async fn serve(
         });
     };
     let node_id = info.node_id.clone();
+    if cluster.read(|s| s.nodes.contains_key(&node_id)) {
+        cluster.metrics().session_reconnects.inc();
+    }
     register(&cluster, &info, &shutdown).await?;
-    let handle = SessionHandle::new(end.tx.clone());
+    let handle = SessionHandle::new(end.tx.clone()).with_link(link);
     cluster.register_session(&node_id, handle.clone());
     cluster.heartbeat(&node_id, now_ns());
     cluster.metrics().sessions_opened.inc();
     tracing::info!(node = %node_id, "compute session established");
     let committed = cluster.read(|s| s.last_report_seq(&node_id));
     let _ = end.tx.send(ToCompute::Ack { seq: committed }).await;
+    // Resynchronised once every report the node had made when it said Hello is committed.
+    let mut resync_pending = (last_seq > committed).then_some(last_seq);
+    if resync_pending.is_none() {
+        cluster
+            .metrics()
+            .session_resync
+            .observe(hello_at.elapsed().as_secs_f64());
+    } else {
+        tracing::info!(node = %node_id, committed, node_last = last_seq, "replaying the node's outbox");
+    }
 
     let mut applied = cluster.subscribe();
     let mut sent_runs: HashSet<String> = HashSet::new();
@@ -79,6 +96,9 @@ pub async fn serve(
                         last_info = *info;
                     }
                     ToOrchestrator::Report { seq, update } => {
+                        if resync_pending.is_some_and(|last| seq <= last) {
+                            cluster.metrics().replayed_reports.inc();
+                        }
                         if update.state == ExecutionStateType::Running {
                             running_since.insert(update.execution_id.clone(), update.time);
                         }
@@ -93,6 +113,12 @@ pub async fn serve(
                             Some(r) => {
                                 cluster.metrics().observe_report(match r { CommandResponse::Duplicate => "duplicate", CommandResponse::Rejected { .. } => "rejected", _ => "applied" });
                                 let _ = end.tx.send(ToCompute::Ack { seq }).await;
+                                if resync_pending.is_some_and(|last| seq >= last) {
+                                    resync_pending = None;
+                                    let took = hello_at.elapsed();
+                                    cluster.metrics().session_resync.observe(took.as_secs_f64());
+                                    tracing::info!(node = %node_id, ?took, "node resynchronised: its outbox is committed");
+                                }
                             }
                             None => break Ok(()),
                         }
@@ -109,7 +135,12 @@ pub async fn serve(
                         }
                         last_info = *info;
                     }
-                    m @ ToOrchestrator::LogLine { request_id, .. } | m @ ToOrchestrator::ResultChunk { request_id, .. } => {
+                    ToOrchestrator::Inventory { running } => {
+                        reconcile(&cluster, &node_id, &end, &running, &mut sent_cancels).await;
+                    }
+                    m @ ToOrchestrator::LogLine { request_id, .. }
+                    | m @ ToOrchestrator::LogLineAt { request_id, .. }
+                    | m @ ToOrchestrator::ResultChunk { request_id, .. } => {
                         handle.route(request_id, m, false).await;
                     }
                     m @ ToOrchestrator::LogEnd { request_id, .. } | m @ ToOrchestrator::ResultEnd { request_id, .. } => {
@@ -215,6 +246,61 @@ async fn dispatch(
             }
         }
     });
+    for m in out {
+        if end.tx.send(m).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Cancels what the node says it runs and the replicated state says must not run on it: stopped,
+/// replaced after the disconnect grace period, finished, or placed on another node. Executions this
+/// orchestrator does not know yet are left alone (its state may lag the one that placed them).
+async fn reconcile(
+    cluster: &Cluster,
+    node_id: &str,
+    end: &OrchestratorEnd,
+    running: &[String],
+    sent_cancels: &mut HashSet<String>,
+) {
+    let mut out = Vec::new();
+    cluster.read(|s| {
+        for id in running.iter().take(MAX_INVENTORY) {
+            if sent_cancels.contains(id) {
+                continue;
+            }
+            let Some(e) = s.executions.get(id) else {
+                continue;
+            };
+            let why = if e.node_id != node_id {
+                format!("execution {id} belongs to node {}", e.node_id)
+            } else if e.desired_state.state_type == ExecutionDesiredState::Stopped {
+                let m = &e.desired_state.message;
+                if m.is_empty() {
+                    "execution stopped".to_string()
+                } else {
+                    m.clone()
+                }
+            } else if e.compute_state.state_type.is_terminal() {
+                let m = &e.compute_state.message;
+                format!(
+                    "execution is already {} here: {m}",
+                    e.compute_state.state_type
+                )
+            } else {
+                continue;
+            };
+            out.push(ToCompute::Cancel {
+                execution_id: id.clone(),
+                reason: why,
+            });
+            sent_cancels.insert(id.clone());
+        }
+    });
+    if !out.is_empty() {
+        tracing::info!(node = %node_id, count = out.len(), "reconciling: stopping executions the cluster no longer wants on this node");
+        cluster.metrics().reconcile_cancels.inc_by(out.len() as u64);
+    }
     for m in out {
         if end.tx.send(m).await.is_err() {
             return;

@@ -514,6 +514,9 @@ async fn heartbeats_and_reconnect_replay_unacked_reports() {
                 beats += 1;
                 assert_eq!(info.node_id, "node-1");
             }
+            ToOrchestrator::Inventory { running } => {
+                assert!(running.iter().all(|r| r == "e-1"), "{running:?}");
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -547,4 +550,97 @@ async fn heartbeats_and_reconnect_replay_unacked_reports() {
         .await
         .unwrap()
         .unwrap();
+}
+
+/// Reads reports (skipping heartbeats and inventories) until `n` have arrived.
+async fn reports(
+    rx: &mut tokio::sync::mpsc::Receiver<ToOrchestrator>,
+    n: usize,
+) -> Vec<(u64, caravel_model::execution::ExecutionUpdate)> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        if let ToOrchestrator::Report { seq, update } =
+            tokio::time::timeout(Duration::from_secs(60), rx.recv())
+                .await
+                .expect("a report within 60 s")
+                .expect("session open")
+        {
+            got.push((seq, update));
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn reports_survive_a_restart_of_the_compute_process_and_a_lost_execution_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = {
+        let node = caravel_compute::ComputeOptions::new("node-1", dir.path())
+            .build()
+            .unwrap();
+        let (tx, inbox) = tokio::sync::mpsc::channel(16);
+        let (outbox, mut rx) = tokio::sync::mpsc::channel(16);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let handle = tokio::spawn(node.clone().run(inbox, outbox, stop.clone()));
+        assert!(matches!(
+            rx.recv().await,
+            Some(ToOrchestrator::Hello { last_seq: 0, .. })
+        ));
+        tx.send(ToCompute::Ack { seq: 0 }).await.unwrap();
+        tx.send(run_msg("e-1", wasm_task("exit3", &[])))
+            .await
+            .unwrap();
+        // BidAccepted, Running, Publishing, Failed (exit code 3): none acknowledged.
+        let got = reports(&mut rx, 4).await;
+        assert_eq!(got.last().unwrap().1.state, ExecutionStateType::Completed);
+        // The process dies: no shutdown step runs (the session and the node are dropped).
+        handle.abort();
+        got
+    };
+    let node = caravel_compute::ComputeOptions::new("node-1", dir.path())
+        .build()
+        .unwrap();
+    assert_eq!(
+        node.outbox_status(),
+        (4, 4),
+        "(last seq, pending) read back from disk"
+    );
+    let (tx, inbox) = tokio::sync::mpsc::channel(16);
+    let (outbox, mut rx) = tokio::sync::mpsc::channel(16);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let _handle = tokio::spawn(node.clone().run(inbox, outbox, stop.clone()));
+    assert!(
+        matches!(
+            rx.recv().await,
+            Some(ToOrchestrator::Hello { last_seq: 4, .. })
+        ),
+        "the new process continues the numbering"
+    );
+    // The orchestrator had committed the first one only.
+    tx.send(ToCompute::Ack { seq: 1 }).await.unwrap();
+    let replayed = reports(&mut rx, 3).await;
+    assert_eq!(
+        replayed,
+        made[1..].to_vec(),
+        "the same reports, same numbers"
+    );
+    // The orchestrator believes e-2 runs here (it saw it Running before the restart).
+    let mut run = run_msg("e-2", wasm_task("exit3", &[]));
+    if let ToCompute::Run { execution, .. } = &mut run {
+        execution.compute_state = caravel_model::states::State::new(ExecutionStateType::Running);
+    }
+    tx.send(run).await.unwrap();
+    let lost = reports(&mut rx, 1).await;
+    assert_eq!(lost[0].0, 5);
+    assert_eq!(lost[0].1.execution_id, "e-2");
+    assert_eq!(lost[0].1.state, ExecutionStateType::Cancelled);
+    assert!(
+        lost[0]
+            .1
+            .message
+            .starts_with("lost: the compute node restarted"),
+        "{}",
+        lost[0].1.message
+    );
+    stop.cancel();
 }
