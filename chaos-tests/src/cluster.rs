@@ -5,6 +5,16 @@
 //! With `proxied`, every member's Raft port is fronted by a [`crate::proxy::Proxy`] and peers dial the
 //! proxy, so a test can cut a member off (both directions: the member's one QUIC socket is also the
 //! source of everything it sends, see `net::rpc::Server`).
+//!
+//! Compute-only nodes ([`Group::start_compute_proxied`]) dial the members' compute ports through
+//! proxies of their own, one per member, so a test degrades or cuts a node's sessions without
+//! touching Raft, and kills and restarts the node process on the same data dir:
+//!
+//! ```text
+//!  ComputeNode (caravel serve --compute) ──▶ proxies[0] ──▶ orch-1 compute port
+//!      one QUIC socket, --metrics-addr    ├─▶ proxies[1] ──▶ orch-2 compute port
+//!                                         └─▶ proxies[2] ──▶ orch-3 compute port
+//! ```
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -81,7 +91,7 @@ impl std::fmt::Debug for Group {
 }
 
 /// Starts `bin args` with its output appended to `data_dir/node.log`, free of the caller's API
-/// environment (each node gets its addresses from its flags).
+/// environment (each node gets its addresses from its flags), without colours (tests read the log).
 fn spawn_logged(bin: &Path, args: &[String], data_dir: &Path) -> anyhow::Result<Child> {
     std::fs::create_dir_all(data_dir)?;
     let log = std::fs::OpenOptions::new()
@@ -95,7 +105,36 @@ fn spawn_logged(bin: &Path, args: &[String], data_dir: &Path) -> anyhow::Result<
         .stderr(log)
         .env_remove("CARAVEL_API_PORT")
         .env_remove("CARAVEL_API_HOST")
+        .env("NO_COLOR", "1")
         .spawn()?)
+}
+
+/// `text` without ANSI escape sequences (`ESC [ … letter`), for logs written with colours.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The value of `key=value` in a log line of `tracing`'s default format (`None` if absent).
+pub fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let pat = format!(" {key}=");
+    let at = line.find(&pat)? + pat.len();
+    let rest = &line[at..];
+    let end = rest.find(' ').unwrap_or(rest.len());
+    Some(rest[..end].trim_matches('"'))
 }
 
 fn udp_port() -> anyhow::Result<u16> {
@@ -241,8 +280,8 @@ impl Group {
         Ok(())
     }
 
-    /// Issues `certs/ID.{crt,key}` from the group's CA; returns the certs dir.
-    fn issue_cert(&self, id: &str) -> anyhow::Result<PathBuf> {
+    /// Issues `certs/ID.{crt,key}` from the group's CA (`certs/ca.crt`); returns the certs dir.
+    pub fn issue_cert(&self, id: &str) -> anyhow::Result<PathBuf> {
         let certs = self.dir.join("certs");
         self.cli_ok(&[
             "cert",
@@ -459,6 +498,60 @@ impl Group {
         spawn_logged(&self.bin, &args, &data_dir)
     }
 
+    /// Starts a compute-only node `id` that dials every member's compute port through a proxy of
+    /// its own (`proxies[i]` fronts member `i`, in member order, which is also the order the node
+    /// tries them in), serves its metrics on `127.0.0.1:metrics_port`, and takes `extra` `serve`
+    /// arguments (e.g. `-c Compute.MaxConcurrent=4`). Its certificate is issued from the group's CA.
+    pub fn start_compute_proxied(&self, id: &str, extra: &[&str]) -> anyhow::Result<ComputeNode> {
+        let certs = self.issue_cert(id)?;
+        let data_dir = self.dir.join(id);
+        let mut proxies = Vec::new();
+        for m in &self.members {
+            let p = self.rt.block_on(crate::proxy::Proxy::start(
+                "127.0.0.1:0".parse()?,
+                SocketAddr::from(([127, 0, 0, 1], m.compute_port)),
+            ))?;
+            proxies.push(p);
+        }
+        let orchestrators = proxies
+            .iter()
+            .map(|p| p.local_addr().to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let metrics_port = free_port()?;
+        let cert = |f: String| certs.join(f).to_string_lossy().into_owned();
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--compute".into(),
+            "--node-id".into(),
+            id.into(),
+            "--orchestrators".into(),
+            orchestrators,
+            "--tls-ca".into(),
+            cert("ca.crt".into()),
+            "--tls-cert".into(),
+            cert(format!("{id}.crt")),
+            "--tls-key".into(),
+            cert(format!("{id}.key")),
+            "--data-dir".into(),
+            data_dir.to_string_lossy().into_owned(),
+            "--metrics-addr".into(),
+            format!("127.0.0.1:{metrics_port}"),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let mut node = ComputeNode {
+            id: id.to_string(),
+            data_dir,
+            metrics_port,
+            proxies,
+            bin: self.bin.clone(),
+            args,
+            child: None,
+        };
+        node.start()?;
+        Ok(node)
+    }
+
     /// Stops every member (SIGKILL) and every proxy.
     pub fn shutdown(&mut self) {
         for i in 0..self.members.len() {
@@ -474,5 +567,167 @@ impl Group {
 impl Drop for Group {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// A compute-only `caravel serve --compute` process whose sessions go through one fault-injecting
+/// proxy per orchestrator (see [`Group::start_compute_proxied`]). Killed (SIGKILL) when dropped.
+pub struct ComputeNode {
+    pub id: String,
+    pub data_dir: PathBuf,
+    /// Its `GET /metrics` port on 127.0.0.1 (session counters, outbox gauges).
+    pub metrics_port: u16,
+    /// `proxies[i]` fronts member `i`'s compute port; the node dials only these.
+    pub proxies: Vec<crate::proxy::Proxy>,
+    bin: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl std::fmt::Debug for ComputeNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ComputeNode")
+            .field("id", &self.id)
+            .field("pid", &self.pid())
+            .finish()
+    }
+}
+
+impl ComputeNode {
+    /// Starts the process (again) on its data dir, with the same arguments and proxies.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            bail!("compute node {} is already running", self.id);
+        }
+        let child = spawn_logged(&self.bin, &self.args, &self.data_dir)
+            .with_context(|| format!("cannot start compute node {}", self.id))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL, no goodbye: executions die with the process, the outbox stays on disk.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGKILL, then [`ComputeNode::start`] on the same data dir.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.start()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Fails if the process exited on its own (a crash is always a bug).
+    pub fn exited(&mut self) -> anyhow::Result<()> {
+        if let Some(c) = self.child.as_mut()
+            && let Some(status) = c.try_wait()?
+        {
+            self.child = None;
+            bail!(
+                "compute node {} exited on its own ({status}); its log:\n{}",
+                self.id,
+                self.log_text()
+            );
+        }
+        Ok(())
+    }
+
+    /// Its log (all runs appended), without colours.
+    pub fn log_text(&self) -> String {
+        strip_ansi(&std::fs::read_to_string(self.data_dir.join("node.log")).unwrap_or_default())
+    }
+
+    /// The last `n` lines of its log.
+    pub fn log_tail(&self, n: usize) -> String {
+        let t = self.log_text();
+        let lines: Vec<&str> = t.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// The orchestrator ids (from their certificates) of every session this node established, in
+    /// order, from its log lines `session established … server=ID`.
+    pub fn sessions(&self) -> Vec<String> {
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains("session established"))
+            .filter_map(|l| log_field(l, "server").map(String::from))
+            .collect()
+    }
+
+    /// Applies the same faults to every proxy (every orchestrator link).
+    pub fn set_faults(&self, faults: crate::proxy::Faults) -> anyhow::Result<()> {
+        for p in &self.proxies {
+            p.set(faults.clone())?;
+        }
+        Ok(())
+    }
+
+    /// Cuts (`true`) or restores (`false`) every orchestrator link, leaving other faults as they are.
+    pub fn cut(&self, on: bool) -> anyhow::Result<()> {
+        for p in &self.proxies {
+            p.blackhole(on)?;
+        }
+        Ok(())
+    }
+
+    /// All faults off on every link.
+    pub fn heal(&self) -> anyhow::Result<()> {
+        for p in &self.proxies {
+            p.heal()?;
+        }
+        Ok(())
+    }
+
+    /// The proxies' counters, summed over every link.
+    pub fn link_stats(&self) -> crate::proxy::ProxyStats {
+        let mut sum = crate::proxy::ProxyStats::default();
+        for p in &self.proxies {
+            let s = p.stats();
+            for (into, from) in [
+                (&mut sum.to_upstream, &s.to_upstream),
+                (&mut sum.to_client, &s.to_client),
+            ] {
+                into.received += from.received;
+                into.forwarded += from.forwarded;
+                into.duplicated += from.duplicated;
+                into.reordered += from.reordered;
+                into.dropped += from.dropped;
+                into.dropped_loss += from.dropped_loss;
+                into.dropped_blackhole += from.dropped_blackhole;
+                into.dropped_bandwidth += from.dropped_bandwidth;
+                into.dropped_overflow += from.dropped_overflow;
+            }
+            sum.clients += s.clients;
+        }
+        sum
+    }
+
+    /// Where the execution's files live on this node (`…/compute/executions/ID`).
+    pub fn execution_dir(&self, execution_id: &str) -> PathBuf {
+        self.data_dir
+            .join("compute")
+            .join("executions")
+            .join(execution_id)
+    }
+
+    /// Whether the execution finished on this node (its `results/exitCode` is written), whatever
+    /// the orchestrators know of it.
+    pub fn finished_locally(&self, execution_id: &str) -> bool {
+        self.execution_dir(execution_id)
+            .join("results")
+            .join("exitCode")
+            .is_file()
+    }
+}
+
+impl Drop for ComputeNode {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
