@@ -1,0 +1,10 @@
+//! Fuzz target `to_compute`: see `caravel_net_fuzz::to_compute` for what it checks.
+//!
+//! Works on the pinned stable toolchain (rustc 1.95) with cargo-fuzz 0.13, from `net/fuzz`:
+//! ```text
+//! CARGO_TARGET_DIR=$HOME/.cache/caravel-target RUSTC_BOOTSTRAP=1 \
+//!     cargo fuzz run to_compute corpus/to_compute -- -max_total_time=60
+//! ```
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| caravel_net_fuzz::to_compute(data));
