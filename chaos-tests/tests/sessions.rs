@@ -1390,3 +1390,63 @@ fn the_orchestrator_refuses_foreign_anonymous_impostor_and_other_version_peers_w
         eprintln!("  {l}");
     }
 }
+
+#[test]
+fn a_restarted_orchestrator_resets_its_old_sessions_so_the_node_reconnects_at_once() {
+    let (_dir, mut g, mut node, h) = setup(1, "edge-restart", &[]);
+    let id = h.submit(&g.members[0].api(), &sleep_job("across-restart", 8));
+    wait_executions_in(
+        &h,
+        &mut g,
+        &mut node,
+        std::slice::from_ref(&id),
+        &[RUNNING],
+        Duration::from_secs(120),
+    );
+    let sessions_before = node.sessions().len();
+    g.restart(0).unwrap();
+    let restarted_at = Instant::now();
+    eprintln!(
+        "did: SIGKILL the only orchestrator while a job runs, start it again on its data dir and port"
+    );
+    // The new process derives the same stateless-reset and connection-id keys from its TLS key:
+    // the node's next packet (a keep-alive, every 2 s) is answered with a stateless reset.
+    let lost = loop {
+        node.exited().unwrap();
+        let lines = log_lines(&node.log_text(), "compute session lost");
+        if let Some(l) = lines.last() {
+            break l.clone();
+        }
+        assert!(
+            restarted_at.elapsed() < Duration::from_secs(60),
+            "the node never noticed the restart\n{}",
+            diagnostics(&g, &node)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        lost.contains("stateless reset"),
+        "the session ended by a stateless reset, not by the idle timeout: {lost}"
+    );
+    while node.sessions().len() <= sessions_before {
+        node.exited().unwrap();
+        assert!(
+            restarted_at.elapsed() < Duration::from_secs(60),
+            "no new session\n{}",
+            diagnostics(&g, &node)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = restarted_at.elapsed();
+    eprintln!(
+        "checked: session reset and re-established {took:?} after the restart (idle timeout: 10 s)"
+    );
+    wait_completed_once(
+        &h,
+        &mut g,
+        &mut node,
+        &[("across-restart".to_string(), id)],
+        Duration::from_secs(120),
+    );
+    eprintln!("checked: the job running across the restart completed once");
+}

@@ -1256,9 +1256,37 @@ impl SessionServer {
     ) -> Result<(SessionServer, mpsc::Receiver<IncomingSession>), Error> {
         opts.validate()?;
         let cfg = SessionServer::server_config(identity, &opts)?;
-        let endpoint = quinn::Endpoint::server(cfg, bind)
-            .map_err(|source| Error::Bind { addr: bind, source })?;
+        let socket =
+            std::net::UdpSocket::bind(bind).map_err(|source| Error::Bind { addr: bind, source })?;
+        let endpoint = quinn::Endpoint::new(
+            SessionServer::endpoint_config(identity),
+            Some(cfg),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|source| Error::Bind { addr: bind, source })?;
         SessionServer::start_on(endpoint, opts, shutdown)
+    }
+
+    /// Endpoint settings whose stateless-reset key and connection-id key are derived from the
+    /// orchestrator's TLS key instead of drawn at random: after a crash and restart on the same
+    /// address, the orchestrator recognises the connection ids it handed out before and answers
+    /// a node's next packet with a stateless reset (RFC 9000 §10.3), so the node reconnects at once
+    /// instead of waiting out its idle timeout.
+    pub fn endpoint_config(identity: &Identity) -> quinn::EndpointConfig {
+        let reset = identity.derived_secret("quic stateless reset");
+        let mut cfg = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            &reset,
+        )));
+        let cid = identity.derived_secret("quic connection ids");
+        let cid_key = u64::from_le_bytes([
+            cid[0], cid[1], cid[2], cid[3], cid[4], cid[5], cid[6], cid[7],
+        ]);
+        cfg.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
+        cfg
     }
 
     /// The QUIC server config [`SessionServer::start`] binds with: the session ALPN, client
@@ -2002,6 +2030,10 @@ fn describe_close(e: &quinn::ConnectionError) -> String {
             "the orchestrator closed the session: {}",
             String::from_utf8_lossy(&c.reason)
         ),
+        quinn::ConnectionError::Reset => {
+            "the orchestrator restarted and no longer knows this session (stateless reset)"
+                .to_string()
+        }
         quinn::ConnectionError::TimedOut => {
             "no packet from the orchestrator within the idle timeout".to_string()
         }

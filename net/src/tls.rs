@@ -221,6 +221,19 @@ impl Identity {
         })
     }
 
+    /// A 32-byte secret for `label`, derived from this node's private key: stable across restarts
+    /// of the node, different per label, and never the key itself.
+    pub fn derived_secret(&self, label: &str) -> [u8; 32] {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(b"caravel derived secret\0");
+        ctx.update(label.as_bytes());
+        ctx.update(b"\0");
+        ctx.update(self.key.secret_der());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        out
+    }
+
     /// Loads `--tls-ca`, `--tls-cert`, `--tls-key`.
     pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<Self, Error> {
         let with_path = |e: Error, p: &Path| match e {
