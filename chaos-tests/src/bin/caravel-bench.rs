@@ -1,14 +1,25 @@
-//! `caravel-bench`: the benchmarks of the HA issue, one command each, each printing a table.
+//! `caravel-bench`: the benchmarks of the HA and compute-session issues, one command each, each
+//! printing a table.
 //!
 //! - `caravel-bench writes`: replicated-write throughput and latency of a 3-orchestrator Caravel
 //!   group on loopback (mutual-TLS QUIC between members, fsync on), side by side with a 3-member
 //!   etcd cluster from Debian's `etcd-server` package driven with the same load shape.
 //! - `caravel-bench failover`: SIGKILL the leader under a steady write load, many times, and print
 //!   the distribution of kill → new leader agreed and kill → first acknowledged write.
+//! - `caravel-bench sessions`: one orchestrator process holding N compute sessions, each a
+//!   simulated node in this process running the real session client (its own UDP socket and
+//!   certificate) that says Hello and heartbeats; ramp-up rate, the orchestrator's RSS and CPU.
+//! - `caravel-bench heal`: a compute-only node process behind the UDP proxy runs jobs through a
+//!   blackhole cut; heal → node CONNECTED, → every piled-up report committed, → jobs Completed.
+//! - `caravel-bench logs`: log-stream goodput through a compute session at several loss rates.
 //!
 //! ```text
 //!  bench process (tokio, N HTTP clients) ──PUT /api/v1/orchestrator/jobs──▶ orch-1..3 (caravel serve)
 //!                                        └─POST /v3/kv/put (base64)────────▶ etcd e1..e3 (peer TLS)
+//!
+//!  sessions: bench (N × SessionClient, N UDP sockets) ══QUIC mTLS══▶ orch-1 (caravel serve)
+//!  heal, logs: compute-1 (caravel serve --compute) ══QUIC══▶ UDP proxy (bench) ══▶ orch-1
+//!                                       REST API / WebSocket ◀── bench
 //! ```
 //!
 //! Not a test: it asserts nothing about timings and is run by hand (`docs/benchmarks.md`). Every
@@ -24,6 +35,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use base64::Engine as _;
 use caravel_chaos_tests::cluster::{Group, GroupOptions};
+use caravel_chaos_tests::proxy::{Faults, LinkFaults, Proxy};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -31,7 +43,8 @@ use serde_json::{Value, json};
 #[derive(Debug, Parser)]
 #[command(
     name = "caravel-bench",
-    about = "Caravel's HA benchmarks: replicated writes (vs etcd) and leader failover"
+    about = "Caravel's benchmarks: replicated writes (vs etcd), leader failover, compute sessions \
+             (scale, heal after a cut, log goodput under loss)"
 )]
 struct Cli {
     /// The `caravel` binary to run (default: $CARAVEL_BIN, else the `caravel` next to this binary).
@@ -60,6 +73,92 @@ enum Cmd {
     Writes(WritesArgs),
     /// Leader failover: SIGKILL the leader under load, repeatedly; print the distribution.
     Failover(FailoverArgs),
+    /// Compute sessions held by one orchestrator: N simulated nodes, ramp-up rate, RSS and CPU.
+    Sessions(SessionsArgs),
+    /// Link healed after a cut: heal → node CONNECTED and → piled-up reports committed.
+    Heal(HealArgs),
+    /// Log-stream goodput through a compute session at several datagram loss rates.
+    Logs(LogsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SessionsArgs {
+    /// Simulated compute nodes, each a QUIC session with its own UDP socket and certificate (needs
+    /// about this many open files: `ulimit -n`).
+    #[arg(long, default_value_t = 10_000)]
+    nodes: usize,
+    /// Seconds to hold every session after the ramp-up. Longer than a minute, so that the hold
+    /// includes the orchestrator's periodic node-info refresh (one Raft write per node a minute).
+    #[arg(long, default_value_t = 120)]
+    hold_secs: u64,
+    /// Handshakes in flight at once during the ramp-up (a node holds its slot until its Hello is
+    /// acknowledged).
+    #[arg(long, default_value_t = 64)]
+    in_flight: usize,
+    /// Seconds between a node's heartbeats (the compute node's default, Compute.HeartbeatSecs).
+    #[arg(long, default_value_t = 5)]
+    heartbeat_secs: u64,
+    /// Seconds between samples of the orchestrator (RSS, CPU, /metrics).
+    #[arg(long, default_value_t = 10)]
+    sample_secs: u64,
+    /// Stop waiting for the ramp-up after this long and hold whatever is up.
+    #[arg(long, default_value_t = 1200)]
+    ramp_timeout_secs: u64,
+    /// Stop waiting for the ramp-up when no new session was established for this long.
+    #[arg(long, default_value_t = 60)]
+    stall_secs: u64,
+}
+
+#[derive(Debug, clap::Args)]
+struct HealArgs {
+    /// Seconds the compute node's link is blackholed.
+    #[arg(long, default_value_t = 60)]
+    cut_secs: u64,
+    /// Jobs Running on the node when the link is cut (all run at once).
+    #[arg(long, default_value_t = 8)]
+    jobs: usize,
+    /// Seconds each job sleeps (it should end during the cut, so its reports pile up).
+    #[arg(long, default_value_t = 10)]
+    job_secs: u64,
+    /// Cuts, one after the other, on the same processes.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// What-if rounds afterwards: a simulated node in this process (the real session client, no
+    /// jobs) with the session options below instead of the defaults, cut and healed the same way;
+    /// measures heal → session re-established. 0 skips them.
+    #[arg(long, default_value_t = 3)]
+    what_if_rounds: usize,
+    /// What-if: the session client's handshake timeout (default of the product: 10,000).
+    #[arg(long, default_value_t = 1000)]
+    what_if_handshake_ms: u64,
+    /// What-if: the session client's largest reconnect backoff (default of the product: 30,000).
+    #[arg(long, default_value_t = 500)]
+    what_if_backoff_cap_ms: u64,
+    /// Docker image with /bin/sh and sleep (scripts/test-image.sh builds the default).
+    #[arg(long, default_value = "caravel-busybox:latest")]
+    image: String,
+}
+
+#[derive(Debug, clap::Args)]
+struct LogsArgs {
+    /// Lines the job prints (`seq 1 N`).
+    #[arg(long, default_value_t = 200_000)]
+    lines: u64,
+    /// Datagram loss in percent on both directions of the node's link, one set of runs per value.
+    #[arg(long, value_delimiter = ',', default_value = "0,5,20")]
+    loss: Vec<f64>,
+    /// Pad every line with this many characters (0: the bare numbers of `seq`, 1–7 bytes a line).
+    #[arg(long, default_value_t = 0)]
+    line_bytes: usize,
+    /// Runs per loss value.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Give up one run after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
+    /// Docker image with /bin/sh and seq (scripts/test-image.sh builds the default).
+    #[arg(long, default_value = "caravel-busybox:latest")]
+    image: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -120,6 +219,9 @@ fn main() -> anyhow::Result<()> {
     let res = match &cli.cmd {
         Cmd::Writes(a) => writes(&rt, &bin, tmp.path(), a, &reaper, cli.output),
         Cmd::Failover(a) => failover(&rt, &bin, tmp.path(), a, &reaper, cli.output),
+        Cmd::Sessions(a) => sessions(&rt, &bin, tmp.path(), a, &reaper, cli.output),
+        Cmd::Heal(a) => heal(&rt, &bin, tmp.path(), a, &reaper, cli.output),
+        Cmd::Logs(a) => logs(&rt, &bin, tmp.path(), a, &reaper, cli.output),
     };
     drop(rt);
     res
@@ -1173,6 +1275,1920 @@ fn failover(
                 acked,
                 records.iter().map(|r| r.failed_writes).sum::<u64>()
             );
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared by the session benchmarks: /proc sampling, /metrics, the REST API, a proxied compute node
+
+/// Resident memory and CPU time of one process, read from `/proc`.
+#[derive(Debug, Clone, Copy)]
+struct ProcStat {
+    rss_kib: u64,
+    /// Peak resident memory (VmHWM).
+    peak_kib: u64,
+    /// User + system CPU time.
+    cpu_secs: f64,
+}
+
+/// Clock ticks per second of `/proc/PID/stat` (`getconf CLK_TCK`, 100 on Linux).
+fn clk_tck() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .filter(|t| *t > 0.0)
+        .unwrap_or(100.0)
+}
+
+fn proc_stat(pid: u32, tck: f64) -> Option<ProcStat> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = |key: &str| -> Option<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name (which may hold spaces): field 3 (state) onwards; utime is field 14,
+    // stime field 15 (proc(5)).
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ProcStat {
+        rss_kib: kib("VmRSS:")?,
+        peak_kib: kib("VmHWM:")?,
+        cpu_secs: ticks as f64 / tck,
+    })
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// The soft limit on open files of this process (`ulimit -n`).
+fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+fn mem_total_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |k| k / 1024)
+}
+
+/// Sums the samples of metric `name` (exact name, `_total` included for counters) whose labels
+/// contain every one of `labels` (`key="value"`). `None` if no sample matched.
+fn metric_sum(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    let mut sum = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (n, l) = series.split_at(series.find('{').unwrap_or(series.len()));
+        if n != name || !labels.iter().all(|x| l.contains(x)) {
+            continue;
+        }
+        if let Ok(v) = value.parse::<f64>() {
+            *sum.get_or_insert(0.0) += v;
+        }
+    }
+    sum
+}
+
+async fn get_text(c: &reqwest::Client, url: &str) -> Option<String> {
+    let r = c.get(url).send().await.ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    r.text().await.ok()
+}
+
+async fn get_json(c: &reqwest::Client, url: &str) -> Option<Value> {
+    let r = c.get(url).send().await.ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    r.json().await.ok()
+}
+
+/// A node's connection status as the orchestrator's API reports it (`CONNECTED`, `DISCONNECTED`).
+async fn node_status(c: &reqwest::Client, api: &str, id: &str) -> Option<String> {
+    let v = get_json(c, &format!("{api}/api/v1/orchestrator/nodes/{id}")).await?;
+    v["Node"]["ConnectionState"]["Status"]
+        .as_str()
+        .map(String::from)
+}
+
+/// Job id → job state (`Running`, `Completed`, …) of up to 1,000 jobs.
+async fn job_states(
+    c: &reqwest::Client,
+    api: &str,
+) -> Option<std::collections::HashMap<String, String>> {
+    let v = get_json(c, &format!("{api}/api/v1/orchestrator/jobs?limit=1000")).await?;
+    Some(
+        v["Items"]
+            .as_array()?
+            .iter()
+            .filter_map(|j| {
+                Some((
+                    j["ID"].as_str()?.to_string(),
+                    j["State"]["StateType"].as_str()?.to_string(),
+                ))
+            })
+            .collect(),
+    )
+}
+
+/// The compute states (`ExecutionStateType` numbers: 6 Running, 9 Completed) of a job's executions.
+async fn execution_states(c: &reqwest::Client, api: &str, job: &str) -> Option<Vec<i64>> {
+    let v = get_json(
+        c,
+        &format!("{api}/api/v1/orchestrator/jobs/{job}/executions"),
+    )
+    .await?;
+    Some(
+        v["Items"]
+            .as_array()?
+            .iter()
+            .filter_map(|e| e["ComputeState"]["StateType"].as_i64())
+            .collect(),
+    )
+}
+
+const EXEC_RUNNING: i64 = 6;
+const EXEC_COMPLETED: i64 = 9;
+
+/// A batch job of one Docker task running `script` under `/bin/sh -c`, small enough that many fit
+/// on one node.
+fn docker_job(name: &str, image: &str, script: &str) -> Value {
+    json!({"Job": {"Name": name, "Type": "batch", "Count": 1,
+        "Tasks": [{"Name": "main",
+            "Engine": {"Type": "docker", "Params": {"Image": image,
+                "Entrypoint": ["/bin/sh", "-c"], "Parameters": [script]}},
+            "Network": {"Type": "None"},
+            "Resources": {"CPU": "100m", "Memory": "64Mb"},
+            "Timeouts": {"ExecutionTimeout": 1800}}]}})
+}
+
+async fn submit(c: &reqwest::Client, api: &str, job: &Value) -> anyhow::Result<String> {
+    let r = c
+        .put(format!("{api}/api/v1/orchestrator/jobs"))
+        .json(job)
+        .send()
+        .await?;
+    let status = r.status();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    match v["JobID"].as_str() {
+        Some(id) if status.is_success() && !id.is_empty() => Ok(id.to_string()),
+        _ => bail!("job submission failed ({status}): {v}"),
+    }
+}
+
+fn docker_image_present(image: &str) -> bool {
+    Command::new("docker")
+        .args(["image", "inspect", image])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A one-member orchestrator group and one compute-only node process (`caravel serve --compute`)
+/// that dials the orchestrator through a fault-injecting UDP proxy:
+///
+/// ```text
+///  compute-1 (caravel serve --compute) ──QUIC──▶ proxy (bench) ──▶ orch-1 compute port
+///        └─ GET /metrics (direct, outbox)         blackhole / loss      └─ REST API (direct)
+/// ```
+struct ProxiedNode {
+    group: Group,
+    proxy: Proxy,
+    compute: Option<Child>,
+    node_id: String,
+    node_dir: PathBuf,
+    /// `http://127.0.0.1:PORT/metrics` of the compute node.
+    node_metrics: String,
+    api: String,
+}
+
+impl ProxiedNode {
+    fn start(
+        rt: &tokio::runtime::Runtime,
+        bin: &Path,
+        dir: &Path,
+        reaper: &Reaper,
+        extra: &[String],
+    ) -> anyhow::Result<ProxiedNode> {
+        let group = Group::start(bin, &dir.join("caravel"), 1, GroupOptions::default())
+            .context("cannot start the orchestrator")?;
+        reaper.track_group(&group);
+        let m = &group.members[0];
+        let api = m.api();
+        let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], m.compute_port));
+        let proxy = rt.block_on(Proxy::start("127.0.0.1:0".parse()?, upstream))?;
+        let node_id = "compute-1".to_string();
+        let certs = group.dir.join("certs");
+        let certs_s = certs.to_string_lossy().into_owned();
+        let o = Command::new(bin)
+            .args(["cert", "issue", "--ca-dir", &certs_s, "--node-id", &node_id])
+            .args(["--out-dir", &certs_s])
+            .output()?;
+        if !o.status.success() {
+            bail!(
+                "caravel cert issue failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        let node_dir = dir.join(&node_id);
+        std::fs::create_dir_all(&node_dir)?;
+        let metrics_port = caravel_chaos_tests::free_port()?;
+        let cert = |f: String| certs.join(f).to_string_lossy().into_owned();
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--compute".into(),
+            "--node-id".into(),
+            node_id.clone(),
+            "--orchestrators".into(),
+            proxy.local_addr().to_string(),
+            "--tls-ca".into(),
+            cert("ca.crt".into()),
+            "--tls-cert".into(),
+            cert(format!("{node_id}.crt")),
+            "--tls-key".into(),
+            cert(format!("{node_id}.key")),
+            "--data-dir".into(),
+            node_dir.to_string_lossy().into_owned(),
+            "--metrics-addr".into(),
+            format!("127.0.0.1:{metrics_port}"),
+        ];
+        args.extend(extra.iter().cloned());
+        let log = std::fs::File::create(node_dir.join("node.log"))?;
+        let child = Command::new(bin)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .env_remove("CARAVEL_API_PORT")
+            .env_remove("CARAVEL_API_HOST")
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        reaper.track("compute", vec![child.id()]);
+        let mut n = ProxiedNode {
+            group,
+            proxy,
+            compute: Some(child),
+            node_id,
+            node_dir,
+            node_metrics: format!("http://127.0.0.1:{metrics_port}/metrics"),
+            api,
+        };
+        n.wait_connected(rt, Duration::from_secs(60))?;
+        Ok(n)
+    }
+
+    /// Lines of the compute node's log that contain `pat`.
+    fn count_in_log(&self, pat: &str) -> usize {
+        std::fs::read_to_string(self.node_dir.join("node.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(pat))
+            .count()
+    }
+
+    fn node_log(&self) -> String {
+        let t = std::fs::read_to_string(self.node_dir.join("node.log")).unwrap_or_default();
+        let lines: Vec<&str> = t.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Fails if the compute process has exited.
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(c) = self.compute.as_mut()
+            && let Some(status) = c.try_wait()?
+        {
+            self.compute = None;
+            bail!(
+                "the compute node exited ({status}); its log:\n{}",
+                self.node_log()
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits until the API shows the node CONNECTED with an empty outbox.
+    fn wait_connected(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let c = http()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.check_alive()?;
+            let (status, metrics) = rt.block_on(async {
+                tokio::join!(
+                    node_status(&c, &self.api, &self.node_id),
+                    get_text(&c, &self.node_metrics)
+                )
+            });
+            let pending = metrics
+                .as_deref()
+                .and_then(|m| metric_sum(m, "caravel_compute_outbox_pending", &[]));
+            if status.as_deref() == Some("CONNECTED") && pending == Some(0.0) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} is not CONNECTED with an empty outbox after {timeout:?} (status {status:?}, \
+                     pending {pending:?}); its log:\n{}",
+                    self.node_id,
+                    self.node_log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for ProxiedNode {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.compute.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.group.shutdown();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// `sessions`
+
+/// A simulated node waits this long for the `Ack` of its `Hello`, then carries on without it
+/// (compute/src/node.rs `HANDSHAKE_TIMEOUT`); it counts as up only once acknowledged.
+const SIM_ACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// A simulated node that has no session this long after it was let through gives its handshake
+/// slot back anyway (its client keeps retrying).
+const SIM_SLOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the simulated nodes count, all together.
+#[derive(Default)]
+struct SimCounters {
+    /// Sessions whose `Hello` was acknowledged and that have not ended.
+    up: AtomicU64,
+    /// Nodes whose first `Hello` was acknowledged.
+    established: AtomicU64,
+    /// `Hello`s acknowledged, reconnections included.
+    sessions: AtomicU64,
+    /// Acknowledged sessions that ended while the bench was not stopping.
+    lost: AtomicU64,
+    /// Sessions whose `Hello` got no `Ack` within [`SIM_ACK_TIMEOUT`] (they carry on, as a node does).
+    no_ack: AtomicU64,
+    heartbeats: AtomicU64,
+    /// Control messages handed to the session (Heartbeat and Inventory).
+    control_sent: AtomicU64,
+    /// Anything but `Ack` from the orchestrator (none expected: no jobs are submitted).
+    commands: AtomicU64,
+}
+
+struct SimShared {
+    counters: SimCounters,
+    /// (when, dial → Ack) of each node's first acknowledged `Hello`.
+    firsts: Mutex<Vec<(Instant, Duration)>>,
+    stop: tokio_util::sync::CancellationToken,
+    heartbeat: Duration,
+}
+
+/// A handshake slot, given back when the node's first `Hello` is acknowledged.
+type Slot = Arc<Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What a compute node of this machine would advertise (compute/src/node.rs `node_info`).
+fn sim_info(id: &str) -> caravel_model::node::NodeInfo {
+    use caravel_model::execution::Resources;
+    use caravel_model::node::{BuildVersionInfo, ComputeNodeInfo, NodeInfo};
+    let capacity = Resources {
+        cpu: 2.0,
+        memory: 8 << 30,
+        disk: 100 << 30,
+        gpu: 0,
+    };
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    NodeInfo {
+        node_id: id.to_string(),
+        node_type: "Compute".into(),
+        labels: [
+            ("os_type", std::env::consts::OS),
+            ("os_arch", "amd64"),
+            ("name", id),
+            ("caravel-bench", "sessions"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        compute_node_info: ComputeNodeInfo {
+            execution_engines: s(&["docker", "wasm"]),
+            publishers: s(&["local", "s3", "noop"]),
+            storage_sources: s(&["inline", "localDirectory", "urlDownload", "s3", "ipfs"]),
+            max_capacity: capacity.clone(),
+            available_capacity: capacity.clone(),
+            max_job_requirements: capacity,
+            ..ComputeNodeInfo::default()
+        },
+        bacalhau_version: BuildVersionInfo::current(),
+        ..NodeInfo::default()
+    }
+}
+
+/// One simulated node: waits for a handshake slot, then runs the real session client
+/// (`caravel_net::session`, its own UDP socket and certificate) until the bench stops.
+async fn sim_node(
+    client: caravel_net::session::SessionClient,
+    info: caravel_model::node::NodeInfo,
+    gate: Arc<tokio::sync::Semaphore>,
+    sh: Arc<SimShared>,
+) {
+    let Ok(permit) = gate.acquire_owned().await else {
+        return;
+    };
+    let dialled = Instant::now();
+    let slot: Slot = Arc::new(Mutex::new(Some(permit)));
+    let first = Arc::new(AtomicBool::new(true));
+    let info = Arc::new(info);
+    let stop = sh.stop.clone();
+    let release = {
+        let (slot, stop) = (slot.clone(), stop.clone());
+        async move {
+            tokio::select! {
+                _ = tokio::time::sleep(SIM_SLOT_TIMEOUT) => {}
+                _ = stop.cancelled() => {}
+            }
+            lock(&slot).take();
+        }
+    };
+    let run = client.run(stop, move |end, _connected| {
+        let (sh, info, slot, first) = (sh.clone(), info.clone(), slot.clone(), first.clone());
+        Box::pin(sim_session(end, sh, info, slot, first, dialled))
+    });
+    let _ = tokio::join!(run, release);
+}
+
+/// Counts an acknowledged session as up while it lives.
+struct UpGuard(Arc<SimShared>);
+
+impl Drop for UpGuard {
+    fn drop(&mut self) {
+        let c = &self.0.counters;
+        c.up.fetch_sub(1, Ordering::Relaxed);
+        if !self.0.stop.is_cancelled() {
+            c.lost.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One session of a simulated node, as compute/src/node.rs `run` does it: `Hello`, wait for the
+/// `Ack` (at most [`SIM_ACK_TIMEOUT`], then carry on without it, as the node does), the (empty)
+/// inventory, then a heartbeat and the inventory every interval.
+async fn sim_session(
+    mut end: caravel_net::ComputeEnd,
+    sh: Arc<SimShared>,
+    info: Arc<caravel_model::node::NodeInfo>,
+    slot: Slot,
+    first: Arc<AtomicBool>,
+    dialled: Instant,
+) {
+    use caravel_model::wire::{ToCompute, ToOrchestrator};
+    let c = &sh.counters;
+    let hello = ToOrchestrator::Hello {
+        info: Box::new((*info).clone()),
+        last_seq: 0,
+    };
+    if end.outbox.send(hello).await.is_err() {
+        return;
+    }
+    let inventory = || ToOrchestrator::Inventory {
+        running: Vec::new(),
+    };
+    let ack_deadline = tokio::time::sleep(SIM_ACK_TIMEOUT);
+    tokio::pin!(ack_deadline);
+    // Heartbeats start once the handshake is over (acknowledged or timed out).
+    let mut beating = false;
+    let mut up: Option<UpGuard> = None;
+    let mut tick = tokio::time::interval(sh.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = sh.stop.cancelled() => break,
+            m = end.inbox.recv() => match m {
+                None => break,
+                Some(ToCompute::Ack { .. }) => {
+                    if up.is_none() {
+                        let now = Instant::now();
+                        if first.swap(false, Ordering::AcqRel) {
+                            c.established.fetch_add(1, Ordering::Relaxed);
+                            lock(&sh.firsts).push((now, now - dialled));
+                            lock(&slot).take();
+                        }
+                        c.sessions.fetch_add(1, Ordering::Relaxed);
+                        c.up.fetch_add(1, Ordering::Relaxed);
+                        up = Some(UpGuard(sh.clone()));
+                    }
+                    if !beating {
+                        beating = true;
+                        tick.reset();
+                        if end.outbox.send(inventory()).await.is_err() {
+                            break;
+                        }
+                        c.control_sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Some(_) => {
+                    c.commands.fetch_add(1, Ordering::Relaxed);
+                }
+            },
+            _ = &mut ack_deadline, if !beating => {
+                c.no_ack.fetch_add(1, Ordering::Relaxed);
+                beating = true;
+                tick.reset();
+                if end.outbox.send(inventory()).await.is_err() {
+                    break;
+                }
+                c.control_sent.fetch_add(1, Ordering::Relaxed);
+            }
+            _ = tick.tick(), if beating => {
+                // Best effort, as the real node: a full channel means the link is busy.
+                let hb = ToOrchestrator::Heartbeat { info: Box::new((*info).clone()) };
+                if end.outbox.try_send(hb).is_ok() {
+                    c.heartbeats.fetch_add(1, Ordering::Relaxed);
+                    c.control_sent.fetch_add(1, Ordering::Relaxed);
+                }
+                if end.outbox.try_send(inventory()).is_ok() {
+                    c.control_sent.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+    drop(up);
+}
+
+/// Issues `n` node certificates from the cluster CA (rcgen, in-process, on every core) and builds
+/// one session client per node, each dialling `target`.
+fn sim_clients(
+    ca: &caravel_net::tls::PemPair,
+    n: usize,
+    target: &str,
+) -> anyhow::Result<Vec<(String, caravel_net::session::SessionClient)>> {
+    use caravel_net::session::{ClientIdentity, SessionClient, SessionOptions};
+    let threads = cores().max(1);
+    let chunk = n.div_ceil(threads).max(1);
+    let ids: Vec<String> = (0..n).map(|i| format!("sim-{i:05}")).collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = ids
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || -> anyhow::Result<Vec<(String, SessionClient)>> {
+                    part.iter()
+                        .map(|id| {
+                            let pair = caravel_net::tls::issue(ca, id)?;
+                            let identity =
+                                ClientIdentity::from_pem(&ca.cert, &pair.cert, &pair.key)?;
+                            let seed = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+                            });
+                            let client = SessionClient::new(
+                                vec![target.to_string()],
+                                &identity,
+                                SessionOptions::default(),
+                            )?
+                            .with_seed(seed);
+                            Ok((id.clone(), client))
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(n);
+        for h in handles {
+            out.extend(
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("a certificate thread panicked"))??,
+            );
+        }
+        Ok(out)
+    })
+}
+
+#[derive(Debug, Serialize)]
+struct SessionSample {
+    phase: &'static str,
+    t_secs: f64,
+    /// Sessions up as the simulated nodes see them.
+    bench_sessions: u64,
+    /// `caravel_compute_sessions_connected` of the orchestrator.
+    orch_sessions: Option<f64>,
+    /// `caravel_nodes{state="CONNECTED"}` of the orchestrator (from its replicated state).
+    nodes_connected: Option<f64>,
+    orch_rss_mib: f64,
+    /// CPU since the previous sample, in % of one core.
+    orch_cpu_pct: f64,
+    bench_rss_mib: f64,
+    bench_cpu_pct: f64,
+    /// Raft entries applied per second since the previous sample.
+    raft_applied_per_sec: Option<f64>,
+}
+
+/// Samples the orchestrator and the bench process.
+struct Sampler {
+    orch: u32,
+    tck: f64,
+    metrics_url: String,
+    http: reqwest::Client,
+    start: Instant,
+    /// (when, orchestrator CPU s, bench CPU s, Raft applied index) of the previous sample.
+    last: (Instant, f64, f64, Option<f64>),
+}
+
+impl Sampler {
+    fn new(orch: u32, api: &str) -> anyhow::Result<Sampler> {
+        let tck = clk_tck();
+        let o = proc_stat(orch, tck).context("cannot read the orchestrator's /proc entry")?;
+        let b = proc_stat(std::process::id(), tck).context("cannot read /proc/self")?;
+        let now = Instant::now();
+        Ok(Sampler {
+            orch,
+            tck,
+            metrics_url: format!("{api}/metrics"),
+            http: http()?,
+            start: now,
+            last: (now, o.cpu_secs, b.cpu_secs, None),
+        })
+    }
+
+    fn orch(&self) -> Option<ProcStat> {
+        proc_stat(self.orch, self.tck)
+    }
+
+    fn metrics(&self, rt: &tokio::runtime::Runtime) -> Option<String> {
+        rt.block_on(get_text(&self.http, &self.metrics_url))
+    }
+
+    fn sample(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        phase: &'static str,
+        up: u64,
+    ) -> anyhow::Result<SessionSample> {
+        let m = self.metrics(rt);
+        let now = Instant::now();
+        let o = self.orch().context("the orchestrator is gone")?;
+        let b = proc_stat(std::process::id(), self.tck).context("cannot read /proc/self")?;
+        let dt = (now - self.last.0).as_secs_f64().max(1e-3);
+        let applied = m
+            .as_deref()
+            .and_then(|m| metric_sum(m, "caravel_raft_applied_index", &[]));
+        let s = SessionSample {
+            phase,
+            t_secs: (now - self.start).as_secs_f64(),
+            bench_sessions: up,
+            orch_sessions: m
+                .as_deref()
+                .and_then(|m| metric_sum(m, "caravel_compute_sessions_connected", &[])),
+            nodes_connected: m
+                .as_deref()
+                .and_then(|m| metric_sum(m, "caravel_nodes", &["state=\"CONNECTED\""])),
+            orch_rss_mib: mib(o.rss_kib),
+            orch_cpu_pct: (o.cpu_secs - self.last.1) / dt * 100.0,
+            bench_rss_mib: mib(b.rss_kib),
+            bench_cpu_pct: (b.cpu_secs - self.last.2) / dt * 100.0,
+            raft_applied_per_sec: match (self.last.3, applied) {
+                (Some(x), Some(y)) => Some((y - x) / dt),
+                _ => None,
+            },
+        };
+        self.last = (now, o.cpu_secs, b.cpu_secs, applied.or(self.last.3));
+        Ok(s)
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct SessionsSummary {
+    nodes: usize,
+    established: u64,
+    /// When the ramp-up was given up (stalled or timed out), seconds after it began.
+    ramp_gave_up_secs: Option<f64>,
+    certificates_secs: f64,
+    ramp_secs: f64,
+    handshakes_per_sec: f64,
+    /// Slot granted → `Ack` of the first `Hello` (QUIC + TLS handshake, Hello, registration write).
+    connect_p50_ms: f64,
+    connect_p99_ms: f64,
+    connect_max_ms: f64,
+    /// The fastest 1-second window of the ramp-up.
+    peak_handshakes_per_sec: f64,
+    orch_rss_idle_mib: f64,
+    orch_rss_end_mib: f64,
+    orch_rss_peak_mib: f64,
+    orch_rss_per_session_kib: f64,
+    orch_cpu_ramp_pct: f64,
+    orch_cpu_hold_pct: f64,
+    hold_secs: f64,
+    orch_sessions_end: Option<f64>,
+    nodes_connected_end: Option<f64>,
+    api_connected_end: Option<usize>,
+    api_list_ms: Option<f64>,
+    /// Control frames (Heartbeat, Inventory) the orchestrator received per second during the hold,
+    /// and the rate the simulated nodes handed to their sessions.
+    control_in_per_sec: Option<f64>,
+    control_sent_per_sec: f64,
+    sessions_lost: u64,
+    sessions_total: u64,
+    hello_without_ack: u64,
+    unexpected_commands: u64,
+    bench_rss_end_mib: f64,
+    /// `RegisterNode` Raft writes over the whole run (Hello, info refresh, retries), and their mean
+    /// time from proposal to apply.
+    register_writes: Option<f64>,
+    register_write_mean_ms: Option<f64>,
+    /// Raft writes that timed out in the compute sessions' retry loop (orchestrator log).
+    raft_last_index: Option<f64>,
+}
+
+fn sessions(
+    rt: &tokio::runtime::Runtime,
+    bin: &Path,
+    dir: &Path,
+    a: &SessionsArgs,
+    reaper: &Reaper,
+    output: Output,
+) -> anyhow::Result<()> {
+    if a.nodes == 0 || a.in_flight == 0 || a.heartbeat_secs == 0 || a.sample_secs == 0 {
+        bail!("--nodes, --in-flight, --heartbeat-secs and --sample-secs must be at least 1");
+    }
+    // One UDP socket per simulated node (each runs the real client, which owns its endpoint), plus
+    // the runtime's and the HTTP clients' descriptors.
+    let need = a.nodes as u64 + 512;
+    if let Some(soft) = open_files_limit()
+        && soft < need
+    {
+        bail!(
+            "{} simulated nodes need about {need} file descriptors (one UDP socket each) but this \
+             shell allows {soft}: raise it first, e.g. `ulimit -n {need}` (at most the hard limit, \
+             `ulimit -Hn`)",
+            a.nodes
+        );
+    }
+    eprintln!(
+        "machine: {} cores, {} MiB RAM; data dirs under {}",
+        cores(),
+        mem_total_mib(),
+        dir.display()
+    );
+    eprintln!("caravel: {} ({})", bin.display(), caravel_version(bin));
+    let group = Group::start(bin, &dir.join("caravel"), 1, GroupOptions::default())
+        .context("cannot start the orchestrator")?;
+    reaper.track_group(&group);
+    let m = &group.members[0];
+    let pid = m.pid().context("the orchestrator has no pid")?;
+    let api = m.api();
+    let target = format!("127.0.0.1:{}", m.compute_port);
+    eprintln!(
+        "orchestrator {} (pid {pid}): one-member Raft group on RocksDB (fsync on), compute sessions \
+         on UDP {target} (mutual TLS), API {api}",
+        m.id
+    );
+
+    let ca = caravel_net::tls::read_ca(&group.dir.join("certs"))
+        .context("cannot read the cluster CA")?;
+    let t = Instant::now();
+    let clients = sim_clients(&ca, a.nodes, &target)?;
+    let certificates_secs = t.elapsed().as_secs_f64();
+    eprintln!(
+        "{} node certificates issued from the cluster CA (rcgen, in-process) and session clients \
+         built in {certificates_secs:.1} s",
+        a.nodes
+    );
+    eprintln!(
+        "each simulated node: the real session client (caravel_net::session::SessionClient, default \
+         SessionOptions: keep-alive 2 s, idle timeout 10 s), its own UDP socket and certificate; \
+         Hello → Ack → Inventory, then Heartbeat + Inventory every {} s; at most {} handshakes in \
+         flight during the ramp-up",
+        a.heartbeat_secs, a.in_flight
+    );
+
+    let mut sampler = Sampler::new(pid, &api)?;
+    let mut samples = Vec::new();
+    std::thread::sleep(Duration::from_secs(2));
+    samples.push(sampler.sample(rt, "idle", 0)?);
+    let rss_idle = samples[0].orch_rss_mib;
+
+    let sh = Arc::new(SimShared {
+        counters: SimCounters::default(),
+        firsts: Mutex::new(Vec::with_capacity(a.nodes)),
+        stop: tokio_util::sync::CancellationToken::new(),
+        heartbeat: Duration::from_secs(a.heartbeat_secs),
+    });
+    let gate = Arc::new(tokio::sync::Semaphore::new(a.in_flight));
+    let result = (|| -> anyhow::Result<SessionsSummary> {
+        let cpu0 = sampler.orch().context("the orchestrator is gone")?.cpu_secs;
+        let ramp_start = Instant::now();
+        let mut tasks = Vec::with_capacity(a.nodes);
+        for (id, client) in clients {
+            tasks.push(rt.spawn(sim_node(client, sim_info(&id), gate.clone(), sh.clone())));
+        }
+        let c = &sh.counters;
+        let ramp_deadline = ramp_start + Duration::from_secs(a.ramp_timeout_secs);
+        let sample_every = Duration::from_secs(a.sample_secs);
+        let mut next_sample = Instant::now() + sample_every;
+        let mut next_line = Instant::now() + Duration::from_secs(2);
+        let (mut last_count, mut last_progress) = (0u64, Instant::now());
+        let mut stalled = false;
+        loop {
+            let established = c.established.load(Ordering::Relaxed);
+            if established as usize >= a.nodes {
+                break;
+            }
+            if established != last_count {
+                (last_count, last_progress) = (established, Instant::now());
+            } else if last_progress.elapsed() > Duration::from_secs(a.stall_secs) {
+                eprintln!(
+                    "ramp-up stalled: {established} of {} sessions, none new for {} s; holding those",
+                    a.nodes, a.stall_secs
+                );
+                stalled = true;
+                break;
+            }
+            if Instant::now() > ramp_deadline {
+                eprintln!(
+                    "ramp-up: only {established} of {} sessions after {} s; holding those",
+                    a.nodes, a.ramp_timeout_secs
+                );
+                break;
+            }
+            if sampler.orch().is_none() {
+                bail!(
+                    "the orchestrator exited during the ramp-up; its log:\n{}",
+                    tail_lines(&group.members[0].log_text(), 30)
+                );
+            }
+            if Instant::now() >= next_sample {
+                samples.push(sampler.sample(rt, "ramp", c.up.load(Ordering::Relaxed))?);
+                next_sample += sample_every;
+            }
+            if Instant::now() >= next_line {
+                eprintln!(
+                    "ramp-up: {established}/{} sessions after {:.0} s ({:.0}/s), orchestrator RSS \
+                     {:.0} MiB",
+                    a.nodes,
+                    ramp_start.elapsed().as_secs_f64(),
+                    established as f64 / ramp_start.elapsed().as_secs_f64(),
+                    sampler.orch().map_or(0.0, |o| mib(o.rss_kib))
+                );
+                next_line += Duration::from_secs(5);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let firsts = lock(&sh.firsts).clone();
+        let ramp_end = firsts.iter().map(|(t, _)| *t).max().unwrap_or(ramp_start);
+        let ramp_gave_up_secs = (stalled || (established_now(c) as usize) < a.nodes)
+            .then(|| ramp_start.elapsed().as_secs_f64());
+        let ramp_secs = (ramp_end - ramp_start).as_secs_f64();
+        let cpu_ramp = sampler.orch().context("the orchestrator is gone")?.cpu_secs - cpu0;
+        let established = c.established.load(Ordering::Relaxed);
+        let mut lat: Vec<Duration> = firsts.iter().map(|(_, d)| *d).collect();
+        lat.sort_unstable();
+        let mut per_sec = std::collections::BTreeMap::<u64, u64>::new();
+        for (t, _) in &firsts {
+            *per_sec.entry((*t - ramp_start).as_secs()).or_default() += 1;
+        }
+        let peak = per_sec.values().copied().max().unwrap_or(0);
+        samples.push(sampler.sample(rt, "ramp end", c.up.load(Ordering::Relaxed))?);
+        eprintln!(
+            "ramp-up done: {established} sessions in {ramp_secs:.1} s; holding for {} s",
+            a.hold_secs
+        );
+
+        // Hold.
+        let hold_start = Instant::now();
+        let cpu1 = sampler.orch().context("the orchestrator is gone")?.cpu_secs;
+        let frames_in = |m: Option<String>| {
+            m.as_deref().and_then(|m| {
+                metric_sum(
+                    m,
+                    "caravel_compute_session_frames_total",
+                    &["channel=\"control\"", "direction=\"in\""],
+                )
+            })
+        };
+        let control_in0 = frames_in(sampler.metrics(rt));
+        let sent0 = c.control_sent.load(Ordering::Relaxed);
+        let lost0 = c.lost.load(Ordering::Relaxed);
+        let hold_end = hold_start + Duration::from_secs(a.hold_secs);
+        let mut next_sample = hold_start + sample_every;
+        while Instant::now() < hold_end {
+            if sampler.orch().is_none() {
+                bail!(
+                    "the orchestrator exited during the hold; its log:\n{}",
+                    tail_lines(&group.members[0].log_text(), 30)
+                );
+            }
+            if Instant::now() >= next_sample {
+                samples.push(sampler.sample(rt, "hold", c.up.load(Ordering::Relaxed))?);
+                next_sample += sample_every;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let hold_secs = hold_start.elapsed().as_secs_f64();
+        let cpu_hold = sampler.orch().context("the orchestrator is gone")?.cpu_secs - cpu1;
+        let control_in1 = frames_in(sampler.metrics(rt));
+        let sent1 = c.control_sent.load(Ordering::Relaxed);
+        let end = sampler.sample(rt, "hold end", c.up.load(Ordering::Relaxed))?;
+        let orch = sampler.orch().context("the orchestrator is gone")?;
+
+        // The API's view: GET /nodes?filter-status=CONNECTED, timed.
+        let http = http()?;
+        let t = Instant::now();
+        let listed = rt.block_on(get_json(
+            &http,
+            &format!("{api}/api/v1/orchestrator/nodes?filter-status=CONNECTED"),
+        ));
+        let api_list_ms = listed.as_ref().map(|_| t.elapsed().as_secs_f64() * 1e3);
+        let api_connected = listed.as_ref().and_then(|v| {
+            Some(
+                v["Nodes"]
+                    .as_array()?
+                    .iter()
+                    .filter(|n| {
+                        n["Info"]["NodeID"]
+                            .as_str()
+                            .is_some_and(|id| id.starts_with("sim-"))
+                    })
+                    .count(),
+            )
+        });
+        let final_metrics = sampler.metrics(rt);
+        let fm = |name: &str, labels: &[&str]| {
+            final_metrics
+                .as_deref()
+                .and_then(|m| metric_sum(m, name, labels))
+        };
+        let reg_count = fm(
+            "caravel_raft_write_duration_seconds_count",
+            &["command=\"register_node\""],
+        );
+        let reg_sum = fm(
+            "caravel_raft_write_duration_seconds_sum",
+            &["command=\"register_node\""],
+        );
+        let summary = SessionsSummary {
+            nodes: a.nodes,
+            established,
+            ramp_gave_up_secs,
+            certificates_secs,
+            ramp_secs,
+            handshakes_per_sec: established as f64 / ramp_secs.max(1e-3),
+            connect_p50_ms: pct_ms(&lat, 50.0),
+            connect_p99_ms: pct_ms(&lat, 99.0),
+            connect_max_ms: pct_ms(&lat, 100.0),
+            peak_handshakes_per_sec: peak as f64,
+            orch_rss_idle_mib: rss_idle,
+            orch_rss_end_mib: mib(orch.rss_kib),
+            orch_rss_peak_mib: mib(orch.peak_kib),
+            orch_rss_per_session_kib: (mib(orch.rss_kib) - rss_idle) * 1024.0
+                / (end.bench_sessions.max(1) as f64),
+            orch_cpu_ramp_pct: cpu_ramp / ramp_secs.max(1e-3) * 100.0,
+            orch_cpu_hold_pct: cpu_hold / hold_secs.max(1e-3) * 100.0,
+            hold_secs,
+            orch_sessions_end: end.orch_sessions,
+            nodes_connected_end: end.nodes_connected,
+            api_connected_end: api_connected,
+            api_list_ms,
+            control_in_per_sec: match (control_in0, control_in1) {
+                (Some(x), Some(y)) => Some((y - x) / hold_secs.max(1e-3)),
+                _ => None,
+            },
+            control_sent_per_sec: (sent1 - sent0) as f64 / hold_secs.max(1e-3),
+            sessions_lost: c.lost.load(Ordering::Relaxed) - lost0,
+            sessions_total: c.sessions.load(Ordering::Relaxed),
+            hello_without_ack: c.no_ack.load(Ordering::Relaxed),
+            unexpected_commands: c.commands.load(Ordering::Relaxed),
+            bench_rss_end_mib: end.bench_rss_mib,
+            register_writes: reg_count,
+            register_write_mean_ms: match (reg_count, reg_sum) {
+                (Some(n), Some(s)) if n > 0.0 => Some(s / n * 1e3),
+                _ => None,
+            },
+            raft_last_index: fm("caravel_raft_last_log_index", &[]),
+        };
+        samples.push(end);
+
+        // Let go: every client closes its connection.
+        sh.stop.cancel();
+        rt.block_on(async {
+            let _ = tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(tasks))
+                .await;
+        });
+        Ok(summary)
+    })();
+    sh.stop.cancel();
+    drop(group);
+    let s = result?;
+
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"samples": samples, "summary": s}))?
+        ),
+        Output::Table => print_sessions(&samples, &s),
+    }
+    Ok(())
+}
+
+fn established_now(c: &SimCounters) -> u64 {
+    c.established.load(Ordering::Relaxed)
+}
+
+fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn opt(v: Option<f64>, prec: usize) -> String {
+    v.map_or("-".into(), |v| format!("{v:.prec$}"))
+}
+
+fn print_sessions(samples: &[SessionSample], s: &SessionsSummary) {
+    println!(
+        "{:<9} {:>6} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9} {:>8}",
+        "PHASE",
+        "T S",
+        "BENCH UP",
+        "ORCH UP",
+        "NODES UP",
+        "ORCH MIB",
+        "ORCH CPU",
+        "RAFT/S",
+        "BENCH MIB",
+        "BENCH CPU"
+    );
+    for x in samples {
+        println!(
+            "{:<9} {:>6.0} {:>9} {:>9} {:>9} {:>9.0} {:>7.0}% {:>8} {:>9.0} {:>8.0}%",
+            x.phase,
+            x.t_secs,
+            x.bench_sessions,
+            opt(x.orch_sessions, 0),
+            opt(x.nodes_connected, 0),
+            x.orch_rss_mib,
+            x.orch_cpu_pct,
+            opt(x.raft_applied_per_sec, 0),
+            x.bench_rss_mib,
+            x.bench_cpu_pct
+        );
+    }
+    println!();
+    let rows: Vec<(&str, String)> = vec![
+        ("simulated nodes", s.nodes.to_string()),
+        (
+            "sessions established (Hello acknowledged)",
+            s.established.to_string(),
+        ),
+        (
+            "ramp-up, first dial → last Ack",
+            match s.ramp_gave_up_secs {
+                None => format!("{:.1} s", s.ramp_secs),
+                Some(g) => format!("{:.1} s (incomplete: given up after {g:.0} s)", s.ramp_secs),
+            },
+        ),
+        (
+            "handshake rate, mean / best 1-s window",
+            format!(
+                "{:.0} /s / {:.0} /s",
+                s.handshakes_per_sec, s.peak_handshakes_per_sec
+            ),
+        ),
+        (
+            "dial → Ack latency p50 / p99 / max",
+            format!(
+                "{:.0} / {:.0} / {:.0} ms",
+                s.connect_p50_ms, s.connect_p99_ms, s.connect_max_ms
+            ),
+        ),
+        (
+            "orchestrator RSS idle / end of hold / peak",
+            format!(
+                "{:.0} / {:.0} / {:.0} MiB",
+                s.orch_rss_idle_mib, s.orch_rss_end_mib, s.orch_rss_peak_mib
+            ),
+        ),
+        (
+            "orchestrator RSS per session (end − idle)",
+            format!("{:.0} KiB", s.orch_rss_per_session_kib),
+        ),
+        (
+            "orchestrator CPU ramp-up / hold (one core = 100 %)",
+            format!(
+                "{:.0} % / {:.0} %",
+                s.orch_cpu_ramp_pct, s.orch_cpu_hold_pct
+            ),
+        ),
+        (
+            "sessions, orchestrator /metrics at end of hold",
+            opt(s.orch_sessions_end, 0),
+        ),
+        (
+            "nodes CONNECTED, /metrics / API at end of hold",
+            format!(
+                "{} / {}",
+                opt(s.nodes_connected_end, 0),
+                s.api_connected_end.map_or("-".into(), |n| n.to_string())
+            ),
+        ),
+        (
+            "GET /api/v1/orchestrator/nodes?filter-status=CONNECTED",
+            s.api_list_ms
+                .map_or("failed".into(), |ms| format!("{ms:.0} ms")),
+        ),
+        (
+            "control frames/s during hold, received / sent",
+            format!(
+                "{} / {:.0}",
+                opt(s.control_in_per_sec, 0),
+                s.control_sent_per_sec
+            ),
+        ),
+        (
+            "sessions lost during hold / acknowledged in all",
+            format!("{} / {}", s.sessions_lost, s.sessions_total),
+        ),
+        (
+            "Hello not acknowledged within 30 s / unexpected commands",
+            format!("{} / {}", s.hello_without_ack, s.unexpected_commands),
+        ),
+        (
+            "RegisterNode Raft writes in all / mean propose → apply",
+            format!(
+                "{} / {} ms",
+                opt(s.register_writes, 0),
+                opt(s.register_write_mean_ms, 0)
+            ),
+        ),
+        (
+            "orchestrator's last Raft log index",
+            opt(s.raft_last_index, 0),
+        ),
+        (
+            "bench process RSS at end of hold",
+            format!("{:.0} MiB", s.bench_rss_end_mib),
+        ),
+        (
+            "certificates issued + clients built (bench setup)",
+            format!("{:.1} s", s.certificates_secs),
+        ),
+    ];
+    println!("{:<56} VALUE", "MEASURE");
+    for (k, v) in rows {
+        println!("{k:<56} {v}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// `heal`
+
+#[derive(Debug, Serialize)]
+struct HealRound {
+    round: usize,
+    cut_secs: f64,
+    /// Cut → the API first showed the node DISCONNECTED (None: it never did during the cut).
+    disconnected_after_secs: Option<f64>,
+    /// Reports in the node's outbox just before the heal.
+    pending_at_heal: Option<f64>,
+    /// Jobs of the round Completed in the API before the heal (should be none).
+    completed_before_heal: usize,
+    heal_to_connected_ms: Option<f64>,
+    /// Heal → the node's outbox is empty: every report committed and acknowledged.
+    heal_to_reports_committed_ms: Option<f64>,
+    heal_to_first_completed_ms: Option<f64>,
+    heal_to_all_completed_ms: Option<f64>,
+    jobs: usize,
+    /// Executions of the round's jobs, and how many of them Completed.
+    executions: usize,
+    executions_completed: usize,
+    /// Replayed reports the orchestrator recognised as already applied (harmless) during the round.
+    duplicate_reports: f64,
+    /// Session attempts of the node that failed during the round (its log).
+    failed_attempts: usize,
+}
+
+/// What the session client logs when an attempt fails (net/src/session.rs).
+const FAILED_ATTEMPT: &str = "cannot open a compute session";
+
+/// Time since `since` in ms.
+fn ms_since(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
+
+fn heal(
+    rt: &tokio::runtime::Runtime,
+    bin: &Path,
+    dir: &Path,
+    a: &HealArgs,
+    reaper: &Reaper,
+    output: Output,
+) -> anyhow::Result<()> {
+    if a.jobs == 0 || a.rounds == 0 || a.cut_secs == 0 {
+        bail!("--jobs, --rounds and --cut-secs must be at least 1");
+    }
+    if !docker_image_present(&a.image) {
+        bail!(
+            "the Docker image {} is missing: build it with scripts/test-image.sh (or pass --image)",
+            a.image
+        );
+    }
+    eprintln!(
+        "machine: {} cores, {} MiB RAM; data dirs under {}",
+        cores(),
+        mem_total_mib(),
+        dir.display()
+    );
+    eprintln!("caravel: {} ({})", bin.display(), caravel_version(bin));
+    let extra = vec![
+        "-c".to_string(),
+        format!("Compute.MaxConcurrent={}", a.jobs),
+    ];
+    let mut n = ProxiedNode::start(rt, bin, dir, reaper, &extra)?;
+    eprintln!(
+        "orchestrator {} (API {}), compute-only node {} dialling it through the UDP proxy {}; \
+         product defaults (QUIC idle timeout 10 s, reconnect backoff 250 ms × 2^n capped at 30 s, \
+         Orchestrator.DisconnectTimeoutSecs 30)",
+        n.group.members[0].id,
+        n.api,
+        n.node_id,
+        n.proxy.local_addr()
+    );
+    if a.job_secs >= a.cut_secs {
+        eprintln!(
+            "note: --job-secs {} ≥ --cut-secs {}: the jobs end after the heal, so fewer reports \
+             pile up during the cut",
+            a.job_secs, a.cut_secs
+        );
+    }
+    let c = http()?;
+    let mut rounds = Vec::new();
+    for round in 1..=a.rounds {
+        n.wait_connected(rt, Duration::from_secs(120))?;
+        // A session that lived longer than 30 s resets the node's reconnect backoff: cut a link
+        // that has been up a while, not one that just came back from the previous round.
+        std::thread::sleep(Duration::from_secs(31));
+        let metrics0 = rt.block_on(get_text(&c, &format!("{}/metrics", n.api)));
+        let dups = |m: Option<&str>| {
+            m.and_then(|m| {
+                metric_sum(
+                    m,
+                    "caravel_compute_reports_total",
+                    &["outcome=\"duplicate\""],
+                )
+            })
+            .unwrap_or(0.0)
+        };
+        // Jobs that are Running on the node when the link is cut and finish during the cut.
+        let mut ids = Vec::new();
+        for j in 0..a.jobs {
+            let job = docker_job(
+                &format!("heal-r{round}-j{j}"),
+                &a.image,
+                &format!("sleep {}", a.job_secs),
+            );
+            ids.push(rt.block_on(submit(&c, &n.api, &job))?);
+        }
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            n.check_alive()?;
+            let running = rt.block_on(async {
+                let mut k = 0;
+                for id in &ids {
+                    if execution_states(&c, &n.api, id)
+                        .await
+                        .is_some_and(|s| s.contains(&EXEC_RUNNING))
+                    {
+                        k += 1;
+                    }
+                }
+                k
+            });
+            if running == ids.len() {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "round {round}: only {running} of {} jobs Running after 120 s; the node's log:\n{}",
+                    ids.len(),
+                    n.node_log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+
+        eprintln!(
+            "round {round}/{}: {} jobs Running (sleep {} s each); cutting the link for {} s …",
+            a.rounds, a.jobs, a.job_secs, a.cut_secs
+        );
+        let failed0 = n.count_in_log(FAILED_ATTEMPT);
+        let cut = Instant::now();
+        n.proxy.blackhole(true)?;
+        let heal_at = cut + Duration::from_secs(a.cut_secs);
+        let mut disconnected_after = None;
+        while Instant::now() + Duration::from_millis(600) < heal_at {
+            n.check_alive()?;
+            if disconnected_after.is_none()
+                && rt
+                    .block_on(node_status(&c, &n.api, &n.node_id))
+                    .is_some_and(|s| s == "DISCONNECTED")
+            {
+                disconnected_after = Some(cut.elapsed().as_secs_f64());
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let (states, node_m) = rt.block_on(async {
+            tokio::join!(job_states(&c, &n.api), get_text(&c, &n.node_metrics))
+        });
+        let completed_before = ids
+            .iter()
+            .filter(|id| {
+                states
+                    .as_ref()
+                    .and_then(|s| s.get(*id))
+                    .is_some_and(|s| s == "Completed")
+            })
+            .count();
+        let pending_at_heal = node_m
+            .as_deref()
+            .and_then(|m| metric_sum(m, "caravel_compute_outbox_pending", &[]));
+        std::thread::sleep(heal_at.saturating_duration_since(Instant::now()));
+
+        // Heal, then poll the API and the node every 10 ms.
+        n.proxy.heal()?;
+        let healed = Instant::now();
+        let (mut connected, mut committed, mut first, mut all) = (None, None, None, None);
+        let was_disconnected = disconnected_after.is_some();
+        let guard = healed + Duration::from_secs(180);
+        while all.is_none() || committed.is_none() || (was_disconnected && connected.is_none()) {
+            if Instant::now() > guard {
+                eprintln!(
+                    "round {round}: not resynced 180 s after the heal (connected {connected:?}, \
+                     reports committed {committed:?}, jobs completed {all:?})"
+                );
+                break;
+            }
+            let (status, states, node_m) = rt.block_on(async {
+                tokio::join!(
+                    node_status(&c, &n.api, &n.node_id),
+                    job_states(&c, &n.api),
+                    get_text(&c, &n.node_metrics)
+                )
+            });
+            let t = ms_since(healed);
+            if connected.is_none() && was_disconnected && status.as_deref() == Some("CONNECTED") {
+                connected = Some(t);
+            }
+            if committed.is_none()
+                && node_m
+                    .as_deref()
+                    .and_then(|m| metric_sum(m, "caravel_compute_outbox_pending", &[]))
+                    == Some(0.0)
+            {
+                committed = Some(t);
+            }
+            let done = ids
+                .iter()
+                .filter(|id| {
+                    states
+                        .as_ref()
+                        .and_then(|s| s.get(*id))
+                        .is_some_and(|s| s == "Completed")
+                })
+                .count();
+            if done > 0 && first.is_none() {
+                first = Some(t);
+            }
+            if done == ids.len() && all.is_none() {
+                all = Some(t);
+            }
+            n.check_alive()?;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let (execs, metrics1) = rt.block_on(async {
+            let mut v = Vec::new();
+            for id in &ids {
+                v.extend(execution_states(&c, &n.api, id).await.unwrap_or_default());
+            }
+            (v, get_text(&c, &format!("{}/metrics", n.api)).await)
+        });
+        let r = HealRound {
+            round,
+            cut_secs: a.cut_secs as f64,
+            disconnected_after_secs: disconnected_after,
+            pending_at_heal,
+            completed_before_heal: completed_before,
+            heal_to_connected_ms: connected,
+            heal_to_reports_committed_ms: committed,
+            heal_to_first_completed_ms: first,
+            heal_to_all_completed_ms: all,
+            jobs: ids.len(),
+            executions: execs.len(),
+            executions_completed: execs.iter().filter(|s| **s == EXEC_COMPLETED).count(),
+            duplicate_reports: dups(metrics1.as_deref()) - dups(metrics0.as_deref()),
+            failed_attempts: n.count_in_log(FAILED_ATTEMPT) - failed0,
+        };
+        eprintln!(
+            "round {round}: DISCONNECTED {} s into the cut; {} reports pending at the heal; heal → \
+             CONNECTED {} ms, → reports committed {} ms, → all {} jobs Completed {} ms",
+            opt(r.disconnected_after_secs, 1),
+            opt(r.pending_at_heal, 0),
+            opt(r.heal_to_connected_ms, 0),
+            opt(r.heal_to_reports_committed_ms, 0),
+            r.jobs,
+            opt(r.heal_to_all_completed_ms, 0)
+        );
+        rounds.push(r);
+    }
+    let what_if = if a.what_if_rounds > 0 {
+        what_if_rounds(rt, &n, a)?
+    } else {
+        Vec::new()
+    };
+    drop(n);
+
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"rounds": rounds, "what_if": what_if}))?
+        ),
+        Output::Table => {
+            println!(
+                "{:>5} {:>5} {:>8} {:>7} {:>6} {:>12} {:>12} {:>12} {:>12} {:>9} {:>4} {:>8}",
+                "ROUND",
+                "CUT S",
+                "DISC@ S",
+                "PENDING",
+                "DONE<H",
+                "H→CONN MS",
+                "H→REPORTS MS",
+                "H→1ST JOB MS",
+                "H→ALL JOB MS",
+                "EXECS",
+                "DUPS",
+                "ATTEMPTS"
+            );
+            for r in &rounds {
+                println!(
+                    "{:>5} {:>5.0} {:>8} {:>7} {:>6} {:>12} {:>12} {:>12} {:>12} {:>9} {:>4.0} {:>8}",
+                    r.round,
+                    r.cut_secs,
+                    opt(r.disconnected_after_secs, 1),
+                    opt(r.pending_at_heal, 0),
+                    r.completed_before_heal,
+                    opt(r.heal_to_connected_ms, 0),
+                    opt(r.heal_to_reports_committed_ms, 0),
+                    opt(r.heal_to_first_completed_ms, 0),
+                    opt(r.heal_to_all_completed_ms, 0),
+                    format!("{}/{}", r.executions_completed, r.executions),
+                    r.duplicate_reports,
+                    r.failed_attempts
+                );
+            }
+            println!(
+                "note: DISC@ = seconds into the cut when the API showed the node DISCONNECTED; \
+                 PENDING = reports in the node's outbox at the heal; DONE<H = jobs Completed before \
+                 the heal; H→REPORTS = heal → the node's outbox empty (every report committed and \
+                 acknowledged); EXECS = Completed/all executions of the round's {} jobs; DUPS = \
+                 replayed reports recognised as already applied; ATTEMPTS = failed session \
+                 attempts of the node (its log).",
+                a.jobs
+            );
+            if !what_if.is_empty() {
+                println!();
+                println!(
+                    "{:<44} {:>5} {:>5} {:>8} {:>12} {:>12}",
+                    "WHAT-IF NODE (in-process session client)",
+                    "ROUND",
+                    "CUT S",
+                    "DISC@ S",
+                    "H→SESSION MS",
+                    "H→CONN MS"
+                );
+                for r in &what_if {
+                    println!(
+                        "{:<44} {:>5} {:>5.0} {:>8} {:>12} {:>12}",
+                        r.options,
+                        r.round,
+                        r.cut_secs,
+                        opt(r.disconnected_after_secs, 1),
+                        opt(r.heal_to_session_ms, 0),
+                        opt(r.heal_to_connected_ms, 0)
+                    );
+                }
+                println!(
+                    "note: H→SESSION = heal → the simulated node's next Hello acknowledged; \
+                     H→CONN = heal → the API shows it CONNECTED. Only the client's options differ \
+                     from the product's defaults (keep-alive 2 s, idle timeout 10 s, backoff base \
+                     250 ms as shipped)."
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+struct WhatIfRound {
+    options: String,
+    round: usize,
+    cut_secs: f64,
+    disconnected_after_secs: Option<f64>,
+    /// Heal → the next `Hello` acknowledged.
+    heal_to_session_ms: Option<f64>,
+    /// Heal → the API shows the node CONNECTED.
+    heal_to_connected_ms: Option<f64>,
+}
+
+/// Cuts and heals a simulated node that runs the real session client with shorter handshake and
+/// backoff settings, through its own proxy to the same orchestrator: what those defaults would give.
+fn what_if_rounds(
+    rt: &tokio::runtime::Runtime,
+    n: &ProxiedNode,
+    a: &HealArgs,
+) -> anyhow::Result<Vec<WhatIfRound>> {
+    use caravel_model::wire::{ToCompute, ToOrchestrator};
+    use caravel_net::session::{ClientIdentity, SessionClient, SessionOptions};
+    let opts = SessionOptions {
+        handshake_timeout: Duration::from_millis(a.what_if_handshake_ms),
+        backoff_cap: Duration::from_millis(a.what_if_backoff_cap_ms),
+        ..SessionOptions::default()
+    };
+    opts.validate()?;
+    let label = format!(
+        "handshake timeout {} ms, backoff cap {} ms",
+        a.what_if_handshake_ms, a.what_if_backoff_cap_ms
+    );
+    let m = &n.group.members[0];
+    let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], m.compute_port));
+    let proxy = rt.block_on(Proxy::start("127.0.0.1:0".parse()?, upstream))?;
+    let ca = caravel_net::tls::read_ca(&n.group.dir.join("certs"))?;
+    let id = "what-if-1";
+    let pair = caravel_net::tls::issue(&ca, id)?;
+    let identity = ClientIdentity::from_pem(&ca.cert, &pair.cert, &pair.key)?;
+    let client = SessionClient::new(vec![proxy.local_addr().to_string()], &identity, opts)?;
+    // When each Hello was acknowledged.
+    let acks: Arc<Mutex<Vec<Instant>>> = Arc::new(Mutex::new(Vec::new()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let info = sim_info(id);
+    let task = {
+        let (acks, stop) = (acks.clone(), stop.clone());
+        rt.spawn(client.run(stop, move |mut end, _| {
+            let (acks, info) = (acks.clone(), info.clone());
+            Box::pin(async move {
+                let hello = ToOrchestrator::Hello {
+                    info: Box::new(info.clone()),
+                    last_seq: 0,
+                };
+                if end.outbox.send(hello).await.is_err() {
+                    return;
+                }
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                let mut acked = false;
+                loop {
+                    tokio::select! {
+                        m = end.inbox.recv() => match m {
+                            None => return,
+                            Some(ToCompute::Ack { .. }) if !acked => {
+                                acked = true;
+                                lock(&acks).push(Instant::now());
+                            }
+                            Some(_) => {}
+                        },
+                        _ = tick.tick(), if acked => {
+                            let hb = ToOrchestrator::Heartbeat { info: Box::new(info.clone()) };
+                            let _ = end.outbox.try_send(hb);
+                        }
+                    }
+                }
+            })
+        }))
+    };
+    let c = http()?;
+    let connected = |timeout: Duration| -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while rt.block_on(node_status(&c, &n.api, id)).as_deref() != Some("CONNECTED") {
+            if Instant::now() > deadline {
+                bail!("the what-if node is not CONNECTED after {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    };
+    let mut out = Vec::new();
+    let result = (|| -> anyhow::Result<()> {
+        connected(Duration::from_secs(60))?;
+        for round in 1..=a.what_if_rounds {
+            connected(Duration::from_secs(120))?;
+            // Let the session live past `backoff_reset_after` (30 s), as the product node's did.
+            std::thread::sleep(Duration::from_secs(31));
+            eprintln!(
+                "what-if round {round}/{} ({label}): cutting the link for {} s …",
+                a.what_if_rounds, a.cut_secs
+            );
+            let cut = Instant::now();
+            proxy.blackhole(true)?;
+            let heal_at = cut + Duration::from_secs(a.cut_secs);
+            let mut disconnected_after = None;
+            while Instant::now() + Duration::from_millis(600) < heal_at {
+                if disconnected_after.is_none()
+                    && rt
+                        .block_on(node_status(&c, &n.api, id))
+                        .is_some_and(|s| s == "DISCONNECTED")
+                {
+                    disconnected_after = Some(cut.elapsed().as_secs_f64());
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            std::thread::sleep(heal_at.saturating_duration_since(Instant::now()));
+            proxy.heal()?;
+            let healed = Instant::now();
+            let (mut session, mut conn) = (None, None);
+            let guard = healed + Duration::from_secs(120);
+            while session.is_none() || (disconnected_after.is_some() && conn.is_none()) {
+                if Instant::now() > guard {
+                    break;
+                }
+                if session.is_none()
+                    && let Some(t) = lock(&acks).iter().find(|t| **t >= healed)
+                {
+                    session = Some((*t - healed).as_secs_f64() * 1e3);
+                }
+                if conn.is_none()
+                    && rt.block_on(node_status(&c, &n.api, id)).as_deref() == Some("CONNECTED")
+                {
+                    conn = Some(ms_since(healed));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let r = WhatIfRound {
+                options: label.clone(),
+                round,
+                cut_secs: a.cut_secs as f64,
+                disconnected_after_secs: disconnected_after,
+                heal_to_session_ms: session,
+                heal_to_connected_ms: conn.filter(|_| disconnected_after.is_some()),
+            };
+            eprintln!(
+                "what-if round {round}: heal → session {} ms, → CONNECTED {} ms",
+                opt(r.heal_to_session_ms, 0),
+                opt(r.heal_to_connected_ms, 0)
+            );
+            out.push(r);
+        }
+        Ok(())
+    })();
+    stop.cancel();
+    rt.block_on(async {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    });
+    result?;
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// `logs`
+
+#[derive(Debug, Serialize)]
+struct LogsRow {
+    loss_pct: f64,
+    run: usize,
+    lines: u64,
+    /// Line payload bytes (each line with its newline).
+    bytes: u64,
+    secs: f64,
+    lines_per_sec: f64,
+    mb_per_sec: f64,
+    complete: bool,
+    /// Datagrams the proxy dropped during the run, both directions.
+    dropped: u64,
+    error: String,
+}
+
+/// Reads a job's logs through the orchestrator's WebSocket until it closes: (lines, bytes, error).
+async fn fetch_logs(url: &str, timeout: Duration) -> anyhow::Result<(u64, u64, String)> {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let (mut ws, _) = tokio::time::timeout_at(deadline, tokio_tungstenite::connect_async(url))
+        .await
+        .context("no WebSocket handshake in time")??;
+    let (mut lines, mut bytes, mut error) = (0u64, 0u64, String::new());
+    loop {
+        let m = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .with_context(|| format!("the log stream did not end within {timeout:?}"))?;
+        match m {
+            Some(Ok(Message::Text(t))) => {
+                let f: caravel_model::api::LogFrame = serde_json::from_str(t.as_str())?;
+                if let Some(v) = f.value {
+                    lines += 1;
+                    bytes += v.line.len() as u64 + u64::from(!v.line.ends_with('\n'));
+                }
+                if !f.error.is_empty() {
+                    error = f.error;
+                }
+            }
+            Some(Ok(Message::Close(_))) | None => break,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+        }
+    }
+    Ok((lines, bytes, error))
+}
+
+fn logs(
+    rt: &tokio::runtime::Runtime,
+    bin: &Path,
+    dir: &Path,
+    a: &LogsArgs,
+    reaper: &Reaper,
+    output: Output,
+) -> anyhow::Result<()> {
+    if a.lines == 0 || a.runs == 0 || a.loss.is_empty() {
+        bail!("--lines, --runs and --loss must not be empty or zero");
+    }
+    if let Some(p) = a.loss.iter().find(|p| !(0.0..100.0).contains(*p)) {
+        bail!("--loss {p}: give percentages in [0, 100)");
+    }
+    if !docker_image_present(&a.image) {
+        bail!(
+            "the Docker image {} is missing: build it with scripts/test-image.sh (or pass --image)",
+            a.image
+        );
+    }
+    eprintln!(
+        "machine: {} cores, {} MiB RAM; data dirs under {}",
+        cores(),
+        mem_total_mib(),
+        dir.display()
+    );
+    eprintln!("caravel: {} ({})", bin.display(), caravel_version(bin));
+    let n = ProxiedNode::start(rt, bin, dir, reaper, &[])?;
+    let c = http()?;
+    // busybox has printf, seq and sed.
+    let script = if a.line_bytes == 0 {
+        format!("seq 1 {}", a.lines)
+    } else {
+        format!(
+            "pad=$(printf '%0{}d' 0); seq 1 {} | sed \"s/$/ $pad/\"",
+            a.line_bytes, a.lines
+        )
+    };
+    let job = docker_job("logs-bench", &a.image, &script);
+    let id = rt.block_on(submit(&c, &n.api, &job))?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let s = rt.block_on(job_states(&c, &n.api));
+        match s.as_ref().and_then(|s| s.get(&id)).map(String::as_str) {
+            Some("Completed") => break,
+            Some("Failed") | Some("Stopped") => {
+                bail!(
+                    "the log job {id} did not complete; the node's log:\n{}",
+                    n.node_log()
+                )
+            }
+            _ => {}
+        }
+        if Instant::now() > deadline {
+            bail!("the log job {id} did not complete within 300 s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "job {id} (docker {}, `{script}`) Completed on {}; its stdout is streamed from the node's \
+         disk through the session (one uni stream, a LogLine frame per line) and the orchestrator's \
+         WebSocket (a JSON text message per line)",
+        a.image, n.node_id
+    );
+    eprintln!(
+        "each run: GET {}/api/v1/orchestrator/jobs/{id}/logs (WebSocket, follow=false) until it \
+         closes; loss applied to both directions of the node's link by the UDP proxy",
+        n.api
+    );
+    let url = format!(
+        "{}/api/v1/orchestrator/jobs/{id}/logs",
+        n.api.replacen("http://", "ws://", 1)
+    );
+    let mut rows = Vec::new();
+    for (k, &loss) in a.loss.iter().enumerate() {
+        let faults = if loss > 0.0 {
+            Faults::both(LinkFaults::loss(loss / 100.0)).with_seed(7 + k as u64)
+        } else {
+            Faults::none()
+        };
+        n.proxy.set(faults)?;
+        for run in 1..=a.runs {
+            let s0 = n.proxy.stats();
+            let t = Instant::now();
+            let r = rt.block_on(fetch_logs(&url, Duration::from_secs(a.timeout_secs)));
+            let secs = t.elapsed().as_secs_f64();
+            let s1 = n.proxy.stats();
+            let dropped = (s1.to_upstream.dropped + s1.to_client.dropped)
+                - (s0.to_upstream.dropped + s0.to_client.dropped);
+            let (lines, bytes, error) = match r {
+                Ok(x) => x,
+                Err(e) => (0, 0, format!("{e:#}")),
+            };
+            let row = LogsRow {
+                loss_pct: loss,
+                run,
+                lines,
+                bytes,
+                secs,
+                lines_per_sec: lines as f64 / secs,
+                mb_per_sec: bytes as f64 / 1e6 / secs,
+                complete: lines == a.lines,
+                dropped,
+                error,
+            };
+            eprintln!(
+                "loss {loss} %, run {run}: {} lines, {:.2} MB in {:.2} s ({:.0} lines/s, {:.2} MB/s), \
+                 {} datagrams dropped{}",
+                row.lines,
+                row.bytes as f64 / 1e6,
+                row.secs,
+                row.lines_per_sec,
+                row.mb_per_sec,
+                row.dropped,
+                if row.error.is_empty() {
+                    String::new()
+                } else {
+                    format!("; error: {}", row.error)
+                }
+            );
+            rows.push(row);
+        }
+    }
+    n.proxy.heal()?;
+    drop(n);
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Output::Table => {
+            println!(
+                "{:>6} {:>4} {:>9} {:>8} {:>8} {:>9} {:>7} {:>8} {:>8}",
+                "LOSS %", "RUN", "LINES", "MB", "SECONDS", "LINES/S", "MB/S", "DROPPED", "COMPLETE"
+            );
+            for r in &rows {
+                println!(
+                    "{:>6.0} {:>4} {:>9} {:>8.2} {:>8.2} {:>9.0} {:>7.2} {:>8} {:>8}",
+                    r.loss_pct,
+                    r.run,
+                    r.lines,
+                    r.bytes as f64 / 1e6,
+                    r.secs,
+                    r.lines_per_sec,
+                    r.mb_per_sec,
+                    r.dropped,
+                    if r.complete { "yes" } else { "NO" }
+                );
+            }
+            println!(
+                "note: MB = line bytes with their newlines (10^6); SECONDS from the WebSocket dial \
+                 to its close; DROPPED = datagrams the proxy dropped in both directions during the \
+                 run; COMPLETE = all {} lines arrived.",
+                a.lines
+            );
+            if rows.iter().any(|r| !r.complete) {
+                println!(
+                    "warning: some streams ended early (LINES < {}); the rates above are for what \
+                     arrived. Check the node's log streaming of finished executions.",
+                    a.lines
+                );
+            }
         }
     }
     Ok(())
