@@ -2,9 +2,10 @@
 //! loopback, each with its own data dir and ports, driven through the real CLI, killed for real
 //! (SIGKILL) and restarted on the same data dir.
 //!
-//! The end-to-end tests of the foundation use it today; the HA and session issues add the UDP chaos
-//! proxy and the multi-orchestrator scenarios here. Depends on no crate of ours: it talks to the
-//! binary only, as a user would.
+//! Also here: the fault-injecting UDP proxy (`proxy`, and the `caravel-udp-proxy` binary), groups of
+//! orchestrators and proxied compute nodes (`cluster`), the linearizability checker, and
+//! `caravel-bench`. The library talks to the binary only, as a user would; `caravel-bench` and the
+//! session tests also use `caravel-net` to play simulated or misbehaving compute nodes.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -1150,8 +1150,10 @@ impl ComputeNode {
         }
         loop {
             let finished = *done.borrow_and_update();
+            let mut all_read = true;
             for r in &mut readers {
-                let lines = r.read_lines(finished || !follow).await;
+                let (lines, at_end) = r.read_some(finished || !follow).await;
+                all_read &= at_end;
                 for (line, end_offset) in lines {
                     let msg = if with_offsets {
                         ToOrchestrator::LogLineAt {
@@ -1172,6 +1174,10 @@ impl ComputeNode {
                         _ = cancel.cancelled() => return,
                     }
                 }
+            }
+            if !all_read {
+                // More than one batch is waiting: read on without polling.
+                continue;
             }
             if finished || !follow {
                 break;
@@ -1327,8 +1333,16 @@ impl LogReader {
 
     /// New complete lines, each with the byte offset just past it in the file; with `flush`, a
     /// trailing line without a newline too.
+    #[cfg(test)]
     async fn read_lines(&mut self, flush: bool) -> Vec<(String, u64)> {
+        self.read_some(flush).await.0
+    }
+
+    /// Like [`LogReader::read_lines`], at most ~10,000 lines at a time; also says whether the end
+    /// of the file was reached (a trailing partial line is flushed only then).
+    async fn read_some(&mut self, flush: bool) -> (Vec<(String, u64)>, bool) {
         let mut lines = Vec::new();
+        let mut at_end = true;
         if let Ok(mut f) = tokio::fs::File::open(&self.path).await
             && f.seek(std::io::SeekFrom::Start(self.offset)).await.is_ok()
         {
@@ -1351,14 +1365,15 @@ impl LogReader {
                     }
                 }
                 if lines.len() > 10_000 {
+                    at_end = false;
                     break;
                 }
             }
         }
-        if flush && !self.partial.is_empty() {
+        if at_end && flush && !self.partial.is_empty() {
             lines.push((take_line(&mut self.partial), self.offset));
         }
-        lines
+        (lines, at_end)
     }
 }
 
@@ -1407,6 +1422,24 @@ mod tests {
             r.read_lines(true).await,
             l(&[("l7", 24), ("l8", 27), ("l9", 30)])
         );
+        // A long log comes in batches; the last says it reached the end.
+        let big = dir.path().join("big");
+        std::fs::write(
+            &big,
+            (0..25_000).map(|i| format!("{i}\n")).collect::<String>(),
+        )
+        .unwrap();
+        let mut r = LogReader::new(big, 1);
+        let mut all = Vec::new();
+        loop {
+            let (lines, at_end) = r.read_some(true).await;
+            all.extend(lines);
+            if at_end {
+                break;
+            }
+        }
+        assert_eq!(all.len(), 25_000);
+        assert_eq!(all.last().unwrap().0, "24999");
         // Resuming at a line's end offset continues with the next line, nothing repeated.
         let mut r = LogReader::new(p, 1);
         r.offset = 27;

@@ -20,8 +20,6 @@ use super::{Cluster, SessionHandle, WriteError, now_ns};
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 /// At most this many executions of one inventory are looked at (a bound on a peer's input).
 const MAX_INVENTORY: usize = 100_000;
-/// Refresh the node's info in the replicated state at most this often (heartbeats are not replicated).
-const INFO_REFRESH: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -82,7 +80,6 @@ pub async fn serve(
     let mut sent_cancels: HashSet<String> = HashSet::new();
     let mut running_since: HashMap<String, i64> = HashMap::new();
     let mut last_info = (*info).clone();
-    let mut last_refresh = std::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let result = loop {
         tokio::select! {
@@ -129,9 +126,10 @@ pub async fn serve(
                             || info.labels != last_info.labels
                             || info.compute_node_info.max_capacity != last_info.compute_node_info.max_capacity;
                         let disconnected = cluster.read(|s| s.nodes.get(&node_id).is_some_and(|n| n.connection_state.status != caravel_model::states::NodeConnection::Connected));
-                        if changed || disconnected || last_refresh.elapsed() > INFO_REFRESH {
+                        // Heartbeats are not replicated (the API shows the latest one seen here);
+                        // the node record is written only when something in it changed.
+                        if changed || disconnected {
                             register(&cluster, &info, &shutdown).await?;
-                            last_refresh = std::time::Instant::now();
                         }
                         last_info = *info;
                     }
@@ -160,18 +158,68 @@ pub async fn serve(
     result
 }
 
+/// Whether the replicated record of `info.node_id` already says what a registration would: the
+/// node is CONNECTED with the same type, labels, engines, publishers, sources and capacity.
+fn registered(cluster: &Cluster, info: &caravel_model::NodeInfo) -> bool {
+    cluster.read(|s| {
+        s.nodes.get(&info.node_id).is_some_and(|n| {
+            let (a, b) = (&n.info, info);
+            let (ca, cb) = (&a.compute_node_info, &b.compute_node_info);
+            n.connection_state.status == caravel_model::states::NodeConnection::Connected
+                && a.node_type == b.node_type
+                && a.labels == b.labels
+                && ca.execution_engines == cb.execution_engines
+                && ca.publishers == cb.publishers
+                && ca.storage_sources == cb.storage_sources
+                && ca.max_capacity == cb.max_capacity
+        })
+    })
+}
+
+/// Registers (or refreshes) the node unless the replicated state already has it so. Retries while
+/// there is no leader, but never proposes again a registration that may still commit: before each
+/// retry it checks whether the earlier attempt took effect (a retry storm of registrations once
+/// starved an orchestrator holding thousands of sessions; see docs/benchmarks.md).
 async fn register(
     cluster: &Cluster,
     info: &caravel_model::NodeInfo,
     shutdown: &CancellationToken,
 ) -> Result<(), Error> {
-    let cmd = Command::RegisterNode {
-        info: info.clone(),
-        now: now_ns(),
-    };
-    match write_retrying(cluster, cmd, shutdown).await {
-        Some(CommandResponse::Rejected { message, .. }) => Err(Error::Register(message)),
-        _ => Ok(()),
+    let mut delay = Duration::from_millis(100);
+    loop {
+        if registered(cluster, info) {
+            return Ok(());
+        }
+        let cmd = Command::RegisterNode {
+            info: info.clone(),
+            now: now_ns(),
+        };
+        match cluster.write(cmd).await {
+            Ok(CommandResponse::Rejected { message, .. }) => return Err(Error::Register(message)),
+            Ok(_) => return Ok(()),
+            Err(e @ WriteError::Timeout(_) | e @ WriteError::Unknown(_)) => {
+                // It may still commit: wait for it to show up instead of proposing it again.
+                tracing::warn!(node = %info.node_id, error = %e, "registration not confirmed yet; waiting for it");
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                while tokio::time::Instant::now() < deadline {
+                    if registered(cluster, info) {
+                        return Ok(());
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(node = %info.node_id, error = %e, "cannot register the node; retrying")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 
