@@ -395,24 +395,7 @@ impl Metrics {
             self.session_refused.inc_by(d(now.refused, last.refused));
             self.session_protocol_errors
                 .inc_by(d(now.protocol_errors, last.protocol_errors));
-            for c in Channel::ALL {
-                let (n, l) = (now.channel(c), last.channel(c));
-                for (direction, frames, bytes) in [
-                    ("in", d(n.frames_in, l.frames_in), d(n.bytes_in, l.bytes_in)),
-                    (
-                        "out",
-                        d(n.frames_out, l.frames_out),
-                        d(n.bytes_out, l.bytes_out),
-                    ),
-                ] {
-                    let labels = ChannelLabels {
-                        channel: c.name().into(),
-                        direction: direction.into(),
-                    };
-                    self.session_frames.get_or_create(&labels).inc_by(frames);
-                    self.session_bytes.get_or_create(&labels).inc_by(bytes);
-                }
-            }
+            add_channel_counts(&self.session_frames, &self.session_bytes, &now, last);
             *last = now;
         }
         self.session_rtt.clear();
@@ -727,24 +710,7 @@ impl NodeSessionMetrics {
                 .inc_by(d(now.reconnect_attempts, last.reconnect_attempts));
             self.protocol_errors
                 .inc_by(d(now.protocol_errors, last.protocol_errors));
-            for c in Channel::ALL {
-                let (n, l) = (now.channel(c), last.channel(c));
-                for (direction, frames, bytes) in [
-                    ("in", d(n.frames_in, l.frames_in), d(n.bytes_in, l.bytes_in)),
-                    (
-                        "out",
-                        d(n.frames_out, l.frames_out),
-                        d(n.bytes_out, l.bytes_out),
-                    ),
-                ] {
-                    let labels = ChannelLabels {
-                        channel: c.name().into(),
-                        direction: direction.into(),
-                    };
-                    self.frames.get_or_create(&labels).inc_by(frames);
-                    self.bytes.get_or_create(&labels).inc_by(bytes);
-                }
-            }
+            add_channel_counts(&self.frames, &self.bytes, &now, &last);
             *last = now.clone();
         }
         self.connected.set(now.connected as i64);
@@ -768,5 +734,33 @@ impl NodeSessionMetrics {
             tracing::error!(error = %e, "encoding metrics failed");
         }
         out
+    }
+}
+
+/// Adds what each channel carried since `last` to the frame and byte counters.
+fn add_channel_counts(
+    frames: &Family<ChannelLabels, Counter>,
+    bytes: &Family<ChannelLabels, Counter>,
+    now: &StatsSnapshot,
+    last: &StatsSnapshot,
+) {
+    let d = |a: u64, b: u64| a.saturating_sub(b);
+    for c in Channel::ALL {
+        let (n, l) = (now.channel(c), last.channel(c));
+        for (direction, f, b) in [
+            ("in", d(n.frames_in, l.frames_in), d(n.bytes_in, l.bytes_in)),
+            (
+                "out",
+                d(n.frames_out, l.frames_out),
+                d(n.bytes_out, l.bytes_out),
+            ),
+        ] {
+            let labels = ChannelLabels {
+                channel: c.name().into(),
+                direction: direction.into(),
+            };
+            frames.get_or_create(&labels).inc_by(f);
+            bytes.get_or_create(&labels).inc_by(b);
+        }
     }
 }
