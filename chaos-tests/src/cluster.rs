@@ -470,22 +470,32 @@ impl Group {
     /// Starts a compute-only node `id` that dials every member's compute port (kill it with
     /// `Child::kill`). Its certificate is issued from the group's CA.
     pub fn start_compute(&self, id: &str) -> anyhow::Result<Child> {
-        let certs = self.issue_cert(id)?;
-        let data_dir = self.dir.join(id);
-        let orchestrators = self
+        let orchestrators: Vec<String> = self
             .members
             .iter()
             .map(|m| format!("127.0.0.1:{}", m.compute_port))
-            .collect::<Vec<_>>()
-            .join(",");
+            .collect();
+        let (args, data_dir) = self.compute_args(id, &orchestrators)?;
+        spawn_logged(&self.bin, &args, &data_dir)
+    }
+
+    /// `serve --compute` arguments of node `id` dialling `orchestrators`, with a certificate issued
+    /// from the group's CA; and its data dir.
+    fn compute_args(
+        &self,
+        id: &str,
+        orchestrators: &[String],
+    ) -> anyhow::Result<(Vec<String>, PathBuf)> {
+        let certs = self.issue_cert(id)?;
+        let data_dir = self.dir.join(id);
         let cert = |f: String| certs.join(f).to_string_lossy().into_owned();
-        let args: Vec<String> = vec![
+        let args = vec![
             "serve".into(),
             "--compute".into(),
             "--node-id".into(),
             id.into(),
             "--orchestrators".into(),
-            orchestrators,
+            orchestrators.join(","),
             "--tls-ca".into(),
             cert("ca.crt".into()),
             "--tls-cert".into(),
@@ -495,7 +505,7 @@ impl Group {
             "--data-dir".into(),
             data_dir.to_string_lossy().into_owned(),
         ];
-        spawn_logged(&self.bin, &args, &data_dir)
+        Ok((args, data_dir))
     }
 
     /// Starts a compute-only node `id` that dials every member's compute port through a proxy of
@@ -503,8 +513,6 @@ impl Group {
     /// tries them in), serves its metrics on `127.0.0.1:metrics_port`, and takes `extra` `serve`
     /// arguments (e.g. `-c Compute.MaxConcurrent=4`). Its certificate is issued from the group's CA.
     pub fn start_compute_proxied(&self, id: &str, extra: &[&str]) -> anyhow::Result<ComputeNode> {
-        let certs = self.issue_cert(id)?;
-        let data_dir = self.dir.join(id);
         let mut proxies = Vec::new();
         for m in &self.members {
             let p = self.rt.block_on(crate::proxy::Proxy::start(
@@ -513,31 +521,12 @@ impl Group {
             ))?;
             proxies.push(p);
         }
-        let orchestrators = proxies
-            .iter()
-            .map(|p| p.local_addr().to_string())
-            .collect::<Vec<_>>()
-            .join(",");
+        let orchestrators: Vec<String> =
+            proxies.iter().map(|p| p.local_addr().to_string()).collect();
         let metrics_port = free_port()?;
-        let cert = |f: String| certs.join(f).to_string_lossy().into_owned();
-        let mut args: Vec<String> = vec![
-            "serve".into(),
-            "--compute".into(),
-            "--node-id".into(),
-            id.into(),
-            "--orchestrators".into(),
-            orchestrators,
-            "--tls-ca".into(),
-            cert("ca.crt".into()),
-            "--tls-cert".into(),
-            cert(format!("{id}.crt")),
-            "--tls-key".into(),
-            cert(format!("{id}.key")),
-            "--data-dir".into(),
-            data_dir.to_string_lossy().into_owned(),
-            "--metrics-addr".into(),
-            format!("127.0.0.1:{metrics_port}"),
-        ];
+        let (mut args, data_dir) = self.compute_args(id, &orchestrators)?;
+        args.push("--metrics-addr".into());
+        args.push(format!("127.0.0.1:{metrics_port}"));
         args.extend(extra.iter().map(|a| a.to_string()));
         let mut node = ComputeNode {
             id: id.to_string(),

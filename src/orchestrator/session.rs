@@ -79,7 +79,6 @@ pub async fn serve(
     let mut sent_runs: HashSet<String> = HashSet::new();
     let mut sent_cancels: HashSet<String> = HashSet::new();
     let mut running_since: HashMap<String, i64> = HashMap::new();
-    let mut last_info = (*info).clone();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let result = loop {
         tokio::select! {
@@ -90,7 +89,6 @@ pub async fn serve(
                 match msg {
                     ToOrchestrator::Hello { info, .. } => {
                         register(&cluster, &info, &shutdown).await?;
-                        last_info = *info;
                     }
                     ToOrchestrator::Report { seq, update } => {
                         if resync_pending.is_some_and(|last| seq <= last) {
@@ -122,16 +120,9 @@ pub async fn serve(
                     }
                     ToOrchestrator::Heartbeat { info } => {
                         cluster.heartbeat(&node_id, now_ns());
-                        let changed = info.compute_node_info.execution_engines != last_info.compute_node_info.execution_engines
-                            || info.labels != last_info.labels
-                            || info.compute_node_info.max_capacity != last_info.compute_node_info.max_capacity;
-                        let disconnected = cluster.read(|s| s.nodes.get(&node_id).is_some_and(|n| n.connection_state.status != caravel_model::states::NodeConnection::Connected));
                         // Heartbeats are not replicated (the API shows the latest one seen here);
-                        // the node record is written only when something in it changed.
-                        if changed || disconnected {
-                            register(&cluster, &info, &shutdown).await?;
-                        }
-                        last_info = *info;
+                        // `register` writes the node record only when it differs from the state.
+                        register(&cluster, &info, &shutdown).await?;
                     }
                     ToOrchestrator::Inventory { running } => {
                         reconcile(&cluster, &node_id, &end, &running, &mut sent_cancels).await;

@@ -2520,19 +2520,7 @@ fn heal(
     if a.jobs == 0 || a.rounds == 0 || a.cut_secs == 0 {
         bail!("--jobs, --rounds and --cut-secs must be at least 1");
     }
-    if !docker_image_present(&a.image) {
-        bail!(
-            "the Docker image {} is missing: build it with scripts/test-image.sh (or pass --image)",
-            a.image
-        );
-    }
-    eprintln!(
-        "machine: {} cores, {} MiB RAM; data dirs under {}",
-        cores(),
-        mem_total_mib(),
-        dir.display()
-    );
-    eprintln!("caravel: {} ({})", bin.display(), caravel_version(bin));
+    docker_bench_preamble(bin, dir, &a.image)?;
     let extra = vec![
         "-c".to_string(),
         format!("Compute.MaxConcurrent={}", a.jobs),
@@ -3044,19 +3032,7 @@ fn logs(
     if let Some(p) = a.loss.iter().find(|p| !(0.0..100.0).contains(*p)) {
         bail!("--loss {p}: give percentages in [0, 100)");
     }
-    if !docker_image_present(&a.image) {
-        bail!(
-            "the Docker image {} is missing: build it with scripts/test-image.sh (or pass --image)",
-            a.image
-        );
-    }
-    eprintln!(
-        "machine: {} cores, {} MiB RAM; data dirs under {}",
-        cores(),
-        mem_total_mib(),
-        dir.display()
-    );
-    eprintln!("caravel: {} ({})", bin.display(), caravel_version(bin));
+    docker_bench_preamble(bin, dir, &a.image)?;
     let n = ProxiedNode::start(rt, bin, dir, reaper, &[])?;
     let c = http()?;
     // busybox has printf, seq and sed.
@@ -3191,5 +3167,23 @@ fn logs(
             }
         }
     }
+    Ok(())
+}
+
+/// What the Docker-based session benches check and print first: the test image is present, and
+/// the machine and binary they measure.
+fn docker_bench_preamble(bin: &Path, dir: &Path, image: &str) -> anyhow::Result<()> {
+    if !docker_image_present(image) {
+        bail!(
+            "the Docker image {image} is missing: build it with scripts/test-image.sh (or pass --image)"
+        );
+    }
+    eprintln!(
+        "machine: {} cores, {} MiB RAM; data dirs under {}",
+        cores(),
+        mem_total_mib(),
+        dir.display()
+    );
+    eprintln!("caravel: {} ({})", bin.display(), caravel_version(bin));
     Ok(())
 }
