@@ -873,6 +873,18 @@ mod tests {
     const LOOPBACK: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
     /// A guard against hangs only; nothing asserts how fast anything is.
     const PATIENCE: Duration = Duration::from_secs(20);
+    /// Every datagram a test sends starts with this, and receivers ignore any datagram without
+    /// it: tests run side by side in separate processes, and a QUIC client of another test may
+    /// keep retrying a port that the kernel has since handed to one of ours.
+    const MARK: &[u8] = b"caravel-proxy-test:";
+
+    fn tagged(body: &[u8]) -> Vec<u8> {
+        [MARK, body].concat()
+    }
+
+    fn untagged(datagram: &[u8]) -> Option<&[u8]> {
+        datagram.strip_prefix(MARK)
+    }
 
     /// An upstream that echoes every datagram back to its sender.
     async fn echo_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
@@ -925,7 +937,9 @@ mod tests {
         let task = tokio::spawn(async move {
             let mut buf = vec![0u8; MAX_DATAGRAM];
             while let Ok((n, from)) = socket.recv_from(&mut buf).await {
-                into.lock().unwrap().push((buf[..n].to_vec(), from));
+                if let Some(body) = untagged(&buf[..n]) {
+                    into.lock().unwrap().push((body.to_vec(), from));
+                }
             }
         });
         let sink = Sink { got, _task: task };
@@ -936,14 +950,18 @@ mod tests {
         UdpSocket::bind(LOOPBACK).await.unwrap()
     }
 
+    /// The body of the next datagram a test sent.
     async fn recv(socket: &UdpSocket) -> Vec<u8> {
         let mut buf = vec![0u8; MAX_DATAGRAM];
-        let (n, _) = tokio::time::timeout(PATIENCE, socket.recv_from(&mut buf))
-            .await
-            .expect("no datagram within the patience limit")
-            .unwrap();
-        buf.truncate(n);
-        buf
+        loop {
+            let (n, _) = tokio::time::timeout(PATIENCE, socket.recv_from(&mut buf))
+                .await
+                .expect("no datagram within the patience limit")
+                .unwrap();
+            if let Some(body) = untagged(&buf[..n]) {
+                return body.to_vec();
+            }
+        }
     }
 
     /// Receives until nothing arrives for `quiet`.
@@ -951,13 +969,15 @@ mod tests {
         let mut out = Vec::new();
         let mut buf = vec![0u8; MAX_DATAGRAM];
         while let Ok(Ok((n, _))) = tokio::time::timeout(quiet, socket.recv_from(&mut buf)).await {
-            out.push(buf[..n].to_vec());
+            if let Some(body) = untagged(&buf[..n]) {
+                out.push(body.to_vec());
+            }
         }
         out
     }
 
-    fn numbered(i: u32) -> [u8; 4] {
-        i.to_be_bytes()
+    fn numbered(i: u32) -> Vec<u8> {
+        tagged(&i.to_be_bytes())
     }
 
     fn number(d: &[u8]) -> u32 {
@@ -997,8 +1017,12 @@ mod tests {
         let (upstream, _echo) = echo_server().await;
         let proxy = Proxy::start(LOOPBACK, upstream).await.unwrap();
         let (a, b) = (client().await, client().await);
-        a.send_to(b"from a", proxy.local_addr()).await.unwrap();
-        b.send_to(b"from b", proxy.local_addr()).await.unwrap();
+        a.send_to(&tagged(b"from a"), proxy.local_addr())
+            .await
+            .unwrap();
+        b.send_to(&tagged(b"from b"), proxy.local_addr())
+            .await
+            .unwrap();
         assert_eq!(recv(&a).await, b"from a");
         assert_eq!(recv(&b).await, b"from b");
         let s = proxy.stats();
@@ -1014,7 +1038,7 @@ mod tests {
         let proxy = Proxy::start(LOOPBACK, up_addr).await.unwrap();
         let (a, b) = (client().await, client().await);
         for c in [&a, &b, &a] {
-            c.send_to(b"x", proxy.local_addr()).await.unwrap();
+            c.send_to(&tagged(b"x"), proxy.local_addr()).await.unwrap();
         }
         settle(&proxy, 3).await;
         let got = upstream
@@ -1030,19 +1054,25 @@ mod tests {
         let (upstream, _echo) = echo_server().await;
         let proxy = Proxy::start(LOOPBACK, upstream).await.unwrap();
         let c = client().await;
-        c.send_to(b"before", proxy.local_addr()).await.unwrap();
+        c.send_to(&tagged(b"before"), proxy.local_addr())
+            .await
+            .unwrap();
         assert_eq!(recv(&c).await, b"before");
 
         proxy.blackhole(true).unwrap();
         for _ in 0..20 {
-            c.send_to(b"cut", proxy.local_addr()).await.unwrap();
+            c.send_to(&tagged(b"cut"), proxy.local_addr())
+                .await
+                .unwrap();
         }
         settle(&proxy, 21).await;
         assert!(drain(&c, Duration::from_millis(200)).await.is_empty());
         assert_eq!(proxy.stats().to_upstream.dropped_blackhole, 20);
 
         proxy.heal().unwrap();
-        c.send_to(b"after", proxy.local_addr()).await.unwrap();
+        c.send_to(&tagged(b"after"), proxy.local_addr())
+            .await
+            .unwrap();
         assert_eq!(recv(&c).await, b"after");
     }
 
@@ -1218,8 +1248,8 @@ mod tests {
         let started = std::time::Instant::now();
         // 100 KB at once against a 20 KB/s link with a 6 KB queue.
         for i in 0..100 {
-            let mut d = vec![0u8; 1_000];
-            d[..4].copy_from_slice(&numbered(i));
+            let mut d = numbered(i);
+            d.resize(1_000, 0);
             c.send_to(&d, proxy.local_addr()).await.unwrap();
             if i % 10 == 9 {
                 arrived(&proxy, u64::from(i) + 1).await;
