@@ -93,6 +93,7 @@ pub struct Metrics {
     pub session_handshakes: Counter,
     pub session_handshake_failures: Counter,
     pub session_refused: Counter,
+    pub session_shed: Counter,
     pub session_protocol_errors: Counter,
     pub session_frames: Family<ChannelLabels, Counter>,
     pub session_bytes: Family<ChannelLabels, Counter>,
@@ -168,6 +169,7 @@ impl Metrics {
             session_handshakes: Counter::default(),
             session_handshake_failures: Counter::default(),
             session_refused: Counter::default(),
+            session_shed: Counter::default(),
             session_protocol_errors: Counter::default(),
             session_frames: Family::default(),
             session_bytes: Family::default(),
@@ -313,6 +315,11 @@ impl Metrics {
             m.session_refused.clone(),
         );
         r.register(
+            "compute_session_shed",
+            "Dials refused before any handshake work because too many handshakes were in progress",
+            m.session_shed.clone(),
+        );
+        r.register(
             "compute_session_protocol_errors",
             "Compute sessions closed for an undecodable frame, another protocol version or a message on the wrong channel",
             m.session_protocol_errors.clone(),
@@ -393,6 +400,7 @@ impl Metrics {
             self.session_handshake_failures
                 .inc_by(d(now.handshake_failures, last.handshake_failures));
             self.session_refused.inc_by(d(now.refused, last.refused));
+            self.session_shed.inc_by(d(now.shed, last.shed));
             self.session_protocol_errors
                 .inc_by(d(now.protocol_errors, last.protocol_errors));
             add_channel_counts(&self.session_frames, &self.session_bytes, &now, last);
@@ -605,6 +613,8 @@ pub struct NodeSessionMetrics {
     handshakes: Counter,
     handshake_failures: Counter,
     reconnect_attempts: Counter,
+    redials: Counter,
+    unanswered_dials: Counter,
     protocol_errors: Counter,
     frames: Family<ChannelLabels, Counter>,
     bytes: Family<ChannelLabels, Counter>,
@@ -632,6 +642,8 @@ impl NodeSessionMetrics {
             handshakes: Counter::default(),
             handshake_failures: Counter::default(),
             reconnect_attempts: Counter::default(),
+            redials: Counter::default(),
+            unanswered_dials: Counter::default(),
             protocol_errors: Counter::default(),
             frames: Family::default(),
             bytes: Family::default(),
@@ -652,13 +664,23 @@ impl NodeSessionMetrics {
         );
         r.register(
             "session_handshake_failures",
-            "Connection attempts that failed (unreachable, refused certificate, timeout)",
+            "Connection rounds that ended without a session (refused certificate, closed or unfinished handshake)",
             m.handshake_failures.clone(),
         );
         r.register(
             "session_reconnect_attempts",
-            "Connection attempts after the first (reconnects)",
+            "Connection rounds after the first (reconnects), each after its backoff delay",
             m.reconnect_attempts.clone(),
+        );
+        r.register(
+            "session_redials",
+            "Dials started within a round because the earlier ones were still unanswered",
+            m.redials.clone(),
+        );
+        r.register(
+            "session_unanswered_dials",
+            "Dials that got no answer at all within the handshake timeout (a silent path)",
+            m.unanswered_dials.clone(),
         );
         r.register(
             "session_protocol_errors",
@@ -708,6 +730,9 @@ impl NodeSessionMetrics {
                 .inc_by(d(now.handshake_failures, last.handshake_failures));
             self.reconnect_attempts
                 .inc_by(d(now.reconnect_attempts, last.reconnect_attempts));
+            self.redials.inc_by(d(now.redials, last.redials));
+            self.unanswered_dials
+                .inc_by(d(now.unanswered_dials, last.unanswered_dials));
             self.protocol_errors
                 .inc_by(d(now.protocol_errors, last.protocol_errors));
             add_channel_counts(&self.frames, &self.bytes, &now, &last);

@@ -487,11 +487,13 @@ fn figures(h: &Http, g: &Group, node: &ComputeNode) -> String {
     let text = h.text(&node_metrics(node)).unwrap_or_default();
     let f = |name: &str| metric(&text, name, &[]).map_or("n/a".to_string(), |v| v.to_string());
     s.push_str(&format!(
-        "{}: handshakes {}, handshake failures {}, reconnect attempts {}, outbox pending {}",
+        "{}: handshakes {}, handshake failures {}, reconnect attempts {}, redials {}, unanswered dials {}, outbox pending {}",
         node.id,
         f("caravel_session_handshakes_total"),
         f("caravel_session_handshake_failures_total"),
         f("caravel_session_reconnect_attempts_total"),
+        f("caravel_session_redials_total"),
+        f("caravel_session_unanswered_dials_total"),
         f("caravel_compute_outbox_pending"),
     ));
     s
@@ -937,19 +939,24 @@ fn a_restarted_compute_process_delivers_its_outbox_and_its_lost_job_runs_again()
 // (e) a flapping link
 // -------------------------------------------------------------------------------------------------
 
-/// Connection attempts a node may start within one minute of a flapping link.
+/// Connection rounds (reconnect attempts) a node may start within one minute of a flapping link.
 ///
 /// The reconnect delay is uniform in `[0, min(30 s, 250 ms × 2^n)]` (full jitter), `n` counting the
-/// attempts since the last session that lived longer than 30 s. Even if every attempt failed at
-/// once, k attempts in a run need the first k − 1 delays to sum up to less than the time available:
-/// within 60 s that is 21 or more attempts with probability below 10⁻⁶, within 30 s 17 or more
+/// rounds since the last session that lived longer than 30 s. Even if every round failed at
+/// once, k rounds in a run need the first k − 1 delays to sum up to less than the time available:
+/// within 60 s that is 21 or more rounds with probability below 10⁻⁶, within 30 s 17 or more
 /// (simulated, 2·10⁶ runs). A reset needs a session that lived over 30 s, so within 60 s there is
 /// at most one, leaving two runs that share 30 s: at most 2 × 16 = 32.
 const FLAP_ATTEMPT_BOUND: f64 = 32.0;
 
+/// Redials a node may start within one minute: within a round they come at least 0.75 × the 2 s
+/// probe interval apart, and a new round starts with a dial of its own, not a redial: at most
+/// 60 s / 1.5 s = 40, plus one for a round that begins and ends inside the window.
+const FLAP_REDIAL_BOUND: f64 = 41.0;
+
 /// One phase of flapping: `cut_for` blackholed, `up_for` open, repeated for `total`, a no-op job
-/// submitted at every toggle. Returns (toggles, reconnect attempts the node started meanwhile,
-/// sessions the node established, sessions the orchestrator accepted).
+/// submitted at every toggle. Returns (toggles, [reconnect attempts the node started meanwhile,
+/// sessions the node established, sessions the orchestrator accepted, redials the node started]).
 fn flap(
     h: &Http,
     g: &Group,
@@ -958,7 +965,7 @@ fn flap(
     up_for: Duration,
     total: Duration,
     jobs: &mut Vec<(String, String)>,
-) -> (usize, f64, f64, f64) {
+) -> (usize, [f64; 4]) {
     let api = g.members[0].api();
     let url = node_metrics(node);
     let orch = orchestrator_metrics(&g.members[0]);
@@ -967,6 +974,7 @@ fn flap(
             h.metric(&url, "caravel_session_reconnect_attempts_total", &[]),
             h.metric(&url, "caravel_session_handshakes_total", &[]),
             h.metric(&orch, "caravel_compute_session_handshakes_total", &[]),
+            h.metric(&url, "caravel_session_redials_total", &[]),
         ]
         .map(|v| v.expect("session counters"))
     };
@@ -990,12 +998,7 @@ fn flap(
     }
     node.cut(false).unwrap();
     let after = counters(h);
-    (
-        toggles,
-        after[0] - before[0],
-        after[1] - before[1],
-        after[2] - before[2],
-    )
+    (toggles, std::array::from_fn(|i| after[i] - before[i]))
 }
 
 #[test]
@@ -1004,7 +1007,7 @@ fn a_flapping_link_does_not_storm_and_the_node_converges() {
     let mut jobs = Vec::new();
     // As asked: the link toggles every 2 s for a minute. A 2 s gap is well inside the session's
     // 10 s idle timeout, so QUIC rides it out; the session may survive it all.
-    let (toggles, attempts, node_sessions, orch_sessions) = flap(
+    let (toggles, [attempts, node_sessions, orch_sessions, redials]) = flap(
         &h,
         &g,
         &mut node,
@@ -1027,13 +1030,19 @@ fn a_flapping_link_does_not_storm_and_the_node_converges() {
         node.id,
         node.log_tail(40)
     );
+    assert!(
+        redials <= FLAP_REDIAL_BOUND,
+        "{} started {redials} redials in a minute of flapping (bound {FLAP_REDIAL_BOUND})\n{}",
+        node.id,
+        node.log_tail(40)
+    );
     eprintln!(
-        "checked: {attempts} reconnect attempts (bound {FLAP_ATTEMPT_BOUND}, from the backoff), {node_sessions} new sessions by the node, {orch_sessions} accepted by the orchestrator"
+        "checked: {attempts} reconnect attempts (bound {FLAP_ATTEMPT_BOUND}, from the backoff), {redials} redials (bound {FLAP_REDIAL_BOUND}), {node_sessions} new sessions by the node, {orch_sessions} accepted by the orchestrator"
     );
     // Then cuts longer than the idle timeout, so sessions do die and the node must reconnect, into a
     // link that is up only 2 s in 14.
     let dropped_before = dropped(&node);
-    let (toggles, attempts, node_sessions, orch_sessions) = flap(
+    let (toggles, [attempts, node_sessions, orch_sessions, redials]) = flap(
         &h,
         &g,
         &mut node,
@@ -1052,8 +1061,14 @@ fn a_flapping_link_does_not_storm_and_the_node_converges() {
         node.id,
         node.log_tail(40)
     );
+    assert!(
+        redials <= FLAP_REDIAL_BOUND,
+        "{} started {redials} redials in 56 s of long flaps (bound {FLAP_REDIAL_BOUND})\n{}",
+        node.id,
+        node.log_tail(40)
+    );
     eprintln!(
-        "checked: {attempts} reconnect attempts (bound {FLAP_ATTEMPT_BOUND}, from the backoff), {node_sessions} new sessions by the node, {orch_sessions} accepted by the orchestrator"
+        "checked: {attempts} reconnect attempts (bound {FLAP_ATTEMPT_BOUND}, from the backoff), {redials} redials (bound {FLAP_REDIAL_BOUND}), {node_sessions} new sessions by the node, {orch_sessions} accepted by the orchestrator"
     );
     let settled = Instant::now();
     let connected = wait_node_status(&h, &mut g, &mut node, "CONNECTED", Duration::from_secs(120));

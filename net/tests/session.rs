@@ -1,7 +1,8 @@
 //! Compute sessions over real QUIC on loopback: messages both ways in order per channel, identity and
 //! CA checks, bad frames and wrong channels closing one connection only, reconnecting to the next
-//! orchestrator, bulk results not holding back reports; plus the pure backoff and the message↔channel
-//! mapping.
+//! orchestrator, overlapping dials (a silent orchestrator skipped, a slow path not given up on),
+//! load shedding of handshakes, bulk results not holding back reports; plus the pure backoff and
+//! probe pacing and the message↔channel mapping.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -122,14 +123,20 @@ fn spawn_node(
     orchestrators: Vec<String>,
     stop: &CancellationToken,
 ) -> (session::SessionStats, mpsc::Receiver<Handed>) {
+    spawn_node_with(ca, id, orchestrators, SessionOptions::default(), stop)
+}
+
+fn spawn_node_with(
+    ca: &PemPair,
+    id: &str,
+    orchestrators: Vec<String>,
+    opts: SessionOptions,
+    stop: &CancellationToken,
+) -> (session::SessionStats, mpsc::Receiver<Handed>) {
     let (tx, rx) = mpsc::channel(4);
-    let client = SessionClient::new(
-        orchestrators,
-        &client_identity(ca, id),
-        SessionOptions::default(),
-    )
-    .unwrap()
-    .with_seed(7);
+    let client = SessionClient::new(orchestrators, &client_identity(ca, id), opts)
+        .unwrap()
+        .with_seed(7);
     let stats = client.stats();
     tokio::spawn(client.run(stop.clone(), hand_over(tx)));
     (stats, rx)
@@ -559,6 +566,164 @@ async fn a_node_reconnects_to_the_next_orchestrator_when_its_orchestrator_shuts_
     stop2.cancel();
 }
 
+/// Relays UDP between one client and `upstream`, holding every datagram back `delay` each way: a
+/// path whose round trip is `2 × delay`.
+async fn slow_path(upstream: SocketAddr, delay: Duration, stop: CancellationToken) -> SocketAddr {
+    use std::sync::Arc;
+    let front = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let back = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let addr = front.local_addr().unwrap();
+    let client = Arc::new(std::sync::Mutex::new(None::<SocketAddr>));
+    let relay = |from: Arc<tokio::net::UdpSocket>,
+                 to: Arc<tokio::net::UdpSocket>,
+                 towards_upstream: bool| {
+        let (client, stop) = (client.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65_536];
+            loop {
+                let (n, src) = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = from.recv_from(&mut buf) => r.unwrap(),
+                };
+                let dest = if towards_upstream {
+                    *client.lock().unwrap() = Some(src);
+                    upstream
+                } else {
+                    match *client.lock().unwrap() {
+                        Some(c) => c,
+                        None => continue,
+                    }
+                };
+                let (to, datagram) = (to.clone(), buf[..n].to_vec());
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = to.send_to(&datagram, dest).await;
+                });
+            }
+        })
+    };
+    relay(front.clone(), back.clone(), true);
+    relay(back, front, false);
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_orchestrator_is_skipped_without_waiting_out_its_handshake_timeout() {
+    let ca = tls::new_ca("t").unwrap();
+    let (stop, node_stop) = (CancellationToken::new(), CancellationToken::new());
+    // Bound and never read: datagrams to it vanish, as into a cut link or a dead host.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (live, mut incoming) = start(&ca, "orch-live", &stop);
+    let opts = SessionOptions {
+        probe_interval: Duration::from_millis(200),
+        ..SessionOptions::default()
+    };
+    let (stats, mut handed) = spawn_node_with(
+        &ca,
+        "node-1",
+        vec![
+            silent.local_addr().unwrap().to_string(),
+            live.local_addr().to_string(),
+        ],
+        opts,
+        &node_stop,
+    );
+    let (end, connected) = within("a session", handed.recv()).await.unwrap();
+    assert_eq!(connected.server_id, "orch-live");
+    // The dial to the silent address is still open (its handshake timeout is 10 s): the live
+    // orchestrator was dialled beside it, not after it.
+    let snap = stats.snapshot();
+    assert_eq!(snap.unanswered_dials, 0, "{snap:?}");
+    assert_eq!(snap.handshake_failures, 0, "{snap:?}");
+    assert_eq!(snap.reconnect_attempts, 0, "{snap:?}");
+    assert!(snap.redials >= 1, "{snap:?}");
+    end.outbox.send(hello("node-1")).await.unwrap();
+    let sess = within("the session", incoming.recv()).await.unwrap();
+    assert_eq!(sess.node_id, "node-1");
+    node_stop.cancel();
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_slower_than_the_probe_interval_still_connects_with_its_first_dial() {
+    let ca = tls::new_ca("t").unwrap();
+    let (stop, node_stop) = (CancellationToken::new(), CancellationToken::new());
+    let (server, mut incoming) = start(&ca, "orch-1", &stop);
+    // A 2 s round trip against a 200 ms probe interval: about ten dials start before the first
+    // answer, and none of them may be given up for being slow.
+    let front = slow_path(server.local_addr(), Duration::from_secs(1), stop.clone()).await;
+    let opts = SessionOptions {
+        probe_interval: Duration::from_millis(200),
+        ..SessionOptions::default()
+    };
+    let (stats, mut handed) =
+        spawn_node_with(&ca, "node-1", vec![front.to_string()], opts, &node_stop);
+    let (end, connected) = within("a session", handed.recv()).await.unwrap();
+    assert_eq!(connected.server_id, "orch-1");
+    let snap = stats.snapshot();
+    assert_eq!(snap.handshake_failures, 0, "{snap:?}");
+    assert_eq!(snap.unanswered_dials, 0, "{snap:?}");
+    assert!(snap.redials >= 3, "{snap:?}");
+    end.outbox.send(hello("node-1")).await.unwrap();
+    let mut sess = within("the session", incoming.recv()).await.unwrap();
+    assert_eq!(
+        within("Hello", sess.end.rx.recv()).await,
+        Some(hello("node-1"))
+    );
+    // Exactly one connection was accepted: the other answered dials were dropped.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), incoming.recv())
+            .await
+            .is_err(),
+        "a second session was handed out"
+    );
+    node_stop.cancel();
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orchestrator_with_too_many_handshakes_in_progress_refuses_dials_and_the_node_backs_off()
+{
+    let ca = tls::new_ca("t").unwrap();
+    let (stop, node_stop) = (CancellationToken::new(), CancellationToken::new());
+    let opts = SessionOptions {
+        max_pending_handshakes: 1,
+        ..SessionOptions::default()
+    };
+    let (server, mut incoming) = SessionServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        &identity(&ca, "orch-1"),
+        opts,
+        stop.clone(),
+    )
+    .unwrap();
+    // A connection that never sends its Hello holds the only place.
+    let (ep, hog) = raw_connect(&identity(&ca, "node-hog"), server.local_addr()).await;
+    let (stats, mut handed) = spawn_node(
+        &ca,
+        "node-1",
+        vec![server.local_addr().to_string()],
+        &node_stop,
+    );
+    eventually("a refused dial", || {
+        stats.snapshot().handshake_failures >= 2
+    })
+    .await;
+    let err = stats.last_error().unwrap();
+    assert!(err.to_lowercase().contains("refused"), "{err}");
+    assert!(server.stats().snapshot().shed >= 2);
+    assert_eq!(stats.snapshot().connected, 0);
+    // The place frees up; the node's next round gets in.
+    hog.close(0u32.into(), b"done");
+    drop(ep);
+    let (end, _) = within("a session", handed.recv()).await.unwrap();
+    end.outbox.send(hello("node-1")).await.unwrap();
+    let sess = within("the session", incoming.recv()).await.unwrap();
+    assert_eq!(sess.node_id, "node-1");
+    node_stop.cancel();
+    stop.cancel();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_report_sent_after_a_big_result_overtakes_it() {
     const CHUNK: usize = 256 * 1024;
@@ -680,6 +845,43 @@ fn jittered_backoff_grows_is_bounded_deterministic_per_seed_and_resets() {
     assert_eq!(a.attempt(), 0);
     assert!(a.next_delay() <= base);
     assert_eq!(a.attempt(), 1);
+}
+
+#[test]
+fn probe_delays_stay_within_a_quarter_of_the_interval_and_leave_the_backoff_alone() {
+    let interval = Duration::from_secs(2);
+    assert_eq!(
+        session::probe_jitter(interval, 0.0),
+        Duration::from_millis(1500)
+    );
+    assert_eq!(
+        session::probe_jitter(interval, 1.0),
+        Duration::from_millis(2500)
+    );
+    assert_eq!(
+        session::probe_jitter(interval, 9.0),
+        Duration::from_millis(2500)
+    );
+    let (base, cap) = (Duration::from_millis(250), Duration::from_secs(30));
+    let mut a = Backoff::new(base, cap, 42);
+    let probes: Vec<_> = (0..500).map(|_| a.next_probe(interval)).collect();
+    assert!(
+        probes
+            .iter()
+            .all(|p| (Duration::from_millis(1500)..=Duration::from_millis(2500)).contains(p))
+    );
+    let mean = probes.iter().sum::<Duration>() / probes.len() as u32;
+    assert!(
+        (Duration::from_millis(1900)..=Duration::from_millis(2100)).contains(&mean),
+        "{mean:?}"
+    );
+    // Probing neither grows the backoff nor shifts its sequence.
+    assert_eq!(a.attempt(), 0);
+    let mut fresh = Backoff::new(base, cap, 42);
+    assert_eq!(
+        (0..20).map(|_| a.next_delay()).collect::<Vec<_>>(),
+        (0..20).map(|_| fresh.next_delay()).collect::<Vec<_>>()
+    );
 }
 
 fn text() -> impl Strategy<Value = String> {

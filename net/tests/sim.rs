@@ -26,9 +26,9 @@
 //!   one was dead (its orchestrator restarted meanwhile): QUIC notices a dead connection only after
 //!   max(idle timeout, 3 × PTO), and a burst of held packets inflates the PTO, so that wait is
 //!   reported, not bounded (a 60 s liveness guard still applies);
-//! - every reconnect waits exactly the backoff the client's seeded jitter prescribes (to within the
-//!   tick and tokio's millisecond timer rounding): no attempt comes early, so a flapping link
-//!   cannot storm the orchestrators.
+//! - every reconnect waits exactly the backoff the client's seeded jitter prescribes, and every
+//!   redial within a round the seeded probe interval (to within the tick and tokio's millisecond
+//!   timer rounding): no attempt comes early, so a flapping link cannot storm the orchestrators.
 //!
 //! `cargo test -p caravel-net --test sim` runs `CARAVEL_SIM_SEEDS` seeds (default 64) from
 //! `CARAVEL_SIM_FIRST_SEED` (default 1). A failure prints its seed; `CARAVEL_SIM_SEED=N` replays
@@ -89,6 +89,7 @@ fn opts() -> SessionOptions {
         idle_timeout: Duration::from_millis(1500),
         initial_rtt: Duration::from_millis(100),
         handshake_timeout: Duration::from_millis(1500),
+        probe_interval: Duration::from_millis(300),
         backoff_base: Duration::from_millis(50),
         backoff_cap: Duration::from_secs(1),
         backoff_reset_after: Duration::from_secs(2),
@@ -806,6 +807,9 @@ struct BackoffCheck {
     ended: Option<(Duration, Option<bool>)>,
     checked: u64,
     attempts: Vec<Duration>,
+    /// When the node started its last dial, and the probe delay it drew then for the next one.
+    last_dial: Option<(Duration, Duration)>,
+    redials: u64,
 }
 
 impl BackoffCheck {
@@ -819,7 +823,18 @@ impl BackoffCheck {
             ended: None,
             checked: 0,
             attempts: Vec::new(),
+            last_dial: None,
+            redials: 0,
         }
+    }
+
+    /// A dial started at `t`: the client draws the pause before its next one.
+    fn dialed(&mut self, t: Duration) {
+        self.last_dial = Some((t, self.backoff.next_probe(opts().probe_interval)));
+    }
+
+    fn matches(gap: Duration, prescribed: Duration) -> bool {
+        gap + TICK >= prescribed && gap <= prescribed + 3 * TICK
     }
 
     fn observe(&mut self, world: &World, t: Duration) {
@@ -830,11 +845,30 @@ impl BackoffCheck {
             *self = BackoffCheck::new(starts, world.backoff_seed.wrapping_add(starts - 1));
             self.attempts = attempts;
             self.attempts.push(t);
+            self.dialed(t);
         }
         let Some(stats) = lock(&world.node_stats).clone() else {
             return;
         };
         let s = stats.snapshot();
+        // Redials first: one seen in the same step as a new round belongs to the round before
+        // (a round's own first redial comes a probe interval after it starts).
+        for _ in self.redials..s.redials {
+            world.trace_at(t, "node: redial (earlier dials unanswered)".into());
+            self.attempts.push(t);
+            match self.last_dial {
+                Some((at, prescribed)) if !Self::matches(t - at, prescribed) => {
+                    world.violation_at(t, format!(
+                        "redial {:?} after the previous dial; the probe interval prescribes {prescribed:?}",
+                        t - at
+                    ));
+                }
+                Some(_) => self.checked += 1,
+                None => {}
+            }
+            self.dialed(t);
+        }
+        self.redials = s.redials;
         let now = (
             s.reconnect_attempts,
             s.handshakes,
@@ -875,6 +909,7 @@ impl BackoffCheck {
             let Some((ended, long)) = self.ended.take() else {
                 // The end was not visible (several attempts in one step): stay in step.
                 self.backoff.next_delay();
+                self.dialed(t);
                 continue;
             };
             let gap = t - ended;
@@ -888,9 +923,7 @@ impl BackoffCheck {
                 b.reset();
                 options.push((b.next_delay(), b));
             }
-            let matching = options
-                .iter()
-                .position(|(d, _)| gap + TICK >= *d && gap <= *d + 3 * TICK);
+            let matching = options.iter().position(|(d, _)| Self::matches(gap, *d));
             match matching {
                 Some(i) => {
                     self.backoff = options.swap_remove(i).1;
@@ -904,6 +937,7 @@ impl BackoffCheck {
                     ));
                 }
             }
+            self.dialed(t);
         }
     }
 

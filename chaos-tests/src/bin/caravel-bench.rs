@@ -124,16 +124,14 @@ struct HealArgs {
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// What-if rounds afterwards: a simulated node in this process (the real session client, no
-    /// jobs) with the session options below instead of the defaults, cut and healed the same way;
+    /// jobs) with the probe interval below instead of the default, cut and healed the same way;
     /// measures heal → session re-established. 0 skips them.
     #[arg(long, default_value_t = 3)]
     what_if_rounds: usize,
-    /// What-if: the session client's handshake timeout (default of the product: 10,000).
-    #[arg(long, default_value_t = 1000)]
-    what_if_handshake_ms: u64,
-    /// What-if: the session client's largest reconnect backoff (default of the product: 30,000).
-    #[arg(long, default_value_t = 500)]
-    what_if_backoff_cap_ms: u64,
+    /// What-if: the session client's probe interval (default of the product: 2,000). 10,000, the
+    /// handshake timeout, keeps about one dial open at a time, as before dials overlapped.
+    #[arg(long, default_value_t = 10_000)]
+    what_if_probe_ms: u64,
     /// Docker image with /bin/sh and sleep (scripts/test-image.sh builds the default).
     #[arg(long, default_value = "caravel-busybox:latest")]
     image: String,
@@ -2499,6 +2497,19 @@ struct HealRound {
     duplicate_reports: f64,
     /// Session attempts of the node that failed during the round (its log).
     failed_attempts: usize,
+    /// Dials the node started during the round (rounds + redials, its metrics).
+    dials: Option<f64>,
+    /// Datagrams the node sent into the cut per second (keep-alives, then handshake Initials).
+    sent_into_cut_per_sec: f64,
+}
+
+/// Dials a compute-only node has started: connection rounds after the first plus redials.
+fn dials_started(metrics: Option<&str>) -> Option<f64> {
+    let m = metrics?;
+    Some(
+        metric_sum(m, "caravel_session_reconnect_attempts_total", &[])?
+            + metric_sum(m, "caravel_session_redials_total", &[])?,
+    )
 }
 
 /// What the session client logs when an attempt fails (net/src/session.rs).
@@ -2603,7 +2614,9 @@ fn heal(
             a.rounds, a.jobs, a.job_secs, a.cut_secs
         );
         let failed0 = n.count_in_log(FAILED_ATTEMPT);
+        let dials0 = dials_started(rt.block_on(get_text(&c, &n.node_metrics)).as_deref());
         let cut = Instant::now();
+        let probed0 = n.proxy.stats().to_upstream.dropped_blackhole;
         n.proxy.blackhole(true)?;
         let heal_at = cut + Duration::from_secs(a.cut_secs);
         let mut disconnected_after = None;
@@ -2636,6 +2649,7 @@ fn heal(
         std::thread::sleep(heal_at.saturating_duration_since(Instant::now()));
 
         // Heal, then poll the API and the node every 10 ms.
+        let probed = n.proxy.stats().to_upstream.dropped_blackhole - probed0;
         n.proxy.heal()?;
         let healed = Instant::now();
         let (mut connected, mut committed, mut first, mut all) = (None, None, None, None);
@@ -2708,6 +2722,10 @@ fn heal(
             executions_completed: execs.iter().filter(|s| **s == EXEC_COMPLETED).count(),
             duplicate_reports: dups(metrics1.as_deref()) - dups(metrics0.as_deref()),
             failed_attempts: n.count_in_log(FAILED_ATTEMPT) - failed0,
+            dials: dials_started(rt.block_on(get_text(&c, &n.node_metrics)).as_deref())
+                .zip(dials0)
+                .map(|(b, a)| b - a),
+            sent_into_cut_per_sec: probed as f64 / a.cut_secs as f64,
         };
         eprintln!(
             "round {round}: DISCONNECTED {} s into the cut; {} reports pending at the heal; heal → \
@@ -2735,7 +2753,7 @@ fn heal(
         ),
         Output::Table => {
             println!(
-                "{:>5} {:>5} {:>8} {:>7} {:>6} {:>12} {:>12} {:>12} {:>12} {:>9} {:>4} {:>8}",
+                "{:>5} {:>5} {:>8} {:>7} {:>6} {:>12} {:>12} {:>12} {:>12} {:>9} {:>4} {:>8} {:>5} {:>6}",
                 "ROUND",
                 "CUT S",
                 "DISC@ S",
@@ -2747,11 +2765,13 @@ fn heal(
                 "H→ALL JOB MS",
                 "EXECS",
                 "DUPS",
-                "ATTEMPTS"
+                "ATTEMPTS",
+                "DIALS",
+                "PKT/S"
             );
             for r in &rounds {
                 println!(
-                    "{:>5} {:>5.0} {:>8} {:>7} {:>6} {:>12} {:>12} {:>12} {:>12} {:>9} {:>4.0} {:>8}",
+                    "{:>5} {:>5.0} {:>8} {:>7} {:>6} {:>12} {:>12} {:>12} {:>12} {:>9} {:>4.0} {:>8} {:>5} {:>6.1}",
                     r.round,
                     r.cut_secs,
                     opt(r.disconnected_after_secs, 1),
@@ -2763,7 +2783,9 @@ fn heal(
                     opt(r.heal_to_all_completed_ms, 0),
                     format!("{}/{}", r.executions_completed, r.executions),
                     r.duplicate_reports,
-                    r.failed_attempts
+                    r.failed_attempts,
+                    opt(r.dials, 0),
+                    r.sent_into_cut_per_sec
                 );
             }
             println!(
@@ -2771,8 +2793,10 @@ fn heal(
                  PENDING = reports in the node's outbox at the heal; DONE<H = jobs Completed before \
                  the heal; H→REPORTS = heal → the node's outbox empty (every report committed and \
                  acknowledged); EXECS = Completed/all executions of the round's {} jobs; DUPS = \
-                 replayed reports recognised as already applied; ATTEMPTS = failed session \
-                 attempts of the node (its log).",
+                 replayed reports recognised as already applied; ATTEMPTS = connection rounds \
+                 of the node that ended without a session (its log); DIALS = dials it started \
+                 during the round (its metrics); PKT/S = datagrams the node sent into the cut per \
+                 second (keep-alives until the idle timeout, then handshake Initials).",
                 a.jobs
             );
             if !what_if.is_empty() {
@@ -2799,9 +2823,8 @@ fn heal(
                 }
                 println!(
                     "note: H→SESSION = heal → the simulated node's next Hello acknowledged; \
-                     H→CONN = heal → the API shows it CONNECTED. Only the client's options differ \
-                     from the product's defaults (keep-alive 2 s, idle timeout 10 s, backoff base \
-                     250 ms as shipped)."
+                     H→CONN = heal → the API shows it CONNECTED. Only the probe interval differs \
+                     from the product's defaults."
                 );
             }
         }
@@ -2821,8 +2844,8 @@ struct WhatIfRound {
     heal_to_connected_ms: Option<f64>,
 }
 
-/// Cuts and heals a simulated node that runs the real session client with shorter handshake and
-/// backoff settings, through its own proxy to the same orchestrator: what those defaults would give.
+/// Cuts and heals a simulated node that runs the real session client with another probe interval,
+/// through its own proxy to the same orchestrator: what that default would give.
 fn what_if_rounds(
     rt: &tokio::runtime::Runtime,
     n: &ProxiedNode,
@@ -2831,15 +2854,11 @@ fn what_if_rounds(
     use caravel_model::wire::{ToCompute, ToOrchestrator};
     use caravel_net::session::{ClientIdentity, SessionClient, SessionOptions};
     let opts = SessionOptions {
-        handshake_timeout: Duration::from_millis(a.what_if_handshake_ms),
-        backoff_cap: Duration::from_millis(a.what_if_backoff_cap_ms),
+        probe_interval: Duration::from_millis(a.what_if_probe_ms),
         ..SessionOptions::default()
     };
     opts.validate()?;
-    let label = format!(
-        "handshake timeout {} ms, backoff cap {} ms",
-        a.what_if_handshake_ms, a.what_if_backoff_cap_ms
-    );
+    let label = format!("probe interval {} ms", a.what_if_probe_ms);
     let m = &n.group.members[0];
     let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], m.compute_port));
     let proxy = rt.block_on(Proxy::start("127.0.0.1:0".parse()?, upstream))?;
