@@ -2539,7 +2539,7 @@ fn heal(
     let mut n = ProxiedNode::start(rt, bin, dir, reaper, &extra)?;
     eprintln!(
         "orchestrator {} (API {}), compute-only node {} dialling it through the UDP proxy {}; \
-         product defaults (QUIC idle timeout 10 s, reconnect backoff 250 ms × 2^n capped at 30 s, \
+         product defaults (QUIC idle timeout 10 s, a new dial every 2 s while unanswered, reconnect backoff 250 ms × 2^n capped at 30 s after refusals, \
          Orchestrator.DisconnectTimeoutSecs 30)",
         n.group.members[0].id,
         n.api,
