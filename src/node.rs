@@ -158,7 +158,7 @@ pub async fn start(
         .with_context(|| format!("cannot open the Raft store in {}", raft_dir.display()))?;
     let state = sm_store.state();
     let committed = log_store.committed_index();
-    let applied = sm_store.subscribe_applied();
+    let changes = sm_store.clone();
     let o = &config.orchestrator;
     let timing = RaftTiming {
         heartbeat_ms: o.heartbeat_millis.max(10),
@@ -275,7 +275,7 @@ pub async fn start(
         raft,
         my_id,
         state,
-        applied,
+        changes,
         metrics,
         crate::orchestrator::Links {
             disconnect_timeout: Duration::from_secs(

@@ -179,6 +179,19 @@ impl ClusterState {
         self.dirty.clear();
     }
 
+    /// The compute nodes whose executions changed since the last [`Self::take_dirty`]: whom a
+    /// store must wake (each node's session recomputes what to send only when its own executions
+    /// change, not on every applied entry). Call it before `take_dirty`.
+    pub fn dirty_nodes(&self) -> BTreeSet<String> {
+        self.dirty
+            .iter()
+            .filter(|(t, _)| *t == Table::Execution)
+            .filter_map(|(_, k)| self.executions.get(k))
+            .filter(|e| !e.node_id.is_empty())
+            .map(|e| e.node_id.clone())
+            .collect()
+    }
+
     /// Marks every record dirty (after installing a snapshot, the store rewrites everything).
     pub fn mark_all_dirty(&mut self) {
         let mut d = BTreeSet::new();

@@ -1,6 +1,7 @@
 //! The state machine: applies committed entries to the in-memory [`ClusterState`], persists the
 //! changed records, builds and installs snapshots (`RaftStateMachine` + `RaftSnapshotBuilder`).
 
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,6 +46,8 @@ struct Shared {
     state: Arc<RwLock<ClusterState>>,
     applied: Mutex<Applied>,
     applied_tx: watch::Sender<u64>,
+    /// Per compute node: woken with the applied index when an entry changed one of its executions.
+    node_tx: Mutex<HashMap<String, watch::Sender<u64>>>,
     snapshot_counter: AtomicU64,
 }
 
@@ -164,6 +167,7 @@ impl StateMachineStore {
                     last_membership,
                 }),
                 applied_tx,
+                node_tx: Mutex::new(HashMap::new()),
                 snapshot_counter: AtomicU64::new(counter),
             }),
         })
@@ -184,6 +188,48 @@ impl StateMachineStore {
     /// snapshot (0 before anything was applied). Wakes readers that wait for their write.
     pub fn subscribe_applied(&self) -> watch::Receiver<u64> {
         self.shared.applied_tx.subscribe()
+    }
+
+    /// Like [`Self::subscribe_applied`], but wakes only when an applied entry changed an execution
+    /// placed on `node_id`, or a snapshot replaced the whole state: what a compute session waits on,
+    /// so that 10,000 sessions are not all woken by every write.
+    pub fn subscribe_node(&self, node_id: &str) -> watch::Receiver<u64> {
+        let applied = *self.shared.applied_tx.borrow();
+        let mut map = self.lock_nodes();
+        match map.get(node_id) {
+            // Another session of the same node (a reconnect racing the old one's end) shares it.
+            Some(tx) if tx.receiver_count() > 0 => tx.subscribe(),
+            _ => {
+                let (tx, rx) = watch::channel(applied);
+                map.insert(node_id.to_string(), tx);
+                rx
+            }
+        }
+    }
+
+    fn lock_nodes(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<u64>>> {
+        self.shared
+            .node_tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wakes the subscribers of `nodes` (all of them for `None`), and forgets nodes nobody waits on.
+    fn publish_nodes(&self, nodes: Option<&BTreeSet<String>>, last: Option<LogId>) {
+        let index = last.map(|l| l.index).unwrap_or(0);
+        let mut map = self.lock_nodes();
+        match nodes {
+            None => map.retain(|_, tx| tx.send(index).is_ok()),
+            Some(nodes) => {
+                for n in nodes {
+                    if let Some(tx) = map.get(n)
+                        && tx.send(index).is_err()
+                    {
+                        map.remove(n);
+                    }
+                }
+            }
+        }
     }
 
     /// The last applied log id (`None` before anything was applied).
@@ -216,6 +262,7 @@ impl StateMachineStore {
         let db = &self.shared.db;
         let mut batch = WriteBatch::default();
         let mut responses = Vec::new();
+        let nodes;
         let last = {
             let mut state = self.write_state()?;
             let mut applied = self.lock_applied()?;
@@ -234,6 +281,7 @@ impl StateMachineStore {
             if responses.is_empty() {
                 return Ok(responses);
             }
+            nodes = state.dirty_nodes();
             let records = state.take_dirty().map_err(encode_err)?;
             put_records(&mut batch, db::cf(db, CF_SM)?, records);
             put_applied(db, &mut batch, &applied)?;
@@ -245,6 +293,7 @@ impl StateMachineStore {
             source,
         })?;
         self.publish_applied(last);
+        self.publish_nodes(Some(&nodes), last);
         Ok(responses)
     }
 
@@ -333,6 +382,7 @@ impl StateMachineStore {
             *a = applied;
         }
         self.publish_applied(meta.last_log_id);
+        self.publish_nodes(None, meta.last_log_id);
         tracing::info!(snapshot_id = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "snapshot installed");
         Ok(())
     }

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 use crate::metrics::Metrics;
 use crate::raft::{self, LeaderError, Raft, SelfAddr};
 use caravel_net::rpc;
-use caravel_raft_store::NodeAddr;
+use caravel_raft_store::{NodeAddr, StateMachineStore};
 
 /// How long a write may wait for Raft before the API answers 503.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -152,6 +152,8 @@ struct Inner {
     node_id: u64,
     state: Arc<RwLock<ClusterState>>,
     applied: watch::Receiver<u64>,
+    /// The state machine, for per-node change notifications.
+    changes: StateMachineStore,
     metrics: Arc<Metrics>,
     sessions: Mutex<HashMap<String, SessionHandle>>,
     /// Last heartbeat seen per compute node (leader's liveness input), Unix ns.
@@ -192,10 +194,11 @@ impl Cluster {
         raft: Raft,
         node_id: u64,
         state: Arc<RwLock<ClusterState>>,
-        applied: watch::Receiver<u64>,
+        changes: StateMachineStore,
         metrics: Arc<Metrics>,
         links: Links,
     ) -> Self {
+        let applied = changes.subscribe_applied();
         let Links {
             disconnect_timeout,
             peers,
@@ -207,6 +210,7 @@ impl Cluster {
                 node_id,
                 state,
                 applied,
+                changes,
                 metrics,
                 sessions: Default::default(),
                 heartbeats: Default::default(),
@@ -391,6 +395,12 @@ impl Cluster {
     /// Wakes whenever this replica applies new entries.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.applied.clone()
+    }
+
+    /// Wakes when this replica applies an entry that changed an execution on `node_id` (or installs
+    /// a snapshot).
+    pub fn subscribe_node(&self, node_id: &str) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe_node(node_id)
     }
 
     pub fn is_leader(&self) -> bool {

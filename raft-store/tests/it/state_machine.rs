@@ -80,3 +80,51 @@ async fn applying_nothing_changes_nothing() {
     assert_eq!(sm.last_applied(), None);
     assert_eq!(*sm.state().read().unwrap(), ClusterState::default());
 }
+
+#[tokio::test]
+async fn a_node_is_woken_only_by_entries_that_change_its_executions_and_by_snapshots() {
+    use openraft::RaftSnapshotBuilder;
+    let (_dir, mut sm) = fresh();
+    let mut n1 = sm.subscribe_node("n-1");
+    let n2 = sm.subscribe_node("n-2");
+    let entries = fixtures::entries();
+    // Membership, blank, the node's registration, a job submission: no execution yet.
+    sm.apply(entries[..4].to_vec()).await.unwrap();
+    assert!(!n1.has_changed().unwrap());
+    // The plan places x-1 on n-1.
+    sm.apply(entries[4..5].to_vec()).await.unwrap();
+    assert!(n1.has_changed().unwrap());
+    assert_eq!(*n1.borrow_and_update(), entries[4].log_id.index);
+    assert!(!n2.has_changed().unwrap());
+    // n-1's reports change x-1.
+    sm.apply(entries[5..8].to_vec()).await.unwrap();
+    assert_eq!(*n1.borrow_and_update(), entries[7].log_id.index);
+    assert!(!n2.has_changed().unwrap());
+    // A duplicate report (whether it wakes n-1 is not the point), then another job submitted and
+    // stopped without executions: nobody is woken.
+    sm.apply(entries[8..9].to_vec()).await.unwrap();
+    n1.borrow_and_update();
+    sm.apply(entries[9..11].to_vec()).await.unwrap();
+    assert!(!n1.has_changed().unwrap());
+    assert!(!n2.has_changed().unwrap());
+    // A subscriber that went away is forgotten; subscribing again starts at the applied index.
+    drop(n1);
+    sm.apply(entries[11..].to_vec()).await.unwrap();
+    let last = entries.last().unwrap().log_id.index;
+    assert_eq!(*sm.subscribe_node("n-1").borrow(), last);
+
+    // A snapshot replaces the whole state: every subscriber is woken.
+    let built = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let (_d2, mut follower) = fresh();
+    let mut f2 = follower.subscribe_node("n-2");
+    let mut data = follower.begin_receiving_snapshot().await.unwrap();
+    *data = *built.snapshot;
+    follower.install_snapshot(&built.meta, data).await.unwrap();
+    assert!(f2.has_changed().unwrap());
+    assert_eq!(*f2.borrow_and_update(), last);
+}
