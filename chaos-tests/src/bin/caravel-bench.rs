@@ -2013,6 +2013,8 @@ struct SessionsSummary {
     orch_cpu_hold_pct: f64,
     hold_secs: f64,
     orch_sessions_end: Option<f64>,
+    /// Dials the orchestrator refused because too many handshakes were in progress.
+    dials_shed: Option<f64>,
     nodes_connected_end: Option<f64>,
     api_connected_end: Option<usize>,
     api_list_ms: Option<f64>,
@@ -2279,6 +2281,7 @@ fn sessions(
             orch_cpu_hold_pct: cpu_hold / hold_secs.max(1e-3) * 100.0,
             hold_secs,
             orch_sessions_end: end.orch_sessions,
+            dials_shed: fm("caravel_compute_session_shed_total", &[]),
             nodes_connected_end: end.nodes_connected,
             api_connected_end: api_connected,
             api_list_ms,
@@ -2414,6 +2417,10 @@ fn print_sessions(samples: &[SessionSample], s: &SessionsSummary) {
         (
             "sessions, orchestrator /metrics at end of hold",
             opt(s.orch_sessions_end, 0),
+        ),
+        (
+            "dials shed (> 256 handshakes in progress) in all",
+            opt(s.dials_shed, 0),
         ),
         (
             "nodes CONNECTED, /metrics / API at end of hold",
