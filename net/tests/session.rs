@@ -167,6 +167,17 @@ async fn connect_node(
     (cend, connected, sess, stats)
 }
 
+/// The node says Hello on `end`; the orchestrator hands out its session.
+async fn hello_is_accepted(
+    end: &ComputeEnd,
+    incoming: &mut mpsc::Receiver<IncomingSession>,
+    id: &str,
+) {
+    end.outbox.send(hello(id)).await.unwrap();
+    let sess = within("the session", incoming.recv()).await.unwrap();
+    assert_eq!(sess.node_id, id);
+}
+
 /// A bare QUIC client with `identity`, for sending what a well-behaved node never would.
 async fn raw_connect(
     identity: &Identity,
@@ -637,9 +648,7 @@ async fn a_silent_orchestrator_is_skipped_without_waiting_out_its_handshake_time
     assert_eq!(snap.handshake_failures, 0, "{snap:?}");
     assert_eq!(snap.reconnect_attempts, 0, "{snap:?}");
     assert!(snap.redials >= 1, "{snap:?}");
-    end.outbox.send(hello("node-1")).await.unwrap();
-    let sess = within("the session", incoming.recv()).await.unwrap();
-    assert_eq!(sess.node_id, "node-1");
+    hello_is_accepted(&end, &mut incoming, "node-1").await;
     node_stop.cancel();
     stop.cancel();
 }
@@ -717,9 +726,7 @@ async fn an_orchestrator_with_too_many_handshakes_in_progress_refuses_dials_and_
     hog.close(0u32.into(), b"done");
     drop(ep);
     let (end, _) = within("a session", handed.recv()).await.unwrap();
-    end.outbox.send(hello("node-1")).await.unwrap();
-    let sess = within("the session", incoming.recv()).await.unwrap();
-    assert_eq!(sess.node_id, "node-1");
+    hello_is_accepted(&end, &mut incoming, "node-1").await;
     node_stop.cancel();
     stop.cancel();
 }
