@@ -220,3 +220,4 @@ impl Drop for NodeProcess {
 pub mod cluster;
 pub mod linearizability;
 pub mod proxy;
+pub mod wasm;

@@ -15,6 +15,7 @@ use caravel_chaos_tests::cluster::{Group, GroupOptions};
 use caravel_chaos_tests::linearizability::{
     CheckResult, JobInput, JobOutput, JobStore, Recorder, check,
 };
+use caravel_chaos_tests::wasm::NOOP_WASM;
 use serde_json::{Value, json};
 
 fn bin() -> PathBuf {
@@ -35,16 +36,6 @@ fn bin() -> PathBuf {
     );
     b
 }
-
-/// A WASI module that exports `_start` and returns at once (33 bytes): jobs that complete fast
-/// and keep the replicated log small.
-const NOOP_WASM: &[u8] = &[
-    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
-    0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // one type: () -> ()
-    0x03, 0x02, 0x01, 0x00, // one function of type 0
-    0x07, 0x0a, 0x01, 0x06, b'_', b's', b't', b'a', b'r', b't', 0x00, 0x00, // export _start
-    0x0a, 0x04, 0x01, 0x02, 0x00, 0x0b, // its body: end
-];
 
 fn job(name: &str) -> Value {
     use base64::Engine;

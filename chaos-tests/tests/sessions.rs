@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use caravel_chaos_tests::cluster::{ComputeNode, Group, GroupOptions, Member, strip_ansi};
 use caravel_chaos_tests::proxy::{Faults, LinkFaults};
+use caravel_chaos_tests::wasm::{NOOP_WASM, test_module};
 use serde_json::{Value, json};
 
 // Bacalhau's execution states are numbers in JSON.
@@ -48,51 +49,11 @@ fn target_profile_dir() -> PathBuf {
         .expect("target dir")
 }
 
-/// The bytes of test module `name`, building `examples/test-modules` once into `<target>/wasm`.
+/// The bytes of test module `name`.
 fn module(name: &str) -> Vec<u8> {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let target = target_profile_dir()
-            .parent()
-            .map(|t| t.join("wasm"))
-            .expect("target dir");
-        let status = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
-            .args([
-                "build",
-                "--release",
-                "--quiet",
-                "--offline",
-                "--target",
-                "wasm32-wasip1",
-                "--manifest-path",
-            ])
-            .arg(root.join("examples/test-modules/Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&target)
-            .env_remove("CARGO_TARGET_DIR")
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .status()
-            .expect("run cargo to build the test modules");
-        assert!(
-            status.success(),
-            "building examples/test-modules for wasm32-wasip1 failed: is the target installed (rustup target add wasm32-wasip1)?"
-        );
-        target.join("wasm32-wasip1/release")
-    });
-    let p = dir.join(format!("{name}.wasm"));
+    let p = test_module(name);
     std::fs::read(&p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()))
 }
-
-/// A WASI module that exports `_start` and returns at once (33 bytes).
-const NOOP_WASM: &[u8] = &[
-    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
-    0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // one type: () -> ()
-    0x03, 0x02, 0x01, 0x00, // one function of type 0
-    0x07, 0x0a, 0x01, 0x06, b'_', b's', b't', b'a', b'r', b't', 0x00, 0x00, // export _start
-    0x0a, 0x04, 0x01, 0x02, 0x00, 0x0b, // its body: end
-];
 
 /// A batch job (count 1) running `wasm` inline with `params`.
 fn wasm_job(name: &str, wasm: &[u8], params: &[String], meta: &[(&str, &str)]) -> Value {

@@ -6,8 +6,6 @@ mod e2e;
 mod ha;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 
 use caravel_chaos_tests::NodeProcess;
 
@@ -27,28 +25,7 @@ pub fn node() -> (NodeProcess, tempfile::TempDir) {
     (n, dir)
 }
 
-/// Builds the test WASM modules (examples/test-modules) once and returns the path of one.
-pub fn test_module(name: &str) -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let target = repo().join("examples/test-modules/target");
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--release", "--quiet", "--target", "wasm32-wasip1", "--manifest-path"])
-            .arg(repo().join("examples/test-modules/Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&target)
-            .env_remove("CARGO_TARGET_DIR")
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .status()
-            .expect("run cargo to build the test modules");
-        assert!(status.success(), "building examples/test-modules for wasm32-wasip1 failed: is the target installed (rustup target add wasm32-wasip1)?");
-        target.join("wasm32-wasip1/release")
-    });
-    let p = dir.join(format!("{name}.wasm"));
-    assert!(p.is_file(), "{} was not built", p.display());
-    p
-}
+pub use caravel_chaos_tests::wasm::test_module;
 
 /// Runs the CLI, returning (exit ok, stdout, stderr).
 pub fn run(n: &NodeProcess, args: &[&str], cwd: Option<&Path>) -> (bool, String, String) {
