@@ -2112,6 +2112,25 @@ fn sessions(
     let gate = Arc::new(tokio::sync::Semaphore::new(a.in_flight));
     let result = (|| -> anyhow::Result<SessionsSummary> {
         let cpu0 = sampler.orch().context("the orchestrator is gone")?.cpu_secs;
+        let sample_every = Duration::from_secs(a.sample_secs);
+        // Fails if the orchestrator is gone; samples it when `next` is due.
+        let watch = |sampler: &mut Sampler,
+                     samples: &mut Vec<SessionSample>,
+                     phase: &'static str,
+                     next: &mut Instant|
+         -> anyhow::Result<()> {
+            if sampler.orch().is_none() {
+                bail!(
+                    "the orchestrator exited during the {phase}; its log:\n{}",
+                    tail_lines(&group.members[0].log_text(), 30)
+                );
+            }
+            if Instant::now() >= *next {
+                samples.push(sampler.sample(rt, phase, sh.counters.up.load(Ordering::Relaxed))?);
+                *next += sample_every;
+            }
+            Ok(())
+        };
         let ramp_start = Instant::now();
         let mut tasks = Vec::with_capacity(a.nodes);
         for (id, client) in clients {
@@ -2119,7 +2138,6 @@ fn sessions(
         }
         let c = &sh.counters;
         let ramp_deadline = ramp_start + Duration::from_secs(a.ramp_timeout_secs);
-        let sample_every = Duration::from_secs(a.sample_secs);
         let mut next_sample = Instant::now() + sample_every;
         let mut next_line = Instant::now() + Duration::from_secs(2);
         let (mut last_count, mut last_progress) = (0u64, Instant::now());
@@ -2146,16 +2164,7 @@ fn sessions(
                 );
                 break;
             }
-            if sampler.orch().is_none() {
-                bail!(
-                    "the orchestrator exited during the ramp-up; its log:\n{}",
-                    tail_lines(&group.members[0].log_text(), 30)
-                );
-            }
-            if Instant::now() >= next_sample {
-                samples.push(sampler.sample(rt, "ramp", c.up.load(Ordering::Relaxed))?);
-                next_sample += sample_every;
-            }
+            watch(&mut sampler, &mut samples, "ramp", &mut next_sample)?;
             if Instant::now() >= next_line {
                 eprintln!(
                     "ramp-up: {established}/{} sessions after {:.0} s ({:.0}/s), orchestrator RSS \
@@ -2207,16 +2216,7 @@ fn sessions(
         let hold_end = hold_start + Duration::from_secs(a.hold_secs);
         let mut next_sample = hold_start + sample_every;
         while Instant::now() < hold_end {
-            if sampler.orch().is_none() {
-                bail!(
-                    "the orchestrator exited during the hold; its log:\n{}",
-                    tail_lines(&group.members[0].log_text(), 30)
-                );
-            }
-            if Instant::now() >= next_sample {
-                samples.push(sampler.sample(rt, "hold", c.up.load(Ordering::Relaxed))?);
-                next_sample += sample_every;
-            }
+            watch(&mut sampler, &mut samples, "hold", &mut next_sample)?;
             std::thread::sleep(Duration::from_millis(50));
         }
         let hold_secs = hold_start.elapsed().as_secs_f64();
