@@ -1,7 +1,9 @@
 //! Builds the example WebAssembly module (examples/wordcount-wasm) for wasm32-wasip1, so that the
 //! README's first command finds it at examples/wordcount-wasm/target/wasm32-wasip1/release/. A
 //! separate cargo invocation with its own target dir (no lock shared with this build). A missing
-//! wasm target is a warning, not a failure: only the example needs it.
+//! wasm target is a warning, not a failure: only the example needs it. While the module is missing,
+//! the build script runs again on every build (cargo reruns a script whose `rerun-if-changed` path
+//! does not exist), so it appears as soon as `rustup target add wasm32-wasip1` has been run.
 
 use std::path::Path;
 use std::process::Command;
@@ -38,11 +40,15 @@ fn main() {
         .env_remove("MFLAGS")
         .current_dir(&example)
         .status();
+    let module = example.join("target/wasm32-wasip1/release/wordcount.wasm");
     match status {
-        Ok(s) if s.success() => {}
+        Ok(s) if s.success() && module.is_file() => return,
         Ok(s) => println!(
-            "cargo:warning=building examples/wordcount-wasm for wasm32-wasip1 failed ({s}); run `rustup target add wasm32-wasip1`"
+            "cargo:warning=building examples/wordcount-wasm for wasm32-wasip1 failed ({s}); run `rustup target add wasm32-wasip1` (or ./scripts/prereqs.sh) and build again"
         ),
         Err(e) => println!("cargo:warning=cannot run cargo to build examples/wordcount-wasm: {e}"),
     }
+    // Only on failure: watching the module once it exists would rerun this script (and rebuild the
+    // package) on every build, since the module is written after the script started.
+    println!("cargo:rerun-if-changed={}", module.display());
 }

@@ -8,15 +8,8 @@ cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-step "system packages (libclang-dev for RocksDB's bindgen, g++)"
-if ! dpkg -s libclang-dev >/dev/null 2>&1 || ! command -v g++ >/dev/null 2>&1; then
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libclang-dev g++ >/dev/null
-fi
-
-step "Rust toolchain and the wasm32-wasip1 target (rust-toolchain.toml)"
-rustup show active-toolchain >/dev/null
-rustup target add wasm32-wasip1 >/dev/null
+step "prerequisites (scripts/prereqs.sh: libclang-dev, g++, the pinned toolchain and wasm32-wasip1)"
+./scripts/prereqs.sh
 
 step "formatting"
 cargo fmt --all --check

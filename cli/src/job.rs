@@ -380,7 +380,11 @@ fn inline_relative_local_inputs(
             let file = base.join(&p);
             let target = input["Target"].as_str().unwrap_or_default().to_string();
             let bytes = read(&file).with_context(|| {
-                format!("input {target} names the local file {} (a relative SourcePath is read on this machine and sent inline)", file.display())
+                let mut m = format!("input {target} names the local file {} (a relative SourcePath is read on this machine and sent inline)", file.display());
+                if p.contains("wasm32-wasip1") {
+                    m.push_str(". Hint: this module is built by cargo for the wasm32-wasip1 target; run ./scripts/prereqs.sh (or `rustup target add wasm32-wasip1`) and build again");
+                }
+                m
             })?;
             input["Source"] = serde_json::to_value(
                 caravel_model::parse::inline_input(&target, "application/octet-stream", &bytes)
