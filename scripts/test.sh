@@ -11,6 +11,33 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 step "prerequisites (scripts/prereqs.sh: libclang-dev, g++, the pinned toolchain and wasm32-wasip1)"
 ./scripts/prereqs.sh
 
+step "deploy checkers: promtool (Debian's prometheus), PyYAML, systemd-analyze"
+need_apt=()
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+python3 -c 'import yaml' >/dev/null 2>&1 || need_apt+=(python3-yaml)
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+if [ "${#need_apt[@]}" -gt 0 ]; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+promtool --version 2>&1 | head -1 >&2
+
+step "supply chain: cargo deny (licenses, bans, sources; advisories when a RustSec copy is at hand)"
+if ! cargo deny --version >/dev/null 2>&1; then
+  cargo install --locked --quiet cargo-deny@0.20.2
+fi
+cargo deny --log-level error check bans licenses sources
+if [ -n "${CARAVEL_ADVISORY_DB:-}" ] && [ -d "$CARAVEL_ADVISORY_DB/crates" ]; then
+  # cargo-deny looks for the default database under this name (a hash of its URL).
+  mkdir -p "$HOME/.cargo/advisory-dbs"
+  ln -sfn "$(cd "$CARAVEL_ADVISORY_DB" && pwd)" "$HOME/.cargo/advisory-dbs/advisory-db-3157b0e258782691"
+  echo "advisories: RustSec database at $CARAVEL_ADVISORY_DB ($(git -C "$CARAVEL_ADVISORY_DB" log -1 --format=%cs 2>/dev/null || echo 'date unknown'))" >&2
+  cargo deny --offline --log-level error check advisories
+else
+  echo "NOTE: advisories NOT checked: the RustSec database (github.com/rustsec/advisory-db) is not" >&2
+  echo "      reachable from here; put a clone at CARAVEL_ADVISORY_DB=DIR to check them." >&2
+fi
+
 step "formatting"
 cargo fmt --all --check
 cargo fmt --manifest-path examples/wordcount-wasm/Cargo.toml --check

@@ -62,7 +62,7 @@ fn udp_port() -> anyhow::Result<u16> {
 
 /// Writes the cluster CA (kept if present, so more nodes can be issued later) and a certificate
 /// per node under `dir/certs`.
-fn certificates(dir: &Path, ids: &[String]) -> anyhow::Result<PathBuf> {
+fn certificates(dir: &Path, ids: &[(String, caravel_net::tls::Role)]) -> anyhow::Result<PathBuf> {
     use caravel_net::tls;
     let certs = dir.join("certs");
     std::fs::create_dir_all(&certs)?;
@@ -74,9 +74,9 @@ fn certificates(dir: &Path, ids: &[String]) -> anyhow::Result<PathBuf> {
             ca
         }
     };
-    for id in ids {
+    for (id, role) in ids {
         if !certs.join(format!("{id}.crt")).exists() {
-            tls::write_node(&certs, id, &tls::issue(&ca, id)?)?;
+            tls::write_node(&certs, id, &tls::issue(&ca, id, *role)?)?;
         }
     }
     Ok(certs)
@@ -143,7 +143,16 @@ pub async fn run(global: &Global, args: &DevstackArgs) -> anyhow::Result<ExitCod
     let dir = dir.canonicalize()?;
     let ids: Vec<String> = (1..=n).map(|i| format!("orch-{i}")).collect();
     let compute_ids: Vec<String> = (1..=m).map(|i| format!("compute-{i}")).collect();
-    let certs = certificates(&dir, &[ids.clone(), compute_ids.clone()].concat())?;
+    let roles: Vec<(String, caravel_net::tls::Role)> = ids
+        .iter()
+        .map(|i| (i.clone(), caravel_net::tls::Role::Orchestrator))
+        .chain(
+            compute_ids
+                .iter()
+                .map(|i| (i.clone(), caravel_net::tls::Role::Compute)),
+        )
+        .collect();
+    let certs = certificates(&dir, &roles)?;
     // Ports: the API of orch-i prefers 1234+i-1 (so `caravel` without flags reaches orch-1).
     let base = global.api_port.unwrap_or(1234);
     let mut api_ports = Vec::new();

@@ -13,6 +13,7 @@
 pub mod api;
 pub mod devstack;
 pub mod devstack_cluster;
+pub mod join;
 pub mod metrics;
 pub mod node;
 pub mod operator;

@@ -94,6 +94,75 @@ fn node_name(data_dir: &Path, requested: Option<&str>, provider: &str) -> anyhow
     Ok(name)
 }
 
+/// The API's authorizer from `API.Auth`, with the start-up warning for anonymous access.
+fn authorizer(config: &Config) -> anyhow::Result<Arc<crate::api::auth::Authorizer>> {
+    let a = crate::api::auth::Authorizer::new(&config.api.auth).context("API.Auth")?;
+    if let Some(w) = a.warning() {
+        tracing::warn!("{w}");
+        eprintln!("Warning: {w}");
+    }
+    Ok(Arc::new(a))
+}
+
+/// Keeps the TLS deny list equal to the replicated one, and closes at once the sessions held here
+/// of nodes that an operator rejected or deleted (or whose certificate was revoked).
+async fn enforce_deny_list(
+    cluster: Cluster,
+    deny: caravel_net::tls::DenyList,
+    shutdown: CancellationToken,
+) {
+    let mut applied = cluster.subscribe();
+    let mut last = None;
+    loop {
+        let (denied, certs) = cluster.read(|s| (s.security.denied.clone(), s.security.deny_maps()));
+        if last.as_ref() != Some(&denied) {
+            let (fps, nodes) = certs;
+            deny.replace(fps.into_iter().collect(), nodes.into_iter().collect());
+            for (node, fingerprint) in cluster.session_fingerprints() {
+                let why = cluster.read(|s| {
+                    s.security
+                        .denial(&node, &fingerprint)
+                        .map(|d| d.reason.clone())
+                });
+                if let Some(reason) = why
+                    && cluster.close_session(&node, &reason)
+                {
+                    tracing::warn!(%node, %reason, "closed the session of a revoked node");
+                }
+            }
+            last = Some(denied);
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            r = applied.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+/// Plain HTTP, or HTTPS when `API.TLS.CertFile` is set (the certificate is re-read when renewed).
+fn api_listener(
+    tcp: tokio::net::TcpListener,
+    config: &Config,
+    shutdown: &CancellationToken,
+    metrics: &Metrics,
+) -> anyhow::Result<crate::api::listener::ApiListener> {
+    let t = &config.api.tls;
+    if t.cert_file.is_empty() {
+        return Ok(crate::api::listener::ApiListener::Plain(tcp));
+    }
+    let cert =
+        crate::api::listener::ReloadingCert::load(Path::new(&t.cert_file), Path::new(&t.key_file))
+            .context("API.TLS.CertFile / API.TLS.KeyFile")?;
+    cert.clone().watch(shutdown.clone());
+    metrics.track_api_certificate(cert.clone());
+    Ok(crate::api::listener::ApiListener::tls(
+        tcp,
+        cert,
+        shutdown.clone(),
+    )?)
+}
+
 /// Starts a node from a config. The API listens on `config.api` (port 0 picks a free port).
 pub async fn start(
     config: Config,
@@ -119,6 +188,7 @@ pub async fn start(
                 config.api.host, config.api.port
             )
         })?;
+    let authorizer = authorizer(&config)?;
     let listener = tokio::net::TcpListener::bind(bind).await.with_context(|| format!("cannot listen on {bind} for the API; is another node running? choose another with --api-port"))?;
     let api_addr = listener.local_addr()?;
 
@@ -138,6 +208,10 @@ pub async fn start(
             "set all three of --tls-ca, --tls-cert and --tls-key (TLS.CA, TLS.Cert, TLS.Key), or none"
         ),
     };
+    if let Some(id) = &identity {
+        id.require_role(caravel_net::tls::Role::Orchestrator)?;
+        id.watch(shutdown.clone());
+    }
     let peers = config
         .orchestrator
         .peers
@@ -290,6 +364,23 @@ pub async fn start(
         },
     );
     let _ = cluster_slot.set(cluster.clone());
+    if let Some(id) = &identity {
+        let leaf = id.clone();
+        cluster
+            .metrics()
+            .track_certificate("node", Arc::new(move || Some(leaf.leaf_der())));
+        let ca = id.ca_pem().to_string();
+        cluster.metrics().track_certificate(
+            "ca",
+            Arc::new(move || caravel_net::tls::pem_certs(&ca).into_iter().next()),
+        );
+    }
+    let deny = caravel_net::tls::DenyList::default();
+    tasks.spawn(enforce_deny_list(
+        cluster.clone(),
+        deny.clone(),
+        shutdown.clone(),
+    ));
     // Compute nodes dial in over mutual-TLS QUIC (net::session); each session is served like the
     // in-process one.
     let mut compute_addr = None;
@@ -299,10 +390,21 @@ pub async fn start(
             .with_context(|| {
                 format!("Orchestrator.ComputePort {} is not a port", o.compute_port)
             })?;
+        let join = crate::join::Joiner::from_config(&config, &cluster)?;
+        if join.is_some() {
+            eprintln!(
+                "joining by token is on (TLS.CAKey): compute nodes may join with caravel node token create"
+            );
+        }
+        let security = caravel_net::session::SessionSecurity {
+            deny: deny.clone(),
+            join: join.map(|j| j as Arc<dyn caravel_net::session::JoinHandler>),
+        };
         let (server, mut incoming) = caravel_net::session::SessionServer::start(
             bind,
             id,
             caravel_net::session::SessionOptions::default(),
+            security,
             shutdown.clone(),
         )
         .with_context(|| {
@@ -314,6 +416,7 @@ pub async fn start(
         cluster.metrics().track_sessions(server.stats());
         let c = cluster.clone();
         let s = shutdown.clone();
+        let manual_approval = config.orchestrator.node_manager.manual_approval;
         tasks.spawn(async move {
             let _server = server;
             while let Some(session) = tokio::select! {
@@ -323,8 +426,12 @@ pub async fn start(
             } {
                 let (c, s) = (c.clone(), s.clone());
                 tracing::info!(node = %session.node_id, remote = %session.remote, "compute node connected over QUIC");
+                let admission = session::Admission {
+                    fingerprint: session.fingerprint.clone(),
+                    manual_approval,
+                };
                 tokio::spawn(async move {
-                    if let Err(e) = session::serve(c, session.end, Some(session.link), s).await {
+                    if let Err(e) = session::serve(c, session.end, Some(session.link), admission, s).await {
                         tracing::warn!(node = %session.node_id, error = %e, "compute session ended");
                     }
                 });
@@ -356,7 +463,7 @@ pub async fn start(
         let c = cluster.clone();
         let s = shutdown.clone();
         tasks.spawn(async move {
-            if let Err(e) = session::serve(c, oend, None, s).await {
+            if let Err(e) = session::serve(c, oend, None, session::Admission::default(), s).await {
                 tracing::error!(error = %e, "in-process compute session ended");
             }
         });
@@ -364,16 +471,23 @@ pub async fn start(
         tasks.spawn(async move { node.run(cend.inbox, cend.outbox, s).await });
     }
 
+    cluster.metrics().register_with(|r| authorizer.register(r));
     let app = crate::api::router(crate::api::ApiState {
         cluster: cluster.clone(),
         node_info: orchestrator_info,
         config: config.clone(),
+        auth: authorizer,
+        ca_fingerprint: identity.as_ref().and_then(|i| i.ca_fingerprint().ok()),
     });
+    let listener = api_listener(listener, &config, &shutdown, cluster.metrics())?;
     let s = shutdown.clone();
     tasks.spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { s.cancelled().await })
-            .await
+        if let Err(e) = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<crate::api::auth::ClientAddr>(),
+        )
+        .with_graceful_shutdown(async move { s.cancelled().await })
+        .await
         {
             tracing::error!(error = %e, "API server failed");
         }
@@ -427,6 +541,9 @@ pub async fn serve(global: &Global, args: &ServeArgs) -> anyhow::Result<ExitCode
     }
     if let Some(a) = &args.metrics_addr {
         config.compute.metrics_addr = a.clone();
+    }
+    if let Some(t) = &args.join_token {
+        config.compute.auth.token = t.clone();
     }
     for (flag, slot) in [
         (&args.tls_ca, &mut config.tls.ca),
@@ -495,31 +612,38 @@ pub async fn wait_for_signal() {
 /// orchestrators over mutual-TLS QUIC, moves to another when one fails, and resynchronises on every
 /// (re)connection (Hello with its last report sequence; the orchestrator answers with the last one it
 /// committed; the outbox is replayed past it). Executions keep running while it is disconnected.
-pub async fn serve_compute(config: Config, name: Option<String>) -> anyhow::Result<ExitCode> {
-    let tls = &config.tls;
-    if tls.ca.is_empty() || tls.cert.is_empty() || tls.key.is_empty() {
-        bail!(
-            "a compute-only node talks to orchestrators over mutual-TLS QUIC: give --tls-ca, --tls-cert and --tls-key (caravel cert issue --node-id ID)"
-        );
-    }
+pub async fn serve_compute(mut config: Config, name: Option<String>) -> anyhow::Result<ExitCode> {
     if config.compute.orchestrators.is_empty() {
         bail!(
             "give the orchestrators to dial: --orchestrators HOST:PORT[,HOST:PORT…] (their Orchestrator.ComputePort, default 4222)"
         );
     }
-    let identity = caravel_net::session::ClientIdentity::load(
-        Path::new(&tls.ca),
-        Path::new(&tls.cert),
-        Path::new(&tls.key),
-    )
-    .context("cannot load the TLS identity")?;
     let data_dir = PathBuf::from(&config.data_dir);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
     let node_name = node_name(&data_dir, name.as_deref(), &config.name_provider)?;
+    let (ca, cert, key) = crate::join::certificate_files(&config, &data_dir, &node_name).await?;
+    let identity = caravel_net::session::ClientIdentity::load(&ca, &cert, &key)
+        .context("cannot load the TLS identity")?;
+    identity
+        .identity()
+        .require_role(caravel_net::tls::Role::Compute)?;
+    if let Some(id) = identity.node_id()
+        && id != node_name
+    {
+        bail!(
+            "the certificate {} is for node {id}, but this node is {node_name} (--node-id, or the name kept in {}): use the matching certificate or --node-id {id}",
+            cert.display(),
+            data_dir.display()
+        );
+    }
+    for (k, v) in crate::join::joined_labels(&data_dir) {
+        config.labels.entry(k).or_insert(v);
+    }
     let opts = caravel_compute::ComputeOptions::from_config(node_name.clone(), &config)?;
     let node = opts.build().context("cannot start the compute node")?;
     let shutdown = CancellationToken::new();
+    identity.identity().watch(shutdown.clone());
     eprintln!(
         "Caravel compute node {node_name} is running; orchestrators: {}",
         config.compute.orchestrators.join(", ")
@@ -540,27 +664,33 @@ pub async fn serve_compute(config: Config, name: Option<String>) -> anyhow::Resu
             node.metrics(),
             client.stats(),
         ));
-        let app = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let m = metrics.clone();
-                async move {
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        m.render(),
-                    )
-                }
-            }),
-        );
+        let leaf = identity.identity().clone();
+        metrics.track_certificate("node", Arc::new(move || Some(leaf.leaf_der())));
+        // The same rules as the API: loopback only unless API.Auth.Users (read:metrics) or
+        // AllowAnonymous say otherwise.
+        let auth = authorizer(&config)?;
+        let app = axum::Router::new()
+            .route("/livez", axum::routing::get(crate::api::alive))
+            .route(
+                "/metrics",
+                axum::routing::get(move |headers: axum::http::HeaderMap| {
+                    let m = metrics.clone();
+                    async move { crate::metrics::exposition::respond(&headers, m.render()) }
+                }),
+            )
+            .layer(axum::middleware::from_fn_with_state(
+                auth,
+                crate::api::auth::middleware,
+            ));
         let s = shutdown.clone();
         eprintln!("metrics on http://{addr}/metrics");
         tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { s.cancelled().await })
-                .await;
+            let _ = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<crate::api::auth::ClientAddr>(),
+            )
+            .with_graceful_shutdown(async move { s.cancelled().await })
+            .await;
         });
     }
     let runner = tokio::spawn(async move {

@@ -50,6 +50,10 @@ pub mod kind {
     pub const HEARTBEATS: u8 = 8;
     /// Whether this member holds a compute node's session: answers its API address, or nothing.
     pub const SESSION_AT: u8 = 9;
+    /// Streams (`caravel_net::rpc::FIRST_STREAM_KIND` and up): an execution's logs or results
+    /// through the member holding its node's session (`orchestrator::relay`).
+    pub const RELAY_LOGS: u8 = 130;
+    pub const RELAY_RESULT: u8 = 131;
 }
 
 /// A member's Raft id: the first 8 bytes of SHA-256 of its node id, so every member derives the
@@ -534,6 +538,29 @@ impl rpc::Handler for PeerHandler {
             cluster: self.cluster.clone(),
         };
         Box::pin(async move { this.handle_inner(peer, kind, body).await })
+    }
+
+    fn stream(
+        &self,
+        peer: String,
+        k: u8,
+        body: Bytes,
+    ) -> BoxFuture<'static, Result<rpc::AnswerStream, String>> {
+        let allowed = self.allowed(&peer);
+        let cluster = self.cluster.get().cloned();
+        Box::pin(async move {
+            if !allowed {
+                return Err(format!("{peer} is not a member of this orchestrator group"));
+            }
+            let cluster = cluster.ok_or("this member is still starting")?;
+            match k {
+                kind::RELAY_LOGS | kind::RELAY_RESULT => {
+                    let req: crate::orchestrator::relay::RelayRequest = decode(&body)?;
+                    crate::orchestrator::relay::serve(cluster, req).await
+                }
+                other => Err(format!("unknown stream kind {other}")),
+            }
+        })
     }
 }
 

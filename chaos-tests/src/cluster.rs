@@ -71,6 +71,9 @@ pub struct GroupOptions {
     pub proxied: bool,
     /// Extra `serve` arguments for every member.
     pub extra: Vec<String>,
+    /// Turn API authentication on: an operator key (`*` and `admin`) is written to
+    /// `DIR/operator.key`, every member gets `API.Auth.Users` naming it, and [`Group::cli`] sends it.
+    pub auth: bool,
 }
 
 /// A Raft group of orchestrator processes.
@@ -79,6 +82,10 @@ pub struct Group {
     pub dir: PathBuf,
     pub members: Vec<Member>,
     pub proxies: Vec<Option<crate::proxy::Proxy>>,
+    /// The operator's API key when [`GroupOptions::auth`] is on.
+    pub api_key: Option<String>,
+    /// `-c FILE` arguments every member gets (the auth config).
+    config_args: Vec<String>,
     rt: tokio::runtime::Runtime,
 }
 
@@ -153,8 +160,30 @@ impl Group {
             dir: dir.to_path_buf(),
             members: Vec::new(),
             proxies: Vec::new(),
+            api_key: None,
+            config_args: Vec::new(),
             rt,
         };
+        if opts.auth {
+            std::fs::create_dir_all(dir)?;
+            let key = format!(
+                "ck-{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
+            );
+            let key_file = dir.join("operator.key");
+            std::fs::write(&key_file, &key)?;
+            let cfg = dir.join("auth.yaml");
+            std::fs::write(
+                &cfg,
+                format!(
+                    "API:\n  Auth:\n    Users:\n      - Alias: operator\n        APIKeyFile: {}\n        Capabilities:\n          - Actions: [\"*\", admin]\n",
+                    key_file.display()
+                ),
+            )?;
+            g.api_key = Some(key);
+            g.config_args = vec!["-c".into(), cfg.to_string_lossy().into_owned()];
+        }
         let certs = dir.join("certs");
         g.cli_ok(&["cert", "ca", "--out-dir", &certs.to_string_lossy()])?;
         let mut planned = Vec::new();
@@ -207,7 +236,7 @@ impl Group {
         compute: bool,
         extra: &[String],
     ) -> anyhow::Result<Member> {
-        let certs = self.issue_cert(id)?;
+        let certs = self.issue_cert_as(id, "orchestrator")?;
         let data_dir = self.dir.join(id);
         let api_port = free_port()?;
         let compute_port = udp_port()?;
@@ -240,6 +269,7 @@ impl Group {
             "-c".into(),
             "Orchestrator.RaftHost=127.0.0.1".into(),
         ]);
+        args.extend(self.config_args.iter().cloned());
         args.extend(extra.iter().cloned());
         Ok(Member {
             id: id.to_string(),
@@ -280,8 +310,34 @@ impl Group {
         Ok(())
     }
 
-    /// Issues `certs/ID.{crt,key}` from the group's CA (`certs/ca.crt`); returns the certs dir.
+    /// The `Authorization` header value the operator sends (when auth is on).
+    pub fn bearer(&self) -> Option<String> {
+        self.api_key.as_ref().map(|k| format!("Bearer {k}"))
+    }
+
+    /// A reqwest client that carries the operator's key (when auth is on).
+    pub fn http_client(&self) -> reqwest::Client {
+        let mut h = reqwest::header::HeaderMap::new();
+        if let Some(b) = self.bearer()
+            && let Ok(v) = reqwest::header::HeaderValue::from_str(&b)
+        {
+            h.insert(reqwest::header::AUTHORIZATION, v);
+        }
+        reqwest::Client::builder()
+            .default_headers(h)
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .unwrap_or_default()
+    }
+
+    /// Issues `certs/ID.{crt,key}` for a compute node from the group's CA (`certs/ca.crt`);
+    /// returns the certs dir.
     pub fn issue_cert(&self, id: &str) -> anyhow::Result<PathBuf> {
+        self.issue_cert_as(id, "compute")
+    }
+
+    /// Issues `certs/ID.{crt,key}` with `role` (`orchestrator` or `compute`).
+    pub fn issue_cert_as(&self, id: &str, role: &str) -> anyhow::Result<PathBuf> {
         let certs = self.dir.join("certs");
         self.cli_ok(&[
             "cert",
@@ -290,6 +346,8 @@ impl Group {
             &certs.to_string_lossy(),
             "--node-id",
             id,
+            "--role",
+            role,
             "--out-dir",
             &certs.to_string_lossy(),
         ])?;
@@ -311,11 +369,14 @@ impl Group {
 
     /// Runs the CLI against member `i`: (success, stdout, stderr).
     pub fn cli(&self, i: usize, args: &[&str]) -> (bool, String, String) {
-        let o = Command::new(&self.bin)
-            .args(args)
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args)
             .env("CARAVEL_API_HOST", "127.0.0.1")
-            .env("CARAVEL_API_PORT", self.members[i].api_port.to_string())
-            .output();
+            .env("CARAVEL_API_PORT", self.members[i].api_port.to_string());
+        if let Some(k) = &self.api_key {
+            cmd.env("CARAVEL_API_KEY", k);
+        }
+        let o = cmd.output();
         match o {
             Ok(o) => (
                 o.status.success(),

@@ -28,12 +28,40 @@ pub struct NodeProcess {
     pub data_dir: PathBuf,
     args: Vec<String>,
     log: PathBuf,
+    /// The API key the CLI sends (`CARAVEL_API_KEY`), for a node with API users.
+    pub api_key: Option<String>,
 }
 
 impl NodeProcess {
     /// Starts a hybrid node (orchestrator + compute) and waits until its compute node is connected.
     pub fn start_hybrid(bin: &Path, data_dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_hybrid_as(bin, data_dir, extra, None)
+    }
+
+    /// [`NodeProcess::start_hybrid`] for a node with API users: the CLI sends `api_key`.
+    pub fn start_hybrid_as(
+        bin: &Path,
+        data_dir: &Path,
+        extra: &[&str],
+        api_key: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        Self::start_hybrid_on(bin, data_dir, "127.0.0.1", extra, api_key)
+    }
+
+    /// [`NodeProcess::start_hybrid_as`] with the API listening on `api_host` (e.g. `0.0.0.0`, for
+    /// clients in another network namespace); the CLI still reaches it on 127.0.0.1.
+    pub fn start_hybrid_on(
+        bin: &Path,
+        data_dir: &Path,
+        api_host: &str,
+        extra: &[&str],
+        api_key: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let mut n = Self::prepare(bin, data_dir, true, extra)?;
+        if let Some(i) = n.args.iter().position(|a| a == "--api-host") {
+            n.args[i + 1] = api_host.to_string();
+        }
+        n.api_key = api_key.map(String::from);
         n.spawn()?;
         n.wait_ready(Duration::from_secs(60))?;
         Ok(n)
@@ -85,6 +113,7 @@ impl NodeProcess {
             data_dir: data_dir.to_path_buf(),
             args,
             log: data_dir.join("node.log"),
+            api_key: None,
         })
     }
 
@@ -163,6 +192,9 @@ impl NodeProcess {
         if let Some(d) = cwd {
             c.current_dir(d);
         }
+        if let Some(k) = &self.api_key {
+            c.env("CARAVEL_API_KEY", k);
+        }
         c.output()
             .with_context(|| format!("cannot run {} {args:?}", self.bin.display()))
     }
@@ -219,5 +251,6 @@ impl Drop for NodeProcess {
 
 pub mod cluster;
 pub mod linearizability;
+pub mod netns;
 pub mod proxy;
 pub mod wasm;

@@ -1179,7 +1179,8 @@ fn the_orchestrator_refuses_foreign_anonymous_impostor_and_other_version_peers_w
     let read = |f: &str| std::fs::read_to_string(certs.join(f)).unwrap();
     let (ca, x_cert, x_key) = (read("ca.crt"), read("node-x.crt"), read("node-x.key"));
     let other_ca = caravel_net::tls::new_ca("another cluster").unwrap();
-    let foreign = caravel_net::tls::issue(&other_ca, "node-x").unwrap();
+    let foreign =
+        caravel_net::tls::issue(&other_ca, "node-x", caravel_net::tls::Role::Compute).unwrap();
     let opts = caravel_net::session::SessionOptions::default();
     let mx = orchestrator_metrics(orch);
     let counter = |name: &str| h.metric(&mx, name, &[]).unwrap_or(0.0);

@@ -97,7 +97,8 @@ fn merge(into: &mut serde_json::Value, from: serde_json::Value) {
 pub fn run(g: &Global, cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ConfigCommand::List(out) => {
-            let c = load(g)?;
+            // Never show passwords, API keys or join tokens.
+            let c = load(g)?.redacted();
             if !out.structured(&c)? {
                 let rows: Vec<Vec<String>> = c
                     .list()

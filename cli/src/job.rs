@@ -733,9 +733,10 @@ pub async fn stream_logs(
     if let Some(e) = exec {
         url.query_pairs_mut().append_pair("execution_id", e);
     }
-    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+    let mut ws = c
+        .websocket(url.as_str())
         .await
-        .map_err(|e| anyhow!("cannot open the logs stream at {url}: {e}"))?;
+        .with_context(|| format!("cannot open the logs stream at {url}"))?;
     use std::io::Write;
     while let Some(msg) = ws.next().await {
         let msg = msg.map_err(|e| anyhow!("logs stream broke: {e}"))?;

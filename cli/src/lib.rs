@@ -3,6 +3,7 @@
 //! the orchestrator and compute crates, which this crate must not depend on).
 
 pub mod agent;
+pub mod auth;
 pub mod cert;
 pub mod client;
 pub mod cluster;
@@ -55,6 +56,49 @@ pub struct Global {
     /// (faster; answers even without quorum; may miss the latest writes).
     #[arg(long, global = true, env = "CARAVEL_STALE_READS")]
     pub stale: bool,
+    /// Talk to the API over HTTPS (API.TLS.UseTLS; also BACALHAU_API_TLS_USETLS).
+    #[arg(long, global = true, env = "CARAVEL_API_TLS_USETLS")]
+    pub tls: bool,
+    /// CA certificate (PEM) that signed the API's certificate (API.TLS.CAFile).
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "CARAVEL_API_TLS_CAFILE"
+    )]
+    pub cacert: Option<String>,
+    /// Do not verify the API's certificate (tests only; API.TLS.Insecure).
+    #[arg(long, global = true, env = "CARAVEL_API_TLS_INSECURE")]
+    pub insecure: bool,
+}
+
+impl Global {
+    /// Bacalhau's names for the client's TLS settings, where Caravel's are not set.
+    pub fn with_bacalhau_env(mut self) -> Self {
+        let yes = |n: &str| {
+            std::env::var(n)
+                .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
+                .unwrap_or(false)
+        };
+        self.tls |= yes("BACALHAU_API_TLS_USETLS");
+        self.insecure |= yes("BACALHAU_API_TLS_INSECURE");
+        if self.cacert.is_none() {
+            self.cacert = std::env::var("BACALHAU_API_TLS_CAFILE")
+                .ok()
+                .filter(|v| !v.is_empty());
+        }
+        if self.api_host.is_none() {
+            self.api_host = std::env::var("BACALHAU_API_HOST")
+                .ok()
+                .filter(|v| !v.is_empty());
+        }
+        if self.api_port.is_none() {
+            self.api_port = std::env::var("BACALHAU_API_PORT")
+                .ok()
+                .and_then(|v| v.parse().ok());
+        }
+        self
+    }
 }
 
 // Parsed once per process: the size difference between variants costs nothing.
@@ -94,6 +138,9 @@ pub enum Command {
     /// Operator tasks: backups of the replicated state.
     #[command(subcommand)]
     Operator(cluster::OperatorCommand),
+    /// API credentials: what this client sends, and password hashes for API.Auth.Users.
+    #[command(subcommand)]
+    Auth(auth::AuthCommand),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -138,6 +185,15 @@ pub struct ServeArgs {
     /// no listening port at all).
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_addr: Option<String>,
+    /// For a compute-only node without a certificate: a one-time join token
+    /// (`caravel node token create`) to obtain one (Compute.Auth.Token; or Compute.Auth.TokenFile).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "CARAVEL_JOIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub join_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -159,7 +215,14 @@ pub struct DevstackArgs {
 
 /// Runs a client command (everything but serve and devstack).
 pub async fn run(cli: Cli) -> ExitCode {
-    let client = ApiClient::from_global(&cli.global);
+    let global = cli.global.clone().with_bacalhau_env();
+    let client = match ApiClient::from_global(&global) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let res = match cli.command {
         Command::Job(c) => job::run(&client, c).await,
         Command::Wasm(c) => wasm::run(&client, c).await,
@@ -168,7 +231,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Agent(c) => agent::run(&client, c).await,
         Command::Config(c) => config::run(&cli.global, c),
         Command::Version(a) => agent::version(&client, a).await,
-        Command::Cert(c) => cert::run(c),
+        Command::Cert(cmd) => cert::run(&client, cmd).await,
+        Command::Auth(cmd) => auth::run(&client, cmd).await,
         Command::Cluster(c) => cluster::run(&client, c).await,
         Command::Operator(cluster::OperatorCommand::Snapshot(cluster::SnapshotCommand::Save {
             file,

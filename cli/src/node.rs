@@ -1,4 +1,4 @@
-//! `node list|describe`.
+//! `node list|describe|approve|reject|delete` and `node token create|list|delete` (join tokens).
 
 use std::process::ExitCode;
 
@@ -19,6 +19,81 @@ pub enum NodeCommand {
         #[command(flatten)]
         out: OutputArgs,
     },
+    /// Approve a pending (or rejected) node so it is scheduled (admin).
+    Approve {
+        id: String,
+        #[arg(short, long, default_value = "")]
+        message: String,
+    },
+    /// Reject a node: its session closes, its certificate is refused, its executions move (admin).
+    Reject {
+        id: String,
+        #[arg(short, long, default_value = "")]
+        message: String,
+    },
+    /// Delete a node: its record goes and the certificates it used are revoked; it may join again
+    /// with a new token (admin).
+    Delete {
+        id: String,
+        #[arg(short, long, default_value = "")]
+        message: String,
+    },
+    /// One-time join tokens for new compute nodes (admin).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; prints it once. Give it to the node: serve --compute --join-token TOKEN.
+    Create {
+        /// How long it stays valid: 30m, 1h (default), 24h, … (at most 7 days).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Labels the joining node gets, k=v comma separated.
+        #[arg(long, value_delimiter = ',')]
+        labels: Vec<String>,
+        /// Only this node id may use it.
+        #[arg(long)]
+        node_id: Option<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// List tokens (never their secrets).
+    List(OutputArgs),
+    /// Withdraw a token by id.
+    Delete { id: String },
+}
+
+/// `30m`, `1h`, `2d`, `90s` or plain seconds.
+fn parse_ttl(s: &str) -> anyhow::Result<u64> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--ttl {s:?}: use e.g. 30m, 1h, 24h"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => anyhow::bail!("--ttl {s:?}: the unit is s, m, h or d"),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| anyhow::anyhow!("--ttl {s:?} is too long"))
+}
+
+async fn node_action(c: &ApiClient, id: &str, action: &str, message: &str) -> anyhow::Result<()> {
+    let _: serde_json::Value = c
+        .put(
+            "/api/v1/orchestrator/nodes",
+            &serde_json::json!({"NodeID": id, "Action": action, "Message": message}),
+        )
+        .await?;
+    println!("Ok");
+    Ok(())
 }
 
 #[derive(Debug, Args)]
@@ -117,6 +192,81 @@ pub async fn run(c: &ApiClient, cmd: NodeCommand) -> anyhow::Result<ExitCode> {
                 out.output = Format::Yaml;
             }
             out.structured(&r.node)?;
+        }
+        NodeCommand::Approve { id, message } => node_action(c, &id, "approve", &message).await?,
+        NodeCommand::Reject { id, message } => node_action(c, &id, "reject", &message).await?,
+        NodeCommand::Delete { id, message } => node_action(c, &id, "delete", &message).await?,
+        NodeCommand::Token(TokenCommand::Create {
+            ttl,
+            labels,
+            node_id,
+            description,
+            out,
+        }) => {
+            let mut l = serde_json::Map::new();
+            for kv in labels.iter().filter(|s| !s.is_empty()) {
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("--labels {kv:?}: use key=value"))?;
+                l.insert(k.trim().into(), v.trim().into());
+            }
+            let r: serde_json::Value = c
+                .post(
+                    "/api/v1/orchestrator/tokens",
+                    &serde_json::json!({
+                        "TTLSeconds": parse_ttl(&ttl)?,
+                        "Labels": l,
+                        "NodeID": node_id.unwrap_or_default(),
+                        "Description": description,
+                    }),
+                )
+                .await?;
+            if !out.structured(&r)? {
+                println!("{}", r["Token"].as_str().unwrap_or_default());
+                eprintln!(
+                    "token {} is valid until {} and works once; start the node with:\n\tcaravel serve --compute --orchestrators HOST:4222 --join-token <the token above>",
+                    r["ID"].as_str().unwrap_or_default(),
+                    r["ExpiresAt"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        NodeCommand::Token(TokenCommand::List(out)) => {
+            let r: serde_json::Value = c.get("/api/v1/orchestrator/tokens", &[]).await?;
+            if !out.structured(&r["Items"])? {
+                let rows: Vec<Vec<String>> = r["Items"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|t| {
+                        let f = |k: &str| t[k].as_str().unwrap_or_default().to_string();
+                        vec![
+                            f("ID"),
+                            f("State"),
+                            f("ExpiresAt"),
+                            f("NodeID"),
+                            f("UsedBy"),
+                            f("Description"),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    table(
+                        &["id", "state", "expires", "node", "used by", "description"],
+                        &rows,
+                        out.hide_header
+                    )
+                );
+            }
+        }
+        NodeCommand::Token(TokenCommand::Delete { id }) => {
+            let _: serde_json::Value = c
+                .delete(
+                    &format!("/api/v1/orchestrator/tokens/{id}"),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            println!("Ok");
         }
     }
     Ok(ExitCode::SUCCESS)

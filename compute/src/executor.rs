@@ -157,6 +157,38 @@ pub fn task_env(task: &Task, execution_id: &str, job_id: &str) -> BTreeMap<Strin
     env
 }
 
+/// Resolves `env:NAME` values from the node's own environment, as Bacalhau does (v1.7+), so a
+/// secret stays on the node and out of the job spec. Only names the node's owner allows
+/// (`Compute.Env.AllowList`: exact names, or `PREFIX*`) are read; any other `env:` value fails the
+/// execution with the reason, as does an allowed variable that is not set.
+pub fn resolve_host_env(
+    mut env: BTreeMap<String, String>,
+    allow_list: &[String],
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<BTreeMap<String, String>, String> {
+    let allowed = |name: &str| {
+        allow_list.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => p == name,
+        })
+    };
+    for (key, value) in env.iter_mut() {
+        let Some(name) = value.strip_prefix("env:") else {
+            continue;
+        };
+        let name = name.trim().to_string();
+        if !allowed(&name) {
+            return Err(format!(
+                "env {key}=env:{name}: this node does not let jobs read its variable {name} (its owner lists allowed names in Compute.Env.AllowList)"
+            ));
+        }
+        *value = lookup(&name).ok_or_else(|| {
+            format!("env {key}=env:{name}: the variable {name} is not set on this node")
+        })?;
+    }
+    Ok(env)
+}
+
 /// The task's arguments (`Engine.Params.Parameters`), without argv\[0\].
 pub fn task_args(task: &Task) -> Result<Vec<String>, ExecError> {
     match task.engine.params.get("Parameters") {
@@ -182,6 +214,38 @@ pub fn task_args(task: &Task) -> Result<Vec<String>, ExecError> {
 mod tests {
     use super::*;
     use caravel_model::spec::SpecConfig;
+
+    #[test]
+    fn env_values_read_only_allowed_host_variables() {
+        let env: BTreeMap<String, String> = [
+            ("PLAIN".to_string(), "x".to_string()),
+            ("TOKEN".to_string(), "env:SERVICE_TOKEN".to_string()),
+            ("REGION".to_string(), "env:AWS_REGION".to_string()),
+        ]
+        .into();
+        let host = |n: &str| match n {
+            "SERVICE_TOKEN" => Some("s3cr3t".to_string()),
+            "AWS_REGION" => Some("eu-west-1".to_string()),
+            _ => None,
+        };
+        let allow = vec!["SERVICE_*".to_string(), "AWS_REGION".to_string()];
+        let out = resolve_host_env(env.clone(), &allow, &host).unwrap();
+        assert_eq!(out["TOKEN"], "s3cr3t");
+        assert_eq!(out["REGION"], "eu-west-1");
+        assert_eq!(out["PLAIN"], "x");
+        let e = resolve_host_env(env.clone(), &["AWS_REGION".into()], &host).unwrap_err();
+        assert!(
+            e.contains("SERVICE_TOKEN") && e.contains("Compute.Env.AllowList"),
+            "{e}"
+        );
+        let e = resolve_host_env(
+            [("A".to_string(), "env:MISSING".to_string())].into(),
+            &["*".into()],
+            &host,
+        )
+        .unwrap_err();
+        assert!(e.contains("not set"), "{e}");
+    }
 
     #[test]
     fn env_merges_task_env_params_and_ids() {

@@ -97,6 +97,8 @@ pub struct ComputeOptions {
     pub ipfs_gateway: Option<String>,
     /// S3 credentials and defaults (from the environment by default).
     pub s3: S3Settings,
+    /// `Compute.Env.AllowList`: host variables a job may read through `env:NAME` values.
+    pub env_allow_list: Vec<String>,
 }
 
 impl ComputeOptions {
@@ -116,6 +118,7 @@ impl ComputeOptions {
             docker_stop_grace: crate::docker::DEFAULT_STOP_GRACE,
             ipfs_gateway: None,
             s3: S3Settings::from_env(),
+            env_allow_list: Vec::new(),
         }
     }
 
@@ -128,6 +131,7 @@ impl ComputeOptions {
         o.labels = cfg.labels.clone();
         o.allow_listed_local_paths = cfg.compute.allow_listed_local_paths.clone();
         o.max_concurrent = cfg.compute.max_concurrent as usize;
+        o.env_allow_list = cfg.compute.env.allow_list.clone();
         if !cfg.compute.default_memory_limit.trim().is_empty() {
             o.default_memory_limit = caravel_model::quantity::parse_bytes(
                 &cfg.compute.default_memory_limit,
@@ -1006,6 +1010,14 @@ impl ComputeNode {
         } else {
             self.shared.opts.default_memory_limit
         };
+        let env = match crate::executor::resolve_host_env(
+            task_env(task, id, job_id),
+            &self.shared.opts.env_allow_list,
+            &|name| std::env::var(name).ok(),
+        ) {
+            Ok(env) => env,
+            Err(why) => return fail(topic::EXECUTION, why),
+        };
         let req = RunRequest {
             execution_id: id.to_string(),
             job_id: job_id.to_string(),
@@ -1017,7 +1029,7 @@ impl ComputeNode {
             timeout_secs: task.timeouts.effective_execution_timeout().max(0) as u64,
             memory_limit,
             max_output_bytes: self.shared.opts.max_output_bytes,
-            env: task_env(task, id, job_id),
+            env,
             args,
             scratch_dir: paths.scratch.clone(),
         };

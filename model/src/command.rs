@@ -11,8 +11,11 @@ use crate::evaluation::Evaluation;
 use crate::execution::{Execution, ExecutionUpdate};
 use crate::history::Event;
 use crate::node::NodeInfo;
+use crate::security::JoinToken;
 use crate::spec::Job;
-use crate::states::{ExecutionDesiredState, ExecutionStateType, JobStateType, NodeConnection};
+use crate::states::{
+    ExecutionDesiredState, ExecutionStateType, JobStateType, NodeConnection, NodeMembership,
+};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
@@ -50,6 +53,50 @@ pub enum Command {
         evaluation_ids: Vec<String>,
         now: i64,
     },
+    /// An operator created a one-time join token.
+    CreateJoinToken { token: JoinToken },
+    /// A compute node presented a join token. Applied once: refused when the token is unknown,
+    /// used, expired, bound to another id, or its secret differs; otherwise marked used.
+    ConsumeJoinToken {
+        token_id: String,
+        secret_sha256: String,
+        node_id: String,
+        now: i64,
+    },
+    /// An operator withdrew a join token.
+    DeleteJoinToken { token_id: String },
+    /// A compute node registered over a session authenticated by a certificate (whose fingerprint
+    /// is recorded, so deleting the node revokes it); `pending`: it waits for approval.
+    RegisterNodeWith {
+        info: NodeInfo,
+        now: i64,
+        pending: bool,
+        fingerprint: String,
+    },
+    /// An operator approved or rejected a node; a rejected node's certificates are refused and its
+    /// executions replaced (one evaluation per affected job).
+    SetNodeMembership {
+        node_id: String,
+        membership: NodeMembership,
+        message: String,
+        evaluation_ids: Vec<String>,
+        now: i64,
+    },
+    /// An operator deleted a node: its record goes, the certificates it used are revoked, its
+    /// executions are replaced. It may join again with a new certificate (a new token).
+    DeleteNode {
+        node_id: String,
+        message: String,
+        evaluation_ids: Vec<String>,
+        now: i64,
+    },
+    /// An operator revoked one certificate by its SHA-256 fingerprint.
+    DenyCertificate {
+        fingerprint: String,
+        node_id: String,
+        reason: String,
+        now: i64,
+    },
 }
 
 impl Command {
@@ -62,6 +109,13 @@ impl Command {
             Command::UpdateExecution { .. } => "update_execution",
             Command::RegisterNode { .. } => "register_node",
             Command::SetNodeConnection { .. } => "set_node_connection",
+            Command::CreateJoinToken { .. } => "create_join_token",
+            Command::ConsumeJoinToken { .. } => "consume_join_token",
+            Command::DeleteJoinToken { .. } => "delete_join_token",
+            Command::RegisterNodeWith { .. } => "register_node",
+            Command::SetNodeMembership { .. } => "set_node_membership",
+            Command::DeleteNode { .. } => "delete_node",
+            Command::DenyCertificate { .. } => "deny_certificate",
         }
     }
 }
@@ -112,6 +166,10 @@ pub enum CommandResponse {
         code: RejectCode,
         message: String,
         hint: String,
+    },
+    /// A join token was accepted: the labels it gives the node.
+    TokenAccepted {
+        labels: std::collections::BTreeMap<String, String>,
     },
 }
 

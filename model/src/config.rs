@@ -3,7 +3,7 @@
 //! → flags, then [`Config::validate`]. Every key is listed in [`KEYS`] with its description, which
 //! `caravel config list` prints and `deploy/config/example.yaml` documents.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -31,6 +31,10 @@ pub struct TlsConfig {
     pub ca: String,
     pub cert: String,
     pub key: String,
+    /// The cluster CA's private key, on orchestrators that sign the certificates of compute nodes
+    /// joining with a token (`caravel node token create`); empty = joining by token is off.
+    #[serde(rename = "CAKey")]
+    pub ca_key: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,6 +42,68 @@ pub struct TlsConfig {
 pub struct ApiConfig {
     pub host: String,
     pub port: u16,
+    #[serde(rename = "TLS")]
+    pub tls: ApiTlsConfig,
+    pub auth: AuthConfig,
+}
+
+/// TLS of the REST API (Bacalhau's `API.TLS`): the server's `CertFile`/`KeyFile`; the client's
+/// `UseTLS`, `CAFile` and `Insecure`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ApiTlsConfig {
+    pub cert_file: String,
+    pub key_file: String,
+    #[serde(rename = "CAFile")]
+    pub ca_file: String,
+    #[serde(rename = "UseTLS")]
+    pub use_tls: bool,
+    pub insecure: bool,
+}
+
+/// Who may use the REST API (Bacalhau v1.7+ `API.Auth`, plus Caravel's `AllowAnonymous`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AuthConfig {
+    pub users: Vec<AuthUser>,
+    /// What clients without a credential may do from other hosts: "" (nothing: with no users, only
+    /// loopback clients are served), "read", or "write" (read and write; never admin).
+    pub allow_anonymous: String,
+}
+
+/// One API user: a username and password, or an API key; and what they may do.
+#[derive(Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AuthUser {
+    pub alias: String,
+    pub username: String,
+    /// Plain text (10-255 characters) or a bcrypt hash (`caravel auth hash-password`).
+    pub password: String,
+    /// A file holding the password (or its bcrypt hash), instead of `Password`.
+    pub password_file: String,
+    #[serde(rename = "APIKey")]
+    pub api_key: String,
+    /// A file holding the API key, instead of `APIKey`.
+    #[serde(rename = "APIKeyFile")]
+    pub api_key_file: String,
+    pub capabilities: Vec<Capability>,
+}
+
+impl std::fmt::Debug for AuthUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthUser")
+            .field("alias", &self.alias)
+            .field("username", &self.username)
+            .field("capabilities", &self.capabilities)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Bacalhau's capability: a list of actions (`read:job`, `write:*`, `*`, Caravel's `admin`, …).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Capability {
+    pub actions: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,6 +129,14 @@ pub struct OrchestratorConfig {
     pub election_timeout_millis: u64,
     /// Port (QUIC/UDP) compute nodes dial for their sessions.
     pub compute_port: u16,
+    pub node_manager: NodeManagerConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NodeManagerConfig {
+    /// New compute nodes wait as PENDING until `caravel node approve` (Bacalhau's key).
+    pub manual_approval: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,6 +158,34 @@ pub struct ComputeConfig {
     /// Where a compute-only node serves `GET /metrics` (`HOST:PORT`); empty = nowhere (such a node
     /// listens on no port by default).
     pub metrics_addr: String,
+    pub auth: ComputeAuthConfig,
+    pub env: ComputeEnvConfig,
+}
+
+#[derive(Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ComputeAuthConfig {
+    /// A one-time join token (`caravel node token create`), used once to obtain this node's
+    /// certificate when it has none.
+    pub token: String,
+    /// A file holding the join token, instead of `Token`.
+    pub token_file: String,
+}
+
+impl std::fmt::Debug for ComputeAuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ComputeAuthConfig")
+            .field("token_file", &self.token_file)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ComputeEnvConfig {
+    /// Names of this node's environment variables a job may read with `env:NAME` values
+    /// (Bacalhau's `Compute.Env.AllowList`; `*` and trailing-`*` patterns allowed).
+    pub allow_list: Vec<String>,
 }
 
 impl Default for Config {
@@ -92,6 +194,8 @@ impl Default for Config {
             api: ApiConfig {
                 host: "0.0.0.0".into(),
                 port: 1234,
+                tls: ApiTlsConfig::default(),
+                auth: AuthConfig::default(),
             },
             data_dir: default_data_dir(),
             name_provider: "puuid".into(),
@@ -109,6 +213,7 @@ impl Default for Config {
                 heartbeat_millis: 250,
                 election_timeout_millis: 750,
                 compute_port: 4222,
+                node_manager: NodeManagerConfig::default(),
             },
             compute: ComputeConfig {
                 enabled: false,
@@ -119,6 +224,8 @@ impl Default for Config {
                 ipfs_gateway: String::new(),
                 orchestrators: vec![],
                 metrics_addr: String::new(),
+                auth: ComputeAuthConfig::default(),
+                env: ComputeEnvConfig::default(),
             },
             tls: TlsConfig::default(),
         }
@@ -165,6 +272,28 @@ pub const KEYS: &[(&str, &str)] = &[
         "Host the API listens on (clients map 0.0.0.0 to 127.0.0.1)",
     ),
     ("API.Port", "Port of the REST API"),
+    (
+        "API.TLS.CertFile",
+        "PEM certificate the API serves HTTPS with (empty: plain HTTP)",
+    ),
+    ("API.TLS.KeyFile", "PEM private key of API.TLS.CertFile"),
+    (
+        "API.TLS.CAFile",
+        "Client: PEM CA bundle to verify the API's certificate with (empty: the system's roots)",
+    ),
+    ("API.TLS.UseTLS", "Client: talk to the API over HTTPS"),
+    (
+        "API.TLS.Insecure",
+        "Client: do not verify the API's certificate (tests only)",
+    ),
+    (
+        "API.Auth.Users",
+        "API users (config file only): Alias, Username + Password[File] or APIKey[File], Capabilities [{Actions: [read:job, write:*, admin, ...]}]",
+    ),
+    (
+        "API.Auth.AllowAnonymous",
+        "What clients without a credential may do from other hosts: empty (nothing), read, or write",
+    ),
     (
         "DataDir",
         "Directory holding the node's state (Raft store, executions, results)",
@@ -225,6 +354,26 @@ pub const KEYS: &[(&str, &str)] = &[
         "PEM file of this node's certificate (caravel cert issue)",
     ),
     ("TLS.Key", "PEM file of this node's private key"),
+    (
+        "TLS.CAKey",
+        "Orchestrators: PEM file of the cluster CA's key, to sign certificates of nodes joining by token (empty: joining by token is off)",
+    ),
+    (
+        "Orchestrator.NodeManager.ManualApproval",
+        "New compute nodes wait as PENDING until caravel node approve",
+    ),
+    (
+        "Compute.Auth.Token",
+        "One-time join token (caravel node token create) a compute node uses once to get its certificate",
+    ),
+    (
+        "Compute.Auth.TokenFile",
+        "File holding the join token, instead of Compute.Auth.Token",
+    ),
+    (
+        "Compute.Env.AllowList",
+        "Host environment variables jobs may read as env:NAME values, comma separated (NAME or PREFIX*)",
+    ),
     ("Compute.Enabled", "Run the compute node"),
     (
         "Compute.AllowListedLocalPaths",
@@ -247,6 +396,61 @@ pub const KEYS: &[(&str, &str)] = &[
         "IPFS HTTP gateway for ipfs inputs, e.g. http://127.0.0.1:8080 (empty = ipfs inputs refused)",
     ),
 ];
+
+/// What secrets are shown as.
+pub const REDACTED: &str = "<redacted>";
+
+/// Resources of the API a capability names (Bacalhau's, plus Caravel's `cluster` and `metrics`).
+pub const RESOURCES: &[&str] = &["job", "node", "agent", "cluster", "metrics"];
+
+/// Whether `a` is an action a capability may list.
+pub fn is_known_action(a: &str) -> bool {
+    match a {
+        "*" | "admin" => true,
+        _ => a.split_once(':').is_some_and(|(verb, res)| {
+            (verb == "read" || verb == "write") && (res == "*" || RESOURCES.contains(&res))
+        }),
+    }
+}
+
+/// What anonymous clients may do: `Some("")` nothing, `Some("read")`, `Some("write")`; `None` when
+/// the setting is not understood.
+pub fn anonymous_level(v: &str) -> Option<&'static str> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "" | "false" | "none" => Some(""),
+        "read" | "true" => Some("read"),
+        "write" => Some("write"),
+        _ => None,
+    }
+}
+
+/// A plain password as Bacalhau accepts it (10-255 characters), or a bcrypt hash.
+pub fn check_password(p: &str) -> Result<(), String> {
+    if is_bcrypt_hash(p) || (10..=255).contains(&p.chars().count()) {
+        Ok(())
+    } else {
+        Err(
+            "a Password is 10-255 characters (or a bcrypt hash from `caravel auth hash-password`)"
+                .into(),
+        )
+    }
+}
+
+pub fn is_bcrypt_hash(p: &str) -> bool {
+    p.len() == 60
+        && ["$2a$", "$2b$", "$2y$"]
+            .iter()
+            .any(|pre| p.starts_with(pre))
+}
+
+/// An API key as Bacalhau accepts it: 20-255 characters.
+pub fn check_api_key(k: &str) -> Result<(), String> {
+    if (20..=255).contains(&k.chars().count()) && !k.chars().any(char::is_whitespace) {
+        Ok(())
+    } else {
+        Err("an APIKey is 20-255 characters without spaces".into())
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -275,8 +479,16 @@ fn key_kind(key: &str) -> &'static str {
         | "Orchestrator.HeartbeatMillis"
         | "Orchestrator.ElectionTimeoutMillis"
         | "Orchestrator.ComputePort" => "int",
-        "Orchestrator.Enabled" | "Compute.Enabled" => "bool",
-        "Compute.AllowListedLocalPaths" | "Orchestrator.Peers" | "Compute.Orchestrators" => "list",
+        "Orchestrator.Enabled"
+        | "Compute.Enabled"
+        | "API.TLS.UseTLS"
+        | "API.TLS.Insecure"
+        | "Orchestrator.NodeManager.ManualApproval" => "bool",
+        "Compute.AllowListedLocalPaths"
+        | "Orchestrator.Peers"
+        | "Compute.Orchestrators"
+        | "Compute.Env.AllowList" => "list",
+        "API.Auth.Users" => "file-only",
         "Labels" => "map",
         _ => "string",
     }
@@ -315,6 +527,11 @@ pub fn parse_value(key: &str, raw: &str) -> Result<Value, Error> {
                 m.insert(k.trim().to_string(), Value::from(v.trim()));
             }
             Value::Object(m)
+        }
+        "file-only" => {
+            return Err(bad(
+                "set it in a config file (-c file.yaml): it holds credentials, which never come from the command line",
+            ));
         }
         _ => Value::from(raw.to_string()),
     })
@@ -370,16 +587,19 @@ fn canonicalize(v: &mut Value, prefix: &str) {
             .filter_map(|(key, _)| {
                 let parts: Vec<&str> = key.split('.').collect();
                 let depth = prefix.split('.').filter(|s| !s.is_empty()).count();
+                if parts.len() <= depth {
+                    return None;
+                }
                 let pre = parts[..depth].join(".");
-                (parts.len() > depth
-                    && pre.eq_ignore_ascii_case(prefix)
-                    && parts[depth].eq_ignore_ascii_case(&k))
-                .then(|| parts[depth])
+                (pre.eq_ignore_ascii_case(prefix) && parts[depth].eq_ignore_ascii_case(&k))
+                    .then(|| parts[depth])
             })
             .next()
             .map(String::from)
             .unwrap_or(k);
-        if name != "Labels" {
+        if name == "Users" {
+            canonicalize_users(&mut val);
+        } else if name != "Labels" {
             canonicalize(
                 &mut val,
                 &if prefix.is_empty() {
@@ -391,6 +611,45 @@ fn canonicalize(v: &mut Value, prefix: &str) {
         }
         let _ = path;
         map.insert(name, val);
+    }
+}
+
+/// `API.Auth.Users` entries with their keys in any case, as Bacalhau reads them.
+fn canonicalize_users(v: &mut Value) {
+    const USER_KEYS: &[&str] = &[
+        "Alias",
+        "Username",
+        "Password",
+        "PasswordFile",
+        "APIKey",
+        "APIKeyFile",
+        "Capabilities",
+    ];
+    let rename = |m: &mut serde_json::Map<String, Value>, names: &[&str]| {
+        let old = std::mem::take(m);
+        for (k, v) in old {
+            let name = names
+                .iter()
+                .find(|n| n.eq_ignore_ascii_case(&k))
+                .map_or(k, |n| n.to_string());
+            m.insert(name, v);
+        }
+    };
+    for user in v.as_array_mut().into_iter().flatten() {
+        let Some(m) = user.as_object_mut() else {
+            continue;
+        };
+        rename(m, USER_KEYS);
+        for cap in m
+            .get_mut("Capabilities")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(c) = cap.as_object_mut() {
+                rename(c, &["Actions"]);
+            }
+        }
     }
 }
 
@@ -438,6 +697,27 @@ impl Config {
                 });
             }
         }
+        self.validate_auth()?;
+        let t = &self.api.tls;
+        if t.cert_file.is_empty() != t.key_file.is_empty() {
+            return Err(Error::Invalid {
+                key: "API.TLS.CertFile".into(),
+                message: "set both API.TLS.CertFile and API.TLS.KeyFile, or neither".into(),
+            });
+        }
+        for name in &self.compute.env.allow_list {
+            let base = name.strip_suffix('*').unwrap_or(name);
+            if base.is_empty() && name != "*"
+                || !base.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
+                return Err(Error::Invalid {
+                    key: "Compute.Env.AllowList".into(),
+                    message: format!(
+                        "{name:?} is not an environment variable name or NAME* prefix"
+                    ),
+                });
+            }
+        }
         if !["error", "warn", "info", "debug", "trace"]
             .contains(&self.logging.level.to_ascii_lowercase().as_str())
         {
@@ -447,6 +727,97 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    fn validate_auth(&self) -> Result<(), Error> {
+        let bad = |m: String| Error::Invalid {
+            key: "API.Auth.Users".into(),
+            message: m,
+        };
+        let mut aliases = BTreeSet::new();
+        for (i, u) in self.api.auth.users.iter().enumerate() {
+            let who = if u.alias.is_empty() {
+                format!("user {i}")
+            } else {
+                format!("user {:?}", u.alias)
+            };
+            if !u.alias.is_empty() && !aliases.insert(u.alias.as_str()) {
+                return Err(bad(format!("{who} appears twice")));
+            }
+            let has_password = !u.password.is_empty() || !u.password_file.is_empty();
+            let has_key = !u.api_key.is_empty() || !u.api_key_file.is_empty();
+            if !u.password.is_empty() && !u.password_file.is_empty() {
+                return Err(bad(format!(
+                    "{who}: set Password or PasswordFile, not both"
+                )));
+            }
+            if !u.api_key.is_empty() && !u.api_key_file.is_empty() {
+                return Err(bad(format!("{who}: set APIKey or APIKeyFile, not both")));
+            }
+            match (u.username.is_empty(), has_password, has_key) {
+                (false, true, false) => {
+                    if u.username.len() > 100
+                        || !u.username.chars().all(|c| c.is_ascii_alphanumeric())
+                    {
+                        return Err(bad(format!(
+                            "{who}: a Username is 1-100 letters and digits"
+                        )));
+                    }
+                    if !u.password.is_empty() {
+                        check_password(&u.password).map_err(|m| bad(format!("{who}: {m}")))?;
+                    }
+                }
+                (true, false, true) => {
+                    if !u.api_key.is_empty() {
+                        check_api_key(&u.api_key).map_err(|m| bad(format!("{who}: {m}")))?;
+                    }
+                }
+                _ => {
+                    return Err(bad(format!(
+                        "{who} needs exactly one of Username + Password (or PasswordFile) and APIKey (or APIKeyFile)"
+                    )));
+                }
+            }
+            let actions: Vec<&String> = u.capabilities.iter().flat_map(|c| &c.actions).collect();
+            if actions.is_empty() {
+                return Err(bad(format!(
+                    "{who} has no capabilities: give Capabilities: [{{Actions: [read:job, ...]}}]"
+                )));
+            }
+            for a in actions {
+                if !is_known_action(a) {
+                    return Err(bad(format!(
+                        "{who}: unknown action {a:?}; use read:job, write:job, read:node, write:node, read:agent, read:cluster, read:metrics, read:*, write:*, * or admin"
+                    )));
+                }
+            }
+        }
+        if anonymous_level(&self.api.auth.allow_anonymous).is_none() {
+            return Err(Error::Invalid {
+                key: "API.Auth.AllowAnonymous".into(),
+                message: format!(
+                    "{:?} is not one of: empty (nobody), read, write",
+                    self.api.auth.allow_anonymous
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The config with every secret replaced (`agent config`, `config list`, logs).
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        let hide = |s: &mut String| {
+            if !s.is_empty() {
+                *s = REDACTED.into();
+            }
+        };
+        for u in &mut c.api.auth.users {
+            hide(&mut u.password);
+            hide(&mut u.api_key);
+        }
+        hide(&mut c.compute.auth.token);
+        c
     }
 
     /// The effective value of every key, as text, for `config list`.
@@ -462,7 +833,7 @@ impl Config {
                     Value::String(s) => s.clone(),
                     Value::Array(a) => a
                         .iter()
-                        .filter_map(|x| x.as_str())
+                        .filter_map(|x| x.as_str().or_else(|| x.get("Alias")?.as_str()))
                         .collect::<Vec<_>>()
                         .join(","),
                     Value::Object(m) => m
@@ -509,6 +880,18 @@ mod tests {
     }
 
     #[test]
+    fn deeply_nested_unknown_keys_are_an_error_not_a_panic() {
+        let doc: Value = serde_norway::from_str(
+            "api:\n  auth:\n    nope:\n      deeper: {x: 1}\nfoo: {bar: {baz: 1}}\n",
+        )
+        .unwrap();
+        // Unknown keys are ignored for now (Bacalhau config mapping comes with the compat work);
+        // what matters here is that walking them does not panic.
+        let c = Config::from_value(doc);
+        assert!(c.is_ok(), "{c:?}");
+    }
+
+    #[test]
     fn a_lower_case_file_is_read() {
         let doc: Value =
             serde_norway::from_str("api:\n  port: 9999\ncompute:\n  enabled: true\n").unwrap();
@@ -520,18 +903,167 @@ mod tests {
 
 #[cfg(test)]
 mod example_file {
+    use super::{Config, KEYS};
+    use serde_json::Value;
+    use std::collections::BTreeSet;
+
+    /// Keys whose value is a whole list or map (their contents are not keys).
+    fn is_leaf_key(path: &str) -> bool {
+        KEYS.iter().any(|(k, _)| *k == path)
+    }
+
+    /// Every leaf path of a serialised config: objects are followed, except into a key that is a
+    /// leaf itself (Labels).
+    fn leaf_paths(v: &Value, prefix: &str, out: &mut BTreeSet<String>) {
+        match v {
+            Value::Object(m) if !is_leaf_key(prefix) || prefix.is_empty() => {
+                for (k, v) in m {
+                    let p = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    leaf_paths(v, &p, out);
+                }
+            }
+            _ => {
+                out.insert(prefix.to_string());
+            }
+        }
+    }
+
     #[test]
-    fn the_documented_example_config_parses_and_documents_every_key() {
+    fn every_field_of_the_config_struct_is_a_key_and_every_key_a_field() {
+        let mut fields = BTreeSet::new();
+        leaf_paths(
+            &serde_json::to_value(Config::default()).unwrap(),
+            "",
+            &mut fields,
+        );
+        let keys: BTreeSet<String> = KEYS.iter().map(|(k, _)| k.to_string()).collect();
+        let missing_keys: Vec<_> = fields.difference(&keys).collect();
+        let missing_fields: Vec<_> = keys.difference(&fields).collect();
+        assert!(
+            missing_keys.is_empty(),
+            "fields of Config without an entry in KEYS: {missing_keys:?}"
+        );
+        assert!(
+            missing_fields.is_empty(),
+            "KEYS entries that are no field of Config: {missing_fields:?}"
+        );
+    }
+
+    /// (dot path, comment) of every key line of the example, by indentation.
+    fn documented(text: &str) -> Vec<(String, String)> {
+        let mut stack: Vec<(usize, String)> = Vec::new();
+        let mut out = Vec::new();
+        for line in text.lines() {
+            let body = line.trim_start();
+            if body.is_empty() || body.starts_with('#') || body.starts_with("- ") {
+                continue;
+            }
+            let indent = line.len() - body.len();
+            let Some((key, rest)) = body.split_once(':') else {
+                continue;
+            };
+            while stack.last().is_some_and(|(i, _)| *i >= indent) {
+                stack.pop();
+            }
+            let mut path: Vec<&str> = stack.iter().map(|(_, k)| k.as_str()).collect();
+            path.push(key);
+            let path = path.join(".");
+            let comment = rest.split_once(" # ").map_or("", |(_, c)| c).to_string();
+            stack.push((indent, key.to_string()));
+            out.push((path, comment));
+        }
+        out
+    }
+
+    #[test]
+    fn the_example_config_parses_and_documents_every_key_with_its_default() {
         let text = include_str!("../../deploy/config/example.yaml");
-        let doc: serde_json::Value = serde_norway::from_str(text).unwrap();
-        let c = super::Config::from_value(doc).unwrap();
+        let doc: Value = serde_norway::from_str(text).unwrap();
+        let c = Config::from_value(doc).unwrap();
         assert_eq!(c.compute.allow_listed_local_paths, vec!["/srv/data:ro"]);
-        for (key, _) in super::KEYS {
-            let last = key.rsplit('.').next().unwrap();
+        let lines = documented(text);
+        for (path, _) in &lines {
+            let inside_a_leaf = KEYS.iter().any(|(k, _)| path.starts_with(&format!("{k}.")));
+            let is_section = KEYS.iter().any(|(k, _)| k.starts_with(&format!("{path}.")));
             assert!(
-                text.contains(&format!("{last}:")),
-                "deploy/config/example.yaml does not document {key}"
+                inside_a_leaf || is_section || is_leaf_key(path),
+                "deploy/config/example.yaml has {path}, which is not a configuration key"
             );
         }
+        let defaults = Config::default().list();
+        for (key, value, _) in defaults {
+            let (_, comment) = lines
+                .iter()
+                .find(|(p, _)| *p == key)
+                .unwrap_or_else(|| panic!("deploy/config/example.yaml does not document {key}"));
+            let expected: Vec<String> = match (key.as_str(), value.as_str()) {
+                ("DataDir", _) => vec!["~/.caravel".into()],
+                (_, "") => vec!["\"\"".into(), "[]".into(), "{}".into()],
+                (_, v) => vec![v.to_string()],
+            };
+            assert!(
+                expected
+                    .iter()
+                    .any(|e| comment.contains(&format!("(default: {e})"))),
+                "deploy/config/example.yaml: {key} should say (default: {}) in its comment, says {comment:?}",
+                expected[0]
+            );
+        }
+    }
+
+    #[test]
+    fn secrets_are_redacted_and_credentials_never_come_from_the_command_line() {
+        let text = include_str!("../../deploy/config/example.yaml");
+        let mut doc: Value = serde_norway::from_str(text).unwrap();
+        doc["API"]["Auth"]["Users"][0]["APIKey"] = "k".repeat(32).into();
+        doc["API"]["Auth"]["Users"][0]["APIKeyFile"] = "".into();
+        doc["Compute"]["Auth"]["Token"] = "cvjt1.secret".into();
+        let c = Config::from_value(doc).unwrap();
+        let shown = serde_json::to_string(&c.redacted()).unwrap();
+        assert!(
+            !shown.contains(&"k".repeat(32)) && !shown.contains("cvjt1.secret"),
+            "{shown}"
+        );
+        assert!(shown.contains(super::REDACTED));
+        let e = super::set_in(&mut Value::Null, "api.auth.users", "x").unwrap_err();
+        assert!(e.to_string().contains("config file"), "{e}");
+    }
+
+    #[test]
+    fn users_are_checked_as_bacalhau_checks_them() {
+        let users = |u: Value| {
+            let doc = serde_json::json!({"api": {"auth": {"users": [u]}}});
+            Config::from_value(doc)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        // Keys in any case, as Bacalhau reads them.
+        users(serde_json::json!({"alias": "a", "apikey": "k".repeat(20),
+            "capabilities": [{"actions": ["read:job"]}]}))
+        .unwrap();
+        let e = users(serde_json::json!({"Alias": "a", "APIKey": "short",
+            "Capabilities": [{"Actions": ["read:job"]}]}))
+        .unwrap_err();
+        assert!(e.contains("20-255"), "{e}");
+        let e = users(
+            serde_json::json!({"Alias": "a", "Username": "u", "Password": "p".repeat(12),
+            "APIKey": "k".repeat(20), "Capabilities": [{"Actions": ["*"]}]}),
+        )
+        .unwrap_err();
+        assert!(e.contains("exactly one"), "{e}");
+        let e = users(serde_json::json!({"Alias": "a", "APIKey": "k".repeat(20)})).unwrap_err();
+        assert!(e.contains("no capabilities"), "{e}");
+        let e = users(serde_json::json!({"Alias": "a", "APIKey": "k".repeat(20),
+            "Capabilities": [{"Actions": ["root"]}]}))
+        .unwrap_err();
+        assert!(e.contains("unknown action"), "{e}");
+        let e = Config::from_value(serde_json::json!({"API": {"Auth": {"AllowAnonymous": "all"}}}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("AllowAnonymous"), "{e}");
     }
 }

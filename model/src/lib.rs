@@ -27,6 +27,7 @@ pub mod node;
 pub mod normalize;
 pub mod parse;
 pub mod quantity;
+pub mod security;
 pub mod spec;
 pub mod state;
 pub mod states;

@@ -13,6 +13,7 @@ use crate::evaluation::{Evaluation, status, trigger};
 use crate::execution::{Execution, ExecutionUpdate};
 use crate::history::{EXECUTION_LEVEL, Event, JOB_LEVEL, JobHistory, topic};
 use crate::node::{NodeInfo, NodeState};
+use crate::security::{Denial, JoinToken, Security};
 use crate::spec::Job;
 use crate::states::{
     ExecutionDesiredState, ExecutionStateType, JobStateType, NodeConnection, NodeMembership, State,
@@ -31,10 +32,13 @@ pub enum Table {
     History = 6,
     NodeSeq = 7,
     Counters = 8,
+    JoinToken = 9,
+    Denied = 10,
+    NodeCert = 11,
 }
 
 impl Table {
-    pub const ALL: [Table; 8] = [
+    pub const ALL: [Table; 11] = [
         Table::Job,
         Table::JobVersion,
         Table::Execution,
@@ -43,6 +47,9 @@ impl Table {
         Table::History,
         Table::NodeSeq,
         Table::Counters,
+        Table::JoinToken,
+        Table::Denied,
+        Table::NodeCert,
     ];
     pub fn from_u8(b: u8) -> Option<Table> {
         Self::ALL.into_iter().find(|t| *t as u8 == b)
@@ -76,6 +83,10 @@ pub struct ClusterState {
     pub history: BTreeMap<String, JobHistory>,
     pub node_seq: BTreeMap<String, u64>,
     pub counters: Counters,
+    /// Join tokens, the deny list, node certificates. Outside the struct's own encoding (which
+    /// older snapshots have): a snapshot is `(ClusterState, Security)`, see [`Self::to_snapshot`].
+    #[serde(skip)]
+    pub security: Security,
     #[serde(skip)]
     idx: Indexes,
     #[serde(skip)]
@@ -92,6 +103,7 @@ impl PartialEq for ClusterState {
             && self.history == o.history
             && self.node_seq == o.node_seq
             && self.counters == o.counters
+            && self.security == o.security
     }
 }
 
@@ -115,12 +127,21 @@ impl ClusterState {
     // ---------- persistence hooks ----------
 
     /// The whole state as one blob (snapshots). Deterministic: ordered maps only.
+    /// Since the security tables: the state, then [`Security`]. A snapshot written before them
+    /// (the state alone) is still read, with empty security tables.
     pub fn to_snapshot(&self) -> Result<Vec<u8>, codec::Error> {
-        codec::encode(self)
+        codec::encode(&(self, &self.security))
     }
 
     pub fn from_snapshot(b: &[u8]) -> Result<Self, codec::Error> {
-        let mut s: ClusterState = codec::decode(b)?;
+        let mut s: ClusterState = match codec::decode::<(ClusterState, Security)>(b) {
+            Ok((mut s, security)) => {
+                s.security = security;
+                s
+            }
+            Err(codec::Error::Decode { .. }) => codec::decode(b)?,
+            Err(e) => return Err(e),
+        };
         s.rebuild_indexes();
         Ok(s)
     }
@@ -139,6 +160,24 @@ impl ClusterState {
                 Table::History => self.history.get(&k).map(codec::encode).transpose()?,
                 Table::NodeSeq => self.node_seq.get(&k).map(codec::encode).transpose()?,
                 Table::Counters => Some(codec::encode(&self.counters)?),
+                Table::JoinToken => self
+                    .security
+                    .join_tokens
+                    .get(&k)
+                    .map(codec::encode)
+                    .transpose()?,
+                Table::Denied => self
+                    .security
+                    .denied
+                    .get(&k)
+                    .map(codec::encode)
+                    .transpose()?,
+                Table::NodeCert => self
+                    .security
+                    .node_certs
+                    .get(&k)
+                    .map(codec::encode)
+                    .transpose()?,
             };
             out.push((t, k, v));
         }
@@ -170,6 +209,15 @@ impl ClusterState {
                 self.node_seq.insert(key, codec::decode(v)?);
             }
             Table::Counters => self.counters = codec::decode(v)?,
+            Table::JoinToken => {
+                self.security.join_tokens.insert(key, codec::decode(v)?);
+            }
+            Table::Denied => {
+                self.security.denied.insert(key, codec::decode(v)?);
+            }
+            Table::NodeCert => {
+                self.security.node_certs.insert(key, codec::decode(v)?);
+            }
         }
         Ok(())
     }
@@ -215,6 +263,14 @@ impl ClusterState {
         d.extend(self.history.keys().map(|k| (Table::History, k.clone())));
         d.extend(self.node_seq.keys().map(|k| (Table::NodeSeq, k.clone())));
         d.insert((Table::Counters, String::new()));
+        let sec = &self.security;
+        d.extend(
+            sec.join_tokens
+                .keys()
+                .map(|k| (Table::JoinToken, k.clone())),
+        );
+        d.extend(sec.denied.keys().map(|k| (Table::Denied, k.clone())));
+        d.extend(sec.node_certs.keys().map(|k| (Table::NodeCert, k.clone())));
         self.dirty = d;
     }
 
@@ -343,6 +399,57 @@ impl ClusterState {
                 evaluation_ids,
                 now,
             } => self.set_node_connection(node_id, *status, reason, evaluation_ids, *now),
+            Command::CreateJoinToken { token } => self.create_join_token(token),
+            Command::ConsumeJoinToken {
+                token_id,
+                secret_sha256,
+                node_id,
+                now,
+            } => self.consume_join_token(token_id, secret_sha256, node_id, *now),
+            Command::DeleteJoinToken { token_id } => {
+                if self.security.join_tokens.remove(token_id).is_none() {
+                    return reject(
+                        RejectCode::NotFound,
+                        format!("join token {token_id} not found"),
+                        "list tokens with `caravel node token list`",
+                    );
+                }
+                self.dirty.insert((Table::JoinToken, token_id.clone()));
+                CommandResponse::Ok
+            }
+            Command::RegisterNodeWith {
+                info,
+                now,
+                pending,
+                fingerprint,
+            } => self.register_node_with(info, *now, *pending, fingerprint),
+            Command::SetNodeMembership {
+                node_id,
+                membership,
+                message,
+                evaluation_ids,
+                now,
+            } => self.set_node_membership(node_id, *membership, message, evaluation_ids, *now),
+            Command::DeleteNode {
+                node_id,
+                message,
+                evaluation_ids,
+                now,
+            } => self.delete_node(node_id, message, evaluation_ids, *now),
+            Command::DenyCertificate {
+                fingerprint,
+                node_id,
+                reason,
+                now,
+            } => {
+                self.deny(Denial {
+                    node_id: node_id.clone(),
+                    fingerprint: fingerprint.clone(),
+                    reason: reason.clone(),
+                    at: *now,
+                });
+                CommandResponse::Ok
+            }
         }
     }
 
@@ -788,6 +895,235 @@ impl ClusterState {
         CommandResponse::Ok
     }
 
+    fn create_join_token(&mut self, t: &JoinToken) -> CommandResponse {
+        if t.id.is_empty() || t.secret_sha256.len() != 64 {
+            return reject(RejectCode::Invalid, "malformed join token", "");
+        }
+        if self.security.join_tokens.contains_key(&t.id) {
+            return reject(
+                RejectCode::Conflict,
+                format!("join token {} exists", t.id),
+                "",
+            );
+        }
+        self.security.join_tokens.insert(t.id.clone(), t.clone());
+        self.dirty.insert((Table::JoinToken, t.id.clone()));
+        CommandResponse::Ok
+    }
+
+    fn consume_join_token(
+        &mut self,
+        id: &str,
+        secret_sha256: &str,
+        node_id: &str,
+        now: i64,
+    ) -> CommandResponse {
+        let refuse = |m: String| {
+            reject(
+                RejectCode::Invalid,
+                m,
+                "ask an operator for a new token: caravel node token create",
+            )
+        };
+        let Some(t) = self.security.join_tokens.get(id) else {
+            return refuse(format!(
+                "join token {id} is not known (deleted, or never created here)"
+            ));
+        };
+        // The id part of a token is not secret; the comparison of the secret's digest decides.
+        if t.secret_sha256 != secret_sha256 {
+            return refuse(format!("join token {id}: the secret does not match"));
+        }
+        if t.is_used() {
+            return refuse(format!(
+                "join token {id} was already used (by {} at {})",
+                t.used_by,
+                crate::time::rfc3339(t.used_at)
+            ));
+        }
+        if now >= t.expires_at {
+            return refuse(format!(
+                "join token {id} expired at {}",
+                crate::time::rfc3339(t.expires_at)
+            ));
+        }
+        if !t.node_id.is_empty() && t.node_id != node_id {
+            return refuse(format!(
+                "join token {id} is for node {}, not {node_id}",
+                t.node_id
+            ));
+        }
+        if self.nodes.contains_key(node_id) {
+            return reject(
+                RejectCode::Conflict,
+                format!("a node {node_id} is already registered"),
+                "choose another --node-id, or delete the old node first (caravel node delete)",
+            );
+        }
+        let mut t = t.clone();
+        t.used_by = node_id.to_string();
+        t.used_at = now;
+        let labels = t.labels.clone();
+        self.security.join_tokens.insert(id.to_string(), t);
+        self.dirty.insert((Table::JoinToken, id.to_string()));
+        CommandResponse::TokenAccepted { labels }
+    }
+
+    fn deny(&mut self, d: Denial) {
+        let key = crate::security::denial_key(&d);
+        self.security.denied.insert(key.clone(), d);
+        self.dirty.insert((Table::Denied, key));
+    }
+
+    fn register_node_with(
+        &mut self,
+        info: &NodeInfo,
+        now: i64,
+        pending: bool,
+        fingerprint: &str,
+    ) -> CommandResponse {
+        if let Some(d) = self.security.denial(&info.node_id, fingerprint) {
+            return reject(
+                RejectCode::Conflict,
+                format!("node {} may not connect: {}", info.node_id, d.reason),
+                "",
+            );
+        }
+        if !self.nodes.contains_key(&info.node_id) && pending {
+            let n = NodeState {
+                membership: NodeMembership::Pending,
+                ..Default::default()
+            };
+            self.nodes.insert(info.node_id.clone(), n);
+        }
+        let r = self.register_node(info, now);
+        if r == CommandResponse::Ok && !fingerprint.is_empty() {
+            let certs = self
+                .security
+                .node_certs
+                .entry(info.node_id.clone())
+                .or_default();
+            if certs.insert(fingerprint.to_string()) {
+                self.dirty.insert((Table::NodeCert, info.node_id.clone()));
+            }
+        }
+        r
+    }
+
+    /// One evaluation per job with a live execution on `node_id`, ids in job order.
+    fn evaluate_jobs_on(&mut self, node_id: &str, trig: &str, eval_ids: &[String], now: i64) {
+        let jobs: BTreeSet<String> = self
+            .live_executions_on(node_id)
+            .into_iter()
+            .map(|e| e.job_id.clone())
+            .filter(|j| {
+                self.jobs
+                    .get(j)
+                    .is_some_and(|j| !j.state.state_type.is_terminal())
+            })
+            .collect();
+        for (job_id, eval_id) in jobs.iter().zip(eval_ids) {
+            let job = self.jobs[job_id].clone();
+            self.put_eval(Evaluation::new(eval_id.clone(), &job, trig, now));
+        }
+    }
+
+    fn set_node_membership(
+        &mut self,
+        node_id: &str,
+        membership: NodeMembership,
+        message: &str,
+        eval_ids: &[String],
+        now: i64,
+    ) -> CommandResponse {
+        let Some(mut n) = self.nodes.get(node_id).cloned() else {
+            return reject(
+                RejectCode::NotFound,
+                format!("node {node_id} not found"),
+                "list nodes with `caravel node list`",
+            );
+        };
+        if n.membership == membership {
+            return reject(
+                RejectCode::Conflict,
+                format!("node {node_id} is already {}", membership.as_str()),
+                "",
+            );
+        }
+        n.membership = membership;
+        let key = format!("node/{node_id}");
+        match membership {
+            NodeMembership::Rejected => {
+                n.connection_state.status = NodeConnection::Disconnected;
+                n.connection = NodeConnection::Disconnected;
+                n.connection_state.disconnected_since = now;
+                n.connection_state.last_error = format!("rejected: {message}");
+                self.deny(Denial {
+                    node_id: node_id.to_string(),
+                    fingerprint: String::new(),
+                    reason: if message.is_empty() {
+                        "rejected by an operator".into()
+                    } else {
+                        format!("rejected by an operator: {message}")
+                    },
+                    at: now,
+                });
+            }
+            _ => {
+                if self.security.denied.remove(&key).is_some() {
+                    self.dirty.insert((Table::Denied, key));
+                }
+            }
+        }
+        self.dirty.insert((Table::Node, node_id.to_string()));
+        self.nodes.insert(node_id.to_string(), n);
+        if membership == NodeMembership::Rejected {
+            self.evaluate_jobs_on(node_id, trigger::NODE_LEAVE, eval_ids, now);
+        }
+        CommandResponse::Ok
+    }
+
+    fn delete_node(
+        &mut self,
+        node_id: &str,
+        message: &str,
+        eval_ids: &[String],
+        now: i64,
+    ) -> CommandResponse {
+        if self.nodes.remove(node_id).is_none() {
+            return reject(
+                RejectCode::NotFound,
+                format!("node {node_id} not found"),
+                "list nodes with `caravel node list`",
+            );
+        }
+        self.dirty.insert((Table::Node, node_id.to_string()));
+        let reason = if message.is_empty() {
+            "deleted by an operator".to_string()
+        } else {
+            format!("deleted by an operator: {message}")
+        };
+        let certs = self.security.node_certs.remove(node_id).unwrap_or_default();
+        if !certs.is_empty() {
+            self.dirty.insert((Table::NodeCert, node_id.to_string()));
+        }
+        for fingerprint in certs {
+            self.deny(Denial {
+                node_id: node_id.to_string(),
+                fingerprint,
+                reason: reason.clone(),
+                at: now,
+            });
+        }
+        // A deleted node's own rejection (if any) goes with it: it may join again as new.
+        let key = format!("node/{node_id}");
+        if self.security.denied.remove(&key).is_some() {
+            self.dirty.insert((Table::Denied, key));
+        }
+        self.evaluate_jobs_on(node_id, trigger::NODE_LEAVE, eval_ids, now);
+        CommandResponse::Ok
+    }
+
     fn register_node(&mut self, info: &NodeInfo, now: i64) -> CommandResponse {
         if info.node_id.is_empty() {
             return reject(RejectCode::Invalid, "node id is required", "");
@@ -850,25 +1186,12 @@ impl ClusterState {
         self.dirty.insert((Table::Node, node_id.to_string()));
         self.nodes.insert(node_id.to_string(), n);
         // One evaluation per affected job, ids handed out in job order (deterministic).
-        let jobs: BTreeSet<String> = self
-            .live_executions_on(node_id)
-            .into_iter()
-            .map(|e| e.job_id.clone())
-            .filter(|j| {
-                self.jobs
-                    .get(j)
-                    .is_some_and(|j| !j.state.state_type.is_terminal())
-            })
-            .collect();
         let trig = if st == NodeConnection::Connected {
             trigger::NODE_JOIN
         } else {
             trigger::NODE_LEAVE
         };
-        for (job_id, eval_id) in jobs.iter().zip(eval_ids) {
-            let job = self.jobs[job_id].clone();
-            self.put_eval(Evaluation::new(eval_id.clone(), &job, trig, now));
-        }
+        self.evaluate_jobs_on(node_id, trig, eval_ids, now);
         CommandResponse::Ok
     }
 }

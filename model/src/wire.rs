@@ -82,3 +82,36 @@ pub enum ToOrchestrator {
         end_offset: u64,
     },
 }
+
+/// A compute node without a certificate asks for one (ALPN `caravel-join/1` on the compute port;
+/// one request frame, one answer frame).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// `cvj1.<id>.<secret>.<ca-sha256>`.
+    pub token: String,
+    pub node_id: String,
+    /// A PKCS#10 request for the node's fresh key (only its public key is used).
+    pub csr_der: Vec<u8>,
+}
+
+impl std::fmt::Debug for JoinRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinRequest")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The orchestrator's answer to a [`JoinRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum JoinResponse {
+    Accepted {
+        /// PEM certificate of the node (role compute), and the cluster CA's.
+        cert_pem: String,
+        ca_pem: String,
+        labels: std::collections::BTreeMap<String, String>,
+    },
+    Refused {
+        reason: String,
+    },
+}

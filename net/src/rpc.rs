@@ -7,8 +7,8 @@
 //! ```
 //!
 //! The payloads are opaque bytes here (the root crate encodes openraft's types with postcard);
-//! this module owns only transport: TLS identities (peers need a certificate from the cluster CA and
-//! are identified by the node id bound into it), frames ([`crate::frame`]), size limits, timeouts.
+//! this module owns only transport: TLS identities (peers need an orchestrator certificate from the
+//! cluster CA and are identified by the node id bound into it), frames ([`crate::frame`]), size limits, timeouts.
 //! A stream that sends a bad frame gets an error answer and is closed; the connection and the process
 //! carry on.
 
@@ -22,7 +22,7 @@ use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use crate::frame;
-use crate::tls::Identity;
+use crate::tls::{Identity, NameCheck, PeerPolicy, Role};
 
 /// ALPN of the orchestrator-to-orchestrator protocol; the version is part of it, so a peer of
 /// another major version fails the handshake with "no application protocol".
@@ -90,6 +90,13 @@ impl TransportOptions {
     }
 }
 
+/// Request kinds from this value up are streams: one request frame, then any number of answer
+/// frames until the server finishes the stream (logs and result downloads relayed between members).
+pub const FIRST_STREAM_KIND: u8 = 128;
+
+/// The answers of a streamed request, produced by the handler; closing it ends the stream.
+pub type AnswerStream = tokio::sync::mpsc::Receiver<Result<Vec<u8>, String>>;
+
 /// Handles one request: `(peer node id, kind, body)` → answer body or an error message.
 pub trait Handler: Send + Sync + 'static {
     fn handle(
@@ -98,6 +105,16 @@ pub trait Handler: Send + Sync + 'static {
         kind: u8,
         body: Bytes,
     ) -> BoxFuture<'static, Result<Vec<u8>, String>>;
+
+    /// Handles a streamed request (`kind >= FIRST_STREAM_KIND`); the default refuses it.
+    fn stream(
+        &self,
+        _peer: String,
+        kind: u8,
+        _body: Bytes,
+    ) -> BoxFuture<'static, Result<AnswerStream, String>> {
+        Box::pin(async move { Err(format!("request kind {kind} is not a stream here")) })
+    }
 }
 
 /// A QUIC endpoint that both answers peers and calls them from the same UDP socket, so every
@@ -119,9 +136,11 @@ impl Server {
         alpn: &[u8],
         opts: TransportOptions,
     ) -> Result<Server, Error> {
-        let mut cfg = identity.server_config(alpn)?;
+        // Only orchestrators speak this protocol, on both ends: a compute node's certificate of the
+        // same CA is refused in the handshake.
+        let mut cfg = identity.server_config(alpn, &PeerPolicy::role(Role::Orchestrator))?;
         cfg.transport_config(opts.transport());
-        let mut client = identity.client_config(alpn)?;
+        let mut client = identity.client_config(alpn, Role::Orchestrator, NameCheck::Dialled)?;
         client.transport_config(opts.transport());
         let endpoint = quinn::Endpoint::server(cfg, bind).map_err(|e| Error::Bind {
             addr: bind.to_string(),
@@ -218,7 +237,14 @@ async fn serve_connection(
         let handler = handler.clone();
         let peer = peer.clone();
         tokio::spawn(async move {
-            let answer = match frame::read(&mut recv, max_frame).await {
+            let request = match frame::read(&mut recv, max_frame).await {
+                Ok(Some(f)) if f.kind >= FIRST_STREAM_KIND => {
+                    serve_stream(&handler, peer, f, send).await;
+                    return;
+                }
+                other => other,
+            };
+            let answer = match request {
                 Ok(Some(f)) => handler.handle(peer.clone(), f.kind, f.payload).await,
                 Ok(None) => Err("empty request".to_string()),
                 Err(e) => {
@@ -239,6 +265,81 @@ async fn serve_connection(
     }
 }
 
+/// Writes a streamed request's answers, one frame each; a reader that goes away ends it.
+async fn serve_stream(
+    handler: &Arc<dyn Handler>,
+    peer: String,
+    f: frame::Frame,
+    mut send: quinn::SendStream,
+) {
+    match handler.stream(peer.clone(), f.kind, f.payload).await {
+        Err(m) => {
+            let _ = frame::write(&mut send, ERR, m.as_bytes()).await;
+        }
+        Ok(mut answers) => {
+            while let Some(a) = answers.recv().await {
+                let (kind, body) = match &a {
+                    Ok(b) => (OK, b.as_slice()),
+                    Err(m) => (ERR, m.as_bytes()),
+                };
+                if frame::write(&mut send, kind, body).await.is_err() {
+                    tracing::debug!(%peer, "the caller of a streamed request went away");
+                    return;
+                }
+            }
+        }
+    }
+    let _ = send.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(30), send.stopped()).await;
+}
+
+/// The answers of a streamed call ([`Client::call_stream`]). Dropping it stops the stream.
+#[derive(Debug)]
+pub struct CallStream {
+    recv: quinn::RecvStream,
+    addr: String,
+    max_frame: usize,
+    done: bool,
+}
+
+impl CallStream {
+    /// The next answer; `None` once the peer finished the stream.
+    pub async fn next(&mut self) -> Option<Result<Bytes, Error>> {
+        if self.done {
+            return None;
+        }
+        let transport = |e: String| Error::Transport {
+            addr: self.addr.clone(),
+            reason: e,
+        };
+        let r = match frame::read(&mut self.recv, self.max_frame).await {
+            Ok(Some(f)) if f.kind == OK => Some(Ok(f.payload)),
+            Ok(Some(f)) => Some(Err(Error::Remote {
+                addr: self.addr.clone(),
+                message: String::from_utf8_lossy(&f.payload).into_owned(),
+            })),
+            Ok(None) => None,
+            Err(frame::Error::Io(e)) => Some(Err(transport(e.to_string()))),
+            Err(e) => Some(Err(Error::Frame {
+                addr: self.addr.clone(),
+                source: e,
+            })),
+        };
+        if !matches!(r, Some(Ok(_))) {
+            self.done = true;
+        }
+        r
+    }
+}
+
+impl Drop for CallStream {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.recv.stop(0u32.into());
+        }
+    }
+}
+
 /// The calling side: one lazily dialled, cached connection per peer.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -249,7 +350,7 @@ pub struct Client {
 
 impl Client {
     pub fn new(identity: &Identity, alpn: &[u8], opts: TransportOptions) -> Result<Client, Error> {
-        let mut cfg = identity.client_config(alpn)?;
+        let mut cfg = identity.client_config(alpn, Role::Orchestrator, NameCheck::Dialled)?;
         cfg.transport_config(opts.transport());
         let bind = SocketAddr::from(([0, 0, 0, 0], 0));
         let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| Error::Bind {
@@ -363,6 +464,50 @@ impl Client {
         };
         if let Err(e) = &res
             && (e.is_unreachable() || matches!(e, Error::Frame { .. }))
+        {
+            self.drop_connection(addr, server_id);
+        }
+        res
+    }
+
+    /// Opens a streamed request (`kind >= FIRST_STREAM_KIND`) to the peer `server_id` at `addr`;
+    /// connecting and sending the request may take at most `timeout`, the answers come as they do.
+    pub async fn call_stream(
+        &self,
+        addr: &str,
+        server_id: &str,
+        kind: u8,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<CallStream, Error> {
+        debug_assert!(kind >= FIRST_STREAM_KIND);
+        let attempt = async {
+            let conn = self.connection(addr, server_id, timeout).await?;
+            let transport = |e: String| Error::Transport {
+                addr: addr.to_string(),
+                reason: e,
+            };
+            let (mut send, recv) = conn.open_bi().await.map_err(|e| transport(e.to_string()))?;
+            frame::write(&mut send, kind, body)
+                .await
+                .map_err(|e| transport(e.to_string()))?;
+            let _ = send.finish();
+            Ok(CallStream {
+                recv,
+                addr: addr.to_string(),
+                max_frame: self.opts.max_frame,
+                done: false,
+            })
+        };
+        let res = match tokio::time::timeout(timeout, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout {
+                addr: addr.to_string(),
+                timeout,
+            }),
+        };
+        if let Err(e) = &res
+            && e.is_unreachable()
         {
             self.drop_connection(addr, server_id);
         }

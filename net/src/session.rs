@@ -53,14 +53,19 @@
 //!
 //! # Trust
 //!
-//! The orchestrator requires a client certificate from the cluster CA ([`Identity::server_config`]).
-//! Compute nodes dial `HOST:PORT` and do not know the orchestrator's node id, so the node verifies the
-//! server's chain against the cluster CA *without a name match*: [`ClusterCaServerVerifier`] reads the
-//! DNS subject alternative name of the presented leaf and asks rustls' `WebPkiServerVerifier` to
-//! verify the chain for that very name (validity dates, EKU, CA signatures and the TLS handshake
-//! signature are all still checked). Consequence: any certificate of the cluster CA can act as an
-//! orchestrator towards a compute node; the CA is the trust boundary, and the orchestrator's id is
-//! reported in [`Connected::server_id`].
+//! The orchestrator requires a client certificate of the cluster CA with the role `compute`, not on
+//! the deny list ([`SessionSecurity::deny`]: rejected and deleted nodes), checked in the handshake.
+//! Compute nodes dial `HOST:PORT` and do not know the orchestrator's node id, so a node verifies the
+//! server's chain against the cluster CA for the name the certificate itself carries, and requires
+//! the role `orchestrator` ([`tls::RoleServerVerifier`] with [`tls::NameCheck::Any`]): a compute
+//! node's certificate cannot pose as an orchestrator. The orchestrator's id is reported in
+//! [`Connected::server_id`].
+//!
+//! Joining by token: when the orchestrator has a join handler ([`SessionSecurity::join`]), it also
+//! offers ALPN `caravel-join/1` and lets clients without a certificate finish the handshake; such a
+//! connection gets one bounded request/answer ([`join`]) and nothing else, and a session ALPN
+//! connection without a certificate is refused as before. The joining node trusts the orchestrator
+//! only if its chain ends in the CA pinned by the token ([`tls::PinnedCaVerifier`]).
 //!
 //! # Transport settings for lossy, high-latency links ([`SessionOptions::default`])
 //!
@@ -114,11 +119,6 @@ use bytes::Bytes;
 use caravel_model::codec;
 use caravel_model::wire::{ToCompute, ToOrchestrator};
 use futures::future::BoxFuture;
-use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -136,6 +136,10 @@ pub const CLOSE_NORMAL: u32 = 0;
 pub const CLOSE_PROTOCOL: u32 = 1;
 /// Close code: the peer was refused (identity mismatch, no `Hello`).
 pub const CLOSE_REFUSED: u32 = 2;
+/// Close code: an operator rejected or deleted the node; its certificate is revoked.
+pub const CLOSE_REVOKED: u32 = 3;
+/// ALPN of the join protocol (a node without a certificate presents a one-time token).
+pub const JOIN_ALPN: &[u8] = b"caravel-join/1";
 /// The name the node sends as SNI; the server's certificate is checked against its own SAN instead.
 const SERVER_NAME: &str = "caravel-orchestrator";
 /// Longest close reason sent (QUIC carries it in one packet).
@@ -374,7 +378,7 @@ pub enum Error {
         addr: String,
         source: quinn::ConnectError,
     },
-    #[error("handshake with orchestrator {addr} failed: {source}")]
+    #[error("handshake with orchestrator {addr} failed: {source}{}", refusal_hint(&.source.to_string()))]
     Handshake {
         addr: String,
         source: quinn::ConnectionError,
@@ -419,6 +423,8 @@ pub enum Error {
     NotHello(&'static str),
     #[error("no Hello within {0:?}")]
     NoHello(Duration),
+    #[error("join: {0}")]
+    Join(String),
     #[error("the {channel} stream of request {expected} carried a message of request {got}")]
     MixedRequests {
         channel: Channel,
@@ -896,163 +902,66 @@ impl LinkStats {
     pub fn is_closed(&self) -> bool {
         self.conn.close_reason().is_some()
     }
+    /// Ends the session at once with a reason the node logs (an operator rejected or deleted it).
+    pub fn close_revoked(&self, reason: &str) {
+        let r = &reason.as_bytes()[..reason.len().min(MAX_REASON)];
+        self.conn.close(CLOSE_REVOKED.into(), r);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Node identity and server verification
 // ---------------------------------------------------------------------------------------------
 
-/// A compute node's TLS material: the cluster CA, its certificate chain and key. Same files and checks
-/// as [`Identity`], which keeps the CA private; the node needs it to build
-/// [`ClusterCaServerVerifier`].
+/// " (why)" for a TLS refusal Caravel itself sends (revoked, wrong role, expired), else "".
+fn refusal_hint(error: &str) -> String {
+    tls::explain_refusal(error).map_or(String::new(), |h| format!(" ({h})"))
+}
+
+/// A compute node's TLS material: the cluster CA, its certificate chain and key (re-read when
+/// renewed, see [`Identity::watch`]).
+#[derive(Debug, Clone)]
 pub struct ClientIdentity {
-    roots: Arc<RootCertStore>,
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-}
-
-impl Clone for ClientIdentity {
-    fn clone(&self) -> Self {
-        ClientIdentity {
-            roots: self.roots.clone(),
-            chain: self.chain.clone(),
-            key: self.key.clone_key(),
-        }
-    }
-}
-
-impl std::fmt::Debug for ClientIdentity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientIdentity")
-            .field("node_id", &self.node_id())
-            .field("key", &"<redacted>")
-            .finish()
-    }
+    identity: Identity,
 }
 
 impl ClientIdentity {
     pub fn from_pem(ca_cert: &str, cert: &str, key: &str) -> Result<Self, Error> {
-        // Same checks and messages as the orchestrator's identity.
-        Identity::from_pem(ca_cert, cert, key)?;
-        let bad = |what: &'static str| {
-            Error::Tls(tls::Error::Pem {
-                path: "<memory>".into(),
-                what,
-            })
-        };
-        let mut roots = RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(ca_cert.as_bytes()) {
-            roots
-                .add(c.map_err(|_| bad("CA certificate"))?)
-                .map_err(|e| Error::Tls(tls::Error::Tls(e.to_string())))?;
-        }
-        let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| bad("certificate"))?;
-        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|_| bad("private key"))?;
         Ok(ClientIdentity {
-            roots: Arc::new(roots),
-            chain,
-            key,
+            identity: Identity::from_pem(ca_cert, cert, key)?,
         })
     }
 
-    /// Loads `--tls-ca`, `--tls-cert`, `--tls-key`.
+    /// Loads `--tls-ca`, `--tls-cert`, `--tls-key`; errors name the offending file.
     pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<Self, Error> {
-        // Errors name the offending file.
-        Identity::load(ca, cert, key)?;
-        let read = |p: &Path| {
-            std::fs::read_to_string(p).map_err(|source| tls::Error::Read {
-                path: p.to_path_buf(),
-                source,
-            })
-        };
-        Self::from_pem(&read(ca)?, &read(cert)?, &read(key)?)
+        Ok(ClientIdentity {
+            identity: Identity::load(ca, cert, key)?,
+        })
     }
 
     /// The node id bound into this certificate.
     pub fn node_id(&self) -> Option<String> {
-        self.chain.first().and_then(|c| cert_node_id(c))
+        self.identity.node_id()
     }
 
-    /// The node's QUIC client config: presents its certificate, trusts the cluster CA without a name
-    /// match ([`ClusterCaServerVerifier`]).
+    /// The identity underneath (role checks, renewal, the expiry metric).
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The node's QUIC client config: presents its certificate, trusts only orchestrator
+    /// certificates of the cluster CA, whatever their id (a node dials addresses, not ids).
     pub fn client_config(&self, opts: &SessionOptions) -> Result<quinn::ClientConfig, Error> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let inner =
-            WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider.clone())
-                .build()?;
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(ClusterCaServerVerifier { inner }))
-            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
-        tls.alpn_protocols = vec![SESSION_ALPN.to_vec()];
+        let tls = self.identity.rustls_client_config(
+            SESSION_ALPN,
+            tls::Role::Orchestrator,
+            tls::NameCheck::Any,
+        )?;
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
             .map_err(|e| Error::Tls(tls::Error::Tls(e.to_string())))?;
         let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
         cfg.transport_config(opts.transport(Side::Node)?);
         Ok(cfg)
-    }
-}
-
-/// The first DNS subject alternative name of a certificate (Caravel's node id).
-fn cert_node_id(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let san = cert.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|n| match n {
-        x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
-        _ => None,
-    })
-}
-
-/// Verifies an orchestrator's certificate chain against the cluster CA for the name the certificate
-/// itself carries (its first DNS SAN), delegating everything else — chain building, validity, EKU
-/// `serverAuth`, handshake signatures — to rustls' `WebPkiServerVerifier`. Compute nodes dial
-/// addresses, not ids, so there is no expected name to compare with; the CA is the trust boundary.
-#[derive(Debug)]
-pub struct ClusterCaServerVerifier {
-    inner: Arc<WebPkiServerVerifier>,
-}
-
-impl ServerCertVerifier for ClusterCaServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let name = cert_node_id(end_entity)
-            .and_then(|n| ServerName::try_from(n).ok())
-            .ok_or(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::NotValidForName,
-            ))?;
-        self.inner
-            .verify_server_cert(end_entity, intermediates, &name, ocsp_response, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
     }
 }
 
@@ -1297,12 +1206,46 @@ async fn write_bulk(
 pub struct IncomingSession {
     /// From the client certificate (and equal to the `Hello`'s `info.node_id`).
     pub node_id: String,
+    /// SHA-256 of the node's certificate (recorded, so deleting the node revokes it).
+    pub fingerprint: String,
     pub remote: SocketAddr,
     /// Its first message is the node's `Hello`; `rx` closes when the connection dies. Dropping `tx`
     /// ends the session (after delivering what was sent on it).
     pub end: OrchestratorEnd,
     pub link: LinkStats,
 }
+
+/// What the compute port enforces beyond the cluster CA's chain and the compute role.
+#[derive(Clone, Default)]
+pub struct SessionSecurity {
+    /// Revoked certificates and nodes, refused in the handshake.
+    pub deny: tls::DenyList,
+    /// Answers join requests (ALPN `caravel-join/1`) from nodes that have no certificate yet;
+    /// `None`: no anonymous client gets past the handshake.
+    pub join: Option<Arc<dyn JoinHandler>>,
+}
+
+impl std::fmt::Debug for SessionSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionSecurity")
+            .field("denied", &self.deny.len())
+            .field("join", &self.join.is_some())
+            .finish()
+    }
+}
+
+/// Decides a node's request to join by token (the root crate: Raft consumes the token, the CA
+/// signs the request).
+pub trait JoinHandler: Send + Sync + 'static {
+    fn join(
+        &self,
+        remote: SocketAddr,
+        request: caravel_model::wire::JoinRequest,
+    ) -> BoxFuture<'static, caravel_model::wire::JoinResponse>;
+}
+
+/// Largest join request accepted (a token, an id and a CSR of a few hundred bytes).
+const MAX_JOIN_REQUEST: usize = 16 << 10;
 
 /// Accepts compute sessions on one UDP port.
 #[derive(Debug, Clone)]
@@ -1318,10 +1261,11 @@ impl SessionServer {
         bind: SocketAddr,
         identity: &Identity,
         opts: SessionOptions,
+        security: SessionSecurity,
         shutdown: CancellationToken,
     ) -> Result<(SessionServer, mpsc::Receiver<IncomingSession>), Error> {
         opts.validate()?;
-        let cfg = SessionServer::server_config(identity, &opts)?;
+        let cfg = SessionServer::server_config(identity, &opts, &security)?;
         let socket =
             std::net::UdpSocket::bind(bind).map_err(|source| Error::Bind { addr: bind, source })?;
         let endpoint = quinn::Endpoint::new(
@@ -1331,7 +1275,7 @@ impl SessionServer {
             Arc::new(quinn::TokioRuntime),
         )
         .map_err(|source| Error::Bind { addr: bind, source })?;
-        SessionServer::start_on(endpoint, opts, shutdown)
+        SessionServer::start_on(endpoint, opts, security, shutdown)
     }
 
     /// Endpoint settings whose stateless-reset key and connection-id key are derived from the
@@ -1361,8 +1305,22 @@ impl SessionServer {
     pub fn server_config(
         identity: &Identity,
         opts: &SessionOptions,
+        security: &SessionSecurity,
     ) -> Result<quinn::ServerConfig, Error> {
-        let mut cfg = identity.server_config(SESSION_ALPN)?;
+        let policy = tls::PeerPolicy {
+            role: tls::Role::Compute,
+            deny: security.deny.clone(),
+            allow_anonymous: security.join.is_some(),
+        };
+        let alpns: &[&[u8]] = if security.join.is_some() {
+            &[SESSION_ALPN, JOIN_ALPN]
+        } else {
+            &[SESSION_ALPN]
+        };
+        let tls = identity.rustls_server_config(alpns, &policy)?;
+        let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+            .map_err(|e| Error::Tls(tls::Error::Tls(e.to_string())))?;
+        let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
         cfg.transport_config(opts.transport(Side::Orchestrator)?);
         Ok(cfg)
     }
@@ -1373,6 +1331,7 @@ impl SessionServer {
     pub fn start_on(
         endpoint: quinn::Endpoint,
         opts: SessionOptions,
+        security: SessionSecurity,
         shutdown: CancellationToken,
     ) -> Result<(SessionServer, mpsc::Receiver<IncomingSession>), Error> {
         opts.validate()?;
@@ -1383,6 +1342,7 @@ impl SessionServer {
             opts,
             stats.clone(),
             tx,
+            security.join,
             shutdown,
         ));
         Ok((SessionServer { endpoint, stats }, rx))
@@ -1405,6 +1365,7 @@ async fn accept_loop(
     opts: SessionOptions,
     stats: SessionStats,
     sessions: mpsc::Sender<IncomingSession>,
+    join: Option<Arc<dyn JoinHandler>>,
     shutdown: CancellationToken,
 ) {
     let pending = Arc::new(AtomicUsize::new(0));
@@ -1426,11 +1387,120 @@ async fn accept_loop(
             opts,
             stats.clone(),
             sessions.clone(),
+            join.clone(),
             shutdown.child_token(),
             slot,
         ));
     }
     endpoint.close(CLOSE_NORMAL.into(), b"orchestrator shutting down");
+}
+
+/// One join request on an anonymous connection: one frame in, one frame out, then close.
+async fn serve_join(
+    conn: quinn::Connection,
+    remote: SocketAddr,
+    handler: Arc<dyn JoinHandler>,
+    timeout: Duration,
+) {
+    let answer = async {
+        let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+        let f = frame::read(&mut recv, MAX_JOIN_REQUEST)
+            .await
+            .map_err(|e| format!("bad join request frame: {e}"))?
+            .ok_or("empty join request")?;
+        let request: caravel_model::wire::JoinRequest =
+            codec::decode(&f.payload).map_err(|e| format!("bad join request: {e}"))?;
+        let response = handler.join(remote, request).await;
+        let body = codec::encode(&response).map_err(|e| e.to_string())?;
+        frame::write(&mut send, 0, &body)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = send.finish();
+        let _ = tokio::time::timeout(timeout, send.stopped()).await;
+        Ok::<_, String>(())
+    };
+    match tokio::time::timeout(timeout, answer).await {
+        Ok(Ok(())) => conn.close(CLOSE_NORMAL.into(), b"joined"),
+        Ok(Err(e)) => {
+            tracing::info!(%remote, error = %e, "join request failed");
+            conn.close(CLOSE_PROTOCOL.into(), e.as_bytes());
+        }
+        Err(_) => conn.close(CLOSE_REFUSED.into(), b"no join request in time"),
+    }
+}
+
+/// Asks the orchestrators (in turn, until one answers) for a certificate with a join token. The
+/// orchestrator must present a chain that ends in the CA whose SHA-256 is `ca_sha256`.
+pub async fn join(
+    orchestrators: &[String],
+    ca_sha256: &str,
+    request: &caravel_model::wire::JoinRequest,
+    timeout: Duration,
+) -> Result<caravel_model::wire::JoinResponse, Error> {
+    let tls = tls::pinned_client_config(ca_sha256, JOIN_ALPN)?;
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| Error::Tls(tls::Error::Tls(e.to_string())))?;
+    let cfg = quinn::ClientConfig::new(Arc::new(quic));
+    let body = codec::encode(request).map_err(|e| Error::Tls(tls::Error::Tls(e.to_string())))?;
+    let mut last = Error::NoOrchestrators;
+    for target in orchestrators {
+        let attempt = async {
+            let addr = tokio::net::lookup_host(target.as_str())
+                .await
+                .map_err(|source| Error::Resolve {
+                    addr: target.clone(),
+                    source,
+                })?
+                .next()
+                .ok_or_else(|| Error::NoAddress {
+                    addr: target.clone(),
+                })?;
+            let bind: SocketAddr = if addr.is_ipv4() {
+                SocketAddr::from(([0, 0, 0, 0], 0))
+            } else {
+                SocketAddr::from(([0u16; 8], 0))
+            };
+            let endpoint = quinn::Endpoint::client(bind)
+                .map_err(|source| Error::Bind { addr: bind, source })?;
+            let conn = endpoint
+                .connect_with(cfg.clone(), addr, SERVER_NAME)
+                .map_err(|source| Error::Dial {
+                    addr: target.clone(),
+                    source,
+                })?
+                .await
+                .map_err(|source| Error::Handshake {
+                    addr: target.clone(),
+                    source,
+                })?;
+            let lost = Error::Join;
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(e.to_string()))?;
+            frame::write(&mut send, 0, &body)
+                .await
+                .map_err(|e| lost(e.to_string()))?;
+            let _ = send.finish();
+            let answer = frame::read(&mut recv, MAX_JOIN_REQUEST)
+                .await
+                .map_err(|e| lost(e.to_string()))?
+                .ok_or_else(|| lost(format!("{target} closed without answering")))?;
+            let response = codec::decode(&answer.payload).map_err(|e| lost(e.to_string()))?;
+            conn.close(CLOSE_NORMAL.into(), b"done");
+            endpoint.wait_idle().await;
+            Ok::<_, Error>(response)
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(Ok(r)) => return Ok(r),
+            Ok(Err(e)) => last = e,
+            Err(_) => {
+                last = Error::HandshakeTimeout {
+                    addr: target.clone(),
+                    timeout,
+                }
+            }
+        }
+        tracing::warn!(orchestrator = %target, error = %last, "join attempt failed");
+    }
+    Err(last)
 }
 
 /// One handshake in progress on an orchestrator; gives its place back when dropped.
@@ -1454,6 +1524,7 @@ async fn serve_connection(
     opts: SessionOptions,
     stats: SessionStats,
     sessions: mpsc::Sender<IncomingSession>,
+    join: Option<Arc<dyn JoinHandler>>,
     token: CancellationToken,
     slot: PendingSlot,
 ) {
@@ -1472,6 +1543,21 @@ async fn serve_connection(
             return;
         }
     };
+    let alpn = conn
+        .handshake_data()
+        .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|h| h.protocol);
+    if alpn.as_deref() == Some(JOIN_ALPN) {
+        drop(slot);
+        match join {
+            Some(handler) => serve_join(conn, remote, handler, opts.handshake_timeout).await,
+            None => conn.close(CLOSE_REFUSED.into(), b"joining by token is off here"),
+        }
+        return;
+    }
+    let fingerprint = tls::peer_leaf(&conn)
+        .map(|d| tls::fingerprint(&d))
+        .unwrap_or_default();
     let node_id = tls::peer_node_id(&conn);
     let link = Link {
         conn: conn.clone(),
@@ -1525,6 +1611,7 @@ async fn serve_connection(
     let _ = to_orch_tx.try_send(hello);
     let session = IncomingSession {
         node_id: node_id.clone(),
+        fingerprint,
         remote,
         end: OrchestratorEnd {
             tx: to_compute_tx,
@@ -2203,7 +2290,8 @@ fn describe_close(e: &quinn::ConnectionError) -> String {
         quinn::ConnectionError::TimedOut => {
             "no packet from the orchestrator within the idle timeout".to_string()
         }
-        other => other.to_string(),
+        // A refusal in the handshake (revoked, wrong role, expired…) says what to do.
+        other => format!("{other}{}", refusal_hint(&other.to_string())),
     }
 }
 

@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 fn identity(ca: &tls::PemPair, id: &str) -> Identity {
-    let leaf = tls::issue(ca, id).unwrap();
+    let leaf = tls::issue(ca, id, tls::Role::Orchestrator).unwrap();
     Identity::from_pem(&ca.cert, &leaf.cert, &leaf.key).unwrap()
 }
 
@@ -81,7 +81,7 @@ async fn a_peer_from_another_ca_is_refused() {
     let stop = CancellationToken::new();
     let server = start(&ca, &stop);
     // The rogue trusts the real CA but presents a certificate the server does not trust.
-    let rogue_leaf = tls::issue(&rogue_ca, "orch-2").unwrap();
+    let rogue_leaf = tls::issue(&rogue_ca, "orch-2", tls::Role::Orchestrator).unwrap();
     let rogue = Identity::from_pem(&ca.cert, &rogue_leaf.cert, &rogue_leaf.key).unwrap();
     let client = Client::new(&rogue, rpc::RAFT_ALPN, TransportOptions::default()).unwrap();
     let e = client
@@ -140,7 +140,14 @@ async fn a_garbage_frame_fails_its_stream_only() {
     let server = start(&ca, &stop);
     let id = identity(&ca, "orch-2");
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    ep.set_default_client_config(id.client_config(rpc::RAFT_ALPN).unwrap());
+    ep.set_default_client_config(
+        id.client_config(
+            rpc::RAFT_ALPN,
+            tls::Role::Orchestrator,
+            tls::NameCheck::Dialled,
+        )
+        .unwrap(),
+    );
     let conn = ep
         .connect(server.local_addr(), "orch-1")
         .unwrap()

@@ -15,7 +15,7 @@ use caravel_model::wire::{ToCompute, ToOrchestrator};
 use caravel_net::frame::{self, Frame};
 use caravel_net::session::{
     self, Backoff, Channel, ClientIdentity, Connected, IncomingSession, SessionClient,
-    SessionOptions, SessionServer,
+    SessionOptions, SessionSecurity, SessionServer,
 };
 use caravel_net::tls::{self, Identity, PemPair};
 use caravel_net::{ComputeEnd, OrchestratorEnd};
@@ -43,13 +43,20 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     .await
 }
 
+/// An orchestrator's identity.
 fn identity(ca: &PemPair, id: &str) -> Identity {
-    let leaf = tls::issue(ca, id).unwrap();
+    let leaf = tls::issue(ca, id, tls::Role::Orchestrator).unwrap();
+    Identity::from_pem(&ca.cert, &leaf.cert, &leaf.key).unwrap()
+}
+
+/// A compute node's identity, for bare QUIC clients.
+fn node_identity(ca: &PemPair, id: &str) -> Identity {
+    let leaf = tls::issue(ca, id, tls::Role::Compute).unwrap();
     Identity::from_pem(&ca.cert, &leaf.cert, &leaf.key).unwrap()
 }
 
 fn client_identity(ca: &PemPair, id: &str) -> ClientIdentity {
-    let leaf = tls::issue(ca, id).unwrap();
+    let leaf = tls::issue(ca, id, tls::Role::Compute).unwrap();
     ClientIdentity::from_pem(&ca.cert, &leaf.cert, &leaf.key).unwrap()
 }
 
@@ -95,6 +102,7 @@ fn start(
         "127.0.0.1:0".parse().unwrap(),
         &identity(ca, id),
         SessionOptions::default(),
+        SessionSecurity::default(),
         stop.clone(),
     )
     .unwrap()
@@ -184,7 +192,15 @@ async fn raw_connect(
     addr: SocketAddr,
 ) -> (quinn::Endpoint, quinn::Connection) {
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    ep.set_default_client_config(identity.client_config(session::SESSION_ALPN).unwrap());
+    ep.set_default_client_config(
+        identity
+            .client_config(
+                session::SESSION_ALPN,
+                tls::Role::Orchestrator,
+                tls::NameCheck::Any,
+            )
+            .unwrap(),
+    );
     let conn = within("a raw handshake", ep.connect(addr, "orch-1").unwrap())
         .await
         .unwrap();
@@ -339,7 +355,7 @@ async fn a_hello_claiming_another_node_id_is_refused_and_nothing_is_handed_out()
     let ca = tls::new_ca("t").unwrap();
     let stop = CancellationToken::new();
     let (server, mut incoming) = start(&ca, "orch-1", &stop);
-    let (_ep, conn) = raw_connect(&identity(&ca, "node-a"), server.local_addr()).await;
+    let (_ep, conn) = raw_connect(&node_identity(&ca, "node-a"), server.local_addr()).await;
     let (mut send, _recv) = conn.open_bi().await.unwrap();
     send.write_all(&frame_of(&hello("node-b"))).await.unwrap();
     let (code, reason) = close_reason(&within("the close", conn.closed()).await);
@@ -364,10 +380,18 @@ async fn a_node_with_a_certificate_from_another_ca_is_refused() {
     let stop = CancellationToken::new();
     let (server, mut incoming) = start(&ca, "orch-1", &stop);
     // Trusts the right CA (so it accepts the server) but presents a certificate of another one.
-    let leaf = tls::issue(&other, "node-x").unwrap();
+    let leaf = tls::issue(&other, "node-x", tls::Role::Compute).unwrap();
     let stranger = Identity::from_pem(&ca.cert, &leaf.cert, &leaf.key).unwrap();
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    ep.set_default_client_config(stranger.client_config(session::SESSION_ALPN).unwrap());
+    ep.set_default_client_config(
+        stranger
+            .client_config(
+                session::SESSION_ALPN,
+                tls::Role::Orchestrator,
+                tls::NameCheck::Any,
+            )
+            .unwrap(),
+    );
     // TLS 1.3: the client may finish its handshake before the server has judged its certificate.
     let err = match within(
         "the handshake",
@@ -428,7 +452,7 @@ async fn a_bad_frame_or_a_message_on_the_wrong_channel_closes_only_that_connecti
     } = good_sess.end;
 
     // A corrupted frame after a valid Hello.
-    let (_ep1, bad) = raw_connect(&identity(&ca, "node-bad"), server.local_addr()).await;
+    let (_ep1, bad) = raw_connect(&node_identity(&ca, "node-bad"), server.local_addr()).await;
     let (mut send, _recv) = bad.open_bi().await.unwrap();
     send.write_all(&frame_of(&hello("node-bad"))).await.unwrap();
     let mut bad_sess = within("the bad node's session", incoming.recv())
@@ -457,7 +481,7 @@ async fn a_bad_frame_or_a_message_on_the_wrong_channel_closes_only_that_connecti
     );
 
     // A report on the control stream.
-    let (_ep2, wrong) = raw_connect(&identity(&ca, "node-wrong"), server.local_addr()).await;
+    let (_ep2, wrong) = raw_connect(&node_identity(&ca, "node-wrong"), server.local_addr()).await;
     let (mut send, _recv) = wrong.open_bi().await.unwrap();
     send.write_all(&frame_of(&hello("node-wrong")))
         .await
@@ -474,7 +498,7 @@ async fn a_bad_frame_or_a_message_on_the_wrong_channel_closes_only_that_connecti
     );
 
     // A uni stream claiming to be the control channel.
-    let (_ep3, sneaky) = raw_connect(&identity(&ca, "node-sneaky"), server.local_addr()).await;
+    let (_ep3, sneaky) = raw_connect(&node_identity(&ca, "node-sneaky"), server.local_addr()).await;
     let (mut send, _recv) = sneaky.open_bi().await.unwrap();
     send.write_all(&frame_of(&hello("node-sneaky")))
         .await
@@ -511,7 +535,7 @@ async fn a_peer_speaking_another_protocol_version_is_refused_naming_both_version
     let ca = tls::new_ca("t").unwrap();
     let stop = CancellationToken::new();
     let (server, mut incoming) = start(&ca, "orch-1", &stop);
-    let (_ep, conn) = raw_connect(&identity(&ca, "node-old"), server.local_addr()).await;
+    let (_ep, conn) = raw_connect(&node_identity(&ca, "node-old"), server.local_addr()).await;
     let (mut send, _recv) = conn.open_bi().await.unwrap();
     let mut raw = frame_of(&hello("node-old"));
     raw[4..6].copy_from_slice(&9u16.to_be_bytes());
@@ -703,11 +727,12 @@ async fn an_orchestrator_with_too_many_handshakes_in_progress_refuses_dials_and_
         "127.0.0.1:0".parse().unwrap(),
         &identity(&ca, "orch-1"),
         opts,
+        SessionSecurity::default(),
         stop.clone(),
     )
     .unwrap();
     // A connection that never sends its Hello holds the only place.
-    let (ep, hog) = raw_connect(&identity(&ca, "node-hog"), server.local_addr()).await;
+    let (ep, hog) = raw_connect(&node_identity(&ca, "node-hog"), server.local_addr()).await;
     let (stats, mut handed) = spawn_node(
         &ca,
         "node-1",

@@ -56,8 +56,8 @@ use caravel_model::node::NodeInfo;
 use caravel_model::states::ExecutionStateType;
 use caravel_model::wire::{ToCompute, ToOrchestrator};
 use caravel_net::session::{
-    Backoff, ClientIdentity, IncomingSession, SessionClient, SessionOptions, SessionServer,
-    SessionStats,
+    Backoff, ClientIdentity, IncomingSession, SessionClient, SessionOptions, SessionSecurity,
+    SessionServer, SessionStats,
 };
 use caravel_net::tls::{self, Identity};
 use caravel_net::{ComputeEnd, OrchestratorEnd};
@@ -431,11 +431,11 @@ fn certs() -> &'static Certs {
         let orchestrators = ORCHESTRATORS
             .iter()
             .map(|id| {
-                let leaf = tls::issue(&ca, id).unwrap();
+                let leaf = tls::issue(&ca, id, tls::Role::Orchestrator).unwrap();
                 Identity::from_pem(&ca.cert, &leaf.cert, &leaf.key).unwrap()
             })
             .collect();
-        let leaf = tls::issue(&ca, NODE).unwrap();
+        let leaf = tls::issue(&ca, NODE, tls::Role::Compute).unwrap();
         let node = ClientIdentity::from_pem(&ca.cert, &leaf.cert, &leaf.key).unwrap();
         Certs {
             orchestrators,
@@ -449,12 +449,20 @@ fn certs() -> &'static Certs {
 // ---------------------------------------------------------------------------------------------
 
 async fn orchestrator(world: Arc<World>, name: &'static str, index: usize) -> turmoil::Result {
-    let config = SessionServer::server_config(&certs().orchestrators[index], &opts())?;
+    let config = SessionServer::server_config(
+        &certs().orchestrators[index],
+        &opts(),
+        &SessionSecurity::default(),
+    )?;
     let rng_seed = lock(&world.endpoint_rng).seed32();
     let key = index as u64 + 1;
     let endpoint = sim_endpoint(PORT, Some((config, key)), rng_seed, world.loss.clone()).await?;
-    let (server, mut incoming) =
-        SessionServer::start_on(endpoint, opts(), CancellationToken::new())?;
+    let (server, mut incoming) = SessionServer::start_on(
+        endpoint,
+        opts(),
+        SessionSecurity::default(),
+        CancellationToken::new(),
+    )?;
     lock(&world.server_stats).push(server.stats());
     world.trace(format!("{name} up"));
     while let Some(session) = incoming.recv().await {

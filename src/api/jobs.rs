@@ -23,6 +23,7 @@ use serde::Deserialize;
 
 use super::{ApiErr, ApiQuery, ApiState, json_body};
 use crate::orchestrator::now_ns;
+use crate::orchestrator::relay::{self, Relay, RelayRequest, SESSION_LOST};
 
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
@@ -553,10 +554,14 @@ pub async fn download_result(
         if q.local.unwrap_or(false) {
             return Err(not_connected());
         }
-        let Some(peer) = s.cluster.locate_session(&exec.node_id).await else {
+        let req = RelayRequest::Result {
+            node_id: exec.node_id.clone(),
+            execution_id: id.clone(),
+        };
+        let Some(relayed) = relay::open(&s.cluster, &req).await else {
             return Err(not_connected());
         };
-        return proxy_result(&peer, &id).await;
+        return relayed_result(relayed, &id).await;
     };
     // Wait for the first message so a missing result is a clean error, not a broken download.
     let first = stream.rx.recv().await;
@@ -599,27 +604,45 @@ pub async fn download_result(
         .into_response())
 }
 
-/// Relays a result download from the member `peer` that holds the node's session.
-async fn proxy_result(peer: &str, id: &str) -> Result<Response, ApiErr> {
-    let url = format!("{peer}/api/v1/orchestrator/executions/{id}/result?local=true");
-    let resp = reqwest::Client::new().get(&url).send().await.map_err(|e| {
-        ApiErr::new(
-            StatusCode::BAD_GATEWAY,
-            "BadGateway",
-            format!("the orchestrator holding the node's session did not answer: {e}"),
-        )
-    })?;
-    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let content_type = resp
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/octet-stream")
-        .to_string();
-    let body = futures::StreamExt::map(resp.bytes_stream(), |r| r.map_err(std::io::Error::other));
+/// A result download relayed from the member that holds the node's session (mutual-TLS peer
+/// stream, see `orchestrator::relay`).
+async fn relayed_result(mut relayed: relay::Relayed, id: &str) -> Result<Response, ApiErr> {
+    let first = match relayed.next().await {
+        Relay::Message(ToOrchestrator::ResultChunk { data, .. }) => data,
+        Relay::Message(ToOrchestrator::ResultEnd { error, .. }) if !error.is_empty() => {
+            return Err(ApiErr::not_found(format!("results of {id}: {error}")));
+        }
+        Relay::Message(ToOrchestrator::ResultEnd { .. }) | Relay::Ended => Vec::new(),
+        Relay::Message(_) | Relay::Lost(_) => {
+            return Err(ApiErr::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "the node's session moved or closed during the download",
+            )
+            .hint("retry: the download starts again wherever the node is connected"));
+        }
+    };
+    let body = futures::stream::unfold(
+        (Some(first), Some(relayed)),
+        |(pending, relayed)| async move {
+            if let Some(chunk) = pending {
+                return Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), (None, relayed)));
+            }
+            let mut relayed = relayed?;
+            match relayed.next().await {
+                Relay::Message(ToOrchestrator::ResultChunk { data, .. }) => {
+                    Some((Ok(Bytes::from(data)), (None, Some(relayed))))
+                }
+                Relay::Message(ToOrchestrator::ResultEnd { error, .. }) if !error.is_empty() => {
+                    Some((Err(std::io::Error::other(error)), (None, None)))
+                }
+                Relay::Lost(e) => Some((Err(std::io::Error::other(e)), (None, None))),
+                _ => None,
+            }
+        },
+    );
     Ok((
-        status,
-        [(header::CONTENT_TYPE, content_type)],
+        [(header::CONTENT_TYPE, "application/gzip")],
         Body::from_stream(body),
     )
         .into_response())
@@ -681,16 +704,10 @@ impl LogRequest {
     }
 }
 
-/// Lines from wherever the node's session is: here, or another member's logs WebSocket.
+/// Lines from wherever the node's session is: here, or relayed by the member that holds it.
 enum LogSource {
     Local(crate::orchestrator::NodeStream),
-    Peer(
-        Box<
-            tokio_tungstenite::WebSocketStream<
-                tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-            >,
-        >,
-    ),
+    Peer(relay::Relayed),
 }
 
 /// What a source yields.
@@ -711,57 +728,42 @@ impl LogSource {
     async fn next(&mut self) -> LogEvent {
         match self {
             LogSource::Local(st) => match st.rx.recv().await {
-                Some(ToOrchestrator::LogLine { stream, line, .. }) => LogEvent::Line {
-                    stream,
-                    line,
-                    end: None,
-                },
-                Some(ToOrchestrator::LogLineAt {
-                    stream,
-                    line,
-                    end_offset,
-                    ..
-                }) => LogEvent::Line {
-                    stream,
-                    line,
-                    end: Some(end_offset),
-                },
-                Some(ToOrchestrator::LogEnd { error, .. }) => LogEvent::End { error },
-                _ => LogEvent::Lost,
+                Some(m) => log_event(m),
+                None => LogEvent::Lost,
             },
-            LogSource::Peer(ws) => loop {
-                use futures::StreamExt;
-                use tokio_tungstenite::tungstenite::Message as WsMessage;
-                let text = match ws.next().await {
-                    Some(Ok(WsMessage::Text(t))) => t.to_string(),
-                    Some(Ok(WsMessage::Close(_))) => {
-                        return LogEvent::End {
-                            error: String::new(),
-                        };
-                    }
-                    Some(Ok(_)) => continue,
-                    _ => return LogEvent::Lost,
-                };
-                let Ok(frame) = serde_json::from_str::<LogFrame>(&text) else {
-                    return LogEvent::Lost;
-                };
-                return match frame.value {
-                    Some(v) => LogEvent::Line {
-                        stream: v.stream,
-                        line: v.line,
-                        end: v.offset,
-                    },
-                    // The peer lost the session mid-stream: resume from wherever it is now.
-                    None if frame.error.contains(SESSION_LOST) => LogEvent::Lost,
-                    None => LogEvent::End { error: frame.error },
-                };
+            LogSource::Peer(r) => match r.next().await {
+                Relay::Message(m) => log_event(m),
+                Relay::Ended => LogEvent::End {
+                    error: String::new(),
+                },
+                Relay::Lost(_) => LogEvent::Lost,
             },
         }
     }
 }
 
-/// Marks an error frame that means "the node's session went away", so a proxying member resumes.
-const SESSION_LOST: &str = "session was lost";
+/// A log message from the node as what the relay does next.
+fn log_event(m: ToOrchestrator) -> LogEvent {
+    match m {
+        ToOrchestrator::LogLine { stream, line, .. } => LogEvent::Line {
+            stream,
+            line,
+            end: None,
+        },
+        ToOrchestrator::LogLineAt {
+            stream,
+            line,
+            end_offset,
+            ..
+        } => LogEvent::Line {
+            stream,
+            line,
+            end: Some(end_offset),
+        },
+        ToOrchestrator::LogEnd { error, .. } => LogEvent::End { error },
+        _ => LogEvent::Lost,
+    }
+}
 
 async fn open_log_source(s: &ApiState, exec: &Execution, req: &LogRequest) -> Option<LogSource> {
     let eid = exec.id.clone();
@@ -797,27 +799,14 @@ async fn open_log_source(s: &ApiState, exec: &Execution, req: &LogRequest) -> Op
     if req.local {
         return None;
     }
-    let peer = s.cluster.locate_session(&exec.node_id).await?;
-    let mut url = format!(
-        "{}/api/v1/orchestrator/jobs/{}/logs?namespace={}&execution_id={}&follow={}&local=true",
-        peer.replacen("http://", "ws://", 1),
-        exec.job_id,
-        exec.namespace,
-        exec.id,
-        req.follow
-    );
-    match req.offsets {
-        Some((o, e)) => url.push_str(&format!("&stdout_offset={o}&stderr_offset={e}")),
-        None if req.tail => url.push_str("&tail=true"),
-        None => url.push_str("&stdout_offset=0&stderr_offset=0"),
-    }
-    match tokio_tungstenite::connect_async(url.as_str()).await {
-        Ok((ws, _)) => Some(LogSource::Peer(Box::new(ws))),
-        Err(e) => {
-            tracing::debug!(%peer, error = %e, "cannot follow logs through the member holding the session");
-            None
-        }
-    }
+    let req = RelayRequest::Logs {
+        node_id: exec.node_id.clone(),
+        execution_id: exec.id.clone(),
+        follow: req.follow,
+        tail: req.tail,
+        offsets: req.offsets,
+    };
+    relay::open(&s.cluster, &req).await.map(LogSource::Peer)
 }
 
 async fn relay_logs(

@@ -3,9 +3,12 @@
 //! never a 500; no quorum is a 503 with `Retry-After`.
 
 mod agent;
+pub mod auth;
 pub mod cluster;
 mod jobs;
+pub mod listener;
 mod nodes;
+mod tokens;
 
 use std::time::Instant;
 
@@ -29,7 +32,13 @@ pub struct ApiState {
     pub cluster: Cluster,
     pub node_info: NodeInfo,
     pub config: Config,
+    pub auth: std::sync::Arc<auth::Authorizer>,
+    /// SHA-256 of the cluster CA's certificate (join tokens pin it); `None` without TLS.
+    pub ca_fingerprint: Option<String>,
 }
+
+/// Liveness (`/livez`, `/api/v1/agent/alive`): the process answers.
+pub use agent::alive;
 
 pub fn router(state: ApiState) -> Router {
     Router::new()
@@ -37,6 +46,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/agent/version", get(agent::version))
         .route("/api/v1/agent/node", get(agent::node))
         .route("/api/v1/agent/config", get(agent::config))
+        .route("/api/v1/agent/authconfig", get(agent::authconfig))
         .route(
             "/api/v1/orchestrator/jobs",
             get(jobs::list).put(jobs::submit).post(jobs::submit),
@@ -56,8 +66,26 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/orchestrator/executions/{id}/result",
             get(jobs::download_result),
         )
-        .route("/api/v1/orchestrator/nodes", get(nodes::list))
-        .route("/api/v1/orchestrator/nodes/{id}", get(nodes::get))
+        .route(
+            "/api/v1/orchestrator/nodes",
+            get(nodes::list).put(nodes::update),
+        )
+        .route(
+            "/api/v1/orchestrator/nodes/{id}",
+            get(nodes::get).put(nodes::update_by_id),
+        )
+        .route(
+            "/api/v1/orchestrator/tokens",
+            get(tokens::list).post(tokens::create),
+        )
+        .route(
+            "/api/v1/orchestrator/tokens/{id}",
+            axum::routing::delete(tokens::delete),
+        )
+        .route(
+            "/api/v1/orchestrator/revocations",
+            get(tokens::revocations).post(tokens::revoke),
+        )
         .route("/api/v1/orchestrator/cluster", get(cluster::status))
         .route(
             "/api/v1/orchestrator/cluster/members",
@@ -70,22 +98,20 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/orchestrator/snapshot", get(cluster::snapshot))
         .route("/metrics", get(metrics))
         .route("/livez", get(agent::alive))
+        .route("/readyz", get(agent::ready))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            state.auth.clone(),
+            auth::middleware,
+        ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
 
-async fn metrics(State(s): State<ApiState>) -> Response {
+async fn metrics(State(s): State<ApiState>, headers: axum::http::HeaderMap) -> Response {
     let body = s.cluster.metrics().render(&s.cluster);
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        body,
-    )
-        .into_response()
+    crate::metrics::exposition::respond(&headers, body)
 }
 
 async fn not_found(req: Request) -> ApiErr {
@@ -167,6 +193,15 @@ impl ApiErr {
     pub fn hint(mut self, h: impl Into<String>) -> Self {
         self.hint = h.into();
         self
+    }
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+    pub fn hint_text(&self) -> &str {
+        &self.hint
     }
     pub fn detail(mut self, k: &str, v: serde_json::Value) -> Self {
         self.details.insert(k.into(), v);

@@ -3,7 +3,9 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use caravel_model::api::{GetNodeResponse, ListNodesResponse};
+use caravel_model::command::{Command, CommandResponse};
 use caravel_model::state::LookupError;
+use caravel_model::states::NodeMembership;
 use serde::Deserialize;
 
 use super::{ApiErr, ApiQuery, ApiState};
@@ -111,5 +113,124 @@ fn fresh_heartbeat(s: &ApiState, n: &mut caravel_model::node::NodeState) {
     if let Some(at) = s.cluster.last_heartbeat(n.id()) {
         let cs = &mut n.connection_state;
         cs.last_heartbeat = cs.last_heartbeat.max(at);
+    }
+}
+
+/// Bacalhau's `PutNodeRequest`: approve, reject or delete a node (admin).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PutNodeRequest {
+    #[serde(rename = "NodeID", alias = "NodeId", alias = "nodeID", default)]
+    pub node_id: String,
+    #[serde(alias = "action")]
+    pub action: String,
+    #[serde(default, alias = "message")]
+    pub message: String,
+}
+
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PutNodeResponse {
+    pub success: bool,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub error: String,
+}
+
+/// `PUT /api/v1/orchestrator/nodes[/{id}]`: Bacalhau's node actions. A rejected node's session
+/// is closed at once and its certificates refused; a deleted node's record goes and the
+/// certificates it used are revoked; either way its executions are replaced.
+pub async fn update(
+    State(s): State<ApiState>,
+    body: axum::body::Bytes,
+) -> Result<Json<PutNodeResponse>, ApiErr> {
+    update_node(s, None, &body).await
+}
+
+/// `PUT /api/v1/orchestrator/nodes/{id}`: as [`update`], the node named in the path.
+pub async fn update_by_id(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<PutNodeResponse>, ApiErr> {
+    update_node(s, Some(id), &body).await
+}
+
+async fn update_node(
+    s: ApiState,
+    id: Option<String>,
+    body: &[u8],
+) -> Result<Json<PutNodeResponse>, ApiErr> {
+    let mut req: PutNodeRequest = super::json_body(body)?;
+    if let Some(id) = id {
+        if !req.node_id.is_empty() && req.node_id != id {
+            return Err(ApiErr::bad_request(format!(
+                "the path names node {id} but the body names {}",
+                req.node_id
+            )));
+        }
+        req.node_id = id;
+    }
+    if req.node_id.is_empty() {
+        return Err(ApiErr::bad_request("NodeID is required").hint("give the node's id"));
+    }
+    let node_id = s
+        .cluster
+        .read_linearizable(|st| st.find_node(&req.node_id).map(|n| n.id().to_string()))
+        .await?
+        .map_err(|e| match e {
+            LookupError::NotFound => ApiErr::not_found(format!("node {} not found", req.node_id))
+                .hint("list nodes with `caravel node list`"),
+            LookupError::Ambiguous => ApiErr::bad_request(format!(
+                "node id prefix {} matches several nodes",
+                req.node_id
+            )),
+        })?;
+    let live = s.cluster.read(|st| {
+        use caravel_model::view::StateView;
+        st.live_executions_on(&node_id).len()
+    });
+    let eval_ids: Vec<String> = (0..live)
+        .map(|_| caravel_model::ids::new_evaluation_id())
+        .collect();
+    let now = crate::orchestrator::now_ns();
+    let cmd = match req.action.to_ascii_lowercase().as_str() {
+        "approve" => Command::SetNodeMembership {
+            node_id: node_id.clone(),
+            membership: NodeMembership::Approved,
+            message: req.message.clone(),
+            evaluation_ids: vec![],
+            now,
+        },
+        "reject" => Command::SetNodeMembership {
+            node_id: node_id.clone(),
+            membership: NodeMembership::Rejected,
+            message: req.message.clone(),
+            evaluation_ids: eval_ids,
+            now,
+        },
+        "delete" => Command::DeleteNode {
+            node_id: node_id.clone(),
+            message: req.message.clone(),
+            evaluation_ids: eval_ids,
+            now,
+        },
+        other => {
+            return Err(
+                ApiErr::bad_request(format!("unknown node action {other:?}"))
+                    .hint("use approve, reject or delete"),
+            );
+        }
+    };
+    match s.cluster.write(cmd).await? {
+        CommandResponse::Rejected { message, hint, .. } => {
+            Err(ApiErr::new(axum::http::StatusCode::CONFLICT, "Conflict", message).hint(hint))
+        }
+        _ => {
+            tracing::info!(node = %node_id, action = %req.action, "node {}", req.action.to_ascii_lowercase());
+            Ok(Json(PutNodeResponse {
+                success: true,
+                error: String::new(),
+            }))
+        }
     }
 }

@@ -1,6 +1,9 @@
-//! Prometheus metrics of a node (`GET /metrics`, text format). One registry per node, so tests and a
+//! Prometheus metrics of a node (`GET /metrics`: OpenMetrics or the 0.0.4 text format, as the
+//! scraper asks, see [`exposition`]). One registry per node, so tests and a
 //! devstack can run several nodes in one process. Gauges of the replicated state (jobs by type and
 //! state, executions by state, Raft indexes) are refreshed at scrape time.
+
+pub mod exposition;
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -105,6 +108,59 @@ pub struct Metrics {
     pub session_cwnd: Family<NodeLabel, Gauge>,
     pub session_lost_packets: Family<NodeLabel, Gauge>,
     pub session_congestion_events: Family<NodeLabel, Gauge>,
+    /// Certificates whose expiry is exported, read at scrape time.
+    pub certs: CertExpiry,
+}
+
+/// The current leaf certificate (DER) of something that serves or presents one.
+pub type LeafSource = std::sync::Arc<dyn Fn() -> Option<Vec<u8>> + Send + Sync>;
+
+/// `caravel_tls_cert_expiry_timestamp_seconds{cert}`: when each certificate a node uses expires,
+/// read from its source at scrape time (so a renewed certificate shows at once).
+#[derive(Default)]
+pub struct CertExpiry {
+    sources: Mutex<Vec<(&'static str, LeafSource)>>,
+    gauge: Family<CertLabel, Gauge>,
+}
+
+impl CertExpiry {
+    pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "tls_cert_expiry_timestamp_seconds",
+            "When each certificate this node uses expires (Unix seconds)",
+            self.gauge.clone(),
+        );
+    }
+
+    pub fn track(&self, cert: &'static str, source: LeafSource) {
+        self.sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((cert, source));
+    }
+
+    fn refresh(&self) {
+        for (name, source) in self
+            .sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            if let Some(t) = source().and_then(|der| caravel_net::tls::not_after(&der)) {
+                self.gauge
+                    .get_or_create(&CertLabel {
+                        cert: name.to_string(),
+                    })
+                    .set(t);
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertLabel {
+    /// `api` (the REST API's), `node` (this node's cluster certificate), `ca`.
+    pub cert: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -181,7 +237,9 @@ impl Metrics {
             session_cwnd: Family::default(),
             session_lost_packets: Family::default(),
             session_congestion_events: Family::default(),
+            certs: CertExpiry::default(),
         };
+        m.certs.register(&mut r);
         r.register(
             "raft_replication_lag_entries",
             "On the leader: log entries each follower or learner is behind",
@@ -376,6 +434,19 @@ impl Metrics {
         );
         *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = r;
         m
+    }
+
+    /// Exports the expiry of a certificate as `caravel_tls_cert_expiry_timestamp_seconds{cert}`.
+    pub fn track_certificate(&self, cert: &'static str, source: LeafSource) {
+        self.certs.track(cert, source);
+    }
+
+    /// The REST API's (reloading) certificate.
+    pub fn track_api_certificate(&self, cert: std::sync::Arc<crate::api::listener::ReloadingCert>) {
+        self.track_certificate(
+            "api",
+            std::sync::Arc::new(move || cert.leaf().map(|c| c.to_vec())),
+        );
     }
 
     /// Folds the session server's counters into the registry at scrape time.
@@ -593,6 +664,7 @@ impl Metrics {
         self.sessions_connected
             .set(cluster.connected_nodes() as i64);
         self.refresh_sessions(cluster);
+        self.certs.refresh();
         let mut out = String::new();
         let reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &reg) {
@@ -622,6 +694,7 @@ pub struct NodeSessionMetrics {
     cwnd: Gauge,
     lost_packets: Gauge,
     congestion_events: Gauge,
+    certs: CertExpiry,
 }
 
 impl std::fmt::Debug for NodeSessionMetrics {
@@ -651,6 +724,7 @@ impl NodeSessionMetrics {
             cwnd: Gauge::default(),
             lost_packets: Gauge::default(),
             congestion_events: Gauge::default(),
+            certs: CertExpiry::default(),
         };
         r.register(
             "session_connected",
@@ -717,10 +791,17 @@ impl NodeSessionMetrics {
             "Congestion events on the current connection",
             m.congestion_events.clone(),
         );
+        m.certs.register(&mut r);
         NodeSessionMetrics { registry: r, ..m }
     }
 
+    /// Exports the expiry of a certificate as `caravel_tls_cert_expiry_timestamp_seconds{cert}`.
+    pub fn track_certificate(&self, cert: &'static str, source: LeafSource) {
+        self.certs.track(cert, source);
+    }
+
     pub fn render(&self) -> String {
+        self.certs.refresh();
         let now = self.stats.snapshot();
         {
             let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());

@@ -10,6 +10,7 @@
 //! ```
 
 pub mod leader;
+pub mod relay;
 pub mod scheduler;
 pub mod session;
 
@@ -83,6 +84,8 @@ pub struct SessionHandle {
     routes: Arc<Mutex<HashMap<u64, mpsc::Sender<ToOrchestrator>>>>,
     /// The QUIC connection's path statistics (none for in-process sessions).
     pub link: Option<caravel_net::session::LinkStats>,
+    /// SHA-256 of the node's certificate (empty for in-process sessions).
+    pub fingerprint: String,
 }
 
 impl SessionHandle {
@@ -91,7 +94,12 @@ impl SessionHandle {
             tx,
             routes: Default::default(),
             link: None,
+            fingerprint: String::new(),
         }
+    }
+    pub fn with_fingerprint(mut self, fingerprint: String) -> Self {
+        self.fingerprint = fingerprint;
+        self
     }
     pub fn with_link(mut self, link: Option<caravel_net::session::LinkStats>) -> Self {
         self.link = link;
@@ -440,6 +448,18 @@ impl Cluster {
             .len()
     }
 
+    /// The QUIC sessions this member holds: (node, certificate fingerprint).
+    pub fn session_fingerprints(&self) -> Vec<(String, String)> {
+        self.inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, h)| h.link.is_some())
+            .map(|(n, h)| (n.clone(), h.fingerprint.clone()))
+            .collect()
+    }
+
     /// Path statistics of the QUIC sessions this member holds, by node.
     pub fn session_links(&self) -> Vec<(String, caravel_net::session::LinkStats)> {
         self.inner
@@ -490,9 +510,9 @@ impl Cluster {
             .copied()
     }
 
-    /// Finds the other member that holds `node_id`'s compute session; returns its API base URL
-    /// (`http://HOST:PORT`). Asks every member at once, each for at most a second.
-    pub async fn locate_session(&self, node_id: &str) -> Option<String> {
+    /// Finds the other member that holds `node_id`'s compute session (to relay through it, see
+    /// [`relay`]). Asks every member at once, each for at most a second.
+    pub async fn locate_session(&self, node_id: &str) -> Option<NodeAddr> {
         let client = self.peers()?.clone();
         let me = self.node_id();
         let members: Vec<NodeAddr> = {
@@ -508,6 +528,8 @@ impl Cluster {
             let client = client.clone();
             let node_id = node_id.to_string();
             async move {
+                // The answer is the holder's API address (kept for older members); who answered
+                // is what counts.
                 crate::raft::call_peer::<_, Option<String>>(
                     &client,
                     &n,
@@ -518,6 +540,7 @@ impl Cluster {
                 .await
                 .ok()
                 .flatten()
+                .map(|_| n)
             }
         });
         futures::future::join_all(asks)
@@ -525,7 +548,19 @@ impl Cluster {
             .into_iter()
             .flatten()
             .next()
-            .map(|a| format!("http://{a}"))
+    }
+
+    /// Closes the compute session of `node_id` held here, with a reason the node logs (an operator
+    /// rejected or deleted it). Returns whether there was one.
+    pub fn close_session(&self, node_id: &str, reason: &str) -> bool {
+        let h = self.session(node_id);
+        match h.and_then(|h| h.link) {
+            Some(link) => {
+                link.close_revoked(reason);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Opens a streamed request to a compute node through its session.

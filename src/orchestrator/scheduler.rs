@@ -18,7 +18,7 @@ use caravel_model::ids::IdGen;
 use caravel_model::node::NodeState;
 use caravel_model::spec::Job;
 use caravel_model::states::{
-    ExecutionDesiredState, ExecutionStateType, JobStateType, NodeConnection, State,
+    ExecutionDesiredState, ExecutionStateType, JobStateType, NodeConnection, NodeMembership, State,
 };
 use caravel_model::view::StateView;
 
@@ -102,24 +102,32 @@ fn disconnected_executions(
     let mut lost = BTreeSet::new();
     let mut next_expiry: Option<i64> = None;
     for e in execs.iter().filter(|e| e.is_live()) {
-        let Some(n) = nodes.get(e.node_id.as_str()) else {
-            continue;
+        // A node an operator rejected or deleted gets no grace period: it will not be back.
+        let message = match nodes.get(e.node_id.as_str()) {
+            None => format!(
+                "lost: node {} was deleted by an operator; the execution is replaced",
+                e.node_id
+            ),
+            Some(n) if n.membership == NodeMembership::Rejected => format!(
+                "lost: node {} was rejected by an operator; the execution is replaced",
+                e.node_id
+            ),
+            Some(n) if n.connection_state.status != NodeConnection::Disconnected => continue,
+            Some(n) => {
+                let since = n.connection_state.disconnected_since;
+                let expiry = since.saturating_add(grace);
+                if now < expiry {
+                    next_expiry = Some(next_expiry.map_or(expiry, |x: i64| x.min(expiry)));
+                    continue;
+                }
+                format!(
+                    "lost: node {} has been DISCONNECTED since {} (grace period {}); the execution is replaced",
+                    e.node_id,
+                    caravel_model::time::rfc3339(since),
+                    format_grace(grace)
+                )
+            }
         };
-        if n.connection_state.status != NodeConnection::Disconnected {
-            continue;
-        }
-        let since = n.connection_state.disconnected_since;
-        let expiry = since.saturating_add(grace);
-        if now < expiry {
-            next_expiry = Some(next_expiry.map_or(expiry, |x: i64| x.min(expiry)));
-            continue;
-        }
-        let message = format!(
-            "lost: node {} has been DISCONNECTED since {} (grace period {}); the execution is replaced",
-            e.node_id,
-            caravel_model::time::rfc3339(since),
-            format_grace(grace)
-        );
         plan.updates.push(ExecutionChange {
             execution_id: e.id.clone(),
             desired: ExecutionDesiredState::Stopped,

@@ -34,11 +34,21 @@ pub enum Error {
     Register(String),
 }
 
+/// Who the node on a session proved to be, for its registration.
+#[derive(Debug, Clone, Default)]
+pub struct Admission {
+    /// SHA-256 of its certificate (empty for the in-process node of a hybrid).
+    pub fingerprint: String,
+    /// A node new to the cluster waits as PENDING (`Orchestrator.NodeManager.ManualApproval`).
+    pub manual_approval: bool,
+}
+
 /// Serves one session until it closes or `shutdown` fires.
 pub async fn serve(
     cluster: Cluster,
     mut end: OrchestratorEnd,
     link: Option<caravel_net::session::LinkStats>,
+    admission: Admission,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let first = tokio::select! {
@@ -57,8 +67,10 @@ pub async fn serve(
     if cluster.read(|s| s.nodes.contains_key(&node_id)) {
         cluster.metrics().session_reconnects.inc();
     }
-    register(&cluster, &info, &shutdown).await?;
-    let handle = SessionHandle::new(end.tx.clone()).with_link(link);
+    register(&cluster, &info, &admission, &shutdown).await?;
+    let handle = SessionHandle::new(end.tx.clone())
+        .with_link(link)
+        .with_fingerprint(admission.fingerprint.clone());
     cluster.register_session(&node_id, handle.clone());
     cluster.heartbeat(&node_id, now_ns());
     cluster.metrics().sessions_opened.inc();
@@ -91,7 +103,7 @@ pub async fn serve(
                 let Some(msg) = msg else { break Err(Error::Closed) };
                 match msg {
                     ToOrchestrator::Hello { info, .. } => {
-                        register(&cluster, &info, &shutdown).await?;
+                        register(&cluster, &info, &admission, &shutdown).await?;
                     }
                     ToOrchestrator::Report { seq, update } => {
                         if resync_pending.is_some_and(|last| seq <= last) {
@@ -125,7 +137,7 @@ pub async fn serve(
                         cluster.heartbeat(&node_id, now_ns());
                         // Heartbeats are not replicated (the API shows the latest one seen here);
                         // `register` writes the node record only when it differs from the state.
-                        register(&cluster, &info, &shutdown).await?;
+                        register(&cluster, &info, &admission, &shutdown).await?;
                     }
                     ToOrchestrator::Inventory { running } => {
                         reconcile(&cluster, &node_id, &end, &running, &mut sent_cancels).await;
@@ -154,19 +166,25 @@ pub async fn serve(
 
 /// Whether the replicated record of `info.node_id` already says what a registration would: the
 /// node is CONNECTED with the same type, labels, engines, publishers, sources and capacity.
-fn registered(cluster: &Cluster, info: &caravel_model::NodeInfo) -> bool {
+fn registered(cluster: &Cluster, info: &caravel_model::NodeInfo, fingerprint: &str) -> bool {
     cluster.read(|s| {
-        s.nodes.get(&info.node_id).is_some_and(|n| {
-            let (a, b) = (&n.info, info);
-            let (ca, cb) = (&a.compute_node_info, &b.compute_node_info);
-            n.connection_state.status == caravel_model::states::NodeConnection::Connected
-                && a.node_type == b.node_type
-                && a.labels == b.labels
-                && ca.execution_engines == cb.execution_engines
-                && ca.publishers == cb.publishers
-                && ca.storage_sources == cb.storage_sources
-                && ca.max_capacity == cb.max_capacity
-        })
+        let cert_known = fingerprint.is_empty()
+            || s.security
+                .node_certs
+                .get(&info.node_id)
+                .is_some_and(|c| c.contains(fingerprint));
+        cert_known
+            && s.nodes.get(&info.node_id).is_some_and(|n| {
+                let (a, b) = (&n.info, info);
+                let (ca, cb) = (&a.compute_node_info, &b.compute_node_info);
+                n.connection_state.status == caravel_model::states::NodeConnection::Connected
+                    && a.node_type == b.node_type
+                    && a.labels == b.labels
+                    && ca.execution_engines == cb.execution_engines
+                    && ca.publishers == cb.publishers
+                    && ca.storage_sources == cb.storage_sources
+                    && ca.max_capacity == cb.max_capacity
+            })
     })
 }
 
@@ -177,16 +195,27 @@ fn registered(cluster: &Cluster, info: &caravel_model::NodeInfo) -> bool {
 async fn register(
     cluster: &Cluster,
     info: &caravel_model::NodeInfo,
+    admission: &Admission,
     shutdown: &CancellationToken,
 ) -> Result<(), Error> {
     let mut delay = Duration::from_millis(100);
+    let fp = admission.fingerprint.as_str();
     loop {
-        if registered(cluster, info) {
+        if registered(cluster, info, fp) {
             return Ok(());
         }
-        let cmd = Command::RegisterNode {
-            info: info.clone(),
-            now: now_ns(),
+        let cmd = if fp.is_empty() {
+            Command::RegisterNode {
+                info: info.clone(),
+                now: now_ns(),
+            }
+        } else {
+            Command::RegisterNodeWith {
+                info: info.clone(),
+                now: now_ns(),
+                pending: admission.manual_approval,
+                fingerprint: fp.to_string(),
+            }
         };
         match cluster.write(cmd).await {
             Ok(CommandResponse::Rejected { message, .. }) => return Err(Error::Register(message)),
@@ -196,7 +225,7 @@ async fn register(
                 tracing::warn!(node = %info.node_id, error = %e, "registration not confirmed yet; waiting for it");
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
                 while tokio::time::Instant::now() < deadline {
-                    if registered(cluster, info) {
+                    if registered(cluster, info, fp) {
                         return Ok(());
                     }
                     tokio::select! {

@@ -69,6 +69,7 @@ async fn bad_specs_get_400_with_the_field_and_a_hint() {
 
     let r = c
         .put(format!("{}/api/v1/orchestrator/jobs", n.api()))
+        .header("content-type", "application/json")
         .body("{not json")
         .send()
         .await

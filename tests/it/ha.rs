@@ -10,6 +10,8 @@ use serde_json::Value;
 
 use crate::{bin, test_module};
 
+/// A group with API authentication on: every call of these tests carries the operator's key, as
+/// a production cluster's clients do.
 fn group(n: usize, compute: usize) -> (Group, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let g = Group::start(
@@ -18,6 +20,7 @@ fn group(n: usize, compute: usize) -> (Group, tempfile::TempDir) {
         n,
         GroupOptions {
             compute,
+            auth: true,
             ..Default::default()
         },
     )
@@ -240,7 +243,7 @@ fn a_full_restart_keeps_every_job_and_a_lost_quorum_answers_503() {
     let url = format!("{}/api/v1/orchestrator/jobs", g.members[survivor].api());
     let (status, retry) = rt.block_on(async {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let r = reqwest::Client::new().get(url).send().await.unwrap();
+        let r = g.http_client().get(url).send().await.unwrap();
         (r.status().as_u16(), r.headers().get("retry-after").cloned())
     });
     assert_eq!(status, 503);
@@ -354,7 +357,11 @@ fn sessions_held(g: &Group, i: usize) -> Option<u64> {
     use std::io::{Read, Write};
     let mut c = std::net::TcpStream::connect(("127.0.0.1", g.members[i].api_port)).ok()?;
     c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    c.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+    let auth = g
+        .bearer()
+        .map(|b| format!("Authorization: {b}\r\n"))
+        .unwrap_or_default();
+    c.write_all(format!("GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}\r\n").as_bytes())
         .ok()?;
     let mut text = String::new();
     c.read_to_string(&mut text).ok()?;
@@ -399,6 +406,7 @@ fn logs_and_results_reach_a_client_through_any_member_and_a_followed_log_survive
         .args(["job", "logs", "-f", &id])
         .env("CARAVEL_API_HOST", "127.0.0.1")
         .env("CARAVEL_API_PORT", g.members[2].api_port.to_string())
+        .env("CARAVEL_API_KEY", g.api_key.as_deref().unwrap_or_default())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -2,8 +2,11 @@
 //! the CLI and the REST API as a user would.
 
 mod api;
+mod deploy;
 mod e2e;
 mod ha;
+mod metrics;
+mod security;
 
 use std::path::{Path, PathBuf};
 

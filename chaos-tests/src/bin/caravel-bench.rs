@@ -1508,6 +1508,7 @@ impl ProxiedNode {
         let certs_s = certs.to_string_lossy().into_owned();
         let o = Command::new(bin)
             .args(["cert", "issue", "--ca-dir", &certs_s, "--node-id", &node_id])
+            .args(["--role", "compute"])
             .args(["--out-dir", &certs_s])
             .output()?;
         if !o.status.success() {
@@ -1869,7 +1870,8 @@ fn sim_clients(
                 s.spawn(move || -> anyhow::Result<Vec<(String, SessionClient)>> {
                     part.iter()
                         .map(|id| {
-                            let pair = caravel_net::tls::issue(ca, id)?;
+                            let pair =
+                                caravel_net::tls::issue(ca, id, caravel_net::tls::Role::Compute)?;
                             let identity =
                                 ClientIdentity::from_pem(&ca.cert, &pair.cert, &pair.key)?;
                             let seed = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
@@ -2871,7 +2873,7 @@ fn what_if_rounds(
     let proxy = rt.block_on(Proxy::start("127.0.0.1:0".parse()?, upstream))?;
     let ca = caravel_net::tls::read_ca(&n.group.dir.join("certs"))?;
     let id = "what-if-1";
-    let pair = caravel_net::tls::issue(&ca, id)?;
+    let pair = caravel_net::tls::issue(&ca, id, caravel_net::tls::Role::Compute)?;
     let identity = ClientIdentity::from_pem(&ca.cert, &pair.cert, &pair.key)?;
     let client = SessionClient::new(vec![proxy.local_addr().to_string()], &identity, opts)?;
     // When each Hello was acknowledged.
