@@ -104,3 +104,7 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast
 fi
+
+step "compose cluster smoke test (deploy/compose/smoke.sh on this machine's Docker engine)"
+# The debug binary the tests just built: a release build would double the CI time.
+./deploy/compose/smoke.sh --binary "${CARGO_TARGET_DIR:-target}/debug/caravel"

@@ -596,3 +596,97 @@ mod tests {
         assert_ne!(raft_id(""), 0);
     }
 }
+
+/// Golden encodings of the orchestrator-to-orchestrator requests and answers (postcard bodies of
+/// `caravel-raft/1` frames; the frame carries the protocol version). Files in
+/// `tests/golden/<format>/peer_*.bin`; later versions must read every earlier directory.
+/// `CARAVEL_BLESS=1` rewrites this version's.
+#[cfg(test)]
+mod golden {
+    use super::*;
+    use crate::orchestrator::relay::RelayRequest;
+    use caravel_raft_store::{Entry, LogId};
+    use openraft::{CommittedLeaderId, EntryPayload, Vote};
+
+    fn golden<T: Serialize + for<'de> Deserialize<'de> + std::fmt::Debug>(name: &str, v: &T) {
+        let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden/v1")
+            .join(format!("peer_{name}.bin"));
+        let bytes = postcard::to_allocvec(v).unwrap();
+        if std::env::var_os("CARAVEL_BLESS").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &bytes).unwrap();
+            return;
+        }
+        let stored = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let back: T = postcard::from_bytes(&stored)
+            .unwrap_or_else(|e| panic!("{} no longer decodes: {e}", path.display()));
+        assert_eq!(format!("{back:?}"), format!("{v:?}"), "{}", path.display());
+        assert_eq!(bytes, stored, "peer {name}: the wire format changed");
+    }
+
+    #[test]
+    fn every_peer_request_and_answer_reads_back_from_its_golden_encoding() {
+        let lid = |t, i| LogId::new(CommittedLeaderId::new(t, 7), i);
+        let append = AppendEntriesRequest::<caravel_raft_store::TypeConfig> {
+            vote: Vote::new_committed(2, 7),
+            prev_log_id: Some(lid(2, 9)),
+            entries: vec![Entry {
+                log_id: lid(2, 10),
+                payload: EntryPayload::Normal(Command::StopJob {
+                    job_id: "j-1".into(),
+                    reason: "r".into(),
+                    evaluation_id: "ev-1".into(),
+                    now: 1,
+                }),
+            }],
+            leader_commit: Some(lid(2, 9)),
+        };
+        golden("append_entries", &append);
+        golden(
+            "vote_request",
+            &VoteRequest::<NodeId>::new(Vote::new(3, 7), Some(lid(2, 10))),
+        );
+        let forwarded: ForwardAnswer = Ok((CommandResponse::Duplicate, 11));
+        golden("forward_answer", &forwarded);
+        let refused: ForwardAnswer = Err(LeaderError::NotLeader(Some(7)));
+        golden("forward_not_leader", &refused);
+        golden(
+            "admin_add",
+            &AdminRequest::Add(NodeAddr::named("orch-4", "10.0.0.4:1235", "")),
+        );
+        golden("admin_remove", &AdminRequest::Remove("orch-1".into()));
+        golden(
+            "member_info",
+            &MemberInfo {
+                name: "orch-1".into(),
+                api_addr: "10.0.0.1:1234".into(),
+                raft_addr: "10.0.0.1:1235".into(),
+                state: "leader".into(),
+                term: 2,
+                last_log_index: 10,
+                applied_index: 10,
+                leader: Some(7),
+            },
+        );
+        golden("heartbeats", &vec![("edge-1".to_string(), 1500u64)]);
+        golden("session_at", &Some("10.0.0.2:1234".to_string()));
+        golden(
+            "relay_logs",
+            &RelayRequest::Logs {
+                node_id: "edge-1".into(),
+                execution_id: "e-1".into(),
+                follow: true,
+                tail: false,
+                offsets: Some((10, 20)),
+            },
+        );
+        golden(
+            "relay_result",
+            &RelayRequest::Result {
+                node_id: "edge-1".into(),
+                execution_id: "e-1".into(),
+            },
+        );
+    }
+}

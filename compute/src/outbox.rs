@@ -499,3 +499,58 @@ mod tests {
         assert_eq!(o.last_seq(), 100_001);
     }
 }
+
+/// Golden outbox files as this version writes them (`tests/golden/<format>/`): every later version
+/// must open every earlier one and find the same pending reports. `CARAVEL_BLESS=1` rewrites them.
+#[cfg(test)]
+mod golden {
+    use super::*;
+    use caravel_model::ExecutionStateType;
+
+    const CURRENT: &str = "v1";
+
+    fn update(id: &str, state: ExecutionStateType) -> ExecutionUpdate {
+        ExecutionUpdate {
+            execution_id: id.into(),
+            state,
+            message: format!("{id} is {state:?}"),
+            run_output: None,
+            published_result: None,
+            topic: "Execution".into(),
+            time: 1_700_000_000_000_000_000,
+        }
+    }
+
+    #[test]
+    fn an_outbox_written_by_this_version_opens_with_its_pending_reports() {
+        let golden = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden")
+            .join(CURRENT)
+            .join("outbox");
+        if std::env::var_os("CARAVEL_BLESS").is_some() {
+            let _ = std::fs::remove_dir_all(&golden);
+            std::fs::create_dir_all(&golden).unwrap();
+            let mut o = Outbox::open(&golden).unwrap();
+            o.push(update("e-1", ExecutionStateType::Running));
+            o.push(update("e-1", ExecutionStateType::Completed));
+            o.push(update("e-2", ExecutionStateType::Failed));
+            o.ack(1);
+            o.rebase(1);
+            return;
+        }
+        // Open a copy: opening may compact, and the fixture must stay as it was written.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(golden.join(OUTBOX_FILE), dir.path().join(OUTBOX_FILE)).unwrap();
+        let o = Outbox::open(dir.path()).unwrap();
+        assert_eq!(o.acked_seq(), 1);
+        assert_eq!(o.last_seq(), 3);
+        let pending = o.unacked_after(o.acked_seq());
+        assert_eq!(
+            pending,
+            vec![
+                (2, update("e-1", ExecutionStateType::Completed)),
+                (3, update("e-2", ExecutionStateType::Failed)),
+            ]
+        );
+    }
+}

@@ -1367,4 +1367,163 @@ mod tests {
         let snap = ClusterState::from_snapshot(&a.to_snapshot().unwrap()).unwrap();
         assert_eq!(snap, a);
     }
+
+    fn token(id: &str, expires_at: i64, node_id: &str) -> Command {
+        Command::CreateJoinToken {
+            token: crate::security::JoinToken {
+                id: id.into(),
+                secret_sha256: "a".repeat(64),
+                created_at: 0,
+                expires_at,
+                labels: [("zone".to_string(), "edge".to_string())].into(),
+                node_id: node_id.into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn consume(id: &str, secret: &str, node: &str, now: i64) -> CommandResponse {
+        let mut s = ClusterState::default();
+        s.apply(&token("t1", 100, ""));
+        s.apply(&token("t2", 100, "edge-z"));
+        s.apply(&Command::RegisterNode {
+            info: NodeInfo {
+                node_id: "edge-old".into(),
+                ..Default::default()
+            },
+            now: 0,
+        });
+        s.apply(&Command::ConsumeJoinToken {
+            token_id: id.into(),
+            secret_sha256: secret.into(),
+            node_id: node.into(),
+            now,
+        })
+    }
+
+    fn refusal(r: CommandResponse) -> String {
+        match r {
+            CommandResponse::Rejected { message, .. } => message,
+            other => panic!("accepted: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_join_token_is_consumed_once_within_its_life_by_its_node_with_its_secret() {
+        let a = "a".repeat(64);
+        assert!(
+            matches!(consume("t1", &a, "edge-1", 50), CommandResponse::TokenAccepted { labels } if labels["zone"] == "edge")
+        );
+        assert!(refusal(consume("t1", &"b".repeat(64), "edge-1", 50)).contains("does not match"));
+        assert!(refusal(consume("t1", &a, "edge-1", 100)).contains("expired"));
+        assert!(refusal(consume("t9", &a, "edge-1", 50)).contains("not known"));
+        assert!(refusal(consume("t2", &a, "edge-1", 50)).contains("is for node edge-z"));
+        assert!(refusal(consume("t1", &a, "edge-old", 50)).contains("already registered"));
+        let mut s = ClusterState::default();
+        s.apply(&token("t1", 100, ""));
+        let use_it = |s: &mut ClusterState, node: &str| {
+            s.apply(&Command::ConsumeJoinToken {
+                token_id: "t1".into(),
+                secret_sha256: a.clone(),
+                node_id: node.into(),
+                now: 10,
+            })
+        };
+        assert!(matches!(
+            use_it(&mut s, "edge-1"),
+            CommandResponse::TokenAccepted { .. }
+        ));
+        assert!(refusal(use_it(&mut s, "edge-2")).contains("already used (by edge-1"));
+    }
+
+    fn registered(
+        s: &mut ClusterState,
+        id: &str,
+        fingerprint: &str,
+        pending: bool,
+    ) -> CommandResponse {
+        s.apply(&Command::RegisterNodeWith {
+            info: NodeInfo {
+                node_id: id.into(),
+                node_type: "Compute".into(),
+                ..Default::default()
+            },
+            now: 1,
+            pending,
+            fingerprint: fingerprint.into(),
+        })
+    }
+
+    #[test]
+    fn manual_approval_rejection_and_deletion_decide_who_may_connect() {
+        let mut s = ClusterState::default();
+        assert_eq!(registered(&mut s, "n-1", "f1", true), CommandResponse::Ok);
+        assert_eq!(s.nodes["n-1"].membership, NodeMembership::Pending);
+        assert!(
+            !s.nodes["n-1"].is_schedulable(),
+            "a pending node is never scheduled"
+        );
+        let member = |s: &mut ClusterState, m| {
+            s.apply(&Command::SetNodeMembership {
+                node_id: "n-1".into(),
+                membership: m,
+                message: "why".into(),
+                evaluation_ids: vec![],
+                now: 2,
+            })
+        };
+        assert_eq!(
+            member(&mut s, NodeMembership::Approved),
+            CommandResponse::Ok
+        );
+        assert!(s.nodes["n-1"].is_schedulable());
+        assert!(refusal(member(&mut s, NodeMembership::Approved)).contains("already APPROVED"));
+        assert_eq!(
+            member(&mut s, NodeMembership::Rejected),
+            CommandResponse::Ok
+        );
+        assert!(
+            s.security.denial("n-1", "any-cert").is_some(),
+            "a rejected id is denied whatever its certificate"
+        );
+        assert!(refusal(registered(&mut s, "n-1", "f2", false)).contains("rejected"));
+        assert_eq!(
+            member(&mut s, NodeMembership::Approved),
+            CommandResponse::Ok
+        );
+        assert!(
+            s.security.denial("n-1", "f1").is_none(),
+            "approval lifts the rejection"
+        );
+        // Deleting revokes every certificate the node used; a new certificate may join again.
+        assert_eq!(registered(&mut s, "n-1", "f3", false), CommandResponse::Ok);
+        s.apply(&Command::DeleteNode {
+            node_id: "n-1".into(),
+            message: "retired".into(),
+            evaluation_ids: vec![],
+            now: 3,
+        });
+        assert!(!s.nodes.contains_key("n-1"));
+        for fp in ["f1", "f3"] {
+            assert!(
+                s.security
+                    .denial("n-1", fp)
+                    .is_some_and(|d| d.reason.contains("retired")),
+                "{fp}"
+            );
+        }
+        assert!(refusal(registered(&mut s, "n-1", "f1", false)).contains("may not connect"));
+        assert_eq!(registered(&mut s, "n-1", "f4", false), CommandResponse::Ok);
+        // One certificate revoked by hand.
+        s.apply(&Command::DenyCertificate {
+            fingerprint: "f4".into(),
+            node_id: "n-1".into(),
+            reason: "stolen".into(),
+            now: 4,
+        });
+        assert!(refusal(registered(&mut s, "n-1", "f4", false)).contains("stolen"));
+        // All of it survives the records and the snapshot.
+        let snap = ClusterState::from_snapshot(&s.to_snapshot().unwrap()).unwrap();
+        assert_eq!(snap.security, s.security);
+    }
 }

@@ -35,6 +35,8 @@
 //! ```
 
 mod db;
+#[cfg(test)]
+mod golden;
 mod log_store;
 mod state_machine;
 

@@ -34,10 +34,10 @@ struct Applied {
 }
 
 /// The snapshot kept in `sm_meta`: openraft's meta and the `ClusterState::to_snapshot` bytes.
-#[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: Meta,
-    data: Vec<u8>,
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct StoredSnapshot {
+    pub(crate) meta: Meta,
+    pub(crate) data: Vec<u8>,
 }
 
 struct Shared {

@@ -794,6 +794,48 @@ mod tests {
     }
 
     #[test]
+    fn executions_on_a_rejected_or_deleted_node_are_replaced_without_a_grace_period() {
+        for delete in [false, true] {
+            let mut s = cluster(&[("n-a", "wasm"), ("n-b", "wasm")]);
+            let (_job, ev) = submit(&mut s, 1);
+            let mut ids = SequentialIds::default();
+            let first = run_eval(&mut s, &ev, &mut ids, 20).new_executions[0].clone();
+            let cmd = if delete {
+                Command::DeleteNode {
+                    node_id: first.node_id.clone(),
+                    message: "retired".into(),
+                    evaluation_ids: vec!["gone".into()],
+                    now: 30,
+                }
+            } else {
+                Command::SetNodeMembership {
+                    node_id: first.node_id.clone(),
+                    membership: caravel_model::states::NodeMembership::Rejected,
+                    message: "key leaked".into(),
+                    evaluation_ids: vec!["gone".into()],
+                    now: 30,
+                }
+            };
+            assert_eq!(s.apply(&cmd), caravel_model::command::CommandResponse::Ok);
+            // Well inside the default 10-minute grace period: replaced anyway.
+            let p = run_eval(&mut s, "gone", &mut ids, 31);
+            assert_eq!(p.updates.len(), 1, "delete={delete}");
+            let why = if delete {
+                "was deleted"
+            } else {
+                "was rejected"
+            };
+            assert!(
+                p.updates[0].message.contains(why),
+                "{}",
+                p.updates[0].message
+            );
+            assert_eq!(p.new_executions.len(), 1);
+            assert_ne!(p.new_executions[0].node_id, first.node_id);
+        }
+    }
+
+    #[test]
     fn a_node_back_within_the_grace_period_keeps_its_executions() {
         let mut s = cluster(&[("n-a", "wasm"), ("n-b", "wasm")]);
         let (_job, ev) = submit(&mut s, 1);
