@@ -90,8 +90,26 @@ fn node_name(data_dir: &Path, requested: Option<&str>, provider: &str) -> anyhow
             .unwrap_or_else(|_| caravel_model::ids::new_node_id()),
         _ => caravel_model::ids::new_node_id(),
     };
-    std::fs::write(&file, &name).with_context(|| format!("cannot write {}", file.display()))?;
+    write_durably(&file, name.as_bytes())
+        .with_context(|| format!("cannot write {}", file.display()))?;
     Ok(name)
+}
+
+/// Writes a small state file so that a crash leaves the old content or the new, never a torn or
+/// empty file: a temporary file beside it, fsync, rename over it, fsync of the directory.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// The API's authorizer from `API.Auth`, with the start-up warning for anonymous access.

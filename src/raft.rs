@@ -186,8 +186,18 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
-        self.call(kind::APPEND, RPCTypes::AppendEntries, &rpc, &option)
-            .await
+        // openraft caps a batch by count only; cut it by size too, so it always fits one frame,
+        // and report the part sent as a partial success (openraft sends the rest next).
+        let (rpc, cut_at) = cut_to_budget(rpc, APPEND_BUDGET);
+        let answer: AppendEntriesResponse<NodeId> = self
+            .call(kind::APPEND, RPCTypes::AppendEntries, &rpc, &option)
+            .await?;
+        Ok(match (answer, cut_at) {
+            (AppendEntriesResponse::Success, Some(last)) => {
+                AppendEntriesResponse::PartialSuccess(Some(last))
+            }
+            (other, _) => other,
+        })
     }
 
     async fn install_snapshot(
@@ -206,6 +216,43 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> Result<VoteResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
         self.call(kind::VOTE, RPCTypes::Vote, &rpc, &option).await
     }
+}
+
+/// The most an append-entries request may carry (its frame limit is 16 MiB; a single job is at most
+/// `MAX_JOB_BYTES`, 3 MiB, so a batch always holds at least one entry).
+pub const APPEND_BUDGET: usize = 12 << 20;
+
+/// Keeps the longest prefix of the request's entries (at least one) whose encoding fits `budget`;
+/// returns the request and, when it was cut, the last log id it still carries.
+pub fn cut_to_budget(
+    mut rpc: AppendEntriesRequest<TypeConfig>,
+    budget: usize,
+) -> (
+    AppendEntriesRequest<TypeConfig>,
+    Option<caravel_raft_store::LogId>,
+) {
+    let size =
+        |e: &caravel_raft_store::Entry| postcard::to_allocvec(e).map_or(usize::MAX, |b| b.len());
+    let mut used = 0usize;
+    let mut keep = 0;
+    for e in &rpc.entries {
+        let s = size(e);
+        if keep > 0 && used.saturating_add(s) > budget {
+            break;
+        }
+        used = used.saturating_add(s);
+        keep += 1;
+    }
+    if keep == rpc.entries.len() {
+        return (rpc, None);
+    }
+    rpc.entries.truncate(keep);
+    let last = rpc.entries.last().map(|e| e.log_id);
+    // The follower must not commit past what it was sent.
+    if let Some(l) = last {
+        rpc.leader_commit = rpc.leader_commit.min(Some(l));
+    }
+    (rpc, last)
 }
 
 /// Why a request that must run on the leader did not.
@@ -588,6 +635,41 @@ pub async fn call_peer<Req: Serialize, Resp: for<'de> Deserialize<'de>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn append_batches_are_cut_by_size_and_never_commit_past_what_they_carry() {
+        use caravel_raft_store::{Entry, LogId};
+        use openraft::{CommittedLeaderId, EntryPayload, Vote};
+        let lid = |i| LogId::new(CommittedLeaderId::new(1, 1), i);
+        let big = |i| Entry {
+            log_id: lid(i),
+            payload: EntryPayload::Normal(Command::StopJob {
+                job_id: "x".repeat(1000),
+                reason: String::new(),
+                evaluation_id: String::new(),
+                now: 0,
+            }),
+        };
+        let rpc = || AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: Some(lid(0)),
+            entries: (1..=10).map(big).collect(),
+            leader_commit: Some(lid(9)),
+        };
+        let (all, cut) = cut_to_budget(rpc(), 1 << 20);
+        assert_eq!((all.entries.len(), cut), (10, None));
+        let (part, cut) = cut_to_budget(rpc(), 3500);
+        assert_eq!(part.entries.len(), 3);
+        assert_eq!(cut, Some(lid(3)));
+        assert_eq!(part.leader_commit, Some(lid(3)));
+        let (one, cut) = cut_to_budget(rpc(), 10);
+        assert_eq!(
+            one.entries.len(),
+            1,
+            "an entry larger than the budget still goes alone"
+        );
+        assert_eq!(cut, Some(lid(1)));
+    }
 
     #[test]
     fn raft_ids_are_stable_and_distinct() {

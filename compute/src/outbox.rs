@@ -96,8 +96,9 @@ impl Outbox {
     /// Opens (or creates) the durable outbox in `dir`, replaying what a previous process left.
     pub fn open(dir: &Path) -> Result<Self, OutboxError> {
         let path = dir.join(OUTBOX_FILE);
+        let shown = path.display().to_string();
         let err = |source| OutboxError::Open {
-            path: path.display().to_string(),
+            path: shown.clone(),
             source,
         };
         std::fs::create_dir_all(dir).map_err(err)?;
@@ -110,77 +111,105 @@ impl Outbox {
         let mut data = Vec::new();
         file.read_to_end(&mut data).map_err(err)?;
         let mut out = Outbox::new();
-        let (valid, records, problem) = out.replay(&data);
-        if valid < data.len() {
-            // Cut the bad tail so new records follow valid ones.
-            file.set_len(valid as u64).map_err(err)?;
-            file.sync_all().map_err(err)?;
+        let replay = out.replay(&data);
+        if !replay.problems.is_empty() {
             out.recovered_note = Some(format!(
-                "outbox {}: {} (dropped the last {} bytes; {} reports pending)",
+                "outbox {}: {}; kept every valid record ({} reports pending)",
                 path.display(),
-                problem.unwrap_or_default(),
-                data.len() - valid,
+                replay.problems.join("; "),
                 out.pending.len()
             ));
         }
+        let damaged_middle = replay.skipped > 0;
+        if replay.valid_end < data.len() && !damaged_middle {
+            // Only a torn tail (a crash mid-append): cut it so new records follow valid ones.
+            file.set_len(replay.valid_end as u64).map_err(err)?;
+            file.sync_all().map_err(err)?;
+        }
+        let records = replay.records;
         out.log = Some(LogFile {
             path,
             file,
             records,
         });
-        out.maybe_compact();
+        if damaged_middle {
+            // Corrupt records between valid ones: rewrite the file from what was recovered, so it
+            // is clean again (the bad bytes are reported above, not kept).
+            out.compact().map_err(err)?;
+        } else {
+            out.maybe_compact();
+        }
         Ok(out)
     }
 
-    /// Applies the records in `data`; returns the length of the valid prefix, the number of valid
-    /// records and, if the replay stopped early, why.
-    fn replay(&mut self, data: &[u8]) -> (usize, u64, Option<String>) {
+    /// Applies every valid record in `data`. A record whose checksum or encoding is bad is skipped;
+    /// a corrupt length is passed by searching for the next offset where a valid record starts,
+    /// so one bad record never costs the valid ones after it. A torn record at the very end (a
+    /// crash mid-append) ends the replay.
+    fn replay(&mut self, data: &[u8]) -> Replay {
+        let mut r = Replay::default();
         let mut at = 0;
-        let mut records = 0;
         while at < data.len() {
-            let rest = &data[at..];
-            if rest.len() < 8 {
-                return (at, records, Some("a torn record header".into()));
-            }
-            let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-            let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
-            if len > MAX_RECORD {
-                return (
-                    at,
-                    records,
-                    Some(format!("a record of {len} bytes (limit {MAX_RECORD})")),
-                );
-            }
-            if rest.len() < 8 + len {
-                return (at, records, Some("a torn record".into()));
-            }
-            let body = &rest[8..8 + len];
-            if crc32fast::hash(body) != crc {
-                return (at, records, Some("a record with a bad checksum".into()));
-            }
-            match codec::decode::<Record>(body) {
-                Ok(Record::Push(seq, u)) => {
-                    self.last_seq = self.last_seq.max(seq);
-                    if seq > self.acked {
-                        self.pending.insert(seq, *u);
+            match read_record(&data[at..]) {
+                RecordAt::Valid(len, rec) => {
+                    self.apply_record(rec);
+                    at += 8 + len;
+                    r.records += 1;
+                    r.valid_end = at;
+                }
+                RecordAt::Torn
+                    if !data[at..].is_empty() && next_valid(&data[at + 1..]).is_none() =>
+                {
+                    r.problems.push(format!(
+                        "a torn record at byte {at} (the last {} bytes)",
+                        data.len() - at
+                    ));
+                    break;
+                }
+                RecordAt::Torn | RecordAt::Bad(_) => {
+                    let why = match read_record(&data[at..]) {
+                        RecordAt::Bad(why) => why,
+                        _ => "a damaged record header".to_string(),
+                    };
+                    // Skip to where the next valid record starts.
+                    match next_valid(&data[at + 1..]) {
+                        Some(off) => {
+                            r.problems
+                                .push(format!("{why} at byte {at} ({} bytes skipped)", off + 1));
+                            r.skipped += 1;
+                            at += off + 1;
+                        }
+                        None => {
+                            r.problems.push(format!(
+                                "{why} at byte {at} (the last {} bytes)",
+                                data.len() - at
+                            ));
+                            break;
+                        }
                     }
                 }
-                Ok(Record::Ack(seq)) => {
-                    self.ack_in_memory(seq);
-                }
-                Ok(Record::Base(seq)) => {
-                    self.last_seq = seq;
-                    self.acked = seq;
-                    self.pending.clear();
-                }
-                Err(e) => {
-                    return (at, records, Some(format!("an undecodable record: {e}")));
+            }
+        }
+        r
+    }
+
+    fn apply_record(&mut self, rec: Record) {
+        match rec {
+            Record::Push(seq, u) => {
+                self.last_seq = self.last_seq.max(seq);
+                if seq > self.acked {
+                    self.pending.insert(seq, *u);
                 }
             }
-            at += 8 + len;
-            records += 1;
+            Record::Ack(seq) => {
+                self.ack_in_memory(seq);
+            }
+            Record::Base(seq) => {
+                self.last_seq = seq;
+                self.acked = seq;
+                self.pending.clear();
+            }
         }
-        (at, records, None)
     }
 
     /// What opening found and repaired, if anything (log it).
@@ -343,6 +372,53 @@ impl Outbox {
     }
 }
 
+/// What replaying an outbox file found.
+#[derive(Debug, Default)]
+struct Replay {
+    /// End of the last valid record.
+    valid_end: usize,
+    records: u64,
+    /// Damaged records passed over between valid ones.
+    skipped: u64,
+    problems: Vec<String>,
+}
+
+/// One record at the front of a byte slice.
+enum RecordAt {
+    Valid(usize, Record),
+    /// Shorter than its header says (or than a header).
+    Torn,
+    /// Complete but wrong (checksum, encoding, length).
+    Bad(String),
+}
+
+fn read_record(rest: &[u8]) -> RecordAt {
+    if rest.len() < 8 {
+        return RecordAt::Torn;
+    }
+    let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+    let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+    if len > MAX_RECORD {
+        return RecordAt::Bad(format!("a record of {len} bytes (limit {MAX_RECORD})"));
+    }
+    if rest.len() < 8 + len {
+        return RecordAt::Torn;
+    }
+    let body = &rest[8..8 + len];
+    if crc32fast::hash(body) != crc {
+        return RecordAt::Bad("a record with a bad checksum".into());
+    }
+    match codec::decode::<Record>(body) {
+        Ok(rec) => RecordAt::Valid(len, rec),
+        Err(e) => RecordAt::Bad(format!("an undecodable record ({e})")),
+    }
+}
+
+/// The offset in `data` of the first valid record, if any.
+fn next_valid(data: &[u8]) -> Option<usize> {
+    (0..data.len()).find(|&i| matches!(read_record(&data[i..]), RecordAt::Valid(..)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,6 +547,42 @@ mod tests {
         let mut o = Outbox::open(dir.path()).unwrap();
         assert!(o.take_recovery_note().unwrap().contains("checksum"));
         assert_eq!(seqs(&o), vec![1]);
+    }
+
+    #[test]
+    fn a_corrupt_record_in_the_middle_costs_only_itself() {
+        for damage in ["a flipped byte in the body", "a corrupt length"] {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let mut o = Outbox::open(dir.path()).unwrap();
+                for id in ["a", "b", "c", "d"] {
+                    o.push(upd(id));
+                }
+            }
+            let path = dir.path().join(OUTBOX_FILE);
+            let mut full = std::fs::read(&path).unwrap();
+            let first_len = 8 + u32::from_le_bytes(full[0..4].try_into().unwrap()) as usize;
+            if damage.contains("length") {
+                full[first_len..first_len + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+            } else {
+                full[first_len + 10] ^= 0xff;
+            }
+            std::fs::write(&path, &full).unwrap();
+            let mut o = Outbox::open(dir.path()).unwrap();
+            let note = o.take_recovery_note().expect("the damage is reported");
+            assert!(note.contains("skipped"), "{damage}: {note}");
+            assert_eq!(
+                seqs(&o),
+                vec![1, 3, 4],
+                "{damage}: every valid record is kept"
+            );
+            assert_eq!(o.push(upd("e")), 5);
+            drop(o);
+            // The file was rewritten clean: nothing to report the next time.
+            let mut o = Outbox::open(dir.path()).unwrap();
+            assert!(o.take_recovery_note().is_none(), "{damage}");
+            assert_eq!(seqs(&o), vec![1, 3, 4, 5]);
+        }
     }
 
     #[test]

@@ -271,8 +271,9 @@ fn run_blocking(
     };
     let mut store = Store::new(&inner.engine, state);
     store.limiter(|s| &mut s.limiter);
-    let deadline =
-        (req.timeout_secs > 0).then(|| Instant::now() + Duration::from_secs(req.timeout_secs));
+    let deadline = (req.timeout_secs > 0)
+        .then(|| Instant::now().checked_add(Duration::from_secs(req.timeout_secs)))
+        .flatten();
     let token = cancel.clone();
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |mut ctx| {

@@ -391,9 +391,21 @@ fn validate_task(t: &Task, f: &str, e: &mut Vec<SpecError>) {
                 format!("{v} is negative"),
                 "use seconds ≥ 0 (0 = no limit)",
             ));
+        } else if v > MAX_TIMEOUT_SECS {
+            e.push(SpecError::new(
+                &format!("{f}.Timeouts.{name}"),
+                format!("{v} seconds is more than the limit of {MAX_TIMEOUT_SECS} (a year)"),
+                "use seconds up to 31536000 (0 = no limit)",
+            ));
         }
     }
-    if to.total_timeout > 0 && to.execution_timeout + to.queue_timeout > to.total_timeout {
+    let in_range = |v: i64| (0..=MAX_TIMEOUT_SECS).contains(&v);
+    if in_range(to.execution_timeout)
+        && in_range(to.queue_timeout)
+        && in_range(to.total_timeout)
+        && to.total_timeout > 0
+        && to.execution_timeout + to.queue_timeout > to.total_timeout
+    {
         e.push(SpecError::new(
             &format!("{f}.Timeouts"),
             format!(
@@ -404,6 +416,10 @@ fn validate_task(t: &Task, f: &str, e: &mut Vec<SpecError>) {
         ));
     }
 }
+
+/// The longest timeout a spec may set: a year, so that every timeout fits in nanoseconds (i64)
+/// with room to add it to a timestamp.
+pub const MAX_TIMEOUT_SECS: i64 = 365 * 24 * 3600;
 
 fn check_abs_path(p: &str, field: &str, e: &mut Vec<SpecError>) {
     if p.is_empty() {
@@ -639,4 +655,28 @@ fn validate_wasm(engine: &SpecConfig, inputs: &[InputSource], f: &str, e: &mut V
             }
         }
     }
+}
+
+/// The largest job (encoded, as it is replicated and sent to a node in a `Run` message). A compute
+/// session frame holds one `Run` — the job plus its execution — so the session's frame limit is
+/// derived from this (`net::session::DEFAULT_MAX_FRAME` = this + 1 MiB), and several such entries
+/// fit in one Raft append (its frames are 16 MiB; batches are cut by size below that).
+pub const MAX_JOB_BYTES: usize = 3 << 20;
+
+/// Refuses a job whose encoding exceeds [`MAX_JOB_BYTES`], naming the limit and what to do.
+pub fn check_job_size(job: &crate::Job) -> Result<(), SpecError> {
+    let size = crate::codec::encode(job)
+        .map(|b| b.len())
+        .unwrap_or(usize::MAX);
+    if size > MAX_JOB_BYTES {
+        return Err(SpecError::new(
+            "",
+            format!(
+                "the job is {} bytes once encoded, more than the limit of {} bytes (3 MiB)",
+                size, MAX_JOB_BYTES
+            ),
+            "move large inline inputs to an S3 or URL input, or split the job",
+        ));
+    }
+    Ok(())
 }

@@ -126,15 +126,24 @@ pub async fn read<R: AsyncRead + Unpin>(r: &mut R, limit: usize) -> Result<Optio
         return Ok(Some(f));
     }
     let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-    buf.resize(HEADER_LEN + len, 0);
-    r.read_exact(&mut buf[HEADER_LEN..])
-        .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => Error::Truncated,
-            _ => Error::Io(e),
-        })?;
+    // The buffer grows as bytes arrive, never from the announced length alone: a peer that
+    // announces 16 MiB and sends nothing costs a few kilobytes, not 16 MiB of zeroes.
+    let mut remaining = len;
+    let mut chunk = [0u8; READ_CHUNK];
+    while remaining > 0 {
+        let want = remaining.min(READ_CHUNK);
+        let n = r.read(&mut chunk[..want]).await?;
+        if n == 0 {
+            return Err(Error::Truncated);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        remaining -= n;
+    }
     decode(&mut buf, limit)?.ok_or(Error::Truncated).map(Some)
 }
+
+/// How much of a frame's payload is read at a time.
+const READ_CHUNK: usize = 64 << 10;
 
 #[cfg(test)]
 mod tests {

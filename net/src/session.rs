@@ -129,7 +129,7 @@ use crate::{ComputeEnd, OrchestratorEnd};
 /// ALPN of the compute session protocol; the major version is part of it.
 pub const SESSION_ALPN: &[u8] = b"caravel-session/1";
 /// Default cap of one frame's payload.
-pub const DEFAULT_MAX_FRAME: usize = 4 << 20;
+pub const DEFAULT_MAX_FRAME: usize = caravel_model::validate::MAX_JOB_BYTES + (1 << 20);
 /// Close code: the session ended normally (shutdown, one side let go).
 pub const CLOSE_NORMAL: u32 = 0;
 /// Close code: a frame did not decode, had another version, or came on the wrong channel.

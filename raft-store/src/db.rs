@@ -71,6 +71,12 @@ pub(crate) fn open_db(dir: &Path) -> Result<Db, Error> {
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     opts.set_keep_log_file_num(4);
+    // Every WAL record is synced before openraft is told (log, vote, purge): a corrupt record in
+    // the middle of the WAL means a disk problem, and the default recovery mode
+    // (PointInTimeRecovery) would silently drop every synced record after it — acknowledged entries
+    // or this member's vote. Refuse to open instead; the member is rebuilt from the others.
+    opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::AbsoluteConsistency);
+    opts.set_paranoid_checks(true);
     let cfs = ALL_CFS
         .iter()
         .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));

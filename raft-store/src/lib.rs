@@ -115,7 +115,7 @@ impl fmt::Display for NodeAddr {
 /// was being read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot open the Raft store at {path}: {source}")]
+    #[error("cannot open the Raft store at {path}: {source}{}", corruption_hint(.source))]
     Open {
         path: PathBuf,
         source: rocksdb::Error,
@@ -161,4 +161,15 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), Error> {
     let log = LogStore::new(db.clone());
     let sm = StateMachineStore::load(db)?;
     Ok((log, sm))
+}
+
+/// What to do when RocksDB found the store damaged (it names the file in its message).
+fn corruption_hint(e: &rocksdb::Error) -> &'static str {
+    if matches!(e.kind(), rocksdb::ErrorKind::Corruption) || e.to_string().contains("Corruption") {
+        "\nThe store is damaged (a disk error?) and is not opened, so no acknowledged entry is silently lost. \
+         Recover this member from the others: on a healthy member `caravel cluster remove <this node id>`, \
+         move this data dir aside, then start the node with an empty data dir and `caravel cluster add <id>@<raft address>`."
+    } else {
+        ""
+    }
 }

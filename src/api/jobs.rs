@@ -54,6 +54,18 @@ pub async fn submit(
             .hint(hint)
             .detail("Errors", serde_json::Value::Array(details))
     })?;
+    caravel_model::validate::check_job_size(&parsed.job).map_err(|e| {
+        ApiErr::new(
+            StatusCode::BAD_REQUEST,
+            "ValidationError",
+            e.message.clone(),
+        )
+        .hint(e.hint.clone())
+        .detail(
+            "Errors",
+            serde_json::Value::Array(vec![serde_json::to_value(&e).unwrap_or_default()]),
+        )
+    })?;
     let now = now_ns();
     let mut job = parsed.job;
     job.id = caravel_model::ids::new_job_id();

@@ -143,7 +143,12 @@ fn stale_requested(req: &Request) -> bool {
 /// Counts and times every request by its route template, and adds Bacalhau's version headers.
 async fn observe(State(s): State<ApiState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = req.method().to_string();
+    // Metric labels come from closed sets: any other method a client invents is "other".
+    let method = match req.method().as_str() {
+        m @ ("GET" | "PUT" | "POST" | "DELETE" | "HEAD" | "OPTIONS" | "PATCH") => m,
+        _ => "other",
+    }
+    .to_string();
     let route = req
         .extensions()
         .get::<MatchedPath>()

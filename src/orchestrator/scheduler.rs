@@ -272,8 +272,11 @@ fn schedule_partitions(
     }
     let reason = unplaced[0].1.clone();
     let retry_exhausted = unplaced.iter().any(|(p, _)| failed_on.contains_key(p));
-    let queue_deadline =
-        job.create_time + job.task().map_or(0, |t| t.timeouts.queue_timeout) * 1_000_000_000;
+    let queue_deadline = job.create_time.saturating_add(
+        job.task()
+            .map_or(0, |t| t.timeouts.queue_timeout)
+            .saturating_mul(1_000_000_000),
+    );
     if !retry_exhausted && now < queue_deadline {
         if job.state.state_type != JobStateType::Queued {
             plan.job_state = Some((JobStateType::Queued, reason.clone()));

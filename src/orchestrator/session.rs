@@ -116,6 +116,14 @@ pub async fn serve(
                             let engine = cluster.read(|s| s.executions.get(&update.execution_id).and_then(|e| s.job_version(&e.job_id, e.job_version)).map(|j| j.engine())).unwrap_or_default();
                             cluster.metrics().observe_run(&engine, update.state.as_str(), (update.time - start).max(0) as f64 / 1e9);
                         }
+                        // A report about an execution this node does not hold is dropped without a
+                        // Raft write (acknowledged, so the node does not replay it forever).
+                        if let Some(why) = foreign_report(&cluster, &node_id, &update.execution_id).await {
+                            cluster.metrics().observe_report(why);
+                            tracing::warn!(node = %node_id, execution = %update.execution_id, reason = why, "report dropped");
+                            let _ = end.tx.send(ToCompute::Ack { seq }).await;
+                            continue;
+                        }
                         let cmd = Command::UpdateExecution {
                             node_id: node_id.clone(), seq, update, followup_eval_id: caravel_model::ids::new_evaluation_id(), now: now_ns(),
                         };
@@ -162,6 +170,29 @@ pub async fn serve(
     cluster.unregister_session(&node_id, &end.tx);
     tracing::info!(node = %node_id, ?result, "compute session ended");
     result
+}
+
+/// Why a report of `node_id` about `execution_id` must not be written: the execution does not
+/// exist (`unknown_execution`) or belongs to another node (`wrong_node`). Decided on this replica;
+/// an execution it does not know yet is looked up again after a read-index round trip (a replica
+/// that lags must not drop a real report).
+async fn foreign_report(
+    cluster: &Cluster,
+    node_id: &str,
+    execution_id: &str,
+) -> Option<&'static str> {
+    let owner = |s: &caravel_model::state::ClusterState| {
+        s.executions.get(execution_id).map(|e| e.node_id.clone())
+    };
+    let found = match cluster.read(owner) {
+        Some(o) => Some(o),
+        None => cluster.read_linearizable(owner).await.ok()?,
+    };
+    match found {
+        None => Some("unknown_execution"),
+        Some(o) if o != node_id => Some("wrong_node"),
+        Some(_) => None,
+    }
 }
 
 /// Whether the replicated record of `info.node_id` already says what a registration would: the

@@ -179,3 +179,42 @@ async fn the_closed_signal_fires_only_when_every_clone_is_dropped() {
     assert!(closed.is_closed());
     open(dir.path());
 }
+
+#[tokio::test]
+async fn a_flipped_byte_in_the_middle_of_the_wal_refuses_to_open_instead_of_dropping_entries() {
+    let dir = TempDir::new().unwrap();
+    let entries = fixtures::entries();
+    {
+        let (mut log, _sm) = open(dir.path());
+        // One synced write per entry, so the WAL holds several records.
+        for e in &entries {
+            log.blocking_append(vec![e.clone()]).await.unwrap();
+        }
+        log.save_vote(&Vote::new_committed(4, 1)).await.unwrap();
+        let closed = log.closed();
+        drop((log, _sm));
+        closed.wait().await;
+    }
+    let wal = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("a WAL file");
+    let mut bytes = std::fs::read(&wal).unwrap();
+    assert!(
+        bytes.len() > 200,
+        "the WAL holds the entries: {} bytes",
+        bytes.len()
+    );
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&wal, &bytes).unwrap();
+    let err = caravel_raft_store::open(dir.path()).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.to_lowercase().contains("corrupt"), "{msg}");
+    assert!(
+        msg.contains("cluster remove") && msg.contains("cluster add"),
+        "the message says how to recover: {msg}"
+    );
+}
