@@ -21,6 +21,7 @@ pub struct Config {
     pub compute: ComputeConfig,
     #[serde(rename = "TLS")]
     pub tls: TlsConfig,
+    pub job_admission_control: JobAdmissionControl,
 }
 
 /// Mutual TLS of the QUIC links (Raft between orchestrators, compute sessions): PEM files.
@@ -45,6 +46,33 @@ pub struct ApiConfig {
     #[serde(rename = "TLS")]
     pub tls: ApiTlsConfig,
     pub auth: AuthConfig,
+    /// Requests served at once; more get 429 with `Retry-After` (0 = no limit).
+    pub max_concurrent_requests: u32,
+    /// Log WebSockets open at once on this API (0 = no limit).
+    pub max_log_streams: u32,
+    pub rate_limit: RateLimitConfig,
+}
+
+/// A token bucket per client address: `RequestsPerSecond` sustained, `Burst` at once; over it a
+/// request gets 429 with `Retry-After`. Health probes are never limited.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct RateLimitConfig {
+    /// 0 = no limit.
+    pub requests_per_second: u32,
+    pub burst: u32,
+    /// Leave loopback clients (this host's scripts and operators) unlimited.
+    pub exempt_loopback: bool,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            requests_per_second: 200,
+            burst: 400,
+            exempt_loopback: true,
+        }
+    }
 }
 
 /// TLS of the REST API (Bacalhau's `API.TLS`): the server's `CertFile`/`KeyFile`; the client's
@@ -160,6 +188,107 @@ pub struct ComputeConfig {
     pub metrics_addr: String,
     pub auth: ComputeAuthConfig,
     pub env: ComputeEnvConfig,
+    /// What this node agrees to run (see `admission`); `JobAdmissionControl` adds Bacalhau's keys.
+    pub admission: AdmissionConfig,
+    pub docker: DockerConfig,
+    pub fetch: FetchConfig,
+    #[serde(rename = "S3")]
+    pub s3: S3Config,
+    /// Execution timeout of a batch or ops job that sets none (0 = none).
+    pub default_execution_timeout_secs: u64,
+    /// Log streams this node serves at once (0 = no limit).
+    pub max_log_streams: u32,
+}
+
+/// Allow-lists of a compute node (empty = any). See `crate::admission::AdmissionPolicy`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AdmissionConfig {
+    pub images: Vec<String>,
+    pub wasm_modules: Vec<String>,
+    pub required_labels: BTreeMap<String, String>,
+    pub namespaces: Vec<String>,
+    pub input_types: Vec<String>,
+    #[serde(rename = "URLHosts")]
+    pub url_hosts: Vec<String>,
+    #[serde(rename = "S3Buckets")]
+    pub s3_buckets: Vec<String>,
+    pub publishers: Vec<String>,
+    pub networks: Vec<String>,
+    #[serde(rename = "MaxCPU")]
+    pub max_cpu: String,
+    pub max_memory: String,
+    pub max_disk: String,
+    #[serde(rename = "MaxGPU")]
+    pub max_gpu: String,
+}
+
+/// Bacalhau's `JobAdmissionControl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct JobAdmissionControl {
+    pub reject_stateless_jobs: bool,
+    pub reject_networked_jobs: bool,
+    /// `anywhere` or `local`.
+    pub locality: String,
+    /// A URL that gets the job (JSON POST) and answers whether this node should run it.
+    #[serde(rename = "ProbeHTTP")]
+    pub probe_http: String,
+    /// A command that gets the job on stdin; exit 0 = run it.
+    pub probe_exec: String,
+}
+
+impl Default for JobAdmissionControl {
+    fn default() -> Self {
+        JobAdmissionControl {
+            reject_stateless_jobs: false,
+            reject_networked_jobs: false,
+            locality: "anywhere".into(),
+            probe_http: String::new(),
+            probe_exec: String::new(),
+        }
+    }
+}
+
+/// How containers are confined.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DockerConfig {
+    /// Processes one container may have (a fork bomb stops there); 0 = no limit.
+    pub pids_limit: u64,
+    /// Run containers as this user (`uid[:gid]` or a name in the image); empty = the image's.
+    pub user: String,
+    /// Mount the container's root filesystem read-only (with a writable /tmp).
+    pub read_only_rootfs: bool,
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        DockerConfig {
+            pids_limit: 1024,
+            user: String::new(),
+            read_only_rootfs: false,
+        }
+    }
+}
+
+/// Outbound fetches of inputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct FetchConfig {
+    /// Hosts (patterns) or CIDRs that `urlDownload` and IPFS fetches may reach although they are
+    /// loopback, link-local, private or multicast addresses; `*` = all. Empty = none.
+    pub allow_private: Vec<String>,
+}
+
+/// Where this node's S3 credentials may go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct S3Config {
+    /// S3 endpoints (URL patterns, e.g. `http://minio.corp:9000`) a job may name; the node signs
+    /// requests to them with its credentials. AWS's own endpoints are always allowed; a job naming
+    /// any other endpoint is refused.
+    pub allowed_endpoints: Vec<String>,
 }
 
 #[derive(Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -196,6 +325,9 @@ impl Default for Config {
                 port: 1234,
                 tls: ApiTlsConfig::default(),
                 auth: AuthConfig::default(),
+                max_concurrent_requests: 512,
+                max_log_streams: 256,
+                rate_limit: RateLimitConfig::default(),
             },
             data_dir: default_data_dir(),
             name_provider: "puuid".into(),
@@ -226,8 +358,15 @@ impl Default for Config {
                 metrics_addr: String::new(),
                 auth: ComputeAuthConfig::default(),
                 env: ComputeEnvConfig::default(),
+                admission: AdmissionConfig::default(),
+                docker: DockerConfig::default(),
+                fetch: FetchConfig::default(),
+                s3: S3Config::default(),
+                default_execution_timeout_secs: 3600,
+                max_log_streams: 64,
             },
             tls: TlsConfig::default(),
+            job_admission_control: JobAdmissionControl::default(),
         }
     }
 }
@@ -293,6 +432,26 @@ pub const KEYS: &[(&str, &str)] = &[
     (
         "API.Auth.AllowAnonymous",
         "What clients without a credential may do from other hosts: empty (nothing), read, or write",
+    ),
+    (
+        "API.MaxConcurrentRequests",
+        "Requests the API serves at once; more get 429 with Retry-After (0: no limit)",
+    ),
+    (
+        "API.MaxLogStreams",
+        "Log WebSockets open at once on this API (0: no limit)",
+    ),
+    (
+        "API.RateLimit.RequestsPerSecond",
+        "Requests per second each client address may make, sustained; more get 429 with Retry-After (0: no limit)",
+    ),
+    (
+        "API.RateLimit.Burst",
+        "Requests each client address may make at once above the sustained rate",
+    ),
+    (
+        "API.RateLimit.ExemptLoopback",
+        "Leave loopback clients out of the per-client rate limit",
     ),
     (
         "DataDir",
@@ -369,6 +528,106 @@ pub const KEYS: &[(&str, &str)] = &[
     (
         "Compute.Auth.TokenFile",
         "File holding the join token, instead of Compute.Auth.Token",
+    ),
+    (
+        "Compute.Admission.Images",
+        "Docker images this node runs: repo, repo:tag, repo@sha256:..., * wildcards (empty: any)",
+    ),
+    (
+        "Compute.Admission.WasmModules",
+        "SHA-256 of the WASM entry modules this node runs (empty: any)",
+    ),
+    (
+        "Compute.Admission.RequiredLabels",
+        "Labels a job must carry to run here, key=value (value * = any)",
+    ),
+    (
+        "Compute.Admission.Namespaces",
+        "Namespaces whose jobs run here (empty: any)",
+    ),
+    (
+        "Compute.Admission.InputTypes",
+        "Input source types allowed (empty: all the node supports)",
+    ),
+    (
+        "Compute.Admission.URLHosts",
+        "Hosts urlDownload inputs may name, * wildcards (empty: any)",
+    ),
+    (
+        "Compute.Admission.S3Buckets",
+        "S3 buckets of inputs and the s3 publisher (empty: any)",
+    ),
+    (
+        "Compute.Admission.Publishers",
+        "Publisher types allowed (empty: all the node supports)",
+    ),
+    (
+        "Compute.Admission.Networks",
+        "Network modes allowed (empty: None and Full; Host only when listed)",
+    ),
+    (
+        "Compute.Admission.MaxCPU",
+        "Most CPU one execution may ask for",
+    ),
+    (
+        "Compute.Admission.MaxMemory",
+        "Most memory one execution may ask for",
+    ),
+    (
+        "Compute.Admission.MaxDisk",
+        "Most disk one execution may ask for",
+    ),
+    (
+        "Compute.Admission.MaxGPU",
+        "Most GPUs one execution may ask for",
+    ),
+    (
+        "JobAdmissionControl.RejectStatelessJobs",
+        "Refuse jobs without inputs (Bacalhau's key)",
+    ),
+    (
+        "JobAdmissionControl.RejectNetworkedJobs",
+        "Refuse jobs that ask for any network (Bacalhau's key)",
+    ),
+    (
+        "JobAdmissionControl.Locality",
+        "anywhere, or local: only jobs whose inputs are on this node (Bacalhau's key)",
+    ),
+    (
+        "JobAdmissionControl.ProbeHTTP",
+        "URL that gets each job (JSON POST) and answers {ShouldBid, Reason} (Bacalhau's key)",
+    ),
+    (
+        "JobAdmissionControl.ProbeExec",
+        "Command that gets each job on stdin; exit 0 runs it, else its output is the reason (Bacalhau's key)",
+    ),
+    (
+        "Compute.Docker.PidsLimit",
+        "Processes one container may have (0: no limit)",
+    ),
+    (
+        "Compute.Docker.User",
+        "Run containers as this user (uid[:gid]); empty: the image's user",
+    ),
+    (
+        "Compute.Docker.ReadOnlyRootfs",
+        "Mount containers' root filesystems read-only (a writable /tmp)",
+    ),
+    (
+        "Compute.Fetch.AllowPrivate",
+        "Hosts or CIDRs URL inputs may reach on loopback/private/link-local addresses (* = all; empty: none)",
+    ),
+    (
+        "Compute.S3.AllowedEndpoints",
+        "S3 endpoints (URL patterns) that get this node's credentials; AWS is always allowed",
+    ),
+    (
+        "Compute.DefaultExecutionTimeoutSecs",
+        "Execution timeout of batch and ops jobs that set none (0: none)",
+    ),
+    (
+        "Compute.MaxLogStreams",
+        "Log streams this node serves at once; more are refused with a message (0: no limit)",
     ),
     (
         "Compute.Env.AllowList",
@@ -478,18 +737,39 @@ fn key_kind(key: &str) -> &'static str {
         | "Orchestrator.RaftPort"
         | "Orchestrator.HeartbeatMillis"
         | "Orchestrator.ElectionTimeoutMillis"
-        | "Orchestrator.ComputePort" => "int",
+        | "Orchestrator.ComputePort"
+        | "Compute.Docker.PidsLimit"
+        | "Compute.DefaultExecutionTimeoutSecs"
+        | "Compute.MaxLogStreams"
+        | "API.MaxConcurrentRequests"
+        | "API.MaxLogStreams"
+        | "API.RateLimit.RequestsPerSecond"
+        | "API.RateLimit.Burst" => "int",
         "Orchestrator.Enabled"
         | "Compute.Enabled"
         | "API.TLS.UseTLS"
         | "API.TLS.Insecure"
-        | "Orchestrator.NodeManager.ManualApproval" => "bool",
+        | "Orchestrator.NodeManager.ManualApproval"
+        | "JobAdmissionControl.RejectStatelessJobs"
+        | "JobAdmissionControl.RejectNetworkedJobs"
+        | "Compute.Docker.ReadOnlyRootfs"
+        | "API.RateLimit.ExemptLoopback" => "bool",
         "Compute.AllowListedLocalPaths"
         | "Orchestrator.Peers"
         | "Compute.Orchestrators"
-        | "Compute.Env.AllowList" => "list",
+        | "Compute.Env.AllowList"
+        | "Compute.Admission.Images"
+        | "Compute.Admission.WasmModules"
+        | "Compute.Admission.Namespaces"
+        | "Compute.Admission.InputTypes"
+        | "Compute.Admission.URLHosts"
+        | "Compute.Admission.S3Buckets"
+        | "Compute.Admission.Publishers"
+        | "Compute.Admission.Networks"
+        | "Compute.Fetch.AllowPrivate"
+        | "Compute.S3.AllowedEndpoints" => "list",
+        "Labels" | "Compute.Admission.RequiredLabels" => "map",
         "API.Auth.Users" => "file-only",
-        "Labels" => "map",
         _ => "string",
     }
 }
@@ -599,7 +879,7 @@ fn canonicalize(v: &mut Value, prefix: &str) {
             .unwrap_or(k);
         if name == "Users" {
             canonicalize_users(&mut val);
-        } else if name != "Labels" {
+        } else if name != "Labels" && name != "RequiredLabels" {
             canonicalize(
                 &mut val,
                 &if prefix.is_empty() {
@@ -698,6 +978,12 @@ impl Config {
             }
         }
         self.validate_auth()?;
+        self.admission_policy()
+            .validate()
+            .map_err(|(key, message)| Error::Invalid {
+                key: format!("Compute.Admission.{key}"),
+                message,
+            })?;
         let t = &self.api.tls;
         if t.cert_file.is_empty() != t.key_file.is_empty() {
             return Err(Error::Invalid {
@@ -802,6 +1088,34 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// The node's admission policy: `Compute.Admission` and `JobAdmissionControl` together.
+    pub fn admission_policy(&self) -> crate::admission::AdmissionPolicy {
+        let a = &self.compute.admission;
+        let j = &self.job_admission_control;
+        crate::admission::AdmissionPolicy {
+            images: a.images.clone(),
+            wasm_modules: a
+                .wasm_modules
+                .iter()
+                .map(|m| m.trim().trim_start_matches("sha256:").to_ascii_lowercase())
+                .collect(),
+            required_labels: a.required_labels.clone(),
+            namespaces: a.namespaces.clone(),
+            input_types: a.input_types.clone(),
+            url_hosts: a.url_hosts.clone(),
+            s3_buckets: a.s3_buckets.clone(),
+            publishers: a.publishers.clone(),
+            networks: a.networks.clone(),
+            max_cpu: a.max_cpu.clone(),
+            max_memory: a.max_memory.clone(),
+            max_disk: a.max_disk.clone(),
+            max_gpu: a.max_gpu.clone(),
+            reject_stateless_jobs: j.reject_stateless_jobs,
+            reject_networked_jobs: j.reject_networked_jobs,
+            locality: j.locality.clone(),
+        }
     }
 
     /// The config with every secret replaced (`agent config`, `config list`, logs).

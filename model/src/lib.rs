@@ -15,7 +15,9 @@
 //!                    scheduler reads a StateView ◀────────────────────────┘
 //! ```
 
+pub mod admission;
 pub mod api;
+pub mod archive;
 pub mod codec;
 pub mod command;
 pub mod config;

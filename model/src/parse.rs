@@ -241,6 +241,25 @@ pub fn data_url(mime: &str, bytes: &[u8]) -> String {
     )
 }
 
+/// The bytes of a base64 `data:` URL as a task will see them, when that is known without
+/// decompressing (gzipped data and other encodings: `None`, the node decides).
+pub fn data_url_bytes(url: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let rest = url.trim().strip_prefix("data:")?;
+    let (meta, payload) = rest.split_once(',')?;
+    if !meta
+        .split(';')
+        .any(|p| p.trim().eq_ignore_ascii_case("base64"))
+        || meta.to_ascii_lowercase().contains("gzip")
+    {
+        return None;
+    }
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(payload.trim())
+        .ok()?;
+    (!data.starts_with(&[0x1f, 0x8b])).then_some(data)
+}
+
 /// Convenience: an inline input source.
 pub fn inline_input(target: &str, mime: &str, bytes: &[u8]) -> InputSource {
     InputSource {

@@ -680,3 +680,116 @@ pub fn check_job_size(job: &crate::Job) -> Result<(), SpecError> {
     }
     Ok(())
 }
+
+/// Most labels a node may advertise.
+pub const MAX_NODE_LABELS: usize = 128;
+/// Longest label key, and longest entry of a node's engine, publisher, source or protocol lists.
+pub const MAX_NODE_NAME: usize = 256;
+/// Longest label value (the admission policy label is the long one).
+pub const MAX_NODE_LABEL_VALUE: usize = 16 << 10;
+/// Most entries of each of a node's lists.
+pub const MAX_NODE_LIST: usize = 64;
+/// Largest encoded node record: every heartbeat that changes it is a Raft write, so it stays small.
+pub const MAX_NODE_INFO_BYTES: usize = 64 << 10;
+
+/// Refuses a node record a compute node may not make the cluster store: too many or too long labels
+/// or list entries, or too large once encoded. The message names the field and the limit.
+pub fn check_node_info(info: &crate::NodeInfo) -> Result<(), String> {
+    if info.labels.len() > MAX_NODE_LABELS {
+        return Err(format!(
+            "the node advertises {} labels, more than the limit of {MAX_NODE_LABELS}",
+            info.labels.len()
+        ));
+    }
+    for (k, v) in &info.labels {
+        if k.is_empty() || k.len() > MAX_NODE_NAME {
+            return Err(format!(
+                "the node label key {:?} is empty or longer than {MAX_NODE_NAME} bytes",
+                k.chars().take(40).collect::<String>()
+            ));
+        }
+        if v.len() > MAX_NODE_LABEL_VALUE {
+            return Err(format!(
+                "the node label {k:?} is {} bytes, more than the limit of {MAX_NODE_LABEL_VALUE}",
+                v.len()
+            ));
+        }
+    }
+    let c = &info.compute_node_info;
+    for (what, list) in [
+        ("SupportedProtocols", &info.supported_protocols),
+        ("ExecutionEngines", &c.execution_engines),
+        ("Publishers", &c.publishers),
+        ("StorageSources", &c.storage_sources),
+    ] {
+        if list.len() > MAX_NODE_LIST {
+            return Err(format!(
+                "the node lists {} {what}, more than the limit of {MAX_NODE_LIST}",
+                list.len()
+            ));
+        }
+        if let Some(long) = list.iter().find(|e| e.len() > MAX_NODE_NAME) {
+            return Err(format!(
+                "an entry of the node's {what} is {} bytes, more than the limit of {MAX_NODE_NAME}",
+                long.len()
+            ));
+        }
+    }
+    let size = crate::codec::encode(info)
+        .map(|b| b.len())
+        .unwrap_or(usize::MAX);
+    if size > MAX_NODE_INFO_BYTES {
+        return Err(format!(
+            "the node record is {size} bytes once encoded, more than the limit of {MAX_NODE_INFO_BYTES}"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod node_info_tests {
+    use super::*;
+
+    fn node() -> crate::NodeInfo {
+        crate::NodeInfo {
+            node_id: "n-1".into(),
+            node_type: "Compute".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_plain_node_record_passes_and_each_bound_bites() {
+        let mut n = node();
+        n.labels.insert("region".into(), "eu".into());
+        n.compute_node_info.execution_engines = vec!["wasm".into(), "docker".into()];
+        check_node_info(&n).unwrap();
+
+        let mut many = node();
+        for i in 0..=MAX_NODE_LABELS {
+            many.labels.insert(format!("k{i}"), "v".into());
+        }
+        assert!(check_node_info(&many).unwrap_err().contains("129 labels"));
+
+        let mut long = node();
+        long.labels
+            .insert("k".into(), "v".repeat(MAX_NODE_LABEL_VALUE + 1));
+        assert!(check_node_info(&long).unwrap_err().contains("\"k\""));
+
+        let mut engines = node();
+        engines.compute_node_info.execution_engines = vec!["e".into(); MAX_NODE_LIST + 1];
+        assert!(
+            check_node_info(&engines)
+                .unwrap_err()
+                .contains("ExecutionEngines")
+        );
+
+        // Within every per-field bound, but too large as a whole.
+        let mut big = node();
+        for i in 0..8 {
+            big.labels
+                .insert(format!("k{i}"), "v".repeat(MAX_NODE_LABEL_VALUE));
+        }
+        assert!(check_node_info(&big).unwrap_err().contains("once encoded"));
+    }
+}
