@@ -71,6 +71,7 @@ pub struct DockerOptions {
     pub pull_timeout: Duration,
     /// GPUs of the node (0: device requests are never made).
     pub gpus: u64,
+    pub sandbox: Sandbox,
 }
 
 impl DockerOptions {
@@ -80,9 +81,37 @@ impl DockerOptions {
             stop_grace: DEFAULT_STOP_GRACE,
             pull_timeout: DEFAULT_PULL_TIMEOUT,
             gpus: 0,
+            sandbox: Sandbox::default(),
         }
     }
 }
+
+/// How containers are confined, besides what every container gets: `no-new-privileges`, every
+/// capability dropped but [`CAPABILITIES`], no host path but the execution's inputs and results.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sandbox {
+    /// Processes (threads included) one container may have; 0 = the engine's default (none).
+    pub pids_limit: u64,
+    /// `uid[:gid]` (or a name the image knows) to run as; empty = the image's user.
+    pub user: String,
+    /// A read-only root filesystem, with a small writable tmpfs at `/tmp`.
+    pub read_only_rootfs: bool,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Sandbox {
+            pids_limit: 1024,
+            user: String::new(),
+            read_only_rootfs: false,
+        }
+    }
+}
+
+/// The capabilities a job container keeps (Docker's default set less NET_RAW, MKNOD, AUDIT_WRITE,
+/// SYS_CHROOT, SETPCAP, SETFCAP, NET_BIND_SERVICE, KILL and FSETID): enough for an image that
+/// runs as root to own and write its files and to drop to another user, nothing more.
+pub const CAPABILITIES: &[&str] = &["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"];
 
 /// Runs `docker` tasks. Cheap to clone.
 #[derive(Clone)]
@@ -319,7 +348,7 @@ impl DockerExecutor {
             return Err(ExecError::Cancelled);
         }
         let opts = &self.inner.opts;
-        let plan = plan(&req, &opts.node_id, opts.gpus)?;
+        let plan = plan(&req, &opts.node_id, opts.gpus, &opts.sandbox)?;
         let docker = self.client().await?;
         self.ensure_image(docker, &plan.image, &cancel).await?;
         for r in &req.results {
@@ -682,7 +711,12 @@ fn string_list(v: Option<&serde_json::Value>, name: &str) -> Result<Vec<String>,
 }
 
 /// Everything about the container that follows from the request alone.
-fn plan(req: &RunRequest, node_id: &str, node_gpus: u64) -> Result<Plan, ExecError> {
+fn plan(
+    req: &RunRequest,
+    node_id: &str,
+    node_gpus: u64,
+    sandbox: &Sandbox,
+) -> Result<Plan, ExecError> {
     let params = &req.task.engine.params;
     let image = match params.get("Image") {
         Some(serde_json::Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
@@ -779,8 +813,19 @@ fn plan(req: &RunRequest, node_id: &str, node_gpus: u64) -> Result<Plan, ExecErr
             mounts: Some(mounts),
             device_requests,
             auto_remove: Some(false),
+            security_opt: Some(vec!["no-new-privileges:true".into()]),
+            cap_drop: Some(vec!["ALL".into()]),
+            cap_add: Some(CAPABILITIES.iter().map(|c| c.to_string()).collect()),
+            pids_limit: (sandbox.pids_limit > 0)
+                .then(|| i64::try_from(sandbox.pids_limit).unwrap_or(i64::MAX)),
+            readonly_rootfs: Some(sandbox.read_only_rootfs),
+            tmpfs: sandbox.read_only_rootfs.then(|| {
+                HashMap::from([("/tmp".to_string(), "rw,nosuid,nodev,size=256m".to_string())])
+            }),
+            privileged: Some(false),
             ..Default::default()
         }),
+        user: (!sandbox.user.is_empty()).then(|| sandbox.user.clone()),
         ..Default::default()
     };
     Ok(Plan { image, body })
@@ -856,7 +901,7 @@ mod tests {
             ..Default::default()
         };
         task.resources.cpu = "500m".into();
-        let p = plan(&request(task), "n1", 0).unwrap();
+        let p = plan(&request(task), "n1", 0, &Sandbox::default()).unwrap();
         assert_eq!(p.image, "caravel-busybox:latest");
         let b = &p.body;
         assert_eq!(b.entrypoint.as_deref(), Some(&["/bin/sh".to_string()][..]));
@@ -880,6 +925,33 @@ mod tests {
             (m[1].source.as_deref(), m[1].read_only),
             (Some("/data/out"), Some(false))
         );
+        // Confined by default: no new privileges, minimal capabilities, a PID limit.
+        assert_eq!(
+            h.security_opt.as_deref(),
+            Some(&["no-new-privileges:true".to_string()][..])
+        );
+        assert_eq!(h.cap_drop.as_deref(), Some(&["ALL".to_string()][..]));
+        assert_eq!(h.cap_add.as_ref().unwrap().len(), CAPABILITIES.len());
+        assert_eq!(h.pids_limit, Some(1024));
+        assert_eq!(h.privileged, Some(false));
+        assert_eq!(h.readonly_rootfs, Some(false));
+        assert!(b.user.is_none());
+        assert_eq!(m.len(), 2, "no host path but the inputs and results");
+        let strict = Sandbox {
+            pids_limit: 64,
+            user: "65534:65534".into(),
+            read_only_rootfs: true,
+        };
+        let mut t2 = Task {
+            engine: SpecConfig::new("docker").with("Image", "busybox"),
+            ..Default::default()
+        };
+        t2.resources.memory = "8Mb".into();
+        let p = plan(&request(t2), "n", 0, &strict).unwrap();
+        let h = p.body.host_config.as_ref().unwrap();
+        assert_eq!(p.body.user.as_deref(), Some("65534:65534"));
+        assert_eq!((h.pids_limit, h.readonly_rootfs), (Some(64), Some(true)));
+        assert!(h.tmpfs.as_ref().unwrap().contains_key("/tmp"));
     }
 
     #[test]
@@ -889,7 +961,7 @@ mod tests {
             ..Default::default()
         };
         assert!(
-            plan(&request(no_image), "n", 0)
+            plan(&request(no_image), "n", 0, &Sandbox::default())
                 .unwrap_err()
                 .to_string()
                 .contains("no Image")
@@ -901,7 +973,7 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(
-            plan(&request(relative), "n", 0),
+            plan(&request(relative), "n", 0, &Sandbox::default()),
             Err(ExecError::BadParams(_))
         ));
         let mut gpu = Task {
@@ -910,13 +982,13 @@ mod tests {
         };
         gpu.resources.gpu = "1".into();
         assert_eq!(
-            plan(&request(gpu.clone()), "n", 0).unwrap_err(),
+            plan(&request(gpu.clone()), "n", 0, &Sandbox::default()).unwrap_err(),
             ExecError::NotEnoughGpus {
                 requested: 1,
                 available: 0
             }
         );
-        let p = plan(&request(gpu), "n", 2).unwrap();
+        let p = plan(&request(gpu), "n", 2, &Sandbox::default()).unwrap();
         let dr = p.body.host_config.unwrap().device_requests.unwrap();
         assert_eq!(dr[0].count, Some(1));
     }

@@ -14,12 +14,12 @@
 //! A single object (s3, urlDownload, ipfs, inline) becomes a file at the target; an s3 prefix
 //! becomes a directory holding the matching objects by their key below the prefix's directory.
 
-use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use caravel_model::archive;
 use caravel_model::quantity::format_bytes;
 use caravel_model::spec::InputSource;
 use futures::StreamExt;
@@ -150,6 +150,8 @@ pub struct InputOptions {
     pub ipfs_gateway: Option<String>,
     /// Credentials and defaults of `s3` inputs.
     pub s3: S3Settings,
+    /// `Compute.Fetch.AllowPrivate`: what URL inputs may reach besides public addresses.
+    pub allow_private: Vec<String>,
 }
 
 impl Default for InputOptions {
@@ -160,6 +162,7 @@ impl Default for InputOptions {
             download_timeout: DEFAULT_DOWNLOAD_TIMEOUT,
             ipfs_gateway: None,
             s3: S3Settings::default(),
+            allow_private: Vec::new(),
         }
     }
 }
@@ -174,6 +177,7 @@ pub struct InputPreparer {
     s3: S3Settings,
     metrics: ComputeMetrics,
     client: OnceLock<Result<reqwest::Client, String>>,
+    guard: std::sync::Arc<crate::fetch_guard::FetchGuard>,
 }
 
 impl InputPreparer {
@@ -196,7 +200,16 @@ impl InputPreparer {
                 reason: "Compute.IPFSGateway must be an http:// or https:// URL".into(),
             });
         }
+        // The configured IPFS gateway is the owner's choice: it may be a local daemon.
+        let gateway_host = ipfs_gateway
+            .as_deref()
+            .and_then(caravel_model::admission::url_host);
+        let guard = std::sync::Arc::new(crate::fetch_guard::FetchGuard::new(
+            &opts.allow_private,
+            gateway_host,
+        ));
         Ok(InputPreparer {
+            guard,
             allow,
             max_download_bytes: opts.max_download_bytes,
             download_timeout: opts.download_timeout,
@@ -474,20 +487,30 @@ impl InputPreparer {
     ) -> Result<(PathBuf, bool), InputError> {
         let (mime, data) = decode_data_url(url)?;
         let gz = mime.to_ascii_lowercase().contains("gzip") || data.starts_with(&[0x1f, 0x8b]);
-        let data = if gz {
-            gunzip(&data, self.max_download_bytes)?
-        } else {
-            data
-        };
         let dir = dir.to_path_buf();
-        let name = file_name_of(target);
-        let limit = self.max_download_bytes;
-        tokio::task::spawn_blocking(move || write_inline(&dir, &name, data, gz, limit))
-            .await
-            .map_err(|e| InputError::Io {
-                what: "writing an inline input".into(),
-                reason: e.to_string(),
-            })?
+        let path = dir.join(file_name_of(target));
+        let limits = archive::Limits::new(self.max_download_bytes);
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+            if !gz {
+                std::fs::write(&path, &data).map_err(io(format!("writing {}", path.display())))?;
+                return Ok((path, false));
+            }
+            // Inflated straight to disk under the size and ratio caps, never into memory.
+            let done = archive::inflate(&data[..], &path, limits, false).map_err(|e| match e {
+                archive::ArchiveError::TooLarge { limit } => InputError::TooLarge {
+                    what: "the decompressed inline input".into(),
+                    limit,
+                },
+                other => InputError::BadDataUrl(format!("its gzip data: {other}")),
+            })?;
+            Ok((path, done.archive))
+        })
+        .await
+        .map_err(|e| InputError::Io {
+            what: "writing an inline input".into(),
+            reason: e.to_string(),
+        })?
     }
 
     fn local(&self, input: &InputSource, target: String) -> Result<PreparedInput, InputError> {
@@ -594,8 +617,27 @@ impl InputPreparer {
     fn client(&self) -> Result<&reqwest::Client, InputError> {
         let c = self.client.get_or_init(|| {
             crate::install_crypto_provider();
+            let guard = self.guard.clone();
+            // Every hop: at most MAX_REDIRECTS, http(s) only, address literals checked here (names
+            // are checked by the resolver, on the address actually connected to).
+            let policy = reqwest::redirect::Policy::custom(move |attempt| {
+                if attempt.previous().len() >= MAX_REDIRECTS {
+                    return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+                }
+                if !matches!(attempt.url().scheme(), "http" | "https") {
+                    let s = attempt.url().scheme().to_string();
+                    return attempt.error(format!("a redirect to a {s}: URL"));
+                }
+                match guard.check_url(attempt.url()) {
+                    Ok(()) => attempt.follow(),
+                    Err(e) => attempt.error(e),
+                }
+            });
             reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
+                .redirect(policy)
+                .dns_resolver(std::sync::Arc::new(crate::fetch_guard::GuardedResolver {
+                    guard: self.guard.clone(),
+                }))
                 .connect_timeout(Duration::from_secs(30))
                 .build()
                 .map_err(|e| e.to_string())
@@ -618,6 +660,7 @@ impl InputPreparer {
                 parsed.scheme()
             )));
         }
+        self.guard.check_url(&parsed).map_err(derr)?;
         let client = self.client()?;
         std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
         let path = dir.join(file_name_of(target));
@@ -863,69 +906,6 @@ fn percent_decode(s: impl AsRef<[u8]>) -> Result<Vec<u8>, String> {
         }
     }
     Ok(out)
-}
-
-fn gunzip(data: &[u8], limit: u64) -> Result<Vec<u8>, InputError> {
-    let mut out = Vec::new();
-    let mut dec = flate2::read::GzDecoder::new(data).take(limit.saturating_add(1));
-    dec.read_to_end(&mut out)
-        .map_err(|e| InputError::BadDataUrl(format!("its gzip data does not decompress: {e}")))?;
-    if out.len() as u64 > limit {
-        return Err(InputError::TooLarge {
-            what: "the decompressed inline input".into(),
-            limit,
-        });
-    }
-    Ok(out)
-}
-
-fn is_tar(data: &[u8]) -> bool {
-    data.len() >= 512 && data.get(257..262) == Some(b"ustar")
-}
-
-/// Writes inline data to `dir/name`, or unpacks it into `dir/name/` when it was a gzipped tar archive.
-/// Returns the path and whether it is a directory.
-fn write_inline(
-    dir: &Path,
-    name: &str,
-    data: Vec<u8>,
-    gz: bool,
-    limit: u64,
-) -> Result<(PathBuf, bool), InputError> {
-    std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
-    let path = dir.join(name);
-    if gz && is_tar(&data) {
-        std::fs::create_dir_all(&path).map_err(io(format!("creating {}", path.display())))?;
-        unpack_tar(&data, &path, limit)?;
-        return Ok((path, true));
-    }
-    std::fs::write(&path, &data).map_err(io(format!("writing {}", path.display())))?;
-    Ok((path, false))
-}
-
-/// Unpacks a tar archive, keeping only regular files and directories inside `dst`.
-fn unpack_tar(data: &[u8], dst: &Path, limit: u64) -> Result<(), InputError> {
-    let bad =
-        |e: std::io::Error| InputError::BadDataUrl(format!("its tar archive is unreadable: {e}"));
-    let mut ar = tar::Archive::new(data);
-    let mut total: u64 = 0;
-    for entry in ar.entries().map_err(bad)? {
-        let mut entry = entry.map_err(bad)?;
-        let kind = entry.header().entry_type();
-        if !(kind.is_file() || kind.is_dir()) {
-            continue;
-        }
-        total += entry.size();
-        if total > limit {
-            return Err(InputError::TooLarge {
-                what: "the unpacked inline archive".into(),
-                limit,
-            });
-        }
-        // `unpack_in` refuses paths that escape `dst`.
-        entry.unpack_in(dst).map_err(bad)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -26,9 +26,11 @@
 //!  every state change ─▶ Outbox::push (seq) ─▶ ToOrchestrator::Report{seq} … until ToCompute::Ack{seq}
 //! ```
 
+pub mod admission;
 pub mod capacity;
 pub mod docker;
 pub mod executor;
+pub mod fetch_guard;
 pub mod inputs;
 pub mod metrics;
 pub mod node;

@@ -204,6 +204,11 @@ impl ComputeMetrics {
         self.container_start_seconds.observe(took.as_secs_f64());
     }
 
+    /// An execution refused by the admission policy (`outcome="refused"`).
+    pub fn execution_refused(&self) {
+        self.execution_finished("any", "refused");
+    }
+
     pub fn execution_finished(&self, engine: &str, outcome: &str) {
         self.executions
             .get_or_create(&EngineOutcomeLabels {

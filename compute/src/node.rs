@@ -43,6 +43,8 @@ pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 1 << 30;
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 /// Largest `ResultChunk`.
 pub const RESULT_CHUNK_BYTES: usize = 256 * 1024;
+/// Log and result streams a node serves at once by default (`Compute.MaxLogStreams`).
+pub const DEFAULT_MAX_STREAMS: usize = 64;
 /// Lines of each stream sent for a `Logs` request with `tail`.
 pub const LOG_TAIL_LINES: usize = 100;
 /// How long the node waits for the orchestrator's answer to `Hello`.
@@ -99,6 +101,18 @@ pub struct ComputeOptions {
     pub s3: S3Settings,
     /// `Compute.Env.AllowList`: host variables a job may read through `env:NAME` values.
     pub env_allow_list: Vec<String>,
+    /// What this node agrees to run (`Compute.Admission`, `JobAdmissionControl`).
+    pub admission: caravel_model::admission::AdmissionPolicy,
+    /// External admission probes (`JobAdmissionControl.ProbeHTTP` / `ProbeExec`).
+    pub probes: crate::admission::Probes,
+    /// Execution timeout of batch and ops jobs that set none (0 = none).
+    pub default_execution_timeout_secs: u64,
+    /// Confinement of containers.
+    pub docker_sandbox: crate::docker::Sandbox,
+    /// `Compute.Fetch.AllowPrivate`: what URL inputs may reach on non-public addresses.
+    pub fetch_allow_private: Vec<String>,
+    /// `Compute.MaxLogStreams`: log and result streams served at once (0 = no limit).
+    pub max_streams: usize,
 }
 
 impl ComputeOptions {
@@ -119,6 +133,12 @@ impl ComputeOptions {
             ipfs_gateway: None,
             s3: S3Settings::from_env(),
             env_allow_list: Vec::new(),
+            admission: Default::default(),
+            probes: Default::default(),
+            default_execution_timeout_secs: 0,
+            docker_sandbox: Default::default(),
+            fetch_allow_private: Vec::new(),
+            max_streams: DEFAULT_MAX_STREAMS,
         }
     }
 
@@ -132,6 +152,21 @@ impl ComputeOptions {
         o.allow_listed_local_paths = cfg.compute.allow_listed_local_paths.clone();
         o.max_concurrent = cfg.compute.max_concurrent as usize;
         o.env_allow_list = cfg.compute.env.allow_list.clone();
+        o.admission = cfg.admission_policy();
+        o.probes = crate::admission::Probes {
+            http: cfg.job_admission_control.probe_http.trim().to_string(),
+            exec: cfg.job_admission_control.probe_exec.trim().to_string(),
+        };
+        o.default_execution_timeout_secs = cfg.compute.default_execution_timeout_secs;
+        o.max_streams = cfg.compute.max_log_streams as usize;
+        let d = &cfg.compute.docker;
+        o.docker_sandbox = crate::docker::Sandbox {
+            pids_limit: d.pids_limit,
+            user: d.user.trim().to_string(),
+            read_only_rootfs: d.read_only_rootfs,
+        };
+        o.fetch_allow_private = cfg.compute.fetch.allow_private.clone();
+        o.s3.allowed_endpoints = cfg.compute.s3.allowed_endpoints.clone();
         if !cfg.compute.default_memory_limit.trim().is_empty() {
             o.default_memory_limit = caravel_model::quantity::parse_bytes(
                 &cfg.compute.default_memory_limit,
@@ -160,6 +195,7 @@ impl ComputeOptions {
             let mut d = DockerOptions::new(self.node_id.clone());
             d.stop_grace = self.docker_stop_grace;
             d.gpus = capacity::gpu_count();
+            d.sandbox = self.docker_sandbox.clone();
             match DockerExecutor::detect(d, metrics.clone()) {
                 Ok(exec) => executors.push(Arc::new(exec)),
                 Err(why) => tracing::info!(
@@ -297,6 +333,7 @@ impl ComputeNode {
             download_timeout: opts.download_timeout,
             ipfs_gateway: opts.ipfs_gateway.clone(),
             s3: opts.s3.clone(),
+            allow_private: opts.fetch_allow_private.clone(),
         })?
         .with_metrics(metrics.clone());
         let outbox_dir = opts.data_dir.join("outbox");
@@ -406,6 +443,30 @@ impl ComputeNode {
         available.sub(&used);
         let mut labels = capacity::default_labels(&o.node_id);
         labels.extend(o.labels.clone());
+        // What the policy allows, so the scheduler avoids this node for jobs it would refuse.
+        let policy = &o.admission;
+        if !policy.is_open() {
+            labels.insert(
+                caravel_model::admission::POLICY_LABEL.to_string(),
+                policy.to_label(),
+            );
+        }
+        let allowed = |list: &[String], name: &str| {
+            list.is_empty() || list.iter().any(|x| x.eq_ignore_ascii_case(name))
+        };
+        let mut max_job = self.shared.capacity.clone();
+        if let Ok(c) = caravel_model::quantity::parse_cpu(&policy.max_cpu) {
+            max_job.cpu = max_job.cpu.min(c as f64 / 1000.0);
+        }
+        if let Ok(m) = caravel_model::quantity::parse_bytes(&policy.max_memory) {
+            max_job.memory = max_job.memory.min(m);
+        }
+        if let Ok(d) = caravel_model::quantity::parse_bytes(&policy.max_disk) {
+            max_job.disk = max_job.disk.min(d);
+        }
+        if let Ok(g) = policy.max_gpu.trim().parse::<u64>() {
+            max_job.gpu = max_job.gpu.min(g);
+        }
         NodeInfo {
             node_id: o.node_id.clone(),
             node_type: "Compute".into(),
@@ -413,12 +474,22 @@ impl ComputeNode {
             supported_protocols: Vec::new(),
             compute_node_info: ComputeNodeInfo {
                 execution_engines: self.engines(),
-                publishers: SUPPORTED_PUBLISHERS.iter().map(|s| s.to_string()).collect(),
-                storage_sources: self.shared.inputs.supported_sources(),
+                publishers: SUPPORTED_PUBLISHERS
+                    .iter()
+                    .filter(|p| allowed(&policy.publishers, p))
+                    .map(|s| s.to_string())
+                    .collect(),
+                storage_sources: self
+                    .shared
+                    .inputs
+                    .supported_sources()
+                    .into_iter()
+                    .filter(|s| allowed(&policy.input_types, s))
+                    .collect(),
                 max_capacity: self.shared.capacity.clone(),
                 queue_used_capacity: queued,
                 available_capacity: available,
-                max_job_requirements: self.shared.capacity.clone(),
+                max_job_requirements: max_job,
                 running_executions: running,
                 enqueued_executions: enqueued,
                 address: String::new(),
@@ -568,6 +639,26 @@ impl ComputeNode {
                 st.outbox.ack(seq);
                 self.outbox_metrics(&st);
             }
+            ToCompute::Logs { request_id, .. }
+            | ToCompute::LogsFrom { request_id, .. }
+            | ToCompute::FetchResult { request_id, .. }
+                if self.streams_full() =>
+            {
+                let error = format!(
+                    "node {} is serving as many log and result streams as it may (Compute.MaxLogStreams = {}); try again later",
+                    self.shared.opts.node_id, self.shared.opts.max_streams
+                );
+                tracing::warn!(request_id, "{error}");
+                let end = if matches!(msg, ToCompute::FetchResult { .. }) {
+                    ToOrchestrator::ResultEnd { request_id, error }
+                } else {
+                    ToOrchestrator::LogEnd { request_id, error }
+                };
+                let out = outbox.clone();
+                self.shared.tasks.spawn(async move {
+                    let _ = out.send(end).await;
+                });
+            }
             ToCompute::Logs {
                 request_id,
                 execution_id,
@@ -629,6 +720,11 @@ impl ComputeNode {
             st.outbox.last_seq(),
             st.outbox.write_errors(),
         );
+    }
+
+    fn streams_full(&self) -> bool {
+        let max = self.shared.opts.max_streams;
+        max > 0 && self.lock().streams.len() >= max
     }
 
     fn register_stream(&self, request_id: u64) -> CancellationToken {
@@ -830,15 +926,56 @@ impl ComputeNode {
             );
             return;
         }
+        // The owner's policy, enforced here whatever the orchestrators decided: refused before
+        // anything is fetched or started (the scheduler then tries another node).
+        if let Err(why) = self.shared.opts.admission.check(&job) {
+            self.refuse(&id, &why);
+            return;
+        }
+        let mut task = task;
+        let default_timeout = self.shared.opts.default_execution_timeout_secs;
+        if default_timeout > 0
+            && matches!(job.kind.as_str(), "batch" | "ops")
+            && task.timeouts.effective_execution_timeout() == 0
+        {
+            task.timeouts.execution_timeout = default_timeout as i64;
+        }
         let node = self.clone();
+        let probe_job = job.clone();
         let job_id = if execution.job_id.is_empty() {
             job.id.clone()
         } else {
             execution.job_id.clone()
         };
-        self.shared
-            .tasks
-            .spawn(async move { node.execute(id, job_id, task).await });
+        self.shared.tasks.spawn(async move {
+            // External probes (JobAdmissionControl.ProbeHTTP / ProbeExec) decide before a slot.
+            if let Err(why) = crate::admission::probe(
+                &node.shared.opts.probes,
+                &node.shared.opts.node_id,
+                &probe_job,
+            )
+            .await
+            {
+                node.refuse(&id, &why);
+                return;
+            }
+            node.execute(id, job_id, task).await
+        });
+    }
+
+    /// Reports an execution refused by this node's policy (never started, nothing fetched).
+    fn refuse(&self, id: &str, why: &str) {
+        let msg = format!("refused by node {}: {why}", self.shared.opts.node_id);
+        tracing::info!(execution = %id, reason = %why, "execution refused by the admission policy");
+        self.shared.metrics.execution_refused();
+        self.report(
+            id,
+            ExecutionStateType::BidRejected,
+            topic::EXECUTION,
+            msg,
+            None,
+            None,
+        );
     }
 
     async fn execute(self, id: String, job_id: String, task: Task) {
@@ -980,6 +1117,38 @@ impl ComputeNode {
             },
             _ = cancel.cancelled() => return Outcome::Cancelled,
         };
+        if task.engine.kind_lower() == "wasm" && !self.shared.opts.admission.wasm_modules.is_empty()
+        {
+            let entry = task
+                .engine
+                .params
+                .get_any(&["EntryModule"])
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string();
+            let module = inputs
+                .iter()
+                .find(|i| i.target == entry)
+                .map(|i| i.host_path.clone());
+            let sha = match module {
+                Some(path) => tokio::task::spawn_blocking(move || sha256_file(&path))
+                    .await
+                    .ok()
+                    .flatten(),
+                None => None,
+            };
+            let verdict = match sha {
+                Some(sha) => self.shared.opts.admission.check_module(&sha),
+                None => Err("its WASM entry module could not be read to check its hash".into()),
+            };
+            if let Err(why) = verdict {
+                self.shared.metrics.execution_refused();
+                return fail(
+                    topic::EXECUTION,
+                    format!("refused by node {}: {why}", self.shared.opts.node_id),
+                );
+            }
+        }
         let mut results = Vec::new();
         for rp in &task.result_paths {
             if let Err(m) = valid_result_name(&rp.name) {
@@ -1325,22 +1494,15 @@ impl LogReader {
 
     /// Starts reading at the beginning of the last `n` lines.
     async fn seek_to_last_lines(&mut self, n: usize) {
-        let Ok(data) = tokio::fs::read(&self.path).await else {
-            return;
-        };
-        let body = data.strip_suffix(b"\n").unwrap_or(&data);
-        let mut count = 0;
-        let mut start = 0;
-        for (i, b) in body.iter().enumerate().rev() {
-            if *b == b'\n' {
-                count += 1;
-                if count == n {
-                    start = i + 1;
-                    break;
-                }
-            }
+        let path = self.path.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            let mut f = std::fs::File::open(path).ok()?;
+            tail_start(&mut f, n).ok()
+        })
+        .await;
+        if let Ok(Some(start)) = found {
+            self.offset = start;
         }
-        self.offset = start as u64;
     }
 
     /// New complete lines, each with the byte offset just past it in the file; with `flush`, a
@@ -1398,9 +1560,157 @@ fn take_line(partial: &mut Vec<u8>) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
+/// Where the last `n` lines of a file start, read backwards from its end in blocks: memory and I/O are
+/// bounded by the lines wanted (at most `n` × the longest line sent, `MAX_LOG_LINE`), never by the
+/// file's size. A line longer than that is cut at the bound, as `read_some` would cut it.
+fn tail_start(f: &mut (impl std::io::Read + std::io::Seek), n: usize) -> std::io::Result<u64> {
+    use std::io::SeekFrom;
+    const BLOCK: u64 = 64 * 1024;
+    let len = f.seek(SeekFrom::End(0))?;
+    if n == 0 {
+        return Ok(len);
+    }
+    let floor = len.saturating_sub((n as u64).saturating_mul(MAX_LOG_LINE as u64));
+    let mut buf = vec![0u8; BLOCK as usize];
+    let mut pos = len;
+    let mut newlines = 0usize;
+    // A final newline ends the last line rather than starting an empty one.
+    let mut skip_last = true;
+    while pos > floor {
+        let from = pos.saturating_sub(BLOCK).max(floor);
+        let chunk = &mut buf[..(pos - from) as usize];
+        f.seek(SeekFrom::Start(from))?;
+        f.read_exact(chunk)?;
+        for (i, b) in chunk.iter().enumerate().rev() {
+            let at = from + i as u64;
+            if *b != b'\n' {
+                skip_last = false;
+                continue;
+            }
+            if skip_last && at + 1 == len {
+                skip_last = false;
+                continue;
+            }
+            newlines += 1;
+            if newlines == n {
+                return Ok(at + 1);
+            }
+        }
+        pos = from;
+    }
+    Ok(floor)
+}
+
+/// The SHA-256 of a file, in hex (the admission check of WASM modules).
+fn sha256_file(path: &std::path::Path) -> Option<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = [0u8; 64 << 10];
+    loop {
+        let n = f.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Some(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The start of the last `n` lines, found the slow obvious way.
+    fn naive_tail(data: &[u8], n: usize) -> u64 {
+        let body = data.strip_suffix(b"\n").unwrap_or(data);
+        let mut count = 0;
+        for (i, b) in body.iter().enumerate().rev() {
+            if *b == b'\n' {
+                count += 1;
+                if count == n {
+                    return i as u64 + 1;
+                }
+            }
+        }
+        0
+    }
+
+    #[test]
+    fn tail_start_matches_a_full_scan() {
+        let samples: &[&[u8]] = &[
+            b"",
+            b"\n",
+            b"one",
+            b"one\n",
+            b"a\nb\nc",
+            b"a\nb\nc\n",
+            b"\n\n\n\n",
+            b"a\n\nb\n\n",
+        ];
+        for data in samples {
+            for n in 1..6 {
+                let got = tail_start(&mut std::io::Cursor::new(data), n).unwrap();
+                assert_eq!(
+                    got,
+                    naive_tail(data, n),
+                    "{:?} n={n}",
+                    String::from_utf8_lossy(data)
+                );
+            }
+        }
+        // Across block boundaries.
+        let big: Vec<u8> = (0..50_000)
+            .flat_map(|i| format!("line {i}\n").into_bytes())
+            .collect();
+        for n in [1, 2, 100, 10_000] {
+            assert_eq!(
+                tail_start(&mut std::io::Cursor::new(&big), n).unwrap(),
+                naive_tail(&big, n)
+            );
+        }
+    }
+
+    fn peak_rss_kib() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    /// Abuse: `--tail` of a 1 GiB log reads a few blocks from its end, not the file (which would
+    /// raise the peak RSS by a gibibyte).
+    #[tokio::test]
+    async fn the_tail_of_a_gibibyte_log_is_read_in_bounded_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stdout");
+        {
+            use std::io::Write;
+            let f = std::fs::File::create(&path).unwrap();
+            // A sparse gibibyte of earlier output (no newlines), then 300 real lines.
+            f.set_len(1 << 30).unwrap();
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap();
+            for i in 0..300 {
+                writeln!(f, "line {i}").unwrap();
+            }
+        }
+        let before = peak_rss_kib();
+        let mut r = LogReader::new(path.clone(), 1);
+        r.seek_to_last_lines(LOG_TAIL_LINES).await;
+        let (lines, at_end) = r.read_some(true).await;
+        let grown = peak_rss_kib().saturating_sub(before);
+        assert!(at_end);
+        assert_eq!(lines.len(), LOG_TAIL_LINES);
+        assert_eq!(lines[0].0, "line 200");
+        assert_eq!(lines[99].0, "line 299");
+        assert!(grown < 64 * 1024, "peak RSS grew by {grown} KiB");
+    }
 
     #[test]
     fn ids_and_result_names_are_checked() {

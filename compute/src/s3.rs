@@ -26,6 +26,9 @@ pub struct S3Settings {
     pub region: Option<String>,
     /// Default endpoint (`AWS_ENDPOINT_URL`); AWS itself when unset.
     pub endpoint: Option<String>,
+    /// `Compute.S3.AllowedEndpoints`: other endpoints (URL patterns) a job may name; the node's
+    /// credentials are sent to no other.
+    pub allowed_endpoints: Vec<String>,
 }
 
 impl std::fmt::Debug for S3Settings {
@@ -42,6 +45,7 @@ impl std::fmt::Debug for S3Settings {
             )
             .field("region", &self.region)
             .field("endpoint", &self.endpoint)
+            .field("allowed_endpoints", &self.allowed_endpoints)
             .finish()
     }
 }
@@ -59,6 +63,31 @@ impl S3Settings {
             session_token: env_var("AWS_SESSION_TOKEN"),
             region: env_var("AWS_REGION").or_else(|| env_var("AWS_DEFAULT_REGION")),
             endpoint: env_var("AWS_ENDPOINT_URL"),
+            allowed_endpoints: Vec::new(),
+        }
+    }
+
+    /// Refuses a target whose endpoint may not get this node's credentials: AWS (no endpoint) and
+    /// the node's own `AWS_ENDPOINT_URL` always may; any other only when `allowed_endpoints`
+    /// lists it. Checked before any request is signed.
+    pub fn check_endpoint(&self, t: &S3Target) -> Result<(), S3Error> {
+        let e = t.endpoint.trim_end_matches('/');
+        let own = self
+            .endpoint
+            .as_deref()
+            .is_some_and(|o| o.trim_end_matches('/') == e);
+        if e.is_empty()
+            || own
+            || self
+                .allowed_endpoints
+                .iter()
+                .any(|p| caravel_model::admission::glob(p.trim().trim_end_matches('/'), e))
+        {
+            Ok(())
+        } else {
+            Err(S3Error::EndpointNotAllowed {
+                endpoint: e.to_string(),
+            })
         }
     }
 }
@@ -107,6 +136,10 @@ impl S3Target {
 /// What went wrong talking to S3, in words a user can act on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum S3Error {
+    #[error(
+        "S3 endpoint {endpoint} is not one this node sends its credentials to; its owner lists the allowed ones in Compute.S3.AllowedEndpoints (AWS and the node's AWS_ENDPOINT_URL are always allowed)"
+    )]
+    EndpointNotAllowed { endpoint: String },
     #[error("invalid s3 parameters: {0}")]
     BadParams(String),
     #[error("bucket {bucket:?} does not exist at {endpoint}; check Bucket, Endpoint and Region")]
@@ -241,6 +274,7 @@ pub fn store(settings: &S3Settings, target: &S3Target) -> Result<Arc<AmazonS3>, 
     if target.bucket.is_empty() {
         return Err(S3Error::BadParams("Bucket is empty".into()));
     }
+    settings.check_endpoint(target)?;
     crate::install_crypto_provider();
     let mut b = AmazonS3Builder::new()
         .with_bucket_name(&target.bucket)
@@ -310,6 +344,37 @@ mod tests {
         );
         let t = S3Target::resolve(&S3Settings::default(), "b", None, None);
         assert_eq!(t.where_(), "AWS S3 (us-east-1)");
+    }
+
+    #[test]
+    fn credentials_go_only_to_aws_the_nodes_endpoint_and_allowed_ones() {
+        let node = S3Settings {
+            access_key_id: Some("AKID".into()),
+            secret_access_key: Some("secret".into()),
+            endpoint: Some("http://minio.corp:9000".into()),
+            allowed_endpoints: vec!["https://*.backup.corp".into()],
+            ..Default::default()
+        };
+        let ok = |e: Option<&str>| store(&node, &S3Target::resolve(&node, "b", e, None)).is_ok();
+        assert!(ok(None), "the node's own endpoint");
+        assert!(ok(Some("http://minio.corp:9000/")));
+        assert!(ok(Some("https://eu.backup.corp")));
+        let aws = S3Settings {
+            access_key_id: Some("AKID".into()),
+            secret_access_key: Some("secret".into()),
+            ..Default::default()
+        };
+        assert!(
+            store(&aws, &S3Target::resolve(&aws, "b", None, None)).is_ok(),
+            "AWS"
+        );
+        let e = store(
+            &node,
+            &S3Target::resolve(&node, "b", Some("http://attacker.example:80"), None),
+        )
+        .unwrap_err();
+        assert!(matches!(e, S3Error::EndpointNotAllowed { .. }), "{e}");
+        assert!(e.to_string().contains("Compute.S3.AllowedEndpoints"), "{e}");
     }
 
     #[test]

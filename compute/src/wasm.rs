@@ -134,11 +134,22 @@ struct RunState {
 
 /// `StoreLimits` (with `trap_on_grow_failure`) that also records whether the memory limit was hit,
 /// so the failure is reported as "memory limit exceeded" rather than as a generic trap.
+/// The memory limit applies to all the run's linear memories together (a module with many
+/// memories gets no more than one with one), tracked as they grow.
 struct Limiter {
     inner: StoreLimits,
     memory_limit: usize,
+    /// Bytes of all memories so far.
+    memory_total: usize,
     exceeded: bool,
 }
+
+/// Instances (the entry module and its `ImportModules`), tables and memories one run may create.
+pub const MAX_INSTANCES: usize = 16;
+pub const MAX_TABLES: usize = 16;
+pub const MAX_MEMORIES: usize = 16;
+/// Elements of one table (a table of funcrefs costs 8-16 bytes each on the host).
+pub const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
 impl ResourceLimiter for Limiter {
     fn memory_growing(
@@ -147,10 +158,22 @@ impl ResourceLimiter for Limiter {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.memory_limit {
+        let total = self
+            .memory_total
+            .saturating_sub(current)
+            .saturating_add(desired);
+        if total > self.memory_limit {
             self.exceeded = true;
+            wasmtime::bail!(
+                "memory limit of {} bytes exceeded across all memories",
+                self.memory_limit
+            );
         }
-        self.inner.memory_growing(current, desired, maximum)
+        let grown = self.inner.memory_growing(current, desired, maximum)?;
+        if grown {
+            self.memory_total = total;
+        }
+        Ok(grown)
     }
     fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
         self.inner.memory_grow_failed(error)
@@ -258,6 +281,10 @@ fn run_blocking(
     let memory_limit = usize::try_from(req.memory_limit).unwrap_or(usize::MAX);
     let limits = StoreLimitsBuilder::new()
         .memory_size(memory_limit)
+        .instances(MAX_INSTANCES)
+        .tables(MAX_TABLES)
+        .memories(MAX_MEMORIES)
+        .table_elements(MAX_TABLE_ELEMENTS)
         .trap_on_grow_failure(true)
         .build();
     let state = RunState {
@@ -265,6 +292,7 @@ fn run_blocking(
         limiter: Limiter {
             inner: limits,
             memory_limit,
+            memory_total: 0,
             exceeded: false,
         },
         stop: None,

@@ -456,3 +456,184 @@ async fn a_node_advertises_docker_and_leaves_nothing_behind_after_many_jobs() {
     h.shutdown.cancel();
     let _ = h.handle.await;
 }
+
+async fn sandboxed(sandbox: caravel_compute::docker::Sandbox) -> (DockerExecutor, String) {
+    require_docker();
+    let node = unique("dkr");
+    let mut opts = DockerOptions::new(node.clone());
+    opts.stop_grace = Duration::from_secs(1);
+    opts.sandbox = sandbox;
+    let ex = DockerExecutor::connect(opts, ComputeMetrics::new())
+        .await
+        .unwrap_or_else(|e| panic!("the docker tests need a running Docker engine: {e}"));
+    (ex, node)
+}
+
+/// `docker inspect` of the running container of an execution, as JSON.
+fn inspect_execution(exec_id: &str) -> serde_json::Value {
+    let ids = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label={LABEL_EXECUTION}={exec_id}"),
+        ])
+        .output()
+        .unwrap();
+    let id = String::from_utf8_lossy(&ids.stdout).trim().to_string();
+    assert!(!id.is_empty(), "the container of {exec_id} is running");
+    let out = std::process::Command::new("docker")
+        .args(["inspect", &id])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()[0].clone()
+}
+
+/// Abuse: a job container runs with no-new-privileges, every capability dropped but the documented
+/// few, a PID limit, the configured user and a read-only root (a writable /tmp), and no host path
+/// but its own; `docker inspect` shows it.
+#[tokio::test]
+async fn a_job_container_is_confined_as_docker_inspect_shows() {
+    let (ex, _) = sandboxed(caravel_compute::docker::Sandbox {
+        pids_limit: 256,
+        user: "1000:1000".into(),
+        read_only_rootfs: true,
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let req = request(
+        dir.path(),
+        docker_task(&[
+            "sh",
+            "-c",
+            "id -u; touch /tmp/ok && echo tmp-writable; touch /etc/x 2>/dev/null || echo root-read-only; echo started >&2; exec sleep 30",
+        ]),
+    );
+    let exec_id = req.execution_id.clone();
+    let cancel = CancellationToken::new();
+    let (ex2, c2) = (ex.clone(), cancel.clone());
+    let run = tokio::spawn(async move { ex2.run(req, c2).await });
+    let stderr = dir.path().join("stderr");
+    while !std::fs::read_to_string(&stderr)
+        .unwrap_or_default()
+        .contains("started")
+    {
+        assert!(!run.is_finished(), "the run ended early");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let c = inspect_execution(&exec_id);
+    let hc = &c["HostConfig"];
+    eprintln!(
+        "docker inspect: {}",
+        serde_json::json!({
+            "Config.User": c["Config"]["User"],
+            "HostConfig.SecurityOpt": hc["SecurityOpt"],
+            "HostConfig.CapDrop": hc["CapDrop"],
+            "HostConfig.CapAdd": hc["CapAdd"],
+            "HostConfig.PidsLimit": hc["PidsLimit"],
+            "HostConfig.ReadonlyRootfs": hc["ReadonlyRootfs"],
+            "HostConfig.Tmpfs": hc["Tmpfs"],
+            "HostConfig.Privileged": hc["Privileged"],
+            "HostConfig.NetworkMode": hc["NetworkMode"],
+            "HostConfig.Binds": hc["Binds"],
+            "Mounts": c["Mounts"].as_array().map(|m| m.iter().map(|x| x["Destination"].clone()).collect::<Vec<_>>()),
+        })
+    );
+    assert_eq!(
+        hc["SecurityOpt"],
+        serde_json::json!(["no-new-privileges:true"])
+    );
+    assert_eq!(hc["CapDrop"], serde_json::json!(["ALL"]));
+    let mut added: Vec<String> = hc["CapAdd"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().trim_start_matches("CAP_").to_string())
+        .collect();
+    added.sort();
+    let mut want: Vec<String> = caravel_compute::docker::CAPABILITIES
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    want.sort();
+    assert_eq!(added, want);
+    assert_eq!(hc["PidsLimit"], 256);
+    assert_eq!(hc["ReadonlyRootfs"], true);
+    assert_eq!(hc["Privileged"], false);
+    assert_eq!(c["Config"]["User"], "1000:1000");
+    assert_eq!(hc["NetworkMode"], "none");
+    // No host path is mounted but the execution's own.
+    for m in c["Mounts"].as_array().unwrap() {
+        if m["Type"] == "bind" {
+            let src = m["Source"].as_str().unwrap();
+            assert!(
+                src.starts_with(dir.path().to_str().unwrap()),
+                "a host path outside the execution: {src}"
+            );
+        }
+    }
+    assert_eq!(
+        read(dir.path().join("stdout")),
+        "1000\ntmp-writable\nroot-read-only\n"
+    );
+    cancel.cancel();
+    assert_eq!(run.await.unwrap().unwrap_err(), ExecError::Cancelled);
+}
+
+/// Abuse: a fork bomb stops at the container's PID limit (its forks fail, the host is untouched),
+/// is stopped by its timeout, and the executor runs the next job as usual.
+#[tokio::test]
+async fn a_fork_bomb_is_contained_by_the_pid_limit() {
+    let (ex, node) = sandboxed(caravel_compute::docker::Sandbox {
+        pids_limit: 64,
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    // Past 64 processes a fork fails, and busybox sh gives up saying so.
+    let r = run(
+        &ex,
+        request(
+            dir.path(),
+            docker_task(&[
+                "sh",
+                "-c",
+                "for i in $(seq 200); do sleep 60 & done; echo all-forked",
+            ]),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_ne!(r.exit_code, 0);
+    assert!(
+        read(dir.path().join("stderr")).contains("can't fork"),
+        "{}",
+        read(dir.path().join("stderr"))
+    );
+    assert!(!read(dir.path().join("stdout")).contains("all-forked"));
+    // The classic bomb: it keeps the container at its limit until the timeout ends it.
+    let mut req = request(
+        dir.path(),
+        docker_task(&["sh", "-c", "b() { b | b & }; b; sleep 60"]),
+    );
+    req.timeout_secs = 3;
+    let started = std::time::Instant::now();
+    assert_eq!(run(&ex, req).await.unwrap_err(), ExecError::Timeout(3));
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(containers_of(&node).is_empty(), "the container is removed");
+    let r = run(
+        &ex,
+        request(dir.path(), docker_task(&["echo", "still here"])),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (r.exit_code, read(dir.path().join("stdout"))),
+        (0, "still here\n".into())
+    );
+}

@@ -198,6 +198,40 @@ async fn timeout_memory_limit_and_cancel_stop_the_guest() {
     assert!(t.elapsed() < Duration::from_secs(10));
 }
 
+/// A module with two memories of 20 MiB each: under a 32 MiB limit one by one, over it together.
+fn two_memories_module() -> Vec<u8> {
+    let mut m = b"\0asm\x01\0\0\0".to_vec();
+    m.extend([0x01, 0x04, 0x01, 0x60, 0x00, 0x00]); // type () -> ()
+    m.extend([0x03, 0x02, 0x01, 0x00]); // one function of that type
+    m.extend([0x05, 0x07, 0x02, 0x00, 0xC0, 0x02, 0x00, 0xC0, 0x02]); // two memories, 320 pages each
+    m.extend([0x07, 0x0A, 0x01, 0x06]);
+    m.extend(b"_start");
+    m.extend([0x00, 0x00]); // export _start = func 0
+    m.extend([0x0A, 0x04, 0x01, 0x02, 0x00, 0x0B]); // its body: end
+    m
+}
+
+/// Abuse: the memory limit holds across all of a module's memories, not per memory.
+#[tokio::test]
+async fn the_memory_limit_covers_all_memories_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("two.wasm");
+    std::fs::write(&path, two_memories_module()).unwrap();
+    let ex = WasmExecutor::new().unwrap();
+    let mut req = request(
+        dir.path(),
+        "echo",
+        "/m.wasm",
+        SpecConfig::new("wasm").with("EntryModule", "/m.wasm"),
+    );
+    req.inputs[0].host_path = path;
+    req.memory_limit = 64 << 20;
+    ex.run(req.clone(), CancellationToken::new()).await.unwrap();
+    req.memory_limit = 32 << 20;
+    let e = ex.run(req, CancellationToken::new()).await.unwrap_err();
+    assert_eq!(e.to_string(), "memory limit of 32.0 MiB exceeded");
+}
+
 #[tokio::test]
 async fn output_is_capped() {
     let dir = tempfile::tempdir().unwrap();

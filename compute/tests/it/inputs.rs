@@ -77,6 +77,66 @@ async fn inline_inputs_decode_plain_percent_and_gzip() {
     assert!(e.to_string().contains("must not contain `..`"), "{e}");
 }
 
+fn bytes_under(p: &std::path::Path) -> u64 {
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_dir() => std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| bytes_under(&e.unwrap().path()))
+            .sum(),
+        Ok(m) => m.len(),
+        Err(_) => 0,
+    }
+}
+
+/// Abuse: an inline gzip bomb (256 KiB inflating to 256 MiB of zeros) is refused by its ratio after
+/// the first 16 MiB, as it streams to disk, and leaves no partial file; the next input is prepared.
+#[tokio::test]
+async fn an_inline_gzip_bomb_is_refused_and_leaves_nothing() {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let chunk = vec![0u8; 1 << 20];
+    for _ in 0..256 {
+        e.write_all(&chunk).unwrap();
+    }
+    let bomb = e.finish().unwrap();
+    assert!(bomb.len() < 300 << 10, "{}", bomb.len());
+    let dir = tempfile::tempdir().unwrap();
+    let p = InputPreparer::new(InputOptions::default()).unwrap();
+    let e = p
+        .prepare_one(
+            &inline_input("/inputs/bomb", "application/gzip", &bomb),
+            &dir.path().join("0"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, InputError::BadDataUrl(_)) && e.to_string().contains("decompression bomb"),
+        "{e}"
+    );
+    assert_eq!(bytes_under(dir.path()), 0, "no partial file is left");
+    // The same bytes under an absolute cap smaller than the floor give the size error instead.
+    let small = InputPreparer::new(InputOptions {
+        max_download_bytes: 1 << 20,
+        ..InputOptions::default()
+    })
+    .unwrap();
+    let e = small
+        .prepare_one(
+            &inline_input("/inputs/bomb", "application/gzip", &bomb),
+            &dir.path().join("1"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, InputError::TooLarge { .. }), "{e}");
+    let ok = p
+        .prepare_one(
+            &inline_input("/inputs/a.txt", "application/gzip", &gzip(b"fine")),
+            &dir.path().join("2"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&ok.host_path).unwrap(), b"fine");
+}
+
 #[tokio::test]
 async fn local_inputs_must_be_under_the_allow_list() {
     let dir = tempfile::tempdir().unwrap();
@@ -168,7 +228,7 @@ async fn url_downloads_stream_to_disk_with_limits() {
     install_crypto();
     let base = http_server(b"downloaded bytes\n").await;
     let dir = tempfile::tempdir().unwrap();
-    let p = InputPreparer::new(InputOptions::default()).unwrap();
+    let p = InputPreparer::new(loopback_allowed()).unwrap();
     let got = p
         .prepare_one(
             &input(
@@ -216,7 +276,7 @@ async fn url_downloads_stream_to_disk_with_limits() {
 
     let small = InputPreparer::new(InputOptions {
         max_download_bytes: 4,
-        ..Default::default()
+        ..loopback_allowed()
     })
     .unwrap();
     let e = small
@@ -249,6 +309,75 @@ async fn url_downloads_stream_to_disk_with_limits() {
     );
 }
 
+/// Input options that let URL inputs reach this machine's loopback (the test servers live there).
+fn loopback_allowed() -> InputOptions {
+    InputOptions {
+        allow_private: vec!["127.0.0.1".into(), "localhost".into()],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn url_inputs_cannot_reach_loopback_private_or_metadata_addresses_at_any_hop() {
+    install_crypto();
+    let base = http_server(b"secret of the node\n").await;
+    let port = base.rsplit(':').next().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let strict = InputPreparer::new(InputOptions::default()).unwrap();
+    async fn fetch_with(
+        p: &InputPreparer,
+        dir: std::path::PathBuf,
+        url: String,
+    ) -> Result<caravel_compute::executor::PreparedInput, InputError> {
+        let i = input("urlDownload", "/inputs/x", &[("URL", url.into())]);
+        p.prepare_one(&i, &dir).await
+    }
+    let fetch = |p, url, n: &str| fetch_with(p, dir.path().join(n), url);
+    // An address literal: refused before any connection, with the key that would allow it.
+    for url in [
+        format!("http://127.0.0.1:{port}/data.txt"),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+        "http://[::1]/x".to_string(),
+        "http://10.0.0.1/x".to_string(),
+    ] {
+        let e = fetch(&strict, url.clone(), "a")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Compute.Fetch.AllowPrivate"), "{url}: {e}");
+    }
+    // A name that resolves to loopback: refused by the resolver, on the address it would use.
+    let e = fetch(&strict, format!("http://localhost:{port}/data.txt"), "b")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("Compute.Fetch.AllowPrivate") && e.contains("127.0.0.1"),
+        "{e}"
+    );
+    // An allowed name that redirects to a refused address: refused at the redirect.
+    let only_name = InputPreparer::new(InputOptions {
+        allow_private: vec!["localhost".into()],
+        ..Default::default()
+    })
+    .unwrap();
+    let ok = fetch(&only_name, format!("http://localhost:{port}/data.txt"), "c").await;
+    assert!(ok.is_ok(), "the allowed name itself: {ok:?}");
+    let e = fetch(
+        &only_name,
+        format!("http://localhost:{port}/redirect-to-literal"),
+        "d",
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("127.0.0.1") && e.contains("AllowPrivate"), "{e}");
+    assert!(
+        !dir.path().join("d").join("x").exists(),
+        "nothing was written"
+    );
+}
+
 #[tokio::test]
 async fn unsupported_sources_are_named() {
     let p = InputPreparer::new(InputOptions::default()).unwrap();
@@ -277,7 +406,7 @@ async fn an_unreachable_url_is_reported() {
         .port();
     let url = format!("http://127.0.0.1:{port}/x.txt");
     let dir = tempfile::tempdir().unwrap();
-    let p = InputPreparer::new(InputOptions::default()).unwrap();
+    let p = InputPreparer::new(loopback_allowed()).unwrap();
     let e = p
         .prepare_one(
             &input("urlDownload", "/inputs/x", &[("URL", url.clone().into())]),

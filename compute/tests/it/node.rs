@@ -644,3 +644,88 @@ async fn reports_survive_a_restart_of_the_compute_process_and_a_lost_execution_i
     );
     stop.cancel();
 }
+
+#[tokio::test]
+async fn the_owners_policy_refuses_before_anything_is_fetched_or_started() {
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // A server that counts requests: a refused job must not reach it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let h2 = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((_s, _)) = listener.accept().await {
+            h2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let mut h = start(|o, _| {
+        o.admission = caravel_model::admission::AdmissionPolicy {
+            url_hosts: vec!["*.corp".into()],
+            ..Default::default()
+        };
+    })
+    .await;
+    assert!(
+        h.hello
+            .labels
+            .contains_key(caravel_model::admission::POLICY_LABEL),
+        "the policy is advertised"
+    );
+    // A URL host outside the allow-list: refused with the reason, no request made.
+    let mut t = wasm_task("echo", &[]);
+    t.input_sources.push(input(
+        "urlDownload",
+        "/inputs/x",
+        &[("URL", format!("http://{addr}/x").into())],
+    ));
+    let reports = h.run("e-host", t).await;
+    assert_eq!(states(&reports), vec![BidRejected]);
+    let msg = &reports[0].message;
+    assert!(
+        msg.contains("refused by node node-1") && msg.contains("URL host"),
+        "{msg}"
+    );
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // Host networking is refused by default, even by an open policy.
+    let mut t = wasm_task("echo", &[]);
+    t.network.kind = "Host".into();
+    let reports = h.run("e-net", t).await;
+    assert_eq!(states(&reports), vec![BidRejected]);
+    assert!(
+        reports[0].message.contains("network Host"),
+        "{}",
+        reports[0].message
+    );
+
+    // Modules by hash: an inline one is refused at once; one fetched from a URL once it is here.
+    let bytes = std::fs::read(module("echo")).unwrap();
+    let base = serve_paths(vec![("/m.wasm".into(), bytes.clone())]).await;
+    let mut h = start(|o, _| {
+        o.admission = caravel_model::admission::AdmissionPolicy {
+            wasm_modules: vec!["0".repeat(64)],
+            ..Default::default()
+        };
+    })
+    .await;
+    let reports = h.run("e-inline", wasm_task("echo", &[])).await;
+    assert_eq!(states(&reports), vec![BidRejected]);
+    assert!(
+        reports[0].message.contains("allowed modules"),
+        "{}",
+        reports[0].message
+    );
+    let mut fetched = wasm_task("echo", &[]);
+    fetched.input_sources = vec![input(
+        "urlDownload",
+        MODULE_TARGET,
+        &[("URL", format!("{base}/m.wasm").into())],
+    )];
+    let reports = h.run("e-url", fetched).await;
+    assert_eq!(states(&reports).last(), Some(&Failed));
+    assert!(!states(&reports).contains(&Running), "never started");
+    let last = reports.last().unwrap();
+    assert!(
+        last.message.contains("not in this node's allowed modules"),
+        "{}",
+        last.message
+    );
+}

@@ -31,11 +31,13 @@ fn endpoint() -> String {
         .to_string()
 }
 
+/// The node's S3 settings in these tests: moto's credentials, its loopback endpoints allowed.
 fn settings() -> S3Settings {
     S3Settings {
         access_key_id: Some("test".into()),
         secret_access_key: Some("test".into()),
         region: Some("us-east-1".into()),
+        allowed_endpoints: vec!["http://127.0.0.1:*".into()],
         ..Default::default()
     }
 }
@@ -349,6 +351,7 @@ async fn wrong_credentials_are_reported_with_a_hint() {
         s3: S3Settings {
             access_key_id: Some("AKIAWRONGWRONGWRONG1".into()),
             secret_access_key: Some("wrong".into()),
+            allowed_endpoints: vec!["http://127.0.0.1:*".into()],
             ..Default::default()
         },
         ..Default::default()
@@ -581,4 +584,48 @@ async fn a_node_reads_s3_inputs_and_reports_its_s3_published_result() {
     assert!(text.contains("compute_publish_bytes_total{publisher=\"s3\"}"));
     h.shutdown.cancel();
     let _ = h.handle.await;
+}
+
+/// Abuse: a job naming an S3 endpoint the node does not allow is refused before any connection, so
+/// the node's credentials never reach it (the listener below sees no one). Needs no S3 server.
+#[tokio::test]
+async fn an_endpoint_outside_the_allow_list_never_sees_the_credentials() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let trap = format!("http://{}", listener.local_addr().unwrap());
+    let p = InputPreparer::new(InputOptions {
+        s3: S3Settings {
+            access_key_id: Some("AKIAEXAMPLE".into()),
+            secret_access_key: Some("node-secret".into()),
+            region: Some("us-east-1".into()),
+            allowed_endpoints: vec!["http://minio.internal:9000".into()],
+            ..Default::default()
+        },
+        ..InputOptions::default()
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let job_input = input(
+        "s3",
+        "/inputs/data",
+        &[
+            ("Bucket", "loot".into()),
+            ("Key", "x".into()),
+            ("Endpoint", trap.clone().into()),
+        ],
+    );
+    let e = p
+        .prepare_one(&job_input, &dir.path().join("0"))
+        .await
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&trap) && msg.contains("Compute.S3.AllowedEndpoints"),
+        "{msg}"
+    );
+    assert!(!msg.contains("node-secret"), "{msg}");
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the endpoint was contacted: {other:?}"),
+    }
 }

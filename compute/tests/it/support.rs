@@ -126,6 +126,9 @@ pub async fn start(configure: impl FnOnce(&mut ComputeOptions, &std::path::Path)
     let mut opts = ComputeOptions::new("node-1", dir.path().join("data"));
     // Tests that want the docker engine turn it back on (see `crate::docker`).
     opts.docker = false;
+    // The tests' HTTP and S3 servers live on this machine's loopback.
+    opts.fetch_allow_private = vec!["127.0.0.1".into(), "localhost".into()];
+    opts.s3.allowed_endpoints = vec!["http://127.0.0.1:*".into()];
     configure(&mut opts, dir.path());
     let node = opts.build().expect("build node");
     let (tx, inbox) = mpsc::channel(64);
@@ -318,6 +321,8 @@ pub async fn serve_paths(routes: Vec<(String, Vec<u8>)>) -> String {
                         r
                     }
                     (None, "/redirect") => format!("HTTP/1.1 302 Found\r\nlocation: {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n", routes[0].0).into_bytes(),
+                    // An absolute redirect to the server's own address literal (SSRF tests).
+                    (None, "/redirect-to-literal") => format!("HTTP/1.1 302 Found\r\nlocation: http://{addr}{}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n", routes[0].0).into_bytes(),
                     _ => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_vec(),
                 };
                 let _ = sock.write_all(&resp).await;
