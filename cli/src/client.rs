@@ -379,35 +379,70 @@ impl ApiClient {
         .await
     }
 
-    /// Downloads a URL into memory (results archives), with a timeout. The credential goes only
-    /// to this client's own API, never to another host (a bucket's pre-signed URL, say).
-    pub async fn download(
+    /// Streams a download into the file `dest` (replaced only once complete), never holding the body in
+    /// memory, and refuses bodies over `max_bytes`. Returns the bytes written. The credential goes only to
+    /// this client's own API, never to another host (a bucket's pre-signed URL, say).
+    pub async fn download_to(
         &self,
         url: &str,
         timeout: std::time::Duration,
-    ) -> anyhow::Result<Vec<u8>> {
+        dest: &std::path::Path,
+        max_bytes: u64,
+    ) -> anyhow::Result<u64> {
+        use tokio::io::AsyncWriteExt;
         let mut req = self.http.get(url).timeout(timeout);
         if url.starts_with(&format!("{}/", self.base))
             && let Some(h) = self.auth.header()
         {
             req = req.header(reqwest::header::AUTHORIZATION, h);
         }
-        let resp = req
+        let mut resp = req
             .send()
             .await
             .map_err(|e| anyhow!("downloading {url}: {e}"))?;
         let status = resp.status();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| anyhow!("downloading {url}: {e}"))?;
         if !status.is_success() {
+            let body = resp.bytes().await.unwrap_or_default();
             return Err(match serde_json::from_slice::<ApiError>(&body) {
                 Ok(e) => anyhow!("downloading {url}: {e}"),
                 Err(_) => anyhow!("downloading {url}: {status}"),
             });
         }
-        Ok(body.to_vec())
+        let part = dest.with_extension("part");
+        let mut file = tokio::fs::File::create(&part)
+            .await
+            .with_context(|| format!("cannot create {}", part.display()))?;
+        let mut written: u64 = 0;
+        let copied: anyhow::Result<()> = async {
+            while let Some(chunk) = resp
+                .chunk()
+                .await
+                .map_err(|e| anyhow!("downloading {url}: {e}"))?
+            {
+                written += chunk.len() as u64;
+                if written > max_bytes {
+                    anyhow::bail!(
+                        "downloading {url}: the body is over {}",
+                        caravel_model::quantity::format_bytes(max_bytes)
+                    );
+                }
+                file.write_all(&chunk)
+                    .await
+                    .with_context(|| format!("writing {}", part.display()))?;
+            }
+            file.sync_all().await?;
+            Ok(())
+        }
+        .await;
+        drop(file);
+        if let Err(e) = copied {
+            let _ = tokio::fs::remove_file(&part).await;
+            return Err(e);
+        }
+        tokio::fs::rename(&part, dest)
+            .await
+            .with_context(|| format!("cannot write {}", dest.display()))?;
+        Ok(written)
     }
 
     /// The WebSocket URL of a path.

@@ -146,20 +146,24 @@ pub async fn run(c: &ApiClient, cmd: ClusterCommand) -> anyhow::Result<ExitCode>
     }
 }
 
+/// Largest snapshot `operator snapshot save` writes.
+const MAX_SNAPSHOT_BYTES: u64 = 64 << 30;
+
 /// `operator snapshot save`.
 pub async fn save(c: &ApiClient, file: &str) -> anyhow::Result<ExitCode> {
+    let path = std::path::Path::new(file);
     let bytes = c
-        .download(
+        .download_to(
             &c.url("/api/v1/orchestrator/snapshot"),
             std::time::Duration::from_secs(300),
+            path,
+            MAX_SNAPSHOT_BYTES,
         )
         .await?;
-    if bytes.is_empty() {
+    if bytes == 0 {
+        let _ = std::fs::remove_file(path);
         bail!("the orchestrator sent an empty snapshot");
     }
-    let tmp = format!("{file}.part");
-    std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {tmp}"))?;
-    std::fs::rename(&tmp, file).with_context(|| format!("cannot write {file}"))?;
-    eprintln!("Saved {} bytes of cluster state to {file}", bytes.len());
+    eprintln!("Saved {bytes} bytes of cluster state to {file}");
     Ok(ExitCode::SUCCESS)
 }

@@ -125,6 +125,13 @@ pub struct GetArgs {
     pub output_dir: Option<String>,
     #[arg(long, default_value_t = 300)]
     pub download_timeout_secs: u64,
+    /// Most bytes one execution's results may take once unpacked (and as downloaded).
+    #[arg(long, default_value = "10GiB")]
+    pub max_size: String,
+    /// Most unpacked bytes per compressed byte once past 16 MiB (0 turns the check off): stops a
+    /// decompression bomb after a few kilobytes.
+    #[arg(long, default_value_t = caravel_model::archive::DEFAULT_MAX_RATIO)]
+    pub max_ratio: u64,
     /// Keep each execution's results apart under raw/N.
     #[arg(long)]
     pub raw: bool,
@@ -788,6 +795,11 @@ async fn get(c: &ApiClient, a: GetArgs) -> anyhow::Result<ExitCode> {
     );
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let timeout = Duration::from_secs(a.download_timeout_secs);
+    let limits = caravel_model::archive::Limits {
+        max_bytes: caravel_model::quantity::parse_bytes(&a.max_size)
+            .map_err(|e| anyhow!("--max-size: {e} (try 10GiB)"))?,
+        max_ratio: a.max_ratio,
+    };
     for (i, item) in r.items.iter().enumerate() {
         let target = if a.raw {
             dir.join("raw").join(format!("{i}"))
@@ -803,13 +815,11 @@ async fn get(c: &ApiClient, a: GetArgs) -> anyhow::Result<ExitCode> {
                     .or_else(|| item.params.str("PreSignedURL"))
                     .unwrap_or_default()
                     .to_string();
-                let bytes = c.download(&url, timeout).await?;
-                results::extract(&bytes, &target)
-                    .with_context(|| format!("unpacking the results from {url}"))?;
+                results::fetch_archive(c, &url, &target, timeout, limits).await?;
             }
             "s3" => {
                 results::S3Result::from_spec(item)?
-                    .download(&target, timeout)
+                    .download(&target, timeout, limits)
                     .await?
             }
             other => bail!("results of type {other} cannot be downloaded by this client yet"),

@@ -154,6 +154,8 @@ pub async fn run(c: &ApiClient, cmd: NodeCommand) -> anyhow::Result<ExitCode> {
                             n.info
                                 .labels
                                 .iter()
+                                // System labels (the admission policy) are for `node describe`.
+                                .filter(|(k, _)| !k.starts_with("caravel.io/"))
                                 .map(|(k, v)| format!("{k}={v}"))
                                 .collect::<Vec<_>>()
                                 .join(" "),

@@ -15,6 +15,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
+use caravel_model::archive::{ArchiveError, Limits};
 use caravel_model::spec::SpecConfig;
 use futures::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
@@ -22,22 +23,45 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, RetryConfig};
 use tokio::io::AsyncWriteExt;
 
-/// Unpacks a tar.gz into `target`, refusing entries that would escape it.
-pub fn extract(bytes: &[u8], target: &Path) -> anyhow::Result<()> {
-    let gz = flate2::read::GzDecoder::new(bytes);
-    let mut ar = tar::Archive::new(gz);
-    for entry in ar.entries()? {
-        let mut entry = entry?;
-        let path = entry.path()?.into_owned();
-        if !stays_inside(&path) {
-            bail!(
-                "refusing archive entry {} outside the output directory",
-                path.display()
-            );
-        }
-        entry.unpack_in(target)?;
+/// Unpacks the tar.gz file `archive` into `target` under `limits` (inflated size and ratio), refusing
+/// entries that would escape it; links and devices in the archive are not created.
+pub fn extract(archive: &Path, target: &Path, limits: Limits) -> anyhow::Result<()> {
+    let file = std::fs::File::open(archive)
+        .with_context(|| format!("cannot open {}", archive.display()))?;
+    let done = caravel_model::archive::inflate(std::io::BufReader::new(file), target, limits, true)
+        .map_err(|e| match e {
+            ArchiveError::TooLarge { .. } | ArchiveError::Ratio { .. } => {
+                anyhow!("the results archive {e}; if you trust it, raise --max-size or --max-ratio (0 turns the ratio check off)")
+            }
+            ArchiveError::Escapes(p) => {
+                anyhow!("refusing archive entry {p} outside the output directory")
+            }
+            other => anyhow!("the results archive: {other}"),
+        })?;
+    if done.skipped > 0 {
+        eprintln!(
+            "note: {} links or special files in the results were not created",
+            done.skipped
+        );
     }
     Ok(())
+}
+
+/// Downloads the archive at `url` next to `target` and unpacks it there, then removes the archive.
+pub async fn fetch_archive(
+    c: &crate::client::ApiClient,
+    url: &str,
+    target: &Path,
+    timeout: Duration,
+    limits: Limits,
+) -> anyhow::Result<()> {
+    let archive = target.join(".results.tar.gz");
+    c.download_to(url, timeout, &archive, limits.max_bytes)
+        .await
+        .context("if you trust these results, raise --max-size")?;
+    let unpacked = extract(&archive, target, limits);
+    let _ = std::fs::remove_file(&archive);
+    unpacked.with_context(|| format!("unpacking the results from {url}"))
 }
 
 fn stays_inside(p: &Path) -> bool {
@@ -102,28 +126,81 @@ impl S3Result {
     }
 
     /// Downloads the result into `target` (created if missing), laid out as a local result.
-    pub async fn download(&self, target: &Path, timeout: Duration) -> anyhow::Result<()> {
+    pub async fn download(
+        &self,
+        target: &Path,
+        timeout: Duration,
+        limits: Limits,
+    ) -> anyhow::Result<()> {
         check_credentials(|k| std::env::var(k).ok())?;
         let store = self.store(timeout)?;
         std::fs::create_dir_all(target)
             .with_context(|| format!("cannot create {}", target.display()))?;
         match self.layout {
             S3Layout::Archive => {
-                let bytes = store
-                    .get(&ObjectPath::from(self.key.as_str()))
-                    .await
-                    .map_err(|e| self.explain(e))?
-                    .bytes()
-                    .await
-                    .map_err(|e| self.explain(e))?;
-                extract(&bytes, target)
-                    .with_context(|| format!("unpacking the results from {}", self.url()))
+                let archive = target.join(".results.tar.gz");
+                let fetched = self
+                    .fetch_object(
+                        &store,
+                        &ObjectPath::from(self.key.as_str()),
+                        &archive,
+                        limits,
+                    )
+                    .await;
+                let unpacked = fetched.and_then(|()| {
+                    extract(&archive, target, limits)
+                        .with_context(|| format!("unpacking the results from {}", self.url()))
+                });
+                let _ = std::fs::remove_file(&archive);
+                unpacked
             }
-            S3Layout::Prefix => self.download_prefix(&store, target).await,
+            S3Layout::Prefix => self.download_prefix(&store, target, limits).await,
         }
     }
 
-    async fn download_prefix(&self, store: &AmazonS3, target: &Path) -> anyhow::Result<()> {
+    /// Streams one object into `dest`, refusing objects over `limits.max_bytes`.
+    async fn fetch_object(
+        &self,
+        store: &AmazonS3,
+        location: &ObjectPath,
+        dest: &Path,
+        limits: Limits,
+    ) -> anyhow::Result<()> {
+        let mut body = store
+            .get(location)
+            .await
+            .map_err(|e| self.explain(e))?
+            .into_stream();
+        let mut file = tokio::fs::File::create(dest)
+            .await
+            .with_context(|| format!("cannot create {}", dest.display()))?;
+        let mut written: u64 = 0;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| self.explain(e))?;
+            written += chunk.len() as u64;
+            if written > limits.max_bytes {
+                drop(file);
+                let _ = tokio::fs::remove_file(dest).await;
+                bail!(
+                    "s3://{}/{location} is over {}; if you trust these results, raise --max-size",
+                    self.bucket,
+                    caravel_model::quantity::format_bytes(limits.max_bytes)
+                );
+            }
+            file.write_all(&chunk)
+                .await
+                .with_context(|| format!("writing {}", dest.display()))?;
+        }
+        file.flush().await?;
+        Ok(())
+    }
+
+    async fn download_prefix(
+        &self,
+        store: &AmazonS3,
+        target: &Path,
+        limits: Limits,
+    ) -> anyhow::Result<()> {
         let prefix = ObjectPath::from(self.key.as_str());
         let mut listing = store.list(Some(&prefix));
         let mut files = 0usize;
@@ -137,21 +214,8 @@ impl S3Result {
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("cannot create {}", dir.display()))?;
             }
-            let mut body = store
-                .get(&meta.location)
-                .await
-                .map_err(|e| self.explain(e))?
-                .into_stream();
-            let mut file = tokio::fs::File::create(&dest)
-                .await
-                .with_context(|| format!("cannot create {}", dest.display()))?;
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| self.explain(e))?;
-                file.write_all(&chunk)
-                    .await
-                    .with_context(|| format!("writing {}", dest.display()))?;
-            }
-            file.flush().await?;
+            self.fetch_object(store, &meta.location, &dest, limits)
+                .await?;
             files += 1;
         }
         if files == 0 {
@@ -356,7 +420,9 @@ mod tests {
             b.append_data(&mut h, name, body.as_bytes()).unwrap();
         }
         let gz = b.into_inner().unwrap().finish().unwrap();
-        extract(&gz, dir.path()).unwrap();
+        let file = dir.path().join("r.tar.gz");
+        std::fs::write(&file, &gz).unwrap();
+        extract(&file, dir.path(), Limits::new(1 << 20)).unwrap();
         assert_eq!(
             std::fs::read_to_string(dir.path().join("stdout")).unwrap(),
             "hi\n"
@@ -377,7 +443,10 @@ mod tests {
         b.append(&h, &b"x"[..]).unwrap();
         let gz = b.into_inner().unwrap().finish().unwrap();
         let inner = dir.path().join("inner");
-        let e = extract(&gz, &inner).unwrap_err().to_string();
+        std::fs::write(&file, &gz).unwrap();
+        let e = extract(&file, &inner, Limits::new(1 << 20))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("outside the output directory"), "{e}");
         assert!(!dir.path().join("evil.txt").exists());
     }

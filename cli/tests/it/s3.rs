@@ -98,15 +98,16 @@ async fn job_get_lays_out_s3_archives_and_prefixes_like_local_results() {
             .unwrap();
     }
     let timeout = Duration::from_secs(30);
+    let limits = caravel_model::archive::Limits::new(1 << 20);
 
     let gz_dir = tempfile::tempdir().unwrap();
     result(&bucket, archive_key, &endpoint)
-        .download(gz_dir.path(), timeout)
+        .download(gz_dir.path(), timeout, limits)
         .await
         .unwrap();
     let plain_dir = tempfile::tempdir().unwrap();
     result(&bucket, "plain/j-2/", &endpoint)
-        .download(plain_dir.path(), timeout)
+        .download(plain_dir.path(), timeout, limits)
         .await
         .unwrap();
     for dir in [gz_dir.path(), plain_dir.path()] {
@@ -120,10 +121,20 @@ async fn job_get_lays_out_s3_archives_and_prefixes_like_local_results() {
         ("nothing/here/", "no objects under"),
     ] {
         let e = result(&bucket, key, &endpoint)
-            .download(tempfile::tempdir().unwrap().path(), timeout)
+            .download(tempfile::tempdir().unwrap().path(), timeout, limits)
             .await
             .unwrap_err()
             .to_string();
         assert!(e.contains(want), "{key}: {e}");
+    }
+    // Results larger than --max-size are refused as they stream in, archive or plain.
+    let tiny = caravel_model::archive::Limits::new(2);
+    for key in [archive_key, "plain/j-2/"] {
+        let e = result(&bucket, key, &endpoint)
+            .download(tempfile::tempdir().unwrap().path(), timeout, tiny)
+            .await
+            .unwrap_err();
+        let e = format!("{e:#}");
+        assert!(e.contains("raise --max-size"), "{key}: {e}");
     }
 }
