@@ -107,6 +107,48 @@ pub async fn write<W: AsyncWrite + Unpin>(
 
 /// Reads one frame; `Ok(None)` on a clean end of stream before a frame starts.
 pub async fn read<R: AsyncRead + Unpin>(r: &mut R, limit: usize) -> Result<Option<Frame>, Error> {
+    let Some(header) = read_header(r, limit).await? else {
+        return Ok(None);
+    };
+    read_payload(r, header, limit).await.map(Some)
+}
+
+/// Like [`read`], but the payload is read only once `budget` grants as many permits as the header
+/// announces (bytes shared by every stream of one connection); the permit comes back with the
+/// frame, to be held while the frame is handled. A peer cannot make the reader hold more payload
+/// bytes in all its streams together than the budget, however many streams it opens.
+pub async fn read_budgeted<R: AsyncRead + Unpin>(
+    r: &mut R,
+    limit: usize,
+    budget: &std::sync::Arc<tokio::sync::Semaphore>,
+) -> Result<Option<(Frame, tokio::sync::OwnedSemaphorePermit)>, Error> {
+    let Some(header) = read_header(r, limit).await? else {
+        return Ok(None);
+    };
+    let want = u32::try_from(header.len().max(1)).unwrap_or(u32::MAX);
+    let permit = budget
+        .clone()
+        .acquire_many_owned(want)
+        .await
+        .map_err(|_| Error::Io(std::io::Error::other("the connection is closing")))?;
+    let frame = read_payload(r, header, limit).await?;
+    Ok(Some((frame, permit)))
+}
+
+/// A frame's header, its version and announced size checked.
+#[derive(Debug, Clone, Copy)]
+struct Header([u8; HEADER_LEN]);
+
+impl Header {
+    fn len(&self) -> usize {
+        u32::from_be_bytes([self.0[0], self.0[1], self.0[2], self.0[3]]) as usize
+    }
+}
+
+async fn read_header<R: AsyncRead + Unpin>(
+    r: &mut R,
+    limit: usize,
+) -> Result<Option<Header>, Error> {
     let mut header = [0u8; HEADER_LEN];
     let mut got = 0;
     while got < HEADER_LEN {
@@ -120,16 +162,25 @@ pub async fn read<R: AsyncRead + Unpin>(r: &mut R, limit: usize) -> Result<Optio
         }
         got += n;
     }
-    let mut buf = BytesMut::from(&header[..]);
-    // Checks version and size from the header alone.
-    if let Some(f) = decode(&mut buf, limit)? {
-        return Ok(Some(f));
-    }
-    let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    // Checks version and size from the header alone (an empty payload decodes at once; that is
+    // left to `read_payload`).
+    let mut probe = BytesMut::from(&header[..]);
+    decode(&mut probe, limit)?;
+    Ok(Some(Header(header)))
+}
+
+async fn read_payload<R: AsyncRead + Unpin>(
+    r: &mut R,
+    header: Header,
+    limit: usize,
+) -> Result<Frame, Error> {
+    let mut buf = BytesMut::from(&header.0[..]);
     // The buffer grows as bytes arrive, never from the announced length alone: a peer that
     // announces 16 MiB and sends nothing costs a few kilobytes, not 16 MiB of zeroes.
-    let mut remaining = len;
-    let mut chunk = [0u8; READ_CHUNK];
+    let mut remaining = header.len();
+    // On the heap: a 64 KiB array would live in every future that reads a frame (and be copied
+    // across stack frames each time one is spawned in a debug build).
+    let mut chunk = vec![0u8; remaining.min(READ_CHUNK)];
     while remaining > 0 {
         let want = remaining.min(READ_CHUNK);
         let n = r.read(&mut chunk[..want]).await?;
@@ -139,7 +190,7 @@ pub async fn read<R: AsyncRead + Unpin>(r: &mut R, limit: usize) -> Result<Optio
         buf.extend_from_slice(&chunk[..n]);
         remaining -= n;
     }
-    decode(&mut buf, limit)?.ok_or(Error::Truncated).map(Some)
+    decode(&mut buf, limit)?.ok_or(Error::Truncated)
 }
 
 /// How much of a frame's payload is read at a time.
@@ -194,6 +245,45 @@ mod tests {
         assert!(read(&mut empty, 100).await.unwrap().is_none());
         let mut whole = &raw[..];
         assert_eq!(read(&mut whole, 100).await.unwrap().unwrap().kind, 3);
+    }
+
+    #[tokio::test]
+    async fn a_budgeted_read_waits_for_its_bytes_and_holds_them() {
+        let budget = std::sync::Arc::new(tokio::sync::Semaphore::new(10));
+        let raw = encode(1, b"eight by");
+        let (f, permit) = read_budgeted(&mut &raw[..], 100, &budget)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&f.payload[..], b"eight by");
+        assert_eq!(budget.available_permits(), 2);
+        // A second frame of 8 bytes waits until the first is released.
+        let raw2 = encode(2, b"8 bytes!");
+        let mut r2 = &raw2[..];
+        let mut second = std::pin::pin!(read_budgeted(&mut r2, 100, &budget));
+        assert!(futures_poll_once(second.as_mut()).await.is_none());
+        drop(permit);
+        let (f2, _p) = second.await.unwrap().unwrap();
+        assert_eq!(f2.kind, 2);
+        // An oversized announcement is refused before any budget is taken.
+        let mut big = encode(1, b"x").to_vec();
+        big[0..4].copy_from_slice(&1000u32.to_be_bytes());
+        let err = read_budgeted(&mut &big[..], 100, &budget)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::TooLarge { .. }), "{err}");
+    }
+
+    /// Polls a future once: `Some` if it finished.
+    async fn futures_poll_once<F: std::future::Future + Unpin>(f: F) -> Option<F::Output> {
+        let mut f = f;
+        std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(match std::pin::Pin::new(&mut f).poll(cx) {
+                std::task::Poll::Ready(v) => Some(v),
+                std::task::Poll::Pending => None,
+            })
+        })
+        .await
     }
 
     proptest! {

@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -61,13 +62,29 @@ impl Error {
     }
 }
 
-/// QUIC transport settings for orchestrator links: a dead peer is noticed within `idle_timeout`;
-/// keep-alives keep a quiet link (and NAT bindings) open.
+/// QUIC transport settings and limits of orchestrator links: a dead peer is noticed within
+/// `idle_timeout`; keep-alives keep a quiet link (and NAT bindings) open. What one peer may cost this
+/// member is bounded by `max_connections_per_peer` × (`max_streams` tasks, `in_flight_bytes` of frame
+/// payloads being read or handled, `connection_window` of bytes buffered by QUIC).
 #[derive(Debug, Clone, Copy)]
 pub struct TransportOptions {
     pub idle_timeout: Duration,
     pub keep_alive: Duration,
     pub max_frame: usize,
+    /// Streams (requests) one connection may have open at once.
+    pub max_streams: u32,
+    /// A request frame must arrive whole within this, or its connection is closed.
+    pub read_timeout: Duration,
+    /// Payload bytes of request frames one connection may have in memory at once (read, or being
+    /// handled); at least `max_frame`.
+    pub in_flight_bytes: usize,
+    /// QUIC receive window of one stream and of a whole connection.
+    pub stream_window: u32,
+    pub connection_window: u32,
+    /// Connections one peer (by the node id in its certificate) may hold at once.
+    pub max_connections_per_peer: usize,
+    /// Connections and handshakes in progress, all peers together.
+    pub max_connections: usize,
 }
 
 impl Default for TransportOptions {
@@ -76,6 +93,13 @@ impl Default for TransportOptions {
             idle_timeout: Duration::from_secs(5),
             keep_alive: Duration::from_millis(1000),
             max_frame: frame::DEFAULT_MAX_FRAME,
+            max_streams: 256,
+            read_timeout: Duration::from_secs(60),
+            in_flight_bytes: 32 << 20,
+            stream_window: 16 << 20,
+            connection_window: 32 << 20,
+            max_connections_per_peer: 4,
+            max_connections: 64,
         }
     }
 }
@@ -85,8 +109,78 @@ impl TransportOptions {
         let mut t = quinn::TransportConfig::default();
         t.max_idle_timeout(self.idle_timeout.try_into().ok());
         t.keep_alive_interval(Some(self.keep_alive));
-        t.max_concurrent_bidi_streams(1024u32.into());
+        t.max_concurrent_bidi_streams(self.max_streams.into());
+        t.max_concurrent_uni_streams(0u32.into());
+        t.stream_receive_window(self.stream_window.into());
+        t.receive_window(self.connection_window.max(self.stream_window).into());
         Arc::new(t)
+    }
+
+    fn budget(&self) -> usize {
+        self.in_flight_bytes.max(self.max_frame).max(1)
+    }
+}
+
+/// What peers did that cost them their stream or connection, counted for
+/// `caravel_raft_peer_violations_total{kind}`.
+#[derive(Debug, Default)]
+pub struct PeerStats {
+    oversized_frame: AtomicU64,
+    bad_frame: AtomicU64,
+    read_timeout: AtomicU64,
+    too_many_connections: AtomicU64,
+    connections: AtomicU64,
+}
+
+/// Kinds of [`PeerStats`] violations.
+pub const VIOLATION_KINDS: &[&str] = &[
+    "oversized_frame",
+    "bad_frame",
+    "read_timeout",
+    "too_many_connections",
+];
+
+impl PeerStats {
+    /// `(kind, count)` for each of [`VIOLATION_KINDS`].
+    pub fn violations(&self) -> Vec<(&'static str, u64)> {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        vec![
+            ("oversized_frame", l(&self.oversized_frame)),
+            ("bad_frame", l(&self.bad_frame)),
+            ("read_timeout", l(&self.read_timeout)),
+            ("too_many_connections", l(&self.too_many_connections)),
+        ]
+    }
+
+    /// Peer connections open now.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    fn bump(a: &AtomicU64) {
+        a.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One open connection of a peer; gives its place back when dropped.
+struct ConnSlot {
+    stats: Arc<PeerStats>,
+    per_peer: Arc<Mutex<HashMap<String, usize>>>,
+    peer: Option<String>,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.stats.connections.fetch_sub(1, Ordering::Relaxed);
+        if let Some(p) = &self.peer {
+            let mut m = self.per_peer.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = m.get_mut(p) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(p);
+                }
+            }
+        }
     }
 }
 
@@ -125,6 +219,7 @@ pub struct Server {
     endpoint: quinn::Endpoint,
     identity_client: quinn::ClientConfig,
     opts: TransportOptions,
+    stats: Arc<PeerStats>,
 }
 
 impl Server {
@@ -150,6 +245,7 @@ impl Server {
             endpoint,
             identity_client: client,
             opts,
+            stats: Arc::default(),
         })
     }
 
@@ -178,10 +274,17 @@ impl Server {
         }
     }
 
+    /// What peers did wrong, and how many are connected.
+    pub fn stats(&self) -> Arc<PeerStats> {
+        self.stats.clone()
+    }
+
     /// Answers requests with `handler` until `shutdown`.
     pub fn serve(&self, handler: Arc<dyn Handler>, shutdown: CancellationToken) {
         let ep = self.endpoint.clone();
         let opts = self.opts;
+        let stats = self.stats.clone();
+        let per_peer: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         tokio::spawn(async move {
             loop {
                 let incoming = tokio::select! {
@@ -189,13 +292,32 @@ impl Server {
                     _ = shutdown.cancelled() => break,
                     i = ep.accept() => match i { Some(i) => i, None => break },
                 };
+                // Handshakes in progress count against the total, so a flood of dials is refused
+                // before any cryptography once the table is full.
+                if stats.connections() as usize >= opts.max_connections {
+                    PeerStats::bump(&stats.too_many_connections);
+                    tracing::warn!(remote = %incoming.remote_address(), "refusing a raft peer: too many connections");
+                    incoming.refuse();
+                    continue;
+                }
+                stats.connections.fetch_add(1, Ordering::Relaxed);
+                let mut slot = ConnSlot {
+                    stats: stats.clone(),
+                    per_peer: per_peer.clone(),
+                    peer: None,
+                };
                 let handler = handler.clone();
                 let shutdown = shutdown.clone();
+                let stats = stats.clone();
                 tokio::spawn(async move {
-                    let conn = match incoming.await {
-                        Ok(c) => c,
-                        Err(e) => {
+                    let conn = match tokio::time::timeout(opts.read_timeout, incoming).await {
+                        Ok(Ok(c)) => c,
+                        Ok(Err(e)) => {
                             tracing::debug!(error = %e, "raft peer handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!("raft peer handshake timed out");
                             return;
                         }
                     };
@@ -207,7 +329,21 @@ impl Server {
                             return;
                         }
                     };
-                    serve_connection(conn, peer, handler, opts.max_frame, shutdown).await;
+                    {
+                        let mut m = slot.per_peer.lock().unwrap_or_else(|e| e.into_inner());
+                        let n = m.entry(peer.clone()).or_default();
+                        if *n >= opts.max_connections_per_peer {
+                            drop(m);
+                            PeerStats::bump(&stats.too_many_connections);
+                            tracing::warn!(%peer, remote = %conn.remote_address(), "refusing a raft connection: the peer holds too many");
+                            conn.close(CLOSE_LIMIT.into(), b"too many connections from this peer");
+                            return;
+                        }
+                        *n += 1;
+                    }
+                    slot.peer = Some(peer.clone());
+                    serve_connection(conn, peer, handler, opts, stats, shutdown).await;
+                    drop(slot);
                 });
             }
             ep.close(0u32.into(), b"shutting down");
@@ -221,13 +357,18 @@ impl Server {
     }
 }
 
+/// Close code of a connection that broke a limit.
+const CLOSE_LIMIT: u32 = 2;
+
 async fn serve_connection(
     conn: quinn::Connection,
     peer: String,
     handler: Arc<dyn Handler>,
-    max_frame: usize,
+    opts: TransportOptions,
+    stats: Arc<PeerStats>,
     shutdown: CancellationToken,
 ) {
+    let budget = Arc::new(tokio::sync::Semaphore::new(opts.budget()));
     loop {
         let (mut send, mut recv) = tokio::select! {
             biased;
@@ -236,18 +377,44 @@ async fn serve_connection(
         };
         let handler = handler.clone();
         let peer = peer.clone();
+        let (conn, stats, budget) = (conn.clone(), stats.clone(), budget.clone());
         tokio::spawn(async move {
-            let request = match frame::read(&mut recv, max_frame).await {
-                Ok(Some(f)) if f.kind >= FIRST_STREAM_KIND => {
+            let read = tokio::time::timeout(
+                opts.read_timeout,
+                frame::read_budgeted(&mut recv, opts.max_frame, &budget),
+            )
+            .await;
+            let request = match read {
+                Err(_) => {
+                    PeerStats::bump(&stats.read_timeout);
+                    tracing::warn!(%peer, timeout = ?opts.read_timeout, "a raft peer's request did not arrive in time; closing its connection");
+                    conn.close(CLOSE_LIMIT.into(), b"request frame read timed out");
+                    return;
+                }
+                Ok(Err(e @ frame::Error::TooLarge { .. })) => {
+                    PeerStats::bump(&stats.oversized_frame);
+                    tracing::warn!(%peer, error = %e, "a raft peer announced an oversized frame; closing its connection");
+                    conn.close(CLOSE_LIMIT.into(), b"frame larger than the limit");
+                    return;
+                }
+                Ok(Ok(Some((f, permit)))) if f.kind >= FIRST_STREAM_KIND => {
+                    drop(permit);
                     serve_stream(&handler, peer, f, send).await;
                     return;
                 }
-                other => other,
+                Ok(other) => other,
             };
             let answer = match request {
-                Ok(Some(f)) => handler.handle(peer.clone(), f.kind, f.payload).await,
+                Ok(Some((f, permit))) => {
+                    let a = handler.handle(peer.clone(), f.kind, f.payload).await;
+                    drop(permit);
+                    a
+                }
                 Ok(None) => Err("empty request".to_string()),
                 Err(e) => {
+                    if !matches!(e, frame::Error::Io(_)) {
+                        PeerStats::bump(&stats.bad_frame);
+                    }
                     tracing::warn!(%peer, error = %e, "bad request frame");
                     Err(format!("bad request frame: {e}"))
                 }

@@ -515,6 +515,27 @@ async fn a_bad_frame_or_a_message_on_the_wrong_channel_closes_only_that_connecti
     let (_, reason) = close_reason(&within("the close", sneaky.closed()).await);
     assert_eq!(reason, "the peer may not open a control stream");
 
+    // Frames announcing more than the limit, on every uni stream it may open.
+    let (_ep4, big) = raw_connect(&node_identity(&ca, "node-big"), server.local_addr()).await;
+    let (mut send, _recv) = big.open_bi().await.unwrap();
+    send.write_all(&frame_of(&hello("node-big"))).await.unwrap();
+    let _big_sess = within("the big node's session", incoming.recv())
+        .await
+        .unwrap();
+    let mut header = caravel_net::frame::encode(1, b"").to_vec();
+    header[0..4].copy_from_slice(&(1u32 << 30).to_be_bytes());
+    for _ in 0..64 {
+        let Ok(mut uni) = big.open_uni().await else {
+            break;
+        };
+        if uni.write_all(&header).await.is_err() {
+            break;
+        }
+    }
+    let (code, reason) = close_reason(&within("the close", big.closed()).await);
+    assert_eq!(code, u64::from(session::CLOSE_PROTOCOL));
+    assert!(reason.contains("larger than the limit"), "{reason}");
+
     // The well-behaved node's session carries on, both ways.
     good_tx.send(ToCompute::Ack { seq: 9 }).await.unwrap();
     assert_eq!(
@@ -526,7 +547,7 @@ async fn a_bad_frame_or_a_message_on_the_wrong_channel_closes_only_that_connecti
         within("the good node's report", good_rx.recv()).await,
         Some(report(1))
     );
-    assert_eq!(server.stats().snapshot().protocol_errors, 3);
+    assert_eq!(server.stats().snapshot().protocol_errors, 4);
     stop.cancel();
 }
 
