@@ -318,6 +318,7 @@ pub async fn start(
         (None, None) => String::new(),
     };
     if let Some(server) = &server {
+        metrics.track_peers(server.stats());
         let handler = PeerHandler {
             raft: raft.clone(),
             me: SelfAddr {
@@ -489,12 +490,17 @@ pub async fn start(
         tasks.spawn(async move { node.run(cend.inbox, cend.outbox, s).await });
     }
 
-    cluster.metrics().register_with(|r| authorizer.register(r));
+    let limits = Arc::new(crate::api::limits::Limits::new(&config.api));
+    cluster.metrics().register_with(|r| {
+        authorizer.register(r);
+        limits.register(r);
+    });
     let app = crate::api::router(crate::api::ApiState {
         cluster: cluster.clone(),
         node_info: orchestrator_info,
         config: config.clone(),
         auth: authorizer,
+        limits,
         ca_fingerprint: identity.as_ref().and_then(|i| i.ca_fingerprint().ok()),
     });
     let listener = api_listener(listener, &config, &shutdown, cluster.metrics())?;

@@ -118,11 +118,53 @@ impl PeerNetwork {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PeerClient {
     target: NodeId,
     node: NodeAddr,
     client: Option<rpc::Client>,
+    /// A large append batch still being sent (see [`PeerClient::append_entries`]).
+    in_flight: Option<Arc<InFlight>>,
+}
+
+type AppendResult = Result<AppendEntriesResponse<NodeId>, RpcErr<openraft::error::Infallible>>;
+
+/// An append batch sent by its own task, so that it may take longer than openraft's deadline for
+/// one append (the heartbeat interval); a retry of the same batch waits for it instead of sending
+/// it again from the start.
+#[derive(Debug)]
+struct InFlight {
+    vote: openraft::Vote<NodeId>,
+    prev_log_id: Option<caravel_raft_store::LogId>,
+    /// The last entry it carries.
+    last: Option<caravel_raft_store::LogId>,
+    done: tokio::sync::watch::Receiver<Option<Arc<AppendResult>>>,
+}
+
+/// Batches this large (encoded) are sent by their own task: at the 250 ms heartbeat interval a
+/// 3 MiB job needs ~100 Mbit/s to replicate within one deadline, which a busy member or a
+/// cross-region link does not give.
+const DETACH_BYTES: usize = 256 << 10;
+
+/// How long a detached batch may take; the QUIC idle timeout ends it sooner on a dead link.
+const DETACHED_APPEND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Waits for a detached batch's answer, and copies it (openraft's type is not `Clone`); `None` if
+/// its task ended without one. (The error type is the one `RaftNetwork` returns.)
+#[allow(clippy::result_large_err)]
+async fn answer_of(f: &InFlight) -> Option<AppendResult> {
+    let mut done = f.done.clone();
+    let r = done.wait_for(Option::is_some).await.ok()?;
+    let r = r.as_ref()?;
+    Some(match r.as_ref() {
+        Ok(AppendEntriesResponse::Success) => Ok(AppendEntriesResponse::Success),
+        Ok(AppendEntriesResponse::PartialSuccess(l)) => {
+            Ok(AppendEntriesResponse::PartialSuccess(*l))
+        }
+        Ok(AppendEntriesResponse::Conflict) => Ok(AppendEntriesResponse::Conflict),
+        Ok(AppendEntriesResponse::HigherVote(v)) => Ok(AppendEntriesResponse::HigherVote(*v)),
+        Err(e) => Err(e.clone()),
+    })
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -132,6 +174,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             target,
             node: node.clone(),
             client: self.client.clone(),
+            in_flight: None,
         }
     }
 }
@@ -188,16 +231,59 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
         // openraft caps a batch by count only; cut it by size too, so it always fits one frame,
         // and report the part sent as a partial success (openraft sends the rest next).
-        let (rpc, cut_at) = cut_to_budget(rpc, APPEND_BUDGET);
-        let answer: AppendEntriesResponse<NodeId> = self
-            .call(kind::APPEND, RPCTypes::AppendEntries, &rpc, &option)
-            .await?;
-        Ok(match (answer, cut_at) {
-            (AppendEntriesResponse::Success, Some(last)) => {
-                AppendEntriesResponse::PartialSuccess(Some(last))
+        let (rpc, cut_at, bytes) = cut_to_budget(rpc, APPEND_BUDGET);
+        let last = rpc.entries.last().map(|e| e.log_id);
+        let as_sent = |answer: AppendEntriesResponse<NodeId>,
+                       sent: Option<caravel_raft_store::LogId>| {
+            match answer {
+                AppendEntriesResponse::Success if sent != last || cut_at.is_some() => {
+                    AppendEntriesResponse::PartialSuccess(sent)
+                }
+                other => other,
             }
-            (other, _) => other,
-        })
+        };
+        if bytes < DETACH_BYTES {
+            let answer: AppendEntriesResponse<NodeId> = self
+                .call(kind::APPEND, RPCTypes::AppendEntries, &rpc, &option)
+                .await?;
+            return Ok(as_sent(answer, last));
+        }
+        // A large batch: join the one in flight when it carries the start of this one (openraft
+        // retries from the same point after its deadline), else wait for it to end, then send.
+        if let Some(f) = self.in_flight.clone() {
+            let result = answer_of(&f).await;
+            self.in_flight = None;
+            let joins = f.vote == rpc.vote && f.prev_log_id == rpc.prev_log_id && f.last <= last;
+            match result {
+                Some(Ok(answer)) if joins => return Ok(as_sent(answer, f.last)),
+                Some(Err(e)) if joins => return Err(e),
+                _ => {}
+            }
+        }
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        let f = Arc::new(InFlight {
+            vote: rpc.vote,
+            prev_log_id: rpc.prev_log_id,
+            last,
+            done: rx,
+        });
+        self.in_flight = Some(f.clone());
+        let this = self.clone();
+        let detached = RPCOption::new(option.hard_ttl().max(DETACHED_APPEND_TIMEOUT));
+        tokio::spawn(async move {
+            let r: AppendResult = this
+                .call(kind::APPEND, RPCTypes::AppendEntries, &rpc, &detached)
+                .await;
+            let _ = tx.send(Some(Arc::new(r)));
+        });
+        let result = answer_of(&f).await;
+        self.in_flight = None;
+        match result {
+            Some(r) => r.map(|answer| as_sent(answer, last)),
+            None => Err(RPCError::Network(NetworkError::new(&io::Error::other(
+                "the append task ended without an answer",
+            )))),
+        }
     }
 
     async fn install_snapshot(
@@ -223,13 +309,15 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 pub const APPEND_BUDGET: usize = 12 << 20;
 
 /// Keeps the longest prefix of the request's entries (at least one) whose encoding fits `budget`;
-/// returns the request and, when it was cut, the last log id it still carries.
+/// returns the request, when it was cut the last log id it still carries, and the encoded size of
+/// the entries it carries.
 pub fn cut_to_budget(
     mut rpc: AppendEntriesRequest<TypeConfig>,
     budget: usize,
 ) -> (
     AppendEntriesRequest<TypeConfig>,
     Option<caravel_raft_store::LogId>,
+    usize,
 ) {
     let size =
         |e: &caravel_raft_store::Entry| postcard::to_allocvec(e).map_or(usize::MAX, |b| b.len());
@@ -244,7 +332,7 @@ pub fn cut_to_budget(
         keep += 1;
     }
     if keep == rpc.entries.len() {
-        return (rpc, None);
+        return (rpc, None, used);
     }
     rpc.entries.truncate(keep);
     let last = rpc.entries.last().map(|e| e.log_id);
@@ -252,7 +340,7 @@ pub fn cut_to_budget(
     if let Some(l) = last {
         rpc.leader_commit = rpc.leader_commit.min(Some(l));
     }
-    (rpc, last)
+    (rpc, last, used)
 }
 
 /// Why a request that must run on the leader did not.
@@ -656,13 +744,14 @@ mod tests {
             entries: (1..=10).map(big).collect(),
             leader_commit: Some(lid(9)),
         };
-        let (all, cut) = cut_to_budget(rpc(), 1 << 20);
+        let (all, cut, bytes) = cut_to_budget(rpc(), 1 << 20);
         assert_eq!((all.entries.len(), cut), (10, None));
-        let (part, cut) = cut_to_budget(rpc(), 3500);
+        assert!((10_000..11_000).contains(&bytes), "{bytes}");
+        let (part, cut, _) = cut_to_budget(rpc(), 3500);
         assert_eq!(part.entries.len(), 3);
         assert_eq!(cut, Some(lid(3)));
         assert_eq!(part.leader_commit, Some(lid(3)));
-        let (one, cut) = cut_to_budget(rpc(), 10);
+        let (one, cut, _) = cut_to_budget(rpc(), 10);
         assert_eq!(
             one.entries.len(),
             1,

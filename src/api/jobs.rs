@@ -695,7 +695,11 @@ pub async fn logs(
         },
         local: q.local.unwrap_or(false),
     };
-    Ok(ws.on_upgrade(move |socket| relay_logs(s, socket, job, exec, req)))
+    let permit = s.limits.log_stream()?;
+    Ok(ws.on_upgrade(move |socket| async move {
+        relay_logs(s, socket, job, exec, req).await;
+        drop(permit);
+    }))
 }
 
 #[derive(Debug, Clone, Copy)]

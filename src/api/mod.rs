@@ -6,6 +6,7 @@ mod agent;
 pub mod auth;
 pub mod cluster;
 mod jobs;
+pub mod limits;
 pub mod listener;
 mod nodes;
 mod tokens;
@@ -33,6 +34,7 @@ pub struct ApiState {
     pub node_info: NodeInfo,
     pub config: Config,
     pub auth: std::sync::Arc<auth::Authorizer>,
+    pub limits: std::sync::Arc<limits::Limits>,
     /// SHA-256 of the cluster CA's certificate (join tokens pin it); `None` without TLS.
     pub ca_fingerprint: Option<String>,
 }
@@ -104,6 +106,10 @@ pub fn router(state: ApiState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.auth.clone(),
             auth::middleware,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.limits.clone(),
+            limits::middleware,
         ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
@@ -207,6 +213,11 @@ impl ApiErr {
     }
     pub fn hint_text(&self) -> &str {
         &self.hint
+    }
+    /// Adds `Retry-After: secs` to the response.
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
     pub fn detail(mut self, k: &str, v: serde_json::Value) -> Self {
         self.details.insert(k.into(), v);

@@ -91,6 +91,10 @@ pub struct Metrics {
     pub raft_snapshot_index: Gauge,
     pub forwarded_writes: Counter,
     pub read_index_latency: Histogram,
+    // Raft peers (QUIC RPC): what they did wrong, folded in at scrape time.
+    peer_source: Mutex<Option<std::sync::Arc<caravel_net::rpc::PeerStats>>>,
+    pub raft_peer_violations: Family<KindLabel, Counter>,
+    pub raft_peer_connections: Gauge,
     // Compute sessions (QUIC): counters of the session server are folded in at scrape time.
     session_source: Mutex<Option<(SessionStats, StatsSnapshot)>>,
     pub session_handshakes: Counter,
@@ -169,6 +173,10 @@ pub struct ChannelLabels {
     pub direction: String,
 }
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NodeLabel {
     pub node: String,
 }
@@ -221,6 +229,9 @@ impl Metrics {
             raft_snapshot_index: Gauge::default(),
             forwarded_writes: Counter::default(),
             read_index_latency: latency_histogram(),
+            peer_source: Mutex::new(None),
+            raft_peer_violations: Family::default(),
+            raft_peer_connections: Gauge::default(),
             session_source: Mutex::new(None),
             session_handshakes: Counter::default(),
             session_handshake_failures: Counter::default(),
@@ -373,6 +384,16 @@ impl Metrics {
             m.session_refused.clone(),
         );
         r.register(
+            "raft_peer_violations",
+            "Raft peer streams or connections closed for breaking a limit: oversized_frame, bad_frame, read_timeout, too_many_connections",
+            m.raft_peer_violations.clone(),
+        );
+        r.register(
+            "raft_peer_connections",
+            "Raft peer connections (and handshakes) open on this member",
+            m.raft_peer_connections.clone(),
+        );
+        r.register(
             "compute_session_shed",
             "Dials refused before any handshake work because too many handshakes were in progress",
             m.session_shed.clone(),
@@ -447,6 +468,29 @@ impl Metrics {
             "api",
             std::sync::Arc::new(move || cert.leaf().map(|c| c.to_vec())),
         );
+    }
+
+    /// Folds the Raft RPC server's peer counters into the registry at scrape time.
+    pub fn track_peers(&self, stats: std::sync::Arc<caravel_net::rpc::PeerStats>) {
+        *self.peer_source.lock().unwrap_or_else(|e| e.into_inner()) = Some(stats);
+    }
+
+    fn refresh_peers(&self) {
+        let Some(stats) = self
+            .peer_source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        else {
+            return;
+        };
+        for (kind, n) in stats.violations() {
+            let c = self
+                .raft_peer_violations
+                .get_or_create(&KindLabel { kind: kind.into() });
+            c.inc_by(n.saturating_sub(c.get()));
+        }
+        self.raft_peer_connections.set(stats.connections() as i64);
     }
 
     /// Folds the session server's counters into the registry at scrape time.
@@ -664,6 +708,7 @@ impl Metrics {
         self.sessions_connected
             .set(cluster.connected_nodes() as i64);
         self.refresh_sessions(cluster);
+        self.refresh_peers();
         self.certs.refresh();
         let mut out = String::new();
         let reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());

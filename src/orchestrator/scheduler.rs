@@ -426,16 +426,19 @@ impl<'a> NodePool<'a> {
                 .find(|s| !ci.storage_sources.iter().any(|x| x.eq_ignore_ascii_case(s)))
             {
                 Some(format!("input source {src} is not supported"))
+            } else if let Some(c) = job.constraints.iter().find(|c| !c.matches(&n.info.labels)) {
+                Some(format!(
+                    "does not match constraint {} {} {:?}",
+                    c.key, c.operator, c.values
+                ))
             } else {
-                job.constraints
-                    .iter()
-                    .find(|c| !c.matches(&n.info.labels))
-                    .map(|c| {
-                        format!(
-                            "does not match constraint {} {} {:?}",
-                            c.key, c.operator, c.values
-                        )
-                    })
+                // The node's own admission policy, as it advertises it (none: the defaults, which
+                // refuse Host networking): the node would refuse.
+                caravel_model::admission::AdmissionPolicy::from_labels(&n.info.labels)
+                    .unwrap_or_default()
+                    .check(job)
+                    .err()
+                    .map(|why| format!("its admission policy refuses the job: {why}"))
             };
             if let Some(w) = why {
                 rejections.insert(n.id().to_string(), w);
@@ -448,7 +451,12 @@ impl<'a> NodePool<'a> {
                     free.sub(r);
                 }
             }
-            if !need.fits_in(&ci.max_capacity) {
+            let limit = if ci.max_job_requirements == Resources::default() {
+                &ci.max_capacity
+            } else {
+                &ci.max_job_requirements
+            };
+            if !need.fits_in(limit) {
                 rejections.insert(
                     n.id().to_string(),
                     format!(

@@ -21,6 +21,9 @@ use super::{Cluster, SessionHandle, WriteError, now_ns};
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 /// At most this many executions of one inventory are looked at (a bound on a peer's input).
 const MAX_INVENTORY: usize = 100_000;
+/// A node's record is rewritten at most this often: a node whose every heartbeat changes its labels
+/// costs one Raft write per interval, the latest record winning.
+pub const NODE_INFO_MIN_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -95,6 +98,8 @@ pub async fn serve(
     let mut sent_cancels: HashSet<String> = HashSet::new();
     let mut running_since: HashMap<String, i64> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_register = std::time::Instant::now();
+    let mut pending_info: Option<Box<caravel_model::NodeInfo>> = None;
     let result = loop {
         tokio::select! {
             biased;
@@ -102,12 +107,36 @@ pub async fn serve(
             msg = end.rx.recv() => {
                 let Some(msg) = msg else { break Err(Error::Closed) };
                 match msg {
-                    ToOrchestrator::Hello { info, .. } => {
-                        register(&cluster, &info, &admission, &shutdown).await?;
+                    ToOrchestrator::Hello { info, .. } | ToOrchestrator::Heartbeat { info } => {
+                        cluster.heartbeat(&node_id, now_ns());
+                        // Heartbeats are not replicated (the API shows the latest one seen here);
+                        // the node record is written only when it differs from the state, and at
+                        // most once per NODE_INFO_MIN_INTERVAL (a later change waits for the tick).
+                        if info.node_id != node_id {
+                            break Err(Error::Register(format!("the session of node {node_id} sent the record of node {}", info.node_id)));
+                        }
+                        if registered(&cluster, &info, &admission.fingerprint) {
+                            pending_info = None;
+                        } else if last_register.elapsed() >= NODE_INFO_MIN_INTERVAL {
+                            register(&cluster, &info, &admission, &shutdown).await?;
+                            last_register = std::time::Instant::now();
+                            pending_info = None;
+                        } else {
+                            pending_info = Some(info);
+                        }
                     }
                     ToOrchestrator::Report { seq, update } => {
                         if resync_pending.is_some_and(|last| seq <= last) {
                             cluster.metrics().replayed_reports.inc();
+                        }
+                        // A report about an execution this node does not hold is dropped without a
+                        // Raft write (acknowledged, so the node does not replay it forever), and
+                        // leaves no trace in this session's state.
+                        if let Some(why) = foreign_report(&cluster, &node_id, &update.execution_id).await {
+                            cluster.metrics().observe_report(why);
+                            tracing::warn!(node = %node_id, execution = %update.execution_id, reason = why, "report dropped");
+                            let _ = end.tx.send(ToCompute::Ack { seq }).await;
+                            continue;
                         }
                         if update.state == ExecutionStateType::Running {
                             running_since.insert(update.execution_id.clone(), update.time);
@@ -115,14 +144,6 @@ pub async fn serve(
                         if update.state.is_terminal() && let Some(start) = running_since.remove(&update.execution_id) {
                             let engine = cluster.read(|s| s.executions.get(&update.execution_id).and_then(|e| s.job_version(&e.job_id, e.job_version)).map(|j| j.engine())).unwrap_or_default();
                             cluster.metrics().observe_run(&engine, update.state.as_str(), (update.time - start).max(0) as f64 / 1e9);
-                        }
-                        // A report about an execution this node does not hold is dropped without a
-                        // Raft write (acknowledged, so the node does not replay it forever).
-                        if let Some(why) = foreign_report(&cluster, &node_id, &update.execution_id).await {
-                            cluster.metrics().observe_report(why);
-                            tracing::warn!(node = %node_id, execution = %update.execution_id, reason = why, "report dropped");
-                            let _ = end.tx.send(ToCompute::Ack { seq }).await;
-                            continue;
                         }
                         let cmd = Command::UpdateExecution {
                             node_id: node_id.clone(), seq, update, followup_eval_id: caravel_model::ids::new_evaluation_id(), now: now_ns(),
@@ -141,12 +162,6 @@ pub async fn serve(
                             None => break Ok(()),
                         }
                     }
-                    ToOrchestrator::Heartbeat { info } => {
-                        cluster.heartbeat(&node_id, now_ns());
-                        // Heartbeats are not replicated (the API shows the latest one seen here);
-                        // `register` writes the node record only when it differs from the state.
-                        register(&cluster, &info, &admission, &shutdown).await?;
-                    }
                     ToOrchestrator::Inventory { running } => {
                         reconcile(&cluster, &node_id, &end, &running, &mut sent_cancels).await;
                     }
@@ -164,7 +179,15 @@ pub async fn serve(
                 if r.is_err() { break Ok(()) }
                 dispatch(&cluster, &node_id, &end, &mut sent_runs, &mut sent_cancels).await;
             }
-            _ = tick.tick() => dispatch(&cluster, &node_id, &end, &mut sent_runs, &mut sent_cancels).await,
+            _ = tick.tick() => {
+                if pending_info.is_some() && last_register.elapsed() >= NODE_INFO_MIN_INTERVAL
+                    && let Some(info) = pending_info.take()
+                {
+                    register(&cluster, &info, &admission, &shutdown).await?;
+                    last_register = std::time::Instant::now();
+                }
+                dispatch(&cluster, &node_id, &end, &mut sent_runs, &mut sent_cancels).await
+            }
         }
     };
     cluster.unregister_session(&node_id, &end.tx);
@@ -229,6 +252,7 @@ async fn register(
     admission: &Admission,
     shutdown: &CancellationToken,
 ) -> Result<(), Error> {
+    caravel_model::validate::check_node_info(info).map_err(Error::Register)?;
     let mut delay = Duration::from_millis(100);
     let fp = admission.fingerprint.as_str();
     loop {

@@ -1,6 +1,8 @@
 //! End-to-end tests of the real `caravel` binary: a hybrid node process on loopback, driven through
 //! the CLI and the REST API as a user would.
 
+mod abuse;
+mod admission;
 mod api;
 mod deploy;
 mod e2e;
