@@ -139,6 +139,16 @@ struct InFlight {
     /// The last entry it carries.
     last: Option<caravel_raft_store::LogId>,
     done: tokio::sync::watch::Receiver<Option<Arc<AppendResult>>>,
+    /// The sending task, stopped when nobody waits for it any more: the replication stream was
+    /// rebuilt (leader or membership change), so a new stream does not send it a second time
+    /// beside it.
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// Batches this large (encoded) are sent by their own task: at the 250 ms heartbeat interval a
@@ -249,7 +259,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             return Ok(as_sent(answer, last));
         }
         // A large batch: join the one in flight when it carries the start of this one (openraft
-        // retries from the same point after its deadline), else wait for it to end, then send.
+        // retries from the same point after its deadline); else let it end first (its bytes are
+        // most of the way there), then send.
         if let Some(f) = self.in_flight.clone() {
             let result = answer_of(&f).await;
             self.in_flight = None;
@@ -261,21 +272,28 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             }
         }
         let (tx, rx) = tokio::sync::watch::channel(None);
-        let f = Arc::new(InFlight {
-            vote: rpc.vote,
-            prev_log_id: rpc.prev_log_id,
-            last,
-            done: rx,
-        });
-        self.in_flight = Some(f.clone());
-        let this = self.clone();
+        // The task's copy holds no `InFlight`, so dropping ours stops it.
+        let this = PeerClient {
+            in_flight: None,
+            ..self.clone()
+        };
         let detached = RPCOption::new(option.hard_ttl().max(DETACHED_APPEND_TIMEOUT));
-        tokio::spawn(async move {
+        let (vote, prev_log_id) = (rpc.vote, rpc.prev_log_id);
+        let task = tokio::spawn(async move {
             let r: AppendResult = this
                 .call(kind::APPEND, RPCTypes::AppendEntries, &rpc, &detached)
                 .await;
             let _ = tx.send(Some(Arc::new(r)));
+        })
+        .abort_handle();
+        let f = Arc::new(InFlight {
+            vote,
+            prev_log_id,
+            last,
+            done: rx,
+            task,
         });
+        self.in_flight = Some(f.clone());
         let result = answer_of(&f).await;
         self.in_flight = None;
         match result {

@@ -176,8 +176,19 @@ pub struct InputPreparer {
     ipfs_gateway: Option<String>,
     s3: S3Settings,
     metrics: ComputeMetrics,
+    /// The clients of `urlDownload` fetches and of the IPFS gateway, each with its guard: only the
+    /// gateway's fetches may reach the gateway's host when it is local (a job's URL may not).
     client: OnceLock<Result<reqwest::Client, String>>,
     guard: std::sync::Arc<crate::fetch_guard::FetchGuard>,
+    ipfs_client: OnceLock<Result<reqwest::Client, String>>,
+    ipfs_guard: std::sync::Arc<crate::fetch_guard::FetchGuard>,
+}
+
+/// Which fetches a download is: a job's URL, or the node's IPFS gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Url,
+    Gateway,
 }
 
 impl InputPreparer {
@@ -206,10 +217,16 @@ impl InputPreparer {
             .and_then(caravel_model::admission::url_host);
         let guard = std::sync::Arc::new(crate::fetch_guard::FetchGuard::new(
             &opts.allow_private,
+            None::<String>,
+        ));
+        let ipfs_guard = std::sync::Arc::new(crate::fetch_guard::FetchGuard::new(
+            &opts.allow_private,
             gateway_host,
         ));
         Ok(InputPreparer {
             guard,
+            ipfs_guard,
+            ipfs_client: OnceLock::new(),
             allow,
             max_download_bytes: opts.max_download_bytes,
             download_timeout: opts.download_timeout,
@@ -292,7 +309,7 @@ impl InputPreparer {
             "local" | "localdirectory" => self.local(input, target),
             "urldownload" => {
                 let url = param(input, "urlDownload", "URL")?;
-                let host_path = self.download(url, dir, &target).await?;
+                let host_path = self.download(url, dir, &target, Via::Url).await?;
                 Ok(PreparedInput {
                     host_path,
                     target,
@@ -329,7 +346,7 @@ impl InputPreparer {
                     return Err(InputError::BadCid(cid.to_string()));
                 }
                 let url = format!("{gateway}/ipfs/{cid}");
-                let host_path = self.download(&url, dir, &target).await?;
+                let host_path = self.download(&url, dir, &target, Via::Gateway).await?;
                 Ok(PreparedInput {
                     host_path,
                     target,
@@ -614,10 +631,21 @@ impl InputPreparer {
         }
     }
 
-    fn client(&self) -> Result<&reqwest::Client, InputError> {
-        let c = self.client.get_or_init(|| {
+    fn guard(&self, via: Via) -> &std::sync::Arc<crate::fetch_guard::FetchGuard> {
+        match via {
+            Via::Url => &self.guard,
+            Via::Gateway => &self.ipfs_guard,
+        }
+    }
+
+    fn client(&self, via: Via) -> Result<&reqwest::Client, InputError> {
+        let cell = match via {
+            Via::Url => &self.client,
+            Via::Gateway => &self.ipfs_client,
+        };
+        let c = cell.get_or_init(|| {
             crate::install_crypto_provider();
-            let guard = self.guard.clone();
+            let guard = self.guard(via).clone();
             // Every hop: at most MAX_REDIRECTS, http(s) only, address literals checked here (names
             // are checked by the resolver, on the address actually connected to).
             let policy = reqwest::redirect::Policy::custom(move |attempt| {
@@ -635,8 +663,11 @@ impl InputPreparer {
             });
             reqwest::Client::builder()
                 .redirect(policy)
+                // No proxy from the environment: a proxy would resolve and fetch the job's URL
+                // itself, past the guard.
+                .no_proxy()
                 .dns_resolver(std::sync::Arc::new(crate::fetch_guard::GuardedResolver {
-                    guard: self.guard.clone(),
+                    guard: self.guard(via).clone(),
                 }))
                 .connect_timeout(Duration::from_secs(30))
                 .build()
@@ -648,7 +679,13 @@ impl InputPreparer {
         })
     }
 
-    async fn download(&self, url: &str, dir: &Path, target: &str) -> Result<PathBuf, InputError> {
+    async fn download(
+        &self,
+        url: &str,
+        dir: &Path,
+        target: &str,
+        via: Via,
+    ) -> Result<PathBuf, InputError> {
         let derr = |reason: String| InputError::Download {
             url: url.to_string(),
             reason,
@@ -660,8 +697,8 @@ impl InputPreparer {
                 parsed.scheme()
             )));
         }
-        self.guard.check_url(&parsed).map_err(derr)?;
-        let client = self.client()?;
+        self.guard(via).check_url(&parsed).map_err(derr)?;
+        let client = self.client(via)?;
         std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
         let path = dir.join(file_name_of(target));
         let limit = self.max_download_bytes;

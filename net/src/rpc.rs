@@ -83,7 +83,8 @@ pub struct TransportOptions {
     pub connection_window: u32,
     /// Connections one peer (by the node id in its certificate) may hold at once.
     pub max_connections_per_peer: usize,
-    /// Connections and handshakes in progress, all peers together.
+    /// Connections, all peers together (handshakes in progress have their own table of 32, with
+    /// a 10 s deadline).
     pub max_connections: usize,
 }
 
@@ -130,6 +131,7 @@ pub struct PeerStats {
     read_timeout: AtomicU64,
     too_many_connections: AtomicU64,
     connections: AtomicU64,
+    handshakes: AtomicU64,
 }
 
 /// Kinds of [`PeerStats`] violations.
@@ -292,25 +294,32 @@ impl Server {
                     _ = shutdown.cancelled() => break,
                     i = ep.accept() => match i { Some(i) => i, None => break },
                 };
-                // Handshakes in progress count against the total, so a flood of dials is refused
-                // before any cryptography once the table is full.
-                if stats.connections() as usize >= opts.max_connections {
+                // Handshakes in progress have their own small table, with a short deadline, so
+                // dials without a certificate (or from spoofed addresses) cannot hold the places of
+                // members; once it is half full, an address must prove itself (a QUIC retry) first.
+                let handshakes = stats.handshakes.load(Ordering::Relaxed) as usize;
+                if handshakes >= MAX_HANDSHAKES
+                    || stats.connections() as usize >= opts.max_connections
+                {
                     PeerStats::bump(&stats.too_many_connections);
-                    tracing::warn!(remote = %incoming.remote_address(), "refusing a raft peer: too many connections");
+                    tracing::warn!(remote = %incoming.remote_address(), "refusing a raft peer: too many connections or handshakes");
                     incoming.refuse();
                     continue;
                 }
-                stats.connections.fetch_add(1, Ordering::Relaxed);
-                let mut slot = ConnSlot {
-                    stats: stats.clone(),
-                    per_peer: per_peer.clone(),
-                    peer: None,
-                };
+                if handshakes >= MAX_HANDSHAKES / 2 && !incoming.remote_address_validated() {
+                    let _ = incoming.retry();
+                    continue;
+                }
+                stats.handshakes.fetch_add(1, Ordering::Relaxed);
+                let handshake = HandshakeSlot(stats.clone());
                 let handler = handler.clone();
                 let shutdown = shutdown.clone();
                 let stats = stats.clone();
+                let per_peer = per_peer.clone();
                 tokio::spawn(async move {
-                    let conn = match tokio::time::timeout(opts.read_timeout, incoming).await {
+                    let connected = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await;
+                    drop(handshake);
+                    let conn = match connected {
                         Ok(Ok(c)) => c,
                         Ok(Err(e)) => {
                             tracing::debug!(error = %e, "raft peer handshake failed");
@@ -328,6 +337,21 @@ impl Server {
                             conn.close(1u32.into(), b"no node id in certificate");
                             return;
                         }
+                    };
+                    // Only connections that completed the handshake take a place in the table.
+                    if stats.connections.fetch_add(1, Ordering::Relaxed) as usize
+                        >= opts.max_connections
+                    {
+                        stats.connections.fetch_sub(1, Ordering::Relaxed);
+                        PeerStats::bump(&stats.too_many_connections);
+                        tracing::warn!(%peer, "refusing a raft connection: too many connections");
+                        conn.close(CLOSE_LIMIT.into(), b"too many connections");
+                        return;
+                    }
+                    let mut slot = ConnSlot {
+                        stats: stats.clone(),
+                        per_peer: per_peer.clone(),
+                        peer: None,
                     };
                     {
                         let mut m = slot.per_peer.lock().unwrap_or_else(|e| e.into_inner());
@@ -359,6 +383,21 @@ impl Server {
 
 /// Close code of a connection that broke a limit.
 const CLOSE_LIMIT: u32 = 2;
+
+/// Handshakes in progress at once, all dialers together.
+const MAX_HANDSHAKES: usize = 32;
+
+/// A handshake must complete within this (a member's takes milliseconds, a distant one a few RTTs).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One handshake in progress; gives its place back when dropped.
+struct HandshakeSlot(Arc<PeerStats>);
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.0.handshakes.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 async fn serve_connection(
     conn: quinn::Connection,

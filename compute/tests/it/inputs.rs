@@ -466,4 +466,15 @@ async fn ipfs_inputs_need_a_gateway_and_are_fetched_through_it() {
         p.prepare_one(&sneaky, &dir.path().join("3")).await,
         Err(InputError::BadCid(_))
     ));
+    // A local gateway opens its host to the gateway's fetches only, not to a job's URLs.
+    let url = input(
+        "urlDownload",
+        "/inputs/y",
+        &[("URL", format!("{gateway}/ipfs/{CID}").into())],
+    );
+    let e = p
+        .prepare_one(&url, &dir.path().join("4"))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("Compute.Fetch.AllowPrivate"), "{e}");
 }
