@@ -550,9 +550,34 @@ impl Drop for CallStream {
 #[derive(Debug, Clone)]
 pub struct Client {
     endpoint: quinn::Endpoint,
-    conns: Arc<Mutex<HashMap<(String, String), quinn::Connection>>>,
+    conns: Arc<Mutex<HashMap<(String, String), Slot>>>,
     opts: TransportOptions,
 }
+
+/// A peer's connection, or the handshake that will give it.
+#[derive(Debug)]
+enum Slot {
+    Ready(quinn::Connection),
+    /// A handshake in its own task: calls wait on it for as long as their own deadline allows,
+    /// and it goes on past them (up to [`DIAL_TIMEOUT`]). Were each call to start a handshake and
+    /// drop it at its deadline, a peer whose handshake takes longer than the shortest RPC
+    /// deadline (250 ms heartbeats on a loaded machine) could never be reached again.
+    Dialling {
+        since: std::time::Instant,
+        id: u64,
+        rx: tokio::sync::watch::Receiver<Option<Result<quinn::Connection, String>>>,
+    },
+}
+
+/// A handshake unanswered for this long is joined by a fresh one (the first's Initial packets may
+/// have gone to a peer that was not yet listening, and QUIC resends them ever more slowly), so at
+/// most about one handshake a second is started towards a peer.
+const REDIAL_AFTER: Duration = Duration::from_secs(1);
+
+static DIAL_IDS: AtomicU64 = AtomicU64::new(0);
+
+/// How long a handshake may take, whatever the calls waiting on it allow.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Client {
     pub fn new(identity: &Identity, alpn: &[u8], opts: TransportOptions) -> Result<Client, Error> {
@@ -578,50 +603,77 @@ impl Client {
         deadline: Duration,
     ) -> Result<quinn::Connection, Error> {
         let key = (addr.to_string(), server_id.to_string());
-        if let Some(c) = self
-            .conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            && c.close_reason().is_none()
-        {
-            return Ok(c.clone());
-        }
         let connect_err = |reason: String| Error::Connect {
             addr: addr.to_string(),
             reason,
         };
-        let sock = tokio::net::lookup_host(addr)
-            .await
-            .map_err(|e| connect_err(e.to_string()))?
-            .find(|a| a.is_ipv4())
-            .ok_or_else(|| connect_err("the name resolves to no IPv4 address".into()))?;
-        let connecting = self
-            .endpoint
-            .connect(sock, server_id)
-            .map_err(|e| connect_err(e.to_string()))?;
-        let conn = match tokio::time::timeout(deadline, connecting).await {
-            Err(_) => {
-                return Err(connect_err(format!(
-                    "handshake took longer than {deadline:?}"
-                )));
+        let mut rx = {
+            let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+            match conns.get(&key) {
+                Some(Slot::Ready(c)) if c.close_reason().is_none() => return Ok(c.clone()),
+                Some(Slot::Dialling { since, rx, .. }) if since.elapsed() < REDIAL_AFTER => {
+                    rx.clone()
+                }
+                _ => {
+                    let (tx, rx) = tokio::sync::watch::channel(None);
+                    let id = DIAL_IDS.fetch_add(1, Ordering::Relaxed);
+                    conns.insert(
+                        key.clone(),
+                        Slot::Dialling {
+                            since: std::time::Instant::now(),
+                            id,
+                            rx: rx.clone(),
+                        },
+                    );
+                    let (endpoint, conns) = (self.endpoint.clone(), self.conns.clone());
+                    let (addr, server_id) = (addr.to_string(), server_id.to_string());
+                    tokio::spawn(async move {
+                        let r = dial(&endpoint, &addr, &server_id).await;
+                        {
+                            let mut map = conns.lock().unwrap_or_else(|e| e.into_inner());
+                            let ours = matches!(map.get(&key), Some(Slot::Dialling { id: d, .. }) if *d == id);
+                            match &r {
+                                // A connection is worth keeping even if a newer dial is under way.
+                                Ok(c) => {
+                                    if ours
+                                        || !matches!(map.get(&key), Some(Slot::Ready(r)) if r.close_reason().is_none())
+                                    {
+                                        map.insert(key, Slot::Ready(c.clone()));
+                                    }
+                                }
+                                Err(_) if ours => {
+                                    map.remove(&key);
+                                }
+                                Err(_) => {}
+                            }
+                        }
+                        let _ = tx.send(Some(r));
+                    });
+                    rx
+                }
             }
-            Ok(Err(e)) => return Err(connect_err(e.to_string())),
-            Ok(Ok(c)) => c,
         };
-        self.conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, conn.clone());
-        Ok(conn)
+        match tokio::time::timeout(deadline, rx.wait_for(Option::is_some)).await {
+            Err(_) => Err(connect_err(format!(
+                "handshake took longer than {deadline:?} (it goes on for the next call)"
+            ))),
+            Ok(Err(_)) => Err(connect_err("the handshake ended without an answer".into())),
+            Ok(Ok(v)) => match v.as_ref() {
+                Some(Ok(c)) => Ok(c.clone()),
+                Some(Err(reason)) => Err(connect_err(reason.clone())),
+                None => Err(connect_err("the handshake ended without an answer".into())),
+            },
+        }
     }
 
-    /// Forgets the cached connection to a peer (the next call dials again).
+    /// Forgets the cached connection to a peer (the next call dials again); a handshake under way
+    /// is left to finish.
     fn drop_connection(&self, addr: &str, server_id: &str) {
-        self.conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&(addr.to_string(), server_id.to_string()));
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (addr.to_string(), server_id.to_string());
+        if matches!(conns.get(&key), Some(Slot::Ready(_))) {
+            conns.remove(&key);
+        }
     }
 
     /// Calls `kind` on the peer `server_id` at `addr` and waits at most `timeout` for its answer.
@@ -723,5 +775,26 @@ impl Client {
     /// Closes every connection.
     pub fn close(&self) {
         self.endpoint.close(0u32.into(), b"closing");
+    }
+}
+
+/// Resolves `addr` and completes a handshake with `server_id` there, within [`DIAL_TIMEOUT`].
+async fn dial(
+    endpoint: &quinn::Endpoint,
+    addr: &str,
+    server_id: &str,
+) -> Result<quinn::Connection, String> {
+    let sock = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| e.to_string())?
+        .find(|a| a.is_ipv4())
+        .ok_or_else(|| "the name resolves to no IPv4 address".to_string())?;
+    let connecting = endpoint
+        .connect(sock, server_id)
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(DIAL_TIMEOUT, connecting).await {
+        Err(_) => Err(format!("handshake took longer than {DIAL_TIMEOUT:?}")),
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(c)) => Ok(c),
     }
 }
