@@ -1,5 +1,5 @@
 //! A second host for tests that need a client that is *not* on loopback: a network namespace
-//! joined to this one by a veth pair on a private /30 (`10.213.X.1` here, `10.213.X.2` there).
+//! joined to this one by a veth pair on a /30 of 198.18.0.0/16 (`198.18.X.1` here, `.2` there).
 //! Needs root (CI runs as root); a test that cannot create one fails and says why. Removed on drop.
 
 use std::process::{Command, Output};
@@ -44,12 +44,14 @@ impl Netns {
         let name = format!("cvt{tag}");
         let host_if = format!("cvh{tag}");
         let ns_if = format!("cvn{tag}");
-        // One /30 per tag in 10.100.0.0/16 (tag < 16,000, so 4 × tag < 65,536).
+        // One /30 per tag in 198.18.0.0/16, the range set aside for network tests (RFC 2544), so
+        // it meets no address a CI host or a container network already routes (tag < 16,000,
+        // so 4 × tag < 65,536).
         let base = tag * 4;
         let (hi, lo) = ((base >> 8) & 255, base & 255);
         let (host_ip, ns_ip) = (
-            format!("10.100.{hi}.{}", lo + 1),
-            format!("10.100.{hi}.{}", lo + 2),
+            format!("198.18.{hi}.{}", lo + 1),
+            format!("198.18.{hi}.{}", lo + 2),
         );
         let _ = ip(&["netns", "del", &name]);
         let _ = ip(&["link", "del", &host_if]);

@@ -316,18 +316,41 @@ fn without_users_a_remote_client_gets_401_and_allow_anonymous_read_lets_only_rea
     let open =
         NodeProcess::start_hybrid_on(&bin(), &dir.path().join("a"), "0.0.0.0", &[], None).unwrap();
     assert!(open.cli(&["job", "list"]).unwrap().status.success());
+    // What a failure here needs to be understood: the two ends' addresses and the node's log.
+    let context = |n: &NodeProcess| {
+        let addrs = std::process::Command::new("ip")
+            .args(["-brief", "addr"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        format!(
+            "host {} / namespace {}; this side's addresses:\n{addrs}\nthe node's log:\n{}",
+            ns.host_ip,
+            ns.ns_ip,
+            n.log_text()
+        )
+    };
+    let (ok, _, err) = remote(&open, &["agent", "alive"]);
+    assert!(
+        ok,
+        "health stays open from another host: {err}\n{}",
+        context(&open)
+    );
     let (ok, _, err) = remote(&open, &["job", "list"]);
-    assert!(!ok, "a remote client read jobs of a node without users");
+    assert!(
+        !ok,
+        "a remote client read jobs of a node without users\n{}",
+        context(&open)
+    );
     assert!(
         err.contains("401") || err.contains("only loopback"),
-        "{err}"
+        "{err}\n{}",
+        context(&open)
     );
     assert!(
         err.contains("API.Auth.Users"),
         "the hint names the config keys: {err}"
     );
-    let (ok, _, _) = remote(&open, &["agent", "alive"]);
-    assert!(ok, "health stays open");
     drop(open);
 
     // AllowAnonymous read: GETs pass, writes are refused.
@@ -339,13 +362,18 @@ fn without_users_a_remote_client_gets_401_and_allow_anonymous_read_lets_only_rea
         None,
     )
     .unwrap();
+    // The warning is written at start; give a loaded machine time to flush it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !ro.log_text().contains("AllowAnonymous=read") && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(
         ro.log_text().contains("AllowAnonymous=read"),
         "a warning at start:\n{}",
         ro.log_text()
     );
     let (ok, out, err) = remote(&ro, &["job", "list", "--output", "json"]);
-    assert!(ok, "{err}");
+    assert!(ok, "{err}\n{}", context(&ro));
     assert!(out.contains("Items"), "{out}");
     let module = test_module("echo");
     let (ok, _, err) = remote(
