@@ -81,10 +81,7 @@ pub async fn version(c: &ApiClient, a: VersionArgs) -> anyhow::Result<ExitCode> 
                 }
             }),
         ]];
-        print!(
-            "{}",
-            crate::output::table(&["client", "server"], &rows, a.out.hide_header)
-        );
+        print!("{}", a.out.table(&["client", "server"], &rows));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -213,6 +213,17 @@ impl ApiClient {
         auth: ClientAuth,
         tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Self {
+        Self::build_with(base, stale, auth, tls, None)
+    }
+
+    /// [`Self::build`], with a timeout on each read of an answer (a profile's `timeout`).
+    fn build_with(
+        base: &str,
+        stale: bool,
+        auth: ClientAuth,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        read_timeout: Option<std::time::Duration>,
+    ) -> Self {
         let mut headers = reqwest::header::HeaderMap::new();
         if stale {
             headers.insert(
@@ -226,6 +237,9 @@ impl ApiClient {
         if let Some(t) = &tls {
             b = b.tls_backend_preconfigured((**t).clone());
         }
+        if let Some(t) = read_timeout {
+            b = b.read_timeout(t);
+        }
         let http = b.build().unwrap_or_default();
         ApiClient {
             base: base.trim_end_matches('/').to_string(),
@@ -238,12 +252,32 @@ impl ApiClient {
     /// `--api-host`/`--api-port` (or CARAVEL_API_HOST/PORT), default `http://127.0.0.1:1234`;
     /// https with `--tls` or an `https://` host.
     pub fn from_global(g: &Global) -> anyhow::Result<Self> {
-        let tls = ClientTls {
+        // A profile gives what the flags and the environment do not (Bacalhau's precedence).
+        let profile = crate::profile::active(g)?;
+        let explicit = g.api_host.is_some() || g.api_port.is_some();
+        let mut tls = ClientTls {
             use_tls: g.tls,
             ca_file: g.cacert.clone(),
             insecure: g.insecure,
         };
-        let host = g.api_host.clone().unwrap_or_else(|| "127.0.0.1".into());
+        let mut auth = ClientAuth::from_env()?;
+        let mut read_timeout = None;
+        let mut host = g.api_host.clone().unwrap_or_else(|| "127.0.0.1".into());
+        if let Some(p) = &profile {
+            if !explicit && !p.endpoint.is_empty() {
+                host = p.endpoint.clone();
+            }
+            tls.insecure |= p.tls.insecure;
+            if auth.is_empty() && !p.auth.token.is_empty() {
+                auth.api_key = Some((p.auth.token.clone(), "the client profile"));
+            }
+            if !p.timeout.is_empty() {
+                read_timeout = crate::job::go_secs(&p.timeout)
+                    .ok()
+                    .filter(|s| *s > 0)
+                    .map(std::time::Duration::from_secs);
+            }
+        }
         let port = g.api_port.unwrap_or(1234);
         let base = if host.starts_with("http://") || host.starts_with("https://") {
             host
@@ -265,7 +299,7 @@ impl ApiClient {
         } else {
             None
         };
-        Ok(Self::build(&base, g.stale, ClientAuth::from_env()?, rustls))
+        Ok(Self::build_with(&base, g.stale, auth, rustls, read_timeout))
     }
 
     /// The credential this client sends.

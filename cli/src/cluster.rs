@@ -9,7 +9,7 @@ use caravel_model::api::{AddMemberRequest, AdminResponse, ClusterStatus};
 use clap::{Args, Subcommand};
 
 use crate::ApiClient;
-use crate::output::{OutputArgs, table};
+use crate::output::OutputArgs;
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
@@ -86,7 +86,7 @@ pub async fn run(c: &ApiClient, cmd: ClusterCommand) -> anyhow::Result<ExitCode>
                 .collect();
             print!(
                 "{}",
-                table(
+                out.table(
                     &[
                         "ID",
                         "RAFT ADDRESS",
@@ -96,8 +96,7 @@ pub async fn run(c: &ApiClient, cmd: ClusterCommand) -> anyhow::Result<ExitCode>
                         "APPLIED",
                         "LAG"
                     ],
-                    &rows,
-                    out.hide_header
+                    &rows
                 )
             );
             eprintln!(

@@ -34,8 +34,19 @@ pub fn config_file(g: &Global) -> String {
     format!("{dir}/config.yaml")
 }
 
-/// Loads the effective config: defaults → config files → `CARAVEL_*` env → `-c Key=Value`.
+/// Loads the effective config: defaults → config files → `CARAVEL_*` (or Bacalhau's
+/// `BACALHAU_*`) env → `-c Key=Value`. A Bacalhau config file is read as Bacalhau would: the keys
+/// Caravel has are used, each other key is named once in a warning on stderr.
 pub fn load(g: &Global) -> anyhow::Result<Config> {
+    let (config, warnings) = load_with_warnings(g)?;
+    for w in warnings {
+        eprintln!("Warning: {w}");
+    }
+    Ok(config)
+}
+
+/// [`load`], returning the warnings instead of printing them.
+pub fn load_with_warnings(g: &Global) -> anyhow::Result<(Config, Vec<String>)> {
     let mut doc = serde_json::json!({});
     let mut files: Vec<String> = g
         .config
@@ -58,10 +69,15 @@ pub fn load(g: &Global) -> anyhow::Result<Config> {
             Err(e) => return Err(e).with_context(|| format!("cannot read config file {f}")),
         }
     }
+    let warnings = caravel_model::config::adopt_bacalhau_keys(&mut doc)?;
     for (k, _) in caravel_model::config::KEYS {
-        let env = format!("CARAVEL_{}", k.replace('.', "_").to_ascii_uppercase());
-        if let Ok(v) = std::env::var(&env) {
-            set_in(&mut doc, k, &v).with_context(|| format!("environment variable {env}"))?;
+        let name = k.replace('.', "_").to_ascii_uppercase();
+        // Caravel's name wins when both are set.
+        for env in [format!("CARAVEL_{name}"), format!("BACALHAU_{name}")] {
+            if let Ok(v) = std::env::var(&env) {
+                set_in(&mut doc, k, &v).with_context(|| format!("environment variable {env}"))?;
+                break;
+            }
         }
     }
     for c in g
@@ -75,7 +91,7 @@ pub fn load(g: &Global) -> anyhow::Result<Config> {
     if let Some(d) = &g.data_dir {
         set_in(&mut doc, "DataDir", d)?;
     }
-    Ok(Config::from_value(doc)?)
+    Ok((Config::from_value(doc)?, warnings))
 }
 
 fn merge(into: &mut serde_json::Value, from: serde_json::Value) {
@@ -105,10 +121,7 @@ pub fn run(g: &Global, cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
                     .into_iter()
                     .map(|(k, v, d)| vec![k, v, d])
                     .collect();
-                print!(
-                    "{}",
-                    crate::output::table(&["key", "value", "description"], &rows, out.hide_header)
-                );
+                print!("{}", out.table(&["key", "value", "description"], &rows));
             }
         }
         ConfigCommand::Set { assignment } => {

@@ -1,6 +1,7 @@
 //! `docker run IMAGE [-- CMD ARGS…]`: a Docker job from the command line, with Bacalhau's flags
 //! (reference §1.6). The flags shared with `wasm run` live in [`JobFlags`]; this file adds the
-//! engine's own (`--entrypoint`, `-w/--workdir`, `-e/--env`) and builds the `docker` engine spec:
+//! engine's own (`--entrypoint`, `-w/--workdir`; `-e/--env` goes to the task's Env) and builds the
+//! `docker` engine spec:
 //!
 //! ```text
 //! Engine: {Type: docker, Params: {Image, Entrypoint?, Parameters?, EnvironmentVariables?, WorkingDirectory?}}
@@ -57,8 +58,8 @@ pub struct DockerRunArgs {
     /// Working directory inside the container (an absolute path).
     #[arg(short = 'w', long)]
     pub workdir: Option<String>,
-    /// Environment variables KEY=VALUE for the container (repeatable; the engine's
-    /// EnvironmentVariables).
+    /// Environment variables KEY=VALUE for the container (repeatable; the task's Env, as
+    /// Bacalhau v1.7+ puts them: upper-case names, `env:NAME` forwards a variable of the node).
     #[arg(short = 'e', long = "env")]
     pub env: Vec<String>,
     #[command(flatten)]
@@ -91,11 +92,6 @@ pub fn build_job(a: &DockerRunArgs) -> anyhow::Result<Job> {
     if !a.args.is_empty() {
         engine = engine.with("Parameters", a.args.clone());
     }
-    let env = env_pairs(&a.env)?;
-    if !env.is_empty() {
-        let vars: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        engine = engine.with("EnvironmentVariables", vars);
-    }
     if let Some(w) = &a.workdir {
         if !w.starts_with('/') {
             bail!("-w {w}: the working directory must be an absolute path, e.g. /work");
@@ -104,6 +100,7 @@ pub fn build_job(a: &DockerRunArgs) -> anyhow::Result<Job> {
     }
     let mut task = a.job.task()?;
     task.engine = engine;
+    task.env.extend(env_pairs(&a.env)?);
     a.job.job(task)
 }
 
@@ -161,7 +158,7 @@ mod tests {
             "-e",
             "GREETING=hello",
             "--env",
-            "lower_ok=a=b",
+            "WITH_EQUALS=a=b",
             "-w",
             "/work",
             "busybox",
@@ -172,9 +169,10 @@ mod tests {
         assert_eq!(p["Entrypoint"], json!(["/bin/sh", "-c"]));
         assert_eq!(p["Parameters"], json!(["echo $GREETING"]));
         assert_eq!(
-            p["EnvironmentVariables"],
-            json!(["GREETING=hello", "lower_ok=a=b"])
+            v["Tasks"][0]["Env"],
+            json!({"GREETING": "hello", "WITH_EQUALS": "a=b"})
         );
+        assert!(p.get("EnvironmentVariables").is_none(), "{p}");
         assert_eq!(p["WorkingDirectory"], "/work");
         let repeated = spec(&["--entrypoint", "/bin/sh", "--entrypoint", "-c", "busybox"]);
         assert_eq!(
@@ -205,13 +203,9 @@ mod tests {
             "-p",
             "s3://results/wc/{jobID}/,opt=endpoint=http://127.0.0.1:5000",
             "--network",
-            "http",
-            "--domain",
-            "example.org",
-            "--domain",
-            ".pypi.org",
+            "default",
             "--timeout",
-            "300",
+            "5m",
             "--queue-timeout",
             "60",
             "--task-name",
@@ -239,8 +233,7 @@ mod tests {
             t["Publisher"],
             json!({"Type": "s3", "Params": {"Bucket": "results", "Key": "wc/{jobID}/", "Endpoint": "http://127.0.0.1:5000"}})
         );
-        assert_eq!(t["Network"]["Type"], "HTTP");
-        assert_eq!(t["Network"]["Domains"], json!(["example.org", ".pypi.org"]));
+        assert_eq!(t["Network"]["Type"], "Default");
         assert_eq!(t["Timeouts"]["TotalTimeout"], 300);
         assert_eq!(t["Timeouts"]["QueueTimeout"], 60);
         assert_eq!(t["Timeouts"]["ExecutionTimeout"], 0);
@@ -261,6 +254,8 @@ mod tests {
             "env=prod,team=data",
             "-l",
             "tier=gold",
+            "-l",
+            "canary",
             "--constraints",
             "region=eu,gpu!=true",
             "busybox",
@@ -272,7 +267,7 @@ mod tests {
         assert_eq!(v["Count"], 3);
         assert_eq!(
             v["Labels"],
-            json!({"env": "prod", "team": "data", "tier": "gold"})
+            json!({"canary": "", "env": "prod", "team": "data", "tier": "gold"})
         );
         assert_eq!(
             v["Constraints"],
@@ -288,6 +283,29 @@ mod tests {
             "ops jobs run on every node: Count is dropped"
         );
         assert_eq!(ops["Constraints"][0]["Operator"], "in");
+    }
+
+    #[test]
+    fn boolean_flags_take_no_value_from_the_next_word() {
+        // `--wait IMAGE`: IMAGE is the image, not the value of --wait.
+        let a = args(&["--wait", "busybox", "--", "echo", "hi"]).unwrap();
+        assert!(a.job.runtime.wait);
+        assert_eq!(a.image, "busybox");
+        assert_eq!(a.args, vec!["echo", "hi"]);
+        for (word, want) in [
+            ("--wait=false", false),
+            ("--wait=0", false),
+            ("--wait=T", true),
+        ] {
+            assert_eq!(
+                args(&[word, "busybox"]).unwrap().job.runtime.wait,
+                want,
+                "{word}"
+            );
+        }
+        let a = args(&["--id-only", "--dry-run", "busybox"]).unwrap();
+        assert!(a.job.runtime.id_only && a.job.runtime.dry_run);
+        assert_eq!(a.image, "busybox");
     }
 
     #[test]
@@ -383,7 +401,12 @@ mod tests {
                 &["--constraints", "zone in a", "busybox"][..],
                 "parentheses",
             ),
-            (&["-l", "novalue", "busybox"][..], "key=value"),
+            (&["-l", "=novalue", "busybox"][..], "the label has no key"),
+            (
+                &["--network", "http", "--domain", "example.org", "busybox"][..],
+                "HTTP (outbound HTTP to listed Domains only) is not supported",
+            ),
+            (&["--timeout", "soon", "busybox"][..], "not a duration"),
             (&["-w", "relative", "busybox"][..], "absolute path"),
             (&["-p", "ftp://x", "busybox"][..], "unknown publisher"),
             (

@@ -14,7 +14,7 @@ use caravel_model::states::JobStateType;
 use clap::{Args, Subcommand};
 use futures::StreamExt;
 
-use crate::output::{Format, OutputArgs, short_time, table};
+use crate::output::{Format, OutputArgs, short_time};
 use crate::{ApiClient, results};
 
 #[derive(Debug, Subcommand)]
@@ -24,7 +24,7 @@ pub enum JobCommand {
     /// List jobs.
     List(ListArgs),
     /// Describe a job: state, executions, history and output.
-    Describe(IdArgs),
+    Describe(VersionedArgs),
     /// Print a job's logs.
     Logs(LogsArgs),
     /// Download a job's results.
@@ -33,16 +33,44 @@ pub enum JobCommand {
     Stop(StopArgs),
     /// A job's history events.
     History(HistoryArgs),
-    /// A job's executions.
-    Executions(IdArgs),
+    /// A job's executions (of its latest version unless -v or --all-versions).
+    Executions(VersionedArgs),
+    /// Every version of a job.
+    Versions(IdArgs),
+    /// Run a version of a job again (the latest by default), as a new version.
+    Rerun(RerunArgs),
     /// Check job specs without submitting them.
-    Validate { files: Vec<String> },
+    Validate {
+        files: Vec<String>,
+        #[command(flatten)]
+        template: TemplateArgs,
+    },
+}
+
+/// A boolean flag's value as Go's `strconv.ParseBool` reads it (`--wait=false`, `--wait=0`, `--wait=F`).
+pub fn go_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        _ => Err(format!("{s:?} is not a boolean; use true or false")),
+    }
+}
+
+/// A duration flag as Bacalhau takes it: a Go duration (`90s`, `5m`, `1h30m`) or a bare number of
+/// seconds; a fraction of a second rounds up.
+pub fn go_secs(s: &str) -> Result<u64, String> {
+    let secs = caravel_model::spec::parse_duration_secs(s)?;
+    if !secs.is_finite() || secs < 0.0 || secs > i64::MAX as f64 / 1e9 {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(secs.ceil() as u64)
 }
 
 #[derive(Debug, Clone, Args, Default)]
 pub struct RuntimeArgs {
-    /// Wait for the job to finish (default true; --wait=false to return at once).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    /// Wait for the job to finish (default true; --wait=false to return at once). Takes no value
+    /// from the next word, as Go's boolean flags: `--wait IMAGE` waits and runs IMAGE.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool)]
     pub wait: bool,
     /// Give up waiting after this many seconds.
     #[arg(long, default_value_t = 600)]
@@ -64,10 +92,46 @@ pub struct RuntimeArgs {
     pub no_hints: bool,
 }
 
+/// A spec is a template (Go's `{{ .name }}`), as Bacalhau's `job run` reads it.
+#[derive(Debug, Clone, Args, Default)]
+pub struct TemplateArgs {
+    /// A template value key=value (repeatable, or a comma list): `{{ .key }}` in the spec.
+    #[arg(short = 'V', long = "template-vars")]
+    pub vars: Vec<String>,
+    /// Environment variables whose names match this regex are template values too.
+    #[arg(short = 'E', long = "template-envs")]
+    pub envs: Option<String>,
+    /// Send the spec as it is, `{{` and all.
+    #[arg(long)]
+    pub no_template: bool,
+}
+
+impl TemplateArgs {
+    /// The spec text with its template rendered (unless --no-template).
+    pub fn render(&self, text: Vec<u8>) -> anyhow::Result<Vec<u8>> {
+        if self.no_template {
+            return Ok(text);
+        }
+        let Ok(s) = std::str::from_utf8(&text) else {
+            return Ok(text);
+        };
+        if !s.contains("{{") && self.vars.is_empty() {
+            return Ok(text);
+        }
+        let data =
+            crate::template::template_data(&self.vars, self.envs.as_deref(), std::env::vars())?;
+        Ok(crate::template::render(s, &data)
+            .context("the spec is a template (Go's {{ .name }})")?
+            .into_bytes())
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The spec file; `-` or nothing reads stdin.
     pub file: Option<String>,
+    #[command(flatten)]
+    pub template: TemplateArgs,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
@@ -102,6 +166,49 @@ pub struct IdArgs {
     pub namespace: Option<String>,
     #[command(flatten)]
     pub out: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RerunArgs {
+    /// Job id, unique id prefix, or name.
+    pub id: String,
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// The version to run again (default: the latest).
+    #[arg(short = 'v', long = "version")]
+    pub version: Option<u64>,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+/// A job and one of its versions (`-v N`; the latest by default) or all of them.
+#[derive(Debug, Args)]
+pub struct VersionedArgs {
+    /// Job id, unique id prefix, or name.
+    pub id: String,
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// The job version to show (default: the latest).
+    #[arg(short = 'v', long = "version")]
+    pub version: Option<u64>,
+    /// Every version's executions and events (executions and history only).
+    #[arg(long, conflicts_with = "version")]
+    pub all_versions: bool,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+impl VersionedArgs {
+    fn query(&self) -> Vec<(&'static str, String)> {
+        let mut q = ns_query(&self.namespace);
+        if let Some(v) = self.version {
+            q.push(("job_version", v.to_string()));
+        }
+        if self.all_versions {
+            q.push(("all_job_versions", "true".into()));
+        }
+        q
+    }
 }
 
 #[derive(Debug, Args)]
@@ -151,6 +258,12 @@ pub struct StopArgs {
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
     pub id: String,
+    /// The job version whose events to show (default: the latest).
+    #[arg(short = 'v', long = "version")]
+    pub version: Option<u64>,
+    /// Every version's events.
+    #[arg(long, conflicts_with = "version")]
+    pub all_versions: bool,
     /// all, job or execution.
     #[arg(long, default_value = "all")]
     pub event_type: String,
@@ -170,17 +283,24 @@ pub async fn run(c: &ApiClient, cmd: JobCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         JobCommand::Run(a) => {
             let (text, base) = read_spec(a.file.as_deref())?;
+            let text = a.template.render(text)?;
             let value = spec_to_value(&text, &base)?;
+            if a.runtime.dry_run {
+                return dry_run_diff(c, value).await;
+            }
             submit_and_follow(c, value, &a.runtime).await
         }
-        JobCommand::Validate { files } => {
+        JobCommand::Validate { files, template } => {
             if files.is_empty() {
                 bail!("give one or more spec files");
             }
             let mut ok = true;
             for f in files {
                 let (text, base) = read_spec(Some(&f))?;
-                match spec_to_value(&text, &base) {
+                match template
+                    .render(text)
+                    .and_then(|text| spec_to_value(&text, &base))
+                {
                     Ok(_) => println!("{f}: OK"),
                     Err(e) => {
                         ok = false;
@@ -196,15 +316,64 @@ pub async fn run(c: &ApiClient, cmd: JobCommand) -> anyhow::Result<ExitCode> {
         }
         JobCommand::List(a) => list(c, a).await,
         JobCommand::Describe(a) => describe(c, a).await,
-        JobCommand::Executions(a) => {
-            let r: ListExecutionsResponse = c
+        JobCommand::Versions(a) => {
+            let r: ListJobVersionsResponse = c
                 .get(
-                    &format!("/api/v1/orchestrator/jobs/{}/executions", a.id),
+                    &format!("/api/v1/orchestrator/jobs/{}/versions", a.id),
                     &ns_query(&a.namespace),
                 )
                 .await?;
             if !a.out.structured(&r)? {
-                print!("{}", executions_table(&r.items, a.out.hide_header));
+                let rows: Vec<Vec<String>> = r
+                    .items
+                    .iter()
+                    .map(|j| vec![short_time(j.modify_time), j.version.to_string()])
+                    .collect();
+                print!("{}", a.out.table(&["created at", "job version"], &rows));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        JobCommand::Rerun(a) => {
+            let started = Instant::now();
+            let mut path = format!("/api/v1/orchestrator/jobs/{}/rerun", a.id);
+            if let Some(ns) = &a.namespace {
+                path.push_str(&format!(
+                    "?namespace={}",
+                    url::form_urlencoded::byte_serialize(ns.as_bytes()).collect::<String>()
+                ));
+            }
+            let r: RerunJobResponse = c
+                .put(
+                    &path,
+                    &RerunJobRequest {
+                        job_id_or_name: a.id.clone(),
+                        job_version: a.version.unwrap_or(0),
+                        reason: "Rerun at user request".into(),
+                    },
+                )
+                .await?;
+            for w in &r.warnings {
+                eprintln!("Warning: {w}");
+            }
+            if a.runtime.id_only {
+                println!("{}", r.job_id);
+            } else {
+                eprintln!(
+                    "Job {} is running again as version {}.",
+                    r.job_id, r.job_version
+                );
+            }
+            follow_submitted(c, &r.job_id, started, &a.runtime).await
+        }
+        JobCommand::Executions(a) => {
+            let r: ListExecutionsResponse = c
+                .get(
+                    &format!("/api/v1/orchestrator/jobs/{}/executions", a.id),
+                    &a.query(),
+                )
+                .await?;
+            if !a.out.structured(&r)? {
+                print!("{}", executions_table(&r.items, &a.out));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -214,6 +383,10 @@ pub async fn run(c: &ApiClient, cmd: JobCommand) -> anyhow::Result<ExitCode> {
             if let Some(e) = &a.execution_id {
                 q.push(("execution_id", e.clone()));
             }
+            if let Some(v) = a.version {
+                q.push(("job_version", v.to_string()));
+            }
+            q.push(("all_job_versions", a.all_versions.to_string()));
             let r: ListHistoryResponse = c
                 .get(&format!("/api/v1/orchestrator/jobs/{}/history", a.id), &q)
                 .await?;
@@ -231,7 +404,7 @@ pub async fn run(c: &ApiClient, cmd: JobCommand) -> anyhow::Result<ExitCode> {
                             short_time(h.time),
                             level.into(),
                             h.job_version.to_string(),
-                            short(&h.execution_id).to_string(),
+                            a.out.id(&h.execution_id).to_string(),
                             h.event.topic.clone(),
                             h.event.message.clone(),
                         ]
@@ -239,10 +412,9 @@ pub async fn run(c: &ApiClient, cmd: JobCommand) -> anyhow::Result<ExitCode> {
                     .collect();
                 print!(
                     "{}",
-                    table(
+                    a.out.table(
                         &["time", "level", "job version", "exec. id", "topic", "event"],
                         &rows,
-                        a.out.hide_header
                     )
                 );
             }
@@ -434,6 +606,47 @@ pub async fn submit_and_follow(
     } else {
         eprintln!("Job successfully submitted. Job ID: {}", r.job_id);
     }
+    follow_submitted(c, &r.job_id, started, rt).await
+}
+
+/// `job run --dry-run`: what submitting would change in the job of the same name, from the
+/// server (`PUT /jobs/diff`); the spec as YAML when no server answers.
+async fn dry_run_diff(c: &ApiClient, job: serde_json::Value) -> anyhow::Result<ExitCode> {
+    let yaml = dry_run_yaml(&job)?;
+    match c
+        .put::<_, DiffJobResponse>(
+            "/api/v1/orchestrator/jobs/diff",
+            &PutJobRequest { job, force: false },
+        )
+        .await
+    {
+        Ok(r) => {
+            for w in &r.warnings {
+                eprintln!("Warning: {w}");
+            }
+            if r.diff.is_empty() {
+                eprintln!("No changes: the job of this name already has this spec.");
+            } else {
+                print!("{}", r.diff);
+            }
+        }
+        Err(e) => {
+            eprintln!(
+                "Warning: cannot compare with the submitted version ({e:#}); the spec as it would be submitted:"
+            );
+            print!("{yaml}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// After a submission: waits for the job (or streams its logs) as the runtime flags say.
+async fn follow_submitted(
+    c: &ApiClient,
+    job_id: &str,
+    started: Instant,
+    rt: &RuntimeArgs,
+) -> anyhow::Result<ExitCode> {
     if !rt.wait && !rt.follow {
         return Ok(ExitCode::SUCCESS);
     }
@@ -443,7 +656,7 @@ pub async fn submit_and_follow(
         loop {
             let j: GetJobResponse = c
                 .get(
-                    &format!("/api/v1/orchestrator/jobs/{}", r.job_id),
+                    &format!("/api/v1/orchestrator/jobs/{}", job_id),
                     &[("include", "executions".into())],
                 )
                 .await?;
@@ -453,37 +666,37 @@ pub async fn submit_and_follow(
                 break;
             }
             if Instant::now() > deadline {
-                bail!("timed out waiting for job {} to start", r.job_id);
+                bail!("timed out waiting for job {} to start", job_id);
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        stream_logs(c, &r.job_id, None, true, false).await?;
+        stream_logs(c, job_id, None, true, false).await?;
     }
-    let job = wait_for(c, &r.job_id, deadline, !rt.id_only && !rt.follow).await?;
+    let job = wait_for(c, job_id, deadline, !rt.id_only && !rt.follow).await?;
     let ok = job.state.state_type == JobStateType::Completed;
     if !rt.id_only {
         match job.state.state_type {
             JobStateType::Completed => eprintln!(
                 "\nJob {} completed in {:.1}s.",
-                r.job_id,
+                job_id,
                 started.elapsed().as_secs_f64()
             ),
-            s => eprintln!("\nJob {} is {s}: {}", r.job_id, job.state.message),
+            s => eprintln!("\nJob {} is {s}: {}", job_id, job.state.message),
         }
     }
     if !rt.id_only && !rt.no_hints {
         eprintln!(
             "\nTo get more details about the run, execute:\n\tcaravel job describe {}",
-            r.job_id
+            job_id
         );
         eprintln!(
             "\nTo get more details about the run executions, execute:\n\tcaravel job executions {}",
-            r.job_id
+            job_id
         );
         if ok {
             eprintln!(
                 "\nTo download the results, execute:\n\tcaravel job get {}",
-                r.job_id
+                job_id
             );
         }
     }
@@ -590,7 +803,7 @@ async fn list(c: &ApiClient, a: ListArgs) -> anyhow::Result<ExitCode> {
             .map(|j| {
                 vec![
                     short_time(j.create_time),
-                    short(&j.id).into(),
+                    a.out.id(&j.id).into(),
                     j.name.clone(),
                     j.engine(),
                     j.kind.clone(),
@@ -600,11 +813,8 @@ async fn list(c: &ApiClient, a: ListArgs) -> anyhow::Result<ExitCode> {
             .collect();
         print!(
             "{}",
-            table(
-                &["created", "id", "name", "job", "type", "state"],
-                &rows,
-                a.out.hide_header
-            )
+            a.out
+                .table(&["created", "id", "name", "job", "type", "state"], &rows)
         );
         if !r.next_token.is_empty() {
             eprintln!(
@@ -616,23 +826,23 @@ async fn list(c: &ApiClient, a: ListArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn executions_table(execs: &[Execution], hide: bool) -> String {
+fn executions_table(execs: &[Execution], out: &OutputArgs) -> String {
     let rows: Vec<Vec<String>> = execs
         .iter()
         .map(|e| {
             vec![
                 short_time(e.create_time),
                 short_time(e.modify_time),
-                short(&e.id).into(),
+                out.id(&e.id).into(),
                 e.job_version.to_string(),
-                short(&e.node_id).into(),
+                out.id(&e.node_id).into(),
                 e.revision.to_string(),
                 e.compute_state.state_type.to_string(),
                 e.desired_state.state_type.to_string(),
             ]
         })
         .collect();
-    table(
+    out.table(
         &[
             "created",
             "modified",
@@ -644,20 +854,24 @@ fn executions_table(execs: &[Execution], hide: bool) -> String {
             "desired",
         ],
         &rows,
-        hide,
     )
 }
 
-async fn describe(c: &ApiClient, a: IdArgs) -> anyhow::Result<ExitCode> {
-    let mut q = ns_query(&a.namespace);
+async fn describe(c: &ApiClient, a: VersionedArgs) -> anyhow::Result<ExitCode> {
+    let mut q = a.query();
     q.push(("include", "executions,history".into()));
     let r: GetJobResponse = c
         .get(&format!("/api/v1/orchestrator/jobs/{}", a.id), &q)
         .await?;
-    if a.out.output != Format::Table {
+    if matches!(a.out.output, Format::Json | Format::Yaml) {
         a.out.structured(&r)?;
         return Ok(ExitCode::SUCCESS);
     }
+    // The sections are tables for people, whatever else was asked.
+    let sections = OutputArgs {
+        wide: a.out.wide,
+        ..Default::default()
+    };
     let j = &r.job;
     let mut out = String::new();
     let kv = [
@@ -679,7 +893,7 @@ async fn describe(c: &ApiClient, a: IdArgs) -> anyhow::Result<ExitCode> {
     }
     let execs = r.executions.map(|p| p.items).unwrap_or_default();
     out.push_str("\nExecutions\n");
-    out.push_str(&executions_table(&execs, false));
+    out.push_str(&executions_table(&execs, &sections));
     if let Some(h) = r.history {
         out.push_str("\nHistory\n");
         let rows: Vec<Vec<String>> = h
@@ -688,17 +902,13 @@ async fn describe(c: &ApiClient, a: IdArgs) -> anyhow::Result<ExitCode> {
             .map(|h| {
                 vec![
                     short_time(h.time),
-                    short(&h.execution_id).into(),
+                    sections.id(&h.execution_id).into(),
                     h.event.topic.clone(),
                     h.event.message.clone(),
                 ]
             })
             .collect();
-        out.push_str(&table(
-            &["time", "exec. id", "topic", "event"],
-            &rows,
-            false,
-        ));
+        out.push_str(&sections.table(&["time", "exec. id", "topic", "event"], &rows));
     }
     for e in &execs {
         if let Some(o) = &e.run_output {

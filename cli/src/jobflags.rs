@@ -20,7 +20,7 @@ use clap::{Args, ValueEnum};
 use crate::ApiClient;
 use crate::input::{parse_input, parse_publisher, parse_result_path};
 use crate::job::{RuntimeArgs, job_to_value, submit_and_follow};
-use crate::selector::parse_selector;
+use caravel_model::selector::parse_selector;
 
 /// Where a job runs: `any` one matching node (a batch job) or `all` of them (an ops job).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
@@ -50,7 +50,7 @@ pub struct JobFlags {
     /// `any`: one matching node runs it (a batch job); `all`: every matching node does (an ops job).
     #[arg(long, value_enum, default_value_t = Target::Any)]
     pub target: Target,
-    /// Job labels key=value[,key=value…] (repeatable).
+    /// Job labels key=value[,key=value…] (repeatable); a bare key gets an empty value.
     #[arg(short = 'l', long)]
     pub labels: Vec<String>,
     /// Nodes to run on, as a label selector: region=eu,gpu!=true, zone in (a,b), ssd, !spot, cores>4.
@@ -87,12 +87,13 @@ pub struct JobFlags {
     /// A domain the job may reach with --network http (repeatable).
     #[arg(long = "domain")]
     pub domains: Vec<String>,
-    /// The job's total time in seconds, queueing included (Bacalhau's TotalTimeout; the execution
-    /// timeout falls back to it). 0 = the orchestrator's default.
-    #[arg(long)]
+    /// The job's total time, queueing included (Bacalhau's TotalTimeout; the execution timeout
+    /// falls back to it): seconds or a duration such as 90s, 5m, 1h30m. 0 = the orchestrator's
+    /// default.
+    #[arg(long, value_parser = crate::job::go_secs)]
     pub timeout: Option<u64>,
-    /// Seconds the job may wait for a node (0 = fail at once if none fits).
-    #[arg(long)]
+    /// How long the job may wait for a node (seconds or a duration; 0 = fail at once if none fits).
+    #[arg(long, value_parser = crate::job::go_secs)]
     pub queue_timeout: Option<u64>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
@@ -189,15 +190,16 @@ impl JobFlags {
             ..Default::default()
         };
         if let Some(c) = &self.constraints {
-            job.constraints = parse_selector(c).with_context(|| format!("--constraints {c}"))?;
+            job.constraints = parse_selector(c)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("--constraints {c}"))?;
         }
         for l in self.labels.iter().flat_map(|l| l.split(',')) {
-            match l.split_once('=') {
-                Some((k, v)) if !k.trim().is_empty() => {
-                    job.labels.insert(k.trim().into(), v.trim().into());
-                }
-                _ => bail!("-l {l}: write labels as key=value"),
+            let (k, v) = l.split_once('=').unwrap_or((l, ""));
+            if k.trim().is_empty() {
+                bail!("-l {l}: the label has no key; write key=value or key");
             }
+            job.labels.insert(k.trim().into(), v.trim().into());
         }
         Ok(job)
     }

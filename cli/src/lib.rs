@@ -14,8 +14,9 @@ pub mod job;
 pub mod jobflags;
 pub mod node;
 pub mod output;
+pub mod profile;
 pub mod results;
-pub mod selector;
+pub mod template;
 pub mod wasm;
 
 use std::process::ExitCode;
@@ -28,8 +29,7 @@ pub use client::ApiClient;
 #[command(
     name = "caravel",
     version,
-    about = "Compute over data: run jobs next to the data, on highly available orchestrators",
-    propagate_version = true
+    about = "Compute over data: run jobs next to the data, on highly available orchestrators"
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -49,6 +49,9 @@ pub struct Global {
     /// The node's data directory (config file: DATA_DIR/config.yaml).
     #[arg(long, global = true, env = "CARAVEL_DIR")]
     pub data_dir: Option<String>,
+    /// The client profile to use (`caravel profile list`; default: the selected one).
+    #[arg(long, global = true, env = "CARAVEL_PROFILE")]
+    pub profile: Option<String>,
     /// A YAML config file, or Key=Value (dot path, any case); repeatable, later wins.
     #[arg(short = 'c', long = "config", global = true)]
     pub config: Vec<String>,
@@ -141,6 +144,9 @@ pub enum Command {
     /// API credentials: what this client sends, and password hashes for API.Auth.Users.
     #[command(subcommand)]
     Auth(auth::AuthCommand),
+    /// Named client settings (endpoint, timeout, token, TLS), as Bacalhau's profiles.
+    #[command(subcommand)]
+    Profile(profile::ProfileCommand),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -204,8 +210,8 @@ pub struct DevstackArgs {
     /// Orchestrators to start (1, 3 or 5 for a Raft group that survives 0, 1 or 2 failures).
     #[arg(long, default_value_t = 1)]
     pub orchestrators: u32,
-    /// Compute nodes to start (0 is allowed).
-    #[arg(long, default_value_t = 1)]
+    /// Compute nodes to start (0 is allowed; Bacalhau's spelling `--computes` works too).
+    #[arg(long, visible_alias = "computes", default_value_t = 1)]
     pub compute: u32,
     /// Run every node as its own OS process even for one orchestrator (always so for more than one
     /// orchestrator or compute node), and write DATA_DIR/devstack.json.
@@ -216,6 +222,19 @@ pub struct DevstackArgs {
 /// Runs a client command (everything but serve and devstack).
 pub async fn run(cli: Cli) -> ExitCode {
     let global = cli.global.clone().with_bacalhau_env();
+    let command = match cli.command {
+        // Local files only: no API client (and no profile) needed.
+        Command::Profile(c) => {
+            return match profile::run(&global, c) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("Error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        other => other,
+    };
     let client = match ApiClient::from_global(&global) {
         Ok(c) => c,
         Err(e) => {
@@ -223,7 +242,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let res = match cli.command {
+    let res = match command {
         Command::Job(c) => job::run(&client, c).await,
         Command::Wasm(c) => wasm::run(&client, c).await,
         Command::Docker(c) => docker::run(&client, c).await,
@@ -238,7 +257,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             file,
         })) => cluster::save(&client, &file).await,
         Command::Operator(_) => Ok(ExitCode::from(2)),
-        Command::Serve(_) | Command::Devstack(_) => Ok(ExitCode::from(2)),
+        Command::Serve(_) | Command::Devstack(_) | Command::Profile(_) => Ok(ExitCode::from(2)),
     };
     match res {
         Ok(code) => code,
@@ -246,5 +265,16 @@ pub async fn run(cli: Cli) -> ExitCode {
             eprintln!("Error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every subcommand's flags are consistent (clap's debug assertions, for the whole tree).
+    #[test]
+    fn the_command_tree_is_valid() {
+        super::Cli::command().debug_assert();
     }
 }

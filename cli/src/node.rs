@@ -7,7 +7,7 @@ use caravel_model::quantity::format_bytes;
 use clap::{Args, Subcommand};
 
 use crate::ApiClient;
-use crate::output::{Format, OutputArgs, table};
+use crate::output::{Format, OutputArgs};
 
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
@@ -113,8 +113,83 @@ pub struct ListArgs {
     order_by: Option<String>,
     #[arg(long)]
     order_reversed: bool,
+    /// Column groups after id, type, approval and status: labels, version, features, capacity
+    /// (comma list; default labels,capacity).
+    #[arg(long, value_delimiter = ',', default_value = "labels,capacity", value_parser = ["labels", "version", "features", "capacity"])]
+    show: Vec<String>,
     #[command(flatten)]
     out: OutputArgs,
+}
+
+/// The `node list` table: id, type, approval and status, then each group asked for with `--show`
+/// in Bacalhau's order (labels; version, architecture, os; engines, inputs from, outputs; cpu,
+/// memory, disk, gpu as free / total).
+fn node_rows(r: &ListNodesResponse, show: &[String]) -> (Vec<&'static str>, Vec<Vec<String>>) {
+    let shows = |g: &str| show.iter().any(|s| s == g);
+    let mut header = vec!["id", "type", "approval", "status"];
+    if shows("labels") {
+        header.push("labels");
+    }
+    if shows("version") {
+        header.extend(["version", "architecture", "os"]);
+    }
+    if shows("features") {
+        header.extend(["engines", "inputs from", "outputs"]);
+    }
+    if shows("capacity") {
+        header.extend(["cpu", "memory", "disk", "gpu"]);
+    }
+    let rows = r
+        .nodes
+        .iter()
+        .map(|n| {
+            let ci = &n.info.compute_node_info;
+            let (free, max) = (&ci.available_capacity, &ci.max_capacity);
+            let mut row = vec![
+                n.info.node_id.clone(),
+                n.info.node_type.clone(),
+                n.membership.as_str().into(),
+                n.connection_state.status.as_str().into(),
+            ];
+            if shows("labels") {
+                row.push(
+                    n.info
+                        .labels
+                        .iter()
+                        // System labels (the admission policy) are for `node describe`.
+                        .filter(|(k, _)| !k.starts_with("caravel.io/"))
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                );
+            }
+            if shows("version") {
+                let v = &n.info.bacalhau_version;
+                row.extend([v.git_version.clone(), v.goarch.clone(), v.goos.clone()]);
+            }
+            if shows("features") {
+                row.extend([
+                    ci.execution_engines.join(" "),
+                    ci.storage_sources.join(" "),
+                    ci.publishers.join(" "),
+                ]);
+            }
+            if shows("capacity") {
+                row.extend([
+                    format!("{:.1} / {:.1}", free.cpu, max.cpu),
+                    format!(
+                        "{} / {}",
+                        format_bytes(free.memory),
+                        format_bytes(max.memory)
+                    ),
+                    format!("{} / {}", format_bytes(free.disk), format_bytes(max.disk)),
+                    format!("{} / {}", free.gpu, max.gpu),
+                ]);
+            }
+            row
+        })
+        .collect();
+    (header, rows)
 }
 
 pub async fn run(c: &ApiClient, cmd: NodeCommand) -> anyhow::Result<ExitCode> {
@@ -141,48 +216,8 @@ pub async fn run(c: &ApiClient, cmd: NodeCommand) -> anyhow::Result<ExitCode> {
             }
             let r: ListNodesResponse = c.get("/api/v1/orchestrator/nodes", &q).await?;
             if !a.out.structured(&r)? {
-                let rows: Vec<Vec<String>> = r
-                    .nodes
-                    .iter()
-                    .map(|n| {
-                        let ci = &n.info.compute_node_info;
-                        vec![
-                            n.info.node_id.clone(),
-                            n.info.node_type.clone(),
-                            n.membership.as_str().into(),
-                            n.connection_state.status.as_str().into(),
-                            n.info
-                                .labels
-                                .iter()
-                                // System labels (the admission policy) are for `node describe`.
-                                .filter(|(k, _)| !k.starts_with("caravel.io/"))
-                                .map(|(k, v)| format!("{k}={v}"))
-                                .collect::<Vec<_>>()
-                                .join(" "),
-                            format!(
-                                "{:.1} / {:.1}",
-                                ci.available_capacity.cpu, ci.max_capacity.cpu
-                            ),
-                            format!(
-                                "{} / {}",
-                                format_bytes(ci.available_capacity.memory),
-                                format_bytes(ci.max_capacity.memory)
-                            ),
-                            ci.execution_engines.join(","),
-                        ]
-                    })
-                    .collect();
-                print!(
-                    "{}",
-                    table(
-                        &[
-                            "id", "type", "approval", "status", "labels", "cpu", "memory",
-                            "engines"
-                        ],
-                        &rows,
-                        a.out.hide_header
-                    )
-                );
+                let (header, rows) = node_rows(&r, &a.show);
+                print!("{}", a.out.table(&header, &rows));
             }
         }
         NodeCommand::Describe { id, out } => {
@@ -253,10 +288,9 @@ pub async fn run(c: &ApiClient, cmd: NodeCommand) -> anyhow::Result<ExitCode> {
                     .collect();
                 print!(
                     "{}",
-                    table(
+                    out.table(
                         &["id", "state", "expires", "node", "used by", "description"],
                         &rows,
-                        out.hide_header
                     )
                 );
             }

@@ -7,13 +7,14 @@ use serde::Serialize;
 pub enum Format {
     #[default]
     Table,
+    Csv,
     Json,
     Yaml,
 }
 
 #[derive(Debug, Clone, Args, Default)]
 pub struct OutputArgs {
-    /// table, json or yaml.
+    /// table, csv, json or yaml.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub output: Format,
     /// Indent JSON.
@@ -22,13 +23,19 @@ pub struct OutputArgs {
     /// Leave out the table header.
     #[arg(long)]
     pub hide_header: bool,
+    /// Print ids in full instead of their short form.
+    #[arg(long)]
+    pub wide: bool,
+    /// Plain text (Caravel's tables carry no colour or styling; accepted as Bacalhau accepts it).
+    #[arg(long)]
+    pub no_style: bool,
 }
 
 impl OutputArgs {
     /// Prints `v` as JSON/YAML; returns false for table output (the caller prints a table).
     pub fn structured<T: Serialize>(&self, v: &T) -> anyhow::Result<bool> {
         match self.output {
-            Format::Table => Ok(false),
+            Format::Table | Format::Csv => Ok(false),
             Format::Json => {
                 let s = if self.pretty {
                     serde_json::to_string_pretty(v)?
@@ -44,6 +51,49 @@ impl OutputArgs {
             }
         }
     }
+}
+
+impl OutputArgs {
+    /// The rows as a table, or as CSV (RFC 4180) with `--output csv`.
+    pub fn table(&self, header: &[&str], rows: &[Vec<String>]) -> String {
+        match self.output {
+            Format::Csv => csv(header, rows, self.hide_header),
+            _ => table(header, rows, self.hide_header),
+        }
+    }
+
+    /// An id as a table shows it: short, or whole with `--wide`.
+    pub fn id<'a>(&self, id: &'a str) -> &'a str {
+        if self.wide {
+            id
+        } else {
+            caravel_model::ids::short(id)
+        }
+    }
+}
+
+/// Rows as CSV: a header line (unless hidden), fields quoted where they hold a comma, a quote or a
+/// line break.
+pub fn csv(header: &[&str], rows: &[Vec<String>], hide_header: bool) -> String {
+    let field = |f: &str| {
+        if f.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", f.replace('"', "\"\""))
+        } else {
+            f.to_string()
+        }
+    };
+    let mut out = String::new();
+    if !hide_header {
+        let h: Vec<String> = header.iter().map(|h| field(&h.to_uppercase())).collect();
+        out.push_str(&h.join(","));
+        out.push('\n');
+    }
+    for r in rows {
+        let r: Vec<String> = r.iter().map(|c| field(c)).collect();
+        out.push_str(&r.join(","));
+        out.push('\n');
+    }
+    out
 }
 
 /// A plain text table with left-aligned columns.
@@ -83,4 +133,22 @@ pub fn table(header: &[&str], rows: &[Vec<String>], hide_header: bool) -> String
 pub fn short_time(ns: i64) -> String {
     let s = caravel_model::time::rfc3339(ns);
     format!("{} {}", &s[2..10], &s[11..19])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_quotes_what_needs_quoting() {
+        let rows = vec![
+            vec!["a".to_string(), "b,c".to_string()],
+            vec!["say \"hi\"".to_string(), "two\nlines".to_string()],
+        ];
+        assert_eq!(
+            csv(&["id", "labels"], &rows, false),
+            "ID,LABELS\na,\"b,c\"\n\"say \"\"hi\"\"\",\"two\nlines\"\n"
+        );
+        assert_eq!(csv(&["id"], &[vec!["x".into()]], true), "x\n");
+    }
 }

@@ -30,8 +30,8 @@ pub struct WasmRunArgs {
     /// Exported function to call.
     #[arg(long, default_value = "_start")]
     pub entry_point: String,
-    /// Input targets holding modules to link.
-    #[arg(short = 'I', long)]
+    /// Input targets holding modules to link (repeatable, or a comma list as Bacalhau takes it).
+    #[arg(short = 'I', long, value_delimiter = ',')]
     pub import_modules: Vec<String>,
     #[command(flatten)]
     pub job: JobFlags,

@@ -17,8 +17,8 @@
 //!   request (NVIDIA driver) only when the node has GPUs. Disk limits are **not** applied: the
 //!   engine supports `--storage-opt size` only on overlay2-over-xfs-with-pquota, devicemapper, btrfs
 //!   and zfs, and refuses to create the container elsewhere; the scheduler still counts disk.
-//! * Network (`Task.Network.Type`): None (and unset) → `none`, Host → `host`, Full/Bridge →
-//!   `bridge`; HTTP (domain allow-list through a proxy) is refused with an explanation.
+//! * Network (`Task.Network.Type`), as Bacalhau v1.7+: None (and unset) → `none`, Default/Bridge →
+//!   `bridge`, Host/Full → `host`; HTTP (domain allow-list through a proxy) is refused at submit.
 //! * Inputs are bind-mounted at their targets, read-only unless the input says otherwise; each
 //!   `ResultPath` directory is bind-mounted read-write.
 //! * Containers carry [`LABEL_NODE`], [`LABEL_EXECUTION`] and [`LABEL_JOB`]; they are removed after
@@ -684,29 +684,11 @@ pub fn split_image(image: &str) -> (String, String) {
 
 /// The Docker network mode of a Bacalhau network type.
 pub fn network_mode(kind: &str) -> Result<&'static str, ExecError> {
-    match kind.trim().to_ascii_lowercase().as_str() {
-        "" | "none" | "default" => Ok("none"),
-        "host" => Ok("host"),
-        "full" | "bridge" => Ok("bridge"),
+    match caravel_model::spec::network_class(kind) {
+        Some("None") => Ok("none"),
+        Some("Bridge") => Ok("bridge"),
+        Some("Host") => Ok("host"),
         _ => Err(ExecError::NetworkUnsupported(kind.trim().to_string())),
-    }
-}
-
-fn string_list(v: Option<&serde_json::Value>, name: &str) -> Result<Vec<String>, ExecError> {
-    match v {
-        None | Some(serde_json::Value::Null) => Ok(Vec::new()),
-        Some(serde_json::Value::Array(items)) => items
-            .iter()
-            .map(|i| match i {
-                serde_json::Value::String(s) => Ok(s.clone()),
-                other => Err(ExecError::BadParams(format!(
-                    "{name} holds {other}, which is not a string"
-                ))),
-            })
-            .collect(),
-        Some(other) => Err(ExecError::BadParams(format!(
-            "{name} must be a list of strings, not {other}"
-        ))),
     }
 }
 
@@ -717,33 +699,18 @@ fn plan(
     node_gpus: u64,
     sandbox: &Sandbox,
 ) -> Result<Plan, ExecError> {
-    let params = &req.task.engine.params;
-    let image = match params.get("Image") {
-        Some(serde_json::Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
-        _ => {
-            return Err(ExecError::BadParams(
-                "docker job has no Image: set Engine.Params.Image, e.g. ubuntu:24.04".into(),
-            ));
-        }
-    };
-    if image.chars().any(char::is_whitespace) {
-        return Err(ExecError::BadParams(format!(
-            "Image {image:?} contains white space"
-        )));
-    }
-    let entrypoint = string_list(params.get_any(&["Entrypoint", "EntryPoint"]), "Entrypoint")?;
-    let working_dir = match params.get("WorkingDirectory") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(s)) if s.trim().is_empty() => None,
-        Some(serde_json::Value::String(s)) if s.trim().starts_with('/') => {
-            Some(s.trim().to_string())
-        }
-        Some(other) => {
-            return Err(ExecError::BadParams(format!(
-                "WorkingDirectory must be an absolute path, not {other}"
-            )));
-        }
-    };
+    let params =
+        caravel_model::params::DockerParams::try_from(&req.task.engine).map_err(|errs| {
+            ExecError::BadParams(
+                errs.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })?;
+    let image = params.image;
+    let entrypoint = params.entrypoint;
+    let working_dir = params.working_directory;
     let network = network_mode(&req.task.network.kind)?;
     let res = &req.task.resources;
     let nano_cpus = match caravel_model::quantity::parse_cpu(&res.cpu) {
@@ -886,7 +853,9 @@ mod tests {
         assert_eq!(network_mode("").unwrap(), "none");
         assert_eq!(network_mode("None").unwrap(), "none");
         assert_eq!(network_mode("Host").unwrap(), "host");
-        assert_eq!(network_mode("Full").unwrap(), "bridge");
+        assert_eq!(network_mode("Full").unwrap(), "host");
+        assert_eq!(network_mode("Default").unwrap(), "bridge");
+        assert_eq!(network_mode("bridge").unwrap(), "bridge");
         let e = network_mode("HTTP").unwrap_err().to_string();
         assert!(e.contains("\"HTTP\" is not supported"), "{e}");
     }
@@ -964,7 +933,7 @@ mod tests {
             plan(&request(no_image), "n", 0, &Sandbox::default())
                 .unwrap_err()
                 .to_string()
-                .contains("no Image")
+                .contains("Image is required for docker jobs")
         );
         let relative = Task {
             engine: SpecConfig::new("docker")

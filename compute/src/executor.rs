@@ -78,7 +78,7 @@ pub enum ExecError {
     )]
     ImageUnavailable { image: String, reason: String },
     #[error(
-        "network type {0:?} is not supported by the docker executor of this node (supported: None, Host, Full); HTTP domain filtering needs a proxy Caravel does not run"
+        "network type {0:?} is not supported by the docker executor of this node (supported: None, Default/Bridge, Host/Full); HTTP domain filtering needs a proxy Caravel does not run"
     )]
     NetworkUnsupported(String),
     #[error("the task asks for {requested} GPU(s) but this node has {available}")]
@@ -128,32 +128,59 @@ pub trait Executor: Send + Sync {
     ) -> BoxFuture<'_, Result<RunResult, ExecError>>;
 }
 
+/// What Bacalhau tells every task about itself (reference §3.8): the job's id, name, namespace and
+/// type, the execution and node ids, the partition and the number of partitions.
+pub fn system_env(
+    job: &caravel_model::spec::Job,
+    execution: &caravel_model::execution::Execution,
+    node_id: &str,
+) -> BTreeMap<String, String> {
+    let job_id = if execution.job_id.is_empty() {
+        job.id.as_str()
+    } else {
+        execution.job_id.as_str()
+    };
+    // Ops and daemon jobs run once per node: each is its own single partition.
+    let count = if matches!(job.kind.as_str(), "batch" | "service") {
+        job.count.max(1)
+    } else {
+        1
+    };
+    [
+        ("BACALHAU_JOB_ID", job_id.to_string()),
+        ("BACALHAU_JOB_NAME", job.name.clone()),
+        ("BACALHAU_JOB_NAMESPACE", job.namespace.clone()),
+        ("BACALHAU_JOB_TYPE", job.kind.clone()),
+        ("BACALHAU_EXECUTION_ID", execution.id.clone()),
+        ("BACALHAU_NODE_ID", node_id.to_string()),
+        (
+            "BACALHAU_PARTITION_INDEX",
+            execution.partition_index.to_string(),
+        ),
+        ("BACALHAU_PARTITION_COUNT", count.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
 /// The task's environment: its `Env`, then `Engine.Params.EnvironmentVariables` (a map or a list of
-/// `K=V`), then `BACALHAU_EXECUTION_ID`, `BACALHAU_JOB_ID` (which nothing may override).
-pub fn task_env(task: &Task, execution_id: &str, job_id: &str) -> BTreeMap<String, String> {
+/// `K=V`), then the [`system_env`] (which nothing may override; at least `BACALHAU_EXECUTION_ID` and
+/// `BACALHAU_JOB_ID`).
+pub fn task_env(
+    task: &Task,
+    execution_id: &str,
+    job_id: &str,
+    system: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
     let mut env: BTreeMap<String, String> = task.env.clone();
-    match task.engine.params.get("EnvironmentVariables") {
-        Some(serde_json::Value::Object(m)) => {
-            for (k, v) in m {
-                let v = match v {
-                    serde_json::Value::String(s) => s.clone(),
-                    serde_json::Value::Null => String::new(),
-                    other => other.to_string(),
-                };
-                env.insert(k.clone(), v);
-            }
-        }
-        Some(serde_json::Value::Array(items)) => {
-            for item in items.iter().filter_map(|i| i.as_str()) {
-                if let Some((k, v)) = item.split_once('=') {
-                    env.insert(k.to_string(), v.to_string());
-                }
-            }
-        }
-        _ => {}
+    // Validated at submit; here a bad entry is left out rather than failing the run.
+    if let Ok(vars) = caravel_model::params::environment_variables(&task.engine.params) {
+        env.extend(vars);
     }
     env.insert("BACALHAU_EXECUTION_ID".into(), execution_id.to_string());
     env.insert("BACALHAU_JOB_ID".into(), job_id.to_string());
+    env.extend(system.iter().map(|(k, v)| (k.clone(), v.clone())));
     env
 }
 
@@ -191,23 +218,8 @@ pub fn resolve_host_env(
 
 /// The task's arguments (`Engine.Params.Parameters`), without argv\[0\].
 pub fn task_args(task: &Task) -> Result<Vec<String>, ExecError> {
-    match task.engine.params.get("Parameters") {
-        None | Some(serde_json::Value::Null) => Ok(Vec::new()),
-        Some(serde_json::Value::Array(items)) => items
-            .iter()
-            .map(|v| match v {
-                serde_json::Value::String(s) => Ok(s.clone()),
-                serde_json::Value::Number(n) => Ok(n.to_string()),
-                serde_json::Value::Bool(b) => Ok(b.to_string()),
-                other => Err(ExecError::BadParams(format!(
-                    "Parameters holds {other}, which is not a string"
-                ))),
-            })
-            .collect(),
-        Some(other) => Err(ExecError::BadParams(format!(
-            "Parameters must be a list of strings, not {other}"
-        ))),
-    }
+    caravel_model::params::words(&task.engine.params, &["Parameters"])
+        .map_err(|e| ExecError::BadParams(e.to_string()))
 }
 
 #[cfg(test)]
@@ -256,7 +268,7 @@ mod tests {
         };
         task.env.insert("A".into(), "0".into());
         task.env.insert("BACALHAU_JOB_ID".into(), "spoof".into());
-        let env = task_env(&task, "e-1", "j-1");
+        let env = task_env(&task, "e-1", "j-1", &BTreeMap::new());
         assert_eq!(env["A"], "1");
         assert_eq!(env["B"], "x=y");
         assert_eq!(env["BACALHAU_JOB_ID"], "j-1");
@@ -268,7 +280,7 @@ mod tests {
             ),
             ..Default::default()
         };
-        let env = task_env(&task, "e", "j");
+        let env = task_env(&task, "e", "j", &BTreeMap::new());
         assert_eq!((env["K"].as_str(), env["N"].as_str()), ("v", "3"));
     }
 

@@ -7,12 +7,16 @@
 //! one of the node's allow-listed paths), `urlDownload` (http/https, streamed to disk with a size
 //! cap, a timeout and at most 5 redirects), `s3` (an object, or every object under a prefix, through
 //! [`crate::s3`] with the node's credentials; `Filter` is a regex on keys, `VersionID` picks a
-//! version, `ChecksumSHA256` is verified), and `ipfs` (`CID` fetched from the node's HTTP gateway,
+//! version, `ChecksumSHA256` is verified), `s3PreSigned` (its `PreSignedURL` fetched as a URL,
+//! the object named by `SourceSpec.Key`), and `ipfs` (`CID` fetched from the node's HTTP gateway,
 //! `Compute.IPFSGateway`, as `GET {gateway}/ipfs/{CID}`; refused when none is configured). Anything
 //! else is refused with a clear error.
 //!
-//! A single object (s3, urlDownload, ipfs, inline) becomes a file at the target; an s3 prefix
-//! becomes a directory holding the matching objects by their key below the prefix's directory.
+//! Layouts, as Bacalhau's: an `s3` input is always a directory at the target holding each object by
+//! its key below the key's directory (`Key: dir/in.txt`, `Target: /inputs` → `/inputs/in.txt`;
+//! `Key: data/` → `/inputs/a.csv`, `/inputs/sub/b.csv`); `urlDownload`, `ipfs` and `inline` give a
+//! file at the target (a gzipped tar archive inline becomes a directory); `local` mounts the host
+//! path itself (a file or a directory) at the target.
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::OnceLock;
@@ -33,7 +37,14 @@ use crate::s3::{S3Error, S3Settings, S3Target, error_chain};
 
 /// Source types every node can prepare (`ipfs` is added when a gateway is configured), as reported
 /// in `NodeInfo`.
-pub const SUPPORTED_SOURCES: &[&str] = &["inline", "local", "urlDownload", "s3"];
+pub const SUPPORTED_SOURCES: &[&str] = &[
+    "inline",
+    "local",
+    "localDirectory",
+    "urlDownload",
+    "s3",
+    "s3PreSigned",
+];
 /// Default cap of one downloaded (or inline, decompressed) input.
 pub const DEFAULT_MAX_DOWNLOAD_BYTES: u64 = 1 << 30;
 /// Default timeout of one download.
@@ -252,29 +263,45 @@ impl InputPreparer {
         v
     }
 
-    /// Prepares every input of a task under `dir` (one subdirectory per input).
+    /// Prepares every input of a task under `dir` (one subdirectory per input), for partition
+    /// `part` = (index, count) of its job: an s3 input with a `Partition` rule holds only the
+    /// objects of that partition.
     pub async fn prepare(
         &self,
         inputs: &[InputSource],
         dir: &Path,
+        part: (usize, usize),
     ) -> Result<Vec<PreparedInput>, InputError> {
         let mut out = Vec::with_capacity(inputs.len());
         for (i, input) in inputs.iter().enumerate() {
-            out.push(self.prepare_one(input, &dir.join(i.to_string())).await?);
+            out.push(
+                self.prepare_part(input, &dir.join(i.to_string()), part)
+                    .await?,
+            );
         }
         Ok(out)
     }
 
-    /// Prepares one input into `dir` (created if needed; unused for `local`).
+    /// Prepares one input into `dir` (created if needed; unused for `local`), whole.
     pub async fn prepare_one(
         &self,
         input: &InputSource,
         dir: &Path,
     ) -> Result<PreparedInput, InputError> {
+        self.prepare_part(input, dir, (0, 1)).await
+    }
+
+    /// [`Self::prepare_one`] for partition (index, count) of the job.
+    pub async fn prepare_part(
+        &self,
+        input: &InputSource,
+        dir: &Path,
+        part: (usize, usize),
+    ) -> Result<PreparedInput, InputError> {
         let target = check_target(&input.target)?;
         let kind = input.source.kind.trim().to_ascii_lowercase();
         let started = Instant::now();
-        let prepared = self.fetch(input, &kind, dir, target).await?;
+        let prepared = self.fetch(input, &kind, dir, target, part).await?;
         if kind != "local" && kind != "localdirectory" {
             let path = prepared.host_path.clone();
             let bytes = tokio::task::spawn_blocking(move || tree_size(&path))
@@ -295,6 +322,7 @@ impl InputPreparer {
         kind: &str,
         dir: &Path,
         target: String,
+        part: (usize, usize),
     ) -> Result<PreparedInput, InputError> {
         match kind {
             "inline" => {
@@ -316,8 +344,33 @@ impl InputPreparer {
                     read_only: true,
                 })
             }
+            "s3presigned" => {
+                // An S3 object through a URL someone with the credentials signed: fetched as a
+                // URL (the node's own credentials are not used), laid out as an s3 input.
+                let url = param(input, "s3PreSigned", "PreSignedURL")?;
+                let key = input
+                    .source
+                    .params
+                    .get("SourceSpec")
+                    .and_then(|v| v.get("Key"))
+                    .and_then(|k| k.as_str())
+                    .unwrap_or_default();
+                let name = key
+                    .rsplit('/')
+                    .next()
+                    .filter(|n| !n.is_empty() && *n != "." && *n != "..")
+                    .unwrap_or("object");
+                let dest = dir.join(file_name_of(&target));
+                self.download(url, &dest, &format!("/{name}"), Via::Url)
+                    .await?;
+                Ok(PreparedInput {
+                    host_path: dest,
+                    target,
+                    read_only: true,
+                })
+            }
             "s3" => {
-                let host_path = self.s3(input, dir, &target).await?;
+                let host_path = self.s3(input, dir, &target, part).await?;
                 Ok(PreparedInput {
                     host_path,
                     target,
@@ -366,8 +419,12 @@ impl InputPreparer {
         input: &InputSource,
         dir: &Path,
         target: &str,
+        (part_index, part_count): (usize, usize),
     ) -> Result<PathBuf, InputError> {
         let p = &input.source.params;
+        let partition = caravel_model::partition::PartitionConfig::from_params(p)
+            .map_err(S3Error::BadParams)?
+            .filter(|_| part_count > 1);
         let text = |k: &str| p.str(k).map(str::trim).filter(|s| !s.is_empty());
         let bucket = param(input, "s3", "Bucket")?;
         let key = p.str("Key").unwrap_or("").trim().trim_start_matches('/');
@@ -388,7 +445,8 @@ impl InputPreparer {
         let limit = self.max_download_bytes;
         let work = async {
             // A key not ending in `/` names an object if one exists; otherwise it is a prefix.
-            if !key.is_empty() && !key.ends_with('/') {
+            // (A partitioned input is always a listing: one object is in one partition.)
+            if !key.is_empty() && !key.ends_with('/') && partition.is_none() {
                 let opts = object_store::GetOptions {
                     version: version.map(String::from),
                     ..Default::default()
@@ -398,7 +456,18 @@ impl InputPreparer {
                     .await
                 {
                     Ok(res) => {
-                        let sum = write_object(res, &dest, limit, &t, key).await?;
+                        // As Bacalhau: a directory at the target, the object in it by its name
+                        // (`Key: dir/in.txt`, `Target: /inputs` → `/inputs/in.txt`).
+                        std::fs::create_dir_all(&dest)
+                            .map_err(io(format!("creating {}", dest.display())))?;
+                        let name = key.rsplit('/').next().unwrap_or(key);
+                        if name.is_empty() || name == "." || name == ".." {
+                            return Err(S3Error::BadParams(format!(
+                                "Key {key:?} does not end in an object name"
+                            ))
+                            .into());
+                        }
+                        let sum = write_object(res, &dest.join(name), limit, &t, key).await?;
                         if let Some(expected) = checksum {
                             check_sha256(expected, &sum, &t.bucket, key)?;
                         }
@@ -425,6 +494,8 @@ impl InputPreparer {
             let list_prefix = (!parent.is_empty()).then(|| object_store::path::Path::from(parent));
             let mut listing = store.list(list_prefix.as_ref());
             let mut objects = Vec::new();
+            // Objects under the key before partitioning: a partition may be empty, the key not.
+            let mut matched = 0usize;
             while let Some(meta) = listing.next().await {
                 let meta = meta.map_err(|e| crate::s3::classify(&e, &t, key))?;
                 let full = meta.location.as_ref().to_string();
@@ -432,6 +503,13 @@ impl InputPreparer {
                     continue;
                 }
                 if filter.as_ref().is_some_and(|f| !f.is_match(&full)) {
+                    continue;
+                }
+                matched += 1;
+                if partition
+                    .as_ref()
+                    .is_some_and(|r| !r.keeps(&full, key, part_index, part_count))
+                {
                     continue;
                 }
                 let rel = if parent.is_empty() {
@@ -451,7 +529,7 @@ impl InputPreparer {
                 }
                 objects.push((meta.location.clone(), rel.to_string()));
             }
-            if objects.is_empty() {
+            if matched == 0 {
                 return Err(S3Error::NoSuchKey {
                     bucket: t.bucket.clone(),
                     key: key.to_string(),

@@ -947,6 +947,7 @@ impl ComputeNode {
         } else {
             execution.job_id.clone()
         };
+        let system = crate::executor::system_env(&job, &execution, &self.shared.opts.node_id);
         self.shared.tasks.spawn(async move {
             // External probes (JobAdmissionControl.ProbeHTTP / ProbeExec) decide before a slot.
             if let Err(why) = crate::admission::probe(
@@ -959,7 +960,7 @@ impl ComputeNode {
                 node.refuse(&id, &why);
                 return;
             }
-            node.execute(id, job_id, task).await
+            node.execute(id, job_id, task, system).await
         });
     }
 
@@ -978,7 +979,13 @@ impl ComputeNode {
         );
     }
 
-    async fn execute(self, id: String, job_id: String, task: Task) {
+    async fn execute(
+        self,
+        id: String,
+        job_id: String,
+        task: Task,
+        system: BTreeMap<String, String>,
+    ) {
         let Some((cancel, paths)) = self
             .lock()
             .execs
@@ -1006,7 +1013,7 @@ impl ComputeNode {
             None,
         );
         let outcome = self
-            .run_execution(&id, &job_id, &task, &paths, &cancel)
+            .run_execution(&id, &job_id, &task, &system, &paths, &cancel)
             .await;
         // Clean up and free the slot before the final report, so whoever sees it sees the end state.
         let p = paths.clone();
@@ -1089,6 +1096,7 @@ impl ComputeNode {
         id: &str,
         job_id: &str,
         task: &Task,
+        system: &BTreeMap<String, String>,
         paths: &ExecutionPaths,
         cancel: &CancellationToken,
     ) -> Outcome {
@@ -1111,7 +1119,7 @@ impl ComputeNode {
             Err(e) => return fail(topic::EXECUTION, e.to_string()),
         };
         let inputs = tokio::select! {
-            r = self.shared.inputs.prepare(&task.input_sources, &paths.inputs) => match r {
+            r = self.shared.inputs.prepare(&task.input_sources, &paths.inputs, partition_of(system)) => match r {
                 Ok(i) => i,
                 Err(e) => return fail(topic::DOWNLOADING, format!("preparing inputs: {e}")),
             },
@@ -1180,7 +1188,7 @@ impl ComputeNode {
             self.shared.opts.default_memory_limit
         };
         let env = match crate::executor::resolve_host_env(
-            task_env(task, id, job_id),
+            task_env(task, id, job_id, system),
             &self.shared.opts.env_allow_list,
             &|name| std::env::var(name).ok(),
         ) {
@@ -1435,6 +1443,14 @@ impl ComputeNode {
 }
 
 /// `RunOutput` of an execution that failed before or outside its task: exit code -1, as Bacalhau.
+/// The (index, count) partition of an execution, from its system environment.
+fn partition_of(system: &BTreeMap<String, String>) -> (usize, usize) {
+    let read = |k: &str| system.get(k).and_then(|v| v.parse::<usize>().ok());
+    let count = read("BACALHAU_PARTITION_COUNT").unwrap_or(1).max(1);
+    let index = read("BACALHAU_PARTITION_INDEX").unwrap_or(0).min(count - 1);
+    (index, count)
+}
+
 fn failed_output(msg: &str) -> RunOutput {
     RunOutput {
         exit_code: -1,

@@ -206,43 +206,28 @@ fn run_blocking(
     if engine_kind != "wasm" {
         return Err(ExecError::UnsupportedEngine(req.task.engine.kind.clone()));
     }
-    let params = &req.task.engine.params;
-    let entry_target = match params.get("EntryModule") {
-        Some(serde_json::Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
-        Some(serde_json::Value::String(_)) | None | Some(serde_json::Value::Null) => {
+    let params = match caravel_model::params::WasmParams::try_from(&req.task.engine) {
+        Ok(p) => p,
+        Err(errs)
+            if errs
+                .iter()
+                .all(|e| e.field == "EntryModule" && e.message.starts_with("is required")) =>
+        {
             return Err(ExecError::NoEntryModule);
         }
-        Some(other) => {
-            return Err(ExecError::BadParams(format!(
-                "EntryModule must be the Target of an input, not {other}"
-            )));
+        Err(errs) => {
+            return Err(ExecError::BadParams(
+                errs.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ));
         }
     };
-    let entry_point = match params.get_any(&["Entrypoint", "EntryPoint"]) {
-        Some(serde_json::Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
-        Some(serde_json::Value::String(_)) | None | Some(serde_json::Value::Null) => {
-            "_start".to_string()
-        }
-        Some(other) => {
-            return Err(ExecError::BadParams(format!(
-                "Entrypoint must be a function name, not {other}"
-            )));
-        }
-    };
+    let entry_target = params.entry_module;
+    let entry_point = params.entrypoint;
     let module = load_module(inner, &req, &entry_target)?;
-    let imports: Vec<String> = match params.get("ImportModules") {
-        None | Some(serde_json::Value::Null) => Vec::new(),
-        Some(serde_json::Value::Array(items)) => items
-            .iter()
-            .filter_map(|v| v.as_str())
-            .map(str::to_string)
-            .collect(),
-        Some(other) => {
-            return Err(ExecError::BadParams(format!(
-                "ImportModules must be a list of input targets, not {other}"
-            )));
-        }
-    };
+    let imports = params.import_modules;
 
     // WASI context: args, env, stdio, preopens.
     let stdout = CappedOutput::create(&req.stdout_path, req.max_output_bytes)?;
@@ -444,21 +429,61 @@ fn module_name_from_target(target: &str) -> String {
 }
 
 /// Reads and compiles the module at an input `target`, through the in-memory cache.
-fn load_module(inner: &Inner, req: &RunRequest, target: &str) -> Result<Module, ExecError> {
-    let input = req
+/// Where a module named by its path in the task's file system is on the host: an input mounted at
+/// exactly that path, or a file inside an input directory (an S3 prefix, a local directory) mounted
+/// above it, as Bacalhau resolves it.
+fn module_path(req: &RunRequest, target: &str) -> Result<std::path::PathBuf, ExecError> {
+    let want = target.trim_end_matches('/');
+    if let Some(i) = req
         .inputs
         .iter()
-        .find(|i| {
-            i.target == target || i.target.trim_end_matches('/') == target.trim_end_matches('/')
-        })
-        .ok_or_else(|| ExecError::ModuleNotFound(target.to_string()))?;
-    if input.host_path.is_dir() {
+        .find(|i| i.target.trim_end_matches('/') == want)
+    {
+        // An s3 object arrives as a directory holding it: a directory of exactly one file is
+        // that file.
+        if i.host_path.is_dir()
+            && let Ok(entries) = std::fs::read_dir(&i.host_path)
+        {
+            let files: Vec<std::path::PathBuf> = entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .take(2)
+                .collect();
+            if let [only] = files.as_slice()
+                && only.is_file()
+            {
+                return Ok(only.clone());
+            }
+        }
+        return Ok(i.host_path.clone());
+    }
+    for i in &req.inputs {
+        let base = i.target.trim_end_matches('/');
+        if let Some(rest) = want.strip_prefix(base).and_then(|r| r.strip_prefix('/'))
+            && i.host_path.is_dir()
+        {
+            let rel = std::path::Path::new(rest);
+            // Only plain names below the input: nothing may climb out of it.
+            if rel
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)))
+            {
+                return Ok(i.host_path.join(rel));
+            }
+        }
+    }
+    Err(ExecError::ModuleNotFound(target.to_string()))
+}
+
+fn load_module(inner: &Inner, req: &RunRequest, target: &str) -> Result<Module, ExecError> {
+    let path = module_path(req, target)?;
+    if path.is_dir() {
         return Err(ExecError::InvalidModule {
             target: target.into(),
             reason: "it is a directory, not a .wasm file".into(),
         });
     }
-    let bytes = std::fs::read(&input.host_path).map_err(|e| ExecError::InvalidModule {
+    let bytes = std::fs::read(&path).map_err(|e| ExecError::InvalidModule {
         target: target.into(),
         reason: format!("cannot read it: {e}"),
     })?;

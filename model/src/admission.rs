@@ -15,9 +15,10 @@ use crate::spec::{Job, Task};
 /// The label under which a node advertises its policy (compact JSON).
 pub const POLICY_LABEL: &str = "caravel.io/admission";
 
-/// Network modes a job may ask for when the node's owner says nothing: no network, or full
-/// network access. `Host` (the node's own network namespace) must be allowed explicitly.
-pub const DEFAULT_NETWORKS: &[&str] = &["None", "Full"];
+/// Network modes a job may ask for when the node's owner says nothing: no network, or the
+/// engine's bridge (`Default`, `Bridge`). `Host` and `Full` (the node's own network namespace)
+/// must be allowed explicitly.
+pub const DEFAULT_NETWORKS: &[&str] = &["None", "Bridge"];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
@@ -39,7 +40,8 @@ pub struct AdmissionPolicy {
     #[serde(rename = "S3Buckets")]
     pub s3_buckets: Vec<String>,
     pub publishers: Vec<String>,
-    /// Network modes (`None`, `Full`, `Host`, …); empty = [`DEFAULT_NETWORKS`].
+    /// Network modes (`None`, `Bridge` (= `Default`), `Host` (= `Full`)); empty =
+    /// [`DEFAULT_NETWORKS`].
     pub networks: Vec<String>,
     /// Most one execution may ask for (empty = the node's capacity).
     #[serde(rename = "MaxCPU")]
@@ -235,7 +237,11 @@ impl AdmissionPolicy {
             ));
         }
         let allowed = self.allowed_networks();
-        if !allowed.iter().any(|n| n.eq_ignore_ascii_case(&net)) {
+        let class = crate::spec::network_class(&net);
+        if !allowed
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(&net) || crate::spec::network_class(n) == class)
+        {
             return Err(format!(
                 "network {net} is not allowed on this node (allowed: {})",
                 allowed.join(", ")
@@ -438,7 +444,7 @@ mod tests {
         assert!(open.is_open());
         let e = open.check(&job(DOCKER)).unwrap_err();
         assert!(
-            e.contains("network Host") && e.contains("None, Full"),
+            e.contains("network Host") && e.contains("None, Bridge"),
             "{e}"
         );
     }

@@ -50,6 +50,43 @@ impl<T> Page<T> {
 pub type ListJobsResponse = Page<Job>;
 pub type ListHistoryResponse = Page<JobHistory>;
 pub type ListExecutionsResponse = Page<Execution>;
+/// `GET /jobs/{id}/versions`: every version of a job, oldest first.
+pub type ListJobVersionsResponse = Page<Job>;
+
+/// `PUT /jobs/{id}/rerun`: runs a version of a job again (as a new version).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct RerunJobRequest {
+    #[serde(rename = "JobIDOrName")]
+    pub job_id_or_name: String,
+    /// The version to run again; 0 = the latest.
+    pub job_version: u64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct RerunJobResponse {
+    #[serde(rename = "JobID")]
+    pub job_id: String,
+    #[serde(default)]
+    pub job_version: u64,
+    #[serde(rename = "EvaluationID")]
+    pub evaluation_id: String,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// `PUT /jobs/diff`: what submitting the job would change in the version it would replace.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct DiffJobResponse {
+    /// A line diff of the two specs as YAML (`-` the submitted version, `+` this one); the whole
+    /// spec as added when no job has this name.
+    pub diff: String,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
 pub type ListResultsResponse = Page<SpecConfig>;
 pub type ListEvaluationsResponse = Page<Evaluation>;
 

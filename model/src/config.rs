@@ -391,12 +391,14 @@ impl Default for ComputeConfig {
     }
 }
 
-/// `~/.caravel`, or `$CARAVEL_DIR`.
+/// `~/.caravel`, or `$CARAVEL_DIR`, or Bacalhau's `$BACALHAU_DIR`.
 pub fn default_data_dir() -> String {
-    if let Ok(d) = std::env::var("CARAVEL_DIR")
-        && !d.is_empty()
-    {
-        return d;
+    for var in ["CARAVEL_DIR", "BACALHAU_DIR"] {
+        if let Ok(d) = std::env::var(var)
+            && !d.is_empty()
+        {
+            return d;
+        }
     }
     match std::env::var("HOME") {
         Ok(h) if !h.is_empty() => format!("{h}/.caravel"),
@@ -563,7 +565,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ),
     (
         "Compute.Admission.Networks",
-        "Network modes allowed (empty: None and Full; Host only when listed)",
+        "Network modes allowed (empty: None and Bridge/Default; Host/Full only when listed)",
     ),
     (
         "Compute.Admission.MaxCPU",
@@ -933,6 +935,127 @@ fn canonicalize_users(v: &mut Value) {
     }
 }
 
+/// Bacalhau keys whose meaning Caravel has under another name: (Bacalhau key, Caravel key, whether
+/// the value is a Go duration such as `15s` that Caravel takes in whole seconds).
+const BACALHAU_RENAMES: &[(&str, &str, bool)] = &[
+    ("Compute.Heartbeat.Interval", "Compute.HeartbeatSecs", true),
+    (
+        "Orchestrator.NodeManager.DisconnectTimeout",
+        "Orchestrator.DisconnectTimeoutSecs",
+        true,
+    ),
+    // Where compute nodes connect: Bacalhau's NATS port, Caravel's QUIC session port (both 4222).
+    ("Orchestrator.Port", "Orchestrator.ComputePort", false),
+];
+
+/// Reads a config document as Bacalhau's `config.yaml` would be read: its keys that Caravel has
+/// under another name are moved there (a Go duration becomes seconds; `nats://` orchestrator
+/// addresses become `HOST:PORT`), and every key Caravel does not use is removed and named in the
+/// returned warnings, once each, by its dot path. A value that cannot be converted is an error
+/// naming the key.
+pub fn adopt_bacalhau_keys(doc: &mut Value) -> Result<Vec<String>, Error> {
+    let mut warnings = Vec::new();
+    for (from, to, duration) in BACALHAU_RENAMES {
+        let Some(v) = take_path(doc, from) else {
+            continue;
+        };
+        let raw = if *duration {
+            let secs = match &v {
+                // Go's encoding of a time.Duration as a number is nanoseconds.
+                Value::Number(n) => n.as_f64().map(|s| s / 1e9),
+                Value::String(t) => crate::spec::parse_duration_secs(t).ok(),
+                _ => None,
+            }
+            .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e12)
+            .ok_or_else(|| Error::Invalid {
+                key: from.to_string(),
+                message: format!("{v} is not a duration (examples: 15s, 5m)"),
+            })?;
+            (secs.ceil() as u64).to_string()
+        } else {
+            match &v {
+                Value::String(t) => t.clone(),
+                other => other.to_string(),
+            }
+        };
+        set_in(doc, to, &raw)?;
+        warnings.push(format!("config key {from} is read as {to} = {raw}"));
+    }
+    if let Some(Value::Array(list)) = get_path_mut(doc, "Compute.Orchestrators") {
+        for item in list.iter_mut() {
+            if let Some(rest) = item.as_str().and_then(|t| t.strip_prefix("nats://")) {
+                warnings.push(format!(
+                    "Compute.Orchestrators: {item} is a NATS address; Caravel dials {rest} (the orchestrator's Orchestrator.ComputePort)"
+                ));
+                *item = Value::String(rest.trim_end_matches('/').to_string());
+            }
+        }
+    }
+    let mut unknown = Vec::new();
+    drop_unknown(doc, "", &mut unknown);
+    for k in unknown {
+        warnings.push(format!(
+            "config key {k} is not used by Caravel and was ignored (`caravel config list` shows the keys it reads)"
+        ));
+    }
+    Ok(warnings)
+}
+
+/// The value at a dot path (any case), if there is one.
+fn get_path_mut<'a>(doc: &'a mut Value, path: &str) -> Option<&'a mut Value> {
+    let mut cur = doc;
+    for p in path.split('.') {
+        let obj = cur.as_object_mut()?;
+        let key = obj.keys().find(|k| k.eq_ignore_ascii_case(p))?.clone();
+        cur = obj.get_mut(&key)?;
+    }
+    Some(cur)
+}
+
+/// Removes the value at a dot path (any case), if there is one.
+fn take_path(doc: &mut Value, path: &str) -> Option<Value> {
+    let mut parts = path.split('.').peekable();
+    let mut cur = doc;
+    while let Some(p) = parts.next() {
+        let obj = cur.as_object_mut()?;
+        let key = obj.keys().find(|k| k.eq_ignore_ascii_case(p))?.clone();
+        if parts.peek().is_none() {
+            return obj.remove(&key);
+        }
+        cur = obj.get_mut(&key)?;
+    }
+    None
+}
+
+/// Removes every key that is neither a known key nor on the way to one, collecting their paths.
+fn drop_unknown(v: &mut Value, prefix: &str, unknown: &mut Vec<String>) {
+    let Value::Object(map) = v else { return };
+    let keys: Vec<String> = map.keys().cloned().collect();
+    for k in keys {
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        if canonical_key(&path).is_some() {
+            continue;
+        }
+        let below = format!("{}.", path.to_ascii_lowercase());
+        let on_the_way = KEYS
+            .iter()
+            .any(|(key, _)| key.to_ascii_lowercase().starts_with(&below));
+        match map.get_mut(&k) {
+            Some(child @ Value::Object(_)) if on_the_way => {
+                drop_unknown(child, &path, unknown);
+            }
+            _ => {
+                map.remove(&k);
+                unknown.push(path);
+            }
+        }
+    }
+}
+
 impl Config {
     /// Builds a config from a document (file contents merged with overrides); keys in any case.
     pub fn from_value(mut doc: Value) -> Result<Config, Error> {
@@ -1167,6 +1290,110 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A Bacalhau `config.yaml` as Bacalhau v1.7+ writes one: what Caravel has is used (under its
+    /// own name where it has another), every other key is named once in a warning, nothing fails.
+    const BACALHAU_CONFIG: &str = r#"
+NameProvider: puuid
+DataDir: /var/lib/bacalhau
+API:
+  Host: 0.0.0.0
+  Port: 1235
+  Auth:
+    Users:
+      - Alias: ci
+        APIKey: ci-key-0123456789abcdef
+        Capabilities:
+          - Actions: ["read:job", "write:job"]
+    Methods:
+      ClientKey:
+        Type: challenge
+Labels:
+  region: eu
+Orchestrator:
+  Enabled: true
+  Host: 0.0.0.0
+  Port: 4333
+  NodeManager:
+    DisconnectTimeout: 1m30s
+    ManualApproval: true
+  EvaluationBroker:
+    VisibilityTimeout: 60s
+Compute:
+  Enabled: true
+  Orchestrators: ["nats://10.0.0.1:4222"]
+  Heartbeat:
+    Interval: 15s
+    InfoUpdateInterval: 1m
+  AllowListedLocalPaths: ["/data:ro"]
+JobAdmissionControl:
+  RejectStatelessJobs: true
+WebUI:
+  Enabled: false
+  Listen: 0.0.0.0:8438
+Logging:
+  Level: debug
+  Mode: default
+UpdateConfig:
+  Interval: 24h
+DisableAnalytics: true
+"#;
+
+    #[test]
+    fn a_bacalhau_config_file_is_mapped_and_every_unused_key_is_named() {
+        let mut doc: Value = serde_norway::from_str(BACALHAU_CONFIG).unwrap();
+        let warnings = adopt_bacalhau_keys(&mut doc).unwrap();
+        let c = Config::from_value(doc).unwrap();
+        assert_eq!(c.api.port, 1235);
+        assert_eq!(c.api.auth.users.len(), 1);
+        assert_eq!(c.labels["region"], "eu");
+        assert!(c.orchestrator.enabled && c.compute.enabled);
+        assert_eq!(c.orchestrator.disconnect_timeout_secs, 90);
+        assert_eq!(c.orchestrator.compute_port, 4333);
+        assert!(c.orchestrator.node_manager.manual_approval);
+        assert_eq!(c.compute.heartbeat_secs, 15);
+        assert_eq!(c.compute.orchestrators, vec!["10.0.0.1:4222".to_string()]);
+        assert!(c.job_admission_control.reject_stateless_jobs);
+        assert_eq!(c.logging.level, "debug");
+        let ignored: Vec<&str> = warnings
+            .iter()
+            .filter_map(|w| w.strip_prefix("config key "))
+            .filter_map(|w| w.split_once(" is not used").map(|(k, _)| k))
+            .collect();
+        assert_eq!(
+            ignored,
+            [
+                "API.Auth.Methods",
+                "Compute.Heartbeat",
+                "DisableAnalytics",
+                "Logging.Mode",
+                "Orchestrator.EvaluationBroker",
+                "Orchestrator.Host",
+                "UpdateConfig",
+                "WebUI",
+            ],
+            "{warnings:#?}"
+        );
+        for mapped in [
+            "Compute.Heartbeat.Interval is read as Compute.HeartbeatSecs = 15",
+            "Orchestrator.NodeManager.DisconnectTimeout is read as Orchestrator.DisconnectTimeoutSecs = 90",
+            "Orchestrator.Port is read as Orchestrator.ComputePort = 4333",
+            "nats://10.0.0.1:4222",
+        ] {
+            assert!(
+                warnings.iter().any(|w| w.contains(mapped)),
+                "{mapped}: {warnings:#?}"
+            );
+        }
+        // Each is named once, and a bad duration names its key.
+        let mut again: Value = serde_norway::from_str(BACALHAU_CONFIG).unwrap();
+        let twice = adopt_bacalhau_keys(&mut again).unwrap();
+        assert_eq!(twice.len(), warnings.len());
+        let mut bad: Value =
+            serde_norway::from_str("Compute: {Heartbeat: {Interval: soon}}").unwrap();
+        let e = adopt_bacalhau_keys(&mut bad).unwrap_err().to_string();
+        assert!(e.contains("Compute.Heartbeat.Interval"), "{e}");
+    }
 
     #[test]
     fn keys_set_in_any_case_land_on_the_canonical_path() {

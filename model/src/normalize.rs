@@ -1,7 +1,9 @@
 //! Case-insensitive keys, as Bacalhau accepts them (Go's `encoding/json` matches field names without
 //! regard to case, and its CLI turns YAML into JSON first). We walk the spec's known shape and rewrite
 //! every struct key to its canonical PascalCase spelling; user maps (`Labels`, `Meta`, `Env`, `Params`)
-//! keep their keys. Unknown keys are reported with the path where they were found.
+//! keep their keys. Unknown keys are reported with the path where they were found. A `null` struct
+//! field is dropped, as Go's `encoding/json` leaves the field at its zero value: Bacalhau's Go
+//! clients send `"Constraints":null`, `"Publisher":null` and the like for every unset field.
 
 use serde_json::{Map, Value};
 
@@ -124,6 +126,9 @@ fn walk(v: &mut Value, shape: Shape, path: &str, unknown: &mut Vec<String>) {
     let old = std::mem::take(map);
     let mut out = Map::new();
     for (k, mut val) in old {
+        if val.is_null() {
+            continue;
+        }
         let lower = k.to_ascii_lowercase();
         let found = table
             .iter()
@@ -153,6 +158,8 @@ fn walk(v: &mut Value, shape: Shape, path: &str, unknown: &mut Vec<String>) {
                 } else {
                     format!("{path}.{k}")
                 });
+                // Kept where it was (the typed parse ignores it), so a second pass reports it too.
+                out.insert(k, val);
             }
         }
     }

@@ -81,44 +81,59 @@ pub fn job_from_value(mut value: Value, mode: Mode) -> Result<Parsed, SpecErrors
     }
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
+    // Unknown keys are ignored, as Go ignores them (a newer client may send fields this server
+    // does not know), and reported: as a warning when the job is accepted, beside the errors
+    // when it is not (a misspelt required key is then named with its likely spelling).
+    let mut unknown = Vec::new();
     for path in crate::normalize::canonicalize_job(&mut value) {
         let hint = match crate::normalize::suggest(&path) {
             Some(s) => format!("did you mean {s}?"),
             None => "remove it; see the job spec reference in docs/".into(),
         };
-        errors.push(SpecError::new(&path, "unknown field", hint));
+        warnings.push(format!("{path}: unknown field, ignored ({hint})"));
+        unknown.push(SpecError::new(&path, "unknown field", hint));
     }
     let obj = value.as_object_mut().expect("checked above");
     for key in SERVER_OWNED_KEYS {
-        if obj.contains_key(*key) {
-            match mode {
-                Mode::Client => errors.push(SpecError::new(
-                    key,
-                    "is set by the orchestrator and not allowed in a submitted spec",
-                    format!("remove {key} from the spec"),
-                )),
-                Mode::Server => {
-                    obj.remove(*key);
-                    warnings.push(format!(
-                        "{key} is set by the orchestrator; the value in the spec was ignored"
-                    ));
-                }
+        let Some(v) = obj.get(*key) else { continue };
+        // Go clients send every field: their zero values say nothing and are dropped quietly.
+        if is_zero_value(v) {
+            obj.remove(*key);
+            continue;
+        }
+        match mode {
+            Mode::Client => errors.push(SpecError::new(
+                key,
+                "is set by the orchestrator and not allowed in a submitted spec",
+                format!("remove {key} from the spec"),
+            )),
+            Mode::Server => {
+                obj.remove(*key);
+                warnings.push(format!(
+                    "{key} is set by the orchestrator; the value in the spec was ignored"
+                ));
             }
         }
     }
     if !errors.is_empty() {
+        errors.extend(unknown);
         return Err(SpecErrors(errors));
     }
     let count_given = obj.get("Count").is_some_and(|c| !c.is_null());
-    let mut job: Job = serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let path = if path == "." { String::new() } else { path };
-        SpecErrors::one(SpecError::new(
-            &path,
-            e.into_inner().to_string(),
-            "fix the value's type",
-        ))
-    })?;
+    let mut job: Job = match serde_path_to_error::deserialize(value) {
+        Ok(job) => job,
+        Err(e) => {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            let mut errors = vec![SpecError::new(
+                &path,
+                e.into_inner().to_string(),
+                "fix the value's type",
+            )];
+            errors.extend(unknown);
+            return Err(SpecErrors(errors));
+        }
+    };
     convert_legacy_wasm(&mut job, &mut warnings);
     if job.tasks.len() > 1 {
         warnings.push(format!(
@@ -150,8 +165,26 @@ pub fn job_from_value(mut value: Value, mode: Mode) -> Result<Parsed, SpecErrors
         warnings.push(format!("Meta key {k} is reserved and was dropped"));
     }
     job.normalize(count_given);
-    validate_job(&job)?;
+    if let Err(SpecErrors(mut errors)) = validate_job(&job) {
+        errors.extend(unknown);
+        return Err(SpecErrors(errors));
+    }
     Ok(Parsed { job, warnings })
+}
+
+/// What Go's `encoding/json` writes for a field nobody set: `""`, `0`, `false`, an empty list or
+/// map, or a state of type `Undefined` with nothing else in it.
+fn is_zero_value(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(m) => m.iter().all(|(k, v)| {
+            is_zero_value(v) || (k.eq_ignore_ascii_case("StateType") && v == "Undefined")
+        }),
+    }
 }
 
 /// Bacalhau ≤1.6 wrote `EntryModule` (and `ImportModules`) as InputSource objects and called the
@@ -198,6 +231,50 @@ fn convert_legacy_wasm(job: &mut Job, warnings: &mut Vec<String>) {
             }
             params.remove(&key);
             params.insert("ImportModules".into(), Value::Array(targets));
+        }
+        // A module named relative to the task's root (`EntryModule: wasm.main` beside an input
+        // whose Target is `/wasm.main`), as Bacalhau's testdata writes it: resolve it against `/`.
+        let targets: Vec<String> = task
+            .input_sources
+            .iter()
+            .map(|i| i.target.clone())
+            .collect();
+        let absolute = |m: &str| {
+            let rel = m.trim_start_matches("./");
+            let abs = format!("/{rel}");
+            targets
+                .iter()
+                .any(|t| {
+                    let t = t.trim_end_matches('/');
+                    abs == t || abs.starts_with(&format!("{t}/"))
+                })
+                .then_some(abs)
+        };
+        if let Some(key) = params
+            .keys()
+            .find(|k| k.eq_ignore_ascii_case("EntryModule"))
+            .cloned()
+            && let Some(Value::String(m)) = params.get(&key)
+            && !m.starts_with('/')
+            && !m.is_empty()
+            && let Some(abs) = absolute(m)
+        {
+            warnings.push(format!(
+                "EntryModule {m:?} is relative; read as {abs:?} (the root of the task's inputs)"
+            ));
+            params.remove(&key);
+            params.insert("EntryModule".into(), Value::String(abs));
+        }
+        if let Some(Value::Array(items)) = params.get_mut("ImportModules") {
+            for item in items.iter_mut() {
+                if let Some(m) = item.as_str()
+                    && !m.starts_with('/')
+                    && !m.is_empty()
+                    && let Some(abs) = absolute(m)
+                {
+                    *item = Value::String(abs);
+                }
+            }
         }
         // `EntryPoint` (legacy) and `Entrypoint` (v1.7+) both name the exported function.
         if let Some(key) = params

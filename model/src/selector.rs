@@ -1,5 +1,5 @@
-//! Bacalhau's `--constraints` (alias `-s/--selector`): a Kubernetes label selector turned into the
-//! job's `Constraints` list. Terms are separated by commas outside parentheses:
+//! Bacalhau's label selectors — `--constraints` (alias `-s/--selector`), `--labels` filters, the API's
+//! `labels=` query — parsed once, here, into `Constraints` (one grammar for the CLI and the API). Terms are separated by commas outside parentheses:
 //!
 //! ```text
 //! region=eu   region==eu   gpu!=true   zone in (a,b)   zone notin (c)   ssd   !spot   cores>4   cores<64
@@ -8,13 +8,19 @@
 //! The operators are written as Bacalhau stores them (`=`, `==`, `!=`, `in`, `notin`, `exists`, `!`,
 //! `gt`, `lt`).
 
-use anyhow::bail;
-use caravel_model::spec::LabelSelectorRequirement;
+use crate::spec::LabelSelectorRequirement;
+
+/// Returns the formatted message as the error.
+macro_rules! bail {
+    ($($t:tt)*) => {
+        return Err(format!($($t)*))
+    };
+}
 
 const HINT: &str = "write key=value, key!=value, key in (a,b), key notin (a,b), key, !key, key>N or key<N, separated by commas";
 
 /// Parses a selector; an empty one gives no constraints.
-pub fn parse_selector(s: &str) -> anyhow::Result<Vec<LabelSelectorRequirement>> {
+pub fn parse_selector(s: &str) -> Result<Vec<LabelSelectorRequirement>, String> {
     split_terms(s)?
         .into_iter()
         .map(|t| parse_term(t.trim()))
@@ -22,7 +28,7 @@ pub fn parse_selector(s: &str) -> anyhow::Result<Vec<LabelSelectorRequirement>> 
 }
 
 /// Splits at the commas that are not inside `( … )`, leaving out empty terms.
-fn split_terms(s: &str) -> anyhow::Result<Vec<&str>> {
+fn split_terms(s: &str) -> Result<Vec<&str>, String> {
     let mut terms = Vec::new();
     let (mut depth, mut start) = (0usize, 0usize);
     for (i, c) in s.char_indices() {
@@ -44,8 +50,8 @@ fn split_terms(s: &str) -> anyhow::Result<Vec<&str>> {
     Ok(terms.into_iter().filter(|t| !t.trim().is_empty()).collect())
 }
 
-fn parse_term(t: &str) -> anyhow::Result<LabelSelectorRequirement> {
-    let req = |key: &str, op: &str, values: Vec<String>| -> anyhow::Result<_> {
+fn parse_term(t: &str) -> Result<LabelSelectorRequirement, String> {
+    let req = |key: &str, op: &str, values: Vec<String>| -> Result<_, String> {
         let key = key.trim();
         if key.is_empty() || !key.chars().all(is_key_char) {
             bail!("constraint {t:?} has no valid label key; {HINT}");
@@ -67,7 +73,7 @@ fn parse_term(t: &str) -> anyhow::Result<LabelSelectorRequirement> {
                 .strip_prefix('(')
                 .and_then(|r| r.strip_suffix(')'))
                 .ok_or_else(|| {
-                    anyhow::anyhow!("constraint {t:?}: put the values in parentheses; {HINT}")
+                    format!("constraint {t:?}: put the values in parentheses; {HINT}")
                 })?;
             let values: Vec<String> = inner
                 .split(',')

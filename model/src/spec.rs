@@ -143,6 +143,20 @@ pub struct NetworkConfig {
     pub ports: Vec<PortMapping>,
 }
 
+/// What a network type gives a container, as Bacalhau v1.7+ defines the types: `None` (and an unset
+/// type) no network, `Default` and `Bridge` the engine's bridge, `Host` and `Full` the node's own
+/// network namespace, `HTTP` a domain-filtered proxy (Caravel runs none). The class names are
+/// what an admission policy lists.
+pub fn network_class(kind: &str) -> Option<&'static str> {
+    match kind.trim().to_ascii_lowercase().as_str() {
+        "" | "none" => Some("None"),
+        "default" | "bridge" => Some("Bridge"),
+        "host" | "full" => Some("Host"),
+        "http" => Some("HTTP"),
+        _ => None,
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct PortMapping {
@@ -288,7 +302,8 @@ pub const DEFAULT_DISCONNECT_GRACE_SECS: u64 = 600;
 /// Longest grace period accepted: 7 days.
 pub const MAX_DISCONNECT_GRACE_SECS: u64 = 7 * 24 * 3600;
 
-/// Parses a duration such as `90s`, `10m`, `1h30m`, `500ms` or a bare number of seconds.
+/// Parses a duration as Go's `time.ParseDuration` writes them (`90s`, `10m`, `1h30m`, `500ms`, `1.5h`,
+/// `250us`) or a bare number of seconds.
 pub fn parse_duration_secs(s: &str) -> Result<f64, String> {
     let t = s.trim();
     if t.is_empty() {
@@ -316,6 +331,8 @@ pub fn parse_duration_secs(s: &str) -> Result<f64, String> {
             .find(|c: char| c.is_ascii_digit() || c == '.')
             .unwrap_or(rest.len());
         let factor = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
             "ms" => 0.001,
             "s" => 1.0,
             "m" => 60.0,

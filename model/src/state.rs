@@ -355,6 +355,16 @@ impl ClusterState {
         self.job_versions.get(&version_key(job_id, version))
     }
 
+    /// Every stored version of a job, oldest first.
+    pub fn versions_of(&self, job_id: &str) -> Vec<&Job> {
+        let prefix = format!("{job_id}/");
+        self.job_versions
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(_, j)| j)
+            .collect()
+    }
+
     pub fn pending_evaluations(&self) -> Vec<&Evaluation> {
         self.evaluations
             .values()

@@ -72,6 +72,20 @@ pub const SOURCES: &[&str] = &[
     "s3presigned",
 ];
 pub const PUBLISHERS: &[&str] = &["local", "s3", "s3managed", "ipfs", "noop"];
+
+/// Bacalhau publishers Caravel knows but does not offer, and why: refused at submit rather than
+/// left to fail for want of a node (docs/compatibility.md).
+pub fn unsupported_publisher(kind: &str) -> Option<&'static str> {
+    match kind {
+        "s3managed" => Some(
+            "the s3managed publisher is not supported: Caravel's orchestrators hold no bucket to hand out pre-signed uploads",
+        ),
+        "ipfs" => Some(
+            "the ipfs publisher is not supported: Caravel nodes read IPFS through a gateway but do not pin results",
+        ),
+        _ => None,
+    }
+}
 pub const NETWORKS: &[&str] = &["default", "none", "host", "full", "http", "bridge"];
 pub const OPERATORS: &[&str] = &[
     "=",
@@ -246,6 +260,12 @@ fn validate_task(t: &Task, f: &str, e: &mut Vec<SpecError>) {
             format!("unknown publisher type {:?}", t.publisher.kind),
             "use local, s3 or noop",
         ));
+    } else if let Some(why) = unsupported_publisher(&publisher) {
+        e.push(SpecError::new(
+            &format!("{f}.Publisher.Type"),
+            why,
+            "publish with s3 (Bucket and Key of your own) or local (`caravel job get` downloads it)",
+        ));
     }
     if publisher == "s3" {
         for k in ["Bucket", "Key"] {
@@ -372,7 +392,13 @@ fn validate_task(t: &Task, f: &str, e: &mut Vec<SpecError>) {
             "use None, Host, Full, HTTP, Bridge or Default",
         ));
     }
-    if !t.network.domains.is_empty() && net != "http" {
+    if net == "http" {
+        e.push(SpecError::new(
+            &format!("{f}.Network.Type"),
+            "HTTP (outbound HTTP to listed Domains only) is not supported: Caravel runs no filtering proxy",
+            "use None, or Default/Bridge for outbound access through the engine's bridge (docs/compatibility.md)",
+        ));
+    } else if !t.network.domains.is_empty() {
         e.push(SpecError::new(
             &format!("{f}.Network.Domains"),
             "are only allowed with network type HTTP",
@@ -510,12 +536,21 @@ fn validate_input(
                 "set URL",
             )),
         },
-        "s3" if p.str("Bucket").is_none_or(str::is_empty) => {
-            e.push(SpecError::new(
-                &format!("{pf}.Bucket"),
-                "is required for s3 sources",
-                "set Bucket",
-            ));
+        "s3" => {
+            if p.str("Bucket").is_none_or(str::is_empty) {
+                e.push(SpecError::new(
+                    &format!("{pf}.Bucket"),
+                    "is required for s3 sources",
+                    "set Bucket",
+                ));
+            }
+            if let Err(why) = crate::partition::PartitionConfig::from_params(p) {
+                e.push(SpecError::new(
+                    &format!("{pf}.Partition"),
+                    why.trim_start_matches("Partition: ").to_string(),
+                    "Partition takes Type (none, object, regex, substring, date) with Pattern, StartIndex/EndIndex or DateFormat",
+                ));
+            }
         }
         "local" | "localdirectory" => match p.str("SourcePath") {
             Some(s) if !s.is_empty() => check_abs_path(s, &format!("{pf}.SourcePath"), e),
@@ -523,6 +558,19 @@ fn validate_input(
                 &format!("{pf}.SourcePath"),
                 "is required for local sources",
                 "set SourcePath to an allow-listed path on the node",
+            )),
+        },
+        "s3presigned" => match p.str("PreSignedURL") {
+            Some(u) if u.starts_with("http://") || u.starts_with("https://") => {}
+            Some(u) => e.push(SpecError::new(
+                &format!("{pf}.PreSignedURL"),
+                format!("{:?} is not an http(s) URL", truncate(u)),
+                "give the pre-signed https:// URL of the object",
+            )),
+            None => e.push(SpecError::new(
+                &format!("{pf}.PreSignedURL"),
+                "is required for s3PreSigned sources",
+                "set PreSignedURL (and SourceSpec.Key to name the object)",
             )),
         },
         "ipfs" if p.str("CID").is_none_or(str::is_empty) => {
@@ -548,111 +596,53 @@ fn truncate(s: &str) -> String {
 }
 
 fn validate_docker(engine: &SpecConfig, f: &str, e: &mut Vec<SpecError>) {
-    let p = &engine.params;
-    if p.str("Image").is_none_or(|s| s.trim().is_empty()) {
-        e.push(SpecError::new(
-            &format!("{f}.Image"),
-            "is required for docker jobs",
-            "set Image, e.g. busybox:1.37.0",
-        ));
-    }
-    if let Some(w) = p.str("WorkingDirectory")
-        && !w.is_empty()
-        && !w.starts_with('/')
-    {
-        e.push(SpecError::new(
-            &format!("{f}.WorkingDirectory"),
-            format!("{w:?} is not an absolute path"),
-            "use an absolute path",
-        ));
-    }
-    if let Some(serde_json::Value::Array(vars)) = p.get("EnvironmentVariables") {
-        for (i, v) in vars.iter().enumerate() {
-            let s = v.as_str().unwrap_or_default();
-            if !s.contains('=') {
-                e.push(SpecError::new(
-                    &format!("{f}.EnvironmentVariables[{i}]"),
-                    format!("{s:?} is not KEY=VALUE"),
-                    "write KEY=VALUE",
-                ));
-            } else if s.starts_with(crate::RESERVED_ENV_PREFIX) {
-                e.push(SpecError::new(
-                    &format!("{f}.EnvironmentVariables[{i}]"),
-                    format!(
-                        "names starting with {} are reserved",
-                        crate::RESERVED_ENV_PREFIX
-                    ),
-                    "rename the variable",
-                ));
-            }
-        }
-    }
-    for k in ["Entrypoint", "Parameters"] {
-        if let Some(v) = p.get(k)
-            && !v.is_null()
-            && !v
-                .as_array()
-                .is_some_and(|a| a.iter().all(|x| x.is_string()))
-        {
-            e.push(SpecError::new(
-                &format!("{f}.{k}"),
-                "must be a list of strings",
-                format!("write {k}: [\"…\"]"),
-            ));
-        }
+    if let Err(errs) = crate::params::DockerParams::try_from(engine) {
+        push_params(errs, f, e);
     }
 }
 
+fn push_params(errs: Vec<crate::params::ParamError>, f: &str, e: &mut Vec<SpecError>) {
+    for pe in errs {
+        e.push(SpecError::new(
+            &format!("{f}.{}", pe.field),
+            pe.message,
+            pe.hint,
+        ));
+    }
+}
+
+/// A module path is an input's Target, or a path below the Target of an input that mounts a
+/// directory (s3, local, urlDownload of an archive…); the node checks the file exists.
+fn module_in_inputs(m: &str, inputs: &[InputSource]) -> bool {
+    let m = m.trim_end_matches('/');
+    inputs.iter().any(|i| {
+        let t = i.target.trim_end_matches('/');
+        t == m
+            || m.strip_prefix(t).is_some_and(|r| r.starts_with('/'))
+                && !m.split('/').any(|c| c == "..")
+    })
+}
+
 fn validate_wasm(engine: &SpecConfig, inputs: &[InputSource], f: &str, e: &mut Vec<SpecError>) {
-    let p = &engine.params;
-    match p.str("EntryModule") {
-        None | Some("") => e.push(SpecError::new(
+    let w = match crate::params::WasmParams::try_from(engine) {
+        Ok(w) => w,
+        Err(errs) => return push_params(errs, f, e),
+    };
+    let m = &w.entry_module;
+    if !module_in_inputs(m, inputs) {
+        e.push(SpecError::new(
             &format!("{f}.EntryModule"),
-            "is required for wasm jobs",
-            "set EntryModule to the Target of the InputSource that holds the module",
-        )),
-        Some(m) => {
-            if !inputs.iter().any(|i| i.target == m) {
-                e.push(SpecError::new(
-                    &format!("{f}.EntryModule"),
-                    format!("{m:?} is not the Target of any InputSource"),
-                    "add an InputSource with that Target (inline, local, urlDownload, s3)",
-                ));
-            }
-        }
-    }
-    if let Some(v) = p.get("Parameters")
-        && !v.is_null()
-        && !v
-            .as_array()
-            .is_some_and(|a| a.iter().all(|x| x.is_string()))
-    {
-        e.push(SpecError::new(
-            &format!("{f}.Parameters"),
-            "must be a list of strings",
-            "write Parameters: [\"…\"]",
+            format!("{m:?} is neither the Target of an InputSource nor a file below one"),
+            "add an InputSource with that Target (inline, local, urlDownload, s3)",
         ));
     }
-    if let Some(v) = p.get("Entrypoint")
-        && !v.is_null()
-        && !v.is_string()
-    {
-        e.push(SpecError::new(
-            &format!("{f}.Entrypoint"),
-            "must be a function name",
-            "write Entrypoint: _start",
-        ));
-    }
-    if let Some(serde_json::Value::Array(mods)) = p.get("ImportModules") {
-        for (i, m) in mods.iter().enumerate() {
-            let m = m.as_str().unwrap_or_default();
-            if !inputs.iter().any(|x| x.target == m) {
-                e.push(SpecError::new(
-                    &format!("{f}.ImportModules[{i}]"),
-                    format!("{m:?} is not the Target of any InputSource"),
-                    "add an InputSource with that Target",
-                ));
-            }
+    for (i, m) in w.import_modules.iter().enumerate() {
+        if !module_in_inputs(m, inputs) {
+            e.push(SpecError::new(
+                &format!("{f}.ImportModules[{i}]"),
+                format!("{m:?} is not the Target of any InputSource"),
+                "add an InputSource with that Target",
+            ));
         }
     }
 }

@@ -230,7 +230,7 @@ fn bad_specs_are_refused_with_a_precise_message() {
         ),
         (
             wasm("", "").replace("EntryModule: /m.wasm", "EntryModule: /other.wasm"),
-            "\"/other.wasm\" is not the Target of any InputSource",
+            "\"/other.wasm\" is neither the Target of an InputSource nor a file below one",
         ),
         (
             wasm("    Publisher: {Type: ftp}\n", ""),
@@ -440,4 +440,170 @@ fn the_disconnect_grace_period_is_read_from_meta_with_a_ten_minute_default() {
     for bad in ["", "m", "10x", "ten"] {
         assert!(parse_duration_secs(bad).is_err(), "{bad:?}");
     }
+}
+
+/// Jobs as Bacalhau's Go client and SDK marshal `models.Job` with `encoding/json`: every field
+/// present, `null` for unset pointers, maps and slices, zero values for the server's fields, and
+/// (in `go-client-newer.json`) keys a newer client knows and this server does not. Each parses in
+/// both modes; the unknown keys come back as warnings naming them; zero values say nothing.
+#[test]
+fn jobs_as_the_go_client_marshals_them_parse_with_nulls_absent_and_unknown_keys_warned() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/compat");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("@MODULE@", "data:application/wasm;base64,AGFzbQEAAAA=");
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        seen += 1;
+        for mode in [Mode::Server, Mode::Client] {
+            let p = parse_job(text.as_bytes(), mode)
+                .unwrap_or_else(|e| panic!("{name} ({mode:?}): {e}"));
+            assert_eq!(p.job.kind, "batch", "{name}");
+            assert_eq!(p.job.tasks.len(), 1, "{name}");
+            let unknown: Vec<&String> = p
+                .warnings
+                .iter()
+                .filter(|w| w.contains("unknown field"))
+                .collect();
+            if name == "go-client-newer.json" {
+                for key in [
+                    "Schedule",
+                    "Tasks[0].Affinity",
+                    "Tasks[0].InputSources[0].Mount",
+                ] {
+                    assert!(
+                        unknown
+                            .iter()
+                            .any(|w| w.starts_with(&format!("{key}: unknown field, ignored"))),
+                        "{name}: {key} not warned: {:?}",
+                        p.warnings
+                    );
+                }
+                assert_eq!(unknown.len(), 3, "{:?}", p.warnings);
+            } else {
+                assert!(unknown.is_empty(), "{name}: {:?}", p.warnings);
+            }
+            assert!(
+                !p.warnings
+                    .iter()
+                    .any(|w| w.contains("set by the orchestrator")),
+                "zero values of server fields are not worth a warning: {:?}",
+                p.warnings
+            );
+        }
+    }
+    assert_eq!(seen, 3, "the three fixtures of tests/compat");
+}
+
+#[test]
+fn a_misspelt_required_key_is_named_beside_the_error_it_causes() {
+    let spec = wasm("", "").replace("Engine:", "Engin:");
+    let e = parse_job(spec.as_bytes(), Mode::Server)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("Tasks[0].Engin: unknown field (hint: did you mean Engine?)"),
+        "{e}"
+    );
+    // Accepted jobs keep their unknown keys as warnings, never as errors.
+    let spec = wasm("    Colour: blue\n", "");
+    let p = parse_job(spec.as_bytes(), Mode::Client).unwrap();
+    assert_eq!(
+        p.warnings,
+        vec![
+            "Tasks[0].Colour: unknown field, ignored (remove it; see the job spec reference in docs/)"
+        ]
+    );
+}
+
+#[test]
+fn a_relative_wasm_entry_module_is_read_from_the_root_of_the_inputs() {
+    // Bacalhau's testdata/jobs/wasm.yaml names its module relative to the task's root.
+    let spec = r#"
+Name: Wasm relative
+Type: batch
+Tasks:
+  - Name: main
+    Engine: {Type: wasm, Params: {EntryModule: wasm.main, ImportModules: [lib/helper.wasm]}}
+    InputSources:
+      - Target: /wasm.main
+        Source: {Type: inline, Params: {URL: "data:,x"}}
+      - Target: /lib
+        Source: {Type: s3, Params: {Bucket: b, Key: libs/}}
+"#;
+    let p = parse_job(spec.as_bytes(), Mode::Client).unwrap();
+    let params = &p.job.tasks[0].engine.params;
+    assert_eq!(params.str("EntryModule"), Some("/wasm.main"));
+    assert_eq!(
+        params.get("ImportModules"),
+        Some(&serde_json::json!(["/lib/helper.wasm"]))
+    );
+    assert!(
+        p.warnings
+            .iter()
+            .any(|w| w.contains("read as \"/wasm.main\"")),
+        "{:?}",
+        p.warnings
+    );
+    // A module that no input holds is still refused, naming it.
+    let e = parse_job(
+        spec.replace("EntryModule: wasm.main", "EntryModule: other.wasm")
+            .as_bytes(),
+        Mode::Client,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("\"other.wasm\" is neither the Target of an InputSource"),
+        "{e}"
+    );
+}
+
+#[test]
+fn publishers_and_networks_caravel_does_not_offer_are_refused_at_submit_with_the_reason() {
+    for (extra, want) in [
+        (
+            "    Publisher: {Type: s3managed}\n",
+            "Tasks[0].Publisher.Type: the s3managed publisher is not supported",
+        ),
+        (
+            "    Publisher: {Type: ipfs}\n",
+            "Tasks[0].Publisher.Type: the ipfs publisher is not supported",
+        ),
+        (
+            "    Network: {Type: HTTP, Domains: [example.org]}\n",
+            "Tasks[0].Network.Type: HTTP (outbound HTTP to listed Domains only) is not supported",
+        ),
+    ] {
+        let e = parse_job(wasm(extra, "").as_bytes(), Mode::Server)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want) && e.contains("hint:"), "{e}");
+    }
+    // s3PreSigned inputs are accepted with their URL, refused without one.
+    let ok = wasm(
+        "",
+        "",
+    )
+    .replace(
+        "InputSources:\n",
+        "InputSources:\n      - Target: /in\n        Source: {Type: s3PreSigned, Params: {PreSignedURL: 'https://b.s3.example/k?X-Amz-Signature=1', SourceSpec: {Bucket: b, Key: k}}}\n",
+    );
+    parse_job(ok.as_bytes(), Mode::Server).unwrap();
+    let e = parse_job(
+        ok.replace(
+            "PreSignedURL: 'https://b.s3.example/k?X-Amz-Signature=1', ",
+            "",
+        )
+        .as_bytes(),
+        Mode::Server,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("PreSignedURL: is required for s3PreSigned sources"),
+        "{e}"
+    );
 }

@@ -38,12 +38,9 @@ fn reject_to_api(code: RejectCode, message: String, hint: String) -> ApiErr {
     ApiErr::new(status, c, message).hint(hint)
 }
 
-pub async fn submit(
-    State(s): State<ApiState>,
-    body: Bytes,
-) -> Result<Json<PutJobResponse>, ApiErr> {
-    let req: PutJobRequest = json_body(&body)?;
-    let parsed = job_from_value(req.job, Mode::Server).map_err(|errs| {
+/// A submitted job, parsed and validated as the API takes it (the 400 names each bad field).
+fn parse_submission(job: serde_json::Value) -> Result<caravel_model::parse::Parsed, ApiErr> {
+    let parsed = job_from_value(job, Mode::Server).map_err(|errs| {
         let details: Vec<serde_json::Value> = errs
             .0
             .iter()
@@ -66,8 +63,31 @@ pub async fn submit(
             serde_json::Value::Array(vec![serde_json::to_value(&e).unwrap_or_default()]),
         )
     })?;
+    Ok(parsed)
+}
+
+pub async fn submit(
+    State(s): State<ApiState>,
+    body: Bytes,
+) -> Result<Json<PutJobResponse>, ApiErr> {
+    let req: PutJobRequest = json_body(&body)?;
+    let parsed = parse_submission(req.job)?;
+    let (job_id, evaluation_id, _) = write_submission(&s, parsed.job, req.force).await?;
+    Ok(Json(PutJobResponse {
+        job_id,
+        evaluation_id,
+        warnings: parsed.warnings,
+    }))
+}
+
+/// Writes a job (new, or a new version of the job with its name) and its evaluation; returns the
+/// job id, the evaluation id and the version.
+async fn write_submission(
+    s: &ApiState,
+    mut job: Job,
+    force: bool,
+) -> Result<(String, String, u64), ApiErr> {
     let now = now_ns();
-    let mut job = parsed.job;
     job.id = caravel_model::ids::new_job_id();
     if job.name.is_empty() || job.name == job.id {
         job.name = job.id.clone();
@@ -83,7 +103,7 @@ pub async fn submit(
         .write(Command::SubmitJob {
             job,
             evaluation: eval,
-            force: req.force,
+            force,
             now,
         })
         .await?
@@ -91,12 +111,8 @@ pub async fn submit(
         CommandResponse::JobSubmitted {
             job_id,
             evaluation_id,
-            ..
-        } => Ok(Json(PutJobResponse {
-            job_id,
-            evaluation_id,
-            warnings: parsed.warnings,
-        })),
+            version,
+        } => Ok((job_id, evaluation_id, version)),
         CommandResponse::Rejected {
             code,
             message,
@@ -120,78 +136,13 @@ pub struct ListQuery {
     labels: Option<String>,
 }
 
-/// A parsed label selector: `k=v`, `k!=v`, `k in (a,b)`, `k notin (a,b)`, `k`, `!k`.
+/// A label selector (`labels=`), with the grammar of the CLI's `--constraints`
+/// ([`caravel_model::selector`]).
 pub fn parse_selector(s: &str) -> Result<Vec<LabelSelectorRequirement>, ApiErr> {
-    let mut out = Vec::new();
-    let mut depth = 0;
-    let mut cur = String::new();
-    let mut terms = Vec::new();
-    for c in s.chars() {
-        match c {
-            '(' => depth += 1,
-            ')' => depth -= 1,
-            ',' if depth == 0 => {
-                terms.push(std::mem::take(&mut cur));
-                continue;
-            }
-            _ => {}
-        }
-        cur.push(c);
-    }
-    terms.push(cur);
-    for t in terms.iter().map(|t| t.trim()).filter(|t| !t.is_empty()) {
-        let bad = || {
-            ApiErr::bad_request(format!("invalid label selector term {t:?}"))
-                .hint("use key=value, key!=value, key in (a,b), key notin (a,b), key or !key")
-        };
-        let req = if let Some(k) = t.strip_prefix('!') {
-            LabelSelectorRequirement {
-                key: k.trim().into(),
-                operator: "!".into(),
-                values: vec![],
-            }
-        } else if let Some((k, v)) = t.split_once("!=") {
-            LabelSelectorRequirement {
-                key: k.trim().into(),
-                operator: "!=".into(),
-                values: vec![v.trim().into()],
-            }
-        } else if let Some((k, v)) = t.split_once("==").or_else(|| t.split_once('=')) {
-            LabelSelectorRequirement {
-                key: k.trim().into(),
-                operator: "=".into(),
-                values: vec![v.trim().into()],
-            }
-        } else if let Some((k, rest)) = t.split_once(" notin ").or_else(|| t.split_once(" in ")) {
-            let op = if t.contains(" notin ") { "notin" } else { "in" };
-            let vals = rest
-                .trim()
-                .strip_prefix('(')
-                .and_then(|r| r.strip_suffix(')'))
-                .ok_or_else(bad)?;
-            LabelSelectorRequirement {
-                key: k.trim().into(),
-                operator: op.into(),
-                values: vals.split(',').map(|v| v.trim().to_string()).collect(),
-            }
-        } else if t
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
-        {
-            LabelSelectorRequirement {
-                key: t.into(),
-                operator: "exists".into(),
-                values: vec![],
-            }
-        } else {
-            return Err(bad());
-        };
-        if req.key.is_empty() {
-            return Err(bad());
-        }
-        out.push(req);
-    }
-    Ok(out)
+    caravel_model::selector::parse_selector(s).map_err(|e| {
+        ApiErr::bad_request(format!("invalid label selector: {e}"))
+            .hint("use key=value, key!=value, key in (a,b), key notin (a,b), key or !key")
+    })
 }
 
 pub fn selector_matches(
@@ -324,6 +275,17 @@ fn executions_of(st: &ClusterState, job: &Job, q: &JobQuery) -> Vec<Execution> {
                 || q.job_version.is_none() && e.job_version == job.version
         })
         .cloned()
+        .map(|mut e| {
+            // As Bacalhau's: each execution carries the job (version) it runs.
+            if e.job.is_none() {
+                e.job = st
+                    .job_version(&job.id, e.job_version)
+                    .or((e.job_version == job.version).then_some(job))
+                    .cloned()
+                    .map(Box::new);
+            }
+            e
+        })
         .collect();
     match q.order_by.as_deref() {
         Some("modified_at") => v.sort_by_key(|e| e.modify_time),
@@ -348,8 +310,11 @@ fn history_of(st: &ClusterState, job: &Job, q: &JobQuery) -> Vec<JobHistory> {
                 .as_ref()
                 .is_none_or(|e| h.execution_id.starts_with(e.as_str()))
         })
+        // As Bacalhau: the latest version's events unless a version or all of them are asked for.
         .filter(|h| {
-            q.all_job_versions.unwrap_or(true) || q.job_version.is_none_or(|v| h.job_version == v)
+            q.all_job_versions.unwrap_or(false)
+                || h.job_version == 0
+                || h.job_version == q.job_version.unwrap_or(job.version)
         })
         .cloned()
         .collect()
@@ -444,6 +409,91 @@ async fn job_page<T: Send + 'static>(
             Ok(Json(Page::of(items)))
         })
         .await?
+}
+
+/// `GET /jobs/{id}/versions`: every version of the job, oldest first (Bacalhau v1.8+).
+pub async fn versions(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<JobQuery>,
+) -> Result<Json<ListJobVersionsResponse>, ApiErr> {
+    job_page(&s, &id, &q, |st, job, _| {
+        st.versions_of(&job.id).into_iter().cloned().collect()
+    })
+    .await
+}
+
+/// `PUT /jobs/{id}/rerun`: submits a version of the job (the latest by default) again, as a new
+/// version, whatever changed since.
+pub async fn rerun(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<JobQuery>,
+    body: Bytes,
+) -> Result<Json<RerunJobResponse>, ApiErr> {
+    let req: RerunJobRequest = if body.is_empty() {
+        RerunJobRequest::default()
+    } else {
+        json_body(&body)?
+    };
+    let version = req.job_version;
+    let job =
+        s.cluster
+            .read_linearizable(move |st| {
+                let job = lookup(st, &q.namespace, &id)?;
+                if version == 0 || version == job.version {
+                    return Ok(job);
+                }
+                st.job_version(&job.id, version).cloned().ok_or_else(|| {
+                    ApiErr::not_found(format!("job {} has no version {version}", job.id)).hint(
+                        format!("list its versions with `caravel job versions {}`", job.id),
+                    )
+                })
+            })
+            .await??;
+    // Its author's spec, as submitted: what the orchestrator set is set again.
+    let spec: serde_json::Value =
+        serde_norway::from_str(&caravel_model::diff::user_spec_yaml(&job)).map_err(|e| {
+            ApiErr::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                e.to_string(),
+            )
+        })?;
+    let parsed = parse_submission(spec)?;
+    let (job_id, evaluation_id, job_version) = write_submission(&s, parsed.job, true).await?;
+    Ok(Json(RerunJobResponse {
+        job_id,
+        job_version,
+        evaluation_id,
+        warnings: parsed.warnings,
+    }))
+}
+
+/// `PUT /jobs/diff`: what submitting this job would change in the job of the same name (the whole
+/// spec as added when there is none); nothing is written.
+pub async fn diff(State(s): State<ApiState>, body: Bytes) -> Result<Json<DiffJobResponse>, ApiErr> {
+    let req: PutJobRequest = json_body(&body)?;
+    let parsed = parse_submission(req.job)?;
+    let new = caravel_model::diff::user_spec_yaml(&parsed.job);
+    let (ns, name) = (parsed.job.namespace.clone(), parsed.job.name.clone());
+    let old = s
+        .cluster
+        .read_linearizable(move |st| {
+            (!name.is_empty())
+                .then(|| {
+                    st.find_job(&ns, &name)
+                        .ok()
+                        .map(caravel_model::diff::user_spec_yaml)
+                })
+                .flatten()
+                .unwrap_or_default()
+        })
+        .await?;
+    Ok(Json(DiffJobResponse {
+        diff: caravel_model::diff::line_diff(&old, &new),
+        warnings: parsed.warnings,
+    }))
 }
 
 pub async fn history(

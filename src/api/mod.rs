@@ -57,7 +57,19 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/orchestrator/jobs/{id}",
             get(jobs::get).delete(jobs::stop),
         )
+        .route(
+            "/api/v1/orchestrator/jobs/diff",
+            axum::routing::put(jobs::diff).post(jobs::diff),
+        )
         .route("/api/v1/orchestrator/jobs/{id}/history", get(jobs::history))
+        .route(
+            "/api/v1/orchestrator/jobs/{id}/versions",
+            get(jobs::versions),
+        )
+        .route(
+            "/api/v1/orchestrator/jobs/{id}/rerun",
+            axum::routing::put(jobs::rerun).post(jobs::rerun),
+        )
         .route(
             "/api/v1/orchestrator/jobs/{id}/executions",
             get(jobs::executions),
@@ -289,13 +301,64 @@ where
 
     async fn from_request_parts(
         parts: &mut axum::http::request::Parts,
-        state: &S,
+        _state: &S,
     ) -> Result<Self, Self::Rejection> {
-        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
-            Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
-            Err(e) => Err(ApiErr::bad_request(format!("invalid query parameters: {}", e.body_text()))
-                .hint("check the parameter names and values (e.g. limit is a number, reverse is true or false)")),
+        let query = go_query(parts.uri.query().unwrap_or_default())?;
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize::<_, T>(de).map(ApiQuery).map_err(|e| {
+            ApiErr::bad_request(format!("invalid query parameters: {}: {}", e.path(), e.inner()))
+                .hint("check the parameter names and values (e.g. limit is a number, reverse is true or false)")
+        })
+    }
+}
+
+/// Query parameters that are booleans: Go's server reads them with `strconv.ParseBool`.
+const BOOL_PARAMS: &[&str] = &["reverse", "all_job_versions", "follow", "tail", "local"];
+
+/// Rewrites a query string as Bacalhau's Go server reads it: booleans in every spelling
+/// `strconv.ParseBool` takes (`1`, `t`, `True`, `FALSE`…), repeated `labels` joined into one
+/// selector (each is a requirement), and of any other repeated parameter the first (Go's
+/// `Query().Get`).
+pub fn go_query(raw: &str) -> Result<String, ApiErr> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw).map_err(|e| {
+        ApiErr::bad_request(format!("invalid query string: {e}"))
+            .hint("encode the parameters as key=value pairs joined by &")
+    })?;
+    let mut out: Vec<(String, String)> = Vec::with_capacity(pairs.len());
+    for (k, mut v) in pairs {
+        if BOOL_PARAMS.contains(&k.as_str()) {
+            v = match go_parse_bool(&v) {
+                Some(b) => b.to_string(),
+                None => {
+                    return Err(ApiErr::bad_request(format!(
+                        "invalid query parameters: {k}={v:?} is not a boolean"
+                    ))
+                    .hint(format!("give {k}=true or {k}=false (1, t, T, TRUE, True and their opposites are accepted)")));
+                }
+            };
         }
+        match out.iter_mut().find(|(seen, _)| *seen == k) {
+            Some((_, first)) if k == "labels" => {
+                if !v.trim().is_empty() {
+                    if !first.trim().is_empty() {
+                        first.push(',');
+                    }
+                    first.push_str(&v);
+                }
+            }
+            Some(_) => {}
+            None => out.push((k, v)),
+        }
+    }
+    serde_urlencoded::to_string(&out).map_err(|e| ApiErr::bad_request(e.to_string()))
+}
+
+/// Go's `strconv.ParseBool`.
+pub fn go_parse_bool(s: &str) -> Option<bool> {
+    match s {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
     }
 }
 
@@ -305,4 +368,37 @@ pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiEr
         ApiErr::bad_request(format!("the request body is not valid JSON: {e}"))
             .hint("send a JSON document")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_booleans_and_repeated_labels_read_as_go_reads_them() {
+        for (t, f) in [
+            ("1", "0"),
+            ("t", "f"),
+            ("T", "F"),
+            ("True", "False"),
+            ("TRUE", "FALSE"),
+        ] {
+            assert_eq!(go_query(&format!("reverse={t}")).unwrap(), "reverse=true");
+            assert_eq!(go_query(&format!("follow={f}")).unwrap(), "follow=false");
+        }
+        let e = go_query("reverse=yes").unwrap_err();
+        assert!(
+            e.message.contains("reverse=\"yes\" is not a boolean"),
+            "{}",
+            e.message
+        );
+        // `limit=1` is a number, not a boolean.
+        assert_eq!(go_query("limit=1").unwrap(), "limit=1");
+        assert_eq!(
+            go_query("labels=a%3Db&labels=c+in+%28x%2Cy%29&labels=").unwrap(),
+            "labels=a%3Db%2Cc+in+%28x%2Cy%29"
+        );
+        assert_eq!(go_query("limit=5&limit=9").unwrap(), "limit=5");
+        assert_eq!(go_query("").unwrap(), "");
+    }
 }

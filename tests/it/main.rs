@@ -4,6 +4,7 @@
 mod abuse;
 mod admission;
 mod api;
+mod compat;
 mod deploy;
 mod e2e;
 mod ha;

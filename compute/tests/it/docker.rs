@@ -77,7 +77,8 @@ fn docker_task(cmd: &[&str]) -> Task {
 
 fn request(dir: &Path, task: Task) -> RunRequest {
     let args = caravel_compute::executor::task_args(&task).unwrap();
-    let env = caravel_compute::executor::task_env(&task, "e-docker", "j-docker");
+    let env =
+        caravel_compute::executor::task_env(&task, "e-docker", "j-docker", &Default::default());
     RunRequest {
         execution_id: unique("e"),
         job_id: "j-docker".into(),
@@ -326,13 +327,13 @@ async fn network_none_has_no_interfaces_but_loopback_and_http_is_refused() {
         "network None has loopback only: {ifaces}"
     );
 
-    let mut full = docker_task(&["sh", "-c", list]);
-    full.network.kind = "Full".into();
-    let r = run(&ex, request(dir.path(), full)).await.unwrap();
+    let mut bridged = docker_task(&["sh", "-c", list]);
+    bridged.network.kind = "Default".into();
+    let r = run(&ex, request(dir.path(), bridged)).await.unwrap();
     assert_eq!(r.exit_code, 0);
     assert!(
         read(dir.path().join("stdout")).contains("eth0"),
-        "Full gets a bridged interface"
+        "Default gets a bridged interface"
     );
 
     let mut http = docker_task(&["true"]);

@@ -391,7 +391,7 @@ async fn unsupported_sources_are_named() {
         .unwrap_err();
     assert_eq!(
         e.to_string(),
-        "input source type \"gcs\" is not supported on this node (supported: inline, local, urlDownload, s3)"
+        "input source type \"gcs\" is not supported on this node (supported: inline, local, localDirectory, urlDownload, s3, s3PreSigned)"
     );
 }
 

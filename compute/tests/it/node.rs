@@ -38,7 +38,14 @@ async fn echo_runs_with_args_env_inputs_and_outputs_and_publishes_locally() {
     );
     assert_eq!(
         h.hello.compute_node_info.storage_sources,
-        vec!["inline", "local", "urlDownload", "s3"]
+        vec![
+            "inline",
+            "local",
+            "localDirectory",
+            "urlDownload",
+            "s3",
+            "s3PreSigned"
+        ]
     );
     assert!(
         h.hello.compute_node_info.max_capacity.cpu >= 1.0

@@ -155,7 +155,7 @@ fn files_under(dir: &Path, prefix: &str, out: &mut Vec<(String, String)>) {
 }
 
 #[tokio::test]
-async fn an_object_input_becomes_a_file_and_its_checksum_is_verified() {
+async fn an_object_input_becomes_a_directory_holding_it_by_name_and_its_checksum_is_verified() {
     let b = bucket().await;
     put(&b, "dir/hello.txt", b"hello s3\n").await;
     let dir = tempfile::tempdir().unwrap();
@@ -166,7 +166,12 @@ async fn an_object_input_becomes_a_file_and_its_checksum_is_verified() {
         .unwrap();
     assert!(got.read_only);
     assert_eq!(got.target, "/inputs/data");
-    assert_eq!(std::fs::read(&got.host_path).unwrap(), b"hello s3\n");
+    // As Bacalhau mounts it: a directory at the target, the object in it by its name.
+    assert!(got.host_path.is_dir());
+    assert_eq!(
+        std::fs::read(got.host_path.join("hello.txt")).unwrap(),
+        b"hello s3\n"
+    );
 
     let sum = sha2::Sha256::digest(b"hello s3\n");
     let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, sum);
@@ -535,9 +540,10 @@ async fn a_node_reads_s3_inputs_and_reports_its_s3_published_result() {
             .contains(&"s3".to_string())
     );
     let mut task = wasm_task("echo", &[]);
+    // As under Bacalhau: the Target is a directory holding the object by its name.
     task.input_sources.push(input(
         "s3",
-        "/inputs/hello.txt",
+        "/inputs",
         &[
             ("Bucket", b.as_str().into()),
             ("Key", "in/hello.txt".into()),

@@ -1,17 +1,20 @@
-//! Prints its arguments and selected environment variables, reads the files under `/inputs` (if that
+//! Prints its arguments, two chosen environment variables and every `BACALHAU_*` one, reads the files under `/inputs` (if that
 //! directory is mounted), and writes `/outputs/result.txt`.
 use std::io::Write;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     println!("args: {}", args.join(" "));
-    for key in [
-        "GREETING",
-        "FROM_PARAMS",
-        "BACALHAU_EXECUTION_ID",
-        "BACALHAU_JOB_ID",
-    ] {
+    for key in ["GREETING", "FROM_PARAMS"] {
         println!("env {key}={}", std::env::var(key).unwrap_or_default());
+    }
+    // Every variable the orchestrator sets (BACALHAU_JOB_ID, BACALHAU_PARTITION_INDEX, …).
+    let mut system: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("BACALHAU_"))
+        .collect();
+    system.sort();
+    for (key, value) in system {
+        println!("env {key}={value}");
     }
     eprintln!("to stderr");
     let mut seen = String::new();
