@@ -14,7 +14,7 @@
 //! in its certificate (cluster CA); only members may call, except on a pristine node waiting to be
 //! added (it cannot tell its future leader from anyone else).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -110,11 +110,15 @@ pub fn raft_config(t: RaftTiming) -> openraft::Config {
 #[derive(Debug, Clone)]
 pub struct PeerNetwork {
     client: Option<rpc::Client>,
+    sizes: EntrySizes,
 }
 
 impl PeerNetwork {
     pub fn new(client: Option<rpc::Client>) -> Self {
-        PeerNetwork { client }
+        PeerNetwork {
+            client,
+            sizes: Default::default(),
+        }
     }
 }
 
@@ -125,7 +129,17 @@ pub struct PeerClient {
     client: Option<rpc::Client>,
     /// A large append batch still being sent (see [`PeerClient::append_entries`]).
     in_flight: Option<Arc<InFlight>>,
+    /// Encoded sizes of log entries, shared by every peer's client: measuring a batch means
+    /// encoding its entries, which for megabyte-sized jobs costs more CPU than a heartbeat
+    /// interval allows; each entry is measured once.
+    sizes: EntrySizes,
 }
+
+/// Encoded sizes by log id (an entry never changes under its id); forgotten wholesale past
+/// [`ENTRY_SIZES_KEPT`].
+type EntrySizes = Arc<std::sync::Mutex<BTreeMap<caravel_raft_store::LogId, usize>>>;
+
+const ENTRY_SIZES_KEPT: usize = 4096;
 
 type AppendResult = Result<AppendEntriesResponse<NodeId>, RpcErr<openraft::error::Infallible>>;
 
@@ -185,6 +199,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             node: node.clone(),
             client: self.client.clone(),
             in_flight: None,
+            sizes: self.sizes.clone(),
         }
     }
 }
@@ -204,6 +219,23 @@ impl PeerClient {
         Resp: for<'de> Deserialize<'de>,
         E: std::error::Error + for<'de> Deserialize<'de>,
     {
+        let body = postcard::to_allocvec(req)
+            .map_err(|e| RPCError::Network(NetworkError::new(&io::Error::other(e))))?;
+        self.call_body(kind, action, &body, option).await
+    }
+
+    /// [`Self::call`] with the request already encoded.
+    async fn call_body<Resp, E>(
+        &self,
+        kind: u8,
+        action: RPCTypes,
+        body: &[u8],
+        option: &RPCOption,
+    ) -> Result<Resp, RpcErr<E>>
+    where
+        Resp: for<'de> Deserialize<'de>,
+        E: std::error::Error + for<'de> Deserialize<'de>,
+    {
         let Some(client) = &self.client else {
             let e = io::Error::new(
                 io::ErrorKind::NotConnected,
@@ -211,11 +243,9 @@ impl PeerClient {
             );
             return Err(RPCError::Unreachable(Unreachable::new(&e)));
         };
-        let body = postcard::to_allocvec(req)
-            .map_err(|e| RPCError::Network(NetworkError::new(&io::Error::other(e))))?;
         let ttl = option.hard_ttl();
         let answer = client
-            .call(&self.node.raft_addr, &self.node.name, kind, &body, ttl)
+            .call(&self.node.raft_addr, &self.node.name, kind, body, ttl)
             .await
             .map_err(|e| match e {
                 rpc::Error::Timeout { .. } => RPCError::Timeout(Timeout {
@@ -239,9 +269,42 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
+        // openraft retries a batch from the same point after its deadline: join the transfer in
+        // flight that carries its start before measuring anything (measuring means encoding).
+        if let Some(f) = self.in_flight.clone()
+            && f.vote == rpc.vote
+            && f.prev_log_id == rpc.prev_log_id
+            && f.last.is_some()
+            && rpc.entries.iter().any(|e| Some(e.log_id) == f.last)
+        {
+            let whole = rpc.entries.last().map(|e| e.log_id);
+            let result = answer_of(&f).await;
+            self.in_flight = None;
+            match result {
+                Some(Ok(AppendEntriesResponse::Success)) if f.last != whole => {
+                    return Ok(AppendEntriesResponse::PartialSuccess(f.last));
+                }
+                Some(Ok(answer)) => return Ok(answer),
+                Some(Err(e)) => return Err(e),
+                None => {}
+            }
+        }
         // openraft caps a batch by count only; cut it by size too, so it always fits one frame,
         // and report the part sent as a partial success (openraft sends the rest next).
-        let (rpc, cut_at, bytes) = cut_to_budget(rpc, APPEND_BUDGET);
+        let sizes = self.sizes.clone();
+        let (rpc, cut_at, bytes) = cut_to_budget_with(rpc, APPEND_BUDGET, &mut |e| {
+            if let Some(s) = sizes.lock().ok().and_then(|m| m.get(&e.log_id).copied()) {
+                return s;
+            }
+            let s = postcard::to_allocvec(e).map_or(usize::MAX, |b| b.len());
+            if let Ok(mut m) = sizes.lock() {
+                if m.len() >= ENTRY_SIZES_KEPT {
+                    m.clear();
+                }
+                m.insert(e.log_id, s);
+            }
+            s
+        });
         let last = rpc.entries.last().map(|e| e.log_id);
         let as_sent = |answer: AppendEntriesResponse<NodeId>,
                        sent: Option<caravel_raft_store::LogId>| {
@@ -280,9 +343,19 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let detached = RPCOption::new(option.hard_ttl().max(DETACHED_APPEND_TIMEOUT));
         let (vote, prev_log_id) = (rpc.vote, rpc.prev_log_id);
         let task = tokio::spawn(async move {
-            let r: AppendResult = this
-                .call(kind::APPEND, RPCTypes::AppendEntries, &rpc, &detached)
-                .await;
+            // Encoding megabytes of jobs is CPU work: off the runtime's workers, which also
+            // carry heartbeats and votes.
+            let body = tokio::task::spawn_blocking(move || postcard::to_allocvec(&rpc)).await;
+            let r: AppendResult = match body {
+                Ok(Ok(body)) => {
+                    this.call_body(kind::APPEND, RPCTypes::AppendEntries, &body, &detached)
+                        .await
+                }
+                Ok(Err(e)) => Err(RPCError::Network(NetworkError::new(&io::Error::other(e)))),
+                Err(e) => Err(RPCError::Network(NetworkError::new(&io::Error::other(
+                    e.to_string(),
+                )))),
+            };
             let _ = tx.send(Some(Arc::new(r)));
         })
         .abort_handle();
@@ -330,15 +403,28 @@ pub const APPEND_BUDGET: usize = 12 << 20;
 /// returns the request, when it was cut the last log id it still carries, and the encoded size of
 /// the entries it carries.
 pub fn cut_to_budget(
-    mut rpc: AppendEntriesRequest<TypeConfig>,
+    rpc: AppendEntriesRequest<TypeConfig>,
     budget: usize,
 ) -> (
     AppendEntriesRequest<TypeConfig>,
     Option<caravel_raft_store::LogId>,
     usize,
 ) {
-    let size =
-        |e: &caravel_raft_store::Entry| postcard::to_allocvec(e).map_or(usize::MAX, |b| b.len());
+    cut_to_budget_with(rpc, budget, &mut |e| {
+        postcard::to_allocvec(e).map_or(usize::MAX, |b| b.len())
+    })
+}
+
+/// [`cut_to_budget`] with the entries' encoded sizes given by `size`.
+pub fn cut_to_budget_with(
+    mut rpc: AppendEntriesRequest<TypeConfig>,
+    budget: usize,
+    size: &mut dyn FnMut(&caravel_raft_store::Entry) -> usize,
+) -> (
+    AppendEntriesRequest<TypeConfig>,
+    Option<caravel_raft_store::LogId>,
+    usize,
+) {
     let mut used = 0usize;
     let mut keep = 0;
     for e in &rpc.entries {
