@@ -3,8 +3,9 @@
 
 use crate::spec::Job;
 
-/// The part of a job its author wrote, as YAML (server-owned fields and reserved Meta left out).
-pub fn user_spec_yaml(job: &Job) -> String {
+/// The part of a job its author wrote: server-owned fields and reserved Meta left out (what a
+/// rerun submits again).
+pub fn user_spec_value(job: &Job) -> serde_json::Value {
     let mut v = serde_json::to_value(job).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
         for k in crate::parse::SERVER_OWNED_KEYS {
@@ -14,7 +15,32 @@ pub fn user_spec_yaml(job: &Job) -> String {
             meta.retain(|k, _| !k.starts_with(crate::RESERVED_META_PREFIX));
         }
     }
+    v
+}
+
+/// [`user_spec_value`] as YAML for people, long strings shown by size and digest.
+pub fn user_spec_yaml(job: &Job) -> String {
+    let mut v = user_spec_value(job);
+    elide_long_strings(&mut v);
     serde_norway::to_string(&v).unwrap_or_default()
+}
+
+/// Strings longer than this (inline modules and data) are shown by size and digest, so a diff
+/// stays readable and still shows that they changed.
+const LONGEST_SHOWN: usize = 256;
+
+fn elide_long_strings(v: &mut serde_json::Value) {
+    use sha2::Digest;
+    match v {
+        serde_json::Value::String(s) if s.len() > LONGEST_SHOWN => {
+            let digest = sha2::Sha256::digest(s.as_bytes());
+            let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+            *s = format!("<{} bytes, sha256 {hex}…>", s.len());
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(elide_long_strings),
+        serde_json::Value::Object(m) => m.values_mut().for_each(elide_long_strings),
+        _ => {}
+    }
 }
 
 /// Longest inputs compared line by line; longer ones are shown as replaced whole.
@@ -88,8 +114,10 @@ mod tests {
             format!("{}orchestrator.id", crate::RESERVED_META_PREFIX),
             "o".into(),
         );
+        j.meta.insert("blob".into(), "x".repeat(1000));
         let y = user_spec_yaml(&j);
         assert!(y.contains("Name: x"), "{y}");
+        assert!(y.contains("blob: <1000 bytes, sha256 "), "{y}");
         assert!(
             !y.contains("j-1") && !y.contains("Version") && !y.contains("orchestrator.id"),
             "{y}"

@@ -452,15 +452,7 @@ pub async fn rerun(
             })
             .await??;
     // Its author's spec, as submitted: what the orchestrator set is set again.
-    let spec: serde_json::Value =
-        serde_norway::from_str(&caravel_model::diff::user_spec_yaml(&job)).map_err(|e| {
-            ApiErr::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "InternalError",
-                e.to_string(),
-            )
-        })?;
-    let parsed = parse_submission(spec)?;
+    let parsed = parse_submission(caravel_model::diff::user_spec_value(&job))?;
     let (job_id, evaluation_id, job_version) = write_submission(&s, parsed.job, true).await?;
     Ok(Json(RerunJobResponse {
         job_id,
