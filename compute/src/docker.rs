@@ -756,6 +756,35 @@ fn plan(
             ..Default::default()
         });
     }
+    // Ports (Bridge networking): each container port published on the host port the node chose
+    // for it (see `executor::port_env`); with Host networking the task binds them itself.
+    let mut exposed = Vec::new();
+    let mut bindings: HashMap<String, Option<Vec<bollard::models::PortBinding>>> = HashMap::new();
+    if network == "bridge" {
+        for p in &req.task.network.ports {
+            let (port_var, host_var) = caravel_model::spec::port_env_names(&p.name);
+            let (Some(inside), Some(host)) = (req.env.get(&port_var), req.env.get(&host_var))
+            else {
+                return Err(ExecError::BadParams(format!(
+                    "port {} has no host port assigned",
+                    p.name
+                )));
+            };
+            let key = format!("{inside}/tcp");
+            exposed.push(key.clone());
+            bindings.insert(
+                key,
+                Some(vec![bollard::models::PortBinding {
+                    host_ip: Some(if p.host_network.is_empty() {
+                        "0.0.0.0".to_string()
+                    } else {
+                        p.host_network.clone()
+                    }),
+                    host_port: Some(host.clone()),
+                }]),
+            );
+        }
+    }
     let labels = HashMap::from([
         (LABEL_NODE.to_string(), node_id.to_string()),
         (LABEL_EXECUTION.to_string(), req.execution_id.clone()),
@@ -772,11 +801,13 @@ fn plan(
         open_stdin: Some(false),
         attach_stdout: Some(true),
         attach_stderr: Some(true),
+        exposed_ports: (!exposed.is_empty()).then_some(exposed),
         host_config: Some(HostConfig {
             memory,
             memory_swap: memory,
             nano_cpus,
             network_mode: Some(network.to_string()),
+            port_bindings: (!bindings.is_empty()).then_some(bindings),
             mounts: Some(mounts),
             device_requests,
             auto_remove: Some(false),

@@ -164,6 +164,46 @@ pub fn system_env(
     .collect()
 }
 
+/// The ports of a task's network, as environment variables (Bacalhau v1.7+): for each port,
+/// `BACALHAU_HOST_PORT_<NAME>` is the node's port (its `Static` one, else a free one the node
+/// picks) and `BACALHAU_PORT_<NAME>` the port inside the container (its `Target`, else the host
+/// port; with `Host` networking the same as the host port). The Docker executor maps them.
+pub fn port_env(
+    network: &caravel_model::spec::NetworkConfig,
+) -> Result<BTreeMap<String, String>, String> {
+    let host_net = caravel_model::spec::network_class(&network.kind) == Some("Host");
+    let mut env = BTreeMap::new();
+    for p in &network.ports {
+        let ip: std::net::IpAddr = if p.host_network.is_empty() {
+            std::net::Ipv4Addr::UNSPECIFIED.into()
+        } else {
+            p.host_network.parse().map_err(|_| {
+                format!(
+                    "port {}: HostNetwork {:?} is not an IP address",
+                    p.name, p.host_network
+                )
+            })?
+        };
+        let host = if p.static_ != 0 {
+            p.static_
+        } else {
+            std::net::TcpListener::bind((ip, 0))
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .map_err(|e| format!("port {}: no free port on {ip}: {e}", p.name))?
+        };
+        let inside = if host_net || p.target == 0 {
+            host
+        } else {
+            p.target
+        };
+        let (port_var, host_var) = caravel_model::spec::port_env_names(&p.name);
+        env.insert(port_var, inside.to_string());
+        env.insert(host_var, host.to_string());
+    }
+    Ok(env)
+}
+
 /// The task's environment: its `Env`, then `Engine.Params.EnvironmentVariables` (a map or a list of
 /// `K=V`), then the [`system_env`] (which nothing may override; at least `BACALHAU_EXECUTION_ID` and
 /// `BACALHAU_JOB_ID`).

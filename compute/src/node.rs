@@ -1187,8 +1187,15 @@ impl ComputeNode {
         } else {
             self.shared.opts.default_memory_limit
         };
+        // Ports the task listens on: a host port for each (its Static one, or a free one),
+        // named to the task as Bacalhau names them.
+        let mut system = system.clone();
+        match crate::executor::port_env(&task.network) {
+            Ok(ports) => system.extend(ports),
+            Err(why) => return fail(topic::EXECUTION, why),
+        }
         let env = match crate::executor::resolve_host_env(
-            task_env(task, id, job_id, system),
+            task_env(task, id, job_id, &system),
             &self.shared.opts.env_allow_list,
             &|name| std::env::var(name).ok(),
         ) {

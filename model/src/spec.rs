@@ -157,6 +157,17 @@ pub fn network_class(kind: &str) -> Option<&'static str> {
     }
 }
 
+/// The environment variables that tell a task where its port `name` is, as Bacalhau v1.7+ names
+/// them: `BACALHAU_PORT_<NAME>` (inside the container) and `BACALHAU_HOST_PORT_<NAME>` (on the
+/// node); the name upper-cased, `-` as `_`.
+pub fn port_env_names(name: &str) -> (String, String) {
+    let n = name.trim().to_ascii_uppercase().replace('-', "_");
+    (
+        format!("BACALHAU_PORT_{n}"),
+        format!("BACALHAU_HOST_PORT_{n}"),
+    )
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct PortMapping {

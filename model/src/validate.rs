@@ -405,6 +405,52 @@ fn validate_task(t: &Task, f: &str, e: &mut Vec<SpecError>) {
             "set Network.Type: HTTP or remove Domains",
         ));
     }
+    let class = crate::spec::network_class(&net);
+    let mut port_names = std::collections::BTreeSet::new();
+    for (i, p) in t.network.ports.iter().enumerate() {
+        let pf = format!("{f}.Network.Ports[{i}]");
+        if !matches!(class, Some("Bridge" | "Host")) {
+            e.push(SpecError::new(
+                &pf,
+                format!("ports need a network (Type is {:?})", t.network.kind),
+                "set Network.Type: Bridge (or Default), or Host",
+            ));
+            break;
+        }
+        let name_ok = !p.name.is_empty()
+            && p.name.len() <= 64
+            && p.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            && p.name.starts_with(|c: char| c.is_ascii_alphabetic());
+        if !name_ok {
+            e.push(SpecError::new(
+                &format!("{pf}.Name"),
+                format!("{:?} is not a port name", p.name),
+                "name it with letters, digits, '-' or '_' (it becomes BACALHAU_PORT_<NAME>)",
+            ));
+        } else if !port_names.insert(p.name.to_ascii_uppercase().replace('-', "_")) {
+            e.push(SpecError::new(
+                &format!("{pf}.Name"),
+                format!("{:?} is used by another port", p.name),
+                "give each port its own name",
+            ));
+        }
+        if p.static_ != 0 && p.static_ < 1024 {
+            e.push(SpecError::new(
+                &format!("{pf}.Static"),
+                format!("{} is a privileged port", p.static_),
+                "use a port from 1024 up, or leave Static out for one the node picks",
+            ));
+        }
+        if !p.host_network.is_empty() && p.host_network.parse::<std::net::IpAddr>().is_err() {
+            e.push(SpecError::new(
+                &format!("{pf}.HostNetwork"),
+                format!("{:?} is not an IP address", p.host_network),
+                "give the node's address to listen on, e.g. 127.0.0.1, or leave it out",
+            ));
+        }
+    }
     let to = &t.timeouts;
     for (name, v) in [
         ("ExecutionTimeout", to.execution_timeout),

@@ -576,12 +576,33 @@ fn publishers_and_networks_caravel_does_not_offer_are_refused_at_submit_with_the
             "    Network: {Type: HTTP, Domains: [example.org]}\n",
             "Tasks[0].Network.Type: HTTP (outbound HTTP to listed Domains only) is not supported",
         ),
+        (
+            "    Network: {Type: None, Ports: [{Name: web, Target: 8080}]}\n",
+            "Tasks[0].Network.Ports[0]: ports need a network",
+        ),
+        (
+            "    Network: {Type: Bridge, Ports: [{Name: web, Static: 80}]}\n",
+            "Tasks[0].Network.Ports[0].Static: 80 is a privileged port",
+        ),
+        (
+            "    Network: {Type: Bridge, Ports: [{Name: web}, {Name: WEB}]}\n",
+            "Tasks[0].Network.Ports[1].Name: \"WEB\" is used by another port",
+        ),
+        (
+            "    Network: {Type: Bridge, Ports: [{Name: \"1st\"}]}\n",
+            "Tasks[0].Network.Ports[0].Name: \"1st\" is not a port name",
+        ),
     ] {
         let e = parse_job(wasm(extra, "").as_bytes(), Mode::Server)
             .unwrap_err()
             .to_string();
         assert!(e.contains(want) && e.contains("hint:"), "{e}");
     }
+    parse_job(
+        wasm("    Network: {Type: Bridge, Ports: [{Name: web, Target: 8080}, {Name: api, Static: 9000}]}\n", "").as_bytes(),
+        Mode::Server,
+    )
+    .unwrap();
     // s3PreSigned inputs are accepted with their URL, refused without one.
     let ok = wasm(
         "",

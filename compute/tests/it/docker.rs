@@ -311,6 +311,57 @@ async fn the_memory_limit_is_enforced() {
     assert_eq!(read(dir.path().join("stdout")), "1000000\n");
 }
 
+/// A named port on a bridged network: the task is told its container port and the node's port
+/// (`BACALHAU_PORT_WEB`, `BACALHAU_HOST_PORT_WEB`), and what it serves there is reached from the
+/// node on the host port.
+#[tokio::test]
+async fn a_named_port_is_published_on_the_host_port_the_task_is_told() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (ex, _node) = executor(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut task = docker_task(&[
+        "sh",
+        "-c",
+        "echo served-by-the-job > /tmp/index.html; echo inside=$BACALHAU_PORT_WEB host=$BACALHAU_HOST_PORT_WEB; httpd -f -p $BACALHAU_PORT_WEB -h /tmp & sleep 15",
+    ]);
+    task.network.kind = "Bridge".into();
+    task.network.ports.push(caravel_model::spec::PortMapping {
+        name: "web".into(),
+        target: 8080,
+        ..Default::default()
+    });
+    let mut req = request(dir.path(), task.clone());
+    let ports = caravel_compute::executor::port_env(&task.network).unwrap();
+    assert_eq!(ports["BACALHAU_PORT_WEB"], "8080");
+    let host: u16 = ports["BACALHAU_HOST_PORT_WEB"].parse().unwrap();
+    assert!(host >= 1024, "{ports:?}");
+    req.env.extend(ports);
+    let cancel = CancellationToken::new();
+    let running = {
+        let (ex, cancel) = (ex.clone(), cancel.clone());
+        tokio::spawn(async move { ex.run(req, cancel).await })
+    };
+    let url = format!("http://127.0.0.1:{host}/index.html");
+    let mut body = String::new();
+    for _ in 0..100 {
+        if let Ok(r) = reqwest::get(&url).await
+            && let Ok(t) = r.text().await
+        {
+            body = t;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cancel.cancel();
+    let _ = running.await;
+    assert_eq!(body.trim(), "served-by-the-job", "{url}");
+    assert!(
+        read(dir.path().join("stdout")).contains(&format!("inside=8080 host={host}")),
+        "{}",
+        read(dir.path().join("stdout"))
+    );
+}
+
 #[tokio::test]
 async fn network_none_has_no_interfaces_but_loopback_and_http_is_refused() {
     let (ex, _) = executor(10).await;
