@@ -222,8 +222,10 @@ ok "restarted ${order[*]}; $total acknowledged jobs, each completed exactly once
 step "every node's /metrics through Prometheus"
 prom() { curl -s --get "http://127.0.0.1:9090/api/v1/query" --data-urlencode "query=$1" | json "$2"; }
 wait_for '[ "$(prom "sum(up)" "d[\"data\"][\"result\"][0][\"value\"][1]" 2>/dev/null)" = 6 ]' 60 "six targets up"
-[ "$(prom 'sum(caravel_raft_is_leader)' 'd["data"]["result"][0]["value"][1]')" = 1 ] || die "not exactly one leader in the metrics"
-[ "$(prom 'count(caravel_session_connected == 1)' 'd["data"]["result"][0]["value"][1]')" = 3 ] || die "compute nodes' session gauge"
+# Just after the rolling restart a node may still be moving its session (and Prometheus scrapes
+# every few seconds): wait for the gauges to settle rather than read them once.
+wait_for '[ "$(prom "sum(caravel_raft_is_leader)" "d[\"data\"][\"result\"][0][\"value\"][1]" 2>/dev/null)" = 1 ]' 60 "exactly one leader in the metrics"
+wait_for '[ "$(prom "count(caravel_session_connected == 1)" "d[\"data\"][\"result\"][0][\"value\"][1]" 2>/dev/null)" = 3 ]' 60 "compute nodes' session gauge at 3"
 ok "6 targets up, one leader, 3 compute sessions"
 
 # ---------------------------------------------------------------------------------------------
