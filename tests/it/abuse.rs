@@ -129,6 +129,27 @@ fn a_job_over_the_size_limit_is_refused_at_submit_naming_it() {
             .contains("S3 or URL input"),
         "{body}"
     );
+    // The diff endpoint reads the same submission, with the same limit.
+    let (status, body) = rt.block_on(async {
+        let r = c
+            .put(format!("{}/api/v1/orchestrator/jobs/diff", n.api()))
+            .json(&json!({ "Job": job_with_payload("big", 6 << 20, 1) }))
+            .send()
+            .await
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.json::<Value>().await.unwrap_or_default(),
+        )
+    });
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["Message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("more than the limit of 3145728 bytes (3 MiB)"),
+        "{body}"
+    );
     let (status, body) = rt.block_on(put_job(&c, &n.api(), &job_with_payload("small", 0, 1)));
     assert_eq!(status, 200, "{body}");
 }
