@@ -49,11 +49,8 @@ pub enum JobCommand {
 
 /// A boolean flag's value as Go's `strconv.ParseBool` reads it (`--wait=false`, `--wait=0`, `--wait=F`).
 pub fn go_bool(s: &str) -> Result<bool, String> {
-    match s {
-        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
-        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
-        _ => Err(format!("{s:?} is not a boolean; use true or false")),
-    }
+    caravel_model::parse::go_parse_bool(s)
+        .ok_or_else(|| format!("{s:?} is not a boolean; use true or false"))
 }
 
 /// A duration flag as Bacalhau takes it: a Go duration (`90s`, `5m`, `1h30m`) or a bare number of

@@ -309,6 +309,15 @@ fn legacy_input(v: Value, default_target: &str, inputs: &mut Vec<InputSource>) -
     Some(target)
 }
 
+/// Go's `strconv.ParseBool`, as Bacalhau's CLI flags and server query parameters read booleans.
+pub fn go_parse_bool(s: &str) -> Option<bool> {
+    match s {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
+}
+
 /// Builds a `data:` URL for inline sources (what `wasm run` sends for a local module).
 pub fn data_url(mime: &str, bytes: &[u8]) -> String {
     use base64::Engine;

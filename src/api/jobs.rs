@@ -265,6 +265,24 @@ fn lookup(st: &ClusterState, ns: &Option<String>, id: &str) -> Result<Job, ApiEr
     }
 }
 
+/// [`executions_of`], each carrying the job (version) it runs, as Bacalhau's executions endpoint
+/// answers. Only there: `job describe` has the job once at the top, and a copy per execution of a
+/// large spec would multiply what a read costs.
+fn executions_with_job(st: &ClusterState, job: &Job, q: &JobQuery) -> Vec<Execution> {
+    let mut v = executions_of(st, job, q);
+    if let Some(l) = q.limit.filter(|l| *l > 0) {
+        v.truncate(l);
+    }
+    for e in v.iter_mut().filter(|e| e.job.is_none()) {
+        e.job = st
+            .job_version(&job.id, e.job_version)
+            .or((e.job_version == job.version).then_some(job))
+            .cloned()
+            .map(Box::new);
+    }
+    v
+}
+
 fn executions_of(st: &ClusterState, job: &Job, q: &JobQuery) -> Vec<Execution> {
     let mut v: Vec<Execution> = st
         .executions_of(&job.id)
@@ -275,17 +293,6 @@ fn executions_of(st: &ClusterState, job: &Job, q: &JobQuery) -> Vec<Execution> {
                 || q.job_version.is_none() && e.job_version == job.version
         })
         .cloned()
-        .map(|mut e| {
-            // As Bacalhau's: each execution carries the job (version) it runs.
-            if e.job.is_none() {
-                e.job = st
-                    .job_version(&job.id, e.job_version)
-                    .or((e.job_version == job.version).then_some(job))
-                    .cloned()
-                    .map(Box::new);
-            }
-            e
-        })
         .collect();
     match q.order_by.as_deref() {
         Some("modified_at") => v.sort_by_key(|e| e.modify_time),
@@ -501,7 +508,7 @@ pub async fn executions(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<JobQuery>,
 ) -> Result<Json<ListExecutionsResponse>, ApiErr> {
-    job_page(&s, &id, &q, executions_of).await
+    job_page(&s, &id, &q, executions_with_job).await
 }
 
 /// One item per Completed execution of the current version. Results kept on a node (local publisher)

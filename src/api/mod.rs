@@ -327,7 +327,7 @@ pub fn go_query(raw: &str) -> Result<String, ApiErr> {
     let mut out: Vec<(String, String)> = Vec::with_capacity(pairs.len());
     for (k, mut v) in pairs {
         if BOOL_PARAMS.contains(&k.as_str()) {
-            v = match go_parse_bool(&v) {
+            v = match caravel_model::parse::go_parse_bool(&v) {
                 Some(b) => b.to_string(),
                 None => {
                     return Err(ApiErr::bad_request(format!(
@@ -351,15 +351,6 @@ pub fn go_query(raw: &str) -> Result<String, ApiErr> {
         }
     }
     serde_urlencoded::to_string(&out).map_err(|e| ApiErr::bad_request(e.to_string()))
-}
-
-/// Go's `strconv.ParseBool`.
-pub fn go_parse_bool(s: &str) -> Option<bool> {
-    match s {
-        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
-        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
-        _ => None,
-    }
 }
 
 /// Parses a JSON body into our error shape (axum's own rejection is plain text).
