@@ -180,8 +180,8 @@ impl JobFlags {
             name: self.name.clone().unwrap_or_default(),
             namespace: self.namespace.clone().unwrap_or_default(),
             kind: match self.target {
-                Target::Any => "batch",
-                Target::All => "ops",
+                Target::Any => caravel_model::JobType::Batch.as_str(),
+                Target::All => caravel_model::JobType::Ops.as_str(),
             }
             .into(),
             priority: self.priority,

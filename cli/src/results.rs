@@ -92,31 +92,21 @@ impl S3Result {
     /// Reads a published result. Without `Encoding`, a Key ending in `.tar.gz` (or `.tgz`) is an
     /// archive and any other Key a prefix.
     pub fn from_spec(spec: &SpecConfig) -> anyhow::Result<Self> {
-        let p = &spec.params;
-        let text = |k: &str| p.str(k).map(str::trim).filter(|s| !s.is_empty());
-        let bucket = text("Bucket")
-            .ok_or_else(|| anyhow!("the s3 result names no Bucket; `caravel job describe` shows where the execution published"))?
-            .to_string();
-        let key = p.str("Key").unwrap_or_default().to_string();
-        let archive_key = key.ends_with(".tar.gz") || key.ends_with(".tgz");
-        let layout = match text("Encoding").map(str::to_ascii_lowercase).as_deref() {
-            Some("gzip") => S3Layout::Archive,
-            Some("plain") => S3Layout::Prefix,
-            Some(other) => bail!(
-                "the s3 result of s3://{bucket}/{key} has the unknown Encoding {other:?} (this client reads gzip and plain)"
-            ),
-            None if archive_key => S3Layout::Archive,
-            None => S3Layout::Prefix,
+        use caravel_model::publishers::{Published, S3Encoding};
+        let s = match Published::try_from(spec) {
+            Ok(Published::S3(s)) => s,
+            Ok(Published::Local { .. }) => bail!("the result is kept on its node, not in S3"),
+            Err(e) => bail!("the s3 result: {e}"),
         };
-        if layout == S3Layout::Archive && (key.is_empty() || key.ends_with('/')) {
-            bail!("the s3 result s3://{bucket}/{key} is a gzip archive without an object key");
-        }
         Ok(S3Result {
-            bucket,
-            key,
-            endpoint: text("Endpoint").map(String::from),
-            region: text("Region").map(String::from),
-            layout,
+            layout: match s.encoding() {
+                S3Encoding::Gzip => S3Layout::Archive,
+                S3Encoding::Plain => S3Layout::Prefix,
+            },
+            bucket: s.bucket,
+            key: s.key,
+            endpoint: s.endpoint,
+            region: s.region,
         })
     }
 
@@ -352,10 +342,13 @@ mod tests {
         .unwrap();
         assert_eq!(r.layout, S3Layout::Prefix);
         let e = S3Result::from_spec(&spec(&[("Key", "k")])).unwrap_err();
-        assert!(e.to_string().contains("no Bucket"), "{e}");
+        assert!(e.to_string().contains("Bucket is missing"), "{e}");
         let e = S3Result::from_spec(&spec(&[("Bucket", "b"), ("Key", "k"), ("Encoding", "zip")]))
             .unwrap_err();
-        assert!(e.to_string().contains("unknown Encoding"), "{e}");
+        assert!(
+            e.to_string().contains("Encoding \"zip\" is not supported"),
+            "{e}"
+        );
     }
 
     #[test]

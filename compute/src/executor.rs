@@ -141,7 +141,7 @@ pub fn system_env(
         execution.job_id.as_str()
     };
     // Ops and daemon jobs run once per node: each is its own single partition.
-    let count = if matches!(job.kind.as_str(), "batch" | "service") {
+    let count = if job.job_type().counts_executions() {
         job.count.max(1)
     } else {
         1
@@ -150,7 +150,7 @@ pub fn system_env(
         ("BACALHAU_JOB_ID", job_id.to_string()),
         ("BACALHAU_JOB_NAME", job.name.clone()),
         ("BACALHAU_JOB_NAMESPACE", job.namespace.clone()),
-        ("BACALHAU_JOB_TYPE", job.kind.clone()),
+        ("BACALHAU_JOB_TYPE", job.job_type().to_string()),
         ("BACALHAU_EXECUTION_ID", execution.id.clone()),
         ("BACALHAU_NODE_ID", node_id.to_string()),
         (

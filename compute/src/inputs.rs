@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use caravel_model::archive;
 use caravel_model::quantity::format_bytes;
+use caravel_model::sources::{CreateAs, LocalSource, S3Source, Source};
 use caravel_model::spec::InputSource;
 use futures::StreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -75,8 +76,8 @@ pub enum InputError {
     },
     #[error("input target {target:?} is invalid: {reason}")]
     BadTarget { target: String, reason: String },
-    #[error("{kind} input needs the parameter {param}")]
-    MissingParam { kind: String, param: String },
+    #[error("{kind} input: {reason}")]
+    BadParams { kind: String, reason: String },
     #[error("invalid data URL: {0}")]
     BadDataUrl(String),
     #[error(
@@ -299,62 +300,74 @@ impl InputPreparer {
         part: (usize, usize),
     ) -> Result<PreparedInput, InputError> {
         let target = check_target(&input.target)?;
-        let kind = input.source.kind.trim().to_ascii_lowercase();
+        let source = self.source_of(input)?;
         let started = Instant::now();
-        let prepared = self.fetch(input, &kind, dir, target, part).await?;
-        if kind != "local" && kind != "localdirectory" {
+        let prepared = self.fetch(&source, dir, target, part).await?;
+        if !matches!(source, Source::Local(_)) {
             let path = prepared.host_path.clone();
             let bytes = tokio::task::spawn_blocking(move || tree_size(&path))
                 .await
                 .unwrap_or(0);
-            let label = match kind.as_str() {
-                "urldownload" => "urlDownload",
-                k => k,
-            };
-            self.metrics.input_prepared(label, bytes, started.elapsed());
+            self.metrics
+                .input_prepared(source.kind(), bytes, started.elapsed());
         }
         Ok(prepared)
     }
 
+    /// The input's source, typed; a type this node does not handle is refused with the list.
+    fn source_of(&self, input: &InputSource) -> Result<Source, InputError> {
+        let unsupported = || InputError::Unsupported {
+            kind: input.source.kind.clone(),
+            supported: self.supported_sources().join(", "),
+        };
+        match Source::try_from(&input.source) {
+            Ok(Source::Noop) => Err(unsupported()),
+            Ok(s) => Ok(s),
+            Err(errs) if errs.iter().any(|e| e.field == "Type") => Err(unsupported()),
+            Err(errs) if errs.iter().any(|e| e.field == "CID") => Err(InputError::BadCid(
+                input
+                    .source
+                    .params
+                    .str("CID")
+                    .unwrap_or_default()
+                    .to_string(),
+            )),
+            Err(errs) => Err(InputError::BadParams {
+                kind: input.source.kind.clone(),
+                reason: errs
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            }),
+        }
+    }
+
     async fn fetch(
         &self,
-        input: &InputSource,
-        kind: &str,
+        source: &Source,
         dir: &Path,
         target: String,
         part: (usize, usize),
     ) -> Result<PreparedInput, InputError> {
-        match kind {
-            "inline" => {
-                let url = param(input, "inline", "URL")?;
+        let read_only = |host_path| PreparedInput {
+            host_path,
+            target: target.clone(),
+            read_only: true,
+        };
+        match source {
+            Source::Inline { url } => {
                 let (host_path, _) = self.inline(url, dir, &target).await?;
-                Ok(PreparedInput {
-                    host_path,
-                    target,
-                    read_only: true,
-                })
+                Ok(read_only(host_path))
             }
-            "local" | "localdirectory" => self.local(input, target),
-            "urldownload" => {
-                let url = param(input, "urlDownload", "URL")?;
+            Source::Local(l) => self.local(l, target.clone()),
+            Source::UrlDownload { url } => {
                 let host_path = self.download(url, dir, &target, Via::Url).await?;
-                Ok(PreparedInput {
-                    host_path,
-                    target,
-                    read_only: true,
-                })
+                Ok(read_only(host_path))
             }
-            "s3presigned" => {
+            Source::S3PreSigned { url, key } => {
                 // An S3 object through a URL someone with the credentials signed: fetched as a
                 // URL (the node's own credentials are not used), laid out as an s3 input.
-                let url = param(input, "s3PreSigned", "PreSignedURL")?;
-                let key = input
-                    .source
-                    .params
-                    .get("SourceSpec")
-                    .and_then(|v| v.get("Key"))
-                    .and_then(|k| k.as_str())
-                    .unwrap_or_default();
                 let name = key
                     .rsplit('/')
                     .next()
@@ -363,51 +376,23 @@ impl InputPreparer {
                 let dest = dir.join(file_name_of(&target));
                 self.download(url, &dest, &format!("/{name}"), Via::Url)
                     .await?;
-                Ok(PreparedInput {
-                    host_path: dest,
-                    target,
-                    read_only: true,
-                })
+                Ok(read_only(dest))
             }
-            "s3" => {
-                let host_path = self.s3(input, dir, &target, part).await?;
-                Ok(PreparedInput {
-                    host_path,
-                    target,
-                    read_only: true,
-                })
+            Source::S3(s3) => {
+                let host_path = self.s3(s3, dir, &target, part).await?;
+                Ok(read_only(host_path))
             }
-            "ipfs" => {
+            Source::Ipfs { cid } => {
                 let gateway = self
                     .ipfs_gateway
                     .as_deref()
                     .ok_or(InputError::IpfsNotConfigured)?;
-                let cid = param(input, "ipfs", "CID")?;
-                let cid = cid
-                    .trim_start_matches("ipfs://")
-                    .trim_start_matches("/ipfs/");
-                let valid = !cid.is_empty()
-                    && cid.split('/').all(|part| {
-                        !part.is_empty()
-                            && part != ".."
-                            && part != "."
-                            && part
-                                .chars()
-                                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-                    });
-                if !valid {
-                    return Err(InputError::BadCid(cid.to_string()));
-                }
                 let url = format!("{gateway}/ipfs/{cid}");
                 let host_path = self.download(&url, dir, &target, Via::Gateway).await?;
-                Ok(PreparedInput {
-                    host_path,
-                    target,
-                    read_only: true,
-                })
+                Ok(read_only(host_path))
             }
-            _ => Err(InputError::Unsupported {
-                kind: input.source.kind.clone(),
+            Source::Noop => Err(InputError::Unsupported {
+                kind: "noop".into(),
                 supported: self.supported_sources().join(", "),
             }),
         }
@@ -416,21 +401,17 @@ impl InputPreparer {
     /// An `s3` input: one object (a file), or the objects under a prefix (a directory).
     async fn s3(
         &self,
-        input: &InputSource,
+        src: &S3Source,
         dir: &Path,
         target: &str,
         (part_index, part_count): (usize, usize),
     ) -> Result<PathBuf, InputError> {
-        let p = &input.source.params;
-        let partition = caravel_model::partition::PartitionConfig::from_params(p)
-            .map_err(S3Error::BadParams)?
-            .filter(|_| part_count > 1);
-        let text = |k: &str| p.str(k).map(str::trim).filter(|s| !s.is_empty());
-        let bucket = param(input, "s3", "Bucket")?;
-        let key = p.str("Key").unwrap_or("").trim().trim_start_matches('/');
-        let version = text("VersionID").or_else(|| text("VersionId"));
-        let checksum = text("ChecksumSHA256");
-        let filter = match text("Filter") {
+        let partition = src.partition.as_ref().filter(|_| part_count > 1);
+        let bucket = src.bucket.as_str();
+        let key = src.key.as_str();
+        let version = src.version_id.as_deref();
+        let checksum = src.checksum_sha256.as_deref();
+        let filter = match &src.filter {
             Some(f) => Some(regex::Regex::new(f).map_err(|e| {
                 S3Error::BadParams(format!(
                     "Filter {f:?} is not a valid regular expression: {e}"
@@ -438,7 +419,12 @@ impl InputPreparer {
             })?),
             None => None,
         };
-        let t = S3Target::resolve(&self.s3, bucket, text("Endpoint"), text("Region"));
+        let t = S3Target::resolve(
+            &self.s3,
+            bucket,
+            src.endpoint.as_deref(),
+            src.region.as_deref(),
+        );
         let store = crate::s3::store(&self.s3, &t)?;
         std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
         let dest = dir.join(file_name_of(target));
@@ -608,22 +594,9 @@ impl InputPreparer {
         })?
     }
 
-    fn local(&self, input: &InputSource, target: String) -> Result<PreparedInput, InputError> {
-        let p = &input.source.params;
-        let src = p
-            .get_any(&["SourcePath", "Source", "Path"])
-            .and_then(|v| v.as_str())
-            .filter(|s| !s.trim().is_empty())
-            .ok_or_else(|| InputError::MissingParam {
-                kind: "local".into(),
-                param: "SourcePath".into(),
-            })?;
-        let rw = match p.get("ReadWrite") {
-            Some(serde_json::Value::Bool(b)) => *b,
-            Some(serde_json::Value::String(s)) => s.eq_ignore_ascii_case("true"),
-            _ => false,
-        };
-        let create_as = p.str("CreateAs").unwrap_or("noCreate").to_ascii_lowercase();
+    fn local(&self, l: &LocalSource, target: String) -> Result<PreparedInput, InputError> {
+        let src = l.source_path.as_str();
+        let rw = l.read_write;
         if !src.starts_with('/') {
             return Err(InputError::NotAllowed {
                 path: src.into(),
@@ -648,15 +621,15 @@ impl InputPreparer {
                 allowed: self.allowed_text(),
             })?;
         if !Path::new(src).exists() {
-            match create_as.as_str() {
-                "dir" | "file" if rw => {
+            match l.create_as {
+                CreateAs::Dir | CreateAs::File if rw => {
                     if !lexical.read_write {
                         return Err(InputError::ReadWriteNotAllowed {
                             path: src.into(),
                             entry: lexical.entry.clone(),
                         });
                     }
-                    if create_as == "dir" {
+                    if l.create_as == CreateAs::Dir {
                         std::fs::create_dir_all(src).map_err(io(format!("creating {src}")))?;
                     } else {
                         if let Some(parent) = Path::new(src).parent() {
@@ -912,19 +885,6 @@ pub(crate) fn tree_size(path: &Path) -> u64 {
     std::fs::read_dir(path)
         .map(|rd| rd.flatten().map(|e| tree_size(&e.path())).sum())
         .unwrap_or(0)
-}
-
-fn param<'a>(input: &'a InputSource, kind: &str, name: &str) -> Result<&'a str, InputError> {
-    input
-        .source
-        .params
-        .str(name)
-        .filter(|s| !s.trim().is_empty())
-        .map(str::trim)
-        .ok_or_else(|| InputError::MissingParam {
-            kind: kind.into(),
-            param: name.into(),
-        })
 }
 
 /// An input target must be an absolute guest path without `..`.

@@ -31,7 +31,7 @@ use crate::executor::{ExecError, Executor, ResultDir, RunRequest, task_args, tas
 use crate::inputs::{InputError, InputOptions, InputPreparer, check_target};
 use crate::metrics::ComputeMetrics;
 use crate::outbox::Outbox;
-use crate::publish::{ExecutionPaths, PublishContext, Publisher, SUPPORTED_PUBLISHERS, run_output};
+use crate::publish::{ExecutionPaths, PublishContext, SUPPORTED_PUBLISHERS, run_output};
 use crate::s3::S3Settings;
 use crate::wasm::WasmExecutor;
 
@@ -149,6 +149,12 @@ impl ComputeOptions {
     ) -> Result<Self, NodeError> {
         let mut o = ComputeOptions::new(node_id, PathBuf::from(&cfg.data_dir).join("compute"));
         o.labels = cfg.labels.clone();
+        if !cfg.compute.data.is_empty() {
+            o.labels.insert(
+                caravel_model::locality::DATA_LABEL.to_string(),
+                caravel_model::locality::to_label(&cfg.compute.data),
+            );
+        }
         o.allow_listed_local_paths = cfg.compute.allow_listed_local_paths.clone();
         o.max_concurrent = cfg.compute.max_concurrent as usize;
         o.env_allow_list = cfg.compute.env.allow_list.clone();
@@ -910,7 +916,7 @@ impl ComputeNode {
                 self.engines().join(", ")
             ))
         } else {
-            Publisher::from_spec(&task.publisher)
+            crate::publish::from_spec(&task.publisher)
                 .err()
                 .map(|e| e.to_string())
         };
@@ -935,7 +941,7 @@ impl ComputeNode {
         let mut task = task;
         let default_timeout = self.shared.opts.default_execution_timeout_secs;
         if default_timeout > 0
-            && matches!(job.kind.as_str(), "batch" | "ops")
+            && job.job_type().runs_to_completion()
             && task.timeouts.effective_execution_timeout() == 0
         {
             task.timeouts.execution_timeout = default_timeout as i64;
@@ -1114,7 +1120,7 @@ impl ComputeNode {
                 ),
             );
         }
-        let publisher = match Publisher::from_spec(&task.publisher) {
+        let publisher = match crate::publish::from_spec(&task.publisher) {
             Ok(p) => p,
             Err(e) => return fail(topic::EXECUTION, e.to_string()),
         };
@@ -1270,7 +1276,7 @@ impl ComputeNode {
         };
         let started = std::time::Instant::now();
         let published = tokio::select! {
-            r = publisher.publish(&ctx) => r,
+            r = crate::publish::publish(&publisher, &ctx) => r,
             _ = cancel.cancelled() => return Outcome::Cancelled,
         };
         match published {

@@ -32,6 +32,9 @@ use tokio::io::AsyncWriteExt;
 
 use crate::s3::{S3Error, S3Settings, S3Target};
 
+use caravel_model::publishers::{Published as PublishedResult, S3Published};
+pub use caravel_model::publishers::{Publisher, S3Encoding, S3Publisher as S3Publish};
+
 /// Publisher types this node supports, as reported in `NodeInfo`.
 pub const SUPPORTED_PUBLISHERS: &[&str] = &["local", "noop", "s3"];
 
@@ -39,10 +42,8 @@ pub const SUPPORTED_PUBLISHERS: &[&str] = &["local", "noop", "s3"];
 pub enum PublishError {
     #[error("publisher type {0:?} is not supported on this node (supported: local, noop, s3)")]
     Unsupported(String),
-    #[error("the s3 publisher needs the parameter {0}")]
-    MissingParam(&'static str),
-    #[error("s3 publisher Encoding {0:?} is not supported (use gzip or plain)")]
-    BadEncoding(String),
+    #[error("the publisher's {0}")]
+    BadParams(String),
     #[error("cannot publish the results: {0}")]
     Io(String),
     #[error("cannot publish the results to s3: {0}")]
@@ -153,34 +154,6 @@ pub fn run_output(
     }
 }
 
-/// How the `s3` publisher lays results out in the bucket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum S3Encoding {
-    /// One `.tar.gz` object.
-    Gzip,
-    /// One object per file.
-    Plain,
-}
-
-/// Parameters of an `s3` publisher.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct S3Publish {
-    pub bucket: String,
-    /// The key template.
-    pub key: String,
-    pub endpoint: Option<String>,
-    pub region: Option<String>,
-    pub encoding: S3Encoding,
-}
-
-/// A task's publisher.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Publisher {
-    Local,
-    Noop,
-    S3(S3Publish),
-}
-
 /// What the publisher needs to know about the execution.
 #[derive(Debug, Clone)]
 pub struct PublishContext<'a> {
@@ -200,91 +173,59 @@ pub struct Published {
     pub bytes: u64,
 }
 
-impl Publisher {
-    /// From `Task.Publisher` (an empty type means noop).
-    pub fn from_spec(spec: &SpecConfig) -> Result<Self, PublishError> {
-        match spec.kind.trim().to_ascii_lowercase().as_str() {
-            "local" => Ok(Publisher::Local),
-            "noop" | "" => Ok(Publisher::Noop),
-            "s3" => {
-                let p = &spec.params;
-                let text = |k: &str| {
-                    p.str(k)
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(String::from)
-                };
-                let bucket = text("Bucket").ok_or(PublishError::MissingParam("Bucket"))?;
-                let key = text("Key").ok_or(PublishError::MissingParam("Key"))?;
-                let encoding = match text("Encoding").map(|e| e.to_ascii_lowercase()).as_deref() {
-                    None | Some("gzip") => S3Encoding::Gzip,
-                    Some("plain") => S3Encoding::Plain,
-                    Some(_) => {
-                        return Err(PublishError::BadEncoding(
-                            text("Encoding").unwrap_or_default(),
-                        ));
+/// The publisher of `Task.Publisher` (an empty type means noop), as this node runs it.
+pub fn from_spec(spec: &SpecConfig) -> Result<Publisher, PublishError> {
+    Publisher::try_from(spec).map_err(|errs| {
+        if errs.iter().any(|e| e.field == "Type") {
+            PublishError::Unsupported(spec.kind.clone())
+        } else {
+            PublishError::BadParams(
+                errs.iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        }
+    })
+}
+
+/// Publishes the results of a finished execution; returns the published result, if any.
+pub async fn publish(
+    publisher: &Publisher,
+    ctx: &PublishContext<'_>,
+) -> Result<Published, PublishError> {
+    match publisher {
+        Publisher::Local => {
+            let (results, archive) = (ctx.paths.results.clone(), ctx.paths.archive.clone());
+            blocking(move || {
+                tar_gz_dir(&results, &archive)
+                    .map_err(|e| PublishError::Io(format!("archiving {}: {e}", results.display())))
+            })
+            .await?;
+            Ok(Published {
+                result: Some(
+                    PublishedResult::Local {
+                        execution_id: ctx.execution_id.to_string(),
+                        node_id: ctx.node_id.to_string(),
                     }
-                };
-                Ok(Publisher::S3(S3Publish {
-                    bucket,
-                    key: key.trim_start_matches('/').to_string(),
-                    endpoint: text("Endpoint"),
-                    region: text("Region"),
-                    encoding,
-                }))
-            }
-            _ => Err(PublishError::Unsupported(spec.kind.clone())),
+                    .to_spec(),
+                ),
+                bytes: std::fs::metadata(&ctx.paths.archive)
+                    .map(|m| m.len())
+                    .unwrap_or(0),
+            })
         }
-    }
-
-    /// The publisher type, as in `Task.Publisher.Type`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Publisher::Local => "local",
-            Publisher::Noop => "noop",
-            Publisher::S3(_) => "s3",
+        Publisher::Noop => {
+            keep_only_logs(ctx.paths);
+            Ok(Published {
+                result: None,
+                bytes: 0,
+            })
         }
-    }
-
-    /// Whether results are published (and the execution goes through `Publishing`).
-    pub fn keeps_results(&self) -> bool {
-        !matches!(self, Publisher::Noop)
-    }
-
-    /// Publishes the results of a finished execution; returns the published result, if any.
-    pub async fn publish(&self, ctx: &PublishContext<'_>) -> Result<Published, PublishError> {
-        match self {
-            Publisher::Local => {
-                let (results, archive) = (ctx.paths.results.clone(), ctx.paths.archive.clone());
-                blocking(move || {
-                    tar_gz_dir(&results, &archive).map_err(|e| {
-                        PublishError::Io(format!("archiving {}: {e}", results.display()))
-                    })
-                })
-                .await?;
-                Ok(Published {
-                    result: Some(
-                        SpecConfig::new("local")
-                            .with("ExecutionID", ctx.execution_id)
-                            .with("NodeID", ctx.node_id),
-                    ),
-                    bytes: std::fs::metadata(&ctx.paths.archive)
-                        .map(|m| m.len())
-                        .unwrap_or(0),
-                })
-            }
-            Publisher::Noop => {
-                keep_only_logs(ctx.paths);
-                Ok(Published {
-                    result: None,
-                    bytes: 0,
-                })
-            }
-            Publisher::S3(spec) => {
-                let out = publish_s3(spec, ctx).await;
-                keep_only_logs(ctx.paths);
-                out
-            }
+        Publisher::S3(spec) => {
+            let out = publish_s3(spec, ctx).await;
+            keep_only_logs(ctx.paths);
+            out
         }
     }
 }
@@ -395,20 +336,17 @@ async fn publish_s3(spec: &S3Publish, ctx: &PublishContext<'_>) -> Result<Publis
             }
         }
     }
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
     Ok(Published {
         result: Some(
-            SpecConfig::new("s3")
-                .with("Bucket", target.bucket.as_str())
-                .with("Key", key.as_str())
-                .with("Endpoint", target.endpoint.as_str())
-                .with("Region", target.region.as_str())
-                .with(
-                    "Encoding",
-                    match spec.encoding {
-                        S3Encoding::Gzip => "gzip",
-                        S3Encoding::Plain => "plain",
-                    },
-                ),
+            PublishedResult::S3(S3Published {
+                bucket: target.bucket.clone(),
+                key,
+                endpoint: some(&target.endpoint),
+                region: some(&target.region),
+                encoding: Some(spec.encoding),
+            })
+            .to_spec(),
         ),
         bytes,
     })
@@ -536,48 +474,27 @@ mod tests {
     }
 
     #[test]
-    fn s3_publisher_params_are_checked() {
-        let p = Publisher::from_spec(
-            &SpecConfig::new("S3")
-                .with("Bucket", "b")
-                .with("Key", "/out/{jobID}/")
-                .with("Encoding", "Plain"),
-        )
-        .unwrap();
-        let Publisher::S3(s) = p else {
-            panic!("not s3")
-        };
-        assert_eq!(
-            (s.key.as_str(), s.encoding),
-            ("out/{jobID}/", S3Encoding::Plain)
-        );
+    fn a_bad_publisher_is_named_by_what_is_wrong() {
+        // The parameters themselves are checked in caravel_model::publishers.
         assert!(matches!(
-            Publisher::from_spec(&SpecConfig::new("s3").with("Key", "k")),
-            Err(PublishError::MissingParam("Bucket"))
+            from_spec(&SpecConfig::new("s3").with("Key", "k")),
+            Err(PublishError::BadParams(m)) if m.contains("Bucket is required")
         ));
         assert!(matches!(
-            Publisher::from_spec(
-                &SpecConfig::new("s3")
-                    .with("Bucket", "b")
-                    .with("Key", "k")
-                    .with("Encoding", "zip")
-            ),
-            Err(PublishError::BadEncoding(_))
+            from_spec(&SpecConfig::new("gopher")),
+            Err(PublishError::Unsupported(k)) if k == "gopher"
         ));
     }
 
     #[test]
     fn publishers_parse() {
         assert_eq!(
-            Publisher::from_spec(&SpecConfig::new("Local")).unwrap(),
+            from_spec(&SpecConfig::new("Local")).unwrap(),
             Publisher::Local
         );
-        assert_eq!(
-            Publisher::from_spec(&SpecConfig::default()).unwrap(),
-            Publisher::Noop
-        );
+        assert_eq!(from_spec(&SpecConfig::default()).unwrap(), Publisher::Noop);
         assert!(
-            Publisher::from_spec(&SpecConfig::new("ipfs"))
+            from_spec(&SpecConfig::new("ipfs"))
                 .unwrap_err()
                 .to_string()
                 .contains("not supported")

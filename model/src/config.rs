@@ -172,6 +172,10 @@ pub struct NodeManagerConfig {
 pub struct ComputeConfig {
     pub enabled: bool,
     pub allow_listed_local_paths: Vec<String>,
+    /// Data this node holds or is near, preferred by the scheduler for jobs reading it
+    /// (`s3://BUCKET[/PREFIX]`, `/PATH`, `http(s)://HOST[/PATH]`, `ipfs://CID`; see
+    /// [`crate::locality`]).
+    pub data: Vec<String>,
     /// Executions run at once; 0 = one per core.
     pub max_concurrent: u32,
     /// Memory limit of a WASM execution whose job sets none.
@@ -350,6 +354,7 @@ impl Default for Config {
             compute: ComputeConfig {
                 enabled: false,
                 allow_listed_local_paths: vec![],
+                data: vec![],
                 max_concurrent: 0,
                 default_memory_limit: "512Mi".into(),
                 heartbeat_secs: 5,
@@ -641,6 +646,10 @@ pub const KEYS: &[(&str, &str)] = &[
         "Host paths local inputs may read: /path, /path:ro or /path:rw, comma separated",
     ),
     (
+        "Compute.Data",
+        "Data this node holds or is near, preferred by the scheduler for jobs reading it: s3://BUCKET[/PREFIX], /PATH, http(s)://HOST[/PATH] or ipfs://CID, comma separated",
+    ),
+    (
         "Compute.MaxConcurrent",
         "Executions run at once (0 = one per core)",
     ),
@@ -757,6 +766,7 @@ fn key_kind(key: &str) -> &'static str {
         | "Compute.Docker.ReadOnlyRootfs"
         | "API.RateLimit.ExemptLoopback" => "bool",
         "Compute.AllowListedLocalPaths"
+        | "Compute.Data"
         | "Orchestrator.Peers"
         | "Compute.Orchestrators"
         | "Compute.Env.AllowList"
@@ -1087,6 +1097,22 @@ impl Config {
                 key: "Compute.IPFSGateway".into(),
                 message: format!("{gw:?} is not an http:// or https:// URL"),
             });
+        }
+        if self.compute.data.len() > crate::locality::MAX_DECLARATIONS {
+            return Err(Error::Invalid {
+                key: "Compute.Data".into(),
+                message: format!(
+                    "{} entries, more than the limit of {}",
+                    self.compute.data.len(),
+                    crate::locality::MAX_DECLARATIONS
+                ),
+            });
+        }
+        for d in &self.compute.data {
+            crate::locality::check_declaration(d).map_err(|message| Error::Invalid {
+                key: "Compute.Data".into(),
+                message,
+            })?;
         }
         for p in &self.compute.allow_listed_local_paths {
             let path = p

@@ -16,6 +16,8 @@ pub mod trigger {
     pub const JOB_UPDATE: &str = "job-update";
     pub const JOB_CANCEL: &str = "job-cancel";
     pub const JOB_QUEUE: &str = "job-queue";
+    /// A batch or ops job's TotalTimeout ends.
+    pub const JOB_TIMEOUT: &str = "job-timeout";
     pub const EXEC_UPDATE: &str = "exec-update";
     pub const EXEC_FAILURE: &str = "exec-failure";
     pub const NODE_JOIN: &str = "node-join";

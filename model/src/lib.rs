@@ -26,14 +26,17 @@ pub mod evaluation;
 pub mod execution;
 pub mod history;
 pub mod ids;
+pub mod locality;
 pub mod node;
 pub mod normalize;
 pub mod params;
 pub mod parse;
 pub mod partition;
+pub mod publishers;
 pub mod quantity;
 pub mod security;
 pub mod selector;
+pub mod sources;
 pub mod spec;
 pub mod state;
 pub mod states;
@@ -46,7 +49,7 @@ pub use evaluation::Evaluation;
 pub use execution::{Execution, RunOutput};
 pub use history::{Event, JobHistory};
 pub use node::{NodeInfo, NodeState};
-pub use spec::{Job, Task};
+pub use spec::{Job, JobType, Task};
 pub use states::{ExecutionDesiredState, ExecutionStateType, JobStateType};
 
 /// Environment variable names starting with this prefix are reserved for the system.

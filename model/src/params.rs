@@ -20,7 +20,11 @@ pub struct ParamError {
 }
 
 impl ParamError {
-    fn new(field: impl Into<String>, message: impl Into<String>, hint: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        field: impl Into<String>,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
         ParamError {
             field: field.into(),
             message: message.into(),

@@ -304,6 +304,61 @@ pub struct Job {
 /// Job types (`Job.Type`).
 pub const JOB_TYPES: &[&str] = &["batch", "ops", "daemon", "service"];
 
+/// A job's type (`Job.Type`, carried as its lower-case name so that any stored or submitted text
+/// survives; [`Job::job_type`] reads it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum JobType {
+    /// `Count` partitions, each run to one success.
+    #[default]
+    Batch,
+    /// Once on every matching node; fails if any fails.
+    Ops,
+    /// On every matching node, following the fleet, until stopped.
+    Daemon,
+    /// `Count` copies kept running until stopped.
+    Service,
+}
+
+impl JobType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobType::Batch => "batch",
+            JobType::Ops => "ops",
+            JobType::Daemon => "daemon",
+            JobType::Service => "service",
+        }
+    }
+    /// Batch and ops jobs run to completion; daemons and services run until stopped.
+    pub fn runs_to_completion(self) -> bool {
+        matches!(self, JobType::Batch | JobType::Ops)
+    }
+    /// Whether `Count` says how many executions run (batch, service) rather than the nodes
+    /// (ops, daemon).
+    pub fn counts_executions(self) -> bool {
+        matches!(self, JobType::Batch | JobType::Service)
+    }
+}
+
+impl std::fmt::Display for JobType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for JobType {
+    type Err = String;
+    /// Any case, surrounding space ignored; empty is batch (Bacalhau's default).
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "batch" => Ok(JobType::Batch),
+            "ops" => Ok(JobType::Ops),
+            "daemon" => Ok(JobType::Daemon),
+            "service" => Ok(JobType::Service),
+            _ => Err(format!("unknown job type {s:?}")),
+        }
+    }
+}
+
 /// Job `Meta` key: how long executions on a DISCONNECTED node are kept before they are replaced
 /// (a duration such as `90s`, `10m`, `1h30m`; `0s` replaces them as soon as the node is marked
 /// DISCONNECTED). Default [`DEFAULT_DISCONNECT_GRACE_SECS`].
@@ -312,6 +367,50 @@ pub const DISCONNECT_GRACE_META: &str = "caravel.io/disconnect-grace";
 pub const DEFAULT_DISCONNECT_GRACE_SECS: u64 = 600;
 /// Longest grace period accepted: 7 days.
 pub const MAX_DISCONNECT_GRACE_SECS: u64 = 7 * 24 * 3600;
+
+/// Job `Meta` key: how many failed executions a partition of a batch job may have before the job
+/// fails (a whole number, at least 1). Unset: as Bacalhau, no total limit — each node takes a
+/// partition at most [`ATTEMPTS_PER_NODE`] times, so the job fails when every node has.
+pub const RETRY_ATTEMPTS_META: &str = "caravel.io/retry-attempts";
+/// Job `Meta` key: the delay before a failed execution is retried (a duration), doubled for each
+/// further failure of the same partition up to [`MAX_RETRY_DELAY_SECS`]. Default: none for batch
+/// jobs (as Bacalhau), [`DEFAULT_RESTART_DELAY_SECS`] for services.
+pub const RETRY_DELAY_META: &str = "caravel.io/retry-delay";
+/// How often a batch partition may fail on one node: as Bacalhau's `PreviousExecutionsNodeRanker`,
+/// a node that failed it once is still possible (ranked after the rest), twice is not.
+pub const ATTEMPTS_PER_NODE: usize = 2;
+/// A service's first restart delay: 1 s, doubled for each further exit within
+/// [`RESTART_WINDOW_SECS`].
+pub const DEFAULT_RESTART_DELAY_SECS: f64 = 1.0;
+/// Longest retry or restart delay: 5 minutes.
+pub const MAX_RETRY_DELAY_SECS: f64 = 300.0;
+/// Exits of a service copy older than this no longer lengthen its restart delay: 10 minutes.
+pub const RESTART_WINDOW_SECS: i64 = 600;
+
+/// How the scheduler retries a job's failed executions (read from its `Meta`; validation refuses
+/// a bad value, so a bad one here means the default).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Failed executions a partition may have before the job fails; `None`: no total limit.
+    pub attempts: Option<usize>,
+    /// Failures of one partition one node may have before it stops being a candidate for it;
+    /// `None`: no limit (services: a copy is restarted wherever it fits).
+    pub per_node: Option<usize>,
+    /// The first retry's delay, in seconds (doubled for each further failure).
+    pub delay_secs: f64,
+}
+
+impl RetryPolicy {
+    /// The delay before the retry that follows `failures` failures (0 for the first placement).
+    pub fn delay_ns(&self, failures: usize) -> i64 {
+        if failures == 0 || self.delay_secs <= 0.0 {
+            return 0;
+        }
+        let exp = (failures - 1).min(30) as i32;
+        let secs = (self.delay_secs * 2f64.powi(exp)).min(MAX_RETRY_DELAY_SECS);
+        (secs * 1e9) as i64
+    }
+}
 
 /// Parses a duration as Go's `time.ParseDuration` writes them (`90s`, `10m`, `1h30m`, `500ms`, `1.5h`,
 /// `250us`) or a bare number of seconds.
@@ -373,11 +472,45 @@ impl Job {
         (secs * 1e9) as i64
     }
 
+    /// How this job's failed executions are retried ([`RETRY_ATTEMPTS_META`], [`RETRY_DELAY_META`]).
+    pub fn retry_policy(&self) -> RetryPolicy {
+        let service = self.job_type() == JobType::Service;
+        let attempts = self
+            .meta
+            .get(RETRY_ATTEMPTS_META)
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|n| *n >= 1);
+        let delay_secs = self
+            .meta
+            .get(RETRY_DELAY_META)
+            .and_then(|v| parse_duration_secs(v).ok())
+            .filter(|s| *s >= 0.0 && *s <= MAX_RETRY_DELAY_SECS)
+            .unwrap_or(if service {
+                DEFAULT_RESTART_DELAY_SECS
+            } else {
+                0.0
+            });
+        RetryPolicy {
+            attempts: if service { None } else { attempts },
+            per_node: if service {
+                None
+            } else {
+                Some(ATTEMPTS_PER_NODE)
+            },
+            delay_secs,
+        }
+    }
+
     pub fn task(&self) -> Option<&Task> {
         self.tasks.first()
     }
     pub fn is_batch_like(&self) -> bool {
-        matches!(self.kind.as_str(), "batch" | "ops")
+        self.job_type().runs_to_completion()
+    }
+    /// The job's type; validation refuses an unknown one, so one here (from a state written by a
+    /// newer version) is read as batch.
+    pub fn job_type(&self) -> JobType {
+        self.kind.parse().unwrap_or_default()
     }
     /// Engine type of the first task (`wasm`, `docker`, …) for tables and metrics.
     pub fn engine(&self) -> String {
@@ -390,17 +523,18 @@ impl Job {
     /// Namespace default, Name = ID, task name `main`, a `local` publisher when none is set.
     /// `count_given` says whether the spec wrote `Count` (an explicit 0 stops all executions).
     pub fn normalize(&mut self, count_given: bool) {
-        self.kind = self.kind.trim().to_ascii_lowercase();
-        if self.kind.is_empty() {
-            self.kind = "batch".into();
-        }
+        self.kind = match self.kind.parse::<JobType>() {
+            Ok(t) => t.as_str().to_string(),
+            Err(_) => self.kind.trim().to_ascii_lowercase(),
+        };
         if self.namespace.trim().is_empty() {
             self.namespace = crate::DEFAULT_NAMESPACE.into();
         }
-        if matches!(self.kind.as_str(), "batch" | "service") && self.count == 0 && !count_given {
+        let counts = self.kind.parse().map(JobType::counts_executions);
+        if counts == Ok(true) && self.count == 0 && !count_given {
             self.count = 1;
         }
-        if matches!(self.kind.as_str(), "daemon" | "ops") && self.count <= 1 {
+        if counts == Ok(false) && self.count <= 1 {
             self.count = 0;
         }
         if self.name.trim().is_empty() {

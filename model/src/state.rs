@@ -1038,6 +1038,59 @@ impl ClusterState {
         }
     }
 
+    /// A compute node became able to take work (registered, returned, approved or changed what it
+    /// offers): one evaluation, with an id derived from the node, the time and the job (every
+    /// replica derives the same), for each job that may now want it — every daemon still running
+    /// (to follow the fleet), every job waiting in the queue, and every job with an execution on
+    /// the node (to reconcile it). Ops jobs do not follow the fleet, as Bacalhau's.
+    fn evaluate_jobs_for_join(&mut self, node_id: &str, now: i64) {
+        let on_node: BTreeSet<String> = self
+            .live_executions_on(node_id)
+            .into_iter()
+            .map(|e| e.job_id.clone())
+            .collect();
+        let jobs: Vec<Job> = self
+            .jobs
+            .values()
+            .filter(|j| !j.state.state_type.is_terminal())
+            .filter(|j| {
+                j.job_type() == crate::spec::JobType::Daemon
+                    || j.state.state_type == JobStateType::Queued
+                    || on_node.contains(&j.id)
+            })
+            .cloned()
+            .collect();
+        // A job that already has a pending evaluation (a queued job's next try, a grace period's
+        // end) has it brought forward instead, so joins never multiply a job's evaluations.
+        let mut pending: BTreeMap<&str, &Evaluation> = BTreeMap::new();
+        for e in self
+            .evaluations
+            .values()
+            .filter(|e| e.status == status::PENDING)
+        {
+            pending.entry(e.job_id.as_str()).or_insert(e);
+        }
+        let mut due = Vec::new();
+        for job in &jobs {
+            match pending.get(job.id.as_str()) {
+                Some(e) if e.wait_until > now => {
+                    let mut e = (*e).clone();
+                    e.wait_until = now;
+                    e.modify_time = now;
+                    due.push(e);
+                }
+                Some(_) => {}
+                None => {
+                    let id = derived_eval_id(trigger::NODE_JOIN, node_id, now, &job.id);
+                    due.push(Evaluation::new(id, job, trigger::NODE_JOIN, now));
+                }
+            }
+        }
+        for e in due {
+            self.put_eval(e);
+        }
+    }
+
     fn set_node_membership(
         &mut self,
         node_id: &str,
@@ -1089,6 +1142,8 @@ impl ClusterState {
         self.nodes.insert(node_id.to_string(), n);
         if membership == NodeMembership::Rejected {
             self.evaluate_jobs_on(node_id, trigger::NODE_LEAVE, eval_ids, now);
+        } else if self.nodes[node_id].is_schedulable() {
+            self.evaluate_jobs_for_join(node_id, now);
         }
         CommandResponse::Ok
     }
@@ -1153,6 +1208,18 @@ impl ClusterState {
                 "",
             );
         }
+        // What the scheduler sees of a node changed: it is new, back, or offers something else.
+        let joined = n.connection_state.status != NodeConnection::Connected
+            || n.info.node_type != info.node_type
+            || n.info.labels != info.labels
+            || {
+                let (a, b) = (&n.info.compute_node_info, &info.compute_node_info);
+                a.execution_engines != b.execution_engines
+                    || a.publishers != b.publishers
+                    || a.storage_sources != b.storage_sources
+                    || a.max_capacity != b.max_capacity
+                    || a.max_job_requirements != b.max_job_requirements
+            };
         n.info = info.clone();
         if n.connection_state.status != NodeConnection::Connected {
             n.connection_state.connected_since = now;
@@ -1162,7 +1229,11 @@ impl ClusterState {
         n.connection_state.last_error.clear();
         n.connection = NodeConnection::Connected;
         self.dirty.insert((Table::Node, info.node_id.clone()));
+        let schedulable = n.is_schedulable();
         self.nodes.insert(info.node_id.clone(), n);
+        if joined && schedulable {
+            self.evaluate_jobs_for_join(&info.node_id, now);
+        }
         CommandResponse::Ok
     }
 
@@ -1196,14 +1267,37 @@ impl ClusterState {
         self.dirty.insert((Table::Node, node_id.to_string()));
         self.nodes.insert(node_id.to_string(), n);
         // One evaluation per affected job, ids handed out in job order (deterministic).
-        let trig = if st == NodeConnection::Connected {
-            trigger::NODE_JOIN
+        if st == NodeConnection::Connected {
+            if self.nodes[node_id].is_schedulable() {
+                self.evaluate_jobs_for_join(node_id, now);
+            }
         } else {
-            trigger::NODE_LEAVE
-        };
-        self.evaluate_jobs_on(node_id, trig, eval_ids, now);
+            self.evaluate_jobs_on(node_id, trigger::NODE_LEAVE, eval_ids, now);
+        }
         CommandResponse::Ok
     }
+}
+
+/// An evaluation id every replica derives alike from what caused it (a UUID-shaped digest).
+fn derived_eval_id(trigger: &str, node_id: &str, now: i64, job_id: &str) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for part in [
+        trigger.as_bytes(),
+        node_id.as_bytes(),
+        &now.to_be_bytes(),
+        job_id.as_bytes(),
+    ] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    let d = h.finalize();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    // Marked as a version 8 (custom) UUID.
+    b[6] = (b[6] & 0x0f) | 0x80;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    uuid::Uuid::from_bytes(b).to_string()
 }
 
 /// Two specs are the same submission when everything a user writes is equal.

@@ -61,31 +61,8 @@ impl std::fmt::Display for SpecErrors {
 impl std::error::Error for SpecErrors {}
 
 pub const ENGINES: &[&str] = &["docker", "wasm", "noop"];
-pub const SOURCES: &[&str] = &[
-    "s3",
-    "urldownload",
-    "local",
-    "localdirectory",
-    "ipfs",
-    "inline",
-    "noop",
-    "s3presigned",
-];
-pub const PUBLISHERS: &[&str] = &["local", "s3", "s3managed", "ipfs", "noop"];
-
-/// Bacalhau publishers Caravel knows but does not offer, and why: refused at submit rather than
-/// left to fail for want of a node (docs/compatibility.md).
-pub fn unsupported_publisher(kind: &str) -> Option<&'static str> {
-    match kind {
-        "s3managed" => Some(
-            "the s3managed publisher is not supported: Caravel's orchestrators hold no bucket to hand out pre-signed uploads",
-        ),
-        "ipfs" => Some(
-            "the ipfs publisher is not supported: Caravel nodes read IPFS through a gateway but do not pin results",
-        ),
-        _ => None,
-    }
-}
+pub use crate::publishers::{PUBLISHER_TYPES as PUBLISHERS, unsupported_publisher};
+pub use crate::sources::SOURCE_TYPES as SOURCES;
 pub const NETWORKS: &[&str] = &["default", "none", "host", "full", "http", "bridge"];
 pub const OPERATORS: &[&str] = &[
     "=",
@@ -104,10 +81,11 @@ const MAX_NAME: usize = 256;
 /// Validates a job after `normalize`.
 pub fn validate_job(job: &Job) -> Result<(), SpecErrors> {
     let mut e = Vec::new();
-    if !crate::spec::JOB_TYPES.contains(&job.kind.as_str()) {
+    let job_type = job.kind.parse::<crate::spec::JobType>();
+    if let Err(why) = &job_type {
         e.push(SpecError::new(
             "Type",
-            format!("unknown job type {:?}", job.kind),
+            why.clone(),
             "use batch, ops, daemon or service",
         ));
     }
@@ -156,6 +134,33 @@ pub fn validate_job(job: &Job) -> Result<(), SpecErrors> {
             )),
         }
     }
+    if let Some(v) = job.meta.get(crate::spec::RETRY_ATTEMPTS_META) {
+        let field = format!("Meta[{}]", crate::spec::RETRY_ATTEMPTS_META);
+        match v.trim().parse::<u32>() {
+            Ok(n) if (1..=1000).contains(&n) => {}
+            _ => e.push(SpecError::new(
+                &field,
+                format!("{v:?} is not a number of attempts from 1 to 1000"),
+                "write how many failed executions a partition may have, e.g. \"3\"",
+            )),
+        }
+    }
+    if let Some(v) = job.meta.get(crate::spec::RETRY_DELAY_META) {
+        let field = format!("Meta[{}]", crate::spec::RETRY_DELAY_META);
+        match crate::spec::parse_duration_secs(v) {
+            Ok(s) if s > crate::spec::MAX_RETRY_DELAY_SECS => e.push(SpecError::new(
+                &field,
+                format!("{v:?} is longer than the limit of 5m"),
+                "use a duration such as 10s or 1m (it doubles with each failure, up to 5m)",
+            )),
+            Ok(_) => {}
+            Err(m) => e.push(SpecError::new(
+                &field,
+                m,
+                "use a duration such as 10s or 1m (it doubles with each failure, up to 5m)",
+            )),
+        }
+    }
     if job.count < 0 {
         e.push(SpecError::new(
             "Count",
@@ -163,7 +168,7 @@ pub fn validate_job(job: &Job) -> Result<(), SpecErrors> {
             "use 1 or more (0 stops all executions)",
         ));
     }
-    if matches!(job.kind.as_str(), "ops" | "daemon") && job.count > 1 {
+    if job_type.is_ok_and(|t| !t.counts_executions()) && job.count > 1 {
         e.push(SpecError::new(
             "Count",
             format!("{} is not allowed for {} jobs", job.count, job.kind),
@@ -253,29 +258,13 @@ fn validate_task(t: &Task, f: &str, e: &mut Vec<SpecError>) {
         ),
         _ => {}
     }
-    let publisher = t.publisher.kind_lower();
-    if !PUBLISHERS.contains(&publisher.as_str()) {
-        e.push(SpecError::new(
-            &format!("{f}.Publisher.Type"),
-            format!("unknown publisher type {:?}", t.publisher.kind),
-            "use local, s3 or noop",
-        ));
-    } else if let Some(why) = unsupported_publisher(&publisher) {
-        e.push(SpecError::new(
-            &format!("{f}.Publisher.Type"),
-            why,
-            "publish with s3 (Bucket and Key of your own) or local (`caravel job get` downloads it)",
-        ));
-    }
-    if publisher == "s3" {
-        for k in ["Bucket", "Key"] {
-            if t.publisher.params.str(k).is_none_or(str::is_empty) {
-                e.push(SpecError::new(
-                    &format!("{f}.Publisher.Params.{k}"),
-                    "is required for the s3 publisher",
-                    format!("set {k}"),
-                ));
-            }
+    if let Err(errs) = crate::publishers::Publisher::try_from(&t.publisher) {
+        for pe in errs {
+            let field = match pe.field.as_str() {
+                "Type" => format!("{f}.Publisher.Type"),
+                k => format!("{f}.Publisher.Params.{k}"),
+            };
+            e.push(SpecError::new(&field, pe.message, pe.hint));
         }
     }
     for (k, v) in &t.env {
@@ -524,20 +513,6 @@ fn validate_input(
     aliases: &mut HashSet<String>,
     e: &mut Vec<SpecError>,
 ) {
-    let kind = input.source.kind_lower();
-    if kind.is_empty() {
-        e.push(SpecError::new(
-            &format!("{f}.Source.Type"),
-            "is empty",
-            "use inline, local, urlDownload, s3 or ipfs",
-        ));
-    } else if !SOURCES.contains(&kind.as_str()) {
-        e.push(SpecError::new(
-            &format!("{f}.Source.Type"),
-            format!("unknown input source type {:?}", input.source.kind),
-            "use inline, local, urlDownload, s3 or ipfs",
-        ));
-    }
     check_abs_path(&input.target, &format!("{f}.Target"), e);
     if !input.target.is_empty() && !targets.insert(input.target.trim_end_matches('/').to_string()) {
         e.push(SpecError::new(
@@ -553,91 +528,20 @@ fn validate_input(
             "give each input its own alias",
         ));
     }
-    let p = &input.source.params;
-    let pf = format!("{f}.Source.Params");
-    match kind.as_str() {
-        "inline" => match p.str("URL") {
-            Some(u) if u.starts_with("data:") && u.contains(',') => {}
-            Some(u) => e.push(SpecError::new(
-                &format!("{pf}.URL"),
-                format!("{:?} is not a data: URL", truncate(u)),
-                "use data:[<mime>][;base64],<data>",
-            )),
-            None => e.push(SpecError::new(
-                &format!("{pf}.URL"),
-                "is required for inline sources",
-                "set URL to a data: URL",
-            )),
-        },
-        "urldownload" => match p.str("URL") {
-            Some(u) if u.starts_with("http://") || u.starts_with("https://") => {}
-            Some(u) => e.push(SpecError::new(
-                &format!("{pf}.URL"),
-                format!("{:?} is not an http(s) URL", truncate(u)),
-                "use http:// or https://",
-            )),
-            None => e.push(SpecError::new(
-                &format!("{pf}.URL"),
-                "is required for urlDownload sources",
-                "set URL",
-            )),
-        },
-        "s3" => {
-            if p.str("Bucket").is_none_or(str::is_empty) {
-                e.push(SpecError::new(
-                    &format!("{pf}.Bucket"),
-                    "is required for s3 sources",
-                    "set Bucket",
-                ));
-            }
-            if let Err(why) = crate::partition::PartitionConfig::from_params(p) {
-                e.push(SpecError::new(
-                    &format!("{pf}.Partition"),
-                    why.trim_start_matches("Partition: ").to_string(),
-                    "Partition takes Type (none, object, regex, substring, date) with Pattern, StartIndex/EndIndex or DateFormat",
-                ));
+    match crate::sources::Source::try_from(&input.source) {
+        Ok(crate::sources::Source::Local(l)) => {
+            check_abs_path(&l.source_path, &format!("{f}.Source.Params.SourcePath"), e)
+        }
+        Ok(_) => {}
+        Err(errs) => {
+            for pe in errs {
+                let field = match pe.field.as_str() {
+                    "Type" => format!("{f}.Source.Type"),
+                    k => format!("{f}.Source.Params.{k}"),
+                };
+                e.push(SpecError::new(&field, pe.message, pe.hint));
             }
         }
-        "local" | "localdirectory" => match p.str("SourcePath") {
-            Some(s) if !s.is_empty() => check_abs_path(s, &format!("{pf}.SourcePath"), e),
-            _ => e.push(SpecError::new(
-                &format!("{pf}.SourcePath"),
-                "is required for local sources",
-                "set SourcePath to an allow-listed path on the node",
-            )),
-        },
-        "s3presigned" => match p.str("PreSignedURL") {
-            Some(u) if u.starts_with("http://") || u.starts_with("https://") => {}
-            Some(u) => e.push(SpecError::new(
-                &format!("{pf}.PreSignedURL"),
-                format!("{:?} is not an http(s) URL", truncate(u)),
-                "give the pre-signed https:// URL of the object",
-            )),
-            None => e.push(SpecError::new(
-                &format!("{pf}.PreSignedURL"),
-                "is required for s3PreSigned sources",
-                "set PreSignedURL (and SourceSpec.Key to name the object)",
-            )),
-        },
-        "ipfs" if p.str("CID").is_none_or(str::is_empty) => {
-            e.push(SpecError::new(
-                &format!("{pf}.CID"),
-                "is required for ipfs sources",
-                "set CID",
-            ));
-        }
-        _ => {}
-    }
-}
-
-fn truncate(s: &str) -> String {
-    if s.len() > 60 {
-        format!(
-            "{}…",
-            &s[..s.char_indices().nth(60).map_or(s.len(), |(i, _)| i)]
-        )
-    } else {
-        s.to_string()
     }
 }
 

@@ -37,7 +37,12 @@ pub async fn list(
     };
     let mut nodes = s
         .cluster
-        .read_linearizable(|st| st.nodes.values().cloned().collect::<Vec<_>>())
+        .read_linearizable(|st| {
+            st.nodes
+                .values()
+                .map(|n| with_allocation(st, n))
+                .collect::<Vec<_>>()
+        })
         .await?;
     for n in nodes.iter_mut() {
         fresh_heartbeat(&s, n);
@@ -91,7 +96,7 @@ pub async fn get(
 ) -> Result<Json<GetNodeResponse>, ApiErr> {
     let node = s
         .cluster
-        .read_linearizable(|st| st.find_node(&id).cloned())
+        .read_linearizable(|st| st.find_node(&id).map(|n| with_allocation(st, n)))
         .await?;
     match node {
         Ok(mut node) => {
@@ -105,6 +110,38 @@ pub async fn get(
         ))
         .hint("give more characters of the id")),
     }
+}
+
+/// The node as the scheduler sees it now: `AvailableCapacity` is its `MaxCapacity` less what the
+/// live executions placed on it were allocated (running and queued on the node alike), and
+/// `RunningExecutions` / `EnqueuedExecutions` count them by state; a registration only tells the
+/// capacity the node had when it registered.
+fn with_allocation(
+    st: &caravel_model::state::ClusterState,
+    n: &caravel_model::node::NodeState,
+) -> caravel_model::node::NodeState {
+    use caravel_model::view::StateView;
+    let mut n = n.clone();
+    if n.info.node_type != "Compute" {
+        return n;
+    }
+    let ci = &mut n.info.compute_node_info;
+    let mut free = ci.max_capacity.clone();
+    let (mut running, mut queued) = (0u32, 0u32);
+    for e in st.live_executions_on(n.info.node_id.as_str()) {
+        for r in e.allocated_resources.tasks.values() {
+            free.sub(r);
+        }
+        if e.compute_state.state_type == caravel_model::ExecutionStateType::Running {
+            running += 1;
+        } else {
+            queued += 1;
+        }
+    }
+    ci.available_capacity = free;
+    ci.running_executions = running;
+    ci.enqueued_executions = queued;
+    n
 }
 
 /// Heartbeats are not replicated (only registrations are): show the latest one this orchestrator has

@@ -16,7 +16,7 @@ use caravel_model::execution::{AllocatedResources, Execution, Resources};
 use caravel_model::history::{Event, topic};
 use caravel_model::ids::IdGen;
 use caravel_model::node::NodeState;
-use caravel_model::spec::Job;
+use caravel_model::spec::{Job, JobType};
 use caravel_model::states::{
     ExecutionDesiredState, ExecutionStateType, JobStateType, NodeConnection, NodeMembership, State,
 };
@@ -24,6 +24,8 @@ use caravel_model::view::StateView;
 
 /// How long a queued job waits before it is evaluated again.
 pub const QUEUE_BACKOFF_NS: i64 = 5_000_000_000;
+/// A service copy's exits older than this no longer lengthen its restart delay.
+const RESTART_WINDOW_NS: i64 = caravel_model::spec::RESTART_WINDOW_SECS * 1_000_000_000;
 
 /// Plans one evaluation.
 pub fn schedule(view: &dyn StateView, eval: &Evaluation, now: i64, ids: &mut dyn IdGen) -> Plan {
@@ -55,6 +57,36 @@ pub fn schedule(view: &dyn StateView, eval: &Evaluation, now: i64, ids: &mut dyn
         );
         return plan;
     }
+    // TotalTimeout bounds a batch or ops job's whole life, queueing and retries included (as
+    // Bacalhau; long-running jobs have none): past it the job fails, and a timer evaluation is
+    // set when the job is submitted so it fires with nothing else happening.
+    let total = job.task().map_or(0, |t| t.timeouts.total_timeout);
+    if total > 0 && job.is_batch_like() {
+        let deadline = job
+            .create_time
+            .saturating_add(total.saturating_mul(1_000_000_000));
+        if now >= deadline {
+            let why = format!(
+                "the job timed out: it did not finish within its TotalTimeout of {}",
+                format_grace(total.saturating_mul(1_000_000_000))
+            );
+            stop_all(
+                &mut plan,
+                execs.iter().copied().filter(|e| e.is_live()),
+                &why,
+            );
+            plan.job_state = Some((JobStateType::Failed, why));
+            return plan;
+        }
+        if matches!(
+            eval.triggered_by.as_str(),
+            trigger::JOB_REGISTER | trigger::JOB_UPDATE
+        ) {
+            let mut timer = Evaluation::new(ids.evaluation_id(), job, trigger::JOB_TIMEOUT, now);
+            timer.wait_until = deadline;
+            plan.new_evaluations.push(timer);
+        }
+    }
     // Executions of older versions make way for the new one.
     stop_all(
         &mut plan,
@@ -76,9 +108,10 @@ pub fn schedule(view: &dyn StateView, eval: &Evaluation, now: i64, ids: &mut dyn
         .filter(|e| !lost.contains(e.id.as_str()))
         .collect();
 
-    match job.kind.as_str() {
-        "batch" | "service" => schedule_partitions(view, job, &current, &mut plan, eval, now, ids),
-        _ => schedule_per_node(view, job, &current, &mut plan, now, ids),
+    if job.job_type().counts_executions() {
+        schedule_partitions(view, job, &current, &mut plan, eval, now, ids)
+    } else {
+        schedule_per_node(view, job, &current, &mut plan, now, ids)
     }
     plan
 }
@@ -131,7 +164,7 @@ fn disconnected_executions(
         plan.updates.push(ExecutionChange {
             execution_id: e.id.clone(),
             desired: ExecutionDesiredState::Stopped,
-            compute: Some(if job.kind == "ops" {
+            compute: Some(if job.job_type() == JobType::Ops {
                 ExecutionStateType::Failed
             } else {
                 ExecutionStateType::Cancelled
@@ -195,32 +228,54 @@ fn schedule_partitions(
     ids: &mut dyn IdGen,
 ) {
     let count = job.count.max(0);
+    let service = job.job_type() == JobType::Service;
+    let policy = job.retry_policy();
     let mut done: BTreeSet<i32> = BTreeSet::new();
     let mut live: BTreeMap<i32, Vec<&Execution>> = BTreeMap::new();
-    let mut failed_on: BTreeMap<i32, BTreeSet<String>> = BTreeMap::new();
-    let mut last_failure: BTreeMap<i32, String> = BTreeMap::new();
+    // Per partition: failures per node, how many count towards the retry delay, the last one.
+    let mut failed_on: BTreeMap<i32, BTreeMap<String, usize>> = BTreeMap::new();
+    let mut failures: BTreeMap<i32, usize> = BTreeMap::new();
+    let mut last_failure: BTreeMap<i32, (i64, String)> = BTreeMap::new();
     for e in execs {
         let p = e.partition_index;
-        match e.compute_state.state_type {
-            ExecutionStateType::Completed => {
+        let st = e.compute_state.state_type;
+        let exited = match st {
+            // A service runs until it is stopped: a copy that completes has exited, as Bacalhau
+            // treats a long-running job's result as a failure.
+            ExecutionStateType::Completed if !service => {
                 done.insert(p);
+                continue;
             }
+            ExecutionStateType::Completed => true,
             ExecutionStateType::Failed
             | ExecutionStateType::AskForBidRejected
-            | ExecutionStateType::BidRejected => {
-                failed_on.entry(p).or_default().insert(e.node_id.clone());
-                last_failure.insert(
-                    p,
-                    format!(
-                        "execution {} on node {} failed: {}",
-                        e.id,
-                        e.node_id,
-                        failure_message(e)
-                    ),
-                );
+            | ExecutionStateType::BidRejected => true,
+            _ => false,
+        };
+        if exited {
+            *failed_on
+                .entry(p)
+                .or_default()
+                .entry(e.node_id.clone())
+                .or_default() += 1;
+            // A service's restart delay grows with its recent exits only.
+            if !service || e.modify_time >= now.saturating_sub(RESTART_WINDOW_NS) {
+                *failures.entry(p).or_default() += 1;
             }
-            _ if e.is_live() => live.entry(p).or_default().push(e),
-            _ => {}
+            let what = if st == ExecutionStateType::Completed {
+                "exited".to_string()
+            } else {
+                format!("failed: {}", failure_message(e))
+            };
+            let msg = format!("execution {} on node {} {what}", e.id, e.node_id);
+            if last_failure
+                .get(&p)
+                .is_none_or(|(t, _)| e.modify_time >= *t)
+            {
+                last_failure.insert(p, (e.modify_time, msg));
+            }
+        } else if e.is_live() {
+            live.entry(p).or_default().push(e);
         }
     }
     // Surplus or finished partitions: stop extra live executions.
@@ -236,48 +291,130 @@ fn schedule_partitions(
             "not needed: the partition is already served",
         );
     }
-    if job.kind == "batch" && (0..count).all(|p| done.contains(&p)) {
+    if job.job_type() == JobType::Batch && (0..count).all(|p| done.contains(&p)) {
         plan.job_state = Some((JobStateType::Completed, String::new()));
         return;
     }
     let mut pool = NodePool::new(view, job);
     let mut unplaced: Vec<(i32, String)> = Vec::new();
+    let mut exhausted = false;
+    let mut retry_at: Option<i64> = None;
+    // Nodes holding a copy of a service, this plan's included, so copies spread.
+    let mut holding: BTreeSet<String> = if service {
+        live.values().flatten().map(|e| e.node_id.clone()).collect()
+    } else {
+        BTreeSet::new()
+    };
     for p in 0..count {
         if done.contains(&p) || live.get(&p).is_some_and(|v| !v.is_empty()) {
             continue;
         }
-        let exclude = failed_on.get(&p).cloned().unwrap_or_default();
-        let distinct: BTreeSet<String> = if job.kind == "service" {
-            live.values().flatten().map(|e| e.node_id.clone()).collect()
-        } else {
-            BTreeSet::new()
+        let failed = failures.get(&p).copied().unwrap_or(0);
+        let per_node = failed_on.get(&p).cloned().unwrap_or_default();
+        let total_failed: usize = per_node.values().sum();
+        if let Some(max) = policy.attempts
+            && total_failed >= max
+        {
+            let last = last_failure.get(&p).map(|(_, m)| m.as_str()).unwrap_or("");
+            unplaced.push((
+                p,
+                format!("{last}; the partition failed {total_failed} times, its retry limit"),
+            ));
+            exhausted = true;
+            continue;
+        }
+        // Retried (or restarted) after the policy's delay from the last failure.
+        let delay = policy.delay_ns(failed);
+        if let Some((at, msg)) = last_failure.get(&p).filter(|_| delay > 0) {
+            let due = at.saturating_add(delay);
+            if now < due {
+                if retry_at.is_none_or(|r| due < r) {
+                    retry_at = Some(due);
+                }
+                plan.events.push(Event::new(
+                    topic::SCHEDULING,
+                    format!(
+                        "partition {p} {} in {:.1}s, after: {msg}",
+                        if service { "restarts" } else { "is retried" },
+                        (due - now) as f64 / 1e9
+                    ),
+                    now,
+                ));
+                continue;
+            }
+        }
+        // A node that failed the partition too often is out; one that failed it less is a last
+        // resort, as is a node already holding a copy of a service.
+        let exclude: BTreeSet<String> = match policy.per_node {
+            Some(limit) => per_node
+                .iter()
+                .filter(|(_, n)| **n >= limit)
+                .map(|(node, _)| node.clone())
+                .collect(),
+            None => BTreeSet::new(),
         };
-        match pool.pick(&exclude, &distinct) {
-            Ok(node) => {
+        let mut avoid: BTreeSet<String> = per_node.keys().cloned().collect();
+        avoid.extend(holding.iter().cloned());
+        match pool.pick(&exclude, &avoid) {
+            Ok((node, held)) => {
+                if !held.is_empty() {
+                    plan.events.push(Event::new(
+                        topic::SCHEDULING,
+                        format!(
+                            "partition {p} placed on node {} for data locality: it holds {}",
+                            node.id(),
+                            held.join(", ")
+                        ),
+                        now,
+                    ));
+                }
+                if let Some((_, msg)) = last_failure.get(&p) {
+                    plan.events.push(Event::new(
+                        topic::SCHEDULING,
+                        format!(
+                            "partition {p} {} on node {} after: {msg}",
+                            if service { "restarted" } else { "retried" },
+                            node.id()
+                        ),
+                        now,
+                    ));
+                }
+                holding.insert(node.id().to_string());
                 plan.new_executions
                     .push(new_execution(job, &node, p, &eval.id, now, ids));
                 live.entry(p).or_default();
             }
             Err(reason) => {
-                let why = last_failure
-                    .get(&p)
-                    .map(|f| format!("{f}; no other node can retry it"))
-                    .unwrap_or(reason);
+                let why = match last_failure.get(&p) {
+                    Some((_, f)) => {
+                        exhausted = true;
+                        format!(
+                            "{f}; no node can retry it (each may fail a partition {} times)",
+                            policy.per_node.unwrap_or(0)
+                        )
+                    }
+                    None => reason,
+                };
                 unplaced.push((p, why));
             }
         }
+    }
+    if let Some(at) = retry_at {
+        let mut next = Evaluation::new(ids.evaluation_id(), job, trigger::EXEC_FAILURE, now);
+        next.wait_until = at;
+        plan.new_evaluations.push(next);
     }
     if unplaced.is_empty() {
         return;
     }
     let reason = unplaced[0].1.clone();
-    let retry_exhausted = unplaced.iter().any(|(p, _)| failed_on.contains_key(p));
     let queue_deadline = job.create_time.saturating_add(
         job.task()
             .map_or(0, |t| t.timeouts.queue_timeout)
             .saturating_mul(1_000_000_000),
     );
-    if !retry_exhausted && now < queue_deadline {
+    // A service waits for a node however long it takes; a batch job until its QueueTimeout.
+    if !exhausted && (service || now < queue_deadline) {
         if job.state.state_type != JobStateType::Queued {
             plan.job_state = Some((JobStateType::Queued, reason.clone()));
             plan.events.push(Event::new(
@@ -287,7 +424,11 @@ fn schedule_partitions(
             ));
         }
         let mut next = Evaluation::new(ids.evaluation_id(), job, trigger::JOB_QUEUE, now);
-        next.wait_until = (now + QUEUE_BACKOFF_NS).min(queue_deadline);
+        next.wait_until = if service {
+            now + QUEUE_BACKOFF_NS
+        } else {
+            (now + QUEUE_BACKOFF_NS).min(queue_deadline)
+        };
         plan.new_evaluations.push(next);
         return;
     }
@@ -295,6 +436,7 @@ fn schedule_partitions(
     let all_live: Vec<&Execution> = live.values().flatten().copied().collect();
     stop_all(plan, all_live.into_iter(), "job failed");
     plan.new_executions.clear();
+    plan.new_evaluations.clear();
     plan.job_state = Some((JobStateType::Failed, reason));
 }
 
@@ -307,9 +449,15 @@ fn schedule_per_node(
     ids: &mut dyn IdGen,
 ) {
     let pool = NodePool::new(view, job);
+    let daemon = job.job_type() == JobType::Daemon;
     let mut any_failed = None;
     let mut covered: BTreeSet<&str> = BTreeSet::new();
     for e in execs {
+        // A daemon's execution lost with its node runs there again when the node is back.
+        if daemon && e.is_terminal() && e.compute_state.state_type == ExecutionStateType::Cancelled
+        {
+            continue;
+        }
         covered.insert(&e.node_id);
         if e.compute_state.state_type == ExecutionStateType::Failed {
             any_failed = Some(format!(
@@ -320,7 +468,7 @@ fn schedule_per_node(
             ));
         }
     }
-    if job.kind == "ops"
+    if job.job_type() == JobType::Ops
         && let Some(f) = any_failed
     {
         stop_all(
@@ -331,6 +479,17 @@ fn schedule_per_node(
         plan.job_state = Some((JobStateType::Failed, f));
         return;
     }
+    // A daemon leaves the nodes that no longer match it (labels, engines, capacity changed).
+    if daemon {
+        stop_all(
+            plan,
+            execs
+                .iter()
+                .copied()
+                .filter(|e| e.is_live() && pool.unfit.contains(&e.node_id)),
+            "the node no longer matches the job",
+        );
+    }
     let mut placed = 0;
     for n in pool.eligible() {
         if !covered.contains(n.id()) {
@@ -339,7 +498,7 @@ fn schedule_per_node(
             placed += 1;
         }
     }
-    if job.kind == "ops" && placed == 0 {
+    if job.job_type() == JobType::Ops && placed == 0 {
         if execs.is_empty() {
             plan.job_state = Some((JobStateType::Failed, pool.why_none()));
         } else if execs.iter().all(|e| e.is_terminal()) {
@@ -382,8 +541,11 @@ fn new_execution(
 
 /// Nodes that can run a job, with the capacity each has left, ranked least-loaded first.
 struct NodePool<'a> {
-    candidates: Vec<(&'a NodeState, Resources, usize)>,
+    /// (node, free capacity, live executions, the job's inputs it holds).
+    candidates: Vec<(&'a NodeState, Resources, usize, Vec<String>)>,
     rejections: BTreeMap<String, String>,
+    /// Schedulable nodes the job does not fit (engine, sources, constraints, policy, capacity).
+    unfit: BTreeSet<String>,
     need: Resources,
 }
 
@@ -395,6 +557,7 @@ impl<'a> NodePool<'a> {
         let publisher = task.publisher.kind_lower();
         let mut candidates = Vec::new();
         let mut rejections = BTreeMap::new();
+        let mut unfit = BTreeSet::new();
         for n in view.nodes() {
             if n.info.node_type != "Compute" {
                 continue;
@@ -402,7 +565,7 @@ impl<'a> NodePool<'a> {
             let ci = &n.info.compute_node_info;
             let why = if !n.is_schedulable() {
                 Some(format!(
-                    "node is {} / {}",
+                    "{} / {}",
                     n.membership.as_str(),
                     n.connection_state.status.as_str()
                 ))
@@ -441,6 +604,9 @@ impl<'a> NodePool<'a> {
                     .map(|why| format!("its admission policy refuses the job: {why}"))
             };
             if let Some(w) = why {
+                if n.is_schedulable() {
+                    unfit.insert(n.id().to_string());
+                }
                 rejections.insert(n.id().to_string(), w);
                 continue;
             }
@@ -457,6 +623,7 @@ impl<'a> NodePool<'a> {
                 &ci.max_job_requirements
             };
             if !need.fits_in(limit) {
+                unfit.insert(n.id().to_string());
                 rejections.insert(
                     n.id().to_string(),
                     format!(
@@ -466,50 +633,63 @@ impl<'a> NodePool<'a> {
                 );
                 continue;
             }
-            candidates.push((n, free, live.len()));
+            let held = caravel_model::locality::held_inputs(job, &n.info.labels);
+            candidates.push((n, free, live.len(), held));
         }
         candidates.sort_by(|a, b| a.2.cmp(&b.2).then_with(|| a.0.id().cmp(b.0.id())));
         NodePool {
             candidates,
             rejections,
+            unfit,
             need,
         }
     }
 
     fn eligible(&self) -> impl Iterator<Item = &'a NodeState> + '_ {
-        self.candidates.iter().map(|(n, _, _)| *n)
+        self.candidates.iter().map(|(n, _, _, _)| *n)
     }
 
-    /// Picks the least-loaded node outside `exclude` and `distinct`; a node whose free capacity is
-    /// short still takes the execution (the compute node queues it) unless nothing else fits.
+    /// Picks the least-loaded node outside `exclude`, preferring one outside `avoid` too (nodes
+    /// that failed the partition, or already hold a copy of the service); a node whose free
+    /// capacity is short still takes the execution (the compute node queues it) unless another
+    /// fits.
     fn pick(
         &mut self,
         exclude: &BTreeSet<String>,
-        distinct: &BTreeSet<String>,
-    ) -> Result<NodeState, String> {
-        let ok = |(n, _, _): &&(&NodeState, Resources, usize)| {
-            !exclude.contains(n.id()) && !distinct.contains(n.id())
+        avoid: &BTreeSet<String>,
+    ) -> Result<(NodeState, Vec<String>), String> {
+        // Nodes with room first, then those holding more of the job's inputs, then the least
+        // loaded (ties by id, so plans are deterministic).
+        let best = |strict: bool| {
+            self.candidates
+                .iter()
+                .enumerate()
+                .filter(|(_, (n, _, _, _))| {
+                    let out = exclude.contains(n.id()) || strict && avoid.contains(n.id());
+                    !out
+                })
+                .min_by_key(|(_, (n, free, load, held))| {
+                    (
+                        !self.need.fits_in(free),
+                        std::cmp::Reverse(held.len()),
+                        *load,
+                        n.id().to_string(),
+                    )
+                })
+                .map(|(i, _)| i)
         };
-        let idx = self
-            .candidates
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| ok(c))
-            .min_by_key(|(_, (n, free, load))| {
-                (!self.need.fits_in(free), *load, n.id().to_string())
-            })
-            .map(|(i, _)| i);
-        match idx {
+        match best(true).or_else(|| best(false)) {
             Some(i) => {
                 let c = &mut self.candidates[i];
                 c.1.sub(&self.need);
                 c.2 += 1;
-                Ok(c.0.clone())
+                Ok((c.0.clone(), c.3.clone()))
             }
             None => Err(self.why_none()),
         }
     }
 
+    /// Why no node takes the job: per reason, how many nodes and which (at most 5 named).
     fn why_none(&self) -> String {
         if self.rejections.is_empty() && self.candidates.is_empty() {
             return "no compute node is connected".into();
@@ -517,12 +697,32 @@ impl<'a> NodePool<'a> {
         if self.rejections.is_empty() {
             return "every suitable node has already failed this job".into();
         }
-        let reasons: Vec<String> = self
-            .rejections
+        let mut by_reason: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (n, w) in &self.rejections {
+            by_reason
+                .entry(w.as_str())
+                .or_default()
+                .push(caravel_model::ids::short(n));
+        }
+        let mut groups: Vec<(&str, Vec<&str>)> = by_reason.into_iter().collect();
+        groups.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(b.0)));
+        let parts: Vec<String> = groups
             .iter()
-            .map(|(n, w)| format!("{}: {w}", caravel_model::ids::short(n)))
+            .map(|(why, nodes)| {
+                let mut names = nodes.iter().take(5).copied().collect::<Vec<_>>().join(", ");
+                if nodes.len() > 5 {
+                    names.push_str(&format!(", and {} more", nodes.len() - 5));
+                }
+                let n = nodes.len();
+                format!("{n} node{}: {why} ({names})", if n == 1 { "" } else { "s" })
+            })
             .collect();
-        format!("no node can run this job ({})", reasons.join("; "))
+        let total = self.rejections.len() + self.candidates.len();
+        format!(
+            "no node can run this job: {} of {total} rejected: {}",
+            self.rejections.len(),
+            parts.join("; ")
+        )
     }
 }
 
@@ -657,34 +857,471 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_execution_is_retried_elsewhere_then_the_job_fails_with_the_error() {
+    fn a_failed_execution_is_retried_elsewhere_first_then_on_the_same_nodes_then_the_job_fails() {
         let mut s = cluster(&[("n-a", "wasm"), ("n-b", "wasm")]);
+        let (job, ev) = submit(&mut s, 1);
+        let mut ids = SequentialIds::default();
+        let mut plan = run_eval(&mut s, &ev, &mut ids, 20);
+        let mut nodes = Vec::new();
+        // As Bacalhau: each node takes a partition at most twice, a node that has not failed it
+        // first; four attempts on two nodes.
+        for attempt in 1..=4u64 {
+            assert_eq!(plan.new_executions.len(), 1, "attempt {attempt}: {plan:?}");
+            let e = plan.new_executions[0].clone();
+            nodes.push(e.node_id.clone());
+            let f = format!("f-{attempt}");
+            report(
+                &mut s,
+                &e.node_id,
+                attempt,
+                &e.id,
+                ExecutionStateType::Failed,
+                &f,
+            );
+            plan = run_eval(&mut s, &f, &mut ids, 20 + attempt as i64);
+        }
+        assert_ne!(nodes[0], nodes[1], "retried on the other node first");
+        assert_eq!(
+            nodes.iter().filter(|n| **n == nodes[0]).count(),
+            2,
+            "{nodes:?}"
+        );
+        assert!(plan.new_executions.is_empty());
+        let j = &s.jobs[&job];
+        assert_eq!(j.state.state_type, JobStateType::Failed);
+        assert!(
+            j.state.message.contains("boom") && j.state.message.contains("no node can retry it"),
+            "{}",
+            j.state.message
+        );
+        let history = s.history_of(&job);
+        assert!(
+            history
+                .iter()
+                .any(|h| h.event.message.contains("partition 0 retried on node")),
+            "every retry is in the job's history with its reason"
+        );
+    }
+
+    #[test]
+    fn a_one_node_cluster_retries_a_failed_partition_on_its_only_node() {
+        let mut s = cluster(&[("n-a", "wasm")]);
         let (job, ev) = submit(&mut s, 1);
         let mut ids = SequentialIds::default();
         let first = run_eval(&mut s, &ev, &mut ids, 20).new_executions[0].clone();
         report(
             &mut s,
-            &first.node_id,
+            "n-a",
             1,
             &first.id,
             ExecutionStateType::Failed,
             "f-1",
         );
-        let second = run_eval(&mut s, "f-1", &mut ids, 21).new_executions[0].clone();
-        assert_ne!(second.node_id, first.node_id, "retried on the other node");
+        let p = run_eval(&mut s, "f-1", &mut ids, 21);
+        assert_eq!(p.new_executions.len(), 1);
+        assert_eq!(p.new_executions[0].node_id, "n-a");
+        let second = p.new_executions[0].id.clone();
+        report(&mut s, "n-a", 2, &second, ExecutionStateType::Running, "");
         report(
             &mut s,
-            &second.node_id,
+            "n-a",
+            3,
+            &second,
+            ExecutionStateType::Completed,
+            "f-2",
+        );
+        run_eval(&mut s, "f-2", &mut ids, 22);
+        assert_eq!(s.jobs[&job].state.state_type, JobStateType::Completed);
+    }
+
+    fn set_meta(s: &mut ClusterState, job: &str, pairs: &[(&str, &str)]) {
+        let mut j = s.jobs[job].clone();
+        for (k, v) in pairs {
+            j.meta.insert(k.to_string(), v.to_string());
+        }
+        s.jobs.insert(job.to_string(), j);
+    }
+
+    #[test]
+    fn a_jobs_retry_policy_sets_the_attempts_and_a_doubling_delay() {
+        let mut s = cluster(&[("n-a", "wasm"), ("n-b", "wasm"), ("n-c", "wasm")]);
+        let (job, ev) = submit(&mut s, 1);
+        set_meta(
+            &mut s,
+            &job,
+            &[
+                (caravel_model::spec::RETRY_ATTEMPTS_META, "3"),
+                (caravel_model::spec::RETRY_DELAY_META, "10s"),
+            ],
+        );
+        let mut ids = SequentialIds::default();
+        let e1 = run_eval(&mut s, &ev, &mut ids, SEC).new_executions[0].clone();
+        report(
+            &mut s,
+            &e1.node_id,
             1,
-            &second.id,
+            &e1.id,
+            ExecutionStateType::Failed,
+            "f-1",
+        );
+        let failed_at = s.executions[&e1.id].modify_time;
+        // Not before the delay: an evaluation waits for it, and the history says when.
+        let p = run_eval(&mut s, "f-1", &mut ids, failed_at + SEC);
+        assert!(p.new_executions.is_empty(), "{p:?}");
+        assert_eq!(p.new_evaluations.len(), 1);
+        assert_eq!(p.new_evaluations[0].wait_until, failed_at + 10 * SEC);
+        assert!(
+            p.events[0].message.contains("is retried in 9.0s"),
+            "{:?}",
+            p.events
+        );
+        let retry = p.new_evaluations[0].id.clone();
+        let p = run_eval(&mut s, &retry, &mut ids, failed_at + 10 * SEC);
+        let e2 = p.new_executions[0].clone();
+        assert_ne!(e2.node_id, e1.node_id);
+        report(
+            &mut s,
+            &e2.node_id,
+            1,
+            &e2.id,
             ExecutionStateType::Failed,
             "f-2",
         );
-        let last = run_eval(&mut s, "f-2", &mut ids, 22);
-        assert!(last.new_executions.is_empty());
+        let failed_at = s.executions[&e2.id].modify_time;
+        // The second retry waits twice as long.
+        let p = run_eval(&mut s, "f-2", &mut ids, failed_at);
+        assert_eq!(p.new_evaluations[0].wait_until, failed_at + 20 * SEC);
+        let retry = p.new_evaluations[0].id.clone();
+        let e3 = run_eval(&mut s, &retry, &mut ids, failed_at + 20 * SEC).new_executions[0].clone();
+        report(
+            &mut s,
+            &e3.node_id,
+            1,
+            &e3.id,
+            ExecutionStateType::Failed,
+            "f-3",
+        );
+        // Three failures: the limit, although a node remains that could take it.
+        let p = run_eval(&mut s, "f-3", &mut ids, failed_at + 100 * SEC);
+        assert!(p.new_executions.is_empty() && p.new_evaluations.is_empty());
         let j = &s.jobs[&job];
         assert_eq!(j.state.state_type, JobStateType::Failed);
-        assert!(j.state.message.contains("boom"), "{}", j.state.message);
+        assert!(
+            j.state.message.contains("failed 3 times, its retry limit"),
+            "{}",
+            j.state.message
+        );
+    }
+
+    fn submit_text(s: &mut ClusterState, id: &str, body: &str, now: i64) -> String {
+        let text = format!(
+            "Name: {id}\n{body}Tasks:\n- Name: main\n  Engine: {{Type: wasm, Params: {{EntryModule: /m.wasm}}}}\n  InputSources:\n  - Target: /m.wasm\n    Source: {{Type: inline, Params: {{URL: 'data:,x'}}}}\n"
+        );
+        let mut job =
+            caravel_model::parse::parse_job(text.as_bytes(), caravel_model::parse::Mode::Server)
+                .unwrap()
+                .job;
+        job.id = id.into();
+        job.create_time = now;
+        let eval_id = format!("ev-{id}");
+        let eval = Evaluation::new(eval_id.clone(), &job, trigger::JOB_REGISTER, now);
+        s.apply(&Command::SubmitJob {
+            job,
+            evaluation: eval,
+            force: false,
+            now,
+        });
+        eval_id
+    }
+
+    /// The pending evaluations of a job that are due at `now`, oldest first.
+    fn due(s: &ClusterState, job: &str, now: i64) -> Vec<String> {
+        let mut v: Vec<&Evaluation> = s
+            .pending_evaluations()
+            .into_iter()
+            .filter(|e| e.job_id == job && e.wait_until <= now)
+            .collect();
+        v.sort_by_key(|e| (e.create_time, e.id.clone()));
+        v.into_iter().map(|e| e.id.clone()).collect()
+    }
+
+    fn live_nodes(s: &ClusterState, job: &str) -> BTreeSet<String> {
+        s.executions_of(job)
+            .into_iter()
+            .filter(|e| e.is_live())
+            .map(|e| e.node_id.clone())
+            .collect()
+    }
+
+    #[test]
+    fn a_service_copy_that_exits_or_fails_is_restarted_with_a_growing_delay() {
+        let mut s = cluster(&[("n-a", "wasm")]);
+        let ev = submit_text(&mut s, "svc", "Type: service\nCount: 1\n", SEC);
+        let mut ids = SequentialIds::default();
+        let mut e = run_eval(&mut s, &ev, &mut ids, SEC).new_executions[0].clone();
+        let mut seq = 0;
+        let mut t = 10 * SEC;
+        for (i, (exit, delay)) in [
+            (ExecutionStateType::Completed, 1),
+            (ExecutionStateType::Failed, 2),
+            (ExecutionStateType::Completed, 4),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            seq += 1;
+            report(&mut s, "n-a", seq, &e.id, ExecutionStateType::Running, "");
+            seq += 1;
+            let f = format!("f-{i}");
+            report(&mut s, "n-a", seq, &e.id, exit, &f);
+            let ended = s.executions[&e.id].modify_time;
+            let p = run_eval(&mut s, &f, &mut ids, ended);
+            assert!(p.new_executions.is_empty(), "restart {i} waits");
+            assert_eq!(
+                p.new_evaluations[0].wait_until,
+                ended + delay * SEC,
+                "restart {i}"
+            );
+            let restart = p.new_evaluations[0].id.clone();
+            t = t.max(ended + delay * SEC);
+            let p = run_eval(&mut s, &restart, &mut ids, t);
+            assert_eq!(p.new_executions.len(), 1, "restart {i}: {p:?}");
+            e = p.new_executions[0].clone();
+            assert_eq!(e.node_id, "n-a", "its only node takes it again");
+        }
+        assert!(!s.jobs["svc"].state.state_type.is_terminal());
+    }
+
+    #[test]
+    fn service_copies_spread_over_nodes_within_one_plan_and_share_when_they_must() {
+        let mut s = cluster(&[("n-a", "wasm"), ("n-b", "wasm"), ("n-c", "wasm")]);
+        let ev = submit_text(&mut s, "svc", "Type: service\nCount: 3\n", SEC);
+        let p = run_eval(&mut s, &ev, &mut SequentialIds::default(), SEC);
+        let nodes: BTreeSet<_> = p.new_executions.iter().map(|e| e.node_id.clone()).collect();
+        assert_eq!(nodes.len(), 3, "one copy per node");
+        let mut s = cluster(&[("n-a", "wasm"), ("n-b", "wasm")]);
+        let ev = submit_text(&mut s, "svc", "Type: service\nCount: 3\n", SEC);
+        let p = run_eval(&mut s, &ev, &mut SequentialIds::default(), SEC);
+        assert_eq!(
+            p.new_executions.len(),
+            3,
+            "more copies than nodes: some share"
+        );
+        assert_eq!(live_nodes(&s, "svc").len(), 2);
+    }
+
+    fn join(s: &mut ClusterState, id: &str, labels: &[(&str, &str)], now: i64) {
+        let mut info = node(id, &["wasm"]);
+        info.labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(
+            s.apply(&Command::RegisterNode { info, now }),
+            caravel_model::command::CommandResponse::Ok
+        );
+    }
+
+    #[test]
+    fn a_daemon_follows_the_fleet_to_nodes_that_join_return_or_start_matching() {
+        let mut s = ClusterState::default();
+        join(&mut s, "n-a", &[("zone", "edge")], 1);
+        join(&mut s, "n-b", &[("zone", "core")], 1);
+        let body = "Type: daemon\nConstraints:\n- {Key: zone, Operator: '=', Values: [edge]}\n";
+        let ev = submit_text(&mut s, "d", body, SEC);
+        let mut ids = SequentialIds::default();
+        run_eval(&mut s, &ev, &mut ids, SEC);
+        assert_eq!(live_nodes(&s, "d"), BTreeSet::from(["n-a".to_string()]));
+        // A node that joins later, matching: an evaluation, and the daemon runs there.
+        join(&mut s, "n-c", &[("zone", "edge")], 10 * SEC);
+        let evals = due(&s, "d", 10 * SEC);
+        assert_eq!(evals.len(), 1);
+        assert_eq!(s.evaluations[&evals[0]].triggered_by, trigger::NODE_JOIN);
+        run_eval(&mut s, &evals[0], &mut ids, 10 * SEC);
+        assert_eq!(live_nodes(&s, "d").len(), 2);
+        // A node that starts matching (its labels change): it gets the daemon too.
+        join(&mut s, "n-b", &[("zone", "edge")], 20 * SEC);
+        let evals = due(&s, "d", 20 * SEC);
+        run_eval(&mut s, &evals[0], &mut ids, 20 * SEC);
+        assert_eq!(live_nodes(&s, "d").len(), 3);
+        // One that stops matching: the daemon leaves it.
+        join(&mut s, "n-a", &[("zone", "core")], 30 * SEC);
+        let evals = due(&s, "d", 30 * SEC);
+        let p = run_eval(&mut s, &evals[0], &mut ids, 30 * SEC);
+        assert_eq!(p.updates.len(), 1);
+        assert!(p.updates[0].message.contains("no longer matches"), "{p:?}");
+        assert_eq!(
+            live_nodes(&s, "d"),
+            BTreeSet::from(["n-b".to_string(), "n-c".to_string()])
+        );
+        // A node lost past its grace period, back later: the daemon runs there again.
+        let e = s
+            .executions_of("d")
+            .into_iter()
+            .find(|e| e.is_live() && e.node_id == "n-c")
+            .unwrap()
+            .id
+            .clone();
+        disconnect(&mut s, "n-c", &["leave"], 40 * SEC);
+        set_meta(
+            &mut s,
+            "d",
+            &[(caravel_model::spec::DISCONNECT_GRACE_META, "0s")],
+        );
+        run_eval(&mut s, "leave", &mut ids, 40 * SEC);
+        assert_eq!(
+            s.executions[&e].compute_state.state_type,
+            ExecutionStateType::Cancelled
+        );
+        join(&mut s, "n-c", &[("zone", "edge")], 50 * SEC);
+        let evals = due(&s, "d", 50 * SEC);
+        run_eval(&mut s, &evals[0], &mut ids, 50 * SEC);
+        assert!(live_nodes(&s, "d").contains("n-c"));
+        // A re-registration that changes nothing asks for no evaluation.
+        let before = s.evaluations.len();
+        join(&mut s, "n-c", &[("zone", "edge")], 60 * SEC);
+        assert_eq!(s.evaluations.len(), before);
+    }
+
+    #[test]
+    fn a_queued_job_is_placed_as_soon_as_a_node_joins_without_a_second_evaluation_chain() {
+        let mut s = ClusterState::default();
+        let body = "Type: batch\nCount: 1\n";
+        let ev = submit_text(&mut s, "q", body, SEC);
+        let mut j = s.jobs["q"].clone();
+        j.tasks[0].timeouts.queue_timeout = 600;
+        s.jobs.insert("q".into(), j);
+        let mut ids = SequentialIds::default();
+        let p = run_eval(&mut s, &ev, &mut ids, SEC);
+        assert_eq!(s.jobs["q"].state.state_type, JobStateType::Queued);
+        assert_eq!(p.new_evaluations[0].wait_until, SEC + QUEUE_BACKOFF_NS);
+        let pending = s.pending_evaluations().len();
+        join(&mut s, "n-a", &[], 2 * SEC);
+        assert_eq!(
+            s.pending_evaluations().len(),
+            pending,
+            "the waiting evaluation is brought forward, not doubled"
+        );
+        let evals = due(&s, "q", 2 * SEC);
+        assert_eq!(evals.len(), 1);
+        let p = run_eval(&mut s, &evals[0], &mut ids, 2 * SEC);
+        assert_eq!(p.new_executions.len(), 1);
+        assert_eq!(p.new_executions[0].node_id, "n-a");
+    }
+
+    #[test]
+    fn an_ops_job_runs_once_on_every_matching_node_and_fails_if_one_fails() {
+        let mut s = ClusterState::default();
+        for n in ["n-a", "n-b", "n-c"] {
+            join(&mut s, n, &[("role", "worker")], 1);
+        }
+        join(&mut s, "n-d", &[("role", "db")], 1);
+        let body = "Type: ops\nConstraints:\n- {Key: role, Operator: '=', Values: [worker]}\n";
+        let ev = submit_text(&mut s, "o", body, SEC);
+        let mut ids = SequentialIds::default();
+        let p = run_eval(&mut s, &ev, &mut ids, SEC);
+        let nodes: BTreeSet<_> = p.new_executions.iter().map(|e| e.node_id.clone()).collect();
+        assert_eq!(nodes.len(), 3);
+        assert!(!nodes.contains("n-d"));
+        let e = p.new_executions[0].clone();
+        report(
+            &mut s,
+            &e.node_id,
+            1,
+            &e.id,
+            ExecutionStateType::Failed,
+            "f-1",
+        );
+        run_eval(&mut s, "f-1", &mut ids, 2 * SEC);
+        assert_eq!(s.jobs["o"].state.state_type, JobStateType::Failed);
+        assert!(live_nodes(&s, "o").is_empty(), "the others are stopped");
+    }
+
+    #[test]
+    fn total_timeout_is_a_deadline_for_the_whole_job_with_its_own_timer() {
+        let mut s = cluster(&[("n-a", "wasm")]);
+        let ev = submit_text(&mut s, "t", "Type: batch\n", SEC);
+        let mut j = s.jobs["t"].clone();
+        j.tasks[0].timeouts.total_timeout = 60;
+        s.jobs.insert("t".into(), j);
+        let mut ids = SequentialIds::default();
+        let p = run_eval(&mut s, &ev, &mut ids, SEC);
+        let e = p.new_executions[0].clone();
+        let timer = p
+            .new_evaluations
+            .iter()
+            .find(|e| e.triggered_by == trigger::JOB_TIMEOUT)
+            .expect("a timer for the deadline")
+            .clone();
+        assert_eq!(timer.wait_until, 61 * SEC);
+        report(&mut s, "n-a", 1, &e.id, ExecutionStateType::Running, "");
+        let p = run_eval(&mut s, &timer.id, &mut ids, 61 * SEC);
+        assert_eq!(p.updates.len(), 1, "the running execution is stopped");
+        let j = &s.jobs["t"];
+        assert_eq!(j.state.state_type, JobStateType::Failed);
+        assert!(
+            j.state.message.contains("TotalTimeout of 1m"),
+            "{}",
+            j.state.message
+        );
+    }
+
+    #[test]
+    fn a_job_lands_next_to_its_data_and_its_history_says_so() {
+        let mut s = ClusterState::default();
+        for (id, data) in [("n-a", ""), ("n-b", "s3://logs/2026/ /srv/x"), ("n-c", "")] {
+            let mut info = node(id, &["wasm"]);
+            info.compute_node_info.storage_sources.push("s3".into());
+            if !data.is_empty() {
+                info.labels
+                    .insert(caravel_model::locality::DATA_LABEL.into(), data.into());
+            }
+            s.apply(&Command::RegisterNode { info, now: 1 });
+        }
+        // Every node runs a copy of a service: by load and id n-a would win, but n-b holds the data.
+        let busy = submit_text(&mut s, "busy", "Type: service\nCount: 3\n", SEC);
+        let mut ids = SequentialIds::default();
+        run_eval(&mut s, &busy, &mut ids, SEC);
+        let text = "Type: batch\n".to_string();
+        let ev = submit_text(&mut s, "near", &text, 2 * SEC);
+        let mut j = s.jobs["near"].clone();
+        j.tasks[0]
+            .input_sources
+            .push(caravel_model::spec::InputSource {
+                source: caravel_model::spec::SpecConfig::new("s3")
+                    .with("Bucket", "logs")
+                    .with("Key", "2026/12/01.csv"),
+                target: "/logs".into(),
+                ..Default::default()
+            });
+        s.jobs.insert("near".into(), j);
+        let p = run_eval(&mut s, &ev, &mut ids, 2 * SEC);
+        assert_eq!(p.new_executions[0].node_id, "n-b");
+        assert!(
+            p.events.iter().any(|e| e.message
+                == "partition 0 placed on node n-b for data locality: it holds s3://logs/2026/12/01.csv (declares s3://logs/2026/)"),
+            "{:?}",
+            p.events
+        );
+    }
+
+    #[test]
+    fn a_job_no_node_can_run_says_per_reason_how_many_nodes_and_which() {
+        let mut s = ClusterState::default();
+        for n in ["n-a", "n-b"] {
+            let info = node(n, &["docker"]);
+            s.apply(&Command::RegisterNode { info, now: 1 });
+        }
+        join(&mut s, "n-c", &[("zone", "core")], 1);
+        let body = "Type: batch\nConstraints:\n- {Key: zone, Operator: '=', Values: [edge]}\n";
+        let ev = submit_text(&mut s, "x", body, SEC);
+        run_eval(&mut s, &ev, &mut SequentialIds::default(), SEC);
+        let j = &s.jobs["x"];
+        assert_eq!(j.state.state_type, JobStateType::Failed);
+        assert_eq!(
+            j.state.message,
+            "no node can run this job: 3 of 3 rejected: 2 nodes: engine wasm is not supported (n-a, n-b); 1 node: does not match constraint zone = [\"edge\"] (n-c)"
+        );
     }
 
     fn disconnect(s: &mut ClusterState, node: &str, eval_ids: &[&str], now: i64) {

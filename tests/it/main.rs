@@ -9,6 +9,7 @@ mod deploy;
 mod e2e;
 mod ha;
 mod metrics;
+mod scheduling;
 mod security;
 
 use std::path::{Path, PathBuf};

@@ -304,7 +304,8 @@ async fn url_downloads_stream_to_disk_with_limits() {
         .await
         .unwrap_err();
     assert!(
-        e.to_string().contains("scheme \"ftp\" is not supported"),
+        e.to_string()
+            .contains("\"ftp://example.invalid/x\" is not an http(s) URL"),
         "{e}"
     );
 }

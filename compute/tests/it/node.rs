@@ -362,7 +362,7 @@ async fn bad_inputs_and_unsupported_features_fail_clearly() {
     assert!(
         last(&r)
             .message
-            .contains("the s3 publisher needs the parameter Bucket")
+            .contains("Bucket is required for the s3 publisher; set Bucket")
     );
 
     let mut t = wasm_task("echo", &[]);

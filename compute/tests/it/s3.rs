@@ -7,10 +7,8 @@ use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 
-use caravel_compute::publish::{PublishContext, render_key};
-use caravel_compute::{
-    ExecutionPaths, InputError, InputOptions, InputPreparer, Publisher, S3Settings,
-};
+use caravel_compute::publish::{PublishContext, from_spec, publish, render_key};
+use caravel_compute::{ExecutionPaths, InputError, InputOptions, InputPreparer, S3Settings};
 use caravel_model::ExecutionStateType;
 use caravel_model::spec::{ResultPath, SpecConfig};
 use sha2::Digest;
@@ -294,7 +292,7 @@ async fn missing_buckets_and_keys_are_named_with_a_hint() {
         .await
         .unwrap_err()
         .to_string();
-    assert_eq!(e, "s3 input needs the parameter Bucket");
+    assert_eq!(e, "s3 input: Bucket is required for s3 sources; set Bucket");
 }
 
 /// A private moto_server that checks credentials (`INITIAL_NO_AUTH_ACTION_COUNT=0`), so no key is
@@ -431,14 +429,14 @@ async fn the_s3_publisher_uploads_one_archive_or_plain_files_under_the_templated
         s3: &s,
         now,
     };
-    let gz = Publisher::from_spec(
+    let gz = from_spec(
         &SpecConfig::new("s3")
             .with("Bucket", b.as_str())
             .with("Key", "runs/{jobID}/{date}/")
             .with("Endpoint", endpoint()),
     )
     .unwrap();
-    let published = gz.publish(&ctx).await.unwrap();
+    let published = publish(&gz, &ctx).await.unwrap();
     let key = format!("runs/j-pub/{date}/e-pub.tar.gz");
     let spec = published.result.unwrap();
     assert_eq!(spec.kind, "s3");
@@ -470,7 +468,7 @@ async fn the_s3_publisher_uploads_one_archive_or_plain_files_under_the_templated
         paths: &paths,
         ..ctx
     };
-    let plain = Publisher::from_spec(
+    let plain = from_spec(
         &SpecConfig::new("s3")
             .with("Bucket", b.as_str())
             .with("Key", "plain/{nodeID}/{executionID}")
@@ -478,7 +476,7 @@ async fn the_s3_publisher_uploads_one_archive_or_plain_files_under_the_templated
             .with("Endpoint", endpoint()),
     )
     .unwrap();
-    let published = plain.publish(&ctx).await.unwrap();
+    let published = publish(&plain, &ctx).await.unwrap();
     let spec = published.result.unwrap();
     assert_eq!(spec.params.str("Key"), Some("plain/n-pub/e-pub/"));
     assert_eq!(spec.params.str("Encoding"), Some("plain"));
@@ -499,7 +497,7 @@ async fn the_s3_publisher_uploads_one_archive_or_plain_files_under_the_templated
         b"B"
     );
 
-    let missing = Publisher::from_spec(
+    let missing = from_spec(
         &SpecConfig::new("s3")
             .with("Bucket", "caravel-no-such-bucket")
             .with("Key", "k.tar.gz")
@@ -508,14 +506,16 @@ async fn the_s3_publisher_uploads_one_archive_or_plain_files_under_the_templated
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let paths = results(dir.path());
-    let e = missing
-        .publish(&PublishContext {
+    let e = publish(
+        &missing,
+        &PublishContext {
             paths: &paths,
             ..ctx
-        })
-        .await
-        .unwrap_err()
-        .to_string();
+        },
+    )
+    .await
+    .unwrap_err()
+    .to_string();
     assert!(
         e.contains("bucket \"caravel-no-such-bucket\" does not exist"),
         "{e}"

@@ -1,0 +1,224 @@
+//! Job types with real processes: one orchestrator and compute-only nodes with different labels,
+//! each a `caravel serve --compute` process on loopback. Ops jobs run on every node, a daemon
+//! follows the fleet to a node started later, a service keeps its copies running through exits
+//! and a killed node, a constrained job lands on the matching node only.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use caravel_chaos_tests::cluster::{ComputeNode, Group, GroupOptions};
+use serde_json::Value;
+
+use crate::{bin, test_module};
+
+/// A WASM job running the `sleep` test module for `secs` seconds.
+fn spec(name: &str, header: &str, secs: u32) -> String {
+    let module = std::fs::read(test_module("sleep")).expect("the sleep test module");
+    let url = caravel_model::parse::data_url("application/wasm", &module);
+    format!(
+        "Name: {name}\n{header}Tasks:\n- Name: main\n  Engine:\n    Type: wasm\n    Params:\n      EntryModule: /m.wasm\n      Parameters: ['{secs}']\n  InputSources:\n  - Target: /m.wasm\n    Source: {{Type: inline, Params: {{URL: '{url}'}}}}\n"
+    )
+}
+
+fn submit(g: &Group, dir: &std::path::Path, name: &str, text: &str) -> String {
+    let file = dir.join(format!("{name}.yaml"));
+    std::fs::write(&file, text).unwrap();
+    let (ok, out, err) = g.cli(
+        0,
+        &[
+            "job",
+            "run",
+            file.to_str().unwrap(),
+            "--id-only",
+            "--wait=false",
+        ],
+    );
+    assert!(ok, "submitting {name} failed: {err}");
+    out.trim().to_string()
+}
+
+fn json(g: &Group, args: &[&str]) -> Option<Value> {
+    let (ok, out, _) = g.cli(0, args);
+    ok.then(|| serde_json::from_str(&out).ok()).flatten()
+}
+
+/// The job's executions: (node, compute state) of each.
+fn executions(g: &Group, id: &str) -> Vec<(String, String)> {
+    json(g, &["job", "executions", id, "--output", "json"])
+        .and_then(|v| v["Items"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .map(|e| {
+            (
+                e["NodeID"].as_str().unwrap_or_default().to_string(),
+                // Execution states travel as Bacalhau's numbers.
+                serde_json::from_value::<caravel_model::ExecutionStateType>(
+                    e["ComputeState"]["StateType"].clone(),
+                )
+                .map(|s| format!("{s:?}"))
+                .unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+fn running_on(g: &Group, id: &str) -> BTreeSet<String> {
+    executions(g, id)
+        .into_iter()
+        .filter(|(_, s)| s == "Running")
+        .map(|(n, _)| n)
+        .collect()
+}
+
+fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what} within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn connected(g: &Group) -> BTreeSet<String> {
+    json(g, &["node", "list", "--output", "json"])
+        .and_then(|v| v["Nodes"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter(|n| n["ConnectionState"]["Status"] == "CONNECTED")
+        .filter(|n| n["Info"]["NodeType"] == "Compute")
+        .filter_map(|n| n["Info"]["NodeID"].as_str().map(String::from))
+        .collect()
+}
+
+fn names(ids: &[&str]) -> BTreeSet<String> {
+    ids.iter().map(|s| s.to_string()).collect()
+}
+
+fn start(g: &Group, id: &str, zone: &str) -> ComputeNode {
+    g.start_compute_proxied(id, &["-c", &format!("Labels=zone={zone}")])
+        .unwrap_or_else(|e| panic!("start {id}: {e}"))
+}
+
+#[test]
+fn every_job_type_follows_its_semantics_across_real_compute_processes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut g = Group::start(
+        &bin(),
+        dir.path(),
+        1,
+        GroupOptions {
+            // A killed node is DISCONNECTED after 3 s without a heartbeat.
+            extra: vec!["-c".into(), "Orchestrator.DisconnectTimeoutSecs=3".into()],
+            ..Default::default()
+        },
+    )
+    .expect("start the orchestrator");
+    g.wait_leader(Duration::from_secs(60)).expect("a leader");
+    let mut procs = std::collections::BTreeMap::new();
+    for (id, zone) in [
+        ("edge-a", "north"),
+        ("edge-b", "south"),
+        ("edge-c", "south"),
+    ] {
+        procs.insert(id.to_string(), start(&g, id, zone));
+    }
+    wait_until(
+        "three compute nodes connected",
+        Duration::from_secs(60),
+        || (connected(&g) == names(&["edge-a", "edge-b", "edge-c"])).then_some(()),
+    );
+
+    // An ops job runs once on every node and completes.
+    let ops = submit(&g, dir.path(), "ops", &spec("ops", "Type: ops\n", 1));
+    wait_until("the ops job completed", Duration::from_secs(90), || {
+        let e = executions(&g, &ops);
+        (e.len() == 3 && e.iter().all(|(_, s)| s == "Completed")).then_some(())
+    });
+    let nodes: BTreeSet<String> = executions(&g, &ops).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(nodes, names(&["edge-a", "edge-b", "edge-c"]));
+
+    // A constrained batch job lands on the one matching node.
+    let header = "Type: batch\nConstraints:\n- {Key: zone, Operator: '=', Values: [north]}\n";
+    let north = submit(&g, dir.path(), "north", &spec("north", header, 1));
+    let e = wait_until(
+        "the constrained job completed",
+        Duration::from_secs(90),
+        || {
+            let e = executions(&g, &north);
+            e.iter().any(|(_, s)| s == "Completed").then_some(e)
+        },
+    );
+    assert!(e.iter().all(|(n, _)| n == "edge-a"), "{e:?}");
+
+    // A daemon on the south zone: both south nodes, then a fourth node started later.
+    let header = "Type: daemon\nConstraints:\n- {Key: zone, Operator: '=', Values: [south]}\n";
+    let daemon = submit(&g, dir.path(), "daemon", &spec("daemon", header, 3600));
+    wait_until(
+        "the daemon on both south nodes",
+        Duration::from_secs(90),
+        || (running_on(&g, &daemon) == names(&["edge-b", "edge-c"])).then_some(()),
+    );
+    procs.insert("edge-d".to_string(), start(&g, "edge-d", "south"));
+    wait_until(
+        "the daemon on the late joiner",
+        Duration::from_secs(90),
+        || (running_on(&g, &daemon) == names(&["edge-b", "edge-c", "edge-d"])).then_some(()),
+    );
+
+    // A service of two copies whose task exits after 2 s: each copy is restarted when it exits.
+    let svc = submit(
+        &g,
+        dir.path(),
+        "restarts",
+        &spec("restarts", "Type: service\nCount: 2\n", 2),
+    );
+    wait_until(
+        "two copies restarted after exiting",
+        Duration::from_secs(120),
+        || {
+            let e = executions(&g, &svc);
+            let exited = e.iter().filter(|(_, s)| s == "Completed").count();
+            (exited >= 2 && running_on(&g, &svc).len() == 2).then_some(())
+        },
+    );
+    let job = json(&g, &["job", "describe", &svc, "--output", "json"]).unwrap();
+    assert_eq!(job["Job"]["State"]["StateType"], "Running", "{job}");
+    let (ok, out, err) = g.cli(0, &["job", "stop", &svc]);
+    assert!(ok, "{out}{err}");
+
+    // A service of two long-running copies: the copy on a killed node is replaced elsewhere (no
+    // grace period). The node killed is not edge-a, the only north node.
+    let header = "Type: service\nCount: 2\nMeta: {caravel.io/disconnect-grace: 0s}\n";
+    let svc = submit(&g, dir.path(), "svc", &spec("svc", header, 3600));
+    let victim = wait_until(
+        "two copies, one off edge-a",
+        Duration::from_secs(120),
+        || {
+            let r = running_on(&g, &svc);
+            if r.len() == 2 {
+                r.into_iter().find(|n| n != "edge-a")
+            } else {
+                None
+            }
+        },
+    );
+    procs.get_mut(&victim).unwrap().kill();
+    wait_until(
+        "the killed node marked disconnected",
+        Duration::from_secs(60),
+        || (!connected(&g).contains(&victim)).then_some(()),
+    );
+    wait_until(
+        "two copies running without the killed node",
+        Duration::from_secs(120),
+        || {
+            let r = running_on(&g, &svc);
+            (r.len() == 2 && !r.contains(&victim)).then_some(())
+        },
+    );
+    let (ok, out, err) = g.cli(0, &["job", "stop", &svc]);
+    assert!(ok, "{out}{err}");
+    g.shutdown();
+}
