@@ -545,6 +545,9 @@ impl Job {
                 t.name = "main".into();
             }
             t.engine.kind = t.engine.kind.trim().to_ascii_lowercase();
+            for i in &mut t.input_sources {
+                i.source.kind = i.source.kind.trim().to_string();
+            }
             if t.publisher.kind.trim().is_empty() {
                 t.publisher = SpecConfig::new("local");
             }

@@ -1060,29 +1060,32 @@ impl ClusterState {
             })
             .cloned()
             .collect();
-        // A job that already has a pending evaluation (a queued job's next try, a grace period's
-        // end) has it brought forward instead, so joins never multiply a job's evaluations.
-        let mut pending: BTreeMap<&str, &Evaluation> = BTreeMap::new();
-        for e in self
-            .evaluations
-            .values()
-            .filter(|e| e.status == status::PENDING)
-        {
-            pending.entry(e.job_id.as_str()).or_insert(e);
+        // A queued job's waiting next try is brought forward instead, so joins never start a
+        // second queue chain. Any other job gets its own evaluation: one already due may be
+        // under way with a view from before the join, and timers (a grace period's end, a
+        // TotalTimeout, a retry delay) must keep their time.
+        let mut queued: BTreeMap<&str, &Evaluation> = BTreeMap::new();
+        for e in self.evaluations.values().filter(|e| {
+            e.status == status::PENDING
+                && e.triggered_by == trigger::JOB_QUEUE
+                && e.wait_until > now
+        }) {
+            queued.entry(e.job_id.as_str()).or_insert(e);
         }
         let mut due = Vec::new();
         for job in &jobs {
-            match pending.get(job.id.as_str()) {
-                Some(e) if e.wait_until > now => {
+            match queued.get(job.id.as_str()) {
+                Some(e) => {
                     let mut e = (*e).clone();
                     e.wait_until = now;
                     e.modify_time = now;
                     due.push(e);
                 }
-                Some(_) => {}
                 None => {
                     let id = derived_eval_id(trigger::NODE_JOIN, node_id, now, &job.id);
-                    due.push(Evaluation::new(id, job, trigger::NODE_JOIN, now));
+                    if !self.evaluations.contains_key(&id) {
+                        due.push(Evaluation::new(id, job, trigger::NODE_JOIN, now));
+                    }
                 }
             }
         }
@@ -1278,8 +1281,9 @@ impl ClusterState {
     }
 }
 
-/// An evaluation id every replica derives alike from what caused it (a UUID-shaped digest).
-fn derived_eval_id(trigger: &str, node_id: &str, now: i64, job_id: &str) -> String {
+/// An evaluation id every replica derives alike from what caused it (a UUID-shaped digest); the
+/// scheduler uses it too, so that the same timer asked for twice is one evaluation.
+pub fn derived_eval_id(trigger: &str, node_id: &str, now: i64, job_id: &str) -> String {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
     for part in [

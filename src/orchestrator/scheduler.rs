@@ -17,6 +17,7 @@ use caravel_model::history::{Event, topic};
 use caravel_model::ids::IdGen;
 use caravel_model::node::NodeState;
 use caravel_model::spec::{Job, JobType};
+use caravel_model::state::derived_eval_id;
 use caravel_model::states::{
     ExecutionDesiredState, ExecutionStateType, JobStateType, NodeConnection, NodeMembership, State,
 };
@@ -65,7 +66,7 @@ pub fn schedule(view: &dyn StateView, eval: &Evaluation, now: i64, ids: &mut dyn
         let deadline = job
             .create_time
             .saturating_add(total.saturating_mul(1_000_000_000));
-        if now >= deadline {
+        if now >= deadline && !finished(job, &execs) {
             let why = format!(
                 "the job timed out: it did not finish within its TotalTimeout of {}",
                 format_grace(total.saturating_mul(1_000_000_000))
@@ -78,11 +79,16 @@ pub fn schedule(view: &dyn StateView, eval: &Evaluation, now: i64, ids: &mut dyn
             plan.job_state = Some((JobStateType::Failed, why));
             return plan;
         }
-        if matches!(
-            eval.triggered_by.as_str(),
-            trigger::JOB_REGISTER | trigger::JOB_UPDATE
-        ) {
-            let mut timer = Evaluation::new(ids.evaluation_id(), job, trigger::JOB_TIMEOUT, now);
+        // Set on submission, and again by a timer that ran early; one id per deadline, so a
+        // timer asked for twice is one evaluation.
+        if now < deadline
+            && matches!(
+                eval.triggered_by.as_str(),
+                trigger::JOB_REGISTER | trigger::JOB_UPDATE | trigger::JOB_TIMEOUT
+            )
+        {
+            let id = derived_eval_id(trigger::JOB_TIMEOUT, "", deadline, &job.id);
+            let mut timer = Evaluation::new(id, job, trigger::JOB_TIMEOUT, now);
             timer.wait_until = deadline;
             plan.new_evaluations.push(timer);
         }
@@ -186,6 +192,30 @@ fn disconnected_executions(
         plan.new_evaluations.push(next);
     }
     lost
+}
+
+/// Whether a batch or ops job's current version has done all it must (so a deadline reached
+/// after its last execution finished does not fail it).
+fn finished(job: &Job, execs: &[&Execution]) -> bool {
+    let current: Vec<&&Execution> = execs
+        .iter()
+        .filter(|e| e.job_version == job.version)
+        .collect();
+    match job.job_type() {
+        JobType::Batch => (0..job.count.max(0)).all(|p| {
+            current.iter().any(|e| {
+                e.partition_index == p
+                    && e.compute_state.state_type == ExecutionStateType::Completed
+            })
+        }),
+        JobType::Ops => {
+            !current.is_empty()
+                && current
+                    .iter()
+                    .all(|e| e.compute_state.state_type == ExecutionStateType::Completed)
+        }
+        _ => false,
+    }
 }
 
 fn format_grace(ns: i64) -> String {
@@ -379,13 +409,17 @@ fn schedule_partitions(
                         now,
                     ));
                 }
-                holding.insert(node.id().to_string());
+                if service {
+                    holding.insert(node.id().to_string());
+                }
                 plan.new_executions
                     .push(new_execution(job, &node, p, &eval.id, now, ids));
                 live.entry(p).or_default();
             }
             Err(reason) => {
-                let why = match last_failure.get(&p) {
+                // Retries are exhausted only when nodes could run it but each has failed it too
+                // often; with no node at all (gone, disconnected) the job waits as any other.
+                let why = match last_failure.get(&p).filter(|_| pool.any_candidate()) {
                     Some((_, f)) => {
                         exhausted = true;
                         format!(
@@ -400,7 +434,9 @@ fn schedule_partitions(
         }
     }
     if let Some(at) = retry_at {
-        let mut next = Evaluation::new(ids.evaluation_id(), job, trigger::EXEC_FAILURE, now);
+        // One evaluation per job version and retry time, however many evaluations ask for it.
+        let id = derived_eval_id(trigger::EXEC_FAILURE, &job.version.to_string(), at, &job.id);
+        let mut next = Evaluation::new(id, job, trigger::EXEC_FAILURE, now);
         next.wait_until = at;
         plan.new_evaluations.push(next);
     }
@@ -643,6 +679,10 @@ impl<'a> NodePool<'a> {
             unfit,
             need,
         }
+    }
+
+    fn any_candidate(&self) -> bool {
+        !self.candidates.is_empty()
     }
 
     fn eligible(&self) -> impl Iterator<Item = &'a NodeState> + '_ {
@@ -1303,6 +1343,59 @@ mod tests {
             "{:?}",
             p.events
         );
+    }
+
+    #[test]
+    fn timers_survive_joins_and_early_runs_and_a_deadline_after_completion_fails_nothing() {
+        let mut s = cluster(&[("n-a", "wasm")]);
+        let ev = submit_text(&mut s, "t", "Type: batch\n", SEC);
+        let mut j = s.jobs["t"].clone();
+        j.tasks[0].timeouts.total_timeout = 60;
+        s.jobs.insert("t".into(), j);
+        let mut ids = SequentialIds::default();
+        let p = run_eval(&mut s, &ev, &mut ids, SEC);
+        let e = p.new_executions[0].clone();
+        let timer = p.new_evaluations[0].id.clone();
+        // The node re-registers with new labels: a join evaluation of its own; the timer keeps
+        // its time.
+        join(&mut s, "n-a", &[("zone", "x")], 2 * SEC);
+        assert_eq!(s.evaluations[&timer].wait_until, 61 * SEC);
+        assert_eq!(due(&s, "t", 2 * SEC).len(), 1);
+        // A timer that runs early asks for the same timer again: one evaluation.
+        let mut early = s.evaluations[&timer].clone();
+        early.wait_until = 0;
+        let p = schedule(&s, &early, 3 * SEC, &mut ids);
+        assert_eq!(p.new_evaluations.len(), 1);
+        assert_eq!(p.new_evaluations[0].id, timer);
+        // Completed at 59 s, evaluated after the deadline: Completed, not timed out.
+        report(&mut s, "n-a", 1, &e.id, ExecutionStateType::Running, "");
+        report(&mut s, "n-a", 2, &e.id, ExecutionStateType::Completed, "");
+        run_eval(&mut s, &timer, &mut ids, 61 * SEC);
+        assert_eq!(s.jobs["t"].state.state_type, JobStateType::Completed);
+    }
+
+    #[test]
+    fn retry_timers_asked_for_by_several_evaluations_are_one_and_a_lost_node_queues_a_service() {
+        let mut s = cluster(&[("n-a", "wasm")]);
+        let ev = submit_text(&mut s, "svc", "Type: service\nCount: 1\n", SEC);
+        let mut ids = SequentialIds::default();
+        let e = run_eval(&mut s, &ev, &mut ids, SEC).new_executions[0].clone();
+        report(&mut s, "n-a", 1, &e.id, ExecutionStateType::Running, "");
+        report(&mut s, "n-a", 2, &e.id, ExecutionStateType::Failed, "f-1");
+        let ended = s.executions[&e.id].modify_time;
+        let a = schedule(&s, &s.evaluations["f-1"].clone(), ended, &mut ids);
+        let b = schedule(&s, &s.evaluations["f-1"].clone(), ended + 1, &mut ids);
+        assert_eq!(a.new_evaluations[0].id, b.new_evaluations[0].id);
+        s.apply(&Command::ApplyPlan(a.clone()));
+        // Its only node is gone when the restart is due: the service waits, it does not fail.
+        disconnect(&mut s, "n-a", &[], 2 * SEC);
+        let restart = a.new_evaluations[0].id.clone();
+        run_eval(&mut s, &restart, &mut ids, 10 * SEC);
+        assert_eq!(s.jobs["svc"].state.state_type, JobStateType::Queued);
+        join(&mut s, "n-a", &[], 20 * SEC);
+        let evals = due(&s, "svc", 20 * SEC);
+        let p = run_eval(&mut s, &evals[0], &mut ids, 20 * SEC);
+        assert_eq!(p.new_executions.len(), 1, "restarted once its node is back");
     }
 
     #[test]
