@@ -8,8 +8,15 @@
 //! `--cacert FILE`, `--insecure`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, anyhow};
+
+/// How long a write keeps being sent again while the cluster has no leader (a failover takes
+/// seconds; a lost quorum is reported once this is over).
+pub const NO_LEADER_WAIT: Duration = Duration::from_secs(30);
+/// How long a read keeps retrying while the cluster has no leader.
+pub const NO_LEADER_READ_WAIT: Duration = Duration::from_secs(10);
 use caravel_model::api::ApiError;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -332,19 +339,72 @@ impl ApiClient {
         )
     }
 
-    async fn handle<T: DeserializeOwned>(
+    /// Sends a request, retrying while the cluster has no leader: a `503` with `Retry-After` is
+    /// tried again after that many seconds (1–5) — a read for up to [`NO_LEADER_READ_WAIT`], a
+    /// write for up to [`NO_LEADER_WAIT`] and only when the API says it was not applied
+    /// (`Details.Outcome: NotApplied`), so a write whose outcome is unknown is never sent twice.
+    async fn call<T: DeserializeOwned>(
         &self,
-        resp: Result<reqwest::Response, reqwest::Error>,
+        method: reqwest::Method,
+        path: &str,
+        build: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> anyhow::Result<T> {
-        let resp = resp.map_err(|e| self.unreachable(e))?;
-        let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| self.unreachable(e))?;
+        let started = std::time::Instant::now();
+        let read = method == reqwest::Method::GET;
+        let window = if read {
+            NO_LEADER_READ_WAIT
+        } else {
+            NO_LEADER_WAIT
+        };
+        let mut told = false;
+        loop {
+            let resp = build(self.request(method.clone(), path))
+                .send()
+                .await
+                .map_err(|e| self.unreachable(e))?;
+            let status = resp.status();
+            let retry_after = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            let body = resp.bytes().await.map_err(|e| self.unreachable(e))?;
+            if status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                && let Some(secs) = retry_after
+                && started.elapsed() < window
+            {
+                let err = serde_json::from_slice::<ApiError>(&body).ok();
+                let not_applied = err.as_ref().is_some_and(|e| {
+                    e.details.get("Outcome").and_then(|v| v.as_str()) == Some("NotApplied")
+                });
+                if read || not_applied {
+                    if !told {
+                        eprintln!(
+                            "the cluster has no leader right now ({}); retrying for up to {} s…",
+                            err.map_or_else(|| status.to_string(), |e| e.message),
+                            window.as_secs()
+                        );
+                        told = true;
+                    }
+                    tokio::time::sleep(Duration::from_secs(secs.clamp(1, 5))).await;
+                    continue;
+                }
+            }
+            return self.handle(status, &body);
+        }
+    }
+
+    fn handle<T: DeserializeOwned>(
+        &self,
+        status: reqwest::StatusCode,
+        body: &[u8],
+    ) -> anyhow::Result<T> {
         if !status.is_success() {
-            let mut err = match serde_json::from_slice::<ApiError>(&body) {
+            let mut err = match serde_json::from_slice::<ApiError>(body) {
                 Ok(e) => anyhow!("{e}"),
                 Err(_) => anyhow!(
                     "the API answered {status}: {}",
-                    String::from_utf8_lossy(&body)
+                    String::from_utf8_lossy(body)
                 ),
             };
             if status == reqwest::StatusCode::UNAUTHORIZED {
@@ -352,7 +412,7 @@ impl ApiClient {
             }
             return Err(err);
         }
-        serde_json::from_slice(&body).with_context(|| {
+        serde_json::from_slice(body).with_context(|| {
             format!("the API's answer is not what this client expects (status {status})")
         })
     }
@@ -362,13 +422,8 @@ impl ApiClient {
         path: &str,
         query: &[(&str, String)],
     ) -> anyhow::Result<T> {
-        self.handle(
-            self.request(reqwest::Method::GET, path)
-                .query(query)
-                .send()
-                .await,
-        )
-        .await
+        self.call(reqwest::Method::GET, path, |r| r.query(query))
+            .await
     }
 
     pub async fn put<B: Serialize, T: DeserializeOwned>(
@@ -376,13 +431,8 @@ impl ApiClient {
         path: &str,
         body: &B,
     ) -> anyhow::Result<T> {
-        self.handle(
-            self.request(reqwest::Method::PUT, path)
-                .json(body)
-                .send()
-                .await,
-        )
-        .await
+        self.call(reqwest::Method::PUT, path, |r| r.json(body))
+            .await
     }
 
     pub async fn post<B: Serialize, T: DeserializeOwned>(
@@ -390,13 +440,8 @@ impl ApiClient {
         path: &str,
         body: &B,
     ) -> anyhow::Result<T> {
-        self.handle(
-            self.request(reqwest::Method::POST, path)
-                .json(body)
-                .send()
-                .await,
-        )
-        .await
+        self.call(reqwest::Method::POST, path, |r| r.json(body))
+            .await
     }
 
     pub async fn delete<B: Serialize, T: DeserializeOwned>(
@@ -404,13 +449,8 @@ impl ApiClient {
         path: &str,
         body: &B,
     ) -> anyhow::Result<T> {
-        self.handle(
-            self.request(reqwest::Method::DELETE, path)
-                .json(body)
-                .send()
-                .await,
-        )
-        .await
+        self.call(reqwest::Method::DELETE, path, |r| r.json(body))
+            .await
     }
 
     /// Streams a download into the file `dest` (replaced only once complete), never holding the body in

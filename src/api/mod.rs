@@ -237,6 +237,12 @@ impl ApiErr {
     }
 }
 
+/// `Details` key of a 503 answer to a write: [`OUTCOME_NOT_APPLIED`] (no leader took it: sending
+/// it again is safe) or [`OUTCOME_UNKNOWN`] (it may still commit: check before sending again).
+pub const OUTCOME_DETAIL: &str = "Outcome";
+pub const OUTCOME_NOT_APPLIED: &str = "NotApplied";
+pub const OUTCOME_UNKNOWN: &str = "Unknown";
+
 impl From<WriteError> for ApiErr {
     fn from(e: WriteError) -> Self {
         let mut err = match &e {
@@ -261,6 +267,12 @@ impl From<WriteError> for ApiErr {
         };
         if err.status == StatusCode::SERVICE_UNAVAILABLE {
             err.retry_after = Some(1);
+            // Whether a client may send the write again: only when it surely was not proposed.
+            let outcome = match e {
+                WriteError::NoLeader(_) => OUTCOME_NOT_APPLIED,
+                _ => OUTCOME_UNKNOWN,
+            };
+            err = err.detail(OUTCOME_DETAIL, serde_json::Value::from(outcome));
         }
         err
     }

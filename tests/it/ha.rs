@@ -469,3 +469,66 @@ fn logs_and_results_reach_a_client_through_any_member_and_a_followed_log_survive
     let _ = edge.kill();
     let _ = edge.wait();
 }
+
+#[test]
+fn the_cli_waits_out_a_cluster_without_a_leader_and_resends_only_what_was_not_applied() {
+    let (mut g, _d) = group(3, 0);
+    let leader = g.wait_leader(Duration::from_secs(60)).expect("a leader");
+    let survivor = (0..3).find(|i| *i != leader).unwrap();
+    let other = (0..3).find(|i| *i != leader && *i != survivor).unwrap();
+    g.kill(leader);
+    g.kill(other);
+    // Once the survivor knows it has no leader (before, it forwards to the dead one, whose
+    // outcome it cannot know), a write through it is answered 503, not applied.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while g
+        .status(survivor)
+        .is_none_or(|s| s["Leader"].as_str().is_some_and(|l| !l.is_empty()))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the survivor still names a leader"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The survivor has no leader: a write through it is answered 503, not applied, and the CLI
+    // sends it again once a leader is back.
+    let module = test_module("echo");
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args([
+        "wasm",
+        "run",
+        module.to_str().unwrap(),
+        "--name",
+        "no-leader",
+        "--id-only",
+        "--wait=false",
+    ])
+    .env("CARAVEL_API_HOST", "127.0.0.1")
+    .env("CARAVEL_API_PORT", g.members[survivor].api_port.to_string())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    if let Some(k) = &g.api_key {
+        cmd.env("CARAVEL_API_KEY", k);
+    }
+    let child = cmd.spawn().expect("run the CLI");
+    std::thread::sleep(Duration::from_secs(6));
+    g.restart(leader).unwrap();
+    g.restart(other).unwrap();
+    let o = child.wait_with_output().unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    );
+    assert!(o.status.success(), "the CLI gave up: {out}\n{err}");
+    assert!(err.contains("no leader right now"), "{err}");
+    let id = out.trim().to_string();
+    g.wait_leader(Duration::from_secs(60)).unwrap();
+    let j = job_json(&g, survivor, &id).expect("the job exists");
+    assert_eq!(j["Job"]["Name"], "no-leader");
+    assert_eq!(
+        job_count(&g, survivor),
+        1,
+        "the write was applied once, not once per attempt"
+    );
+}
