@@ -179,8 +179,8 @@ fn every_job_type_follows_its_semantics_across_real_compute_processes() {
         let e = executions(&g, &svc);
         let exited = e.iter().filter(|(_, s)| s == "Completed").count();
         // Copies that run 2 s and wait 1 s, 2 s, 4 s… between runs are seldom both up at once:
-        // what shows the restarts is each exit followed by a new execution.
-        if exited >= 2 && e.len() >= exited + 2 {
+        // what shows the restarts is more executions than copies, after exits.
+        if exited >= 2 && e.len() >= 4 {
             break;
         }
         if Instant::now() > deadline {
