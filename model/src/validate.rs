@@ -78,6 +78,30 @@ pub const OPERATORS: &[&str] = &[
 ];
 const MAX_NAME: usize = 256;
 
+/// A duration in the job's `Meta` under `key`, if set: Go's syntax, at most `max` seconds (named
+/// `max_text`); hints for a value too long and for one that is not a duration.
+fn meta_duration(
+    job: &Job,
+    key: &str,
+    (max, max_text): (f64, &str),
+    (too_long, not_a_duration): (&str, &str),
+    e: &mut Vec<SpecError>,
+) {
+    let Some(v) = job.meta.get(key) else {
+        return;
+    };
+    let field = format!("Meta[{key}]");
+    match crate::spec::parse_duration_secs(v) {
+        Ok(s) if s > max => e.push(SpecError::new(
+            &field,
+            format!("{v:?} is longer than the limit of {max_text}"),
+            too_long,
+        )),
+        Ok(_) => {}
+        Err(m) => e.push(SpecError::new(&field, m, not_a_duration)),
+    }
+}
+
 /// Validates a job after `normalize`.
 pub fn validate_job(job: &Job) -> Result<(), SpecErrors> {
     let mut e = Vec::new();
@@ -118,22 +142,16 @@ pub fn validate_job(job: &Job) -> Result<(), SpecErrors> {
             "use letters, digits, '-', '_' or '.' (at most 64)",
         ));
     }
-    if let Some(v) = job.meta.get(crate::spec::DISCONNECT_GRACE_META) {
-        let field = format!("Meta[{}]", crate::spec::DISCONNECT_GRACE_META);
-        match crate::spec::parse_duration_secs(v) {
-            Ok(s) if s > crate::spec::MAX_DISCONNECT_GRACE_SECS as f64 => e.push(SpecError::new(
-                &field,
-                format!("{v:?} is longer than the limit of 7 days"),
-                "use a duration such as 10m or 2h",
-            )),
-            Ok(_) => {}
-            Err(m) => e.push(SpecError::new(
-                &field,
-                m,
-                "use a duration such as 90s, 10m or 1h30m (0s replaces executions as soon as their node is DISCONNECTED)",
-            )),
-        }
-    }
+    meta_duration(
+        job,
+        crate::spec::DISCONNECT_GRACE_META,
+        (crate::spec::MAX_DISCONNECT_GRACE_SECS as f64, "7 days"),
+        (
+            "use a duration such as 10m or 2h",
+            "use a duration such as 90s, 10m or 1h30m (0s replaces executions as soon as their node is DISCONNECTED)",
+        ),
+        &mut e,
+    );
     if let Some(v) = job.meta.get(crate::spec::RETRY_ATTEMPTS_META) {
         let field = format!("Meta[{}]", crate::spec::RETRY_ATTEMPTS_META);
         match v.trim().parse::<u32>() {
@@ -145,22 +163,14 @@ pub fn validate_job(job: &Job) -> Result<(), SpecErrors> {
             )),
         }
     }
-    if let Some(v) = job.meta.get(crate::spec::RETRY_DELAY_META) {
-        let field = format!("Meta[{}]", crate::spec::RETRY_DELAY_META);
-        match crate::spec::parse_duration_secs(v) {
-            Ok(s) if s > crate::spec::MAX_RETRY_DELAY_SECS => e.push(SpecError::new(
-                &field,
-                format!("{v:?} is longer than the limit of 5m"),
-                "use a duration such as 10s or 1m (it doubles with each failure, up to 5m)",
-            )),
-            Ok(_) => {}
-            Err(m) => e.push(SpecError::new(
-                &field,
-                m,
-                "use a duration such as 10s or 1m (it doubles with each failure, up to 5m)",
-            )),
-        }
-    }
+    let hint = "use a duration such as 10s or 1m (it doubles with each failure, up to 5m)";
+    meta_duration(
+        job,
+        crate::spec::RETRY_DELAY_META,
+        (crate::spec::MAX_RETRY_DELAY_SECS, "5m"),
+        (hint, hint),
+        &mut e,
+    );
     if job.count < 0 {
         e.push(SpecError::new(
             "Count",

@@ -1277,13 +1277,19 @@ mod tests {
         assert!(live_nodes(&s, "o").is_empty(), "the others are stopped");
     }
 
-    #[test]
-    fn total_timeout_is_a_deadline_for_the_whole_job_with_its_own_timer() {
+    /// One node and a batch job "t" with a TotalTimeout of 60 s, submitted at 1 s.
+    fn one_minute_job() -> (ClusterState, String) {
         let mut s = cluster(&[("n-a", "wasm")]);
         let ev = submit_text(&mut s, "t", "Type: batch\n", SEC);
         let mut j = s.jobs["t"].clone();
         j.tasks[0].timeouts.total_timeout = 60;
         s.jobs.insert("t".into(), j);
+        (s, ev)
+    }
+
+    #[test]
+    fn total_timeout_is_a_deadline_for_the_whole_job_with_its_own_timer() {
+        let (mut s, ev) = one_minute_job();
         let mut ids = SequentialIds::default();
         let p = run_eval(&mut s, &ev, &mut ids, SEC);
         let e = p.new_executions[0].clone();
@@ -1347,11 +1353,7 @@ mod tests {
 
     #[test]
     fn timers_survive_joins_and_early_runs_and_a_deadline_after_completion_fails_nothing() {
-        let mut s = cluster(&[("n-a", "wasm")]);
-        let ev = submit_text(&mut s, "t", "Type: batch\n", SEC);
-        let mut j = s.jobs["t"].clone();
-        j.tasks[0].timeouts.total_timeout = 60;
-        s.jobs.insert("t".into(), j);
+        let (mut s, ev) = one_minute_job();
         let mut ids = SequentialIds::default();
         let p = run_eval(&mut s, &ev, &mut ids, SEC);
         let e = p.new_executions[0].clone();
