@@ -10,13 +10,7 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Serve(_) | Command::Devstack(_)) {
-        // A client piped into `head` ends quietly when the pipe closes, like other Unix tools.
-        // SAFETY: called before any thread starts; SIG_DFL is a valid disposition for SIGPIPE.
-        #[cfg(unix)]
-        #[allow(unsafe_code)]
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
+        quiet_on_closed_pipe();
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -45,4 +39,28 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// A client piped into `head` ends quietly when the pipe closes, as other Unix tools do (status
+/// 141, as a shell reports a process ended by SIGPIPE). SIGPIPE itself stays ignored (Rust's
+/// default): with its default disposition, a request body written with `writev` to a server that
+/// has already answered and closed (a 401 or 403 before the upload ends) killed the client without
+/// a word instead of letting it print the server's answer.
+fn quiet_on_closed_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if (msg.starts_with("failed printing to stdout")
+            || msg.starts_with("failed printing to stderr"))
+            && msg.contains("Broken pipe")
+        {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }

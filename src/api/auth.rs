@@ -602,6 +602,28 @@ impl Authorizer {
     }
 }
 
+/// How long a refused request's upload is read (and dropped) before the answer.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads what a refused client is still uploading, up to the API's body limit and for at most
+/// [`DRAIN_TIME`], and drops it. Answering and closing in the middle of an upload resets the
+/// connection, and the client then reports a failure to send instead of the answer (Go's net/http
+/// reads an unread body before closing for the same reason). Nothing read is kept.
+async fn drain(body: axum::body::Body) {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut read = 0usize;
+        while let Some(Ok(chunk)) = stream.next().await {
+            read += chunk.len();
+            if read > super::BODY_LIMIT {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 /// The middleware: browser checks, then authentication and authorisation for the route.
 pub async fn middleware(
     State(auth): State<Arc<Authorizer>>,
@@ -623,6 +645,7 @@ pub async fn middleware(
         }
         Err(e) => {
             tracing::info!(client = %client, method = %req.method(), path = %req.uri().path(), status = e.status().as_u16(), reason = %e.message(), "API request refused");
+            drain(req.into_body()).await;
             let unauthorized = e.status() == StatusCode::UNAUTHORIZED;
             let mut resp = e.into_response();
             if unauthorized {

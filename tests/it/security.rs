@@ -313,7 +313,8 @@ fn without_users_a_remote_client_gets_401_and_allow_anonymous_read_lets_only_rea
         (
             o.status.success(),
             String::from_utf8_lossy(&o.stdout).into_owned(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
+            // How it ended too, for a failure's message.
+            format!("{}[{}]", String::from_utf8_lossy(&o.stderr), o.status),
         )
     };
     // No users: loopback works as today, the other host is refused with the keys to set.
@@ -379,13 +380,20 @@ fn without_users_a_remote_client_gets_401_and_allow_anonymous_read_lets_only_rea
     let (ok, out, err) = remote(&ro, &["job", "list", "--output", "json"]);
     assert!(ok, "{err}\n{}", context(&ro));
     assert!(out.contains("Items"), "{out}");
-    let module = test_module("echo");
+    // A 5 MiB upload: the refusal comes before the body is read, and the client still gets it
+    // (the API reads the rest of a refused upload before answering).
+    let module = dir.path().join("big.wasm");
+    std::fs::write(&module, vec![7u8; 5 << 20]).unwrap();
     let (ok, _, err) = remote(
         &ro,
         &["wasm", "run", module.to_str().unwrap(), "--wait=false"],
     );
     assert!(!ok, "an anonymous remote client submitted a job");
-    assert!(err.contains("403") || err.contains("may not"), "{err}");
+    assert!(
+        err.contains("403") || err.contains("may not"),
+        "{err}\n{}",
+        context(&ro)
+    );
 }
 
 #[test]
@@ -1036,4 +1044,105 @@ fn a_rejected_then_deleted_node_loses_its_session_cannot_reconnect_and_its_jobs_
     let _ = b.kill();
     let _ = a.wait();
     let _ = b.wait();
+}
+
+/// A server that answers before reading the body and closes at once (Caravel's own API reads a
+/// refused upload first; a proxy or another server may not): the client must say what happened,
+/// not die of SIGPIPE while still uploading. The server here keeps its receive window tiny, so the
+/// upload is surely still running when the connection is reset.
+#[test]
+fn a_client_whose_upload_is_cut_off_says_so_instead_of_dying() {
+    use std::io::{Read, Write};
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    socket.listen(8).unwrap();
+    let listener: std::net::TcpListener = socket.into();
+    let port = listener.local_addr().unwrap().port();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let server_done = done.clone();
+    let server = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        listener.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline && !server_done.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut s = match listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+                Err(_) => break,
+            };
+            s.set_nonblocking(false).unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let line = String::from_utf8_lossy(&head)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string();
+            let body = r#"{"Status":403,"Message":"user \"nobody\" may not write:job","Code":"Forbidden","Component":"API"}"#;
+            let _ = write!(
+                s,
+                "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            // FIN, then close at once with the upload unread: the kernel resets the connection
+            // while the client is still writing (a socket in CLOSE_WAIT that is reset answers the
+            // next write with EPIPE, which is SIGPIPE for a `writev`).
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            drop(s);
+            let put = line.starts_with("PUT");
+            seen.push(line);
+            if put {
+                break;
+            }
+        }
+        seen
+    });
+    let dir = tempfile::tempdir().unwrap();
+    // 5 MiB of module (under the CLI's 8 MiB spec limit once base64-encoded): far more than a
+    // tiny receive window and the sender's buffer hold.
+    let module = dir.path().join("big.wasm");
+    std::fs::write(&module, vec![7u8; 5 << 20]).unwrap();
+    let o = Command::new(bin())
+        .args(["--api-host", "127.0.0.1", "--api-port", &port.to_string()])
+        .args(["wasm", "run", module.to_str().unwrap(), "--wait=false"])
+        .env_remove("CARAVEL_API_HOST")
+        .env_remove("CARAVEL_API_PORT")
+        .env_remove("CARAVEL_API_KEY")
+        .output()
+        .unwrap();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = server.join().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        seen.iter().any(|l| l.starts_with("PUT")),
+        "the upload was never sent: {seen:?} {err}"
+    );
+    assert!(
+        o.status.code().is_some(),
+        "the client was killed by a signal ({:?}) without a word",
+        o.status
+    );
+    assert!(!o.status.success());
+    // The answer when it was read in time, else the failure to send.
+    assert!(
+        err.contains("may not write:job") || err.contains("error sending request"),
+        "{err}"
+    );
 }
