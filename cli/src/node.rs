@@ -1,4 +1,4 @@
-//! `node list|describe|approve|reject|delete` and `node token create|list|delete` (join tokens).
+//! `node list|describe|approve|reject|delete|drain|eligibility` and `node token create|list|delete` (join tokens).
 
 use std::process::ExitCode;
 
@@ -35,6 +35,37 @@ pub enum NodeCommand {
     /// with a new token (admin).
     Delete {
         id: String,
+        #[arg(short, long, default_value = "")]
+        message: String,
+    },
+    /// Drain a node, as Nomad's `node drain`: it takes no new work, its service copies move to
+    /// other nodes now (each stops once its replacement is placed), its batch executions finish
+    /// there until the deadline, then move; daemons and ops executions stay (admin).
+    Drain {
+        id: String,
+        /// How long batch executions may keep running there: 90s, 30m, 1h (default), 2d.
+        #[arg(long, default_value = "1h")]
+        deadline: String,
+        /// Move everything now (a deadline of 0).
+        #[arg(long, conflicts_with = "deadline")]
+        force: bool,
+        /// End the drain: the node is eligible for new work again.
+        #[arg(long, conflicts_with = "force")]
+        disable: bool,
+        /// With `--disable`: end the drain but keep the node ineligible (`node eligibility
+        /// --enable` lets it back), as Nomad's.
+        #[arg(long, requires = "disable")]
+        keep_ineligible: bool,
+        #[arg(short, long, default_value = "")]
+        message: String,
+    },
+    /// Make a node eligible or ineligible for new work; what runs there stays (admin).
+    Eligibility {
+        id: String,
+        #[arg(long, conflicts_with = "disable", required_unless_present = "disable")]
+        enable: bool,
+        #[arg(long)]
+        disable: bool,
         #[arg(short, long, default_value = "")]
         message: String,
     },
@@ -149,7 +180,12 @@ fn node_rows(r: &ListNodesResponse, show: &[String]) -> (Vec<&'static str>, Vec<
                 n.info.node_id.clone(),
                 n.info.node_type.clone(),
                 n.membership.as_str().into(),
-                n.connection_state.status.as_str().into(),
+                match n.eligibility() {
+                    caravel_model::node::Eligibility::Eligible => {
+                        n.connection_state.status.as_str().into()
+                    }
+                    e => format!("{} ({})", n.connection_state.status.as_str(), e.as_str()),
+                },
             ];
             if shows("labels") {
                 row.push(
@@ -233,6 +269,53 @@ pub async fn run(c: &ApiClient, cmd: NodeCommand) -> anyhow::Result<ExitCode> {
         NodeCommand::Approve { id, message } => node_action(c, &id, "approve", &message).await?,
         NodeCommand::Reject { id, message } => node_action(c, &id, "reject", &message).await?,
         NodeCommand::Delete { id, message } => node_action(c, &id, "delete", &message).await?,
+        NodeCommand::Drain {
+            id,
+            deadline,
+            force,
+            disable,
+            keep_ineligible,
+            message,
+        } => {
+            if disable {
+                let action = if keep_ineligible {
+                    "ineligible"
+                } else {
+                    "eligible"
+                };
+                node_action(c, &id, action, &message).await?;
+            } else {
+                let secs = if force {
+                    0
+                } else {
+                    caravel_model::spec::parse_duration_secs(&deadline)
+                        .map_err(|e| anyhow::anyhow!("--deadline {e}"))?
+                        .ceil() as i64
+                };
+                let _: serde_json::Value = c
+                    .put(
+                        "/api/v1/orchestrator/nodes",
+                        &serde_json::json!({
+                            "NodeID": id, "Action": "drain", "Message": message,
+                            "DeadlineSeconds": secs,
+                        }),
+                    )
+                    .await?;
+                eprintln!(
+                    "node {id} is draining: no new work; service copies move now, batch executions in {secs} s at the latest; `caravel node drain --disable {id}` ends it"
+                );
+                println!("Ok");
+            }
+        }
+        NodeCommand::Eligibility {
+            id,
+            enable,
+            disable: _,
+            message,
+        } => {
+            let action = if enable { "eligible" } else { "ineligible" };
+            node_action(c, &id, action, &message).await?
+        }
         NodeCommand::Token(TokenCommand::Create {
             ttl,
             labels,

@@ -97,6 +97,17 @@ pub enum Command {
         reason: String,
         now: i64,
     },
+    /// An operator made a node eligible or ineligible for new work, or started draining it: one
+    /// evaluation per job with an execution there (and, for a drain, one at its deadline).
+    SetNodeEligibility {
+        node_id: String,
+        eligibility: crate::node::Eligibility,
+        message: String,
+        now: i64,
+    },
+    /// Several plans in one entry (one Raft commit for many evaluations): each is applied, or
+    /// refused as stale, on its own, in order; answered with [`CommandResponse::Plans`].
+    ApplyPlans(Vec<Plan>),
 }
 
 impl Command {
@@ -116,6 +127,8 @@ impl Command {
             Command::SetNodeMembership { .. } => "set_node_membership",
             Command::DeleteNode { .. } => "delete_node",
             Command::DenyCertificate { .. } => "deny_certificate",
+            Command::SetNodeEligibility { .. } => "set_node_eligibility",
+            Command::ApplyPlans(_) => "apply_plans",
         }
     }
 }
@@ -171,6 +184,8 @@ pub enum CommandResponse {
     TokenAccepted {
         labels: std::collections::BTreeMap<String, String>,
     },
+    /// The answer to [`Command::ApplyPlans`]: one per plan, in order.
+    Plans(Vec<CommandResponse>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -24,6 +24,8 @@ pub mod trigger {
     pub const NODE_LEAVE: &str = "node-leave";
     /// The disconnect grace period of executions on a DISCONNECTED node ends.
     pub const NODE_GRACE: &str = "node-disconnect-grace";
+    /// An operator changed a node's eligibility, or its drain deadline came.
+    pub const NODE_DRAIN: &str = "node-drain";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -51,6 +51,29 @@ impl Resources {
         self.disk = self.disk.saturating_sub(o.disk);
         self.gpu = self.gpu.saturating_sub(o.gpu);
     }
+    /// Every dimension multiplied by `factor` (an over-subscription limit).
+    pub fn scaled(&self, factor: f64) -> Resources {
+        Resources {
+            cpu: self.cpu * factor,
+            memory: (self.memory as f64 * factor) as u64,
+            disk: (self.disk as f64 * factor) as u64,
+            gpu: (self.gpu as f64 * factor) as u64,
+        }
+    }
+}
+
+/// `cpu 1.5, memory 512.0 MiB, disk 0 B, gpu 0`: for messages.
+impl std::fmt::Display for Resources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cpu {}, memory {}, disk {}, gpu {}",
+            (self.cpu * 1000.0).round() / 1000.0,
+            crate::quantity::format_bytes(self.memory),
+            crate::quantity::format_bytes(self.disk),
+            self.gpu
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

@@ -128,3 +128,74 @@ impl NodeState {
             && self.connection_state.status == NodeConnection::Connected
     }
 }
+
+/// The label an orchestrator sets on a node an operator made ineligible or is draining
+/// (`ineligible` or `draining`); absent: eligible. Owned by the orchestrators: a node's own
+/// registration can neither set nor clear it (a label, so no persisted type changes, ADR 0001).
+pub const ELIGIBILITY_LABEL: &str = "caravel.io/eligibility";
+/// When a drain stops what still runs on the node: Unix nanoseconds.
+pub const DRAIN_DEADLINE_LABEL: &str = "caravel.io/drain-deadline";
+/// The labels only orchestrators write.
+pub const ORCHESTRATOR_LABELS: [&str; 2] = [ELIGIBILITY_LABEL, DRAIN_DEADLINE_LABEL];
+
+/// Whether a node takes new work, as Nomad's node eligibility and drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Eligibility {
+    /// New work may be placed on it.
+    #[default]
+    Eligible,
+    /// No new work; what runs there stays.
+    Ineligible,
+    /// No new work; service copies move to other nodes now, batch and ops executions finish
+    /// there until `deadline` (Unix ns), when those still running are stopped and placed
+    /// elsewhere. Daemons stay: they belong to every node.
+    Draining { deadline: i64 },
+}
+
+impl Eligibility {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Eligibility::Eligible => "eligible",
+            Eligibility::Ineligible => "ineligible",
+            Eligibility::Draining { .. } => "draining",
+        }
+    }
+
+    /// Read back from a node's labels.
+    pub fn from_labels(labels: &BTreeMap<String, String>) -> Eligibility {
+        match labels.get(ELIGIBILITY_LABEL).map(String::as_str) {
+            None => Eligibility::Eligible,
+            Some("draining") => Eligibility::Draining {
+                deadline: labels
+                    .get(DRAIN_DEADLINE_LABEL)
+                    .and_then(|d| d.parse().ok())
+                    .unwrap_or(0),
+            },
+            // Anything else an orchestrator wrote means no new work.
+            Some(_) => Eligibility::Ineligible,
+        }
+    }
+
+    /// Writes itself into a node's labels (and clears what it replaces).
+    pub fn to_labels(self, labels: &mut BTreeMap<String, String>) {
+        for k in ORCHESTRATOR_LABELS {
+            labels.remove(k);
+        }
+        match self {
+            Eligibility::Eligible => {}
+            Eligibility::Ineligible => {
+                labels.insert(ELIGIBILITY_LABEL.into(), "ineligible".into());
+            }
+            Eligibility::Draining { deadline } => {
+                labels.insert(ELIGIBILITY_LABEL.into(), "draining".into());
+                labels.insert(DRAIN_DEADLINE_LABEL.into(), deadline.to_string());
+            }
+        }
+    }
+}
+
+impl NodeState {
+    pub fn eligibility(&self) -> Eligibility {
+        Eligibility::from_labels(&self.info.labels)
+    }
+}

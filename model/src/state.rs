@@ -69,7 +69,9 @@ pub struct Counters {
 struct Indexes {
     by_name: BTreeMap<(String, String), String>,
     execs_by_job: BTreeMap<String, BTreeSet<String>>,
-    execs_by_node: BTreeMap<String, BTreeSet<String>>,
+    /// Each node's executions that are not terminal: what the scheduler weighs against its
+    /// capacity, without walking the node's whole history.
+    live_by_node: BTreeMap<String, BTreeSet<String>>,
     history_by_job: BTreeMap<String, BTreeSet<String>>,
 }
 
@@ -285,10 +287,12 @@ impl ClusterState {
                 .entry(e.job_id.clone())
                 .or_default()
                 .insert(id.clone());
-            idx.execs_by_node
-                .entry(e.node_id.clone())
-                .or_default()
-                .insert(id.clone());
+            if !e.is_terminal() {
+                idx.live_by_node
+                    .entry(e.node_id.clone())
+                    .or_default()
+                    .insert(id.clone());
+            }
         }
         for (k, h) in &self.history {
             idx.history_by_job
@@ -394,6 +398,9 @@ impl ClusterState {
                 now,
             } => self.stop_job(job_id, reason, evaluation_id, *now),
             Command::ApplyPlan(plan) => self.apply_plan(plan),
+            Command::ApplyPlans(plans) => {
+                CommandResponse::Plans(plans.iter().map(|p| self.apply_plan(p)).collect())
+            }
             Command::UpdateExecution {
                 node_id,
                 seq,
@@ -460,7 +467,96 @@ impl ClusterState {
                 });
                 CommandResponse::Ok
             }
+            Command::SetNodeEligibility {
+                node_id,
+                eligibility,
+                message,
+                now,
+            } => self.set_node_eligibility(node_id, *eligibility, message, *now),
         }
+    }
+
+    /// An operator's eligibility change or drain. Each job with a live execution on the node is
+    /// told in its history and evaluated now (a drain moves service copies at once); a drain adds
+    /// an evaluation at its deadline, when batch and ops executions still there are moved. A node
+    /// made eligible again is offered to the jobs that want it, as on a join. Evaluation ids are
+    /// derived (node, time, job), so every replica makes the same.
+    fn set_node_eligibility(
+        &mut self,
+        node_id: &str,
+        eligibility: crate::node::Eligibility,
+        message: &str,
+        now: i64,
+    ) -> CommandResponse {
+        use crate::node::Eligibility;
+        let mut n = match self.known_node(node_id) {
+            Ok(n) => n,
+            Err(r) => return r,
+        };
+        if n.info.node_type != "Compute" {
+            return reject(
+                RejectCode::Invalid,
+                format!("node {node_id} is not a compute node: it runs no work to drain"),
+                "",
+            );
+        }
+        let before = n.eligibility();
+        if before == eligibility {
+            return CommandResponse::Ok;
+        }
+        eligibility.to_labels(&mut n.info.labels);
+        self.dirty.insert((Table::Node, node_id.to_string()));
+        self.nodes.insert(node_id.to_string(), n);
+        let what = match eligibility {
+            Eligibility::Eligible => "is eligible for new work again".to_string(),
+            Eligibility::Ineligible => "takes no new work (made ineligible)".to_string(),
+            Eligibility::Draining { deadline } => format!(
+                "is draining: its service copies move now, what else runs there has until {}",
+                crate::time::rfc3339(deadline)
+            ),
+        };
+        let note = if message.is_empty() {
+            String::new()
+        } else {
+            format!(" ({message})")
+        };
+        let jobs: BTreeSet<String> = self
+            .live_executions_on(node_id)
+            .into_iter()
+            .map(|e| e.job_id.clone())
+            .collect();
+        for job_id in jobs {
+            let Some(job) = self.jobs.get(&job_id).cloned() else {
+                continue;
+            };
+            if job.state.state_type.is_terminal() {
+                continue;
+            }
+            self.record(
+                &job.id,
+                job.version,
+                "",
+                Event::new(
+                    topic::SCHEDULING,
+                    format!("node {node_id} {what}{note}"),
+                    now,
+                ),
+            );
+            let id = derived_eval_id(trigger::NODE_DRAIN, node_id, now, &job.id);
+            self.put_eval(Evaluation::new(id, &job, trigger::NODE_DRAIN, now));
+            if let Eligibility::Draining { deadline } = eligibility
+                && deadline > now
+            {
+                let id = derived_eval_id(trigger::NODE_DRAIN, node_id, deadline, &job.id);
+                let mut e = Evaluation::new(id, &job, trigger::NODE_DRAIN, now);
+                e.wait_until = deadline;
+                self.put_eval(e);
+            }
+        }
+        if eligibility == Eligibility::Eligible && self.nodes[node_id].is_schedulable() {
+            self.evaluate_jobs_for_join(node_id, now);
+        }
+        CommandResponse::Ok
     }
 
     fn put_job(&mut self, job: Job) {
@@ -480,11 +576,20 @@ impl ClusterState {
             .entry(e.job_id.clone())
             .or_default()
             .insert(e.id.clone());
-        self.idx
-            .execs_by_node
-            .entry(e.node_id.clone())
-            .or_default()
-            .insert(e.id.clone());
+        if e.is_terminal() {
+            if let Some(live) = self.idx.live_by_node.get_mut(&e.node_id) {
+                live.remove(&e.id);
+                if live.is_empty() {
+                    self.idx.live_by_node.remove(&e.node_id);
+                }
+            }
+        } else {
+            self.idx
+                .live_by_node
+                .entry(e.node_id.clone())
+                .or_default()
+                .insert(e.id.clone());
+        }
         self.dirty.insert((Table::Execution, e.id.clone()));
         self.executions.insert(e.id.clone(), e);
     }
@@ -1094,6 +1199,17 @@ impl ClusterState {
         }
     }
 
+    /// A copy of the node to change, or the refusal naming it as unknown.
+    fn known_node(&self, node_id: &str) -> Result<NodeState, CommandResponse> {
+        self.nodes.get(node_id).cloned().ok_or_else(|| {
+            reject(
+                RejectCode::NotFound,
+                format!("node {node_id} not found"),
+                "list nodes with `caravel node list`",
+            )
+        })
+    }
+
     fn set_node_membership(
         &mut self,
         node_id: &str,
@@ -1102,12 +1218,9 @@ impl ClusterState {
         eval_ids: &[String],
         now: i64,
     ) -> CommandResponse {
-        let Some(mut n) = self.nodes.get(node_id).cloned() else {
-            return reject(
-                RejectCode::NotFound,
-                format!("node {node_id} not found"),
-                "list nodes with `caravel node list`",
-            );
+        let mut n = match self.known_node(node_id) {
+            Ok(n) => n,
+            Err(r) => return r,
         };
         if n.membership == membership {
             return reject(
@@ -1212,9 +1325,15 @@ impl ClusterState {
             );
         }
         // What the scheduler sees of a node changed: it is new, back, or offers something else.
+        let own_labels = |l: &BTreeMap<String, String>| -> Vec<(String, String)> {
+            l.iter()
+                .filter(|(k, _)| !crate::node::ORCHESTRATOR_LABELS.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
         let joined = n.connection_state.status != NodeConnection::Connected
             || n.info.node_type != info.node_type
-            || n.info.labels != info.labels
+            || own_labels(&n.info.labels) != own_labels(&info.labels)
             || {
                 let (a, b) = (&n.info.compute_node_info, &info.compute_node_info);
                 a.execution_engines != b.execution_engines
@@ -1223,7 +1342,10 @@ impl ClusterState {
                     || a.max_capacity != b.max_capacity
                     || a.max_job_requirements != b.max_job_requirements
             };
+        // Eligibility is the orchestrators' to set: a registration neither sets nor clears it.
+        let kept = n.eligibility();
         n.info = info.clone();
+        kept.to_labels(&mut n.info.labels);
         if n.connection_state.status != NodeConnection::Connected {
             n.connection_state.connected_since = now;
         }
@@ -1339,19 +1461,17 @@ impl StateView for ClusterState {
     fn nodes(&self) -> Vec<&NodeState> {
         self.nodes.values().collect()
     }
+    fn node(&self, id: &str) -> Option<&NodeState> {
+        self.nodes.get(id)
+    }
     fn evaluation(&self, id: &str) -> Option<&Evaluation> {
         self.evaluations.get(id)
     }
     fn live_executions_on(&self, node_id: &str) -> Vec<&Execution> {
         self.idx
-            .execs_by_node
+            .live_by_node
             .get(node_id)
-            .map(|ids| {
-                ids.iter()
-                    .filter_map(|i| self.executions.get(i))
-                    .filter(|e| !e.is_terminal())
-                    .collect()
-            })
+            .map(|ids| ids.iter().filter_map(|i| self.executions.get(i)).collect())
             .unwrap_or_default()
     }
 }
@@ -1474,6 +1594,33 @@ mod tests {
         assert_eq!(b.history_of("j-1").len(), a.history_of("j-1").len());
         let snap = ClusterState::from_snapshot(&a.to_snapshot().unwrap()).unwrap();
         assert_eq!(snap, a);
+    }
+
+    #[test]
+    fn a_nodes_live_executions_are_those_not_yet_terminal_also_after_a_reload() {
+        let mut s = ClusterState::default();
+        let live = |s: &ClusterState| -> Vec<String> {
+            s.live_executions_on("n-1")
+                .iter()
+                .map(|e| e.id.clone())
+                .collect()
+        };
+        let cmds = commands();
+        for c in &cmds[..4] {
+            s.apply(c);
+        }
+        assert_eq!(live(&s), ["e-1"], "placed, then running: live");
+        let reloaded = ClusterState::from_snapshot(&s.to_snapshot().unwrap()).unwrap();
+        assert_eq!(live(&reloaded), ["e-1"]);
+        s.apply(&cmds[4]);
+        assert!(live(&s).is_empty(), "completed: no longer live");
+        let reloaded = ClusterState::from_snapshot(&s.to_snapshot().unwrap()).unwrap();
+        assert!(live(&reloaded).is_empty());
+        assert_eq!(
+            reloaded.executions_of("j-1").len(),
+            1,
+            "still in the job's history"
+        );
     }
 
     fn token(id: &str, expires_at: i64, node_id: &str) -> Command {

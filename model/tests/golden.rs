@@ -253,6 +253,31 @@ fn commands() -> Vec<(&'static str, Command)> {
             reason: "stolen".into(),
             now: 15,
         },
+        Command::SetNodeEligibility {
+            node_id: "edge-1".into(),
+            eligibility: caravel_model::node::Eligibility::Draining { deadline: 17 },
+            message: "kernel upgrade".into(),
+            now: 16,
+        },
+        Command::ApplyPlans(vec![
+            Plan {
+                eval_id: "ev-6".into(),
+                job_id: job.id.clone(),
+                job_revision: 2,
+                new_executions: vec![execution()],
+                eval_status: "complete".into(),
+                now: 18,
+                ..Plan::default()
+            },
+            Plan {
+                eval_id: "ev-7".into(),
+                job_id: "j-2".into(),
+                job_revision: 1,
+                job_state: Some((JobStateType::Queued, "no room".into())),
+                now: 18,
+                ..Plan::default()
+            },
+        ]),
     ];
     all.into_iter()
         .map(|c| {
@@ -270,6 +295,8 @@ fn commands() -> Vec<(&'static str, Command)> {
                 Command::SetNodeMembership { .. } => "command_set_node_membership",
                 Command::DeleteNode { .. } => "command_delete_node",
                 Command::DenyCertificate { .. } => "command_deny_certificate",
+                Command::SetNodeEligibility { .. } => "command_set_node_eligibility",
+                Command::ApplyPlans(_) => "command_apply_plans",
             };
             (name, c)
         })
@@ -279,7 +306,7 @@ fn commands() -> Vec<(&'static str, Command)> {
 #[test]
 fn every_command_of_the_raft_log_reads_back_from_its_golden_encoding() {
     let cmds = commands();
-    assert_eq!(cmds.len(), 13, "a command without a fixture");
+    assert_eq!(cmds.len(), 15, "a command without a fixture");
     for (name, c) in &cmds {
         golden(name, c);
     }
@@ -314,6 +341,17 @@ fn every_command_of_the_raft_log_reads_back_from_its_golden_encoding() {
                 labels: BTreeMap::from([("zone".to_string(), "edge".to_string())]),
             },
         ),
+        (
+            "response_plans",
+            CommandResponse::Plans(vec![
+                CommandResponse::Ok,
+                CommandResponse::Rejected {
+                    code: RejectCode::Stale,
+                    message: "changed".into(),
+                    hint: String::new(),
+                },
+            ]),
+        ),
     ];
     for (name, r) in &responses {
         // Exhaustive: a new variant must get a fixture here.
@@ -323,7 +361,8 @@ fn every_command_of_the_raft_log_reads_back_from_its_golden_encoding() {
             | CommandResponse::JobStopped { .. }
             | CommandResponse::Duplicate
             | CommandResponse::Rejected { .. }
-            | CommandResponse::TokenAccepted { .. } => {}
+            | CommandResponse::TokenAccepted { .. }
+            | CommandResponse::Plans(_) => {}
         }
         golden(name, r);
     }

@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use caravel_model::api::{GetNodeResponse, ListNodesResponse};
 use caravel_model::command::{Command, CommandResponse};
+use caravel_model::node::Eligibility;
 use caravel_model::state::LookupError;
 use caravel_model::states::NodeMembership;
 use serde::Deserialize;
@@ -163,7 +164,14 @@ pub struct PutNodeRequest {
     pub action: String,
     #[serde(default, alias = "message")]
     pub message: String,
+    /// `drain` only: seconds the node's batch executions have before they are stopped and placed
+    /// elsewhere (default an hour, as Nomad's; 0 moves them now).
+    #[serde(default, rename = "DeadlineSeconds")]
+    pub deadline_seconds: Option<i64>,
 }
+
+/// The longest drain deadline: 30 days.
+const MAX_DRAIN_DEADLINE_SECS: i64 = 30 * 86_400;
 
 #[derive(Debug, serde::Serialize)]
 #[serde(rename_all = "PascalCase")]
@@ -230,7 +238,30 @@ async fn update_node(
         .map(|_| caravel_model::ids::new_evaluation_id())
         .collect();
     let now = crate::orchestrator::now_ns();
+    let eligibility = |e: Eligibility| Command::SetNodeEligibility {
+        node_id: node_id.clone(),
+        eligibility: e,
+        message: req.message.clone(),
+        now,
+    };
     let cmd = match req.action.to_ascii_lowercase().as_str() {
+        "drain" => {
+            let secs = req.deadline_seconds.unwrap_or(3600);
+            if !(0..=MAX_DRAIN_DEADLINE_SECS).contains(&secs) {
+                return Err(
+                    ApiErr::bad_request(format!("DeadlineSeconds {secs} is out of range")).hint(
+                        format!(
+                            "give 0 (move everything now) to {MAX_DRAIN_DEADLINE_SECS} (30 days)"
+                        ),
+                    ),
+                );
+            }
+            eligibility(Eligibility::Draining {
+                deadline: now.saturating_add(secs * 1_000_000_000),
+            })
+        }
+        "eligible" | "undrain" => eligibility(Eligibility::Eligible),
+        "ineligible" => eligibility(Eligibility::Ineligible),
         "approve" => Command::SetNodeMembership {
             node_id: node_id.clone(),
             membership: NodeMembership::Approved,
@@ -254,7 +285,7 @@ async fn update_node(
         other => {
             return Err(
                 ApiErr::bad_request(format!("unknown node action {other:?}"))
-                    .hint("use approve, reject or delete"),
+                    .hint("use approve, reject, delete, drain, eligible or ineligible"),
             );
         }
     };

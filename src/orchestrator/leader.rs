@@ -46,7 +46,14 @@ pub async fn run(cluster: Cluster, shutdown: CancellationToken) {
     }
 }
 
-/// The evaluation broker: hands every due pending evaluation to the scheduler and commits the plan.
+/// Plans committed in one Raft entry at most (each evaluation's plan is small: its new executions
+/// and changes).
+const PLANS_PER_COMMIT: usize = 64;
+/// New executions in one entry: once the batch's plans place this many, the rest waits.
+const EXECUTIONS_PER_COMMIT: usize = 2_000;
+
+/// The evaluation broker: hands every due pending evaluation to the scheduler and commits the
+/// plans, up to [`PLANS_PER_COMMIT`] in one Raft entry.
 async fn broker(cluster: Cluster, stop: CancellationToken) {
     let mut applied = cluster.subscribe();
     let mut ids = RandomIds;
@@ -67,29 +74,74 @@ async fn broker(cluster: Cluster, stop: CancellationToken) {
             });
             v
         });
-        for eval in due {
+        let mut rest = due;
+        while !rest.is_empty() {
             if stop.is_cancelled() {
                 return;
             }
-            let plan = cluster.read(|s| scheduler::schedule(s, &eval, now_ns(), &mut ids));
-            let outcome = match cluster.write(Command::ApplyPlan(plan)).await {
-                Ok(CommandResponse::Rejected { message, .. }) => {
-                    tracing::debug!(eval = %eval.id, %message, "plan refused; will evaluate again");
-                    "stale"
+            // One evaluation per job in a batch (a second one waits for the first's commit).
+            let mut batch = Vec::new();
+            let mut later = Vec::new();
+            let mut jobs = std::collections::HashSet::new();
+            for e in rest {
+                if batch.len() < PLANS_PER_COMMIT && jobs.insert(e.job_id.clone()) {
+                    batch.push(e);
+                } else {
+                    later.push(e);
                 }
-                Ok(_) => {
-                    cluster
-                        .metrics()
-                        .scheduling_latency
-                        .observe((now_ns() - eval.create_time).max(0) as f64 / 1e9);
-                    "planned"
+            }
+            rest = later;
+            // Planned in order against one view that counts the batch's earlier placements, then
+            // committed in one Raft entry; each plan is applied or refused on its own.
+            let mut plans = cluster.read(|s| {
+                let mut view = scheduler::PlanningView::new(s);
+                let mut plans = Vec::new();
+                let mut placed = 0;
+                for eval in &batch {
+                    // The entry stays small: a big plan ends the batch (it is never split).
+                    if placed >= EXECUTIONS_PER_COMMIT {
+                        break;
+                    }
+                    let p = scheduler::schedule(&view, eval, now_ns(), &mut ids);
+                    placed += p.new_executions.len();
+                    view.add(&p);
+                    plans.push(p);
                 }
-                Err(e) => {
-                    tracing::warn!(eval = %eval.id, error = %e, "could not commit plan");
-                    "error"
-                }
+                plans
+            });
+            // Evaluations left out wait for the next batch.
+            let unplanned = batch.split_off(plans.len());
+            rest.splice(0..0, unplanned);
+            let cmd = if plans.len() == 1 {
+                Command::ApplyPlan(plans.remove(0))
+            } else {
+                Command::ApplyPlans(plans)
             };
-            cluster.metrics().observe_eval(&eval.triggered_by, outcome);
+            let answers: Vec<Result<CommandResponse, String>> = match cluster.write(cmd).await {
+                Ok(CommandResponse::Plans(rs)) => rs.into_iter().map(Ok).collect(),
+                Ok(r) => vec![Ok(r)],
+                Err(e) => batch.iter().map(|_| Err(e.to_string())).collect(),
+            };
+            for (eval, answer) in batch.iter().zip(answers) {
+                let outcome = match answer {
+                    Ok(CommandResponse::Rejected { message, .. }) => {
+                        tracing::debug!(eval = %eval.id, %message, "plan refused; will evaluate again");
+                        "stale"
+                    }
+                    Ok(_) => {
+                        cluster
+                            .metrics()
+                            .scheduling_latency
+                            .observe((now_ns() - eval.create_time).max(0) as f64 / 1e9);
+                        "planned"
+                    }
+                    Err(e) => {
+                        tracing::warn!(eval = %eval.id, error = %e, "could not commit plan");
+                        "error"
+                    }
+                };
+                cluster.metrics().observe_eval(&eval.triggered_by, outcome);
+            }
         }
         tokio::select! {
             biased;

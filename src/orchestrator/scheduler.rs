@@ -7,6 +7,12 @@
 //! version. A partition whose execution failed is retried on a node that has not failed it yet; when no
 //! node is left the job fails with the last error. Ops: one execution per matching node, complete when
 //! all finish. Daemon: one per matching node, kept running. Service: `Count` on distinct nodes, kept.
+//!
+//! Capacity: a node takes an execution while what its live executions hold plus the job stays within
+//! [`OVER_SUBSCRIPTION`] × its capacity (the surplus queues on the node); otherwise the job waits
+//! (QueueTimeout) for room. Eligibility: an ineligible or draining node takes no new work; a
+//! draining node's service copies move at once (each stops once its replacement is placed), its
+//! batch executions when the drain's deadline comes; daemons and ops executions stay.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,7 +21,7 @@ use caravel_model::evaluation::{Evaluation, status, trigger};
 use caravel_model::execution::{AllocatedResources, Execution, Resources};
 use caravel_model::history::{Event, topic};
 use caravel_model::ids::IdGen;
-use caravel_model::node::NodeState;
+use caravel_model::node::{Eligibility, NodeState};
 use caravel_model::spec::{Job, JobType};
 use caravel_model::state::derived_eval_id;
 use caravel_model::states::{
@@ -137,12 +143,11 @@ fn disconnected_executions(
     ids: &mut dyn IdGen,
 ) -> BTreeSet<String> {
     let grace = job.disconnect_grace_ns();
-    let nodes: BTreeMap<&str, &NodeState> = view.nodes().into_iter().map(|n| (n.id(), n)).collect();
     let mut lost = BTreeSet::new();
     let mut next_expiry: Option<i64> = None;
     for e in execs.iter().filter(|e| e.is_live()) {
         // A node an operator rejected or deleted gets no grace period: it will not be back.
-        let message = match nodes.get(e.node_id.as_str()) {
+        let message = match view.node(&e.node_id) {
             None => format!(
                 "lost: node {} was deleted by an operator; the execution is replaced",
                 e.node_id
@@ -325,6 +330,33 @@ fn schedule_partitions(
         plan.job_state = Some((JobStateType::Completed, String::new()));
         return;
     }
+    // Partitions on a draining node move: a service's copy now (it stops once its replacement is
+    // placed), a batch job's when the drain's deadline has come.
+    // (Looked up for the nodes the job's live executions are on, not over the whole fleet.)
+    let drains: BTreeMap<String, i64> = live
+        .values()
+        .flatten()
+        .filter_map(|e| view.node(&e.node_id))
+        .filter_map(|n| match n.eligibility() {
+            Eligibility::Draining { deadline } => Some((n.id().to_string(), deadline)),
+            _ => None,
+        })
+        .collect();
+    let mut moving: BTreeMap<i32, &Execution> = BTreeMap::new();
+    if !drains.is_empty() {
+        for (p, es) in &live {
+            if *p >= count || done.contains(p) {
+                continue;
+            }
+            if let Some(e) = es.first()
+                && let Some(deadline) = drains.get(&e.node_id)
+                && (service || now >= *deadline)
+            {
+                moving.insert(*p, e);
+            }
+        }
+    }
+    let mut drain_retry = false;
     let mut pool = NodePool::new(view, job);
     let mut unplaced: Vec<(i32, String)> = Vec::new();
     let mut exhausted = false;
@@ -336,7 +368,48 @@ fn schedule_partitions(
         BTreeSet::new()
     };
     for p in 0..count {
-        if done.contains(&p) || live.get(&p).is_some_and(|v| !v.is_empty()) {
+        let leaving = moving.get(&p).copied();
+        if done.contains(&p) || leaving.is_none() && live.get(&p).is_some_and(|v| !v.is_empty()) {
+            continue;
+        }
+        if let Some(old) = leaving {
+            let why = format!("node {} is draining", old.node_id);
+            match pool.pick(&BTreeSet::new(), &holding) {
+                Ok((node, _)) => {
+                    plan.events.push(Event::new(
+                        topic::SCHEDULING,
+                        format!(
+                            "partition {p} moves from node {} to node {}: {why}",
+                            old.node_id,
+                            node.id()
+                        ),
+                        now,
+                    ));
+                    stop_all(plan, std::iter::once(old), &why);
+                    if service {
+                        holding.insert(node.id().to_string());
+                    }
+                    plan.new_executions
+                        .push(new_execution(job, &node, p, &eval.id, now, ids));
+                }
+                // A service copy stays where it is until another node can take it.
+                Err(NoPick::Full(r) | NoPick::NoNode(r) | NoPick::Excluded(r)) if service => {
+                    plan.events.push(Event::new(
+                        topic::SCHEDULING,
+                        format!(
+                            "partition {p} stays on node {} for now ({why}): {r}",
+                            old.node_id
+                        ),
+                        now,
+                    ));
+                    drain_retry = true;
+                }
+                // The deadline has come: it stops, and waits or fails as any unplaced partition.
+                Err(NoPick::Full(r) | NoPick::NoNode(r) | NoPick::Excluded(r)) => {
+                    stop_all(plan, std::iter::once(old), &why);
+                    unplaced.push((p, format!("{why} and {r}")));
+                }
+            }
             continue;
         }
         let failed = failures.get(&p).copied().unwrap_or(0);
@@ -416,10 +489,11 @@ fn schedule_partitions(
                     .push(new_execution(job, &node, p, &eval.id, now, ids));
                 live.entry(p).or_default();
             }
-            Err(reason) => {
-                // Retries are exhausted only when nodes could run it but each has failed it too
-                // often; with no node at all (gone, disconnected) the job waits as any other.
-                let why = match last_failure.get(&p).filter(|_| pool.any_candidate()) {
+            // Retries are exhausted only when nodes with room could run it but each has failed
+            // it too often; with no node at all (gone, disconnected) or none with room, the job
+            // waits as any other.
+            Err(NoPick::Excluded(reason)) => {
+                let why = match last_failure.get(&p) {
                     Some((_, f)) => {
                         exhausted = true;
                         format!(
@@ -431,7 +505,15 @@ fn schedule_partitions(
                 };
                 unplaced.push((p, why));
             }
+            Err(NoPick::Full(reason) | NoPick::NoNode(reason)) => unplaced.push((p, reason)),
         }
+    }
+    if drain_retry {
+        let at = next_backoff_tick(now);
+        let id = derived_eval_id(trigger::NODE_DRAIN, &job.version.to_string(), at, &job.id);
+        let mut next = Evaluation::new(id, job, trigger::NODE_DRAIN, now);
+        next.wait_until = at;
+        plan.new_evaluations.push(next);
     }
     if let Some(at) = retry_at {
         // One evaluation per job version and retry time, however many evaluations ask for it.
@@ -484,7 +566,7 @@ fn schedule_per_node(
     now: i64,
     ids: &mut dyn IdGen,
 ) {
-    let pool = NodePool::new(view, job);
+    let mut pool = NodePool::new(view, job);
     let daemon = job.job_type() == JobType::Daemon;
     let mut any_failed = None;
     let mut covered: BTreeSet<&str> = BTreeSet::new();
@@ -527,12 +609,37 @@ fn schedule_per_node(
         );
     }
     let mut placed = 0;
-    for n in pool.eligible() {
+    for (n, _) in pool.with_room() {
         if !covered.contains(n.id()) {
             plan.new_executions
                 .push(new_execution(job, n, 0, &plan.eval_id.clone(), now, ids));
             placed += 1;
         }
+    }
+    // A daemon reaches a matching node that had no room as soon as it has: it looks again after
+    // the queue backoff while any such node is left without a copy.
+    let waiting: Vec<&String> = pool
+        .full
+        .keys()
+        .filter(|id| !covered.contains(id.as_str()))
+        .collect();
+    if daemon && !waiting.is_empty() {
+        plan.events.push(Event::new(
+            topic::QUEUEING,
+            format!(
+                "{} matching node{} without room for the daemon; it looks again in {} s: {}",
+                waiting.len(),
+                if waiting.len() == 1 { "" } else { "s" },
+                QUEUE_BACKOFF_NS / 1_000_000_000,
+                pool.why_none()
+            ),
+            now,
+        ));
+        let at = next_backoff_tick(now);
+        let id = derived_eval_id(trigger::JOB_QUEUE, &job.version.to_string(), at, &job.id);
+        let mut next = Evaluation::new(id, job, trigger::JOB_QUEUE, now);
+        next.wait_until = at;
+        plan.new_evaluations.push(next);
     }
     if job.job_type() == JobType::Ops && placed == 0 {
         if execs.is_empty() {
@@ -575,13 +682,117 @@ fn new_execution(
     }
 }
 
+/// The state as the plans made so far in one batch leave it: their new executions count as live,
+/// on their nodes and for their jobs, so plans committed together never give out the same room
+/// twice. (Their stops are not applied: the room they free waits for the commit.)
+pub struct PlanningView<'a> {
+    base: &'a dyn StateView,
+    added: Vec<Execution>,
+    by_node: std::collections::HashMap<String, Vec<usize>>,
+    by_job: std::collections::HashMap<String, Vec<usize>>,
+}
+
+impl<'a> PlanningView<'a> {
+    pub fn new(base: &'a dyn StateView) -> Self {
+        PlanningView {
+            base,
+            added: Vec::new(),
+            by_node: Default::default(),
+            by_job: Default::default(),
+        }
+    }
+
+    /// Counts a plan's new executions as placed.
+    pub fn add(&mut self, plan: &Plan) {
+        for e in &plan.new_executions {
+            let i = self.added.len();
+            self.by_node.entry(e.node_id.clone()).or_default().push(i);
+            self.by_job.entry(e.job_id.clone()).or_default().push(i);
+            self.added.push(e.clone());
+        }
+    }
+
+    fn added<'s>(
+        &'s self,
+        index: &std::collections::HashMap<String, Vec<usize>>,
+        key: &str,
+    ) -> impl Iterator<Item = &'s Execution> {
+        index
+            .get(key)
+            .into_iter()
+            .flatten()
+            .map(|i| &self.added[*i])
+    }
+}
+
+impl StateView for PlanningView<'_> {
+    fn job(&self, id: &str) -> Option<&Job> {
+        self.base.job(id)
+    }
+    fn executions_of(&self, job_id: &str) -> Vec<&Execution> {
+        let mut v = self.base.executions_of(job_id);
+        v.extend(self.added(&self.by_job, job_id));
+        v
+    }
+    fn nodes(&self) -> Vec<&NodeState> {
+        self.base.nodes()
+    }
+    fn node(&self, id: &str) -> Option<&NodeState> {
+        self.base.node(id)
+    }
+    fn evaluation(&self, id: &str) -> Option<&Evaluation> {
+        self.base.evaluation(id)
+    }
+    fn live_executions_on(&self, node_id: &str) -> Vec<&Execution> {
+        let mut v = self.base.live_executions_on(node_id);
+        v.extend(self.added(&self.by_node, node_id));
+        v
+    }
+}
+
+/// When a job that waits for room looks again: the next multiple of the queue backoff at least a
+/// backoff away, so that every evaluation of the job in the same window asks for the same
+/// (derived) evaluation and waiting never forks into several chains.
+fn next_backoff_tick(now: i64) -> i64 {
+    (now.saturating_add(2 * QUEUE_BACKOFF_NS - 1) / QUEUE_BACKOFF_NS) * QUEUE_BACKOFF_NS
+}
+
+/// How far past its capacity a node may be given work, which it then queues (Bacalhau's
+/// OverSubscription ranker: allocated + queued + the job ≤ 1.5 × the node's capacity).
+pub const OVER_SUBSCRIPTION: f64 = 1.5;
+
+/// A node that can run a job, with what its live executions (running and queued) hold.
+struct Candidate<'a> {
+    node: &'a NodeState,
+    /// Capacity not allocated to a live execution (this plan's included).
+    free: Resources,
+    /// Allocated to live executions (this plan's included), which may exceed the capacity.
+    allocated: Resources,
+    /// The most the node may hold: [`OVER_SUBSCRIPTION`] × its capacity.
+    limit: Resources,
+    load: usize,
+    /// The job's inputs it holds (data locality).
+    held: Vec<String>,
+}
+
+/// Why [`NodePool::pick`] placed nothing.
+enum NoPick {
+    /// Nodes can run the job but have no room now: it waits for capacity.
+    Full(String),
+    /// Every node that has room was ruled out by the partition's failures there.
+    Excluded(String),
+    /// No node can run the job at all.
+    NoNode(String),
+}
+
 /// Nodes that can run a job, with the capacity each has left, ranked least-loaded first.
 struct NodePool<'a> {
-    /// (node, free capacity, live executions, the job's inputs it holds).
-    candidates: Vec<(&'a NodeState, Resources, usize, Vec<String>)>,
+    candidates: Vec<Candidate<'a>>,
     rejections: BTreeMap<String, String>,
     /// Schedulable nodes the job does not fit (engine, sources, constraints, policy, capacity).
     unfit: BTreeSet<String>,
+    /// Candidates [`Self::with_room`] found without room, and why.
+    full: BTreeMap<String, String>,
     need: Resources,
 }
 
@@ -599,6 +810,16 @@ impl<'a> NodePool<'a> {
                 continue;
             }
             let ci = &n.info.compute_node_info;
+            let eligibility = n.eligibility();
+            if n.is_schedulable() && eligibility != Eligibility::Eligible {
+                // Not unfit: what runs there (a daemon's copy, say) is not told to leave.
+                let why = match eligibility {
+                    Eligibility::Draining { .. } => "draining (an operator's `node drain`)",
+                    _ => "ineligible for new work (an operator's `node eligibility --disable`)",
+                };
+                rejections.insert(n.id().to_string(), why.to_string());
+                continue;
+            }
             let why = if !n.is_schedulable() {
                 Some(format!(
                     "{} / {}",
@@ -646,13 +867,6 @@ impl<'a> NodePool<'a> {
                 rejections.insert(n.id().to_string(), w);
                 continue;
             }
-            let mut free = ci.max_capacity.clone();
-            let live = view.live_executions_on(n.id());
-            for e in &live {
-                for r in e.allocated_resources.tasks.values() {
-                    free.sub(r);
-                }
-            }
             let limit = if ci.max_job_requirements == Resources::default() {
                 &ci.max_capacity
             } else {
@@ -669,101 +883,171 @@ impl<'a> NodePool<'a> {
                 );
                 continue;
             }
-            let held = caravel_model::locality::held_inputs(job, &n.info.labels);
-            candidates.push((n, free, live.len(), held));
+            let mut free = ci.max_capacity.clone();
+            let mut allocated = Resources::default();
+            let live = view.live_executions_on(n.id());
+            for e in &live {
+                for r in e.allocated_resources.tasks.values() {
+                    free.sub(r);
+                    allocated.add(r);
+                }
+            }
+            candidates.push(Candidate {
+                node: n,
+                free,
+                allocated,
+                limit: ci.max_capacity.scaled(OVER_SUBSCRIPTION),
+                load: live.len(),
+                held: caravel_model::locality::held_inputs(job, &n.info.labels),
+            });
         }
-        candidates.sort_by(|a, b| a.2.cmp(&b.2).then_with(|| a.0.id().cmp(b.0.id())));
+        candidates.sort_by(|a, b| {
+            a.load
+                .cmp(&b.load)
+                .then_with(|| a.node.id().cmp(b.node.id()))
+        });
         NodePool {
             candidates,
             rejections,
             unfit,
+            full: BTreeMap::new(),
             need,
         }
     }
 
-    fn any_candidate(&self) -> bool {
-        !self.candidates.is_empty()
+    /// Whether the node may take one more execution of the job: what it holds plus the job stays
+    /// within its over-subscription limit (the part past its capacity waits in its queue).
+    fn has_room(&self, c: &Candidate) -> bool {
+        let mut after = c.allocated.clone();
+        after.add(&self.need);
+        after.fits_in(&c.limit)
     }
 
-    fn eligible(&self) -> impl Iterator<Item = &'a NodeState> + '_ {
-        self.candidates.iter().map(|(n, _, _, _)| *n)
+    fn full_reason(&self, c: &Candidate) -> String {
+        format!(
+            "no room: its live executions hold {} of its capacity {} (at most {OVER_SUBSCRIPTION}× \
+             is given out, the rest queued) and the job needs {}",
+            c.allocated, c.node.info.compute_node_info.max_capacity, self.need
+        )
     }
 
-    /// Picks the least-loaded node outside `exclude`, preferring one outside `avoid` too (nodes
-    /// that failed the partition, or already hold a copy of the service); a node whose free
-    /// capacity is short still takes the execution (the compute node queues it) unless another
-    /// fits.
+    /// Nodes that can run the job and have room for one more execution of it, with the job's
+    /// inputs each holds; the rest are added to the reasons [`Self::why_none`] gives.
+    fn with_room(&mut self) -> Vec<(&'a NodeState, Vec<String>)> {
+        let mut out = Vec::new();
+        let mut full = Vec::new();
+        for c in &self.candidates {
+            if self.has_room(c) {
+                out.push((c.node, c.held.clone()));
+            } else {
+                full.push((c.node.id().to_string(), self.full_reason(c)));
+            }
+        }
+        self.full.extend(full);
+        out
+    }
+
+    /// Picks the least-loaded node outside `exclude` with room for the job, preferring one
+    /// outside `avoid` too (nodes that failed the partition, or already hold a copy of the
+    /// service); a node whose free capacity is short but within its over-subscription limit
+    /// takes the execution (the compute node queues it) only when no node has room.
     fn pick(
         &mut self,
         exclude: &BTreeSet<String>,
         avoid: &BTreeSet<String>,
-    ) -> Result<(NodeState, Vec<String>), String> {
+    ) -> Result<(NodeState, Vec<String>), NoPick> {
         // Nodes with room first, then those holding more of the job's inputs, then the least
         // loaded (ties by id, so plans are deterministic).
         let best = |strict: bool| {
             self.candidates
                 .iter()
                 .enumerate()
-                .filter(|(_, (n, _, _, _))| {
-                    let out = exclude.contains(n.id()) || strict && avoid.contains(n.id());
-                    !out
+                .filter(|(_, c)| {
+                    let id = c.node.id();
+                    !(exclude.contains(id) || strict && avoid.contains(id)) && self.has_room(c)
                 })
-                .min_by_key(|(_, (n, free, load, held))| {
+                .min_by_key(|(_, c)| {
                     (
-                        !self.need.fits_in(free),
-                        std::cmp::Reverse(held.len()),
-                        *load,
-                        n.id().to_string(),
+                        !self.need.fits_in(&c.free),
+                        std::cmp::Reverse(c.held.len()),
+                        c.load,
+                        c.node.id().to_string(),
                     )
                 })
                 .map(|(i, _)| i)
         };
-        match best(true).or_else(|| best(false)) {
-            Some(i) => {
-                let c = &mut self.candidates[i];
-                c.1.sub(&self.need);
-                c.2 += 1;
-                Ok((c.0.clone(), c.3.clone()))
-            }
-            None => Err(self.why_none()),
+        if let Some(i) = best(true).or_else(|| best(false)) {
+            let need = self.need.clone();
+            let c = &mut self.candidates[i];
+            c.free.sub(&need);
+            c.allocated.add(&need);
+            c.load += 1;
+            return Ok((c.node.clone(), c.held.clone()));
         }
+        // Nothing placed: nodes without room are why, unless failures rule out those with room.
+        let mut rejections = self.rejections.clone();
+        let mut full = false;
+        let mut excluded = false;
+        for c in &self.candidates {
+            if !self.has_room(c) {
+                rejections.insert(c.node.id().to_string(), self.full_reason(c));
+                full = true;
+            } else if exclude.contains(c.node.id()) {
+                excluded = true;
+            }
+        }
+        let why = why_none(&rejections, self.rejections.len() + self.candidates.len());
+        Err(if excluded {
+            NoPick::Excluded(why)
+        } else if full {
+            NoPick::Full(why)
+        } else {
+            NoPick::NoNode(why)
+        })
     }
 
     /// Why no node takes the job: per reason, how many nodes and which (at most 5 named).
     fn why_none(&self) -> String {
-        if self.rejections.is_empty() && self.candidates.is_empty() {
-            return "no compute node is connected".into();
-        }
-        if self.rejections.is_empty() {
-            return "every suitable node has already failed this job".into();
-        }
-        let mut by_reason: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-        for (n, w) in &self.rejections {
-            by_reason
-                .entry(w.as_str())
-                .or_default()
-                .push(caravel_model::ids::short(n));
-        }
-        let mut groups: Vec<(&str, Vec<&str>)> = by_reason.into_iter().collect();
-        groups.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(b.0)));
-        let parts: Vec<String> = groups
-            .iter()
-            .map(|(why, nodes)| {
-                let mut names = nodes.iter().take(5).copied().collect::<Vec<_>>().join(", ");
-                if nodes.len() > 5 {
-                    names.push_str(&format!(", and {} more", nodes.len() - 5));
-                }
-                let n = nodes.len();
-                format!("{n} node{}: {why} ({names})", if n == 1 { "" } else { "s" })
-            })
-            .collect();
-        let total = self.rejections.len() + self.candidates.len();
-        format!(
-            "no node can run this job: {} of {total} rejected: {}",
-            self.rejections.len(),
-            parts.join("; ")
-        )
+        let mut all = self.rejections.clone();
+        all.extend(self.full.iter().map(|(k, v)| (k.clone(), v.clone())));
+        why_none(&all, self.rejections.len() + self.candidates.len())
     }
+}
+
+/// Why no node takes a job, from the reasons nodes were rejected (those without room included)
+/// and how many nodes there are in all.
+fn why_none(rejections: &BTreeMap<String, String>, total: usize) -> String {
+    if total == 0 {
+        return "no compute node is connected".into();
+    }
+    if rejections.is_empty() {
+        return "every suitable node has already failed this job".into();
+    }
+    let mut by_reason: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (n, w) in rejections {
+        by_reason
+            .entry(w.as_str())
+            .or_default()
+            .push(caravel_model::ids::short(n));
+    }
+    let mut groups: Vec<(&str, Vec<&str>)> = by_reason.into_iter().collect();
+    groups.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(b.0)));
+    let parts: Vec<String> = groups
+        .iter()
+        .map(|(why, nodes)| {
+            let mut names = nodes.iter().take(5).copied().collect::<Vec<_>>().join(", ");
+            if nodes.len() > 5 {
+                names.push_str(&format!(", and {} more", nodes.len() - 5));
+            }
+            let n = nodes.len();
+            format!("{n} node{}: {why} ({names})", if n == 1 { "" } else { "s" })
+        })
+        .collect();
+    format!(
+        "no node can run this job: {} of {total} rejected: {}",
+        rejections.len(),
+        parts.join("; ")
+    )
 }
 
 #[cfg(test)]
@@ -1054,8 +1338,19 @@ mod tests {
     }
 
     fn submit_text(s: &mut ClusterState, id: &str, body: &str, now: i64) -> String {
+        submit_with_task(s, id, body, "", now)
+    }
+
+    /// As [`submit_text`], with `task` (indented YAML lines) added to the job's task.
+    fn submit_with_task(
+        s: &mut ClusterState,
+        id: &str,
+        body: &str,
+        task: &str,
+        now: i64,
+    ) -> String {
         let text = format!(
-            "Name: {id}\n{body}Tasks:\n- Name: main\n  Engine: {{Type: wasm, Params: {{EntryModule: /m.wasm}}}}\n  InputSources:\n  - Target: /m.wasm\n    Source: {{Type: inline, Params: {{URL: 'data:,x'}}}}\n"
+            "Name: {id}\n{body}Tasks:\n- Name: main\n  Engine: {{Type: wasm, Params: {{EntryModule: /m.wasm}}}}\n  InputSources:\n  - Target: /m.wasm\n    Source: {{Type: inline, Params: {{URL: 'data:,x'}}}}\n{task}"
         );
         let mut job =
             caravel_model::parse::parse_job(text.as_bytes(), caravel_model::parse::Mode::Server)
@@ -1086,11 +1381,7 @@ mod tests {
     }
 
     fn live_nodes(s: &ClusterState, job: &str) -> BTreeSet<String> {
-        s.executions_of(job)
-            .into_iter()
-            .filter(|e| e.is_live())
-            .map(|e| e.node_id.clone())
-            .collect()
+        live_on(s, job).into_iter().collect()
     }
 
     #[test]
@@ -1649,5 +1940,346 @@ mod tests {
             caravel_model::command::CommandResponse::Rejected { .. }
         ));
         assert!(s.executions.is_empty());
+    }
+
+    const ONE_CPU: &str = "  Resources: {CPU: '1'}\n  Timeouts: {QueueTimeout: 600}\n";
+
+    /// Runs and completes one live execution of `job`; its follow-up evaluation is `followup`.
+    fn finish_one(s: &mut ClusterState, job: &str, seq: u64, followup: &str) {
+        let e = s
+            .executions_of(job)
+            .into_iter()
+            .find(|e| e.is_live())
+            .unwrap()
+            .clone();
+        report(s, &e.node_id, seq, &e.id, ExecutionStateType::Running, "");
+        report(
+            s,
+            &e.node_id,
+            seq + 1,
+            &e.id,
+            ExecutionStateType::Completed,
+            followup,
+        );
+    }
+
+    #[test]
+    fn a_node_takes_work_up_to_one_and_a_half_times_its_capacity_then_the_job_waits_for_room() {
+        // 2 CPUs: two 1-CPU executions run, a third waits in the node's queue, a fourth waits
+        // for room in the orchestrator's.
+        let mut s = cluster(&[("n-a", "wasm")]);
+        let ev = submit_with_task(&mut s, "big", "Type: batch\nCount: 4\n", ONE_CPU, SEC);
+        let mut ids = SequentialIds::default();
+        let p = run_eval(&mut s, &ev, &mut ids, SEC);
+        assert_eq!(p.new_executions.len(), 3, "{p:?}");
+        let j = &s.jobs["big"];
+        assert_eq!(j.state.state_type, JobStateType::Queued);
+        assert!(
+            j.state.message.contains("1 node: no room")
+                && j.state.message.contains("hold cpu 3, memory 0 B")
+                && j.state.message.contains("(n-a)"),
+            "{}",
+            j.state.message
+        );
+        // Nothing has finished: the next try places nothing.
+        let later = SEC + QUEUE_BACKOFF_NS;
+        let next = due(&s, "big", later);
+        assert_eq!(next.len(), 1);
+        assert!(
+            run_eval(&mut s, &next[0], &mut ids, later)
+                .new_executions
+                .is_empty()
+        );
+        // One finishes: its own evaluation gives the room to the fourth partition.
+        finish_one(&mut s, "big", 1, "f-1");
+        let p = run_eval(&mut s, "f-1", &mut ids, later + 1);
+        assert_eq!(p.new_executions.len(), 1);
+        assert_eq!(p.new_executions[0].partition_index, 3);
+    }
+
+    #[test]
+    fn without_a_queue_timeout_a_job_that_does_not_fit_the_free_capacity_fails_at_once() {
+        let mut s = cluster(&[("n-a", "wasm")]);
+        let task = "  Resources: {CPU: '1'}\n";
+        let ev = submit_with_task(&mut s, "big", "Type: batch\nCount: 4\n", task, SEC);
+        let p = run_eval(&mut s, &ev, &mut SequentialIds::default(), SEC);
+        assert!(p.new_executions.is_empty(), "as Bacalhau: all or nothing");
+        let j = &s.jobs["big"];
+        assert_eq!(j.state.state_type, JobStateType::Failed);
+        assert!(j.state.message.contains("no room"), "{}", j.state.message);
+    }
+
+    #[test]
+    fn a_failed_partition_waits_for_room_on_a_full_node_instead_of_exhausting_its_retries() {
+        let mut s = cluster(&[("n-a", "wasm")]);
+        let mut ids = SequentialIds::default();
+        let ev = submit_with_task(&mut s, "x", "Type: batch\nCount: 1\n", ONE_CPU, SEC);
+        let first = run_eval(&mut s, &ev, &mut ids, SEC).new_executions[0].clone();
+        report(
+            &mut s,
+            "n-a",
+            1,
+            &first.id,
+            ExecutionStateType::Failed,
+            "f-1",
+        );
+        // Meanwhile other work fills the node.
+        let fill = submit_with_task(&mut s, "fill", "Type: batch\nCount: 3\n", ONE_CPU, SEC);
+        assert_eq!(
+            run_eval(&mut s, &fill, &mut ids, SEC).new_executions.len(),
+            3
+        );
+        let p = run_eval(&mut s, "f-1", &mut ids, 2 * SEC);
+        assert!(p.new_executions.is_empty());
+        let j = &s.jobs["x"];
+        assert_eq!(
+            j.state.state_type,
+            JobStateType::Queued,
+            "{}",
+            j.state.message
+        );
+        assert!(j.state.message.contains("no room"), "{}", j.state.message);
+        // Room again: the retry runs on the only node.
+        finish_one(&mut s, "fill", 2, "f-2");
+        run_eval(&mut s, "f-2", &mut ids, 3 * SEC);
+        let next = due(&s, "x", 2 * SEC + QUEUE_BACKOFF_NS);
+        let p = run_eval(&mut s, &next[0], &mut ids, 2 * SEC + QUEUE_BACKOFF_NS);
+        assert_eq!(p.new_executions.len(), 1);
+        assert_eq!(p.new_executions[0].node_id, "n-a");
+    }
+
+    #[test]
+    fn a_daemon_reaches_a_full_node_once_it_has_room() {
+        let mut s = cluster(&[("n-a", "wasm")]);
+        let mut ids = SequentialIds::default();
+        let fill = submit_with_task(&mut s, "fill", "Type: batch\nCount: 3\n", ONE_CPU, SEC);
+        assert_eq!(
+            run_eval(&mut s, &fill, &mut ids, SEC).new_executions.len(),
+            3
+        );
+        let ev = submit_with_task(&mut s, "d", "Type: daemon\n", ONE_CPU, SEC);
+        let p = run_eval(&mut s, &ev, &mut ids, SEC);
+        assert!(p.new_executions.is_empty());
+        assert!(
+            s.history_of("d")
+                .iter()
+                .any(|h| h.event.message.contains("without room for the daemon")),
+            "the wait is in the job's history"
+        );
+        finish_one(&mut s, "fill", 1, "f-1");
+        run_eval(&mut s, "f-1", &mut ids, 2 * SEC);
+        let next = due(&s, "d", SEC + 2 * QUEUE_BACKOFF_NS);
+        assert_eq!(next.len(), 1);
+        let p = run_eval(&mut s, &next[0], &mut ids, SEC + 2 * QUEUE_BACKOFF_NS);
+        assert_eq!(p.new_executions.len(), 1);
+        assert_eq!(p.new_executions[0].node_id, "n-a");
+        // Placed: no more looking.
+        assert!(p.new_evaluations.is_empty(), "{:?}", p.new_evaluations);
+    }
+
+    fn set_eligibility(s: &mut ClusterState, node: &str, e: Eligibility, now: i64) {
+        assert_eq!(
+            s.apply(&Command::SetNodeEligibility {
+                node_id: node.into(),
+                eligibility: e,
+                message: "maintenance".into(),
+                now,
+            }),
+            caravel_model::command::CommandResponse::Ok
+        );
+    }
+
+    /// The nodes of the job's live executions, one entry per execution.
+    fn live_on(s: &ClusterState, job: &str) -> Vec<String> {
+        s.executions_of(job)
+            .into_iter()
+            .filter(|e| e.is_live())
+            .map(|e| e.node_id.clone())
+            .collect()
+    }
+
+    #[test]
+    fn an_ineligible_node_takes_no_new_work_keeps_what_runs_and_takes_work_again_once_eligible() {
+        let mut s = cluster(&[("n-a", "wasm"), ("n-b", "wasm")]);
+        let mut ids = SequentialIds::default();
+        let d = submit_text(&mut s, "d", "Type: daemon\n", SEC);
+        assert_eq!(run_eval(&mut s, &d, &mut ids, SEC).new_executions.len(), 2);
+        set_eligibility(&mut s, "n-a", Eligibility::Ineligible, 2 * SEC);
+        for ev in due(&s, "d", 2 * SEC) {
+            let p = run_eval(&mut s, &ev, &mut ids, 2 * SEC);
+            assert!(p.updates.is_empty(), "the daemon stays: {p:?}");
+        }
+        let b = submit_text(&mut s, "b", "Type: batch\nCount: 2\n", 3 * SEC);
+        let p = run_eval(&mut s, &b, &mut ids, 3 * SEC);
+        assert!(p.new_executions.iter().all(|e| e.node_id == "n-b"), "{p:?}");
+        // No node left: the reason names the operator's choice.
+        set_eligibility(&mut s, "n-b", Eligibility::Ineligible, 4 * SEC);
+        let q = submit_with_task(&mut s, "q", "Type: batch\n", ONE_CPU, 5 * SEC);
+        run_eval(&mut s, &q, &mut ids, 5 * SEC);
+        let j = &s.jobs["q"];
+        assert_eq!(j.state.state_type, JobStateType::Queued);
+        assert!(
+            j.state.message.contains("2 nodes: ineligible for new work"),
+            "{}",
+            j.state.message
+        );
+        // Eligible again: the waiting job is placed at once.
+        set_eligibility(&mut s, "n-b", Eligibility::Eligible, 6 * SEC);
+        let next = due(&s, "q", 6 * SEC);
+        assert_eq!(
+            next.len(),
+            1,
+            "the queued job's next try is brought forward"
+        );
+        let p = run_eval(&mut s, &next[0], &mut ids, 6 * SEC);
+        assert_eq!(p.new_executions.len(), 1);
+        assert_eq!(p.new_executions[0].node_id, "n-b");
+    }
+
+    #[test]
+    fn a_drain_moves_service_copies_now_batch_executions_at_its_deadline_and_leaves_daemons() {
+        let mut s = cluster(&[("n-a", "wasm")]);
+        let mut ids = SequentialIds::default();
+        for (id, body) in [
+            ("svc", "Type: service\nCount: 1\n"),
+            ("b", "Type: batch\nCount: 1\n"),
+            ("d", "Type: daemon\n"),
+        ] {
+            let ev = submit_text(&mut s, id, body, SEC);
+            run_eval(&mut s, &ev, &mut ids, SEC);
+            assert_eq!(live_on(&s, id), ["n-a"]);
+        }
+        join(&mut s, "n-b", &[], 2 * SEC);
+        for ev in due(&s, "d", 2 * SEC) {
+            run_eval(&mut s, &ev, &mut ids, 2 * SEC);
+        }
+        let deadline = 60 * SEC;
+        set_eligibility(&mut s, "n-a", Eligibility::Draining { deadline }, 3 * SEC);
+        assert_eq!(
+            s.nodes["n-a"].eligibility(),
+            Eligibility::Draining { deadline }
+        );
+        for job in ["svc", "b", "d"] {
+            for ev in due(&s, job, 3 * SEC) {
+                run_eval(&mut s, &ev, &mut ids, 3 * SEC);
+            }
+        }
+        assert_eq!(live_on(&s, "svc"), ["n-b"], "the service copy moved");
+        assert_eq!(
+            live_on(&s, "b"),
+            ["n-a"],
+            "the batch execution finishes there"
+        );
+        let mut d = live_on(&s, "d");
+        d.sort();
+        assert_eq!(d, ["n-a", "n-b"], "the daemon stays on the draining node");
+        assert!(
+            s.history_of("svc")
+                .iter()
+                .any(|h| h.event.message.contains("moves from node n-a to node n-b")),
+            "the move is in the job's history"
+        );
+        // The deadline: the batch execution moves too.
+        let at = due(&s, "b", deadline);
+        assert_eq!(at.len(), 1, "one evaluation at the deadline");
+        run_eval(&mut s, &at[0], &mut ids, deadline);
+        assert_eq!(live_on(&s, "b"), ["n-b"]);
+    }
+
+    #[test]
+    fn a_draining_service_copy_stays_until_another_node_can_take_it() {
+        let mut s = cluster(&[("n-a", "wasm")]);
+        let mut ids = SequentialIds::default();
+        let ev = submit_text(&mut s, "svc", "Type: service\nCount: 1\n", SEC);
+        run_eval(&mut s, &ev, &mut ids, SEC);
+        set_eligibility(
+            &mut s,
+            "n-a",
+            Eligibility::Draining { deadline: 0 },
+            2 * SEC,
+        );
+        for ev in due(&s, "svc", 2 * SEC) {
+            let p = run_eval(&mut s, &ev, &mut ids, 2 * SEC);
+            assert!(
+                p.updates.is_empty(),
+                "nowhere to go: it keeps running {p:?}"
+            );
+        }
+        assert_eq!(live_on(&s, "svc"), ["n-a"]);
+        join(&mut s, "n-b", &[], 3 * SEC);
+        for ev in due(&s, "svc", 2 * SEC + 2 * QUEUE_BACKOFF_NS) {
+            run_eval(&mut s, &ev, &mut ids, 2 * SEC + 2 * QUEUE_BACKOFF_NS);
+        }
+        assert_eq!(live_on(&s, "svc"), ["n-b"]);
+    }
+
+    #[test]
+    fn eligibility_is_the_orchestrators_a_registration_neither_sets_nor_clears_it() {
+        let mut s = ClusterState::default();
+        join(
+            &mut s,
+            "n-a",
+            &[(caravel_model::node::ELIGIBILITY_LABEL, "ineligible")],
+            SEC,
+        );
+        assert_eq!(s.nodes["n-a"].eligibility(), Eligibility::Eligible);
+        set_eligibility(
+            &mut s,
+            "n-a",
+            Eligibility::Draining { deadline: 9 },
+            2 * SEC,
+        );
+        join(&mut s, "n-a", &[("zone", "x")], 3 * SEC);
+        let n = &s.nodes["n-a"];
+        assert_eq!(n.eligibility(), Eligibility::Draining { deadline: 9 });
+        assert_eq!(n.info.labels["zone"], "x");
+    }
+
+    #[test]
+    fn plans_made_for_one_commit_never_give_out_the_same_room_twice_and_stand_alone() {
+        let mut s = cluster(&[("n-a", "wasm")]);
+        let mut ids = SequentialIds::default();
+        let evs: Vec<String> = ["x", "y", "z"]
+            .iter()
+            .map(|j| submit_with_task(&mut s, j, "Type: batch\nCount: 2\n", ONE_CPU, SEC))
+            .collect();
+        let plans: Vec<Plan> = {
+            let mut view = PlanningView::new(&s);
+            evs.iter()
+                .map(|ev| {
+                    let eval = s.evaluations[ev].clone();
+                    let p = schedule(&view, &eval, SEC, &mut ids);
+                    view.add(&p);
+                    p
+                })
+                .collect()
+        };
+        let placed: Vec<usize> = plans.iter().map(|p| p.new_executions.len()).collect();
+        assert_eq!(placed, [2, 1, 0], "3 CPUs of room (1.5 × 2) given once");
+        // z changed after its plan was made: its plan alone is refused.
+        let mut z = s.jobs["z"].clone();
+        z.revision += 1;
+        s.jobs.insert("z".into(), z);
+        let r = s.apply(&Command::ApplyPlans(plans));
+        let caravel_model::command::CommandResponse::Plans(rs) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(rs.len(), 3);
+        assert!(
+            rs[..2]
+                .iter()
+                .all(|r| *r == caravel_model::command::CommandResponse::Ok)
+        );
+        assert!(matches!(
+            rs[2],
+            caravel_model::command::CommandResponse::Rejected { .. }
+        ));
+        assert_eq!(live_on(&s, "x").len(), 2);
+        assert_eq!(live_on(&s, "y").len(), 1);
+        assert_eq!(s.jobs["y"].state.state_type, JobStateType::Queued);
+        assert!(
+            s.evaluations[&evs[2]].status == status::PENDING,
+            "z is evaluated again"
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! Job types with real processes: one orchestrator and compute-only nodes with different labels,
 //! each a `caravel serve --compute` process on loopback. Ops jobs run on every node, a daemon
 //! follows the fleet to a node started later, a service keeps its copies running through exits
-//! and a killed node, a constrained job lands on the matching node only.
+//! and a killed node, a constrained job lands on the matching node only, a drain moves a service
+//! copy off a node and keeps new work away until it ends.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -96,8 +97,12 @@ fn names(ids: &[&str]) -> BTreeSet<String> {
     ids.iter().map(|s| s.to_string()).collect()
 }
 
+/// A compute node in `zone` with room for eight executions at once: the daemon and the long
+/// service copies hold slots for the whole test (the default is one per core, two here), and a
+/// later job's execution would wait on the node for one.
 fn start(g: &Group, id: &str, zone: &str) -> ComputeNode {
-    g.start_compute_proxied(id, &["-c", &format!("Labels=zone={zone}")])
+    let labels = format!("Labels=zone={zone}");
+    g.start_compute_proxied(id, &["-c", &labels, "-c", "Compute.MaxConcurrent=8"])
         .unwrap_or_else(|e| panic!("start {id}: {e}"))
 }
 
@@ -225,6 +230,65 @@ fn every_job_type_follows_its_semantics_across_real_compute_processes() {
         },
     );
     let (ok, out, err) = g.cli(0, &["job", "stop", &svc]);
+    assert!(ok, "{out}{err}");
+
+    // A drain: the service copy on the drained node moves, a daemon's copy stays, nothing new
+    // lands there, `node list` says so; ending the drain lets work back.
+    let moved = submit(
+        &g,
+        dir.path(),
+        "moved",
+        &spec("moved", "Type: service\nCount: 1\n", 3600),
+    );
+    let drained = wait_until("the copy to move running", Duration::from_secs(120), || {
+        let r = running_on(&g, &moved);
+        (r.len() == 1).then(|| r.into_iter().next().unwrap())
+    });
+    let (ok, out, err) = g.cli(
+        0,
+        &["node", "drain", &drained, "--deadline", "10m", "-m", "test"],
+    );
+    assert!(ok, "{out}{err}");
+    assert!(err.contains("is draining"), "{err}");
+    wait_until(
+        "the service copy moved off the drained node",
+        Duration::from_secs(120),
+        || {
+            let r = running_on(&g, &moved);
+            (r.len() == 1 && !r.contains(&drained)).then_some(())
+        },
+    );
+    let (_, table, _) = g.cli(0, &["node", "list"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains(&drained) && l.contains("(draining)")),
+        "{table}"
+    );
+    if ["edge-b", "edge-c", "edge-d"].contains(&drained.as_str()) {
+        assert!(
+            running_on(&g, &daemon).contains(&drained),
+            "the daemon's copy stays on the drained node"
+        );
+    }
+    let ops = submit(&g, dir.path(), "ops2", &spec("ops2", "Type: ops\n", 1));
+    let e = wait_until(
+        "the second ops job completed",
+        Duration::from_secs(90),
+        || {
+            let e = executions(&g, &ops);
+            (!e.is_empty() && e.iter().all(|(_, s)| s == "Completed")).then_some(e)
+        },
+    );
+    assert!(
+        e.iter().all(|(n, _)| *n != drained && *n != victim),
+        "nothing new on the drained node: {e:?}"
+    );
+    let (ok, out, err) = g.cli(0, &["node", "drain", "--disable", &drained]);
+    assert!(ok, "{out}{err}");
+    let (_, table, _) = g.cli(0, &["node", "list"]);
+    assert!(!table.contains("(draining)"), "{table}");
+    let (ok, out, err) = g.cli(0, &["job", "stop", &moved]);
     assert!(ok, "{out}{err}");
     g.shutdown();
 }
