@@ -12,6 +12,9 @@
 //! - `caravel-bench heal`: a compute-only node process behind the UDP proxy runs jobs through a
 //!   blackhole cut; heal → node CONNECTED, → every piled-up report committed, → jobs Completed.
 //! - `caravel-bench logs`: log-stream goodput through a compute session at several loss rates.
+//! - `caravel-bench schedule`: batch placements per second through the real Raft path, to N
+//!   simulated nodes (real sessions) whose simulated executor reports each execution Running then
+//!   Completed; submit → placed latency, the orchestrator's CPU and RSS.
 //!
 //! ```text
 //!  bench process (tokio, N HTTP clients) ──PUT /api/v1/orchestrator/jobs──▶ orch-1..3 (caravel serve)
@@ -79,6 +82,32 @@ enum Cmd {
     Heal(HealArgs),
     /// Log-stream goodput through a compute session at several datagram loss rates.
     Logs(LogsArgs),
+    /// Batch placements per second through the real Raft path: N simulated compute nodes (real
+    /// sessions, a simulated executor that reports each execution Running then Completed).
+    Schedule(ScheduleArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ScheduleArgs {
+    /// Simulated compute nodes (2 CPU, 8 GiB, 100 GiB each, labels zone=z0..z3), each a QUIC
+    /// session with its own UDP socket and certificate (`ulimit -n` above this).
+    #[arg(long, default_value_t = 1000)]
+    nodes: usize,
+    /// Batch jobs submitted, each asking 100m CPU and 64 MiB and constrained to zones z0–z2.
+    #[arg(long, default_value_t = 4000)]
+    jobs: usize,
+    /// Partitions per job (`Count`): one placement each.
+    #[arg(long, default_value_t = 1)]
+    count: usize,
+    /// Concurrent submitting clients.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Handshakes in flight at once while the nodes connect.
+    #[arg(long, default_value_t = 64)]
+    in_flight: usize,
+    /// Give up when not every placement arrived this many seconds after the first submission.
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -220,6 +249,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Sessions(a) => sessions(&rt, &bin, tmp.path(), a, &reaper, cli.output),
         Cmd::Heal(a) => heal(&rt, &bin, tmp.path(), a, &reaper, cli.output),
         Cmd::Logs(a) => logs(&rt, &bin, tmp.path(), a, &reaper, cli.output),
+        Cmd::Schedule(a) => schedule(&rt, &bin, tmp.path(), a, &reaper, cli.output),
     };
     drop(rt);
     res
@@ -1664,7 +1694,7 @@ struct SimCounters {
     heartbeats: AtomicU64,
     /// Control messages handed to the session (Heartbeat and Inventory).
     control_sent: AtomicU64,
-    /// Anything but `Ack` from the orchestrator (none expected: no jobs are submitted).
+    /// Anything but `Ack` from the orchestrator (none expected without an executor: no jobs).
     commands: AtomicU64,
 }
 
@@ -1674,6 +1704,20 @@ struct SimShared {
     firsts: Mutex<Vec<(Instant, Duration)>>,
     stop: tokio_util::sync::CancellationToken,
     heartbeat: Duration,
+    /// `schedule`: the simulated executor's book; `None`: a node that runs nothing.
+    executor: Option<SimExecutor>,
+}
+
+/// What the `schedule` bench's simulated executor records: when each job was submitted, when each
+/// of its executions reached a node.
+#[derive(Default)]
+struct SimExecutor {
+    /// Job name → when its submission was sent.
+    submitted: Mutex<std::collections::HashMap<String, Instant>>,
+    /// (arrival, submit → arrival) of each `Run`.
+    placed: Mutex<Vec<(Instant, Duration)>>,
+    /// `Run`s of jobs the bench did not submit, or repeated.
+    strays: AtomicU64,
 }
 
 /// A handshake slot, given back when the node's first `Hello` is acknowledged.
@@ -1684,7 +1728,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// What a compute node of this machine would advertise (compute/src/node.rs `node_info`).
-fn sim_info(id: &str) -> caravel_model::node::NodeInfo {
+fn sim_info(id: &str, bench: &str) -> caravel_model::node::NodeInfo {
     use caravel_model::execution::Resources;
     use caravel_model::node::{BuildVersionInfo, ComputeNodeInfo, NodeInfo};
     let capacity = Resources {
@@ -1694,6 +1738,8 @@ fn sim_info(id: &str) -> caravel_model::node::NodeInfo {
         gpu: 0,
     };
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    // Four zones, for the `schedule` bench's constraint.
+    let zone = format!("z{}", id.bytes().map(u64::from).sum::<u64>() % 4);
     NodeInfo {
         node_id: id.to_string(),
         node_type: "Compute".into(),
@@ -1701,7 +1747,8 @@ fn sim_info(id: &str) -> caravel_model::node::NodeInfo {
             ("os_type", std::env::consts::OS),
             ("os_arch", "amd64"),
             ("name", id),
-            ("caravel-bench", "sessions"),
+            ("caravel-bench", bench),
+            ("zone", &zone),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -1722,6 +1769,44 @@ fn sim_info(id: &str) -> caravel_model::node::NodeInfo {
 
 /// One simulated node: waits for a handshake slot, then runs the real session client
 /// (`caravel_net::session`, its own UDP socket and certificate) until the bench stops.
+/// Refuses to start `nodes` simulated nodes without the file descriptors for them: one UDP socket
+/// each (each runs the real client, which owns its endpoint), plus the runtime's and the HTTP
+/// clients'.
+fn fd_room_for(nodes: usize) -> anyhow::Result<()> {
+    let need = nodes as u64 + 512;
+    if let Some(soft) = open_files_limit()
+        && soft < need
+    {
+        bail!(
+            "{nodes} simulated nodes need about {need} file descriptors (one UDP socket each) but \
+             this shell allows {soft}: raise it first, e.g. `ulimit -n {need}` (at most the hard \
+             limit, `ulimit -Hn`)"
+        );
+    }
+    Ok(())
+}
+
+/// One task per simulated node, each labelled `caravel-bench=<bench>`.
+fn spawn_sim_nodes(
+    rt: &tokio::runtime::Runtime,
+    clients: Vec<(String, caravel_net::session::SessionClient)>,
+    bench: &str,
+    gate: &Arc<tokio::sync::Semaphore>,
+    sh: &Arc<SimShared>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    clients
+        .into_iter()
+        .map(|(id, client)| {
+            rt.spawn(sim_node(
+                client,
+                sim_info(&id, bench),
+                gate.clone(),
+                sh.clone(),
+            ))
+        })
+        .collect()
+}
+
 async fn sim_node(
     client: caravel_net::session::SessionClient,
     info: caravel_model::node::NodeInfo,
@@ -1746,9 +1831,18 @@ async fn sim_node(
             lock(&slot).take();
         }
     };
+    let seq = Arc::new(AtomicU64::new(0));
     let run = client.run(stop, move |end, _connected| {
         let (sh, info, slot, first) = (sh.clone(), info.clone(), slot.clone(), first.clone());
-        Box::pin(sim_session(end, sh, info, slot, first, dialled))
+        Box::pin(sim_session(
+            end,
+            sh,
+            info,
+            slot,
+            first,
+            seq.clone(),
+            dialled,
+        ))
     });
     let _ = tokio::join!(run, release);
 }
@@ -1775,13 +1869,15 @@ async fn sim_session(
     info: Arc<caravel_model::node::NodeInfo>,
     slot: Slot,
     first: Arc<AtomicBool>,
+    seq: Arc<AtomicU64>,
     dialled: Instant,
 ) {
     use caravel_model::wire::{ToCompute, ToOrchestrator};
     let c = &sh.counters;
+    // The simulated executor numbers its reports per node, across sessions, as a node does.
     let hello = ToOrchestrator::Hello {
         info: Box::new((*info).clone()),
-        last_seq: 0,
+        last_seq: seq.load(Ordering::Relaxed),
     };
     if end.outbox.send(hello).await.is_err() {
         return;
@@ -1821,6 +1917,35 @@ async fn sim_session(
                             break;
                         }
                         c.control_sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Some(ToCompute::Run { execution, job }) if sh.executor.is_some() => {
+                    let ex = sh.executor.as_ref().expect("checked");
+                    let now = Instant::now();
+                    match lock(&ex.submitted).get(&job.name) {
+                        Some(t) => lock(&ex.placed).push((now, now - *t)),
+                        None => {
+                            ex.strays.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    // Runs at once and ends at once: Running, then Completed.
+                    for state in [
+                        caravel_model::ExecutionStateType::Running,
+                        caravel_model::ExecutionStateType::Completed,
+                    ] {
+                        let seq = seq.fetch_add(1, Ordering::Relaxed) + 1;
+                        let update = caravel_model::execution::ExecutionUpdate {
+                            execution_id: execution.id.clone(),
+                            state,
+                            message: String::new(),
+                            run_output: None,
+                            published_result: None,
+                            topic: String::new(),
+                            time: 0,
+                        };
+                        if end.outbox.send(ToOrchestrator::Report { seq, update }).await.is_err() {
+                            break;
+                        }
                     }
                 }
                 Some(_) => {
@@ -2048,19 +2173,7 @@ fn sessions(
     if a.nodes == 0 || a.in_flight == 0 || a.heartbeat_secs == 0 || a.sample_secs == 0 {
         bail!("--nodes, --in-flight, --heartbeat-secs and --sample-secs must be at least 1");
     }
-    // One UDP socket per simulated node (each runs the real client, which owns its endpoint), plus
-    // the runtime's and the HTTP clients' descriptors.
-    let need = a.nodes as u64 + 512;
-    if let Some(soft) = open_files_limit()
-        && soft < need
-    {
-        bail!(
-            "{} simulated nodes need about {need} file descriptors (one UDP socket each) but this \
-             shell allows {soft}: raise it first, e.g. `ulimit -n {need}` (at most the hard limit, \
-             `ulimit -Hn`)",
-            a.nodes
-        );
-    }
+    fd_room_for(a.nodes)?;
     eprintln!(
         "machine: {} cores, {} MiB RAM; data dirs under {}",
         cores(),
@@ -2110,6 +2223,7 @@ fn sessions(
         firsts: Mutex::new(Vec::with_capacity(a.nodes)),
         stop: tokio_util::sync::CancellationToken::new(),
         heartbeat: Duration::from_secs(a.heartbeat_secs),
+        executor: None,
     });
     let gate = Arc::new(tokio::sync::Semaphore::new(a.in_flight));
     let result = (|| -> anyhow::Result<SessionsSummary> {
@@ -2134,10 +2248,7 @@ fn sessions(
             Ok(())
         };
         let ramp_start = Instant::now();
-        let mut tasks = Vec::with_capacity(a.nodes);
-        for (id, client) in clients {
-            tasks.push(rt.spawn(sim_node(client, sim_info(&id), gate.clone(), sh.clone())));
-        }
+        let tasks = spawn_sim_nodes(rt, clients, "sessions", &gate, &sh);
         let c = &sh.counters;
         let ramp_deadline = ramp_start + Duration::from_secs(a.ramp_timeout_secs);
         let mut next_sample = Instant::now() + sample_every;
@@ -2879,7 +2990,7 @@ fn what_if_rounds(
     // When each Hello was acknowledged.
     let acks: Arc<Mutex<Vec<Instant>>> = Arc::new(Mutex::new(Vec::new()));
     let stop = tokio_util::sync::CancellationToken::new();
-    let info = sim_info(id);
+    let info = sim_info(id, "heal");
     let task = {
         let (acks, stop) = (acks.clone(), stop.clone());
         rt.spawn(client.run(stop, move |mut end, _| {
@@ -3213,5 +3324,280 @@ fn docker_bench_preamble(bin: &Path, dir: &Path, image: &str) -> anyhow::Result<
         dir.display()
     );
     eprintln!("caravel: {} ({})", bin.display(), caravel_version(bin));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// `schedule`
+
+#[derive(Debug, Serialize)]
+struct ScheduleSummary {
+    nodes: usize,
+    /// Nodes connected (sessions acknowledged) when the submissions started.
+    nodes_connected: u64,
+    jobs: usize,
+    count: usize,
+    clients: usize,
+    /// Executions that reached a simulated node.
+    placements: usize,
+    /// First submission sent → last placement.
+    secs: f64,
+    placements_per_second: f64,
+    /// Submissions acknowledged by the API per second, over the same window.
+    submits_per_second: f64,
+    submit_errors: u64,
+    /// Submit sent → the execution's `Run` at a node (of every placement).
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    orch_cpu_pct: f64,
+    orch_rss_start_mib: f64,
+    orch_rss_end_mib: f64,
+    /// `Run`s for jobs the bench did not submit (none expected).
+    stray_runs: u64,
+    timed_out: bool,
+}
+
+/// A batch job of `count` partitions, each asking 100m CPU and 64 MiB, constrained to three of
+/// the four zones (so feasibility, capacity and ranking all run).
+fn schedule_job(name: &str, count: usize) -> Value {
+    json!({"Job": {"Name": name, "Type": "batch", "Count": count,
+        "Constraints": [{"Key": "zone", "Operator": "in", "Values": ["z0", "z1", "z2"]}],
+        "Tasks": [{"Name": "main",
+            "Engine": {"Type": "wasm", "Params": {"EntryModule": "/m.wasm"}},
+            "InputSources": [{"Target": "/m.wasm",
+                "Source": {"Type": "inline", "Params": {"URL": "data:,x"}}}],
+            "Resources": {"CPU": "100m", "Memory": "64Mi"},
+            "Timeouts": {"QueueTimeout": 3600}}]}})
+}
+
+fn schedule(
+    rt: &tokio::runtime::Runtime,
+    bin: &Path,
+    dir: &Path,
+    a: &ScheduleArgs,
+    reaper: &Reaper,
+    output: Output,
+) -> anyhow::Result<()> {
+    if a.nodes == 0 || a.jobs == 0 || a.count == 0 || a.clients == 0 || a.in_flight == 0 {
+        bail!("--nodes, --jobs, --count, --clients and --in-flight must be at least 1");
+    }
+    fd_room_for(a.nodes)?;
+    eprintln!(
+        "machine: {} cores, {} MiB RAM; caravel: {} ({})",
+        cores(),
+        mem_total_mib(),
+        bin.display(),
+        caravel_version(bin)
+    );
+    let group = Group::start(bin, &dir.join("caravel"), 1, GroupOptions::default())
+        .context("cannot start the orchestrator")?;
+    reaper.track_group(&group);
+    let m = &group.members[0];
+    let pid = m.pid().context("the orchestrator has no pid")?;
+    let api = m.api();
+    let target = format!("127.0.0.1:{}", m.compute_port);
+    let ca = caravel_net::tls::read_ca(&group.dir.join("certs"))
+        .context("cannot read the cluster CA")?;
+    let clients = sim_clients(&ca, a.nodes, &target)?;
+    let sh = Arc::new(SimShared {
+        counters: SimCounters::default(),
+        firsts: Mutex::new(Vec::with_capacity(a.nodes)),
+        stop: tokio_util::sync::CancellationToken::new(),
+        heartbeat: Duration::from_secs(5),
+        executor: Some(SimExecutor::default()),
+    });
+    let gate = Arc::new(tokio::sync::Semaphore::new(a.in_flight));
+    let tck = clk_tck();
+    let result = (|| -> anyhow::Result<ScheduleSummary> {
+        // The node tasks end when `sh.stop` is cancelled, below.
+        let _nodes = spawn_sim_nodes(rt, clients, "schedule", &gate, &sh);
+        let alive = || -> anyhow::Result<()> {
+            if proc_stat(pid, tck).is_none() {
+                bail!(
+                    "the orchestrator exited; its log:\n{}",
+                    tail_lines(&group.members[0].log_text(), 30)
+                );
+            }
+            Ok(())
+        };
+        // Every node registered (its Hello acknowledged), or as many as came in the time.
+        let c = &sh.counters;
+        let t = Instant::now();
+        let mut next_line = t + Duration::from_secs(5);
+        while (c.established.load(Ordering::Relaxed) as usize) < a.nodes {
+            if t.elapsed() > Duration::from_secs(a.timeout_secs) {
+                bail!(
+                    "only {} of {} simulated nodes connected in {} s",
+                    c.established.load(Ordering::Relaxed),
+                    a.nodes,
+                    a.timeout_secs
+                );
+            }
+            alive()?;
+            if Instant::now() >= next_line {
+                eprintln!(
+                    "connecting: {}/{} nodes",
+                    c.established.load(Ordering::Relaxed),
+                    a.nodes
+                );
+                next_line += Duration::from_secs(5);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let nodes_connected = c.established.load(Ordering::Relaxed);
+        eprintln!(
+            "{nodes_connected} simulated nodes connected in {:.1} s; submitting {} jobs × {} \
+             partitions from {} clients",
+            t.elapsed().as_secs_f64(),
+            a.jobs,
+            a.count,
+            a.clients
+        );
+        // Let the registrations' node-join evaluations drain before measuring.
+        std::thread::sleep(Duration::from_secs(2));
+        let ex = sh.executor.as_ref().expect("set above");
+        let before = proc_stat(pid, tck).context("the orchestrator is gone")?;
+        let http = http()?;
+        let next = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(AtomicU64::new(0));
+        let acked = Arc::new(AtomicU64::new(0));
+        let start = Instant::now();
+        let submitters: Vec<_> = (0..a.clients)
+            .map(|_| {
+                let (http, api, next, errors, acked) = (
+                    http.clone(),
+                    api.clone(),
+                    next.clone(),
+                    errors.clone(),
+                    acked.clone(),
+                );
+                let sh = sh.clone();
+                let (jobs, count) = (a.jobs as u64, a.count);
+                rt.spawn(async move {
+                    let ex = sh.executor.as_ref().expect("set above");
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= jobs {
+                            return;
+                        }
+                        let name = format!("sched-{i:07}");
+                        let body = schedule_job(&name, count);
+                        lock(&ex.submitted).insert(name, Instant::now());
+                        let r = http
+                            .put(format!("{api}/api/v1/orchestrator/jobs"))
+                            .json(&body)
+                            .send()
+                            .await;
+                        match r {
+                            Ok(r) if r.status().is_success() => {
+                                acked.fetch_add(1, Ordering::Relaxed);
+                            }
+                            _ => {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        let want = a.jobs * a.count;
+        let deadline = start + Duration::from_secs(a.timeout_secs);
+        let mut next_line = start + Duration::from_secs(5);
+        let mut timed_out = false;
+        loop {
+            let placed = lock(&ex.placed).len();
+            let failed = errors.load(Ordering::Relaxed) as usize;
+            if placed + failed * a.count >= want {
+                break;
+            }
+            if Instant::now() > deadline {
+                timed_out = true;
+                eprintln!(
+                    "gave up after {} s: {placed} of {want} placed",
+                    a.timeout_secs
+                );
+                break;
+            }
+            alive()?;
+            if Instant::now() >= next_line {
+                eprintln!(
+                    "{:.0} s: {} submitted, {placed} placed",
+                    start.elapsed().as_secs_f64(),
+                    acked.load(Ordering::Relaxed)
+                );
+                next_line += Duration::from_secs(5);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        rt.block_on(futures::future::join_all(submitters));
+        let after = proc_stat(pid, tck).context("the orchestrator is gone")?;
+        let placed = lock(&ex.placed).clone();
+        let last = placed.iter().map(|(t, _)| *t).max().unwrap_or(start);
+        let secs = (last - start).as_secs_f64().max(1e-3);
+        let mut lat: Vec<Duration> = placed.iter().map(|(_, d)| *d).collect();
+        lat.sort_unstable();
+        Ok(ScheduleSummary {
+            nodes: a.nodes,
+            nodes_connected,
+            jobs: a.jobs,
+            count: a.count,
+            clients: a.clients,
+            placements: placed.len(),
+            secs,
+            placements_per_second: placed.len() as f64 / secs,
+            submits_per_second: acked.load(Ordering::Relaxed) as f64 / secs,
+            submit_errors: errors.load(Ordering::Relaxed),
+            p50_ms: pct_ms(&lat, 50.0),
+            p99_ms: pct_ms(&lat, 99.0),
+            max_ms: pct_ms(&lat, 100.0),
+            orch_cpu_pct: (after.cpu_secs - before.cpu_secs) / start.elapsed().as_secs_f64()
+                * 100.0,
+            orch_rss_start_mib: mib(before.rss_kib),
+            orch_rss_end_mib: mib(after.rss_kib),
+            stray_runs: ex.strays.load(Ordering::Relaxed),
+            timed_out,
+        })
+    })();
+    sh.stop.cancel();
+    drop(group);
+    let s = result?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&s)?),
+        Output::Table => {
+            println!(
+                "{:>6} {:>7} {:>5} {:>10} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8}",
+                "NODES",
+                "JOBS",
+                "COUNT",
+                "PLACEMENTS",
+                "PLACED/S",
+                "P50 MS",
+                "P99 MS",
+                "SUBMITS/S",
+                "CPU %",
+                "RSS MIB"
+            );
+            println!(
+                "{:>6} {:>7} {:>5} {:>10} {:>8.0} {:>8.1} {:>8.1} {:>9.0} {:>8.0} {:>8.0}",
+                s.nodes,
+                s.jobs,
+                s.count,
+                s.placements,
+                s.placements_per_second,
+                s.p50_ms,
+                s.p99_ms,
+                s.submits_per_second,
+                s.orch_cpu_pct,
+                s.orch_rss_end_mib
+            );
+            if s.submit_errors > 0 || s.stray_runs > 0 || s.timed_out {
+                println!(
+                    "submit errors {}, stray runs {}, timed out {}",
+                    s.submit_errors, s.stray_runs, s.timed_out
+                );
+            }
+        }
+    }
     Ok(())
 }

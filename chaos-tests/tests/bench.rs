@@ -1,0 +1,48 @@
+//! Short smoke runs of the benchmarks CI can afford (the figures in docs/benchmarks.md are
+//! measured by hand with release builds): the command works end to end and prints the fields
+//! scripts read. Nothing here asserts a timing.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+#[test]
+fn the_schedule_bench_places_every_partition_and_prints_its_figures_as_json() {
+    let out = Command::new(env!("CARGO_BIN_EXE_caravel-bench"))
+        .args(["--output", "json", "schedule"])
+        .args([
+            "--nodes",
+            "20",
+            "--jobs",
+            "60",
+            "--count",
+            "2",
+            "--clients",
+            "4",
+        ])
+        .args(["--timeout-secs", "300"])
+        .output()
+        .expect("run caravel-bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "caravel-bench failed:\n{stderr}");
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(v["nodes"], 20, "{v}");
+    assert_eq!(v["nodes_connected"], 20, "{v}");
+    assert_eq!(
+        v["placements"], 120,
+        "every partition reached a node: {v}\n{stderr}"
+    );
+    assert_eq!(v["submit_errors"], 0, "{v}");
+    assert_eq!(v["stray_runs"], 0, "no execution twice, none unknown: {v}");
+    assert_eq!(v["timed_out"], false, "{v}");
+    for k in [
+        "placements_per_second",
+        "p50_ms",
+        "p99_ms",
+        "orch_cpu_pct",
+        "orch_rss_end_mib",
+    ] {
+        assert!(v[k].as_f64().is_some_and(|x| x > 0.0), "{k}: {v}");
+    }
+}
