@@ -26,6 +26,8 @@ pub mod trigger {
     pub const NODE_GRACE: &str = "node-disconnect-grace";
     /// An operator changed a node's eligibility, or its drain deadline came.
     pub const NODE_DRAIN: &str = "node-drain";
+    /// A service's or daemon's update looks again once a new copy may have become healthy.
+    pub const JOB_ROLLOUT: &str = "job-rollout";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -56,66 +56,96 @@ pub fn to_label(declarations: &[String]) -> String {
 
 /// What the inputs of `job` a node with these labels holds: one description per input held.
 pub fn held_inputs(job: &Job, labels: &BTreeMap<String, String>) -> Vec<String> {
-    let declared: Vec<&str> = labels
-        .get(DATA_LABEL)
-        .map(|v| v.split_whitespace().collect())
-        .unwrap_or_default();
-    let region = REGION_LABELS.iter().find_map(|k| labels.get(*k));
-    let mut held = Vec::new();
-    for input in job
-        .task()
-        .map(|t| t.input_sources.as_slice())
-        .unwrap_or(&[])
-    {
-        let Ok(source) = Source::try_from(&input.source) else {
-            continue;
-        };
-        let hit = match &source {
-            Source::S3(s) => {
-                let url = format!("s3://{}/{}", s.bucket, s.key);
-                let by_data = declared.iter().find(|d| {
-                    d.strip_prefix("s3://").is_some_and(|rest| {
-                        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-                        bucket == s.bucket && s.key.starts_with(prefix)
-                    })
-                });
-                match (by_data, &s.region, region) {
-                    (Some(d), _, _) => Some(format!("{url} (declares {d})")),
-                    (None, Some(r), Some(nr)) if r == nr => {
-                        Some(format!("{url} (in its region {r})"))
-                    }
-                    _ => None,
-                }
-            }
-            Source::Local(l) => declared
+    JobInputs::of(job).held_by(labels)
+}
+
+/// A job's inputs that a node can hold or be near (S3 objects, local paths, URLs, IPFS CIDs),
+/// parsed once to be matched against many nodes.
+#[derive(Debug, Clone, Default)]
+pub struct JobInputs(Vec<Source>);
+
+impl JobInputs {
+    pub fn of(job: &Job) -> Self {
+        JobInputs(
+            job.task()
+                .map(|t| t.input_sources.as_slice())
+                .unwrap_or(&[])
                 .iter()
-                .find(|d| {
-                    let root = if **d == "/" {
-                        "/"
-                    } else {
-                        d.trim_end_matches('/')
-                    };
-                    d.starts_with('/') && std::path::Path::new(&l.source_path).starts_with(root)
+                .filter_map(|i| Source::try_from(&i.source).ok())
+                .filter(|s| {
+                    matches!(
+                        s,
+                        Source::S3(_)
+                            | Source::Local(_)
+                            | Source::UrlDownload { .. }
+                            | Source::Ipfs { .. }
+                    )
                 })
-                .map(|d| format!("{} (declares {d})", l.source_path)),
-            Source::UrlDownload { url } => declared
-                .iter()
-                .find(|d| {
-                    (d.starts_with("http://") || d.starts_with("https://")) && url.starts_with(*d)
-                })
-                .map(|d| format!("{url} (declares {d})")),
-            Source::Ipfs { cid } => declared
-                .iter()
-                .find(|d| {
-                    d.strip_prefix("ipfs://")
-                        .is_some_and(|c| cid == c || cid.starts_with(&format!("{c}/")))
-                })
-                .map(|d| format!("ipfs://{cid} (declares {d})")),
-            _ => None,
-        };
-        held.extend(hit);
+                .collect(),
+        )
     }
-    held
+
+    /// What of them a node with these labels holds: one description per input held.
+    pub fn held_by(&self, labels: &BTreeMap<String, String>) -> Vec<String> {
+        if self.0.is_empty() {
+            return Vec::new();
+        }
+        let declared: Vec<&str> = labels
+            .get(DATA_LABEL)
+            .map(|v| v.split_whitespace().collect())
+            .unwrap_or_default();
+        let region = REGION_LABELS.iter().find_map(|k| labels.get(*k));
+        let mut held = Vec::new();
+        for source in &self.0 {
+            held.extend(held_one(source, &declared, region));
+        }
+        held
+    }
+}
+
+/// What a node that declares `declared` and lies in `region` holds of one input, described.
+fn held_one(source: &Source, declared: &[&str], region: Option<&String>) -> Option<String> {
+    match source {
+        Source::S3(s) => {
+            let url = format!("s3://{}/{}", s.bucket, s.key);
+            let by_data = declared.iter().find(|d| {
+                d.strip_prefix("s3://").is_some_and(|rest| {
+                    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                    bucket == s.bucket && s.key.starts_with(prefix)
+                })
+            });
+            match (by_data, &s.region, region) {
+                (Some(d), _, _) => Some(format!("{url} (declares {d})")),
+                (None, Some(r), Some(nr)) if r == nr => Some(format!("{url} (in its region {r})")),
+                _ => None,
+            }
+        }
+        Source::Local(l) => declared
+            .iter()
+            .find(|d| {
+                let root = if **d == "/" {
+                    "/"
+                } else {
+                    d.trim_end_matches('/')
+                };
+                d.starts_with('/') && std::path::Path::new(&l.source_path).starts_with(root)
+            })
+            .map(|d| format!("{} (declares {d})", l.source_path)),
+        Source::UrlDownload { url } => declared
+            .iter()
+            .find(|d| {
+                (d.starts_with("http://") || d.starts_with("https://")) && url.starts_with(*d)
+            })
+            .map(|d| format!("{url} (declares {d})")),
+        Source::Ipfs { cid } => declared
+            .iter()
+            .find(|d| {
+                d.strip_prefix("ipfs://")
+                    .is_some_and(|c| cid == c || cid.starts_with(&format!("{c}/")))
+            })
+            .map(|d| format!("ipfs://{cid} (declares {d})")),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -387,6 +387,34 @@ pub const MAX_RETRY_DELAY_SECS: f64 = 300.0;
 /// Exits of a service copy older than this no longer lengthen its restart delay: 10 minutes.
 pub const RESTART_WINDOW_SECS: i64 = 600;
 
+/// Job `Meta` key: how many copies of a service or daemon an update replaces at a time (a whole
+/// number; `0` replaces them all at once, stopping the old version's copies first). Default
+/// [`DEFAULT_UPDATE_MAX_PARALLEL`]. As Nomad's `update.max_parallel`; Bacalhau's spec has no
+/// update block, so it lives in `Meta` as the other scheduling settings.
+pub const UPDATE_MAX_PARALLEL_META: &str = "caravel.io/update-max-parallel";
+/// Copies of a service or daemon replaced at a time by default: 1.
+pub const DEFAULT_UPDATE_MAX_PARALLEL: usize = 1;
+/// Job `Meta` key: how long a new version's copy must have been running before it counts as
+/// healthy and an old copy stops for it (a duration). Default [`DEFAULT_UPDATE_MIN_HEALTHY_SECS`].
+/// As Nomad's `update.min_healthy_time`.
+pub const UPDATE_MIN_HEALTHY_META: &str = "caravel.io/update-min-healthy";
+/// A new copy counts as healthy after running this long by default: 10 s.
+pub const DEFAULT_UPDATE_MIN_HEALTHY_SECS: f64 = 10.0;
+/// Longest min-healthy time accepted: 1 hour.
+pub const MAX_UPDATE_MIN_HEALTHY_SECS: f64 = 3600.0;
+/// Most copies an update may replace at a time.
+pub const MAX_UPDATE_MAX_PARALLEL: usize = 10_000;
+
+/// How an update replaces a service's or daemon's copies (read from its `Meta`; validation refuses
+/// a bad value, so a bad one here means the default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpdatePolicy {
+    /// New copies that may be not yet healthy at once; 0: all at once, the old stopped first.
+    pub max_parallel: usize,
+    /// How long a new copy runs before it counts as healthy, in nanoseconds.
+    pub min_healthy_ns: i64,
+}
+
 /// How the scheduler retries a job's failed executions (read from its `Meta`; validation refuses
 /// a bad value, so a bad one here means the default).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -470,6 +498,27 @@ impl Job {
             .filter(|s| *s >= 0.0 && *s <= MAX_DISCONNECT_GRACE_SECS as f64)
             .unwrap_or(DEFAULT_DISCONNECT_GRACE_SECS as f64);
         (secs * 1e9) as i64
+    }
+
+    /// How an update replaces this job's copies ([`UPDATE_MAX_PARALLEL_META`],
+    /// [`UPDATE_MIN_HEALTHY_META`]).
+    pub fn update_policy(&self) -> UpdatePolicy {
+        let max_parallel = self
+            .meta
+            .get(UPDATE_MAX_PARALLEL_META)
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|n| *n <= MAX_UPDATE_MAX_PARALLEL)
+            .unwrap_or(DEFAULT_UPDATE_MAX_PARALLEL);
+        let secs = self
+            .meta
+            .get(UPDATE_MIN_HEALTHY_META)
+            .and_then(|v| parse_duration_secs(v).ok())
+            .filter(|s| *s >= 0.0 && *s <= MAX_UPDATE_MIN_HEALTHY_SECS)
+            .unwrap_or(DEFAULT_UPDATE_MIN_HEALTHY_SECS);
+        UpdatePolicy {
+            max_parallel,
+            min_healthy_ns: (secs * 1e9) as i64,
+        }
     }
 
     /// How this job's failed executions are retried ([`RETRY_ATTEMPTS_META`], [`RETRY_DELAY_META`]).

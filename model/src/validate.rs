@@ -171,6 +171,29 @@ pub fn validate_job(job: &Job) -> Result<(), SpecErrors> {
         (hint, hint),
         &mut e,
     );
+    if let Some(v) = job.meta.get(crate::spec::UPDATE_MAX_PARALLEL_META) {
+        let field = format!("Meta[{}]", crate::spec::UPDATE_MAX_PARALLEL_META);
+        if !v
+            .trim()
+            .parse::<usize>()
+            .is_ok_and(|n| n <= crate::spec::MAX_UPDATE_MAX_PARALLEL)
+        {
+            e.push(SpecError::new(
+                &field,
+                format!("{v:?} is not a number of copies from 0 to 10000"),
+                "write how many copies an update replaces at a time, e.g. \"1\" (0: all at once)",
+            ));
+        }
+    }
+    let hint =
+        "use a duration such as 10s or 1m (how long a new copy runs before an old one stops)";
+    meta_duration(
+        job,
+        crate::spec::UPDATE_MIN_HEALTHY_META,
+        (crate::spec::MAX_UPDATE_MIN_HEALTHY_SECS, "1h"),
+        (hint, hint),
+        &mut e,
+    );
     if job.count < 0 {
         e.push(SpecError::new(
             "Count",

@@ -336,6 +336,14 @@ fn bad_specs_are_refused_with_a_precise_message() {
             "is longer than the limit of 7 days",
         ),
         (
+            wasm("", "Meta: {caravel.io/update-max-parallel: all}"),
+            "Meta[caravel.io/update-max-parallel]: \"all\" is not a number of copies from 0 to 10000",
+        ),
+        (
+            wasm("", "Meta: {caravel.io/update-min-healthy: 2h}"),
+            "Meta[caravel.io/update-min-healthy]: \"2h\" is longer than the limit of 1h",
+        ),
+        (
             wasm("", "").replace("Type: batch", "Type: ops\nCount: 3"),
             "Count: 3 is not allowed for ops jobs",
         ),

@@ -99,15 +99,29 @@ pub fn schedule(view: &dyn StateView, eval: &Evaluation, now: i64, ids: &mut dyn
             plan.new_evaluations.push(timer);
         }
     }
-    // Executions of older versions make way for the new one.
-    stop_all(
-        &mut plan,
-        execs
-            .iter()
-            .copied()
-            .filter(|e| e.is_live() && e.job_version != job.version),
-        "job updated to a new version",
-    );
+    // Executions of older versions make way for the new one: a service's or daemon's copies one
+    // batch at a time (a rollout), a batch or ops job's at once (as Bacalhau).
+    let old: Vec<&Execution> = execs
+        .iter()
+        .copied()
+        .filter(|e| e.is_live() && e.job_version != job.version)
+        .collect();
+    let update = job.update_policy();
+    let rollout =
+        (!job.is_batch_like() && update.max_parallel > 0 && !old.is_empty()).then_some(Rollout {
+            old,
+            policy: update,
+        });
+    if rollout.is_none() {
+        stop_all(
+            &mut plan,
+            execs
+                .iter()
+                .copied()
+                .filter(|e| e.is_live() && e.job_version != job.version),
+            "job updated to a new version",
+        );
+    }
     let current: Vec<&Execution> = execs
         .iter()
         .copied()
@@ -121,11 +135,90 @@ pub fn schedule(view: &dyn StateView, eval: &Evaluation, now: i64, ids: &mut dyn
         .collect();
 
     if job.job_type().counts_executions() {
-        schedule_partitions(view, job, &current, &mut plan, eval, now, ids)
+        schedule_partitions(
+            view,
+            job,
+            &current,
+            rollout.as_ref(),
+            &mut plan,
+            eval,
+            now,
+            ids,
+        )
     } else {
-        schedule_per_node(view, job, &current, &mut plan, now, ids)
+        schedule_per_node(view, job, &current, rollout.as_ref(), &mut plan, now, ids)
+    }
+    if let Some(r) = &rollout {
+        r.look_again(job, &current, &mut plan, now);
     }
     plan
+}
+
+/// A service's or daemon's update under way (Nomad's rolling update): the live copies of older
+/// versions keep running while the new version's are placed, at most `max_parallel` of those not
+/// yet healthy at a time; an old copy stops once a new one has run `min_healthy` (a service: any
+/// new copy; a daemon: the one on its node). A new version that never runs takes nothing down.
+struct Rollout<'a> {
+    old: Vec<&'a Execution>,
+    policy: caravel_model::spec::UpdatePolicy,
+}
+
+impl Rollout<'_> {
+    /// Running for at least the policy's min-healthy time.
+    fn healthy(&self, e: &Execution, now: i64) -> bool {
+        e.is_live()
+            && e.compute_state.state_type == ExecutionStateType::Running
+            && now >= e.modify_time.saturating_add(self.policy.min_healthy_ns)
+    }
+
+    /// Says in the job's history what the update does now.
+    fn tell(&self, job: &Job, plan: &mut Plan, what: String, now: i64) {
+        plan.events.push(Event::new(
+            topic::SCHEDULING,
+            format!(
+                "update to version {}: {what} (at most {} new cop{} not yet healthy at a time; \
+                 healthy after running {})",
+                job.version,
+                self.policy.max_parallel,
+                if self.policy.max_parallel == 1 {
+                    "y"
+                } else {
+                    "ies"
+                },
+                format_grace(self.policy.min_healthy_ns)
+            ),
+            now,
+        ));
+    }
+
+    /// Asks for an evaluation when the first new copy not yet healthy may have become so: a
+    /// running copy at its min-healthy time, one not yet running (its start asks for no
+    /// evaluation) a min-healthy time from now; whole seconds, one id per job version and time,
+    /// so evaluations asking for the same time make one.
+    fn look_again(&self, job: &Job, current: &[&Execution], plan: &mut Plan, now: i64) {
+        const SEC: i64 = 1_000_000_000;
+        let wait = self.policy.min_healthy_ns.max(SEC);
+        let at = current
+            .iter()
+            .copied()
+            .filter(|e| e.is_live() && !self.healthy(e, now))
+            .map(|e| {
+                if e.compute_state.state_type == ExecutionStateType::Running {
+                    e.modify_time.saturating_add(self.policy.min_healthy_ns)
+                } else {
+                    now.saturating_add(wait)
+                }
+            })
+            .chain((!plan.new_executions.is_empty()).then(|| now.saturating_add(wait)))
+            .min();
+        if let Some(at) = at {
+            let at = (at.max(now + 1).saturating_add(SEC - 1) / SEC) * SEC;
+            let id = derived_eval_id(trigger::JOB_ROLLOUT, &job.version.to_string(), at, &job.id);
+            let mut next = Evaluation::new(id, job, trigger::JOB_ROLLOUT, now);
+            next.wait_until = at;
+            plan.new_evaluations.push(next);
+        }
+    }
 }
 
 /// Marks lost the live executions whose node has been DISCONNECTED for longer than the job's grace
@@ -253,10 +346,12 @@ fn failure_message(e: &Execution) -> String {
     m.unwrap_or_else(|| e.compute_state.message.clone())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn schedule_partitions(
     view: &dyn StateView,
     job: &Job,
     execs: &[&Execution],
+    rollout: Option<&Rollout>,
     plan: &mut Plan,
     eval: &Evaluation,
     now: i64,
@@ -357,7 +452,9 @@ fn schedule_partitions(
         }
     }
     let mut drain_retry = false;
-    let mut pool = NodePool::new(view, job);
+    // Walked only when a partition is to be placed (most evaluations of a running job place
+    // nothing: an execution's report, a timer).
+    let mut pool: Option<NodePool> = None;
     let mut unplaced: Vec<(i32, String)> = Vec::new();
     let mut exhausted = false;
     let mut retry_at: Option<i64> = None;
@@ -367,6 +464,42 @@ fn schedule_partitions(
     } else {
         BTreeSet::new()
     };
+    // An update under way: old copies stop as new ones become healthy; new copies are placed
+    // while fewer than the policy's limit are not yet healthy, away from the old copies' nodes
+    // where they can; `old_left` are those still running after this plan, oldest first.
+    let mut budget = usize::MAX;
+    let mut old_left: Vec<&Execution> = Vec::new();
+    if let Some(r) = rollout {
+        let new_live: Vec<&Execution> = live.values().flatten().copied().collect();
+        let healthy = new_live.iter().filter(|e| r.healthy(e, now)).count();
+        let keep = (count as usize).saturating_sub(healthy);
+        let mut old = r.old.clone();
+        old.sort_by_key(|e| (e.create_time, e.id.clone()));
+        let stop = old.len().saturating_sub(keep);
+        if stop > 0 {
+            stop_all(
+                plan,
+                old[..stop].iter().copied(),
+                &format!("replaced by version {}", job.version),
+            );
+            r.tell(
+                job,
+                plan,
+                format!(
+                    "{stop} old cop{} stopped, {healthy} of {count} new copies healthy",
+                    if stop == 1 { "y" } else { "ies" }
+                ),
+                now,
+            );
+        }
+        old_left = old[stop..].to_vec();
+        holding.extend(old_left.iter().map(|e| e.node_id.clone()));
+        budget = r
+            .policy
+            .max_parallel
+            .saturating_sub(new_live.len() - healthy);
+    }
+    let mut placed_in_rollout = 0;
     for p in 0..count {
         let leaving = moving.get(&p).copied();
         if done.contains(&p) || leaving.is_none() && live.get(&p).is_some_and(|v| !v.is_empty()) {
@@ -374,6 +507,7 @@ fn schedule_partitions(
         }
         if let Some(old) = leaving {
             let why = format!("node {} is draining", old.node_id);
+            let pool = pool.get_or_insert_with(|| NodePool::new(view, job));
             match pool.pick(&BTreeSet::new(), &holding) {
                 Ok((node, _)) => {
                     plan.events.push(Event::new(
@@ -390,7 +524,7 @@ fn schedule_partitions(
                         holding.insert(node.id().to_string());
                     }
                     plan.new_executions
-                        .push(new_execution(job, &node, p, &eval.id, now, ids));
+                        .push(new_execution(job, node, p, &eval.id, now, ids));
                 }
                 // A service copy stays where it is until another node can take it.
                 Err(NoPick::Full(r) | NoPick::NoNode(r) | NoPick::Excluded(r)) if service => {
@@ -456,10 +590,19 @@ fn schedule_partitions(
                 .collect(),
             None => BTreeSet::new(),
         };
+        if budget == 0 {
+            // The update's limit of copies not yet healthy is reached: later, as they become so.
+            continue;
+        }
         let mut avoid: BTreeSet<String> = per_node.keys().cloned().collect();
         avoid.extend(holding.iter().cloned());
+        let pool = pool.get_or_insert_with(|| NodePool::new(view, job));
         match pool.pick(&exclude, &avoid) {
             Ok((node, held)) => {
+                if rollout.is_some() {
+                    budget -= 1;
+                    placed_in_rollout += 1;
+                }
                 if !held.is_empty() {
                     plan.events.push(Event::new(
                         topic::SCHEDULING,
@@ -486,7 +629,7 @@ fn schedule_partitions(
                     holding.insert(node.id().to_string());
                 }
                 plan.new_executions
-                    .push(new_execution(job, &node, p, &eval.id, now, ids));
+                    .push(new_execution(job, node, p, &eval.id, now, ids));
                 live.entry(p).or_default();
             }
             // Retries are exhausted only when nodes with room could run it but each has failed
@@ -505,8 +648,51 @@ fn schedule_partitions(
                 };
                 unplaced.push((p, why));
             }
+            // No room for the new version while old copies hold it: one stops to make room, and
+            // an evaluation right after this plan places the new copy there.
+            Err(NoPick::Full(reason)) if !old_left.is_empty() => {
+                let old = old_left.remove(0);
+                stop_all(
+                    plan,
+                    std::iter::once(old),
+                    &format!("stopped to make room for version {}", job.version),
+                );
+                plan.new_evaluations.push(Evaluation::new(
+                    ids.evaluation_id(),
+                    job,
+                    trigger::JOB_ROLLOUT,
+                    now,
+                ));
+                budget -= 1;
+                if let Some(r) = rollout {
+                    r.tell(
+                        job,
+                        plan,
+                        format!(
+                            "no room for partition {p}'s new copy ({reason}): the old copy on \
+                             node {} stops first",
+                            old.node_id
+                        ),
+                        now,
+                    );
+                }
+            }
             Err(NoPick::Full(reason) | NoPick::NoNode(reason)) => unplaced.push((p, reason)),
         }
+    }
+    if let Some(r) = rollout
+        && placed_in_rollout > 0
+    {
+        r.tell(
+            job,
+            plan,
+            format!(
+                "{placed_in_rollout} new cop{} placed, {} old still running",
+                if placed_in_rollout == 1 { "y" } else { "ies" },
+                old_left.len()
+            ),
+            now,
+        );
     }
     if drain_retry {
         let at = next_backoff_tick(now);
@@ -562,6 +748,7 @@ fn schedule_per_node(
     view: &dyn StateView,
     job: &Job,
     execs: &[&Execution],
+    rollout: Option<&Rollout>,
     plan: &mut Plan,
     now: i64,
     ids: &mut dyn IdGen,
@@ -604,16 +791,111 @@ fn schedule_per_node(
             execs
                 .iter()
                 .copied()
-                .filter(|e| e.is_live() && pool.unfit.contains(&e.node_id)),
+                .filter(|e| e.is_live() && pool.unfit.contains(e.node_id.as_str())),
             "the node no longer matches the job",
         );
     }
+    // An update under way: a node's old copy stops once the new one there is healthy (at once
+    // where the node no longer takes the job); a node still running only an old copy gets its
+    // new one while fewer than the policy's limit are not yet healthy.
+    let mut budget = usize::MAX;
+    let mut replacing: BTreeSet<&str> = BTreeSet::new();
+    if let Some(r) = rollout {
+        let mut old_on: BTreeMap<&str, Vec<&Execution>> = BTreeMap::new();
+        for e in &r.old {
+            old_on.entry(e.node_id.as_str()).or_default().push(e);
+        }
+        let candidates = pool.candidate_ids();
+        let (mut in_flight, mut replaced, mut gone) = (0, Vec::new(), Vec::new());
+        let mut replaced_on = Vec::new();
+        for (node, olds) in old_on {
+            let new_here: Vec<&&Execution> = execs
+                .iter()
+                .filter(|e| e.node_id == node && e.is_live())
+                .collect();
+            if !candidates.contains(node) {
+                gone.extend(olds);
+            } else if new_here.iter().any(|e| r.healthy(e, now)) {
+                replaced.extend(olds);
+                replaced_on.push(node);
+            } else if !new_here.is_empty() {
+                in_flight += 1;
+            } else {
+                replacing.insert(node);
+            }
+        }
+        if !replaced.is_empty() {
+            stop_all(
+                plan,
+                replaced.iter().copied(),
+                &format!("replaced by version {}", job.version),
+            );
+            r.tell(
+                job,
+                plan,
+                format!(
+                    "the old cop{} on {} stopped",
+                    if replaced_on.len() == 1 { "y" } else { "ies" },
+                    replaced_on.join(", ")
+                ),
+                now,
+            );
+        }
+        stop_all(
+            plan,
+            gone.into_iter(),
+            "the node no longer takes the job's new version",
+        );
+        budget = r.policy.max_parallel.saturating_sub(in_flight);
+    }
     let mut placed = 0;
     for (n, _) in pool.with_room() {
-        if !covered.contains(n.id()) {
-            plan.new_executions
-                .push(new_execution(job, n, 0, &plan.eval_id.clone(), now, ids));
-            placed += 1;
+        if covered.contains(n.id()) {
+            continue;
+        }
+        if replacing.remove(n.id()) {
+            if budget == 0 {
+                continue;
+            }
+            budget -= 1;
+        }
+        plan.new_executions
+            .push(new_execution(job, n, 0, &plan.eval_id.clone(), now, ids));
+        placed += 1;
+    }
+    // A full node still running only an old copy: the old copy stops to make room, and an
+    // evaluation right after this plan places the new one there.
+    if let Some(r) = rollout {
+        let full: Vec<&str> = replacing
+            .iter()
+            .copied()
+            .filter(|n| pool.full.contains_key(*n))
+            .take(budget)
+            .collect();
+        if !full.is_empty() {
+            stop_all(
+                plan,
+                r.old
+                    .iter()
+                    .copied()
+                    .filter(|e| full.contains(&e.node_id.as_str())),
+                &format!("stopped to make room for version {}", job.version),
+            );
+            plan.new_evaluations.push(Evaluation::new(
+                ids.evaluation_id(),
+                job,
+                trigger::JOB_ROLLOUT,
+                now,
+            ));
+            r.tell(
+                job,
+                plan,
+                format!(
+                    "no room beside the old copies on {}: they stop first",
+                    full.join(", ")
+                ),
+                now,
+            );
         }
     }
     // A daemon reaches a matching node that had no room as soon as it has: it looks again after
@@ -785,86 +1067,119 @@ enum NoPick {
     NoNode(String),
 }
 
+/// Why a node cannot run a job (its text made only when someone reads it).
+enum Why {
+    Draining,
+    Ineligible,
+    /// Not approved or not connected.
+    Unschedulable,
+    Engine,
+    Publisher,
+    /// The job's input source at this index.
+    Source(usize),
+    /// The job's constraint at this index.
+    Constraint(usize),
+    Admission(String),
+    TooBig,
+}
+
 /// Nodes that can run a job, with the capacity each has left, ranked least-loaded first.
 struct NodePool<'a> {
     candidates: Vec<Candidate<'a>>,
-    rejections: BTreeMap<String, String>,
+    rejected: Vec<(&'a NodeState, Why)>,
     /// Schedulable nodes the job does not fit (engine, sources, constraints, policy, capacity).
-    unfit: BTreeSet<String>,
+    unfit: BTreeSet<&'a str>,
     /// Candidates [`Self::with_room`] found without room, and why.
     full: BTreeMap<String, String>,
     need: Resources,
+    job: &'a Job,
+    engine: String,
+    publisher: String,
+    sources: Vec<String>,
 }
 
 impl<'a> NodePool<'a> {
-    fn new(view: &'a dyn StateView, job: &Job) -> Self {
-        let task = job.task().cloned().unwrap_or_default();
-        let need = Resources::from_config(&task.resources);
-        let engine = task.engine.kind_lower();
-        let publisher = task.publisher.kind_lower();
+    fn new(view: &'a dyn StateView, job: &'a Job) -> Self {
+        // What every node is checked against, worked out once per evaluation: a fleet of
+        // thousands is walked once per job, so the walk must not parse or format per node.
+        let task = job.task();
+        let need = task.map_or_else(Resources::default, |t| Resources::from_config(&t.resources));
+        let engine = task.map(|t| t.engine.kind_lower()).unwrap_or_default();
+        let publisher = task.map(|t| t.publisher.kind_lower()).unwrap_or_default();
+        let sources: Vec<String> = task
+            .map(|t| t.input_sources.as_slice())
+            .unwrap_or(&[])
+            .iter()
+            .map(|i| i.source.kind_lower())
+            .collect();
+        let inputs = caravel_model::locality::JobInputs::of(job);
+        // Nodes that advertise no admission policy have the default one: one verdict for all.
+        let default_verdict = caravel_model::admission::AdmissionPolicy::default()
+            .check(job)
+            .err();
         let mut candidates = Vec::new();
-        let mut rejections = BTreeMap::new();
+        let mut rejected = Vec::new();
         let mut unfit = BTreeSet::new();
         for n in view.nodes() {
             if n.info.node_type != "Compute" {
                 continue;
             }
             let ci = &n.info.compute_node_info;
-            let eligibility = n.eligibility();
-            if n.is_schedulable() && eligibility != Eligibility::Eligible {
-                // Not unfit: what runs there (a daemon's copy, say) is not told to leave.
-                let why = match eligibility {
-                    Eligibility::Draining { .. } => "draining (an operator's `node drain`)",
-                    _ => "ineligible for new work (an operator's `node eligibility --disable`)",
-                };
-                rejections.insert(n.id().to_string(), why.to_string());
-                continue;
+            let schedulable = n.is_schedulable();
+            if schedulable {
+                match n.eligibility() {
+                    Eligibility::Eligible => {}
+                    // Not unfit: what runs there (a daemon's copy, say) is not told to leave.
+                    Eligibility::Draining { .. } => {
+                        rejected.push((n, Why::Draining));
+                        continue;
+                    }
+                    Eligibility::Ineligible => {
+                        rejected.push((n, Why::Ineligible));
+                        continue;
+                    }
+                }
             }
-            let why = if !n.is_schedulable() {
-                Some(format!(
-                    "{} / {}",
-                    n.membership.as_str(),
-                    n.connection_state.status.as_str()
-                ))
+            let why = if !schedulable {
+                Some(Why::Unschedulable)
             } else if !ci
                 .execution_engines
                 .iter()
                 .any(|e| e.eq_ignore_ascii_case(&engine))
             {
-                Some(format!("engine {engine} is not supported"))
+                Some(Why::Engine)
             } else if !publisher.is_empty()
                 && !ci
                     .publishers
                     .iter()
                     .any(|p| p.eq_ignore_ascii_case(&publisher))
             {
-                Some(format!("publisher {publisher} is not supported"))
-            } else if let Some(src) = task
-                .input_sources
+                Some(Why::Publisher)
+            } else if let Some(i) = sources
                 .iter()
-                .map(|i| i.source.kind_lower())
-                .find(|s| !ci.storage_sources.iter().any(|x| x.eq_ignore_ascii_case(s)))
+                .position(|s| !ci.storage_sources.iter().any(|x| x.eq_ignore_ascii_case(s)))
             {
-                Some(format!("input source {src} is not supported"))
-            } else if let Some(c) = job.constraints.iter().find(|c| !c.matches(&n.info.labels)) {
-                Some(format!(
-                    "does not match constraint {} {} {:?}",
-                    c.key, c.operator, c.values
-                ))
+                Some(Why::Source(i))
+            } else if let Some(i) = job
+                .constraints
+                .iter()
+                .position(|c| !c.matches(&n.info.labels))
+            {
+                Some(Why::Constraint(i))
             } else {
                 // The node's own admission policy, as it advertises it (none: the defaults, which
                 // refuse Host networking): the node would refuse.
-                caravel_model::admission::AdmissionPolicy::from_labels(&n.info.labels)
-                    .unwrap_or_default()
-                    .check(job)
-                    .err()
-                    .map(|why| format!("its admission policy refuses the job: {why}"))
+                match caravel_model::admission::AdmissionPolicy::from_labels(&n.info.labels) {
+                    Some(policy) => policy.check(job).err(),
+                    None => default_verdict.clone(),
+                }
+                .map(Why::Admission)
             };
             if let Some(w) = why {
-                if n.is_schedulable() {
-                    unfit.insert(n.id().to_string());
+                if schedulable {
+                    unfit.insert(n.id());
                 }
-                rejections.insert(n.id().to_string(), w);
+                rejected.push((n, w));
                 continue;
             }
             let limit = if ci.max_job_requirements == Resources::default() {
@@ -873,14 +1188,8 @@ impl<'a> NodePool<'a> {
                 &ci.max_job_requirements
             };
             if !need.fits_in(limit) {
-                unfit.insert(n.id().to_string());
-                rejections.insert(
-                    n.id().to_string(),
-                    format!(
-                        "job needs more than the node's capacity (cpu {} mem {})",
-                        need.cpu, need.memory
-                    ),
-                );
+                unfit.insert(n.id());
+                rejected.push((n, Why::TooBig));
                 continue;
             }
             let mut free = ci.max_capacity.clone();
@@ -898,7 +1207,7 @@ impl<'a> NodePool<'a> {
                 allocated,
                 limit: ci.max_capacity.scaled(OVER_SUBSCRIPTION),
                 load: live.len(),
-                held: caravel_model::locality::held_inputs(job, &n.info.labels),
+                held: inputs.held_by(&n.info.labels),
             });
         }
         candidates.sort_by(|a, b| {
@@ -908,10 +1217,51 @@ impl<'a> NodePool<'a> {
         });
         NodePool {
             candidates,
-            rejections,
+            rejected,
             unfit,
             full: BTreeMap::new(),
             need,
+            job,
+            engine,
+            publisher,
+            sources,
+        }
+    }
+
+    /// Why each node that cannot run the job was rejected, as people read it.
+    fn rejections(&self) -> BTreeMap<String, String> {
+        self.rejected
+            .iter()
+            .map(|(n, w)| (n.id().to_string(), self.reason(n, w)))
+            .collect()
+    }
+
+    fn reason(&self, n: &NodeState, w: &Why) -> String {
+        match w {
+            Why::Draining => "draining (an operator's `node drain`)".into(),
+            Why::Ineligible => {
+                "ineligible for new work (an operator's `node eligibility --disable`)".into()
+            }
+            Why::Unschedulable => format!(
+                "{} / {}",
+                n.membership.as_str(),
+                n.connection_state.status.as_str()
+            ),
+            Why::Engine => format!("engine {} is not supported", self.engine),
+            Why::Publisher => format!("publisher {} is not supported", self.publisher),
+            Why::Source(i) => format!("input source {} is not supported", self.sources[*i]),
+            Why::Constraint(i) => {
+                let c = &self.job.constraints[*i];
+                format!(
+                    "does not match constraint {} {} {:?}",
+                    c.key, c.operator, c.values
+                )
+            }
+            Why::Admission(why) => format!("its admission policy refuses the job: {why}"),
+            Why::TooBig => format!(
+                "job needs more than the node's capacity (cpu {} mem {})",
+                self.need.cpu, self.need.memory
+            ),
         }
     }
 
@@ -929,6 +1279,11 @@ impl<'a> NodePool<'a> {
              is given out, the rest queued) and the job needs {}",
             c.allocated, c.node.info.compute_node_info.max_capacity, self.need
         )
+    }
+
+    /// The nodes that can run the job (room or not).
+    fn candidate_ids(&self) -> BTreeSet<&'a str> {
+        self.candidates.iter().map(|c| c.node.id()).collect()
     }
 
     /// Nodes that can run the job and have room for one more execution of it, with the job's
@@ -955,7 +1310,7 @@ impl<'a> NodePool<'a> {
         &mut self,
         exclude: &BTreeSet<String>,
         avoid: &BTreeSet<String>,
-    ) -> Result<(NodeState, Vec<String>), NoPick> {
+    ) -> Result<(&'a NodeState, Vec<String>), NoPick> {
         // Nodes with room first, then those holding more of the job's inputs, then the least
         // loaded (ties by id, so plans are deterministic).
         let best = |strict: bool| {
@@ -971,7 +1326,7 @@ impl<'a> NodePool<'a> {
                         !self.need.fits_in(&c.free),
                         std::cmp::Reverse(c.held.len()),
                         c.load,
-                        c.node.id().to_string(),
+                        c.node.id(),
                     )
                 })
                 .map(|(i, _)| i)
@@ -982,10 +1337,10 @@ impl<'a> NodePool<'a> {
             c.free.sub(&need);
             c.allocated.add(&need);
             c.load += 1;
-            return Ok((c.node.clone(), c.held.clone()));
+            return Ok((c.node, c.held.clone()));
         }
         // Nothing placed: nodes without room are why, unless failures rule out those with room.
-        let mut rejections = self.rejections.clone();
+        let mut rejections = self.rejections();
         let mut full = false;
         let mut excluded = false;
         for c in &self.candidates {
@@ -996,7 +1351,7 @@ impl<'a> NodePool<'a> {
                 excluded = true;
             }
         }
-        let why = why_none(&rejections, self.rejections.len() + self.candidates.len());
+        let why = why_none(&rejections, self.rejected.len() + self.candidates.len());
         Err(if excluded {
             NoPick::Excluded(why)
         } else if full {
@@ -1008,9 +1363,9 @@ impl<'a> NodePool<'a> {
 
     /// Why no node takes the job: per reason, how many nodes and which (at most 5 named).
     fn why_none(&self) -> String {
-        let mut all = self.rejections.clone();
+        let mut all = self.rejections();
         all.extend(self.full.iter().map(|(k, v)| (k.clone(), v.clone())));
-        why_none(&all, self.rejections.len() + self.candidates.len())
+        why_none(&all, self.rejected.len() + self.candidates.len())
     }
 }
 
@@ -1124,6 +1479,19 @@ mod tests {
         st: ExecutionStateType,
         followup: &str,
     ) {
+        report_at(s, node, seq, exec, st, followup, 100 + seq as i64);
+    }
+
+    /// As [`report`], applied at `now`.
+    fn report_at(
+        s: &mut ClusterState,
+        node: &str,
+        seq: u64,
+        exec: &str,
+        st: ExecutionStateType,
+        followup: &str,
+        now: i64,
+    ) {
         let update = ExecutionUpdate {
             execution_id: exec.into(),
             state: st,
@@ -1138,7 +1506,7 @@ mod tests {
             seq,
             update,
             followup_eval_id: followup.into(),
-            now: 100 + seq as i64,
+            now,
         });
     }
 
@@ -1358,6 +1726,12 @@ mod tests {
                 .job;
         job.id = id.into();
         job.create_time = now;
+        submit_parsed(s, job, now)
+    }
+
+    /// Submits `job` (a new version of the job of the same name, if there is one).
+    fn submit_parsed(s: &mut ClusterState, job: Job, now: i64) -> String {
+        let id = job.id.clone();
         let eval_id = format!("ev-{id}");
         let eval = Evaluation::new(eval_id.clone(), &job, trigger::JOB_REGISTER, now);
         s.apply(&Command::SubmitJob {
@@ -1382,6 +1756,260 @@ mod tests {
 
     fn live_nodes(s: &ClusterState, job: &str) -> BTreeSet<String> {
         live_on(s, job).into_iter().collect()
+    }
+
+    /// A new version of job `name`: its spec with `meta` added, submitted at `now`; the update's
+    /// evaluation id.
+    fn update(s: &mut ClusterState, name: &str, meta: &[(&str, &str)], now: i64) -> String {
+        let mut job = s.jobs[name].clone();
+        for (k, v) in meta {
+            job.meta.insert(k.to_string(), v.to_string());
+        }
+        job.id = format!("{name}-update-{now}");
+        let eval = submit_parsed(s, job, now);
+        assert_eq!(
+            s.evaluations[&eval].triggered_by,
+            trigger::JOB_UPDATE,
+            "an update of {name}"
+        );
+        eval
+    }
+
+    /// Reports every live execution of `job` not yet running as Running at `now`.
+    fn start_all(s: &mut ClusterState, job: &str, seq: &mut u64, now: i64) {
+        let starting: Vec<(String, String)> = s
+            .executions_of(job)
+            .into_iter()
+            .filter(|e| e.is_live() && e.compute_state.state_type != ExecutionStateType::Running)
+            .map(|e| (e.node_id.clone(), e.id.clone()))
+            .collect();
+        for (node, id) in starting {
+            *seq += 1;
+            report_at(s, &node, *seq, &id, ExecutionStateType::Running, "", now);
+        }
+    }
+
+    /// The live executions of `job` per version: (version, node) pairs, sorted.
+    fn live_versions(s: &ClusterState, job: &str) -> Vec<(u64, String)> {
+        let mut v: Vec<(u64, String)> = s
+            .executions_of(job)
+            .into_iter()
+            .filter(|e| e.is_live())
+            .map(|e| (e.job_version, e.node_id.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The job's one pending rollout evaluation and when it is due.
+    fn rollout_eval(s: &ClusterState, job: &str) -> (String, i64) {
+        let v: Vec<&Evaluation> = s
+            .pending_evaluations()
+            .into_iter()
+            .filter(|e| e.job_id == job && e.triggered_by == trigger::JOB_ROLLOUT)
+            .collect();
+        assert_eq!(v.len(), 1, "one rollout evaluation: {v:?}");
+        (v[0].id.clone(), v[0].wait_until)
+    }
+
+    #[test]
+    fn a_service_update_replaces_one_copy_at_a_time_each_once_a_new_one_has_run_long_enough() {
+        let mut s = cluster(&[("n-a", "wasm"), ("n-b", "wasm"), ("n-c", "wasm")]);
+        let mut ids = SequentialIds::default();
+        let mut seq = 0;
+        let ev = submit_text(&mut s, "svc", "Type: service\nCount: 2\n", SEC);
+        run_eval(&mut s, &ev, &mut ids, SEC);
+        start_all(&mut s, "svc", &mut seq, 2 * SEC);
+        let old = live_versions(&s, "svc");
+        assert_eq!(old.len(), 2);
+
+        // The update: one new copy, off the old copies' nodes; both old copies keep running.
+        let up = update(&mut s, "svc", &[("v", "2")], 10 * SEC);
+        let p = run_eval(&mut s, &up, &mut ids, 10 * SEC);
+        assert!(p.updates.is_empty(), "nothing stops yet: {:?}", p.updates);
+        assert_eq!(p.new_executions.len(), 1);
+        assert_eq!(
+            p.new_executions[0].node_id, "n-c",
+            "away from the old copies"
+        );
+        assert_eq!(live_versions(&s, "svc").len(), 3);
+        let (look, at) = rollout_eval(&s, "svc");
+        assert_eq!(at, 20 * SEC, "a min-healthy time (10 s) later");
+
+        // Running since 12 s: not healthy at 20 s; nothing changes, it looks again at 22 s.
+        start_all(&mut s, "svc", &mut seq, 12 * SEC);
+        let p = run_eval(&mut s, &look, &mut ids, 20 * SEC);
+        assert!(p.updates.is_empty() && p.new_executions.is_empty(), "{p:?}");
+        let (look, at) = rollout_eval(&s, "svc");
+        assert_eq!(at, 22 * SEC);
+
+        // Healthy: the oldest old copy stops and the second new copy is placed.
+        let p = run_eval(&mut s, &look, &mut ids, 22 * SEC);
+        assert_eq!(p.updates.len(), 1, "{p:?}");
+        assert!(p.updates[0].message.contains("replaced by version 2"));
+        assert_eq!(p.new_executions.len(), 1);
+        start_all(&mut s, "svc", &mut seq, 23 * SEC);
+        // Its placement's timer (32 s) finds it running for 9 s only and asks again for 33 s.
+        let (look, at) = rollout_eval(&s, "svc");
+        assert_eq!(at, 32 * SEC);
+        run_eval(&mut s, &look, &mut ids, at);
+        let (look, at) = rollout_eval(&s, "svc");
+        assert_eq!(at, 33 * SEC);
+        run_eval(&mut s, &look, &mut ids, at);
+        assert_eq!(
+            live_versions(&s, "svc")
+                .iter()
+                .map(|(v, _)| *v)
+                .collect::<Vec<_>>(),
+            [2, 2],
+            "the update is done: two copies of version 2"
+        );
+        let told: Vec<String> = s
+            .history_of("svc")
+            .iter()
+            .map(|h| h.event.message.clone())
+            .filter(|m| m.starts_with("update to version 2"))
+            .collect();
+        assert!(
+            told.iter().any(
+                |m| m.contains("1 old copy stopped, 1 of 2 new copies healthy")
+                    && m.contains(
+                        "at most 1 new copy not yet healthy at a time; healthy after running 10s"
+                    )
+            ),
+            "{told:?}"
+        );
+    }
+
+    #[test]
+    fn an_update_whose_copies_never_run_takes_no_old_copy_down_and_zero_parallel_replaces_all_at_once()
+     {
+        let mut s = cluster(&[("n-a", "wasm"), ("n-b", "wasm")]);
+        let mut ids = SequentialIds::default();
+        let mut seq = 0;
+        let ev = submit_text(&mut s, "svc", "Type: service\nCount: 2\n", SEC);
+        run_eval(&mut s, &ev, &mut ids, SEC);
+        start_all(&mut s, "svc", &mut seq, 2 * SEC);
+        let up = update(&mut s, "svc", &[("v", "2")], 10 * SEC);
+        let p = run_eval(&mut s, &up, &mut ids, 10 * SEC);
+        let bad = p.new_executions[0].clone();
+        seq += 1;
+        report_at(
+            &mut s,
+            &bad.node_id,
+            seq,
+            &bad.id,
+            ExecutionStateType::Failed,
+            "f-bad",
+            11 * SEC,
+        );
+        let p = run_eval(&mut s, "f-bad", &mut ids, 11 * SEC);
+        assert!(p.updates.is_empty(), "{p:?}");
+        assert_eq!(
+            live_versions(&s, "svc")
+                .iter()
+                .filter(|(v, _)| *v == 1)
+                .count(),
+            2,
+            "both old copies still run"
+        );
+
+        // Version 3 asks for all at once: the old copies stop, both new ones are placed.
+        let up = update(
+            &mut s,
+            "svc",
+            &[(caravel_model::spec::UPDATE_MAX_PARALLEL_META, "0")],
+            20 * SEC,
+        );
+        let p = run_eval(&mut s, &up, &mut ids, 20 * SEC);
+        assert_eq!(p.new_executions.len(), 2);
+        assert!(
+            p.updates
+                .iter()
+                .all(|u| u.message == "job updated to a new version")
+        );
+        assert_eq!(
+            live_versions(&s, "svc")
+                .iter()
+                .map(|(v, _)| *v)
+                .collect::<Vec<_>>(),
+            [3, 3]
+        );
+    }
+
+    #[test]
+    fn an_update_without_room_beside_the_old_copy_stops_it_first() {
+        let mut s = cluster(&[("n-a", "wasm")]);
+        let mut ids = SequentialIds::default();
+        let mut seq = 0;
+        // Two CPUs of the node's two: old and new together would exceed 1.5x its capacity.
+        let task = "  Resources: {CPU: '2'}\n";
+        let ev = submit_with_task(&mut s, "svc", "Type: service\nCount: 1\n", task, SEC);
+        run_eval(&mut s, &ev, &mut ids, SEC);
+        start_all(&mut s, "svc", &mut seq, 2 * SEC);
+        let up = update(&mut s, "svc", &[("v", "2")], 10 * SEC);
+        let p = run_eval(&mut s, &up, &mut ids, 10 * SEC);
+        assert!(p.new_executions.is_empty());
+        assert_eq!(p.updates.len(), 1);
+        assert!(
+            p.updates[0]
+                .message
+                .contains("stopped to make room for version 2")
+        );
+        assert!(
+            p.events
+                .iter()
+                .any(|e| e.message.contains("the old copy on node n-a stops first"))
+        );
+        // Stopped, it holds nothing: the evaluation right after places the new copy.
+        let (next, at) = rollout_eval(&s, "svc");
+        assert_eq!(at, 0, "due at once");
+        let p = run_eval(&mut s, &next, &mut ids, 10 * SEC);
+        assert_eq!(p.new_executions.len(), 1, "{p:?}");
+        assert_eq!(p.new_executions[0].job_version, 2);
+    }
+
+    #[test]
+    fn a_daemon_update_replaces_node_by_node_each_old_copy_once_the_new_one_beside_it_is_healthy() {
+        let mut s = cluster(&[("n-a", "wasm"), ("n-b", "wasm")]);
+        let mut ids = SequentialIds::default();
+        let mut seq = 0;
+        let ev = submit_text(&mut s, "d", "Type: daemon\n", SEC);
+        run_eval(&mut s, &ev, &mut ids, SEC);
+        start_all(&mut s, "d", &mut seq, 2 * SEC);
+        let up = update(&mut s, "d", &[("v", "2")], 10 * SEC);
+        let p = run_eval(&mut s, &up, &mut ids, 10 * SEC);
+        assert!(p.updates.is_empty());
+        assert_eq!(p.new_executions.len(), 1, "one node at a time");
+        let first = p.new_executions[0].node_id.clone();
+        start_all(&mut s, "d", &mut seq, 11 * SEC);
+        let (look, at) = rollout_eval(&s, "d");
+        assert_eq!(at, 20 * SEC, "the placement's timer");
+        let p = run_eval(&mut s, &look, &mut ids, at);
+        assert!(p.updates.is_empty() && p.new_executions.is_empty(), "{p:?}");
+        let (look, at) = rollout_eval(&s, "d");
+        assert_eq!(at, 21 * SEC, "running since 11 s: healthy at 21 s");
+        let p = run_eval(&mut s, &look, &mut ids, at);
+        assert_eq!(p.updates.len(), 1);
+        let stopped = &s.executions[&p.updates[0].execution_id];
+        assert_eq!(
+            (stopped.job_version, stopped.node_id.as_str()),
+            (1, first.as_str()),
+            "the old copy beside the healthy new one"
+        );
+        assert_eq!(p.new_executions.len(), 1);
+        assert_ne!(p.new_executions[0].node_id, first, "then the next node");
+        start_all(&mut s, "d", &mut seq, 22 * SEC);
+        let (look, at) = rollout_eval(&s, "d");
+        assert_eq!(at, 31 * SEC);
+        run_eval(&mut s, &look, &mut ids, at);
+        let (look, at) = rollout_eval(&s, "d");
+        assert_eq!(at, 32 * SEC);
+        run_eval(&mut s, &look, &mut ids, at);
+        assert_eq!(
+            live_versions(&s, "d"),
+            [(2, "n-a".to_string()), (2, "n-b".to_string())]
+        );
     }
 
     #[test]
