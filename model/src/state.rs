@@ -72,6 +72,9 @@ struct Indexes {
     /// Each node's executions that are not terminal: what the scheduler weighs against its
     /// capacity, without walking the node's whole history.
     live_by_node: BTreeMap<String, BTreeSet<String>>,
+    /// The evaluations still pending: what the broker looks at, without walking every
+    /// evaluation ever made.
+    pending_evals: BTreeSet<String>,
     history_by_job: BTreeMap<String, BTreeSet<String>>,
 }
 
@@ -294,6 +297,12 @@ impl ClusterState {
                     .insert(id.clone());
             }
         }
+        idx.pending_evals = self
+            .evaluations
+            .values()
+            .filter(|e| e.status == status::PENDING)
+            .map(|e| e.id.clone())
+            .collect();
         for (k, h) in &self.history {
             idx.history_by_job
                 .entry(h.job_id.clone())
@@ -370,9 +379,10 @@ impl ClusterState {
     }
 
     pub fn pending_evaluations(&self) -> Vec<&Evaluation> {
-        self.evaluations
-            .values()
-            .filter(|e| e.status == status::PENDING)
+        self.idx
+            .pending_evals
+            .iter()
+            .filter_map(|id| self.evaluations.get(id))
             .collect()
     }
 
@@ -595,6 +605,11 @@ impl ClusterState {
     }
 
     fn put_eval(&mut self, e: Evaluation) {
+        if e.status == status::PENDING {
+            self.idx.pending_evals.insert(e.id.clone());
+        } else {
+            self.idx.pending_evals.remove(&e.id);
+        }
         self.dirty.insert((Table::Evaluation, e.id.clone()));
         self.evaluations.insert(e.id.clone(), e);
     }

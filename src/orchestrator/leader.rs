@@ -51,105 +51,163 @@ pub async fn run(cluster: Cluster, shutdown: CancellationToken) {
 const PLANS_PER_COMMIT: usize = 64;
 /// New executions in one entry: once the batch's plans place this many, the rest waits.
 const EXECUTIONS_PER_COMMIT: usize = 2_000;
+/// Batches being committed at once: the broker plans the next while earlier ones replicate and
+/// reach the disk (Raft appends entries that arrive together with one fsync).
+const COMMITS_IN_FLIGHT: usize = 4;
+
+/// A batch handed to Raft: its evaluations, and the answers (one per plan, in order).
+type Committed = (
+    u64,
+    Vec<caravel_model::evaluation::Evaluation>,
+    Vec<Result<CommandResponse, String>>,
+);
 
 /// The evaluation broker: hands every due pending evaluation to the scheduler and commits the
-/// plans, up to [`PLANS_PER_COMMIT`] in one Raft entry.
+/// plans, up to [`PLANS_PER_COMMIT`] in one Raft entry and [`COMMITS_IN_FLIGHT`] entries at once.
+/// A batch is planned against the state plus the plans still being committed (so no room is given
+/// out twice), one evaluation per job, none of a job whose plan is being committed.
 async fn broker(cluster: Cluster, stop: CancellationToken) {
+    use std::collections::HashSet;
     let mut applied = cluster.subscribe();
     let mut ids = RandomIds;
+    let mut commits: tokio::task::JoinSet<Committed> = tokio::task::JoinSet::new();
+    let mut in_flight: Vec<(u64, Vec<caravel_model::command::Plan>)> = Vec::new();
+    let mut next_batch = 0u64;
     loop {
-        let now = now_ns();
-        let due: Vec<_> = cluster.read(|s| {
-            let mut v: Vec<_> = s
-                .pending_evaluations()
-                .into_iter()
-                .filter(|e| e.wait_until <= now)
-                .cloned()
-                .collect();
-            v.sort_by(|a, b| {
-                b.priority
-                    .cmp(&a.priority)
-                    .then(a.create_time.cmp(&b.create_time))
-                    .then(a.id.cmp(&b.id))
-            });
-            v
-        });
-        let mut rest = due;
-        while !rest.is_empty() {
-            if stop.is_cancelled() {
-                return;
-            }
-            // One evaluation per job in a batch (a second one waits for the first's commit).
-            let mut batch = Vec::new();
-            let mut later = Vec::new();
-            let mut jobs = std::collections::HashSet::new();
-            for e in rest {
-                if batch.len() < PLANS_PER_COMMIT && jobs.insert(e.job_id.clone()) {
-                    batch.push(e);
-                } else {
-                    later.push(e);
-                }
-            }
-            rest = later;
-            // Planned in order against one view that counts the batch's earlier placements, then
-            // committed in one Raft entry; each plan is applied or refused on its own.
-            let mut plans = cluster.read(|s| {
+        if stop.is_cancelled() {
+            return;
+        }
+        let mut failed = false;
+        while let Some(done) = commits.try_join_next() {
+            failed |= finish(&cluster, done, &mut in_flight);
+        }
+        let mut started = false;
+        if !failed && in_flight.len() < COMMITS_IN_FLIGHT {
+            let now = now_ns();
+            let (evals, mut plans) = cluster.read(|s| {
+                let busy_evals: HashSet<&str> = in_flight
+                    .iter()
+                    .flat_map(|(_, ps)| ps.iter().map(|p| p.eval_id.as_str()))
+                    .collect();
+                let busy_jobs: HashSet<&str> = in_flight
+                    .iter()
+                    .flat_map(|(_, ps)| ps.iter().map(|p| p.job_id.as_str()))
+                    .collect();
+                let mut due: Vec<_> = s
+                    .pending_evaluations()
+                    .into_iter()
+                    .filter(|e| {
+                        e.wait_until <= now
+                            && !busy_evals.contains(e.id.as_str())
+                            && !busy_jobs.contains(e.job_id.as_str())
+                    })
+                    .collect();
+                due.sort_by(|a, b| {
+                    b.priority
+                        .cmp(&a.priority)
+                        .then(a.create_time.cmp(&b.create_time))
+                        .then(a.id.cmp(&b.id))
+                });
+                // Planned in order against one view that counts the plans being committed and
+                // the batch's earlier ones; each plan is applied or refused on its own.
                 let mut view = scheduler::PlanningView::new(s);
-                let mut plans = Vec::new();
+                for p in in_flight.iter().flat_map(|(_, ps)| ps) {
+                    view.add(p);
+                }
+                let (mut evals, mut plans) = (Vec::new(), Vec::new());
+                let mut jobs = HashSet::new();
                 let mut placed = 0;
-                for eval in &batch {
+                for eval in due {
                     // The entry stays small: a big plan ends the batch (it is never split).
-                    if placed >= EXECUTIONS_PER_COMMIT {
+                    if plans.len() >= PLANS_PER_COMMIT || placed >= EXECUTIONS_PER_COMMIT {
                         break;
+                    }
+                    // One evaluation per job in a batch (a second one waits for the first's commit).
+                    if !jobs.insert(eval.job_id.as_str()) {
+                        continue;
                     }
                     let p = scheduler::schedule(&view, eval, now_ns(), &mut ids);
                     placed += p.new_executions.len();
                     view.add(&p);
                     plans.push(p);
+                    evals.push(eval.clone());
                 }
-                plans
+                (evals, plans)
             });
-            // Evaluations left out wait for the next batch.
-            let unplanned = batch.split_off(plans.len());
-            rest.splice(0..0, unplanned);
-            let cmd = if plans.len() == 1 {
-                Command::ApplyPlan(plans.remove(0))
-            } else {
-                Command::ApplyPlans(plans)
-            };
-            let answers: Vec<Result<CommandResponse, String>> = match cluster.write(cmd).await {
-                Ok(CommandResponse::Plans(rs)) => rs.into_iter().map(Ok).collect(),
-                Ok(r) => vec![Ok(r)],
-                Err(e) => batch.iter().map(|_| Err(e.to_string())).collect(),
-            };
-            for (eval, answer) in batch.iter().zip(answers) {
-                let outcome = match answer {
-                    Ok(CommandResponse::Rejected { message, .. }) => {
-                        tracing::debug!(eval = %eval.id, %message, "plan refused; will evaluate again");
-                        "stale"
-                    }
-                    Ok(_) => {
-                        cluster
-                            .metrics()
-                            .scheduling_latency
-                            .observe((now_ns() - eval.create_time).max(0) as f64 / 1e9);
-                        "planned"
-                    }
-                    Err(e) => {
-                        tracing::warn!(eval = %eval.id, error = %e, "could not commit plan");
-                        "error"
-                    }
+            if !plans.is_empty() {
+                let batch = next_batch;
+                next_batch += 1;
+                in_flight.push((batch, plans.clone()));
+                let cmd = if plans.len() == 1 {
+                    Command::ApplyPlan(plans.remove(0))
+                } else {
+                    Command::ApplyPlans(plans)
                 };
-                cluster.metrics().observe_eval(&eval.triggered_by, outcome);
+                let c = cluster.clone();
+                commits.spawn(async move {
+                    let n = evals.len();
+                    let answers = match c.write(cmd).await {
+                        Ok(CommandResponse::Plans(rs)) => rs.into_iter().map(Ok).collect(),
+                        Ok(r) => vec![Ok(r)],
+                        Err(e) => (0..n).map(|_| Err(e.to_string())).collect(),
+                    };
+                    (batch, evals, answers)
+                });
+                started = true;
             }
         }
+        if started {
+            continue;
+        }
+        // Nothing more to plan now (or a commit failed: a pause before trying again).
         tokio::select! {
             biased;
             _ = stop.cancelled() => return,
-            r = applied.changed() => if r.is_err() { return },
+            Some(done) = commits.join_next(), if !commits.is_empty() && !failed => {
+                finish(&cluster, done, &mut in_flight);
+            }
+            r = applied.changed(), if !failed => if r.is_err() { return },
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
+}
+
+/// Records a committed batch's outcomes and forgets its plans; whether its commit failed.
+fn finish(
+    cluster: &Cluster,
+    done: Result<Committed, tokio::task::JoinError>,
+    in_flight: &mut Vec<(u64, Vec<caravel_model::command::Plan>)>,
+) -> bool {
+    let Ok((batch, evals, answers)) = done else {
+        // A commit task that panicked or was cancelled: its plans are no longer counted; the
+        // evaluations are still pending and are planned again.
+        in_flight.clear();
+        return true;
+    };
+    in_flight.retain(|(b, _)| *b != batch);
+    let mut failed = false;
+    for (eval, answer) in evals.iter().zip(answers) {
+        let outcome = match answer {
+            Ok(CommandResponse::Rejected { message, .. }) => {
+                tracing::debug!(eval = %eval.id, %message, "plan refused; will evaluate again");
+                "stale"
+            }
+            Ok(_) => {
+                cluster
+                    .metrics()
+                    .scheduling_latency
+                    .observe((now_ns() - eval.create_time).max(0) as f64 / 1e9);
+                "planned"
+            }
+            Err(e) => {
+                tracing::warn!(eval = %eval.id, error = %e, "could not commit plan");
+                failed = true;
+                "error"
+            }
+        };
+        cluster.metrics().observe_eval(&eval.triggered_by, outcome);
+    }
+    failed
 }
 
 /// Marks compute nodes DISCONNECTED when their heartbeats stop.
