@@ -85,6 +85,11 @@ impl JobInputs {
         )
     }
 
+    /// Whether the job has no input a node could hold.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// What of them a node with these labels holds: one description per input held.
     pub fn held_by(&self, labels: &BTreeMap<String, String>) -> Vec<String> {
         if self.0.is_empty() {

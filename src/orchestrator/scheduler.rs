@@ -453,8 +453,18 @@ fn schedule_partitions(
     }
     let mut drain_retry = false;
     // Walked only when a partition is to be placed (most evaluations of a running job place
-    // nothing: an execution's report, a timer).
+    // nothing: an execution's report, a timer). A batch job's first placements, with no failure
+    // to steer away from, no data to be near and no drain, rank a sample of the nodes (Nomad's
+    // batch scheduler does likewise); services, retries and locality rank every node.
     let mut pool: Option<NodePool> = None;
+    let want = (0..count)
+        .filter(|p| !done.contains(p) && live.get(p).is_none_or(|v| v.is_empty()))
+        .count();
+    let sampling = !service
+        && rollout.is_none()
+        && failed_on.is_empty()
+        && moving.is_empty()
+        && caravel_model::locality::JobInputs::of(job).is_empty();
     let mut unplaced: Vec<(i32, String)> = Vec::new();
     let mut exhausted = false;
     let mut retry_at: Option<i64> = None;
@@ -596,8 +606,22 @@ fn schedule_partitions(
         }
         let mut avoid: BTreeSet<String> = per_node.keys().cloned().collect();
         avoid.extend(holding.iter().cloned());
-        let pool = pool.get_or_insert_with(|| NodePool::new(view, job));
-        match pool.pick(&exclude, &avoid) {
+        let pool = pool.get_or_insert_with(|| {
+            if sampling {
+                NodePool::sample(view, job, want, &eval.id)
+            } else {
+                NodePool::new(view, job)
+            }
+        });
+        let mut picked = pool.pick(&exclude, &avoid);
+        if picked.is_err() && pool.partial {
+            // What a sample cannot place, or why, is the whole fleet's to answer.
+            let mut all = NodePool::new(view, job);
+            all.count_placed(&plan.new_executions);
+            *pool = all;
+            picked = pool.pick(&exclude, &avoid);
+        }
+        match picked {
             Ok((node, held)) => {
                 if rollout.is_some() {
                     budget -= 1;
@@ -1092,6 +1116,9 @@ struct NodePool<'a> {
     /// Candidates [`Self::with_room`] found without room, and why.
     full: BTreeMap<String, String>,
     need: Resources,
+    /// Built by [`Self::sample`] and stopped before the last node: what it cannot place, or why,
+    /// is not the whole fleet's answer.
+    partial: bool,
     job: &'a Job,
     engine: String,
     publisher: String,
@@ -1099,7 +1126,21 @@ struct NodePool<'a> {
 }
 
 impl<'a> NodePool<'a> {
+    /// Every node that can run the job.
     fn new(view: &'a dyn StateView, job: &'a Job) -> Self {
+        Self::build(view, job, None)
+    }
+
+    /// Enough of the nodes for `want` placements, as Nomad's batch scheduler, which ranks a few
+    /// feasible nodes rather than all (the power of two choices, after Sparrow): the walk starts
+    /// at a place derived from `seed` (the evaluation's id, so every replica's scheduler would
+    /// choose alike) and stops once it has found `max(2 × want, log2 nodes)` nodes with room. The
+    /// pool is `partial`: a placement it cannot make is tried again on every node.
+    fn sample(view: &'a dyn StateView, job: &'a Job, want: usize, seed: &str) -> Self {
+        Self::build(view, job, Some((want, seed)))
+    }
+
+    fn build(view: &'a dyn StateView, job: &'a Job, sample: Option<(usize, &str)>) -> Self {
         // What every node is checked against, worked out once per evaluation: a fleet of
         // thousands is walked once per job, so the walk must not parse or format per node.
         let task = job.task();
@@ -1120,7 +1161,33 @@ impl<'a> NodePool<'a> {
         let mut candidates = Vec::new();
         let mut rejected = Vec::new();
         let mut unfit = BTreeSet::new();
-        for n in view.nodes() {
+        let nodes = view.nodes();
+        let (start, enough) = match sample {
+            Some((want, seed)) if !nodes.is_empty() => {
+                // FNV-1a: a stable spread of start points, not a secret.
+                let h = seed.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                    (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+                });
+                let log2 = usize::BITS - nodes.len().leading_zeros();
+                (
+                    (h % nodes.len() as u64) as usize,
+                    Some((2 * want).max(log2 as usize).max(2)),
+                )
+            }
+            _ => (0, None),
+        };
+        let mut with_room = 0;
+        let mut partial = false;
+        for (i, n) in nodes[start..]
+            .iter()
+            .chain(&nodes[..start])
+            .copied()
+            .enumerate()
+        {
+            if enough.is_some_and(|k| with_room >= k) {
+                partial = i < nodes.len();
+                break;
+            }
             if n.info.node_type != "Compute" {
                 continue;
             }
@@ -1201,14 +1268,20 @@ impl<'a> NodePool<'a> {
                     allocated.add(r);
                 }
             }
-            candidates.push(Candidate {
+            let c = Candidate {
                 node: n,
                 free,
                 allocated,
                 limit: ci.max_capacity.scaled(OVER_SUBSCRIPTION),
                 load: live.len(),
                 held: inputs.held_by(&n.info.labels),
-            });
+            };
+            let mut after = c.allocated.clone();
+            after.add(&need);
+            if after.fits_in(&c.limit) {
+                with_room += 1;
+            }
+            candidates.push(c);
         }
         candidates.sort_by(|a, b| {
             a.load
@@ -1221,10 +1294,26 @@ impl<'a> NodePool<'a> {
             unfit,
             full: BTreeMap::new(),
             need,
+            partial,
             job,
             engine,
             publisher,
             sources,
+        }
+    }
+
+    /// Counts executions already placed by this plan (made with another pool) as held.
+    fn count_placed(&mut self, placed: &[Execution]) {
+        for e in placed {
+            if let Some(c) = self
+                .candidates
+                .iter_mut()
+                .find(|c| c.node.id() == e.node_id)
+            {
+                c.free.sub(&self.need);
+                c.allocated.add(&self.need);
+                c.load += 1;
+            }
         }
     }
 
@@ -2010,6 +2099,53 @@ mod tests {
             live_versions(&s, "d"),
             [(2, "n-a".to_string()), (2, "n-b".to_string())]
         );
+    }
+
+    /// A state with `n` compute nodes `n-000`…, each with the wasm engine.
+    fn fleet(n: usize) -> ClusterState {
+        let ids: Vec<String> = (0..n).map(|i| format!("n-{i:03}")).collect();
+        let nodes: Vec<(&str, &str)> = ids.iter().map(|id| (id.as_str(), "wasm")).collect();
+        cluster(&nodes)
+    }
+
+    #[test]
+    fn a_batch_job_ranks_a_sample_of_a_large_fleet_and_falls_back_to_every_node() {
+        // Spread: 128 one-partition jobs over 64 nodes, each ranking a sample, load nodes evenly.
+        let mut s = fleet(64);
+        let mut ids = SequentialIds::default();
+        for i in 0..128 {
+            let ev = submit_text(&mut s, &format!("b{i}"), "Type: batch\n", SEC);
+            assert_eq!(run_eval(&mut s, &ev, &mut ids, SEC).new_executions.len(), 1);
+        }
+        let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+        for e in s.executions.values() {
+            *per_node.entry(e.node_id.clone()).or_default() += 1;
+        }
+        let most = per_node.values().max().copied().unwrap_or(0);
+        assert!(
+            per_node.len() >= 48 && most <= 4,
+            "{} nodes used, at most {most} on one",
+            per_node.len()
+        );
+
+        // Room on one node only: the sample's walk goes on until it finds it.
+        let mut s = fleet(40);
+        let task = "  Resources: {CPU: '1.5'}\n  Timeouts: {QueueTimeout: 600}\n";
+        let fill = submit_with_task(&mut s, "fill", "Type: batch\nCount: 39\n", task, SEC);
+        let p = run_eval(&mut s, &fill, &mut ids, SEC);
+        let filled: BTreeSet<String> = p.new_executions.iter().map(|e| e.node_id.clone()).collect();
+        assert_eq!(filled.len(), 39, "one per node");
+        // 1.5 CPU held of 2 × 1.5: two more fit only on the node that holds nothing.
+        let big = "  Resources: {CPU: '2'}\n  Timeouts: {QueueTimeout: 600}\n";
+        let ev = submit_with_task(&mut s, "big", "Type: batch\n", big, SEC);
+        let p = run_eval(&mut s, &ev, &mut ids, SEC);
+        assert_eq!(p.new_executions.len(), 1, "{:?}", s.jobs["big"].state);
+        assert!(!filled.contains(&p.new_executions[0].node_id));
+        // No room anywhere: the reason counts every node, not a sample.
+        let ev = submit_with_task(&mut s, "none", "Type: batch\n", big, SEC);
+        run_eval(&mut s, &ev, &mut ids, SEC);
+        let why = &s.jobs["none"].state.message;
+        assert!(why.contains("40 of 40 rejected"), "{why}");
     }
 
     #[test]
