@@ -1,8 +1,9 @@
 //! Job types with real processes: one orchestrator and compute-only nodes with different labels,
 //! each a `caravel serve --compute` process on loopback. Ops jobs run on every node, a daemon
 //! follows the fleet to a node started later, a service keeps its copies running through exits
-//! and a killed node, a constrained job lands on the matching node only, a drain moves a service
-//! copy off a node and keeps new work away until it ends.
+//! and a killed node, a constrained job lands on the matching node only, a job lands on the node
+//! that declares its input's data, a drain moves a service copy off a node and keeps new work away
+//! until it ends.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -100,9 +101,11 @@ fn names(ids: &[&str]) -> BTreeSet<String> {
 /// A compute node in `zone` with room for eight executions at once: the daemon and the long
 /// service copies hold slots for the whole test (the default is one per core, two here), and a
 /// later job's execution would wait on the node for one.
-fn start(g: &Group, id: &str, zone: &str) -> ComputeNode {
+fn start(g: &Group, id: &str, zone: &str, extra: &[&str]) -> ComputeNode {
     let labels = format!("Labels=zone={zone}");
-    g.start_compute_proxied(id, &["-c", &labels, "-c", "Compute.MaxConcurrent=8"])
+    let mut args = vec!["-c", &labels, "-c", "Compute.MaxConcurrent=8"];
+    args.extend_from_slice(extra);
+    g.start_compute_proxied(id, &args)
         .unwrap_or_else(|e| panic!("start {id}: {e}"))
 }
 
@@ -121,13 +124,23 @@ fn every_job_type_follows_its_semantics_across_real_compute_processes() {
     )
     .expect("start the orchestrator");
     g.wait_leader(Duration::from_secs(60)).expect("a leader");
+    // Every node may read the data directory; edge-c declares it holds it (data locality).
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("in.txt"), "near\n").unwrap();
+    let readable = format!("Compute.AllowListedLocalPaths={}:ro", data.display());
+    let declared = format!("Compute.Data={}", data.display());
     let mut procs = std::collections::BTreeMap::new();
-    for (id, zone) in [
-        ("edge-a", "north"),
-        ("edge-b", "south"),
-        ("edge-c", "south"),
+    for (id, zone, extra) in [
+        ("edge-a", "north", vec!["-c", readable.as_str()]),
+        ("edge-b", "south", vec!["-c", readable.as_str()]),
+        (
+            "edge-c",
+            "south",
+            vec!["-c", readable.as_str(), "-c", declared.as_str()],
+        ),
     ] {
-        procs.insert(id.to_string(), start(&g, id, zone));
+        procs.insert(id.to_string(), start(&g, id, zone, &extra));
     }
     wait_until(
         "three compute nodes connected",
@@ -157,6 +170,29 @@ fn every_job_type_follows_its_semantics_across_real_compute_processes() {
     );
     assert!(e.iter().all(|(n, _)| n == "edge-a"), "{e:?}");
 
+    // A job whose input is in the data edge-c declares lands there, and its history says why.
+    let input = format!(
+        "  - Target: /in.txt\n    Source: {{Type: local, Params: {{SourcePath: {}}}}}\n",
+        data.join("in.txt").display()
+    );
+    let near = submit(
+        &g,
+        dir.path(),
+        "near",
+        &(spec("near", "Type: batch\n", 1) + &input),
+    );
+    let e = wait_until(
+        "the job near its data completed",
+        Duration::from_secs(90),
+        || {
+            let e = executions(&g, &near);
+            e.iter().any(|(_, s)| s == "Completed").then_some(e)
+        },
+    );
+    assert!(e.iter().all(|(n, _)| n == "edge-c"), "{e:?}");
+    let (_, history, _) = g.cli(0, &["job", "history", &near]);
+    assert!(history.contains("for data locality: it holds"), "{history}");
+
     // A daemon on the south zone: both south nodes, then a fourth node started later.
     let header = "Type: daemon\nConstraints:\n- {Key: zone, Operator: '=', Values: [south]}\n";
     let daemon = submit(&g, dir.path(), "daemon", &spec("daemon", header, 3600));
@@ -165,7 +201,7 @@ fn every_job_type_follows_its_semantics_across_real_compute_processes() {
         Duration::from_secs(90),
         || (running_on(&g, &daemon) == names(&["edge-b", "edge-c"])).then_some(()),
     );
-    procs.insert("edge-d".to_string(), start(&g, "edge-d", "south"));
+    procs.insert("edge-d".to_string(), start(&g, "edge-d", "south", &[]));
     wait_until(
         "the daemon on the late joiner",
         Duration::from_secs(90),
