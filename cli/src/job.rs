@@ -1035,3 +1035,47 @@ async fn get(c: &ApiClient, a: GetArgs) -> anyhow::Result<ExitCode> {
     println!("{}", dir.display());
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::{Cli, Command};
+
+    fn job(words: &[&str]) -> JobCommand {
+        let argv = ["caravel", "job"].iter().chain(words);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Job(c) => c,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    fn versioned(words: &[&str]) -> VersionedArgs {
+        match job(words) {
+            JobCommand::Describe(a) | JobCommand::Executions(a) => a,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn describe_executions_and_history_ask_for_a_version_as_bacalhau_does() {
+        for cmd in ["describe", "executions"] {
+            let q = versioned(&[cmd, "j-1", "-v", "2"]).query();
+            assert!(q.contains(&("job_version", "2".into())), "{cmd}: {q:?}");
+            let q = versioned(&[cmd, "j-1", "--version", "3"]).query();
+            assert!(q.contains(&("job_version", "3".into())), "{cmd}: {q:?}");
+            let q = versioned(&[cmd, "j-1"]).query();
+            assert!(
+                q.iter().all(|(k, _)| *k != "job_version"),
+                "{cmd}: the latest"
+            );
+        }
+        let q = versioned(&["executions", "j-1", "--all-versions"]).query();
+        assert!(q.contains(&("all_job_versions", "true".into())));
+        match job(&["history", "j-1", "-v", "2"]) {
+            JobCommand::History(a) => assert_eq!((a.version, a.all_versions), (Some(2), false)),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+}

@@ -277,4 +277,31 @@ mod tests {
     fn the_command_tree_is_valid() {
         super::Cli::command().debug_assert();
     }
+
+    /// Bacalhau's spellings: `devstack --computes N`, `wasm run -I` as a comma list (repeatable).
+    #[test]
+    fn bacalhau_spellings_of_devstack_computes_and_wasm_imports_parse() {
+        use clap::Parser;
+        let cli = super::Cli::try_parse_from(["caravel", "devstack", "--computes", "3"]).unwrap();
+        match cli.command {
+            super::Command::Devstack(a) => assert_eq!(a.compute, 3),
+            other => panic!("parsed as {other:?}"),
+        }
+        let argv = [
+            "caravel",
+            "wasm",
+            "run",
+            "m.wasm",
+            "-I",
+            "/a.wasm,/b.wasm",
+            "-I",
+            "/c.wasm",
+        ];
+        match super::Cli::try_parse_from(argv).unwrap().command {
+            super::Command::Wasm(crate::wasm::WasmCommand::Run(a)) => {
+                assert_eq!(a.import_modules, ["/a.wasm", "/b.wasm", "/c.wasm"])
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
 }

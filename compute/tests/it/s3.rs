@@ -247,6 +247,73 @@ async fn a_prefix_input_becomes_a_directory_filtered_by_regex() {
     );
 }
 
+/// Each execution of a partitioned S3 input holds exactly its share of the objects, as Bacalhau
+/// splits them: every case of the model's fixture (`model/tests/partition/expected.json`, the
+/// partitions Bacalhau's own hashing gives each key), fetched from a real S3 server per partition.
+#[tokio::test]
+async fn each_partition_of_an_s3_input_holds_exactly_the_objects_bacalhau_gives_it() {
+    let fixture = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/partition/expected.json"),
+    )
+    .expect("the partition fixture");
+    let cases: Vec<serde_json::Value> = serde_json::from_str(&fixture).unwrap();
+    let b = bucket().await;
+    let mut keys: Vec<String> = cases[0]["Expected"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    keys.sort();
+    for k in &keys {
+        put(&b, k, k.as_bytes()).await;
+    }
+    let p = preparer();
+    let dir = tempfile::tempdir().unwrap();
+    for (c, case) in cases.iter().enumerate() {
+        let count = case["Count"].as_u64().unwrap() as usize;
+        let prefix = case["Key"].as_str().unwrap();
+        let rule = case["Partition"].clone();
+        let mut seen = Vec::new();
+        for index in 0..count {
+            let input = s3_input(&b, prefix, &[("Partition", rule.clone())]);
+            let got = p
+                .prepare_part(
+                    &input,
+                    &dir.path().join(format!("{c}-{index}")),
+                    (index, count),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("case {c} ({rule}) partition {index}: {e}"));
+            let mut files = Vec::new();
+            files_under(&got.host_path, "", &mut files);
+            // Objects sit under their key relative to the prefix; each holds its own key.
+            let mut held: Vec<String> = files.into_iter().map(|(_, body)| body).collect();
+            held.sort();
+            let mut want: Vec<String> = case["Expected"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .filter(|(k, i)| k.starts_with(prefix) && i.as_u64() == Some(index as u64))
+                .map(|(k, _)| k.clone())
+                .collect();
+            want.sort();
+            assert_eq!(
+                held, want,
+                "case {c} ({rule}), partition {index} of {count}"
+            );
+            seen.extend(held);
+        }
+        seen.sort();
+        let all: Vec<&String> = keys.iter().filter(|k| k.starts_with(prefix)).collect();
+        assert_eq!(
+            seen.iter().collect::<Vec<_>>(),
+            all,
+            "case {c}: every object in exactly one partition"
+        );
+    }
+}
+
 #[tokio::test]
 async fn missing_buckets_and_keys_are_named_with_a_hint() {
     let b = bucket().await;
