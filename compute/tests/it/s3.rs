@@ -314,6 +314,55 @@ async fn each_partition_of_an_s3_input_holds_exactly_the_objects_bacalhau_gives_
     }
 }
 
+/// An `s3PreSigned` input: a URL signed by someone holding the credentials, fetched as a URL
+/// (the node's own credentials unused), laid out as an s3 input: a directory at `Target` holding
+/// the object under the name of `SourceSpec.Key`.
+#[tokio::test]
+async fn a_presigned_input_is_fetched_with_its_signature_into_a_directory_as_an_s3_input() {
+    use object_store::signer::Signer;
+    let b = bucket().await;
+    put(&b, "dir/signed.txt", b"signed s3\n").await;
+    let url = reader(&b)
+        .signed_url(
+            reqwest::Method::GET,
+            &object_store::path::Path::from("dir/signed.txt"),
+            Duration::from_secs(600),
+        )
+        .await
+        .unwrap();
+    assert!(
+        url.query().is_some_and(|q| q.contains("X-Amz-Signature")),
+        "{url}"
+    );
+    let input = input(
+        "s3PreSigned",
+        "/inputs",
+        &[
+            ("PreSignedURL", url.to_string().into()),
+            (
+                "SourceSpec",
+                serde_json::json!({"Bucket": b, "Key": "dir/signed.txt"}),
+            ),
+        ],
+    );
+    // The node knows no S3 credentials at all, and may fetch from loopback (the test server).
+    let p = InputPreparer::new(InputOptions {
+        allow_private: vec!["127.0.0.1".into(), "localhost".into()],
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(p.supported_sources().contains(&"s3PreSigned".to_string()));
+    let dir = tempfile::tempdir().unwrap();
+    let got = p.prepare_one(&input, &dir.path().join("0")).await.unwrap();
+    let mut files = Vec::new();
+    files_under(&got.host_path, "", &mut files);
+    assert_eq!(
+        files,
+        [("signed.txt".to_string(), "signed s3\n".to_string())]
+    );
+    assert!(got.read_only);
+}
+
 #[tokio::test]
 async fn missing_buckets_and_keys_are_named_with_a_hint() {
     let b = bucket().await;
