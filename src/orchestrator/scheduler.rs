@@ -107,21 +107,15 @@ pub fn schedule(view: &dyn StateView, eval: &Evaluation, now: i64, ids: &mut dyn
         .filter(|e| e.is_live() && e.job_version != job.version)
         .collect();
     let update = job.update_policy();
-    let rollout =
-        (!job.is_batch_like() && update.max_parallel > 0 && !old.is_empty()).then_some(Rollout {
+    let rollout = if !job.is_batch_like() && update.max_parallel > 0 && !old.is_empty() {
+        Some(Rollout {
             old,
             policy: update,
-        });
-    if rollout.is_none() {
-        stop_all(
-            &mut plan,
-            execs
-                .iter()
-                .copied()
-                .filter(|e| e.is_live() && e.job_version != job.version),
-            "job updated to a new version",
-        );
-    }
+        })
+    } else {
+        stop_all(&mut plan, old.into_iter(), "job updated to a new version");
+        None
+    };
     let current: Vec<&Execution> = execs
         .iter()
         .copied()
@@ -829,14 +823,15 @@ fn schedule_per_node(
         for e in &r.old {
             old_on.entry(e.node_id.as_str()).or_default().push(e);
         }
+        let mut new_on: BTreeMap<&str, Vec<&Execution>> = BTreeMap::new();
+        for e in execs.iter().copied().filter(|e| e.is_live()) {
+            new_on.entry(e.node_id.as_str()).or_default().push(e);
+        }
         let candidates = pool.candidate_ids();
         let (mut in_flight, mut replaced, mut gone) = (0, Vec::new(), Vec::new());
         let mut replaced_on = Vec::new();
         for (node, olds) in old_on {
-            let new_here: Vec<&&Execution> = execs
-                .iter()
-                .filter(|e| e.node_id == node && e.is_live())
-                .collect();
+            let new_here = new_on.get(node).map(Vec::as_slice).unwrap_or_default();
             if !candidates.contains(node) {
                 gone.extend(olds);
             } else if new_here.iter().any(|e| r.healthy(e, now)) {
@@ -1081,6 +1076,15 @@ struct Candidate<'a> {
     held: Vec<String>,
 }
 
+impl Candidate<'_> {
+    /// What the node holds plus `need` stays within its over-subscription limit.
+    fn has_room_for(&self, need: &Resources) -> bool {
+        let mut after = self.allocated.clone();
+        after.add(need);
+        after.fits_in(&self.limit)
+    }
+}
+
 /// Why [`NodePool::pick`] placed nothing.
 enum NoPick {
     /// Nodes can run the job but have no room now: it waits for capacity.
@@ -1178,14 +1182,9 @@ impl<'a> NodePool<'a> {
         };
         let mut with_room = 0;
         let mut partial = false;
-        for (i, n) in nodes[start..]
-            .iter()
-            .chain(&nodes[..start])
-            .copied()
-            .enumerate()
-        {
+        for n in nodes[start..].iter().chain(&nodes[..start]).copied() {
             if enough.is_some_and(|k| with_room >= k) {
-                partial = i < nodes.len();
+                partial = true;
                 break;
             }
             if n.info.node_type != "Compute" {
@@ -1276,9 +1275,7 @@ impl<'a> NodePool<'a> {
                 load: live.len(),
                 held: inputs.held_by(&n.info.labels),
             };
-            let mut after = c.allocated.clone();
-            after.add(&need);
-            if after.fits_in(&c.limit) {
+            if c.has_room_for(&need) {
                 with_room += 1;
             }
             candidates.push(c);
@@ -1357,9 +1354,7 @@ impl<'a> NodePool<'a> {
     /// Whether the node may take one more execution of the job: what it holds plus the job stays
     /// within its over-subscription limit (the part past its capacity waits in its queue).
     fn has_room(&self, c: &Candidate) -> bool {
-        let mut after = c.allocated.clone();
-        after.add(&self.need);
-        after.fits_in(&c.limit)
+        c.has_room_for(&self.need)
     }
 
     fn full_reason(&self, c: &Candidate) -> String {
@@ -1890,6 +1885,13 @@ mod tests {
         v
     }
 
+    /// Runs the job's one pending rollout evaluation, which must be due at `at`.
+    fn run_rollout(s: &mut ClusterState, job: &str, ids: &mut SequentialIds, at: i64) -> Plan {
+        let (look, due) = rollout_eval(s, job);
+        assert_eq!(due, at, "{job}'s rollout evaluation is due then");
+        run_eval(s, &look, ids, at)
+    }
+
     /// The job's one pending rollout evaluation and when it is due.
     fn rollout_eval(s: &ClusterState, job: &str) -> (String, i64) {
         let v: Vec<&Evaluation> = s
@@ -1922,29 +1924,21 @@ mod tests {
             "away from the old copies"
         );
         assert_eq!(live_versions(&s, "svc").len(), 3);
-        let (look, at) = rollout_eval(&s, "svc");
-        assert_eq!(at, 20 * SEC, "a min-healthy time (10 s) later");
-
-        // Running since 12 s: not healthy at 20 s; nothing changes, it looks again at 22 s.
+        // A min-healthy time (10 s) after the placement; running since 12 s, it is not healthy
+        // at 20 s: nothing changes, it looks again at 22 s.
         start_all(&mut s, "svc", &mut seq, 12 * SEC);
-        let p = run_eval(&mut s, &look, &mut ids, 20 * SEC);
+        let p = run_rollout(&mut s, "svc", &mut ids, 20 * SEC);
         assert!(p.updates.is_empty() && p.new_executions.is_empty(), "{p:?}");
-        let (look, at) = rollout_eval(&s, "svc");
-        assert_eq!(at, 22 * SEC);
 
         // Healthy: the oldest old copy stops and the second new copy is placed.
-        let p = run_eval(&mut s, &look, &mut ids, 22 * SEC);
+        let p = run_rollout(&mut s, "svc", &mut ids, 22 * SEC);
         assert_eq!(p.updates.len(), 1, "{p:?}");
         assert!(p.updates[0].message.contains("replaced by version 2"));
         assert_eq!(p.new_executions.len(), 1);
         start_all(&mut s, "svc", &mut seq, 23 * SEC);
         // Its placement's timer (32 s) finds it running for 9 s only and asks again for 33 s.
-        let (look, at) = rollout_eval(&s, "svc");
-        assert_eq!(at, 32 * SEC);
-        run_eval(&mut s, &look, &mut ids, at);
-        let (look, at) = rollout_eval(&s, "svc");
-        assert_eq!(at, 33 * SEC);
-        run_eval(&mut s, &look, &mut ids, at);
+        run_rollout(&mut s, "svc", &mut ids, 32 * SEC);
+        run_rollout(&mut s, "svc", &mut ids, 33 * SEC);
         assert_eq!(
             live_versions(&s, "svc")
                 .iter()
@@ -2072,13 +2066,10 @@ mod tests {
         assert_eq!(p.new_executions.len(), 1, "one node at a time");
         let first = p.new_executions[0].node_id.clone();
         start_all(&mut s, "d", &mut seq, 11 * SEC);
-        let (look, at) = rollout_eval(&s, "d");
-        assert_eq!(at, 20 * SEC, "the placement's timer");
-        let p = run_eval(&mut s, &look, &mut ids, at);
+        // The placement's timer (20 s), then healthy at 21 s (running since 11 s).
+        let p = run_rollout(&mut s, "d", &mut ids, 20 * SEC);
         assert!(p.updates.is_empty() && p.new_executions.is_empty(), "{p:?}");
-        let (look, at) = rollout_eval(&s, "d");
-        assert_eq!(at, 21 * SEC, "running since 11 s: healthy at 21 s");
-        let p = run_eval(&mut s, &look, &mut ids, at);
+        let p = run_rollout(&mut s, "d", &mut ids, 21 * SEC);
         assert_eq!(p.updates.len(), 1);
         let stopped = &s.executions[&p.updates[0].execution_id];
         assert_eq!(
@@ -2089,12 +2080,8 @@ mod tests {
         assert_eq!(p.new_executions.len(), 1);
         assert_ne!(p.new_executions[0].node_id, first, "then the next node");
         start_all(&mut s, "d", &mut seq, 22 * SEC);
-        let (look, at) = rollout_eval(&s, "d");
-        assert_eq!(at, 31 * SEC);
-        run_eval(&mut s, &look, &mut ids, at);
-        let (look, at) = rollout_eval(&s, "d");
-        assert_eq!(at, 32 * SEC);
-        run_eval(&mut s, &look, &mut ids, at);
+        run_rollout(&mut s, "d", &mut ids, 31 * SEC);
+        run_rollout(&mut s, "d", &mut ids, 32 * SEC);
         assert_eq!(
             live_versions(&s, "d"),
             [(2, "n-a".to_string()), (2, "n-b".to_string())]
