@@ -103,7 +103,16 @@ fn names(ids: &[&str]) -> BTreeSet<String> {
 /// later job's execution would wait on the node for one.
 fn start(g: &Group, id: &str, zone: &str, extra: &[&str]) -> ComputeNode {
     let labels = format!("Labels=zone={zone}");
-    let mut args = vec!["-c", &labels, "-c", "Compute.MaxConcurrent=8"];
+    // A heartbeat a second: the orchestrator's 3 s disconnect timeout (below) then means three
+    // missed beats, not a node marked DISCONNECTED between two 5 s beats of its default.
+    let mut args = vec![
+        "-c",
+        &labels,
+        "-c",
+        "Compute.MaxConcurrent=8",
+        "-c",
+        "Compute.HeartbeatSecs=1",
+    ];
     args.extend_from_slice(extra);
     g.start_compute_proxied(id, &args)
         .unwrap_or_else(|e| panic!("start {id}: {e}"))
@@ -257,14 +266,22 @@ fn every_job_type_follows_its_semantics_across_real_compute_processes() {
         Duration::from_secs(60),
         || (!connected(&g).contains(&victim)).then_some(()),
     );
-    wait_until(
-        "two copies running without the killed node",
-        Duration::from_secs(120),
-        || {
-            let r = running_on(&g, &svc);
-            (r.len() == 2 && !r.contains(&victim)).then_some(())
-        },
-    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let r = running_on(&g, &svc);
+        if r.len() == 2 && !r.contains(&victim) {
+            break;
+        }
+        if Instant::now() > deadline {
+            let (_, history, _) = g.cli(0, &["job", "history", &svc]);
+            let (_, nodes, _) = g.cli(0, &["node", "list"]);
+            panic!(
+                "two copies running without the killed node {victim} within 120 s: {:?}\n{history}\n{nodes}",
+                executions(&g, &svc)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
     let (ok, out, err) = g.cli(0, &["job", "stop", &svc]);
     assert!(ok, "{out}{err}");
 
