@@ -9,14 +9,15 @@
 //! [`crate::s3`] with the node's credentials; `Filter` is a regex on keys, `VersionID` picks a
 //! version, `ChecksumSHA256` is verified), `s3PreSigned` (its `PreSignedURL` fetched as a URL,
 //! the object named by `SourceSpec.Key`), and `ipfs` (`CID` fetched from the node's HTTP gateway,
-//! `Compute.IPFSGateway`, as `GET {gateway}/ipfs/{CID}`; refused when none is configured). Anything
+//! `Compute.IPFSGateway`, as `GET {gateway}/ipfs/{CID}?format=tar`; refused when none is configured). Anything
 //! else is refused with a clear error.
 //!
 //! Layouts, as Bacalhau's: an `s3` input is always a directory at the target holding each object by
 //! its key below the key's directory (`Key: dir/in.txt`, `Target: /inputs` → `/inputs/in.txt`;
-//! `Key: data/` → `/inputs/a.csv`, `/inputs/sub/b.csv`); `urlDownload`, `ipfs` and `inline` give a
-//! file at the target (a gzipped tar archive inline becomes a directory); `local` mounts the host
-//! path itself (a file or a directory) at the target.
+//! `Key: data/` → `/inputs/a.csv`, `/inputs/sub/b.csv`); `urlDownload` and `inline` give a file at
+//! the target (a gzipped tar archive inline becomes a directory); `ipfs` gives a file for a file CID
+//! and the directory tree for a directory CID; `local` mounts the host path itself (a file or a
+//! directory) at the target.
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::OnceLock;
@@ -387,8 +388,7 @@ impl InputPreparer {
                     .ipfs_gateway
                     .as_deref()
                     .ok_or(InputError::IpfsNotConfigured)?;
-                let url = format!("{gateway}/ipfs/{cid}");
-                let host_path = self.download(&url, dir, &target, Via::Gateway).await?;
+                let host_path = self.ipfs(gateway, cid, dir, &target).await?;
                 Ok(read_only(host_path))
             }
             Source::Noop => Err(InputError::Unsupported {
@@ -730,6 +730,7 @@ impl InputPreparer {
         })
     }
 
+    /// Downloads `url` to the file named after `target` in `dir`.
     async fn download(
         &self,
         url: &str,
@@ -737,6 +738,94 @@ impl InputPreparer {
         target: &str,
         via: Via,
     ) -> Result<PathBuf, InputError> {
+        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+        let path = dir.join(file_name_of(target));
+        self.get_to_file(url, &path, via, None).await?;
+        Ok(path)
+    }
+
+    /// An `ipfs` input, laid out as Bacalhau lays it out: a file CID is a file at the target, a
+    /// directory CID the directory tree. The gateway is asked for a TAR (`?format=tar`, the IPFS
+    /// gateway spec's deserialized UnixFS, rooted at one entry named after the CID), unpacked with
+    /// the limits of any archive (no entry may leave the target; only files and directories are
+    /// kept). A gateway that predates TAR responses answers with the file's bytes, which are kept
+    /// as the file.
+    async fn ipfs(
+        &self,
+        gateway: &str,
+        cid: &str,
+        dir: &Path,
+        target: &str,
+    ) -> Result<PathBuf, InputError> {
+        let url = format!("{gateway}/ipfs/{cid}?format=tar");
+        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+        let name = file_name_of(target);
+        let dest = dir.join(&name);
+        let fetched = dir.join(format!(".{name}.ipfs-fetch"));
+        let kind = self
+            .get_to_file(&url, &fetched, Via::Gateway, Some("application/x-tar"))
+            .await?;
+        let is_tar = kind.is_some_and(|k| {
+            k.trim()
+                .to_ascii_lowercase()
+                .starts_with("application/x-tar")
+        });
+        if !is_tar {
+            std::fs::rename(&fetched, &dest).map_err(io(format!("writing {}", dest.display())))?;
+            return Ok(dest);
+        }
+        let staging = dir.join(format!(".{name}.ipfs-unpack"));
+        let (out, at) = (dest.clone(), url.clone());
+        let unpacked = tokio::task::spawn_blocking(move || -> Result<(), InputError> {
+            let cleanup = || {
+                let _ = std::fs::remove_file(&fetched);
+                let _ = std::fs::remove_dir_all(&staging);
+            };
+            let result = (|| {
+                let file = std::fs::File::open(&fetched)
+                    .map_err(io(format!("reading {}", fetched.display())))?;
+                std::fs::create_dir_all(&staging)
+                    .map_err(io(format!("creating {}", staging.display())))?;
+                archive::unpack_tar(std::io::BufReader::new(file), &staging).map_err(|e| {
+                    InputError::Download {
+                        url: at.clone(),
+                        reason: format!("the gateway's TAR {e}"),
+                    }
+                })?;
+                // The root is the archive's one top-level entry (a file or a directory).
+                let top: Vec<PathBuf> = std::fs::read_dir(&staging)
+                    .map_err(io(format!("reading {}", staging.display())))?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .collect();
+                let moved = match top.as_slice() {
+                    [root] => std::fs::rename(root, &out),
+                    _ => std::fs::rename(&staging, &out),
+                };
+                moved.map_err(io(format!("writing {}", out.display())))
+            })();
+            cleanup();
+            if result.is_err() {
+                let _ = std::fs::remove_dir_all(&out).or_else(|_| std::fs::remove_file(&out));
+            }
+            result
+        })
+        .await
+        .map_err(|e| InputError::Io {
+            what: format!("unpacking {url}"),
+            reason: e.to_string(),
+        })?;
+        unpacked.map(|()| dest)
+    }
+
+    /// Streams `url` into the file `path` under the size cap and the timeout; returns the
+    /// answer's Content-Type. `accept` is sent as the Accept header.
+    async fn get_to_file(
+        &self,
+        url: &str,
+        path: &Path,
+        via: Via,
+        accept: Option<&str>,
+    ) -> Result<Option<String>, InputError> {
         let derr = |reason: String| InputError::Download {
             url: url.to_string(),
             reason,
@@ -750,19 +839,22 @@ impl InputPreparer {
         }
         self.guard(via).check_url(&parsed).map_err(derr)?;
         let client = self.client(via)?;
-        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
-        let path = dir.join(file_name_of(target));
         let limit = self.max_download_bytes;
         let fetch = async {
-            let resp = client
-                .get(parsed.clone())
-                .send()
-                .await
-                .map_err(|e| derr(error_chain(&e)))?;
+            let mut req = client.get(parsed.clone());
+            if let Some(a) = accept {
+                req = req.header(reqwest::header::ACCEPT, a);
+            }
+            let resp = req.send().await.map_err(|e| derr(error_chain(&e)))?;
             let status = resp.status();
             if !status.is_success() {
                 return Err(derr(format!("the server answered HTTP {status}")));
             }
+            let kind = resp
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(String::from);
             if resp.content_length().is_some_and(|n| n > limit) {
                 return Err(InputError::TooLarge {
                     what: format!("download {url}"),
@@ -790,16 +882,16 @@ impl InputPreparer {
             file.flush()
                 .await
                 .map_err(io(format!("writing {}", path.display())))?;
-            Ok(())
+            Ok(kind)
         };
         match tokio::time::timeout(self.download_timeout, fetch).await {
-            Ok(Ok(())) => Ok(path),
+            Ok(Ok(kind)) => Ok(kind),
             Ok(Err(e)) => {
-                let _ = tokio::fs::remove_file(&path).await;
+                let _ = tokio::fs::remove_file(path).await;
                 Err(e)
             }
             Err(_) => {
-                let _ = tokio::fs::remove_file(&path).await;
+                let _ = tokio::fs::remove_file(path).await;
                 Err(derr(format!(
                     "timed out after {} s",
                     self.download_timeout.as_secs()

@@ -5,7 +5,7 @@ use std::io::Write;
 use caravel_compute::{InputError, InputOptions, InputPreparer};
 use caravel_model::parse::inline_input;
 
-use crate::support::{http_server, input, install_crypto, serve_paths};
+use crate::support::{http_server, input, install_crypto, serve_paths, serve_typed};
 
 fn gzip(data: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -442,7 +442,12 @@ async fn ipfs_inputs_need_a_gateway_and_are_fetched_through_it() {
         "ipfs inputs are not supported on this node: set Compute.IPFSGateway"
     );
 
-    let gateway = serve_paths(vec![(format!("/ipfs/{CID}"), b"hello ipfs\n".to_vec())]).await;
+    // A gateway that predates TAR answers (`?format=tar`) with the file's bytes: kept as the file.
+    let gateway = serve_paths(vec![(
+        format!("/ipfs/{CID}?format=tar"),
+        b"hello ipfs\n".to_vec(),
+    )])
+    .await;
     let p = InputPreparer::new(InputOptions {
         ipfs_gateway: Some(format!("{gateway}/")),
         ..Default::default()
@@ -471,11 +476,137 @@ async fn ipfs_inputs_need_a_gateway_and_are_fetched_through_it() {
     let url = input(
         "urlDownload",
         "/inputs/y",
-        &[("URL", format!("{gateway}/ipfs/{CID}").into())],
+        &[("URL", format!("{gateway}/ipfs/{CID}?format=tar").into())],
     );
     let e = p
         .prepare_one(&url, &dir.path().join("4"))
         .await
         .unwrap_err();
     assert!(e.to_string().contains("Compute.Fetch.AllowPrivate"), "{e}");
+}
+
+/// A TAR as an IPFS gateway answers `?format=tar`: every entry below one root named `root`.
+fn gateway_tar(root: &str, entries: &[(&str, Option<&[u8]>)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, body) in entries {
+        let mut h = tar::Header::new_ustar();
+        let name = if path.is_empty() {
+            root.to_string()
+        } else {
+            format!("{root}/{path}")
+        };
+        match body {
+            Some(data) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(data.len() as u64);
+                h.set_mode(0o644);
+                b.append_data(&mut h, &name, *data).unwrap();
+            }
+            None => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                h.set_mode(0o755);
+                b.append_data(&mut h, format!("{name}/"), &[][..]).unwrap();
+            }
+        }
+    }
+    b.into_inner().unwrap()
+}
+
+/// As Bacalhau: a directory CID is the directory tree at the target, a file CID a file; both
+/// asked of the gateway as TAR. A TAR whose entry would leave the target is refused and leaves
+/// nothing behind.
+#[tokio::test]
+async fn an_ipfs_directory_cid_is_laid_out_as_a_directory_and_a_file_cid_as_a_file() {
+    install_crypto();
+    const DIR: &str = "bafybeiczqj6w5tggtshvlyevr24drgrboffuepe2lxeojsnwmfw4tpttzu";
+    const FILE: &str = "bafkreialihlqnf5uwo4byh4n3cmwlntwqzxxs2fg5vanqdi3d7tb2l5xkm";
+    const EVIL: &str = "bafybeicaj7kvxpcv4neaqzwhrqqmdstu4dhrwfpknrgebq6nzcecfucvyu";
+    let tree = gateway_tar(
+        DIR,
+        &[
+            ("", None),
+            ("a.txt", Some(b"alpha\n")),
+            ("sub", None),
+            ("sub/b.txt", Some(b"beta\n")),
+        ],
+    );
+    let one = gateway_tar(FILE, &[("", Some(b"just one\n"))]);
+    let mut evil = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(1);
+    // `append_data` refuses `..`, so the name goes into the header directly.
+    let name = format!("{EVIL}/../../escape");
+    h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
+    h.set_cksum();
+    evil.append(&h, &b"x"[..]).unwrap();
+    let evil = evil.into_inner().unwrap();
+    let gateway = serve_typed(vec![
+        (format!("/ipfs/{DIR}?format=tar"), "application/x-tar", tree),
+        (format!("/ipfs/{FILE}?format=tar"), "application/x-tar", one),
+        (
+            format!("/ipfs/{EVIL}?format=tar"),
+            "application/x-tar",
+            evil,
+        ),
+    ])
+    .await;
+    let p = InputPreparer::new(InputOptions {
+        ipfs_gateway: Some(gateway),
+        ..Default::default()
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    let got = p
+        .prepare_one(
+            &input("ipfs", "/inputs", &[("CID", DIR.into())]),
+            &dir.path().join("0"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.host_path, dir.path().join("0/inputs"));
+    assert_eq!(got.target, "/inputs");
+    assert_eq!(
+        std::fs::read(got.host_path.join("a.txt")).unwrap(),
+        b"alpha\n"
+    );
+    assert_eq!(
+        std::fs::read(got.host_path.join("sub/b.txt")).unwrap(),
+        b"beta\n"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("0"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["inputs"], "no staging left beside the input");
+
+    let got = p
+        .prepare_one(
+            &input("ipfs", "/data/one.txt", &[("CID", FILE.into())]),
+            &dir.path().join("1"),
+        )
+        .await
+        .unwrap();
+    assert!(got.host_path.is_file());
+    assert_eq!(std::fs::read(&got.host_path).unwrap(), b"just one\n");
+
+    let e = p
+        .prepare_one(
+            &input("ipfs", "/inputs", &[("CID", EVIL.into())]),
+            &dir.path().join("2"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("would land outside the target directory"),
+        "{e}"
+    );
+    assert!(!dir.path().join("escape").exists());
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("2")).unwrap().count(),
+        0,
+        "nothing left behind"
+    );
 }

@@ -291,6 +291,17 @@ pub async fn http_server(body: &'static [u8]) -> String {
 /// A tiny HTTP/1.1 server on 127.0.0.1 answering 200 with a body for each of `routes`, 302 to the
 /// first route for `/redirect`, and 404 otherwise. Returns the base URL.
 pub async fn serve_paths(routes: Vec<(String, Vec<u8>)>) -> String {
+    serve_typed(
+        routes
+            .into_iter()
+            .map(|(p, body)| (p, "text/plain", body))
+            .collect(),
+    )
+    .await
+}
+
+/// [`serve_paths`] with each route's Content-Type (an IPFS gateway's `application/x-tar`).
+pub async fn serve_typed(routes: Vec<(String, &'static str, Vec<u8>)>) -> String {
     let routes = std::sync::Arc::new(routes);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -313,10 +324,10 @@ pub async fn serve_paths(routes: Vec<(String, Vec<u8>)>) -> String {
                 }
                 let head = String::from_utf8_lossy(&buf).to_string();
                 let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
-                let found = routes.iter().find(|(p, _)| *p == path);
+                let found = routes.iter().find(|(p, _, _)| *p == path);
                 let resp: Vec<u8> = match (found, path.as_str()) {
-                    (Some((_, body)), _) => {
-                        let mut r = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\n", body.len()).into_bytes();
+                    (Some((_, kind, body)), _) => {
+                        let mut r = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: {kind}\r\nconnection: close\r\n\r\n", body.len()).into_bytes();
                         r.extend_from_slice(body);
                         r
                     }
