@@ -30,12 +30,32 @@ pub struct NodeProcess {
     log: PathBuf,
     /// The API key the CLI sends (`CARAVEL_API_KEY`), for a node with API users.
     pub api_key: Option<String>,
+    /// Environment variables the node process gets beside the test's own (kept over restarts).
+    envs: Vec<(String, String)>,
 }
 
 impl NodeProcess {
     /// Starts a hybrid node (orchestrator + compute) and waits until its compute node is connected.
     pub fn start_hybrid(bin: &Path, data_dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
         Self::start_hybrid_as(bin, data_dir, extra, None)
+    }
+
+    /// [`NodeProcess::start_hybrid`] with environment variables for the node process (S3
+    /// credentials and endpoint, variables a job's `env:` values name).
+    pub fn start_hybrid_env(
+        bin: &Path,
+        data_dir: &Path,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let mut n = Self::prepare(bin, data_dir, true, extra)?;
+        n.envs = envs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        n.spawn()?;
+        n.wait_ready(Duration::from_secs(60))?;
+        Ok(n)
     }
 
     /// [`NodeProcess::start_hybrid`] for a node with API users: the CLI sends `api_key`.
@@ -114,6 +134,7 @@ impl NodeProcess {
             args,
             log: data_dir.join("node.log"),
             api_key: None,
+            envs: Vec::new(),
         })
     }
 
@@ -125,6 +146,7 @@ impl NodeProcess {
             .open(&self.log)?;
         let child = Command::new(&self.bin)
             .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -4,55 +4,13 @@
 use caravel_model::parse::{Mode, parse_job};
 use caravel_model::states::JobStateType;
 
-const DOCKER_S3: &str = r#"
-Name: Docker Job with S3
-Type: batch
-Namespace: default
-Count: 1
-Tasks:
-  - Name: main
-    Engine:
-      Type: docker
-      Params: {Image: busybox:1.37.0, Entrypoint: [/bin/sh], Parameters: [-c, ls /input_custom]}
-    InputSources:
-      - Alias: input_custom
-        Target: /input_custom
-        Source: {Type: s3, Params: {Bucket: my-bucket, Key: some/prefix/, Region: eu-west-1}}
-"#;
+const DOCKER_S3: &str = include_str!("bacalhau-examples/docker-s3.yaml");
 
-const DOCKER_OUTPUT: &str = r#"
-Name: Docker Job with Output
-Type: batch
-Count: 1
-Tasks:
-  - Name: main
-    Engine: {Type: docker, Params: {Image: busybox:1.37.0, Entrypoint: [/bin/sh], Parameters: [-c, "echo 15 > /output_custom/output.txt"]}}
-    Publisher: {Type: local}
-    ResultPaths: [{Name: output_custom, Path: /output_custom}]
-    Resources: {CPU: 500m, Memory: 512Mb}
-    Timeouts: {ExecutionTimeout: 300, QueueTimeout: 3600}
-"#;
+const DOCKER_OUTPUT: &str = include_str!("bacalhau-examples/docker-output.yaml");
 
-const WASM_INLINE: &str = r#"
-Name: Wasm Job
-Type: batch
-Tasks:
-  - Name: main
-    Engine: {Type: wasm, Params: {EntryModule: /wasm.main, Entrypoint: _start}}
-    InputSources:
-      - Target: /wasm.main
-        Source: {Type: inline, Params: {URL: "data:application/wasm;base64,AGFzbQ=="}}
-"#;
+const WASM_INLINE: &str = include_str!("bacalhau-examples/wasm-inline.yaml");
 
-const DAEMON: &str = r#"
-Name: basic-daemon-job
-Type: daemon
-Constraints: [{Key: region, Operator: "=", Values: [eu]}]
-Tasks:
-  - Name: main
-    Env: {API_KEY: "env:API_KEY"}
-    Engine: {Type: docker, Params: {Image: busybox:1.37.0, Entrypoint: [/bin/sh], Parameters: [-c, "echo start && sleep 900"]}}
-"#;
+const DAEMON: &str = include_str!("bacalhau-examples/daemon.yaml");
 
 const LOWERCASE: &str = r#"
 name: lower

@@ -507,3 +507,217 @@ fn a_bacalhau_config_file_starts_a_node_and_names_what_it_ignores() {
     let (ok, _, err) = run(&n, &["job", "list"], None);
     assert!(ok, "{err}");
 }
+
+/// The S3 server of the tests (scripts/test.sh starts moto), or a failure saying how to get one.
+fn s3_endpoint() -> String {
+    std::env::var("CARAVEL_TEST_S3_ENDPOINT")
+        .ok()
+        .filter(|e| !e.trim().is_empty())
+        .unwrap_or_else(|| {
+            panic!(
+                "this test needs an S3-compatible server: set CARAVEL_TEST_S3_ENDPOINT=http://127.0.0.1:PORT \
+                 (scripts/test.sh starts moto_server; by hand: moto_server -H 127.0.0.1 -p 5000)"
+            )
+        })
+        .trim_end_matches('/')
+        .to_string()
+}
+
+/// The examples name `busybox:1.37.0`; with no registry here, the test image stands in for it
+/// (tagged only when the engine has no image of that name).
+fn busybox_1_37() {
+    let has = |image: &str| {
+        Command::new("docker")
+            .args(["image", "inspect", "--format", "{{.Id}}", image])
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("this test needs a running Docker engine and the docker CLI: {e}")
+            })
+            .status
+            .success()
+    };
+    if has("busybox:1.37.0") {
+        return;
+    }
+    assert!(
+        has("caravel-busybox:latest"),
+        "this test needs the image caravel-busybox:latest: run scripts/test-image.sh"
+    );
+    let o = Command::new("docker")
+        .args(["tag", "caravel-busybox:latest", "busybox:1.37.0"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// Waits until `job describe` satisfies `done`; returns it.
+fn wait_for(
+    n: &caravel_chaos_tests::NodeProcess,
+    id: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let d = describe(n, id);
+        if done(&d) {
+            return d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {id}: {what} within 120 s: {d}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Every example spec of the reference (§3.10, Bacalhau's `testdata/jobs` shapes), run as a
+/// Bacalhau user runs them — `job run FILE` — on a hybrid node with the real Docker engine and a
+/// real S3 server: the S3 input is a directory of the prefix's objects, the local publisher's
+/// result path comes back with `job get`, the inline WASM module runs from its relative target,
+/// and the daemon runs on the node labelled `region=eu` with `API_KEY` read from the node.
+#[test]
+fn bacalhau_s_example_specs_run_as_bacalhau_runs_them() {
+    busybox_1_37();
+    let endpoint = s3_endpoint();
+    let c = client();
+    let rt = rt();
+    // The example's bucket, `my-bucket`, under a name of this run's (moto is shared).
+    let bucket = format!(
+        "caravel-examples-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    rt.block_on(async {
+        let r = c.put(format!("{endpoint}/{bucket}")).send().await.unwrap();
+        assert!(r.status().is_success(), "creating {bucket}: {}", r.status());
+        for key in ["a.txt", "b.txt", "deeper/c.txt"] {
+            let r = c
+                .put(format!("{endpoint}/{bucket}/some/prefix/{key}"))
+                .body(format!("{key}\n"))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "put {key}: {}", r.status());
+        }
+    });
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("config.yaml");
+    std::fs::write(
+        &cfg,
+        "Labels: {region: eu}\nCompute:\n  Env:\n    AllowList: [API_KEY]\n",
+    )
+    .unwrap();
+    let n = caravel_chaos_tests::NodeProcess::start_hybrid_env(
+        &bin(),
+        &d.path().join("node"),
+        &["-c", cfg.to_str().unwrap()],
+        &[
+            ("AWS_ENDPOINT_URL", endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+            ("API_KEY", "from-the-node"),
+        ],
+    )
+    .unwrap();
+    let examples = repo().join("model/tests/bacalhau-examples");
+    let spec = |name: &str| examples.join(name).display().to_string();
+    let ran = |name: &str, args: &[&str]| {
+        let (ok, out, err) = run(&n, args, None);
+        assert!(ok, "{name}: {out}\n{err}\n{}", n.log_text());
+        crate::e2e::job_id(&err, &out)
+    };
+
+    // Docker with an S3 input: `ls /input_custom` lists the prefix's objects by key.
+    let s3_spec = d.path().join("docker-s3.yaml");
+    std::fs::write(
+        &s3_spec,
+        std::fs::read_to_string(examples.join("docker-s3.yaml"))
+            .unwrap()
+            .replace("Bucket: my-bucket", &format!("Bucket: {bucket}")),
+    )
+    .unwrap();
+    let id = ran("docker-s3", &["job", "run", s3_spec.to_str().unwrap()]);
+    let got = finished(&n, &id);
+    assert_eq!(got["Job"]["State"]["StateType"], "Completed", "{got}");
+    let listed: Vec<String> = stdout_of(&got)
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    assert_eq!(listed, ["a.txt", "b.txt", "deeper"], "{got}");
+
+    // Docker with the local publisher: the result path comes back with `job get`.
+    let id = ran(
+        "docker-output",
+        &["job", "run", &spec("docker-output.yaml")],
+    );
+    let got = finished(&n, &id);
+    assert_eq!(got["Job"]["State"]["StateType"], "Completed", "{got}");
+    let out = d.path().join("results");
+    let (ok, _, err) = run(
+        &n,
+        &["job", "get", &id, "--output-dir", out.to_str().unwrap()],
+        None,
+    );
+    assert!(ok, "job get: {err}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("output_custom/output.txt")).unwrap(),
+        "15\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("exitCode"))
+            .unwrap()
+            .trim(),
+        "0"
+    );
+
+    // WASM from an inline module at `/wasm.main`.
+    let wasm = d.path().join("wasm-inline.yaml");
+    std::fs::write(
+        &wasm,
+        std::fs::read_to_string(examples.join("wasm-inline.yaml"))
+            .unwrap()
+            .replace("data:application/wasm;base64,AGFzbQ==", &module_url()),
+    )
+    .unwrap();
+    let id = ran("wasm-inline", &["job", "run", wasm.to_str().unwrap()]);
+    let got = finished(&n, &id);
+    assert_eq!(got["Job"]["State"]["StateType"], "Completed", "{got}");
+    assert!(
+        stdout_of(&got).contains("env BACALHAU_JOB_NAME=Wasm Job"),
+        "{got}"
+    );
+
+    // The daemon runs on the node labelled region=eu, reading API_KEY from the node.
+    let id = ran(
+        "daemon",
+        &[
+            "job",
+            "run",
+            "--wait=false",
+            "--id-only",
+            &spec("daemon.yaml"),
+        ],
+    );
+    wait_for(&n, &id, "the daemon's copy running", |d| {
+        d["Executions"]["Items"]
+            .as_array()
+            .is_some_and(|e| e.len() == 1 && e[0]["ComputeState"]["StateType"] == 6)
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (ok, logs, err) = run(&n, &["job", "logs", &id], None);
+        if ok && logs.contains("start from-the-node") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "daemon logs: {logs}\n{err}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (ok, _, err) = run(&n, &["job", "stop", &id], None);
+    assert!(ok, "job stop: {err}");
+    let got = finished(&n, &id);
+    assert_eq!(got["Job"]["State"]["StateType"], "Stopped", "{got}");
+}

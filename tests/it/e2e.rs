@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use crate::{describe, node, repo, run, test_module};
 
-fn job_id(stderr: &str, stdout: &str) -> String {
+pub fn job_id(stderr: &str, stdout: &str) -> String {
     let all = format!("{stdout}\n{stderr}");
     all.split_whitespace()
         .find(|w| w.starts_with("j-"))
