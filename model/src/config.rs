@@ -22,6 +22,7 @@ pub struct Config {
     #[serde(rename = "TLS")]
     pub tls: TlsConfig,
     pub job_admission_control: JobAdmissionControl,
+    pub job_defaults: JobDefaults,
 }
 
 /// Mutual TLS of the QUIC links (Raft between orchestrators, compute sessions): PEM files.
@@ -254,6 +255,275 @@ impl Default for JobAdmissionControl {
     }
 }
 
+/// Bacalhau's `JobDefaults`: what the orchestrator that takes a submission fills in, per job type,
+/// where the job leaves a field unset (so the stored job says what it runs with). Empty = nothing
+/// is filled in (Bacalhau's own defaults are 500m CPU and 512Mb memory: set them here to match).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct JobDefaults {
+    pub batch: BatchJobDefaults,
+    pub ops: BatchJobDefaults,
+    pub daemon: LongRunningJobDefaults,
+    pub service: LongRunningJobDefaults,
+}
+
+/// `JobDefaults.Batch` and `JobDefaults.Ops`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct BatchJobDefaults {
+    pub priority: i32,
+    /// Caravel's: `Meta` `caravel.io/retry-attempts` of a job that sets none (empty = none).
+    pub retry_attempts: String,
+    /// Caravel's: `Meta` `caravel.io/retry-delay` of a job that sets none (empty = none).
+    pub retry_delay: String,
+    pub task: BatchTaskDefaults,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct BatchTaskDefaults {
+    pub resources: crate::spec::ResourcesConfig,
+    pub publisher: PublisherDefault,
+    pub timeouts: TimeoutDefaults,
+}
+
+/// `JobDefaults.Daemon` and `JobDefaults.Service`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct LongRunningJobDefaults {
+    pub priority: i32,
+    /// As [`BatchJobDefaults::retry_attempts`].
+    pub retry_attempts: String,
+    /// As [`BatchJobDefaults::retry_delay`] (a service's first restart delay).
+    pub retry_delay: String,
+    pub task: LongRunningTaskDefaults,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct LongRunningTaskDefaults {
+    pub resources: crate::spec::ResourcesConfig,
+}
+
+/// A default publisher: `Type` (empty = none) and its `Params`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct PublisherDefault {
+    #[serde(rename = "Type")]
+    pub kind: String,
+    pub params: BTreeMap<String, String>,
+}
+
+/// Default task timeouts, as Go durations (`30m`, `1h`; a bare number is seconds); empty = none.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct TimeoutDefaults {
+    #[serde(deserialize_with = "go_duration_text")]
+    pub execution_timeout: String,
+    #[serde(deserialize_with = "go_duration_text")]
+    pub total_timeout: String,
+}
+
+/// A Go `time.Duration` as a config file holds one: text (`30m`), or a number of nanoseconds (how
+/// Go's own encoders write a Duration).
+fn go_duration_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    match Value::deserialize(d)? {
+        Value::String(t) => Ok(t),
+        Value::Number(n) => Ok(format!("{n}ns")),
+        Value::Null => Ok(String::new()),
+        other => Err(serde::de::Error::custom(format!(
+            "{other} is not a duration (examples: 30m, 1h)"
+        ))),
+    }
+}
+
+impl JobDefaults {
+    /// Refuses a default that no job could carry, naming its key.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |key: String, message: String| Error::Invalid { key, message };
+        let resources = |t: &str, r: &crate::spec::ResourcesConfig| -> Result<(), Error> {
+            let key = |f: &str| format!("JobDefaults.{t}.Task.Resources.{f}");
+            if !r.cpu.trim().is_empty() {
+                crate::quantity::parse_cpu(&r.cpu).map_err(|m| bad(key("CPU"), m))?;
+            }
+            for (f, v) in [("Memory", &r.memory), ("Disk", &r.disk)] {
+                if !v.trim().is_empty() {
+                    crate::quantity::parse_bytes(v).map_err(|m| bad(key(f), m))?;
+                }
+            }
+            if !r.gpu.trim().is_empty() && r.gpu.trim().parse::<u64>().is_err() {
+                return Err(bad(
+                    key("GPU"),
+                    format!("{:?} is not a whole number", r.gpu),
+                ));
+            }
+            Ok(())
+        };
+        let retry = |t: &str, attempts: &str, delay: &str| -> Result<(), Error> {
+            if !attempts.trim().is_empty()
+                && !attempts
+                    .trim()
+                    .parse::<u32>()
+                    .is_ok_and(|n| (1..=1000).contains(&n))
+            {
+                return Err(bad(
+                    format!("JobDefaults.{t}.RetryAttempts"),
+                    format!("{attempts:?} is not a number of attempts from 1 to 1000"),
+                ));
+            }
+            if !delay.trim().is_empty() {
+                match crate::spec::parse_duration_secs(delay) {
+                    Ok(d) if (0.0..=crate::spec::MAX_RETRY_DELAY_SECS).contains(&d) => {}
+                    Ok(_) => {
+                        return Err(bad(
+                            format!("JobDefaults.{t}.RetryDelay"),
+                            format!("{delay:?} is longer than 5m"),
+                        ));
+                    }
+                    Err(m) => return Err(bad(format!("JobDefaults.{t}.RetryDelay"), m)),
+                }
+            }
+            Ok(())
+        };
+        retry("Batch", &self.batch.retry_attempts, &self.batch.retry_delay)?;
+        retry("Ops", &self.ops.retry_attempts, &self.ops.retry_delay)?;
+        retry(
+            "Daemon",
+            &self.daemon.retry_attempts,
+            &self.daemon.retry_delay,
+        )?;
+        retry(
+            "Service",
+            &self.service.retry_attempts,
+            &self.service.retry_delay,
+        )?;
+        for (t, b) in [("Batch", &self.batch), ("Ops", &self.ops)] {
+            resources(t, &b.task.resources)?;
+            let p = &b.task.publisher;
+            if !p.kind.trim().is_empty() {
+                let key = format!("JobDefaults.{t}.Task.Publisher");
+                if let Some(why) = crate::publishers::unsupported_publisher(p.kind.trim()) {
+                    return Err(bad(format!("{key}.Type"), why.to_string()));
+                }
+                let mut spec = crate::spec::SpecConfig::new(p.kind.trim());
+                for (k, v) in &p.params {
+                    spec.params.0.insert(k.clone(), Value::String(v.clone()));
+                }
+                if !crate::publishers::PUBLISHER_TYPES.contains(&spec.kind_lower().trim()) {
+                    return Err(bad(
+                        format!("{key}.Type"),
+                        format!("unknown publisher {:?}; use local, s3 or noop", p.kind),
+                    ));
+                }
+                crate::publishers::Publisher::try_from(&spec).map_err(|errors| {
+                    let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+                    bad(format!("{key}.Params"), text.join("; "))
+                })?;
+            }
+            for (f, v) in [
+                ("ExecutionTimeout", &b.task.timeouts.execution_timeout),
+                ("TotalTimeout", &b.task.timeouts.total_timeout),
+            ] {
+                if !v.trim().is_empty() {
+                    crate::spec::parse_duration_secs(v)
+                        .map_err(|m| bad(format!("JobDefaults.{t}.Task.Timeouts.{f}"), m))?;
+                }
+            }
+        }
+        resources("Daemon", &self.daemon.task.resources)?;
+        resources("Service", &self.service.task.resources)
+    }
+
+    /// Fills what `job` leaves unset with the defaults of its type: `Priority` when 0, each of a
+    /// task's resources when empty, its publisher when it names none, its `ExecutionTimeout` and
+    /// `TotalTimeout` when 0. Run before the job's own normalisation (which gives a job without a
+    /// publisher the `local` one). Values are checked by [`Config::validate`].
+    pub fn apply(&self, job: &mut crate::spec::Job) {
+        use crate::spec::JobType;
+        let empty_publisher = PublisherDefault::default();
+        let empty_timeouts = TimeoutDefaults::default();
+        let (priority, retry, resources, publisher, timeouts) =
+            match job.kind.trim().parse::<JobType>().unwrap_or_default() {
+                JobType::Batch => (
+                    self.batch.priority,
+                    [&self.batch.retry_attempts, &self.batch.retry_delay],
+                    &self.batch.task.resources,
+                    &self.batch.task.publisher,
+                    &self.batch.task.timeouts,
+                ),
+                JobType::Ops => (
+                    self.ops.priority,
+                    [&self.ops.retry_attempts, &self.ops.retry_delay],
+                    &self.ops.task.resources,
+                    &self.ops.task.publisher,
+                    &self.ops.task.timeouts,
+                ),
+                JobType::Daemon => (
+                    self.daemon.priority,
+                    [&self.daemon.retry_attempts, &self.daemon.retry_delay],
+                    &self.daemon.task.resources,
+                    &empty_publisher,
+                    &empty_timeouts,
+                ),
+                JobType::Service => (
+                    self.service.priority,
+                    [&self.service.retry_attempts, &self.service.retry_delay],
+                    &self.service.task.resources,
+                    &empty_publisher,
+                    &empty_timeouts,
+                ),
+            };
+        if job.priority == 0 {
+            job.priority = priority;
+        }
+        let metas = [
+            crate::spec::RETRY_ATTEMPTS_META,
+            crate::spec::RETRY_DELAY_META,
+        ];
+        for (key, value) in metas.into_iter().zip(retry) {
+            if !value.trim().is_empty() && !job.meta.contains_key(key) {
+                job.meta.insert(key.to_string(), value.trim().to_string());
+            }
+        }
+        let secs = |t: &str| {
+            crate::spec::parse_duration_secs(t)
+                .ok()
+                .filter(|s| s.is_finite() && *s > 0.0 && *s < i64::MAX as f64)
+                .map(|s| s.ceil() as i64)
+        };
+        for t in &mut job.tasks {
+            let r = &mut t.resources;
+            for (have, default) in [
+                (&mut r.cpu, &resources.cpu),
+                (&mut r.memory, &resources.memory),
+                (&mut r.disk, &resources.disk),
+                (&mut r.gpu, &resources.gpu),
+            ] {
+                if have.trim().is_empty() && !default.trim().is_empty() {
+                    *have = default.trim().to_string();
+                }
+            }
+            if t.publisher.kind.trim().is_empty() && !publisher.kind.trim().is_empty() {
+                let mut p = crate::spec::SpecConfig::new(publisher.kind.trim());
+                for (k, v) in &publisher.params {
+                    p.params.0.insert(k.clone(), Value::String(v.clone()));
+                }
+                t.publisher = p;
+            }
+            if t.timeouts.execution_timeout == 0
+                && let Some(n) = secs(&timeouts.execution_timeout)
+            {
+                t.timeouts.execution_timeout = n;
+            }
+            if t.timeouts.total_timeout == 0
+                && let Some(n) = secs(&timeouts.total_timeout)
+            {
+                t.timeouts.total_timeout = n;
+            }
+        }
+    }
+}
+
 /// How containers are confined.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
@@ -372,6 +642,7 @@ impl Default for Config {
             },
             tls: TlsConfig::default(),
             job_admission_control: JobAdmissionControl::default(),
+            job_defaults: JobDefaults::default(),
         }
     }
 }
@@ -665,6 +936,150 @@ pub const KEYS: &[(&str, &str)] = &[
         "Compute.IPFSGateway",
         "IPFS HTTP gateway for ipfs inputs, e.g. http://127.0.0.1:8080 (empty = ipfs inputs refused)",
     ),
+    (
+        "JobDefaults.Batch.RetryAttempts",
+        "Caravel's: failed executions a batch job's partition may have (Meta caravel.io/retry-attempts) when the job sets none (empty = none)",
+    ),
+    (
+        "JobDefaults.Batch.RetryDelay",
+        "Caravel's: delay before a retry, doubled per failure, up to 5m (Meta caravel.io/retry-delay) when the job sets none (empty = none)",
+    ),
+    (
+        "JobDefaults.Batch.Priority",
+        "Priority of a batch job that sets none (0)",
+    ),
+    (
+        "JobDefaults.Batch.Task.Resources.CPU",
+        "CPU of a batch job's task that asks none, e.g. 500m (empty = none)",
+    ),
+    (
+        "JobDefaults.Batch.Task.Resources.Memory",
+        "Memory of a batch job's task that asks none, e.g. 512Mb (empty = none)",
+    ),
+    (
+        "JobDefaults.Batch.Task.Resources.Disk",
+        "Disk of a batch job's task that asks none, e.g. 1Gb (empty = none)",
+    ),
+    (
+        "JobDefaults.Batch.Task.Resources.GPU",
+        "GPU of a batch job's task that asks none, e.g. 1 (empty = none)",
+    ),
+    (
+        "JobDefaults.Batch.Task.Publisher.Type",
+        "Publisher of a batch job's task that names none: local, s3 or noop (empty = local)",
+    ),
+    (
+        "JobDefaults.Batch.Task.Publisher.Params",
+        "Params of that default publisher, key=value pairs separated by commas",
+    ),
+    (
+        "JobDefaults.Batch.Task.Timeouts.ExecutionTimeout",
+        "ExecutionTimeout of a batch job's task that sets none, a duration such as 30m (empty = none)",
+    ),
+    (
+        "JobDefaults.Batch.Task.Timeouts.TotalTimeout",
+        "TotalTimeout of a batch job's task that sets none, a duration such as 2h (empty = none)",
+    ),
+    (
+        "JobDefaults.Ops.RetryAttempts",
+        "Caravel's: failed executions a ops job's partition may have (Meta caravel.io/retry-attempts) when the job sets none (empty = none)",
+    ),
+    (
+        "JobDefaults.Ops.RetryDelay",
+        "Caravel's: delay before a retry, doubled per failure, up to 5m (Meta caravel.io/retry-delay) when the job sets none (empty = none)",
+    ),
+    (
+        "JobDefaults.Ops.Priority",
+        "Priority of a ops job that sets none (0)",
+    ),
+    (
+        "JobDefaults.Ops.Task.Resources.CPU",
+        "CPU of a ops job's task that asks none, e.g. 500m (empty = none)",
+    ),
+    (
+        "JobDefaults.Ops.Task.Resources.Memory",
+        "Memory of a ops job's task that asks none, e.g. 512Mb (empty = none)",
+    ),
+    (
+        "JobDefaults.Ops.Task.Resources.Disk",
+        "Disk of a ops job's task that asks none, e.g. 1Gb (empty = none)",
+    ),
+    (
+        "JobDefaults.Ops.Task.Resources.GPU",
+        "GPU of a ops job's task that asks none, e.g. 1 (empty = none)",
+    ),
+    (
+        "JobDefaults.Ops.Task.Publisher.Type",
+        "Publisher of a ops job's task that names none: local, s3 or noop (empty = local)",
+    ),
+    (
+        "JobDefaults.Ops.Task.Publisher.Params",
+        "Params of that default publisher, key=value pairs separated by commas",
+    ),
+    (
+        "JobDefaults.Ops.Task.Timeouts.ExecutionTimeout",
+        "ExecutionTimeout of a ops job's task that sets none, a duration such as 30m (empty = none)",
+    ),
+    (
+        "JobDefaults.Ops.Task.Timeouts.TotalTimeout",
+        "TotalTimeout of a ops job's task that sets none, a duration such as 2h (empty = none)",
+    ),
+    (
+        "JobDefaults.Daemon.RetryAttempts",
+        "Caravel's: failed executions a daemon job's partition may have (Meta caravel.io/retry-attempts) when the job sets none (empty = none)",
+    ),
+    (
+        "JobDefaults.Daemon.RetryDelay",
+        "Caravel's: delay before a retry, doubled per failure, up to 5m (Meta caravel.io/retry-delay) when the job sets none (empty = none)",
+    ),
+    (
+        "JobDefaults.Daemon.Priority",
+        "Priority of a daemon job that sets none (0)",
+    ),
+    (
+        "JobDefaults.Daemon.Task.Resources.CPU",
+        "CPU of a daemon job's task that asks none, e.g. 500m (empty = none)",
+    ),
+    (
+        "JobDefaults.Daemon.Task.Resources.Memory",
+        "Memory of a daemon job's task that asks none, e.g. 512Mb (empty = none)",
+    ),
+    (
+        "JobDefaults.Daemon.Task.Resources.Disk",
+        "Disk of a daemon job's task that asks none, e.g. 1Gb (empty = none)",
+    ),
+    (
+        "JobDefaults.Daemon.Task.Resources.GPU",
+        "GPU of a daemon job's task that asks none, e.g. 1 (empty = none)",
+    ),
+    (
+        "JobDefaults.Service.RetryAttempts",
+        "Caravel's: failed executions a service job's partition may have (Meta caravel.io/retry-attempts) when the job sets none (empty = none)",
+    ),
+    (
+        "JobDefaults.Service.RetryDelay",
+        "Caravel's: delay before a retry, doubled per failure, up to 5m (Meta caravel.io/retry-delay) when the job sets none (empty = none)",
+    ),
+    (
+        "JobDefaults.Service.Priority",
+        "Priority of a service job that sets none (0)",
+    ),
+    (
+        "JobDefaults.Service.Task.Resources.CPU",
+        "CPU of a service job's task that asks none, e.g. 500m (empty = none)",
+    ),
+    (
+        "JobDefaults.Service.Task.Resources.Memory",
+        "Memory of a service job's task that asks none, e.g. 512Mb (empty = none)",
+    ),
+    (
+        "JobDefaults.Service.Task.Resources.Disk",
+        "Disk of a service job's task that asks none, e.g. 1Gb (empty = none)",
+    ),
+    (
+        "JobDefaults.Service.Task.Resources.GPU",
+        "GPU of a service job's task that asks none, e.g. 1 (empty = none)",
+    ),
 ];
 
 /// What secrets are shown as.
@@ -755,7 +1170,11 @@ fn key_kind(key: &str) -> &'static str {
         | "API.MaxConcurrentRequests"
         | "API.MaxLogStreams"
         | "API.RateLimit.RequestsPerSecond"
-        | "API.RateLimit.Burst" => "int",
+        | "API.RateLimit.Burst"
+        | "JobDefaults.Batch.Priority"
+        | "JobDefaults.Ops.Priority"
+        | "JobDefaults.Daemon.Priority"
+        | "JobDefaults.Service.Priority" => "int",
         "Orchestrator.Enabled"
         | "Compute.Enabled"
         | "API.TLS.UseTLS"
@@ -780,7 +1199,10 @@ fn key_kind(key: &str) -> &'static str {
         | "Compute.Admission.Networks"
         | "Compute.Fetch.AllowPrivate"
         | "Compute.S3.AllowedEndpoints" => "list",
-        "Labels" | "Compute.Admission.RequiredLabels" => "map",
+        "Labels"
+        | "Compute.Admission.RequiredLabels"
+        | "JobDefaults.Batch.Task.Publisher.Params"
+        | "JobDefaults.Ops.Task.Publisher.Params" => "map",
         "API.Auth.Users" => "file-only",
         _ => "string",
     }
@@ -891,7 +1313,7 @@ fn canonicalize(v: &mut Value, prefix: &str) {
             .unwrap_or(k);
         if name == "Users" {
             canonicalize_users(&mut val);
-        } else if name != "Labels" && name != "RequiredLabels" {
+        } else if !matches!(name.as_str(), "Labels" | "RequiredLabels" | "Params") {
             canonicalize(
                 &mut val,
                 &if prefix.is_empty() {
@@ -958,6 +1380,22 @@ const BACALHAU_RENAMES: &[(&str, &str, bool)] = &[
     ("Orchestrator.Port", "Orchestrator.ComputePort", false),
 ];
 
+/// Bacalhau keys Caravel has no use for but whose purpose it serves another way: what to set.
+const BACALHAU_HINTS: &[(&str, &str)] = &[
+    (
+        "InputSources.Types.IPFS.Endpoint",
+        "that is an IPFS API address; Caravel reads IPFS through an HTTP gateway: set Compute.IPFSGateway, e.g. http://127.0.0.1:8080",
+    ),
+    (
+        "Compute.AllocatedCapacity",
+        "a Caravel node offers its whole machine; cap what one job may ask with Compute.Admission.MaxCPU, MaxMemory, MaxDisk and MaxGPU",
+    ),
+    (
+        "Orchestrator.Auth.Token",
+        "Caravel's compute nodes authenticate with mutual TLS: give each a certificate, or a join token from `caravel node token create`",
+    ),
+];
+
 /// Reads a config document as Bacalhau's `config.yaml` would be read: its keys that Caravel has
 /// under another name are moved there (a Go duration becomes seconds; `nats://` orchestrator
 /// addresses become `HOST:PORT`), and every key Caravel does not use is removed and named in the
@@ -1001,11 +1439,22 @@ pub fn adopt_bacalhau_keys(doc: &mut Value) -> Result<Vec<String>, Error> {
             }
         }
     }
+    // The hints of the keys present, by lower-case path (an unknown section is named as a whole).
+    let hints: Vec<(String, &str)> = BACALHAU_HINTS
+        .iter()
+        .filter(|(key, _)| get_path_mut(doc, key).is_some())
+        .map(|(key, hint)| (key.to_ascii_lowercase(), *hint))
+        .collect();
     let mut unknown = Vec::new();
     drop_unknown(doc, "", &mut unknown);
     for k in unknown {
+        let lower = k.to_ascii_lowercase();
+        let hint = hints
+            .iter()
+            .find(|(key, _)| *key == lower || key.starts_with(&format!("{lower}.")))
+            .map_or("`caravel config list` shows the keys it reads", |(_, h)| h);
         warnings.push(format!(
-            "config key {k} is not used by Caravel and was ignored (`caravel config list` shows the keys it reads)"
+            "config key {k} is not used by Caravel and was ignored ({hint})"
         ));
     }
     Ok(warnings)
@@ -1079,6 +1528,7 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), Error> {
+        self.job_defaults.validate()?;
         if self.api.port == 0 {
             return Err(Error::Invalid {
                 key: "API.Port".into(),
@@ -1354,6 +1804,20 @@ Compute:
   AllowListedLocalPaths: ["/data:ro"]
 JobAdmissionControl:
   RejectStatelessJobs: true
+JobDefaults:
+  Batch:
+    Priority: 5
+    Task:
+      Resources: {CPU: 500m, Memory: 512Mb}
+      Publisher: {Type: s3, Params: {Bucket: results, Key: "jobs/{jobID}/"}}
+      Timeouts: {ExecutionTimeout: 30m, TotalTimeout: 2h}
+  service:
+    task:
+      resources: {cpu: "1"}
+InputSources:
+  Types:
+    IPFS:
+      Endpoint: /ip4/127.0.0.1/tcp/5001
 WebUI:
   Enabled: false
   Listen: 0.0.0.0:8438
@@ -1381,6 +1845,26 @@ DisableAnalytics: true
         assert_eq!(c.compute.orchestrators, vec!["10.0.0.1:4222".to_string()]);
         assert!(c.job_admission_control.reject_stateless_jobs);
         assert_eq!(c.logging.level, "debug");
+        let b = &c.job_defaults.batch;
+        assert_eq!(b.priority, 5);
+        assert_eq!(
+            (
+                b.task.resources.cpu.as_str(),
+                b.task.resources.memory.as_str()
+            ),
+            ("500m", "512Mb")
+        );
+        assert_eq!(b.task.publisher.kind, "s3");
+        assert_eq!(b.task.publisher.params["Bucket"], "results");
+        assert_eq!(b.task.timeouts.execution_timeout, "30m");
+        assert_eq!(c.job_defaults.service.task.resources.cpu, "1");
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("InputSources is not used")
+                    && w.contains("set Compute.IPFSGateway")),
+            "{warnings:#?}"
+        );
         let ignored: Vec<&str> = warnings
             .iter()
             .filter_map(|w| w.strip_prefix("config key "))
@@ -1392,6 +1876,7 @@ DisableAnalytics: true
                 "API.Auth.Methods",
                 "Compute.Heartbeat",
                 "DisableAnalytics",
+                "InputSources",
                 "Logging.Mode",
                 "Orchestrator.EvaluationBroker",
                 "Orchestrator.Host",
@@ -1598,6 +2083,136 @@ mod example_file {
         assert!(shown.contains(super::REDACTED));
         let e = super::set_in(&mut Value::Null, "api.auth.users", "x").unwrap_err();
         assert!(e.to_string().contains("config file"), "{e}");
+    }
+
+    /// Bacalhau's `JobDefaults`: per job type, only what a job leaves unset is filled in, and a
+    /// default no job could carry is refused at start-up, naming its key.
+    #[test]
+    fn job_defaults_fill_only_what_a_job_leaves_unset_per_type() {
+        let c = Config::from_value(
+            serde_norway::from_str(
+                "JobDefaults:\n  Batch:\n    Priority: 3\n    RetryAttempts: '3'\n    RetryDelay: 10s\n    Task:\n      Resources: {CPU: 250m, Memory: 64Mb}\n      Publisher: {Type: noop}\n      Timeouts: {ExecutionTimeout: 5m, TotalTimeout: 600000000000}\n  Service:\n    Task:\n      Resources: {GPU: '1'}\n",
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let d = &c.job_defaults;
+        let job = |yaml: &str| {
+            crate::parse::job_from_value_with(
+                serde_norway::from_str(yaml).unwrap(),
+                crate::parse::Mode::Server,
+                d,
+            )
+            .unwrap()
+            .job
+        };
+        let bare = "Tasks: [{Engine: {Type: docker, Params: {Image: busybox}}}]\n";
+        let j = job(&format!("Name: a\n{bare}"));
+        let t = &j.tasks[0];
+        assert_eq!(j.priority, 3);
+        assert_eq!(
+            (t.resources.cpu.as_str(), t.resources.memory.as_str()),
+            ("250m", "64mb")
+        );
+        assert_eq!(t.resources.gpu, "");
+        assert_eq!(t.publisher.kind, "noop");
+        assert_eq!(
+            (t.timeouts.execution_timeout, t.timeouts.total_timeout),
+            (300, 600)
+        );
+        assert_eq!(j.meta[crate::spec::RETRY_ATTEMPTS_META], "3");
+        assert_eq!(j.meta[crate::spec::RETRY_DELAY_META], "10s");
+        assert_eq!(j.retry_policy().attempts, Some(3));
+
+        let j = job(
+            "Name: b\nPriority: 7\nMeta: {caravel.io/retry-attempts: '1'}\nTasks: [{Engine: {Type: docker, Params: {Image: busybox}}, Resources: {CPU: '2'}, Publisher: {Type: local}, Timeouts: {ExecutionTimeout: 10}}]\n",
+        );
+        let t = &j.tasks[0];
+        assert_eq!(j.priority, 7);
+        assert_eq!(
+            (t.resources.cpu.as_str(), t.resources.memory.as_str()),
+            ("2", "64mb")
+        );
+        assert_eq!(t.publisher.kind, "local");
+        assert_eq!(
+            (t.timeouts.execution_timeout, t.timeouts.total_timeout),
+            (10, 600)
+        );
+        assert_eq!(
+            j.meta[crate::spec::RETRY_ATTEMPTS_META],
+            "1",
+            "the job's own wins"
+        );
+
+        let j = job(&format!("Name: s\nType: service\n{bare}"));
+        let t = &j.tasks[0];
+        assert_eq!(
+            (
+                j.priority,
+                t.resources.gpu.as_str(),
+                t.resources.cpu.as_str()
+            ),
+            (0, "1", "")
+        );
+        assert_eq!(
+            t.publisher.kind, "local",
+            "no default publisher for services"
+        );
+        assert_eq!(t.timeouts.execution_timeout, 0);
+        let j = job(&format!("Name: o\nType: ops\n{bare}"));
+        assert_eq!(
+            j.tasks[0].resources,
+            crate::spec::ResourcesConfig::default()
+        );
+
+        for (yaml, key) in [
+            (
+                "JobDefaults: {Batch: {Task: {Resources: {CPU: lots}}}}",
+                "JobDefaults.Batch.Task.Resources.CPU",
+            ),
+            (
+                "JobDefaults: {Daemon: {Task: {Resources: {Memory: 12 parsecs}}}}",
+                "JobDefaults.Daemon.Task.Resources.Memory",
+            ),
+            (
+                "JobDefaults: {Ops: {Task: {Publisher: {Type: ipfs}}}}",
+                "JobDefaults.Ops.Task.Publisher.Type",
+            ),
+            (
+                "JobDefaults: {Batch: {Task: {Publisher: {Type: s3}}}}",
+                "JobDefaults.Batch.Task.Publisher.Params",
+            ),
+            (
+                "JobDefaults: {Batch: {Task: {Publisher: {Type: carrier-pigeon}}}}",
+                "JobDefaults.Batch.Task.Publisher.Type",
+            ),
+            (
+                "JobDefaults: {Batch: {Task: {Timeouts: {TotalTimeout: soon}}}}",
+                "JobDefaults.Batch.Task.Timeouts.TotalTimeout",
+            ),
+            (
+                "JobDefaults: {Ops: {RetryAttempts: '0'}}",
+                "JobDefaults.Ops.RetryAttempts",
+            ),
+            (
+                "JobDefaults: {Service: {RetryDelay: 1h}}",
+                "JobDefaults.Service.RetryDelay",
+            ),
+        ] {
+            let e = Config::from_value(serde_norway::from_str(yaml).unwrap()).unwrap_err();
+            assert!(e.to_string().contains(key), "{yaml}: {e}");
+        }
+        let mut doc = Value::Object(Default::default());
+        super::set_in(&mut doc, "jobdefaults.batch.task.resources.cpu", "750m").unwrap();
+        super::set_in(
+            &mut doc,
+            "JobDefaults.Batch.Task.Publisher.Params",
+            "Bucket=b,Key=k",
+        )
+        .unwrap();
+        let c = Config::from_value(doc).unwrap();
+        assert_eq!(c.job_defaults.batch.task.resources.cpu, "750m");
+        assert_eq!(c.job_defaults.batch.task.publisher.params["Key"], "k");
     }
 
     #[test]

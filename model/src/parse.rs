@@ -71,7 +71,17 @@ pub fn parse_job(text: &[u8], mode: Mode) -> Result<Parsed, SpecErrors> {
 }
 
 /// Builds a job from an already-decoded JSON value (the API's `{"Job": …}` body).
-pub fn job_from_value(mut value: Value, mode: Mode) -> Result<Parsed, SpecErrors> {
+pub fn job_from_value(value: Value, mode: Mode) -> Result<Parsed, SpecErrors> {
+    job_from_value_with(value, mode, &crate::config::JobDefaults::default())
+}
+
+/// [`job_from_value`] with the orchestrator's `JobDefaults` filled in where the job leaves a field
+/// unset (before its normalisation and validation, so a default is checked as the job's own).
+pub fn job_from_value_with(
+    mut value: Value,
+    mode: Mode,
+    defaults: &crate::config::JobDefaults,
+) -> Result<Parsed, SpecErrors> {
     if !value.is_object() {
         return Err(SpecErrors::one(SpecError::new(
             "",
@@ -164,6 +174,7 @@ pub fn job_from_value(mut value: Value, mode: Mode) -> Result<Parsed, SpecErrors
         job.meta.remove(&k);
         warnings.push(format!("Meta key {k} is reserved and was dropped"));
     }
+    defaults.apply(&mut job);
     job.normalize(count_given);
     if let Err(SpecErrors(mut errors)) = validate_job(&job) {
         errors.extend(unknown);

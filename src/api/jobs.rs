@@ -13,7 +13,7 @@ use caravel_model::command::{Command, CommandResponse, RejectCode};
 use caravel_model::evaluation::{Evaluation, trigger};
 use caravel_model::execution::Execution;
 use caravel_model::history::JobHistory;
-use caravel_model::parse::{Mode, job_from_value};
+use caravel_model::parse::{Mode, job_from_value_with};
 use caravel_model::spec::{Job, LabelSelectorRequirement, SpecConfig};
 use caravel_model::state::{ClusterState, LookupError};
 use caravel_model::states::ExecutionStateType;
@@ -39,18 +39,22 @@ fn reject_to_api(code: RejectCode, message: String, hint: String) -> ApiErr {
 }
 
 /// A submitted job, parsed and validated as the API takes it (the 400 names each bad field).
-fn parse_submission(job: serde_json::Value) -> Result<caravel_model::parse::Parsed, ApiErr> {
-    let parsed = job_from_value(job, Mode::Server).map_err(|errs| {
-        let details: Vec<serde_json::Value> = errs
-            .0
-            .iter()
-            .map(|e| serde_json::to_value(e).unwrap_or_default())
-            .collect();
-        let hint = errs.0.first().map(|e| e.hint.clone()).unwrap_or_default();
-        ApiErr::new(StatusCode::BAD_REQUEST, "ValidationError", errs.to_string())
-            .hint(hint)
-            .detail("Errors", serde_json::Value::Array(details))
-    })?;
+fn parse_submission(
+    s: &ApiState,
+    job: serde_json::Value,
+) -> Result<caravel_model::parse::Parsed, ApiErr> {
+    let parsed =
+        job_from_value_with(job, Mode::Server, &s.config.job_defaults).map_err(|errs| {
+            let details: Vec<serde_json::Value> = errs
+                .0
+                .iter()
+                .map(|e| serde_json::to_value(e).unwrap_or_default())
+                .collect();
+            let hint = errs.0.first().map(|e| e.hint.clone()).unwrap_or_default();
+            ApiErr::new(StatusCode::BAD_REQUEST, "ValidationError", errs.to_string())
+                .hint(hint)
+                .detail("Errors", serde_json::Value::Array(details))
+        })?;
     caravel_model::validate::check_job_size(&parsed.job).map_err(|e| {
         ApiErr::new(
             StatusCode::BAD_REQUEST,
@@ -71,7 +75,7 @@ pub async fn submit(
     body: Bytes,
 ) -> Result<Json<PutJobResponse>, ApiErr> {
     let req: PutJobRequest = json_body(&body)?;
-    let parsed = parse_submission(req.job)?;
+    let parsed = parse_submission(&s, req.job)?;
     let (job_id, evaluation_id, _) = write_submission(&s, parsed.job, req.force).await?;
     Ok(Json(PutJobResponse {
         job_id,
@@ -459,7 +463,7 @@ pub async fn rerun(
             })
             .await??;
     // Its author's spec, as submitted: what the orchestrator set is set again.
-    let parsed = parse_submission(caravel_model::diff::user_spec_value(&job))?;
+    let parsed = parse_submission(&s, caravel_model::diff::user_spec_value(&job))?;
     let (job_id, evaluation_id, job_version) = write_submission(&s, parsed.job, true).await?;
     Ok(Json(RerunJobResponse {
         job_id,
@@ -473,7 +477,7 @@ pub async fn rerun(
 /// spec as added when there is none); nothing is written.
 pub async fn diff(State(s): State<ApiState>, body: Bytes) -> Result<Json<DiffJobResponse>, ApiErr> {
     let req: PutJobRequest = json_body(&body)?;
-    let parsed = parse_submission(req.job)?;
+    let parsed = parse_submission(&s, req.job)?;
     let new = caravel_model::diff::user_spec_yaml(&parsed.job);
     let (ns, name) = (parsed.job.namespace.clone(), parsed.job.name.clone());
     let old = s

@@ -482,7 +482,7 @@ fn a_bacalhau_config_file_starts_a_node_and_names_what_it_ignores() {
     let cfg = d.path().join("config.yaml");
     std::fs::write(
         &cfg,
-        "Compute:\n  Heartbeat:\n    Interval: 3s\n    InfoUpdateInterval: 1m\nWebUI:\n  Enabled: false\nLogging:\n  Level: info\n  Mode: default\nUpdateConfig:\n  Interval: 24h\n",
+        "Compute:\n  Heartbeat:\n    Interval: 3s\n    InfoUpdateInterval: 1m\nWebUI:\n  Enabled: false\nLogging:\n  Level: info\n  Mode: default\nUpdateConfig:\n  Interval: 24h\nJobDefaults:\n  Batch:\n    Task:\n      Resources: {CPU: 250m}\n      Timeouts: {ExecutionTimeout: 5m}\n",
     )
     .unwrap();
     let n = caravel_chaos_tests::NodeProcess::start_hybrid(
@@ -506,6 +506,24 @@ fn a_bacalhau_config_file_starts_a_node_and_names_what_it_ignores() {
     );
     let (ok, _, err) = run(&n, &["job", "list"], None);
     assert!(ok, "{err}");
+    // JobDefaults fill in what a submitted batch job leaves unset, and the job says so.
+    let spec = d.path().join("job.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "Name: defaulted\nType: batch\nTasks:\n  - Name: main\n    Engine: {{Type: wasm, Params: {{EntryModule: /m.wasm}}}}\n    InputSources:\n      - Target: /m.wasm\n        Source: {{Type: inline, Params: {{URL: \"{}\"}}}}\n",
+            module_url()
+        ),
+    )
+    .unwrap();
+    let (ok, out, err) = run(&n, &["job", "run", spec.to_str().unwrap()], None);
+    assert!(ok, "{out}\n{err}");
+    let got = finished(&n, &crate::e2e::job_id(&err, &out));
+    assert_eq!(got["Job"]["State"]["StateType"], "Completed", "{got}");
+    let task = &got["Job"]["Tasks"][0];
+    assert_eq!(task["Resources"]["CPU"], "250m", "{task}");
+    assert_eq!(task["Timeouts"]["ExecutionTimeout"], 300, "{task}");
+    assert!(!log.contains("config key JobDefaults"), "{log}");
 }
 
 /// The S3 server of the tests (scripts/test.sh starts moto), or a failure saying how to get one.
