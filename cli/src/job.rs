@@ -1016,12 +1016,20 @@ async fn get(c: &ApiClient, a: GetArgs) -> anyhow::Result<ExitCode> {
         std::fs::create_dir_all(&target)?;
         match item.kind.to_ascii_lowercase().as_str() {
             "urldownload" | "s3presigned" => {
-                let url = item
-                    .params
-                    .str("URL")
-                    .or_else(|| item.params.str("PreSignedURL"))
-                    .unwrap_or_default()
-                    .to_string();
+                use caravel_model::sources::Source;
+                let url = match Source::try_from(item) {
+                    Ok(Source::UrlDownload { url } | Source::S3PreSigned { url, .. }) => url,
+                    Ok(_) => unreachable!("the source type was matched above"),
+                    Err(errors) => bail!(
+                        "the orchestrator answered with a {} result this client cannot read: {}",
+                        item.kind,
+                        errors
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ),
+                };
                 results::fetch_archive(c, &url, &target, timeout, limits).await?;
             }
             "s3" => {

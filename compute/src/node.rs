@@ -1133,17 +1133,11 @@ impl ComputeNode {
         };
         if task.engine.kind_lower() == "wasm" && !self.shared.opts.admission.wasm_modules.is_empty()
         {
-            let entry = task
-                .engine
-                .params
-                .get_any(&["EntryModule"])
-                .and_then(|v| v.as_str())
-                .unwrap_or_default()
-                .to_string();
-            let module = inputs
-                .iter()
-                .find(|i| i.target == entry)
-                .map(|i| i.host_path.clone());
+            // The module the wasm executor will load (a relative EntryModule or one inside a
+            // directory input included).
+            let module = caravel_model::params::WasmParams::try_from(&task.engine)
+                .ok()
+                .and_then(|w| crate::wasm::module_file(&inputs, &w.entry_module).ok());
             let sha = match module {
                 Some(path) => tokio::task::spawn_blocking(move || sha256_file(&path))
                     .await

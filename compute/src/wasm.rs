@@ -433,9 +433,17 @@ fn module_name_from_target(target: &str) -> String {
 /// exactly that path, or a file inside an input directory (an S3 prefix, a local directory) mounted
 /// above it, as Bacalhau resolves it.
 fn module_path(req: &RunRequest, target: &str) -> Result<std::path::PathBuf, ExecError> {
+    module_file(&req.inputs, target)
+}
+
+/// The host file of the module at guest path `target`: an input whose target it is (an s3
+/// object's directory of one file is that file), or a plain path below a directory input.
+pub(crate) fn module_file(
+    inputs: &[crate::executor::PreparedInput],
+    target: &str,
+) -> Result<std::path::PathBuf, ExecError> {
     let want = target.trim_end_matches('/');
-    if let Some(i) = req
-        .inputs
+    if let Some(i) = inputs
         .iter()
         .find(|i| i.target.trim_end_matches('/') == want)
     {
@@ -457,7 +465,7 @@ fn module_path(req: &RunRequest, target: &str) -> Result<std::path::PathBuf, Exe
         }
         return Ok(i.host_path.clone());
     }
-    for i in &req.inputs {
+    for i in inputs {
         let base = i.target.trim_end_matches('/');
         if let Some(rest) = want.strip_prefix(base).and_then(|r| r.strip_prefix('/'))
             && i.host_path.is_dir()

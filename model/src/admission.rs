@@ -152,19 +152,21 @@ pub fn url_host(url: &str) -> Option<String> {
     (!host.is_empty()).then(|| host.to_ascii_lowercase())
 }
 
-fn param<'a>(c: &'a crate::spec::SpecConfig, keys: &[&str]) -> Option<&'a str> {
-    c.params.get_any(keys).and_then(|v| v.as_str())
-}
-
 /// The SHA-256 of an inline WASM entry module of `task` (what the scheduler can check).
 fn inline_module_sha(task: &Task) -> Option<String> {
-    let entry = param(&task.engine, &["EntryModule"])?;
-    let input = task.input_sources.iter().find(|i| i.target == entry)?;
-    if input.source.kind_lower() != "inline" {
+    let entry = crate::params::WasmParams::try_from(&task.engine)
+        .ok()?
+        .entry_module;
+    let input = task
+        .input_sources
+        .iter()
+        .find(|i| i.target.trim_end_matches('/') == entry.trim_end_matches('/'))?;
+    let crate::sources::Source::Inline { url } =
+        crate::sources::Source::try_from(&input.source).ok()?
+    else {
         return None;
-    }
-    let url = param(&input.source, &["URL", "Url"])?;
-    let data = crate::parse::data_url_bytes(url)?;
+    };
+    let data = crate::parse::data_url_bytes(&url)?;
     use sha2::Digest;
     Some(
         sha2::Sha256::digest(&data)
@@ -212,8 +214,10 @@ impl AdmissionPolicy {
     fn check_task(&self, t: &Task) -> Result<(), String> {
         let engine = t.engine.kind_lower();
         if engine == "docker" && !self.images.is_empty() {
-            let image = param(&t.engine, &["Image"]).unwrap_or_default();
-            if !image_allowed(&self.images, image) {
+            let image = crate::params::DockerParams::try_from(&t.engine)
+                .map(|d| d.image)
+                .unwrap_or_default();
+            if !image_allowed(&self.images, &image) {
                 return Err(format!(
                     "image {image:?} is not in this node's allowed images ({})",
                     self.images.join(", ")
@@ -271,16 +275,24 @@ impl AdmissionPolicy {
                     i.target
                 ));
             }
+            // Unreadable params count as empty: a restricted node refuses what it cannot check.
+            let source = crate::sources::Source::try_from(&i.source).ok();
             match kind.to_ascii_lowercase().as_str() {
                 "urldownload" => {
-                    let url = param(&i.source, &["URL", "Url"]).unwrap_or_default();
+                    let url = match &source {
+                        Some(crate::sources::Source::UrlDownload { url }) => url.as_str(),
+                        _ => "",
+                    };
                     let host = url_host(url).unwrap_or_default();
                     if !any_match(&self.url_hosts, &host) {
                         return Err(format!("URL host {host:?} is not allowed here"));
                     }
                 }
                 "s3" => {
-                    let bucket = param(&i.source, &["Bucket"]).unwrap_or_default();
+                    let bucket = match &source {
+                        Some(crate::sources::Source::S3(s3)) => s3.bucket.as_str(),
+                        _ => "",
+                    };
                     if !any_match(&self.s3_buckets, bucket) {
                         return Err(format!("S3 bucket {bucket:?} is not allowed here"));
                     }
@@ -299,8 +311,11 @@ impl AdmissionPolicy {
                 return Err(format!("publisher {publisher} is not allowed here"));
             }
             if publisher.eq_ignore_ascii_case("s3") {
-                let bucket = param(&t.publisher, &["Bucket"]).unwrap_or_default();
-                if !any_match(&self.s3_buckets, bucket) {
+                let bucket = match crate::publishers::Publisher::try_from(&t.publisher) {
+                    Ok(crate::publishers::Publisher::S3(p)) => p.bucket,
+                    _ => String::new(),
+                };
+                if !any_match(&self.s3_buckets, &bucket) {
                     return Err(format!("S3 bucket {bucket:?} is not allowed here"));
                 }
             }
