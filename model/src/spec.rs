@@ -405,6 +405,31 @@ pub const MAX_UPDATE_MIN_HEALTHY_SECS: f64 = 3600.0;
 /// Most copies an update may replace at a time.
 pub const MAX_UPDATE_MAX_PARALLEL: usize = 10_000;
 
+/// Job `Meta` key: how the scheduler chooses among the nodes with room — `spread` (the default:
+/// the least loaded node first, so the load and a job's executions spread out) or `binpack` (the
+/// fullest node that still has room first, by its allocated share of CPU or memory, so whole nodes
+/// stay free for large jobs; as Nomad's `binpack` scheduler algorithm). Data locality comes first
+/// either way.
+pub const PLACEMENT_META: &str = "caravel.io/placement";
+
+/// How the scheduler chooses among nodes with room ([`PLACEMENT_META`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Placement {
+    #[default]
+    Spread,
+    Binpack,
+}
+
+impl Placement {
+    pub fn parse(v: &str) -> Option<Placement> {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "spread" => Some(Placement::Spread),
+            "binpack" | "bin-pack" => Some(Placement::Binpack),
+            _ => None,
+        }
+    }
+}
+
 /// How an update replaces a service's or daemon's copies (read from its `Meta`; validation refuses
 /// a bad value, so a bad one here means the default).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -498,6 +523,14 @@ impl Job {
             .filter(|s| *s >= 0.0 && *s <= MAX_DISCONNECT_GRACE_SECS as f64)
             .unwrap_or(DEFAULT_DISCONNECT_GRACE_SECS as f64);
         (secs * 1e9) as i64
+    }
+
+    /// How the scheduler chooses among nodes with room ([`PLACEMENT_META`]).
+    pub fn placement(&self) -> Placement {
+        self.meta
+            .get(PLACEMENT_META)
+            .and_then(|v| Placement::parse(v))
+            .unwrap_or_default()
     }
 
     /// How an update replaces this job's copies ([`UPDATE_MAX_PARALLEL_META`],

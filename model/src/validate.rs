@@ -194,6 +194,15 @@ pub fn validate_job(job: &Job) -> Result<(), SpecErrors> {
         (hint, hint),
         &mut e,
     );
+    if let Some(v) = job.meta.get(crate::spec::PLACEMENT_META)
+        && crate::spec::Placement::parse(v).is_none()
+    {
+        e.push(SpecError::new(
+            &format!("Meta[{}]", crate::spec::PLACEMENT_META),
+            format!("{v:?} is not a placement"),
+            "use spread (the least loaded node first) or binpack (the fullest node with room first)",
+        ));
+    }
     if job.count < 0 {
         e.push(SpecError::new(
             "Count",

@@ -458,6 +458,8 @@ fn schedule_partitions(
         && rollout.is_none()
         && failed_on.is_empty()
         && moving.is_empty()
+        // Bin-packing looks for the fullest node, which a sample would miss.
+        && job.placement() == caravel_model::spec::Placement::Spread
         && caravel_model::locality::JobInputs::of(job).is_empty();
     let mut unplaced: Vec<(i32, String)> = Vec::new();
     let mut exhausted = false;
@@ -1077,6 +1079,22 @@ struct Candidate<'a> {
 }
 
 impl Candidate<'_> {
+    /// The node's allocated share of its CPU or memory, whichever is higher, in millionths of
+    /// its over-subscription limit (how bin-packing ranks it).
+    fn fullness(&self) -> u64 {
+        let share = |used: f64, limit: f64| {
+            if limit > 0.0 {
+                (used.max(0.0) / limit * 1e6) as u64
+            } else {
+                0
+            }
+        };
+        share(self.allocated.cpu, self.limit.cpu).max(share(
+            self.allocated.memory as f64,
+            self.limit.memory as f64,
+        ))
+    }
+
     /// What the node holds plus `need` stays within its over-subscription limit.
     fn has_room_for(&self, need: &Resources) -> bool {
         let mut after = self.allocated.clone();
@@ -1127,6 +1145,7 @@ struct NodePool<'a> {
     engine: String,
     publisher: String,
     sources: Vec<String>,
+    placement: caravel_model::spec::Placement,
 }
 
 impl<'a> NodePool<'a> {
@@ -1296,6 +1315,7 @@ impl<'a> NodePool<'a> {
             engine,
             publisher,
             sources,
+            placement: job.placement(),
         }
     }
 
@@ -1396,7 +1416,8 @@ impl<'a> NodePool<'a> {
         avoid: &BTreeSet<String>,
     ) -> Result<(&'a NodeState, Vec<String>), NoPick> {
         // Nodes with room first, then those holding more of the job's inputs, then the least
-        // loaded (ties by id, so plans are deterministic).
+        // loaded (spread) or the fullest (binpack); ties by id, so plans are deterministic.
+        let binpack = self.placement == caravel_model::spec::Placement::Binpack;
         let best = |strict: bool| {
             self.candidates
                 .iter()
@@ -1406,10 +1427,16 @@ impl<'a> NodePool<'a> {
                     !(exclude.contains(id) || strict && avoid.contains(id)) && self.has_room(c)
                 })
                 .min_by_key(|(_, c)| {
+                    let (first, then) = if binpack {
+                        (-(c.fullness() as i64), -(c.load as i64))
+                    } else {
+                        (c.load as i64, 0)
+                    };
                     (
                         !self.need.fits_in(&c.free),
                         std::cmp::Reverse(c.held.len()),
-                        c.load,
+                        first,
+                        then,
                         c.node.id(),
                     )
                 })
@@ -2711,6 +2738,49 @@ mod tests {
             &e.id,
             ExecutionStateType::Completed,
             followup,
+        );
+    }
+
+    /// `caravel.io/placement`: spread (the default) puts work on the least loaded nodes; binpack
+    /// fills the fullest node that has room first, leaving whole nodes free.
+    #[test]
+    fn spread_places_on_the_least_loaded_nodes_and_binpack_on_the_fullest_with_room() {
+        for (placement, want) in [("", ["n-b", "n-c"]), ("binpack", ["n-a", "n-b"])] {
+            let mut s = cluster(&[("n-a", "wasm"), ("n-b", "wasm"), ("n-c", "wasm")]);
+            let mut ids = SequentialIds::default();
+            let first = submit_with_task(&mut s, "first", "Type: batch\n", ONE_CPU, SEC);
+            let p = run_eval(&mut s, &first, &mut ids, SEC);
+            assert_eq!(p.new_executions[0].node_id, "n-a");
+            let meta = if placement.is_empty() {
+                String::new()
+            } else {
+                format!("Meta: {{caravel.io/placement: {placement}}}\n")
+            };
+            let ev = submit_with_task(
+                &mut s,
+                "second",
+                &format!("Type: batch\nCount: 2\n{meta}"),
+                ONE_CPU,
+                2 * SEC,
+            );
+            let p = run_eval(&mut s, &ev, &mut ids, 2 * SEC);
+            let mut got: Vec<&str> = p
+                .new_executions
+                .iter()
+                .map(|e| e.node_id.as_str())
+                .collect();
+            got.sort();
+            assert_eq!(got, want, "placement {placement:?}: {p:?}");
+        }
+        let bad = caravel_model::parse::parse_job(
+            b"Name: x\nMeta: {caravel.io/placement: tightly}\nTasks: [{Engine: {Type: docker, Params: {Image: busybox}}}]\n",
+            caravel_model::parse::Mode::Server,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            bad.contains("Meta[caravel.io/placement]") && bad.contains("use spread"),
+            "{bad}"
         );
     }
 
