@@ -37,6 +37,35 @@ fn a_node_runs_only_the_modules_its_owner_allows_and_says_why_it_refuses_others(
     assert!(ok, "{err}");
     let d = describe(&n, out.trim());
     assert_eq!(d["Job"]["State"]["StateType"], "Completed", "{d}");
+    // The allowed module inside a directory input (an inline tar.gz at /app): the node hashes the
+    // module the executor loads, below the input's target.
+    let mut tgz = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    let bytes = std::fs::read(&echo).unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_size(bytes.len() as u64);
+    h.set_mode(0o644);
+    tgz.append_data(&mut h, "main.wasm", &bytes[..]).unwrap();
+    let tgz = tgz.into_inner().unwrap().finish().unwrap();
+    let spec = dir.path().join("in-a-directory.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "Name: in-a-directory\nType: batch\nTasks:\n  - Name: main\n    Engine: {{Type: wasm, Params: {{EntryModule: /app/main.wasm}}}}\n    InputSources:\n      - Target: /app\n        Source: {{Type: inline, Params: {{URL: \"data:application/gzip;base64,{}\"}}}}\n",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &tgz)
+        ),
+    )
+    .unwrap();
+    let (ok, out, err) = run(
+        &n,
+        &["job", "run", spec.to_str().unwrap(), "--id-only"],
+        None,
+    );
+    assert!(ok, "{err}");
+    let d = describe(&n, out.trim());
+    assert_eq!(d["Job"]["State"]["StateType"], "Completed", "{d}");
 
     // Another module: no node would take it, and the job says so, per node.
     let (_, out, _) = run(
