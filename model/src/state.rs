@@ -76,6 +76,38 @@ struct Indexes {
     /// evaluation ever made.
     pending_evals: BTreeSet<String>,
     history_by_job: BTreeMap<String, BTreeSet<String>>,
+    /// Node ids by label key and value: the nodes a job's `key = value` or `key in (…)` constraint
+    /// admits, without walking the fleet.
+    nodes_by_label: BTreeMap<String, BTreeMap<String, BTreeSet<String>>>,
+}
+
+impl Indexes {
+    fn label_node(&mut self, id: &str, labels: &BTreeMap<String, String>) {
+        for (k, v) in labels {
+            self.nodes_by_label
+                .entry(k.clone())
+                .or_default()
+                .entry(v.clone())
+                .or_default()
+                .insert(id.to_string());
+        }
+    }
+
+    fn unlabel_node(&mut self, id: &str, labels: &BTreeMap<String, String>) {
+        for (k, v) in labels {
+            if let Some(values) = self.nodes_by_label.get_mut(k) {
+                if let Some(ids) = values.get_mut(v) {
+                    ids.remove(id);
+                    if ids.is_empty() {
+                        values.remove(v);
+                    }
+                }
+                if values.is_empty() {
+                    self.nodes_by_label.remove(k);
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -309,7 +341,26 @@ impl ClusterState {
                 .or_default()
                 .insert(k.clone());
         }
+        for (id, n) in &self.nodes {
+            idx.label_node(id, &n.info.labels);
+        }
         self.idx = idx;
+    }
+
+    /// Stores a node, keeping the label index in step.
+    fn put_node(&mut self, id: String, n: NodeState) {
+        if let Some(old) = self.nodes.get(&id) {
+            self.idx.unlabel_node(&id, &old.info.labels);
+        }
+        self.idx.label_node(&id, &n.info.labels);
+        self.nodes.insert(id, n);
+    }
+
+    /// Removes a node, keeping the label index in step.
+    fn remove_node(&mut self, id: &str) -> Option<NodeState> {
+        let old = self.nodes.remove(id)?;
+        self.idx.unlabel_node(id, &old.info.labels);
+        Some(old)
     }
 
     // ---------- reads ----------
@@ -516,7 +567,7 @@ impl ClusterState {
         }
         eligibility.to_labels(&mut n.info.labels);
         self.dirty.insert((Table::Node, node_id.to_string()));
-        self.nodes.insert(node_id.to_string(), n);
+        self.put_node(node_id.to_string(), n);
         let what = match eligibility {
             Eligibility::Eligible => "is eligible for new work again".to_string(),
             Eligibility::Ineligible => "takes no new work (made ineligible)".to_string(),
@@ -1124,7 +1175,7 @@ impl ClusterState {
                 membership: NodeMembership::Pending,
                 ..Default::default()
             };
-            self.nodes.insert(info.node_id.clone(), n);
+            self.put_node(info.node_id.clone(), n);
         }
         let r = self.register_node(info, now);
         if r == CommandResponse::Ok && !fingerprint.is_empty() {
@@ -1270,7 +1321,7 @@ impl ClusterState {
             }
         }
         self.dirty.insert((Table::Node, node_id.to_string()));
-        self.nodes.insert(node_id.to_string(), n);
+        self.put_node(node_id.to_string(), n);
         if membership == NodeMembership::Rejected {
             self.evaluate_jobs_on(node_id, trigger::NODE_LEAVE, eval_ids, now);
         } else if self.nodes[node_id].is_schedulable() {
@@ -1286,7 +1337,7 @@ impl ClusterState {
         eval_ids: &[String],
         now: i64,
     ) -> CommandResponse {
-        if self.nodes.remove(node_id).is_none() {
+        if self.remove_node(node_id).is_none() {
             return reject(
                 RejectCode::NotFound,
                 format!("node {node_id} not found"),
@@ -1370,7 +1421,7 @@ impl ClusterState {
         n.connection = NodeConnection::Connected;
         self.dirty.insert((Table::Node, info.node_id.clone()));
         let schedulable = n.is_schedulable();
-        self.nodes.insert(info.node_id.clone(), n);
+        self.put_node(info.node_id.clone(), n);
         if joined && schedulable {
             self.evaluate_jobs_for_join(&info.node_id, now);
         }
@@ -1405,7 +1456,7 @@ impl ClusterState {
             }
         }
         self.dirty.insert((Table::Node, node_id.to_string()));
-        self.nodes.insert(node_id.to_string(), n);
+        self.put_node(node_id.to_string(), n);
         // One evaluation per affected job, ids handed out in job order (deterministic).
         if st == NodeConnection::Connected {
             if self.nodes[node_id].is_schedulable() {
@@ -1478,6 +1529,21 @@ impl StateView for ClusterState {
     }
     fn node(&self, id: &str) -> Option<&NodeState> {
         self.nodes.get(id)
+    }
+    fn nodes_labelled(&self, key: &str, values: &[String]) -> Option<Vec<&NodeState>> {
+        let Some(by_value) = self.idx.nodes_by_label.get(key) else {
+            return Some(Vec::new());
+        };
+        let ids: BTreeSet<&String> = values
+            .iter()
+            .filter_map(|v| by_value.get(v))
+            .flatten()
+            .collect();
+        Some(
+            ids.into_iter()
+                .filter_map(|id| self.nodes.get(id))
+                .collect(),
+        )
     }
     fn evaluation(&self, id: &str) -> Option<&Evaluation> {
         self.evaluations.get(id)
@@ -1609,6 +1675,53 @@ mod tests {
         assert_eq!(b.history_of("j-1").len(), a.history_of("j-1").len());
         let snap = ClusterState::from_snapshot(&a.to_snapshot().unwrap()).unwrap();
         assert_eq!(snap, a);
+    }
+
+    /// The label index follows registrations, label changes, deletions and reloads.
+    #[test]
+    fn the_label_index_follows_each_nodes_labels_through_changes_and_reloads() {
+        use crate::view::StateView;
+        let mut s = ClusterState::default();
+        let register = |s: &mut ClusterState, id: &str, zone: &str| {
+            let mut info = crate::node::NodeInfo {
+                node_id: id.into(),
+                node_type: "Compute".into(),
+                ..Default::default()
+            };
+            info.labels.insert("zone".into(), zone.into());
+            s.apply(&Command::RegisterNode { info, now: 1 });
+        };
+        let zone = |s: &ClusterState, z: &[&str]| -> Vec<String> {
+            let values: Vec<String> = z.iter().map(|v| v.to_string()).collect();
+            s.nodes_labelled("zone", &values)
+                .unwrap()
+                .iter()
+                .map(|n| n.id().to_string())
+                .collect()
+        };
+        register(&mut s, "n-2", "a");
+        register(&mut s, "n-1", "a");
+        register(&mut s, "n-3", "b");
+        assert_eq!(zone(&s, &["a"]), ["n-1", "n-2"]);
+        assert_eq!(zone(&s, &["b", "a"]), ["n-1", "n-2", "n-3"], "in id order");
+        register(&mut s, "n-2", "b");
+        assert_eq!(zone(&s, &["a"]), ["n-1"]);
+        assert_eq!(zone(&s, &["b"]), ["n-2", "n-3"]);
+        s.apply(&Command::DeleteNode {
+            node_id: "n-3".into(),
+            message: String::new(),
+            evaluation_ids: vec![],
+            now: 2,
+        });
+        assert_eq!(zone(&s, &["b"]), ["n-2"]);
+        assert!(zone(&s, &["c"]).is_empty());
+        assert!(
+            s.nodes_labelled("region", &["eu".into()])
+                .unwrap()
+                .is_empty()
+        );
+        let reloaded = ClusterState::from_snapshot(&s.to_snapshot().unwrap()).unwrap();
+        assert_eq!(zone(&reloaded, &["a", "b"]), ["n-1", "n-2"]);
     }
 
     #[test]

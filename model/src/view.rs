@@ -11,6 +11,11 @@ pub trait StateView {
     fn nodes(&self) -> Vec<&NodeState>;
     /// One node, by id (a lookup, not a walk over [`Self::nodes`]).
     fn node(&self, id: &str) -> Option<&NodeState>;
+    /// The nodes whose label `key` has one of `values`, in id order (an index lookup), or `None`
+    /// when this view keeps no label index (the caller walks [`Self::nodes`]).
+    fn nodes_labelled(&self, _key: &str, _values: &[String]) -> Option<Vec<&NodeState>> {
+        None
+    }
     fn evaluation(&self, id: &str) -> Option<&Evaluation>;
     /// Live executions on a node (for capacity accounting).
     fn live_executions_on(&self, node_id: &str) -> Vec<&Execution>;

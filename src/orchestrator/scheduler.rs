@@ -1043,6 +1043,10 @@ impl StateView for PlanningView<'_> {
     fn node(&self, id: &str) -> Option<&NodeState> {
         self.base.node(id)
     }
+    fn nodes_labelled(&self, key: &str, values: &[String]) -> Option<Vec<&NodeState>> {
+        // A plan places executions; it never changes a node's labels.
+        self.base.nodes_labelled(key, values)
+    }
     fn evaluation(&self, id: &str) -> Option<&Evaluation> {
         self.base.evaluation(id)
     }
@@ -1146,6 +1150,10 @@ struct NodePool<'a> {
     publisher: String,
     sources: Vec<String>,
     placement: caravel_model::spec::Placement,
+    /// Nodes the walk looked at: the cost of building the pool, which the tests check (a pure
+    /// scheduler has no metrics of its own, and a plan is a persisted record).
+    #[cfg_attr(not(test), allow(dead_code))]
+    walked: usize,
 }
 
 impl<'a> NodePool<'a> {
@@ -1184,7 +1192,18 @@ impl<'a> NodePool<'a> {
         let mut candidates = Vec::new();
         let mut rejected = Vec::new();
         let mut unfit = BTreeSet::new();
-        let nodes = view.nodes();
+        // A sample walks only the nodes the job's most selective `=`/`in` constraint admits (the
+        // label index), so a job for a few nodes of a large fleet does not visit the rest; what
+        // it cannot place is then asked of every node, as for any sample.
+        let narrowed = sample.and_then(|_| {
+            job.constraints
+                .iter()
+                .filter(|c| matches!(c.operator.to_ascii_lowercase().as_str(), "=" | "==" | "in"))
+                .filter_map(|c| view.nodes_labelled(&c.key, &c.values))
+                .min_by_key(Vec::len)
+        });
+        let narrowed_walk = narrowed.is_some();
+        let nodes = narrowed.unwrap_or_else(|| view.nodes());
         let (start, enough) = match sample {
             Some((want, seed)) if !nodes.is_empty() => {
                 // FNV-1a: a stable spread of start points, not a secret.
@@ -1200,12 +1219,14 @@ impl<'a> NodePool<'a> {
             _ => (0, None),
         };
         let mut with_room = 0;
-        let mut partial = false;
+        let mut partial = narrowed_walk;
+        let mut walked = 0;
         for n in nodes[start..].iter().chain(&nodes[..start]).copied() {
             if enough.is_some_and(|k| with_room >= k) {
                 partial = true;
                 break;
             }
+            walked += 1;
             if n.info.node_type != "Compute" {
                 continue;
             }
@@ -1316,6 +1337,7 @@ impl<'a> NodePool<'a> {
             publisher,
             sources,
             placement: job.placement(),
+            walked,
         }
     }
 
@@ -2741,6 +2763,64 @@ mod tests {
         );
     }
 
+    /// The nodes a plan placed new executions on, sorted.
+    fn placed_on(p: &Plan) -> Vec<&str> {
+        let mut on: Vec<&str> = p
+            .new_executions
+            .iter()
+            .map(|e| e.node_id.as_str())
+            .collect();
+        on.sort();
+        on
+    }
+
+    /// A job constrained to a few nodes of a large fleet walks only those (the label index), and
+    /// what they cannot take is still explained from every node.
+    #[test]
+    fn a_sample_walks_only_the_nodes_a_constraint_admits_and_falls_back_to_every_node() {
+        let mut s = ClusterState::default();
+        for i in 0..300 {
+            let mut info = node(&format!("n-{i:03}"), &["wasm"]);
+            let zone = if i % 100 == 7 { "edge" } else { "core" };
+            info.labels.insert("zone".into(), zone.into());
+            s.apply(&Command::RegisterNode { info, now: SEC });
+        }
+        let ev = submit_text(
+            &mut s,
+            "edge",
+            "Type: batch\nCount: 2\nConstraints: [{Key: zone, Operator: '=', Values: [edge]}]\n",
+            SEC,
+        );
+        let job = s.jobs["edge"].clone();
+        let pool = NodePool::sample(&s, &job, 2, &ev);
+        assert_eq!(pool.walked, 3, "only the three edge nodes are walked");
+        assert!(pool.partial);
+        let mut ids = SequentialIds::default();
+        let p = run_eval(&mut s, &ev, &mut ids, SEC);
+        let mut got = placed_on(&p);
+        got.dedup();
+        assert_eq!(got.len(), 2, "{p:?}");
+        assert!(
+            got.iter().all(|n| ["n-007", "n-107", "n-207"].contains(n)),
+            "{got:?}"
+        );
+        // A label no node has: nothing is walked, and the answer comes from the whole fleet.
+        let ev = submit_text(
+            &mut s,
+            "nowhere",
+            "Type: batch\nConstraints: [{Key: zone, Operator: in, Values: [moon]}]\n",
+            2 * SEC,
+        );
+        let job = s.jobs["nowhere"].clone();
+        assert_eq!(NodePool::sample(&s, &job, 1, &ev).walked, 0);
+        run_eval(&mut s, &ev, &mut ids, 2 * SEC);
+        let m = &s.jobs["nowhere"].state.message;
+        assert!(
+            m.contains("300 of 300 rejected") && m.contains("300 nodes: does not match constraint"),
+            "{m}"
+        );
+    }
+
     /// `caravel.io/placement`: spread (the default) puts work on the least loaded nodes; binpack
     /// fills the fullest node that has room first, leaving whole nodes free.
     #[test]
@@ -2764,13 +2844,7 @@ mod tests {
                 2 * SEC,
             );
             let p = run_eval(&mut s, &ev, &mut ids, 2 * SEC);
-            let mut got: Vec<&str> = p
-                .new_executions
-                .iter()
-                .map(|e| e.node_id.as_str())
-                .collect();
-            got.sort();
-            assert_eq!(got, want, "placement {placement:?}: {p:?}");
+            assert_eq!(placed_on(&p), want, "placement {placement:?}: {p:?}");
         }
         let bad = caravel_model::parse::parse_job(
             b"Name: x\nMeta: {caravel.io/placement: tightly}\nTasks: [{Engine: {Type: docker, Params: {Image: busybox}}}]\n",
