@@ -3355,6 +3355,10 @@ struct ScheduleSummary {
     orch_rss_end_mib: f64,
     /// `Run`s for jobs the bench did not submit (none expected).
     stray_runs: u64,
+    /// Raft entries applied from the first submission to the last placement, per placement.
+    entries_per_placement: Option<f64>,
+    /// Compute reports per Raft entry of the report group commit (`None`: a binary without it).
+    reports_per_entry: Option<f64>,
     timed_out: bool,
 }
 
@@ -3459,6 +3463,16 @@ fn schedule(
         let ex = sh.executor.as_ref().expect("set above");
         let before = proc_stat(pid, tck).context("the orchestrator is gone")?;
         let http = http()?;
+        let metrics_url = format!("{api}/metrics");
+        let scrape = |name: &str| {
+            rt.block_on(get_text(&http, &metrics_url))
+                .and_then(|m| metric_sum(&m, name, &[]))
+        };
+        let applied_before = scrape("caravel_raft_applied_index");
+        let batches_before = (
+            scrape("caravel_compute_report_batch_reports_sum"),
+            scrape("caravel_compute_report_batch_reports_count"),
+        );
         let next = Arc::new(AtomicU64::new(0));
         let errors = Arc::new(AtomicU64::new(0));
         let acked = Arc::new(AtomicU64::new(0));
@@ -3532,6 +3546,11 @@ fn schedule(
         }
         rt.block_on(futures::future::join_all(submitters));
         let after = proc_stat(pid, tck).context("the orchestrator is gone")?;
+        let applied_after = scrape("caravel_raft_applied_index");
+        let batches_after = (
+            scrape("caravel_compute_report_batch_reports_sum"),
+            scrape("caravel_compute_report_batch_reports_count"),
+        );
         let placed = lock(&ex.placed).clone();
         let last = placed.iter().map(|(t, _)| *t).max().unwrap_or(start);
         let secs = (last - start).as_secs_f64().max(1e-3);
@@ -3556,6 +3575,16 @@ fn schedule(
             orch_rss_start_mib: mib(before.rss_kib),
             orch_rss_end_mib: mib(after.rss_kib),
             stray_runs: ex.strays.load(Ordering::Relaxed),
+            entries_per_placement: applied_before
+                .zip(applied_after)
+                .filter(|_| !placed.is_empty())
+                .map(|(a, b)| (b - a) / placed.len() as f64),
+            reports_per_entry: match (batches_before, batches_after) {
+                ((Some(s0), Some(c0)), (Some(s1), Some(c1))) if c1 > c0 => {
+                    Some((s1 - s0) / (c1 - c0))
+                }
+                _ => None,
+            },
             timed_out,
         })
     })();
@@ -3590,6 +3619,12 @@ fn schedule(
                 s.submits_per_second,
                 s.orch_cpu_pct,
                 s.orch_rss_end_mib
+            );
+            let figure = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+            println!(
+                "raft entries per placement {}; compute reports per entry {}",
+                figure(s.entries_per_placement),
+                figure(s.reports_per_entry)
             );
             if s.submit_errors > 0 || s.stray_runs > 0 || s.timed_out {
                 println!(
