@@ -108,6 +108,34 @@ pub enum Command {
     /// Several plans in one entry (one Raft commit for many evaluations): each is applied, or
     /// refused as stale, on its own, in order; answered with [`CommandResponse::Plans`].
     ApplyPlans(Vec<Plan>),
+    /// Reports of many compute nodes in one entry (one Raft commit for what every session sent
+    /// meanwhile): each is applied, deduplicated by its (node, seq), on its own and in order, as a
+    /// [`Command::UpdateExecution`] would be; answered with [`CommandResponse::Plans`], one answer
+    /// per report.
+    UpdateExecutions(Vec<ExecutionReport>),
+}
+
+/// One compute node's report, as [`Command::UpdateExecution`] carries it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecutionReport {
+    pub node_id: String,
+    pub seq: u64,
+    pub update: ExecutionUpdate,
+    pub followup_eval_id: String,
+    pub now: i64,
+}
+
+impl ExecutionReport {
+    /// The report as a command of its own.
+    pub fn into_command(self) -> Command {
+        Command::UpdateExecution {
+            node_id: self.node_id,
+            seq: self.seq,
+            update: self.update,
+            followup_eval_id: self.followup_eval_id,
+            now: self.now,
+        }
+    }
 }
 
 impl Command {
@@ -129,6 +157,7 @@ impl Command {
             Command::DenyCertificate { .. } => "deny_certificate",
             Command::SetNodeEligibility { .. } => "set_node_eligibility",
             Command::ApplyPlans(_) => "apply_plans",
+            Command::UpdateExecutions(_) => "update_executions",
         }
     }
 }

@@ -462,6 +462,20 @@ impl ClusterState {
             Command::ApplyPlans(plans) => {
                 CommandResponse::Plans(plans.iter().map(|p| self.apply_plan(p)).collect())
             }
+            Command::UpdateExecutions(reports) => CommandResponse::Plans(
+                reports
+                    .iter()
+                    .map(|r| {
+                        self.update_execution(
+                            &r.node_id,
+                            r.seq,
+                            &r.update,
+                            &r.followup_eval_id,
+                            r.now,
+                        )
+                    })
+                    .collect(),
+            ),
             Command::UpdateExecution {
                 node_id,
                 seq,
@@ -1632,6 +1646,45 @@ mod tests {
                 now: 10,
             },
         ]
+    }
+
+    /// Reports in one entry are applied exactly as the same reports one entry each: the same
+    /// answers, in order (a replayed one a Duplicate), and byte-identical state.
+    #[test]
+    fn reports_in_one_entry_apply_as_one_entry_each() {
+        let cmds = commands();
+        let (mut one_each, mut batched) = (ClusterState::default(), ClusterState::default());
+        for c in &cmds[..3] {
+            one_each.apply(c);
+            batched.apply(c);
+        }
+        let each: Vec<CommandResponse> = cmds[3..].iter().map(|c| one_each.apply(c)).collect();
+        let reports: Vec<crate::command::ExecutionReport> = cmds[3..]
+            .iter()
+            .map(|c| match c.clone() {
+                Command::UpdateExecution {
+                    node_id,
+                    seq,
+                    update,
+                    followup_eval_id,
+                    now,
+                } => crate::command::ExecutionReport {
+                    node_id,
+                    seq,
+                    update,
+                    followup_eval_id,
+                    now,
+                },
+                other => panic!("not a report: {other:?}"),
+            })
+            .collect();
+        let r = batched.apply(&Command::UpdateExecutions(reports));
+        assert_eq!(r, CommandResponse::Plans(each.clone()));
+        assert_eq!(each.last(), Some(&CommandResponse::Duplicate));
+        assert_eq!(
+            one_each.to_snapshot().unwrap(),
+            batched.to_snapshot().unwrap()
+        );
     }
 
     #[test]

@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use caravel_model::codec;
-use caravel_model::command::{Command, CommandResponse, ExecutionChange, Plan, RejectCode};
+use caravel_model::command::{
+    Command, CommandResponse, ExecutionChange, ExecutionReport, Plan, RejectCode,
+};
 use caravel_model::evaluation::{Evaluation, trigger};
 use caravel_model::execution::{Execution, ExecutionUpdate, RunOutput};
 use caravel_model::history::Event;
@@ -278,6 +280,22 @@ fn commands() -> Vec<(&'static str, Command)> {
                 ..Plan::default()
             },
         ]),
+        Command::UpdateExecutions(vec![
+            ExecutionReport {
+                node_id: "edge-1".into(),
+                seq: 43,
+                update: update(),
+                followup_eval_id: "ev-8".into(),
+                now: 19,
+            },
+            ExecutionReport {
+                node_id: "edge-2".into(),
+                seq: 7,
+                update: update(),
+                followup_eval_id: "ev-9".into(),
+                now: 19,
+            },
+        ]),
     ];
     all.into_iter()
         .map(|c| {
@@ -297,6 +315,7 @@ fn commands() -> Vec<(&'static str, Command)> {
                 Command::DenyCertificate { .. } => "command_deny_certificate",
                 Command::SetNodeEligibility { .. } => "command_set_node_eligibility",
                 Command::ApplyPlans(_) => "command_apply_plans",
+                Command::UpdateExecutions(_) => "command_update_executions",
             };
             (name, c)
         })
@@ -306,7 +325,7 @@ fn commands() -> Vec<(&'static str, Command)> {
 #[test]
 fn every_command_of_the_raft_log_reads_back_from_its_golden_encoding() {
     let cmds = commands();
-    assert_eq!(cmds.len(), 15, "a command without a fixture");
+    assert_eq!(cmds.len(), 16, "a command without a fixture");
     for (name, c) in &cmds {
         golden(name, c);
     }

@@ -107,6 +107,8 @@ pub struct Metrics {
     pub session_reconnects: Counter,
     pub session_resync: Histogram,
     pub replayed_reports: Counter,
+    /// Reports per Raft entry of the report group commit.
+    pub report_batch: Histogram,
     pub reconcile_cancels: Counter,
     pub session_rtt: Family<NodeLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub session_cwnd: Family<NodeLabel, Gauge>,
@@ -243,6 +245,7 @@ impl Metrics {
             session_reconnects: Counter::default(),
             session_resync: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
             replayed_reports: Counter::default(),
+            report_batch: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             reconcile_cancels: Counter::default(),
             session_rtt: Family::default(),
             session_cwnd: Family::default(),
@@ -422,6 +425,11 @@ impl Metrics {
             "compute_session_resync_seconds",
             "From a node's Hello until every report it had made is committed (outbox replayed)",
             m.session_resync.clone(),
+        );
+        r.register(
+            "compute_report_batch_reports",
+            "Compute reports committed per Raft entry (group commit of what every session sent meanwhile)",
+            m.report_batch.clone(),
         );
         r.register(
             "compute_session_replayed_reports",
@@ -613,6 +621,9 @@ impl Metrics {
                 outcome: outcome.into(),
             })
             .observe(secs);
+    }
+    pub fn observe_report_batch(&self, reports: usize) {
+        self.report_batch.observe(reports as f64);
     }
     pub fn observe_report(&self, outcome: &str) {
         self.reports

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use caravel_model::command::{Command, CommandResponse};
+use caravel_model::command::{Command, CommandResponse, ExecutionReport};
 use caravel_model::state::ClusterState;
 use caravel_model::wire::{ToCompute, ToOrchestrator};
 use tokio::sync::{mpsc, watch};
@@ -47,7 +47,7 @@ pub fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum WriteError {
     #[error(
         "no orchestrator leads the group: {0} (the cluster has no quorum; retry when a majority of orchestrators is up)"
@@ -171,6 +171,88 @@ struct Inner {
     /// Calls to other orchestrators (None: a group of one without TLS).
     peers: Option<rpc::Client>,
     me: SelfAddr,
+    /// Compute reports waiting for their Raft entry (started with the first report).
+    reports: std::sync::OnceLock<mpsc::Sender<PendingReport>>,
+}
+
+/// A report and who waits for its answer.
+type PendingReport = (
+    ExecutionReport,
+    tokio::sync::oneshot::Sender<Result<CommandResponse, WriteError>>,
+);
+
+/// Most reports in one Raft entry.
+pub const MAX_REPORTS_PER_ENTRY: usize = 256;
+/// Most bytes of output and messages in one entry of reports (a report's `RunOutput` may be large).
+pub const MAX_REPORT_BYTES_PER_ENTRY: usize = 1 << 20;
+/// Entries of reports being committed at once.
+const REPORT_ENTRIES_IN_FLIGHT: usize = 4;
+
+/// Roughly what a report adds to an entry.
+fn report_weight(r: &ExecutionReport) -> usize {
+    let out = r
+        .update
+        .run_output
+        .as_ref()
+        .map_or(0, |o| o.stdout.len() + o.stderr.len());
+    256 + out + r.update.message.len()
+}
+
+/// Group commit of compute reports: whatever every session sent while the previous entries were
+/// being committed goes into one [`Command::UpdateExecutions`] entry (up to
+/// [`MAX_REPORTS_PER_ENTRY`] reports or [`MAX_REPORT_BYTES_PER_ENTRY`]), at most
+/// [`REPORT_ENTRIES_IN_FLIGHT`] entries at a time; a lone report is written as the
+/// [`Command::UpdateExecution`] it is. Each waiting session gets its own report's answer. Holds
+/// only a weak reference: it ends with the last handle.
+async fn batch_reports(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<PendingReport>) {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(REPORT_ENTRIES_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        // Gathered once an entry may go: what piled up meanwhile rides along.
+        let mut weight = report_weight(&first.0);
+        let mut batch = vec![first];
+        while batch.len() < MAX_REPORTS_PER_ENTRY && weight < MAX_REPORT_BYTES_PER_ENTRY {
+            match rx.try_recv() {
+                Ok(p) => {
+                    weight += report_weight(&p.0);
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let cluster = Cluster { inner };
+        tokio::spawn(async move {
+            let _permit = permit;
+            let (mut reports, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            cluster.inner.metrics.observe_report_batch(reports.len());
+            let answers: Vec<Result<CommandResponse, WriteError>> = if reports.len() == 1 {
+                let r = reports.pop().expect("one report");
+                vec![cluster.write(r.into_command()).await]
+            } else {
+                let n = reports.len();
+                match cluster.write(Command::UpdateExecutions(reports)).await {
+                    Ok(CommandResponse::Plans(rs)) if rs.len() == n => {
+                        rs.into_iter().map(Ok).collect()
+                    }
+                    Ok(other) => {
+                        let e = WriteError::Fatal(format!(
+                            "{n} reports were answered with {other:?}, not one answer each"
+                        ));
+                        vec![Err(e); n]
+                    }
+                    Err(e) => vec![Err(e); n],
+                }
+            };
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                let _ = reply.send(answer);
+            }
+        });
+    }
 }
 
 /// How this orchestrator relates to the others and to compute nodes.
@@ -226,8 +308,27 @@ impl Cluster {
                 disconnect_timeout,
                 peers,
                 me,
+                reports: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Writes a compute node's report, in one Raft entry with the reports of other sessions
+    /// waiting at the same time ([`batch_reports`]); answers as [`Cluster::write`] of its
+    /// [`Command::UpdateExecution`] would.
+    pub async fn write_report(&self, r: ExecutionReport) -> Result<CommandResponse, WriteError> {
+        let tx = self.inner.reports.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(4 * MAX_REPORTS_PER_ENTRY);
+            tokio::spawn(batch_reports(Arc::downgrade(&self.inner), rx));
+            tx
+        });
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if tx.send((r, reply)).await.is_err() {
+            return Err(WriteError::Fatal("the report writer stopped".into()));
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(WriteError::Fatal("the report writer stopped".into())))
     }
 
     pub fn raft(&self) -> &Raft {

@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use caravel_model::command::{Command, CommandResponse};
+use caravel_model::command::{Command, CommandResponse, ExecutionReport};
 use caravel_model::states::{ExecutionDesiredState, ExecutionStateType};
 use caravel_model::wire::{ToCompute, ToOrchestrator};
 use caravel_net::OrchestratorEnd;
@@ -145,10 +145,10 @@ pub async fn serve(
                             let engine = cluster.read(|s| s.executions.get(&update.execution_id).and_then(|e| s.job_version(&e.job_id, e.job_version)).map(|j| j.engine())).unwrap_or_default();
                             cluster.metrics().observe_run(&engine, update.state.as_str(), (update.time - start).max(0) as f64 / 1e9);
                         }
-                        let cmd = Command::UpdateExecution {
+                        let report = ExecutionReport {
                             node_id: node_id.clone(), seq, update, followup_eval_id: caravel_model::ids::new_evaluation_id(), now: now_ns(),
                         };
-                        match write_retrying(&cluster, cmd, &shutdown).await {
+                        match retrying(|| cluster.write_report(report.clone()), &shutdown).await {
                             Some(r) => {
                                 cluster.metrics().observe_report(match r { CommandResponse::Duplicate => "duplicate", CommandResponse::Rejected { .. } => "rejected", _ => "applied" });
                                 let _ = end.tx.send(ToCompute::Ack { seq }).await;
@@ -301,15 +301,15 @@ async fn register(
     }
 }
 
-/// Writes, retrying while there is no leader or no quorum. `None` when shutting down.
-async fn write_retrying(
-    cluster: &Cluster,
-    cmd: Command,
+/// Makes `attempt` (a write) until it is answered, retrying while there is no leader or no
+/// quorum, backing off. `None` when shutting down.
+async fn retrying<F: std::future::Future<Output = Result<CommandResponse, WriteError>>>(
+    mut attempt: impl FnMut() -> F,
     shutdown: &CancellationToken,
 ) -> Option<CommandResponse> {
     let mut delay = Duration::from_millis(100);
     loop {
-        match cluster.write(cmd.clone()).await {
+        match attempt().await {
             Ok(r) => return Some(r),
             Err(
                 e @ (WriteError::NoLeader(_) | WriteError::Timeout(_) | WriteError::Unknown(_)),
