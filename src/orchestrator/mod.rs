@@ -314,8 +314,8 @@ impl Cluster {
     }
 
     /// Writes a compute node's report, in one Raft entry with the reports of other sessions
-    /// waiting at the same time ([`batch_reports`]); answers as [`Cluster::write`] of its
-    /// [`Command::UpdateExecution`] would.
+    /// waiting at the same time (the group commit of `batch_reports`); answers as
+    /// [`Cluster::write`] of its [`Command::UpdateExecution`] would.
     pub async fn write_report(&self, r: ExecutionReport) -> Result<CommandResponse, WriteError> {
         let tx = self.inner.reports.get_or_init(|| {
             let (tx, rx) = mpsc::channel(4 * MAX_REPORTS_PER_ENTRY);
