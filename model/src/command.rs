@@ -113,6 +113,11 @@ pub enum Command {
     /// [`Command::UpdateExecution`] would be; answered with [`CommandResponse::Plans`], one answer
     /// per report.
     UpdateExecutions(Vec<ExecutionReport>),
+    /// Independent commands in one entry (the group commit of job submissions: one Raft commit for
+    /// what every API client sent meanwhile): each is applied on its own and in order, exactly as it
+    /// would be as an entry of its own; answered with [`CommandResponse::Plans`], one answer per
+    /// command. A batch inside a batch is refused (`Invalid`), the rest of the batch applied.
+    Batch(Vec<Command>),
 }
 
 /// One compute node's report, as [`Command::UpdateExecution`] carries it.
@@ -158,6 +163,25 @@ impl Command {
             Command::SetNodeEligibility { .. } => "set_node_eligibility",
             Command::ApplyPlans(_) => "apply_plans",
             Command::UpdateExecutions(_) => "update_executions",
+            Command::Batch(_) => "batch",
+        }
+    }
+}
+
+impl Command {
+    /// Whether applying the command a second time changes nothing and is acknowledged again, so
+    /// that a write whose outcome is unknown (its leader died or moved mid-call) may be sent again:
+    /// a submission (found by its evaluation id or job id: answered as the first time), a compute
+    /// report (found by its node and sequence number: answered `Duplicate`), and batches of those.
+    pub fn retry_safe(&self) -> bool {
+        match self {
+            Command::SubmitJob { .. }
+            | Command::UpdateExecution { .. }
+            | Command::UpdateExecutions(_) => true,
+            Command::Batch(cmds) => cmds
+                .iter()
+                .all(|c| !matches!(c, Command::Batch(_)) && c.retry_safe()),
+            _ => false,
         }
     }
 }
@@ -213,7 +237,8 @@ pub enum CommandResponse {
     TokenAccepted {
         labels: std::collections::BTreeMap<String, String>,
     },
-    /// The answer to [`Command::ApplyPlans`]: one per plan, in order.
+    /// The answer to [`Command::ApplyPlans`], [`Command::UpdateExecutions`] and
+    /// [`Command::Batch`]: one per plan, report or command, in order.
     Plans(Vec<CommandResponse>),
 }
 

@@ -476,6 +476,18 @@ impl ClusterState {
                     })
                     .collect(),
             ),
+            Command::Batch(cmds) => CommandResponse::Plans(
+                cmds.iter()
+                    .map(|c| match c {
+                        Command::Batch(_) => reject(
+                            RejectCode::Invalid,
+                            "a batch of commands inside a batch",
+                            "send the commands of the inner batch in the outer one",
+                        ),
+                        c => self.apply(c),
+                    })
+                    .collect(),
+            ),
             Command::UpdateExecution {
                 node_id,
                 seq,
@@ -745,8 +757,20 @@ impl ClusterState {
                 "",
             );
         }
+        // The same submission applied again (a forward retried after its answer was lost), of a
+        // new job or of a new version: its evaluation is here. Answered as the first time (with
+        // the job's version now), changing nothing.
+        if let Some(e) = self.evaluations.get(&eval.id)
+            && let Some(j) = self.jobs.get(&e.job_id)
+        {
+            return CommandResponse::JobSubmitted {
+                job_id: j.id.clone(),
+                evaluation_id: e.id.clone(),
+                version: j.version,
+            };
+        }
         if let Some(existing) = self.jobs.get(&job.id) {
-            // The same submission applied again (a retried forward): answer as the first time.
+            // The same job id again: answer as the first time if it is the same spec.
             return if same_spec(existing, job) {
                 let eval_id = self
                     .evaluations
@@ -1681,6 +1705,73 @@ mod tests {
         let r = batched.apply(&Command::UpdateExecutions(reports));
         assert_eq!(r, CommandResponse::Plans(each.clone()));
         assert_eq!(each.last(), Some(&CommandResponse::Duplicate));
+        assert_eq!(
+            one_each.to_snapshot().unwrap(),
+            batched.to_snapshot().unwrap()
+        );
+    }
+
+    /// A submission applied twice (a forward retried after its answer was lost) is answered the
+    /// second time as the first and changes nothing: a new job, and a forced new version alike.
+    #[test]
+    fn a_submission_applied_again_is_answered_as_the_first_time() {
+        let cmds = commands();
+        let mut s = ClusterState::default();
+        let first = s.apply(&cmds[1]);
+        let before = s.to_snapshot().unwrap();
+        assert_eq!(s.apply(&cmds[1]), first);
+        assert_eq!(s.to_snapshot().unwrap(), before);
+
+        let Command::SubmitJob { job, .. } = &cmds[1] else {
+            panic!("not a submission")
+        };
+        let mut update = job.clone();
+        update.id = "j-2".into();
+        let update = Command::SubmitJob {
+            evaluation: Evaluation::new("ev-2".into(), &update, trigger::JOB_REGISTER, 6),
+            job: update,
+            force: true,
+            now: 6,
+        };
+        let answer = s.apply(&update);
+        assert!(
+            matches!(&answer, CommandResponse::JobSubmitted { job_id, version: 2, .. } if job_id == "j-1"),
+            "a forced resubmission by name is version 2 of j-1: {answer:?}"
+        );
+        let before = s.to_snapshot().unwrap();
+        assert_eq!(s.apply(&update), answer, "applied again: still version 2");
+        assert_eq!(s.to_snapshot().unwrap(), before);
+        assert_eq!(s.versions_of("j-1").len(), 2);
+    }
+
+    /// Commands in one `Batch` entry are applied exactly as the same commands one entry each: the
+    /// same answers in order (a submission, a replayed report's Duplicate), byte-identical state;
+    /// a batch inside the batch is refused on its own, the rest applied.
+    #[test]
+    fn a_batch_of_commands_applies_as_one_entry_each() {
+        let cmds = commands();
+        let (mut one_each, mut batched) = (ClusterState::default(), ClusterState::default());
+        let each: Vec<CommandResponse> = cmds.iter().map(|c| one_each.apply(c)).collect();
+        let mut inner = cmds.clone();
+        inner.insert(2, Command::Batch(vec![cmds[0].clone()]));
+        let r = batched.apply(&Command::Batch(inner));
+        let CommandResponse::Plans(mut answers) = r else {
+            panic!("a batch is answered one answer per command, not {r:?}");
+        };
+        let nested = answers.remove(2);
+        assert!(
+            matches!(
+                &nested,
+                CommandResponse::Rejected {
+                    code: RejectCode::Invalid,
+                    ..
+                }
+            ),
+            "a nested batch is refused: {nested:?}"
+        );
+        assert_eq!(answers, each);
+        assert!(matches!(answers[1], CommandResponse::JobSubmitted { .. }));
+        assert_eq!(answers.last(), Some(&CommandResponse::Duplicate));
         assert_eq!(
             one_each.to_snapshot().unwrap(),
             batched.to_snapshot().unwrap()

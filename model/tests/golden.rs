@@ -296,6 +296,17 @@ fn commands() -> Vec<(&'static str, Command)> {
                 now: 19,
             },
         ]),
+        Command::Batch(vec![
+            Command::StopJob {
+                job_id: "j-3".into(),
+                reason: "done".into(),
+                evaluation_id: "ev-10".into(),
+                now: 20,
+            },
+            Command::DeleteJoinToken {
+                token_id: "tok-2".into(),
+            },
+        ]),
     ];
     all.into_iter()
         .map(|c| {
@@ -316,6 +327,7 @@ fn commands() -> Vec<(&'static str, Command)> {
                 Command::SetNodeEligibility { .. } => "command_set_node_eligibility",
                 Command::ApplyPlans(_) => "command_apply_plans",
                 Command::UpdateExecutions(_) => "command_update_executions",
+                Command::Batch(_) => "command_batch",
             };
             (name, c)
         })
@@ -325,7 +337,7 @@ fn commands() -> Vec<(&'static str, Command)> {
 #[test]
 fn every_command_of_the_raft_log_reads_back_from_its_golden_encoding() {
     let cmds = commands();
-    assert_eq!(cmds.len(), 16, "a command without a fixture");
+    assert_eq!(cmds.len(), 17, "a command without a fixture");
     for (name, c) in &cmds {
         golden(name, c);
     }
