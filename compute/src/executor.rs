@@ -107,6 +107,12 @@ pub enum ExecError {
     Timeout(u64),
     #[error("memory limit of {} exceeded", format_bytes(*.0))]
     MemoryLimit(u64),
+    #[error(
+        "disk limit of {} exceeded: the task wrote {} to its result paths; raise Resources.Disk or write less",
+        format_bytes(*.limit),
+        format_bytes(*.used)
+    )]
+    DiskLimit { limit: u64, used: u64 },
     #[error("execution cancelled")]
     Cancelled,
     #[error("cannot set up the task's files: {0}")]

@@ -1231,7 +1231,36 @@ impl ComputeNode {
             None,
             None,
         );
-        let result = executor.run(req, cancel.clone()).await;
+        let disk_limit = resources.disk;
+        let watched: Vec<PathBuf> = req.results.iter().map(|r| r.host_dir.clone()).collect();
+        let result = if disk_limit == 0 || watched.is_empty() {
+            executor.run(req, cancel.clone()).await
+        } else {
+            // What the task writes to its result paths, measured while it runs and once after:
+            // past `Resources.Disk` it is stopped and fails (a container's own filesystem is
+            // not counted: that needs a storage driver with quotas).
+            let stop = cancel.child_token();
+            let mut run = std::pin::pin!(executor.run(req, stop.clone()));
+            let over = tokio::select! {
+                r = &mut run => match disk_used(watched.clone()).await {
+                    used if used > disk_limit => Err(used),
+                    _ => Ok(r),
+                },
+                used = watch_disk(watched.clone(), disk_limit) => {
+                    stop.cancel();
+                    let _ = run.await;
+                    Err(used)
+                }
+            };
+            match over {
+                Ok(r) => r,
+                Err(_) if cancel.is_cancelled() => return Outcome::Cancelled,
+                Err(used) => Err(ExecError::DiskLimit {
+                    limit: disk_limit,
+                    used,
+                }),
+            }
+        };
         let r = match result {
             Ok(r) => r,
             Err(ExecError::Cancelled) => return Outcome::Cancelled,
@@ -1639,6 +1668,45 @@ fn sha256_file(path: &std::path::Path) -> Option<String> {
         h.update(&buf[..n]);
     }
     Some(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// How often a running task's result paths are measured against its disk limit.
+const DISK_POLL: Duration = Duration::from_millis(500);
+
+/// Resolves with the bytes used once the files under `dirs` hold more than `limit`.
+async fn watch_disk(dirs: Vec<PathBuf>, limit: u64) -> u64 {
+    loop {
+        tokio::time::sleep(DISK_POLL).await;
+        let used = disk_used(dirs.clone()).await;
+        if used > limit {
+            return used;
+        }
+    }
+}
+
+/// Bytes of the regular files under `dirs` (links not followed), walked off the runtime.
+async fn disk_used(dirs: Vec<PathBuf>) -> u64 {
+    tokio::task::spawn_blocking(move || {
+        let mut total = 0u64;
+        let mut stack = dirs;
+        while let Some(d) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                match e.file_type() {
+                    Ok(t) if t.is_dir() => stack.push(e.path()),
+                    Ok(t) if t.is_file() => {
+                        total += e.metadata().map_or(0, |m| m.len());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        total
+    })
+    .await
+    .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -323,6 +323,40 @@ async fn exit_codes_traps_timeouts_and_memory_limits() {
     assert_eq!(last(&r).message, "memory limit of 64.0 MiB exceeded");
 }
 
+/// `Resources.Disk` holds at run time: a task that keeps writing to its result path is stopped once
+/// it has written past its limit and fails saying so; one that stays within it completes and
+/// publishes what it wrote.
+#[tokio::test]
+async fn a_task_that_writes_past_its_disk_limit_is_stopped_and_one_within_it_completes() {
+    let mut h = start(|_, _| {}).await;
+    let mut within = with_outputs(wasm_task("fill", &["3"]));
+    within.resources.disk = "8Mi".into();
+    let r = h.run("e-fill-within", within).await;
+    assert_eq!(
+        states(&r),
+        vec![BidAccepted, Running, Publishing, Completed],
+        "{:?}",
+        last(&r).message
+    );
+    let written = h
+        .node
+        .execution_paths("e-fill-within")
+        .result_dir("outputs")
+        .join("fill.bin");
+    assert_eq!(std::fs::metadata(&written).unwrap().len(), 3 << 20);
+
+    let mut past = with_outputs(wasm_task("fill", &[]));
+    past.resources.disk = "8Mi".into();
+    let r = h.run("e-fill-past", past).await;
+    assert_eq!(states(&r), vec![BidAccepted, Running, Failed]);
+    let m = &last(&r).message;
+    assert!(
+        m.starts_with("disk limit of 8.0 MiB exceeded: the task wrote ")
+            && m.contains("Resources.Disk"),
+        "{m}"
+    );
+}
+
 #[tokio::test]
 async fn bad_inputs_and_unsupported_features_fail_clearly() {
     let mut h = start(|o, dir| {

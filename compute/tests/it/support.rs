@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Path of a test module (`echo`, `trap`, `spin`, `hog`, `exit3`), building them on first use.
+/// Path of a test module (`echo`, `trap`, `spin`, `hog`, `exit3`, `sleep`, `fill`), building them on first use.
 pub fn module(name: &str) -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     let dir = DIR.get_or_init(|| {
