@@ -319,6 +319,7 @@ pub async fn start(
     };
     if let Some(server) = &server {
         metrics.track_peers(server.stats());
+        let contact = crate::raft::LeaderContact::default();
         let handler = PeerHandler {
             raft: raft.clone(),
             me: SelfAddr {
@@ -328,8 +329,10 @@ pub async fn start(
             },
             bootstrap_peers: peers.iter().map(|(id, _)| id.clone()).collect(),
             cluster: cluster_slot.clone(),
+            contact: contact.clone(),
         };
         server.serve(Arc::new(handler), shutdown.clone());
+        crate::raft::election_watchdog(raft.clone(), contact, timing);
     }
 
     if !raft.is_initialized().await.context("reading Raft state")? {

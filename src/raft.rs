@@ -67,8 +67,10 @@ pub fn raft_id(name: &str) -> NodeId {
 }
 
 /// Raft timing. openraft uses the heartbeat interval as the timeout of every append RPC, so it must
-/// cover a loaded machine's fsync plus the transfer of one batch; elections start after 3–6 missed
-/// heartbeats, so a dead leader is replaced in one to two seconds. See docs/ARCHITECTURE.md ("Raft timing").
+/// cover a loaded machine's fsync plus the transfer of one small batch (large ones are detached).
+/// A follower refuses votes for `election_max_ms` after it last heard from its leader (openraft's
+/// leader lease), and [`election_watchdog`] stands for election soon after that lease, so a dead
+/// leader is replaced in about 0.6–0.8 s with the defaults. See docs/ARCHITECTURE.md ("Timing").
 #[derive(Debug, Clone, Copy)]
 pub struct RaftTiming {
     pub heartbeat_ms: u64,
@@ -79,9 +81,9 @@ pub struct RaftTiming {
 impl Default for RaftTiming {
     fn default() -> Self {
         RaftTiming {
-            heartbeat_ms: 250,
-            election_min_ms: 750,
-            election_max_ms: 1500,
+            heartbeat_ms: 100,
+            election_min_ms: 300,
+            election_max_ms: 600,
         }
     }
 }
@@ -458,6 +460,10 @@ pub enum LeaderError {
     Refused(String),
     #[error("raft stopped: {0}")]
     Fatal(String),
+    /// The leader lost its leadership with the write in flight: it may yet be committed by the
+    /// next leader, or not.
+    #[error("{0}")]
+    Unknown(String),
 }
 
 /// The answer to a forwarded write: what applying it produced and its log index.
@@ -610,6 +616,32 @@ fn leader_err<E: std::fmt::Display>(
     }
 }
 
+/// Proposes `cmd` on this member, which must lead: applied (its answer and log index), or why not.
+/// Only a member that did not lead when asked answers [`LeaderError::NotLeader`] — the write surely
+/// was not proposed and may go to the leader. openraft also answers a write that was appended and
+/// then lost with the leadership "forward to the leader" (its entry may still be committed by the
+/// next leader): that is [`LeaderError::Unknown`], never `NotLeader`.
+pub async fn propose(raft: &Raft, cmd: Command, timeout: Duration) -> ForwardAnswer {
+    let (me, leader) = {
+        let m = raft.metrics();
+        let m = m.borrow();
+        (m.id, m.current_leader)
+    };
+    if leader != Some(me) {
+        return Err(LeaderError::NotLeader(leader));
+    }
+    match tokio::time::timeout(timeout, raft.client_write(cmd)).await {
+        Err(_) => Err(LeaderError::Timeout(timeout.as_millis() as u64)),
+        Ok(Ok(r)) => Ok((r.data, r.log_id.index)),
+        Ok(Err(e)) => match lerr!(e) {
+            LeaderError::NotLeader(now) => Err(LeaderError::Unknown(format!(
+                "the leader lost its leadership (now {now:?}) with the write in flight; it may or may not be committed"
+            ))),
+            e => Err(e),
+        },
+    }
+}
+
 /// The API address other members can reach: the API's own, with an unspecified host (`0.0.0.0`,
 /// `[::]`) replaced by the host of the advertised Raft address.
 pub fn advertised_api(me: &SelfAddr) -> String {
@@ -660,6 +692,74 @@ pub struct PeerHandler {
     pub bootstrap_peers: BTreeSet<String>,
     /// The orchestrator, once built (heartbeats relayed by followers land in it).
     pub cluster: Arc<OnceLock<crate::orchestrator::Cluster>>,
+    /// When a leader last reached this member (for [`election_watchdog`]).
+    pub contact: LeaderContact,
+}
+
+/// When this member last received an append or a snapshot chunk from a leader.
+#[derive(Debug, Clone, Default)]
+pub struct LeaderContact(Arc<std::sync::Mutex<Option<std::time::Instant>>>);
+
+impl LeaderContact {
+    fn touch(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+    }
+    fn silence(&self) -> Option<Duration> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|t| t.elapsed())
+    }
+}
+
+/// Starts an election as soon as a silent leader's lease has run out. openraft 0.9 has a follower
+/// refuse votes for `election_max_ms` after it last heard from its leader (the leader lease), and
+/// start its own election only after that lease *plus* its election timeout — 2.25–3 s with the
+/// old 750 ms default, where a dead leader need cost only its lease. This watchdog starts the
+/// election when the lease is over on this member plus a random 0 to `election_min_ms / 2` (so
+/// that two followers seldom stand at once); openraft's own timer stays as the fallback. A vote
+/// asked of a member whose lease still runs is refused as before: safety never depends on it.
+pub fn election_watchdog(raft: Raft, contact: LeaderContact, t: RaftTiming) {
+    let lease = Duration::from_millis(t.election_max_ms);
+    let spread = (t.election_min_ms / 2).max(1);
+    let tick = Duration::from_millis((t.heartbeat_ms / 2).clamp(5, 50));
+    tokio::spawn(async move {
+        let mut seed = raft_id(&format!("{:?}", std::time::SystemTime::now()));
+        let mut metrics = raft.metrics();
+        let mut jitter = Duration::from_millis(seed % spread);
+        loop {
+            tokio::time::sleep(tick).await;
+            let m = metrics.borrow_and_update().clone();
+            if m.running_state.is_err() {
+                return;
+            }
+            let following = m.state == openraft::ServerState::Follower
+                && m.current_leader.is_some_and(|l| l != m.id)
+                && m.membership_config
+                    .membership()
+                    .voter_ids()
+                    .any(|v| v == m.id);
+            if !following || contact.silence().is_none_or(|s| s < lease + jitter) {
+                continue;
+            }
+            tracing::info!(
+                leader = ?m.current_leader,
+                silent_ms = contact.silence().map(|s| s.as_millis()),
+                "no word from the leader past its lease: standing for election"
+            );
+            if raft.trigger().elect().await.is_err() {
+                return;
+            }
+            seed = seed.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15;
+            jitter = Duration::from_millis(seed % spread);
+            // Once per silence: wait until a leader is heard from again.
+            let changed = metrics.wait_for(|m| {
+                m.state != openraft::ServerState::Follower || m.current_leader.is_none()
+            });
+            let _ = tokio::time::timeout(lease, changed).await;
+            contact.touch();
+        }
+    });
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
@@ -693,6 +793,7 @@ impl PeerHandler {
         match k {
             kind::APPEND => {
                 let req: AppendEntriesRequest<TypeConfig> = decode(&body)?;
+                self.contact.touch();
                 encode(&raft.append_entries(req).await)
             }
             kind::VOTE => {
@@ -701,23 +802,12 @@ impl PeerHandler {
             }
             kind::SNAPSHOT => {
                 let req: InstallSnapshotRequest<TypeConfig> = decode(&body)?;
+                self.contact.touch();
                 encode(&raft.install_snapshot(req).await)
             }
             kind::FORWARD_WRITE => {
                 let cmd: Command = decode(&body)?;
-                let ans: ForwardAnswer = match tokio::time::timeout(
-                    crate::orchestrator::WRITE_TIMEOUT,
-                    raft.client_write(cmd),
-                )
-                .await
-                {
-                    Err(_) => Err(LeaderError::Timeout(
-                        crate::orchestrator::WRITE_TIMEOUT.as_millis() as u64,
-                    )),
-                    Ok(Ok(r)) => Ok((r.data, r.log_id.index)),
-                    Ok(Err(e)) => Err(lerr!(e)),
-                };
-                encode(&ans)
+                encode(&propose(raft, cmd, crate::orchestrator::WRITE_TIMEOUT).await)
             }
             kind::READ_INDEX => {
                 let ans: Result<u64, LeaderError> = match tokio::time::timeout(
@@ -775,6 +865,7 @@ impl rpc::Handler for PeerHandler {
             me: self.me.clone(),
             bootstrap_peers: self.bootstrap_peers.clone(),
             cluster: self.cluster.clone(),
+            contact: self.contact.clone(),
         };
         Box::pin(async move { this.handle_inner(peer, kind, body).await })
     }
@@ -926,6 +1017,8 @@ mod golden {
         golden("forward_answer", &forwarded);
         let refused: ForwardAnswer = Err(LeaderError::NotLeader(Some(7)));
         golden("forward_not_leader", &refused);
+        let unknown: ForwardAnswer = Err(LeaderError::Unknown("leadership lost".into()));
+        golden("forward_unknown", &unknown);
         golden(
             "admin_add",
             &AdminRequest::Add(NodeAddr::named("orch-4", "10.0.0.4:1235", "")),

@@ -616,8 +616,8 @@ impl Default for Config {
                 peers: vec![],
                 raft_host: "0.0.0.0".into(),
                 raft_port: 1235,
-                heartbeat_millis: 250,
-                election_timeout_millis: 750,
+                heartbeat_millis: 100,
+                election_timeout_millis: 300,
                 compute_port: 4222,
                 node_manager: NodeManagerConfig::default(),
             },
@@ -771,7 +771,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ),
     (
         "Orchestrator.ElectionTimeoutMillis",
-        "Minimum Raft election timeout in ms (the maximum is twice this)",
+        "Minimum Raft election timeout in ms (the maximum is twice this and is also the leader lease: a silent leader is replaced after about the maximum)",
     ),
     (
         "Orchestrator.ComputePort",

@@ -91,8 +91,8 @@ pub struct TransportOptions {
 impl Default for TransportOptions {
     fn default() -> Self {
         TransportOptions {
-            idle_timeout: Duration::from_secs(5),
-            keep_alive: Duration::from_millis(1000),
+            idle_timeout: Duration::from_secs(2),
+            keep_alive: Duration::from_millis(400),
             max_frame: frame::DEFAULT_MAX_FRAME,
             max_streams: 256,
             read_timeout: Duration::from_secs(60),

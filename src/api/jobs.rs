@@ -76,7 +76,8 @@ pub async fn submit(
 ) -> Result<Json<PutJobResponse>, ApiErr> {
     let req: PutJobRequest = json_body(&body)?;
     let parsed = parse_submission(&s, req.job)?;
-    let (job_id, evaluation_id, _) = write_submission(&s, parsed.job, req.force).await?;
+    let (job_id, evaluation_id, _) =
+        write_submission(&s, parsed.job, req.force, body.len()).await?;
     Ok(Json(PutJobResponse {
         job_id,
         evaluation_id,
@@ -84,12 +85,14 @@ pub async fn submit(
     }))
 }
 
-/// Writes a job (new, or a new version of the job with its name) and its evaluation; returns the
-/// job id, the evaluation id and the version.
+/// Writes a job (new, or a new version of the job with its name) and its evaluation, grouped with
+/// other clients' submissions ([`crate::orchestrator::Cluster::write_submission`]; `weight` is
+/// about its encoded size); returns the job id, the evaluation id and the version.
 async fn write_submission(
     s: &ApiState,
     mut job: Job,
     force: bool,
+    weight: usize,
 ) -> Result<(String, String, u64), ApiErr> {
     let now = now_ns();
     job.id = caravel_model::ids::new_job_id();
@@ -102,16 +105,13 @@ async fn write_submission(
         trigger::JOB_REGISTER,
         now,
     );
-    match s
-        .cluster
-        .write(Command::SubmitJob {
-            job,
-            evaluation: eval,
-            force,
-            now,
-        })
-        .await?
-    {
+    let cmd = Command::SubmitJob {
+        job,
+        evaluation: eval,
+        force,
+        now,
+    };
+    match s.cluster.write_submission(cmd, weight).await? {
         CommandResponse::JobSubmitted {
             job_id,
             evaluation_id,
@@ -464,7 +464,9 @@ pub async fn rerun(
             .await??;
     // Its author's spec, as submitted: what the orchestrator set is set again.
     let parsed = parse_submission(&s, caravel_model::diff::user_spec_value(&job))?;
-    let (job_id, evaluation_id, job_version) = write_submission(&s, parsed.job, true).await?;
+    let weight = serde_json::to_vec(&parsed.job).map_or(0, |v| v.len());
+    let (job_id, evaluation_id, job_version) =
+        write_submission(&s, parsed.job, true, weight).await?;
     Ok(Json(RerunJobResponse {
         job_id,
         job_version,

@@ -90,6 +90,8 @@ pub struct Metrics {
     pub raft_snapshots: Counter,
     pub raft_snapshot_index: Gauge,
     pub forwarded_writes: Counter,
+    /// Writes whose outcome was unknown (the leader died or moved mid-write), by what followed.
+    pub unknown_outcome_writes: Family<OutcomeLabel, Counter>,
     pub read_index_latency: Histogram,
     // Raft peers (QUIC RPC): what they did wrong, folded in at scrape time.
     peer_source: Mutex<Option<std::sync::Arc<caravel_net::rpc::PeerStats>>>,
@@ -109,6 +111,8 @@ pub struct Metrics {
     pub replayed_reports: Counter,
     /// Reports per Raft entry of the report group commit.
     pub report_batch: Histogram,
+    /// Job submissions per Raft entry of the submission group commit.
+    pub submission_batch: Histogram,
     pub reconcile_cancels: Counter,
     pub session_rtt: Family<NodeLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub session_cwnd: Family<NodeLabel, Gauge>,
@@ -230,6 +234,7 @@ impl Metrics {
             raft_snapshots: Counter::default(),
             raft_snapshot_index: Gauge::default(),
             forwarded_writes: Counter::default(),
+            unknown_outcome_writes: Family::default(),
             read_index_latency: latency_histogram(),
             peer_source: Mutex::new(None),
             raft_peer_violations: Family::default(),
@@ -246,6 +251,7 @@ impl Metrics {
             session_resync: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
             replayed_reports: Counter::default(),
             report_batch: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            submission_batch: Histogram::new(exponential_buckets(1.0, 2.0, 9)),
             reconcile_cancels: Counter::default(),
             session_rtt: Family::default(),
             session_cwnd: Family::default(),
@@ -283,6 +289,11 @@ impl Metrics {
             "raft_forwarded_writes",
             "Writes this member forwarded to the leader",
             m.forwarded_writes.clone(),
+        );
+        r.register(
+            "raft_unknown_outcome_writes",
+            "Writes whose leader died or lost its leadership mid-write: outcome=resent (safe to apply twice: sent again), outcome=unknown (answered 503, outcome unknown)",
+            m.unknown_outcome_writes.clone(),
         );
         r.register(
             "raft_read_index_seconds",
@@ -432,6 +443,11 @@ impl Metrics {
             m.report_batch.clone(),
         );
         r.register(
+            "api_submission_batch_jobs",
+            "Job submissions committed per Raft entry (group commit of what every API client sent meanwhile)",
+            m.submission_batch.clone(),
+        );
+        r.register(
             "compute_session_replayed_reports",
             "Reports received again after a reconnect (the node's outbox replay)",
             m.replayed_reports.clone(),
@@ -569,6 +585,14 @@ impl Metrics {
     pub fn forwarded_write(&self) {
         self.forwarded_writes.inc();
     }
+    /// A write whose outcome was unknown was sent again (`resent`) or answered so (`unknown`).
+    pub fn unknown_outcome_write(&self, outcome: &str) {
+        self.unknown_outcome_writes
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
     pub fn observe_read_index(&self, d: Duration) {
         self.read_index_latency.observe(d.as_secs_f64());
     }
@@ -624,6 +648,9 @@ impl Metrics {
     }
     pub fn observe_report_batch(&self, reports: usize) {
         self.report_batch.observe(reports as f64);
+    }
+    pub fn observe_submission_batch(&self, jobs: usize) {
+        self.submission_batch.observe(jobs as f64);
     }
     pub fn observe_report(&self, outcome: &str) {
         self.reports

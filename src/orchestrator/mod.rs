@@ -72,6 +72,7 @@ impl From<LeaderError> for WriteError {
             LeaderError::Timeout(ms) => WriteError::Timeout(Duration::from_millis(ms)),
             LeaderError::Refused(m) => WriteError::Refused(m),
             LeaderError::Fatal(m) => WriteError::Fatal(m),
+            LeaderError::Unknown(m) => WriteError::Unknown(m),
         }
     }
 }
@@ -171,15 +172,43 @@ struct Inner {
     /// Calls to other orchestrators (None: a group of one without TLS).
     peers: Option<rpc::Client>,
     me: SelfAddr,
-    /// Compute reports waiting for their Raft entry (started with the first report).
-    reports: std::sync::OnceLock<mpsc::Sender<PendingReport>>,
+    /// Compute reports, and job submissions, waiting for the Raft entry they will share.
+    reports: Lane<ExecutionReport>,
+    submissions: Lane<Command>,
 }
 
-/// A report and who waits for its answer.
-type PendingReport = (
-    ExecutionReport,
-    tokio::sync::oneshot::Sender<Result<CommandResponse, WriteError>>,
-);
+/// Who waits for the answer to a command of a group-commit lane.
+type Reply = tokio::sync::oneshot::Sender<Result<CommandResponse, WriteError>>;
+
+/// A group-commit lane: items waiting for the Raft entry they will share (started with the first).
+struct Lane<T> {
+    tx: std::sync::OnceLock<mpsc::Sender<(T, usize, Reply)>>,
+}
+
+impl<T> Default for Lane<T> {
+    fn default() -> Self {
+        Lane {
+            tx: std::sync::OnceLock::new(),
+        }
+    }
+}
+
+/// How a lane fills its entries.
+struct LaneRules<T> {
+    /// What the lane is called in errors.
+    what: &'static str,
+    /// Most items in one entry.
+    max_items: usize,
+    /// Most weight (roughly, encoded bytes) in one entry; a heavier item goes alone.
+    max_weight: usize,
+    /// Entries being committed at once.
+    in_flight: usize,
+    /// The entry of one item, and of several.
+    single: fn(T) -> Command,
+    combine: fn(Vec<T>) -> Command,
+    /// Records how many items an entry carried.
+    observe: fn(&Metrics, usize),
+}
 
 /// Most reports in one Raft entry.
 pub const MAX_REPORTS_PER_ENTRY: usize = 256;
@@ -187,6 +216,32 @@ pub const MAX_REPORTS_PER_ENTRY: usize = 256;
 pub const MAX_REPORT_BYTES_PER_ENTRY: usize = 1 << 20;
 /// Entries of reports being committed at once.
 const REPORT_ENTRIES_IN_FLIGHT: usize = 4;
+
+const REPORTS: LaneRules<ExecutionReport> = LaneRules {
+    what: "report",
+    max_items: MAX_REPORTS_PER_ENTRY,
+    max_weight: MAX_REPORT_BYTES_PER_ENTRY,
+    in_flight: REPORT_ENTRIES_IN_FLIGHT,
+    single: ExecutionReport::into_command,
+    combine: Command::UpdateExecutions,
+    observe: Metrics::observe_report_batch,
+};
+
+/// Most job submissions in one Raft entry.
+pub const MAX_SUBMISSIONS_PER_ENTRY: usize = 128;
+/// Most bytes of job specs in one entry of submissions (a spec may carry inline inputs; one larger
+/// than this is an entry of its own, as before grouping).
+pub const MAX_SUBMISSION_BYTES_PER_ENTRY: usize = 1 << 20;
+
+const SUBMISSIONS: LaneRules<Command> = LaneRules {
+    what: "submission",
+    max_items: MAX_SUBMISSIONS_PER_ENTRY,
+    max_weight: MAX_SUBMISSION_BYTES_PER_ENTRY,
+    in_flight: 4,
+    single: std::convert::identity,
+    combine: Command::Batch,
+    observe: Metrics::observe_submission_batch,
+};
 
 /// Roughly what a report adds to an entry.
 fn report_weight(r: &ExecutionReport) -> usize {
@@ -198,25 +253,40 @@ fn report_weight(r: &ExecutionReport) -> usize {
     256 + out + r.update.message.len()
 }
 
-/// Group commit of compute reports: whatever every session sent while the previous entries were
-/// being committed goes into one [`Command::UpdateExecutions`] entry (up to
-/// [`MAX_REPORTS_PER_ENTRY`] reports or [`MAX_REPORT_BYTES_PER_ENTRY`]), at most
-/// [`REPORT_ENTRIES_IN_FLIGHT`] entries at a time; a lone report is written as the
-/// [`Command::UpdateExecution`] it is. Each waiting session gets its own report's answer. Holds
-/// only a weak reference: it ends with the last handle.
-async fn batch_reports(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<PendingReport>) {
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(REPORT_ENTRIES_IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
+/// Group commit: whatever the lane's writers sent while the previous entries were being committed
+/// goes into one entry (up to the rules' items, and weight unless the first item alone is heavier),
+/// at most `in_flight` entries at a time; a lone item is written as the command it is. Each writer gets its own item's answer. Holds only a
+/// weak reference: it ends with the last handle.
+async fn group_commit<T: Send + 'static>(
+    inner: std::sync::Weak<Inner>,
+    mut rx: mpsc::Receiver<(T, usize, Reply)>,
+    rules: &'static LaneRules<T>,
+) {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(rules.in_flight));
+    // An item that did not fit the last entry: the first of the next.
+    let mut carried = None;
+    loop {
+        let first = match carried.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
         // Gathered once an entry may go: what piled up meanwhile rides along.
-        let mut weight = report_weight(&first.0);
+        let mut weight = first.1;
         let mut batch = vec![first];
-        while batch.len() < MAX_REPORTS_PER_ENTRY && weight < MAX_REPORT_BYTES_PER_ENTRY {
+        while batch.len() < rules.max_items {
             match rx.try_recv() {
+                Ok(p) if weight + p.1 > rules.max_weight => {
+                    carried = Some(p);
+                    break;
+                }
                 Ok(p) => {
-                    weight += report_weight(&p.0);
+                    weight += p.1;
                     batch.push(p);
                 }
                 Err(_) => break,
@@ -228,20 +298,22 @@ async fn batch_reports(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<Pen
         let cluster = Cluster { inner };
         tokio::spawn(async move {
             let _permit = permit;
-            let (mut reports, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-            cluster.inner.metrics.observe_report_batch(reports.len());
-            let answers: Vec<Result<CommandResponse, WriteError>> = if reports.len() == 1 {
-                let r = reports.pop().expect("one report");
-                vec![cluster.write(r.into_command()).await]
+            let n = batch.len();
+            let (mut items, replies): (Vec<T>, Vec<Reply>) =
+                batch.into_iter().map(|(t, _, r)| (t, r)).unzip();
+            (rules.observe)(&cluster.inner.metrics, n);
+            let answers: Vec<Result<CommandResponse, WriteError>> = if n == 1 {
+                let item = items.pop().expect("one item");
+                vec![cluster.write((rules.single)(item)).await]
             } else {
-                let n = reports.len();
-                match cluster.write(Command::UpdateExecutions(reports)).await {
+                match cluster.write((rules.combine)(items)).await {
                     Ok(CommandResponse::Plans(rs)) if rs.len() == n => {
                         rs.into_iter().map(Ok).collect()
                     }
                     Ok(other) => {
                         let e = WriteError::Fatal(format!(
-                            "{n} reports were answered with {other:?}, not one answer each"
+                            "{n} {}s were answered with {other:?}, not one answer each",
+                            rules.what
                         ));
                         vec![Err(e); n]
                     }
@@ -253,6 +325,15 @@ async fn batch_reports(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<Pen
             }
         });
     }
+}
+
+/// What one attempt at a write came to.
+enum Attempt {
+    Done(CommandResponse),
+    /// Surely not proposed: no leader known, a refused connection, a member that did not lead.
+    NotProposed,
+    /// Perhaps proposed: the leader died, moved or did not answer in time.
+    Unknown(String),
 }
 
 /// How this orchestrator relates to the others and to compute nodes.
@@ -308,27 +389,51 @@ impl Cluster {
                 disconnect_timeout,
                 peers,
                 me,
-                reports: std::sync::OnceLock::new(),
+                reports: Lane::default(),
+                submissions: Lane::default(),
             }),
         }
     }
 
     /// Writes a compute node's report, in one Raft entry with the reports of other sessions
-    /// waiting at the same time (the group commit of `batch_reports`); answers as
-    /// [`Cluster::write`] of its [`Command::UpdateExecution`] would.
+    /// waiting at the same time (a [`Command::UpdateExecutions`]); answers as [`Cluster::write`] of
+    /// its [`Command::UpdateExecution`] would.
     pub async fn write_report(&self, r: ExecutionReport) -> Result<CommandResponse, WriteError> {
-        let tx = self.inner.reports.get_or_init(|| {
-            let (tx, rx) = mpsc::channel(4 * MAX_REPORTS_PER_ENTRY);
-            tokio::spawn(batch_reports(Arc::downgrade(&self.inner), rx));
+        let weight = report_weight(&r);
+        self.write_in(&self.inner.reports, &REPORTS, r, weight)
+            .await
+    }
+
+    /// Writes a job submission (a [`Command::SubmitJob`]) in one Raft entry with the submissions
+    /// of other clients waiting at the same time (a [`Command::Batch`]); `weight` is roughly its
+    /// encoded size (the request body's). Answers as [`Cluster::write`] of the command would.
+    pub async fn write_submission(
+        &self,
+        cmd: Command,
+        weight: usize,
+    ) -> Result<CommandResponse, WriteError> {
+        self.write_in(&self.inner.submissions, &SUBMISSIONS, cmd, weight)
+            .await
+    }
+
+    async fn write_in<T: Send + 'static>(
+        &self,
+        lane: &Lane<T>,
+        rules: &'static LaneRules<T>,
+        item: T,
+        weight: usize,
+    ) -> Result<CommandResponse, WriteError> {
+        let tx = lane.tx.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(4 * rules.max_items);
+            tokio::spawn(group_commit(Arc::downgrade(&self.inner), rx, rules));
             tx
         });
+        let stopped = || WriteError::Fatal(format!("the {} writer stopped", rules.what));
         let (reply, answer) = tokio::sync::oneshot::channel();
-        if tx.send((r, reply)).await.is_err() {
-            return Err(WriteError::Fatal("the report writer stopped".into()));
+        if tx.send((item, weight, reply)).await.is_err() {
+            return Err(stopped());
         }
-        answer
-            .await
-            .unwrap_or_else(|_| Err(WriteError::Fatal("the report writer stopped".into())))
+        answer.await.unwrap_or_else(|_| Err(stopped()))
     }
 
     pub fn raft(&self) -> &Raft {
@@ -439,8 +544,12 @@ impl Cluster {
 
     /// Proposes a command and waits until it is committed and applied here. On a follower the
     /// command is forwarded to the leader over QUIC; the caller cannot tell the difference. A
-    /// command is re-sent only when it certainly was not proposed (no leader, a refused connection,
-    /// a leader that says it no longer leads), so a retry never applies it twice.
+    /// command is re-sent when it certainly was not proposed (no leader, a refused connection, a
+    /// member that did not lead when asked), or when its outcome is unknown (its leader died or
+    /// moved mid-write) and applying it twice changes nothing ([`Command::retry_safe`]: job
+    /// submissions, compute reports); any other command whose outcome is unknown is answered
+    /// [`WriteError::Unknown`]. A forward is abandoned as soon as this member sees the leader
+    /// replaced, so a dead leader costs an election, not a timeout.
     pub async fn write(&self, cmd: Command) -> Result<CommandResponse, WriteError> {
         let name = cmd.name();
         let started = std::time::Instant::now();
@@ -451,54 +560,100 @@ impl Cluster {
 
     async fn write_inner(&self, cmd: Command) -> Result<CommandResponse, WriteError> {
         let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
+        let retry_safe = cmd.retry_safe();
+        // Why an earlier attempt's outcome is unknown: running out of time must then not say
+        // that the write surely was not applied.
+        let mut unknown: Option<String> = None;
         loop {
-            let local =
-                tokio::time::timeout_at(deadline, self.inner.raft.client_write(cmd.clone())).await;
-            let leader = match local {
-                Err(_) => return Err(WriteError::Timeout(WRITE_TIMEOUT)),
-                Ok(Ok(r)) => return Ok(r.data),
-                Ok(Err(e)) => match e.forward_to_leader() {
-                    Some(f) => f.leader_id,
-                    None => return Err(WriteError::Fatal(e.to_string())),
-                },
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let attempt = match raft::propose(&self.inner.raft, cmd.clone(), left).await {
+                Ok((resp, _)) => Attempt::Done(resp),
+                Err(LeaderError::NotLeader(_)) => self.forward_once(&cmd, deadline).await?,
+                Err(LeaderError::Unknown(m)) => Attempt::Unknown(m),
+                Err(LeaderError::Timeout(_)) => return Err(WriteError::Timeout(WRITE_TIMEOUT)),
+                Err(e) => return Err(e.into()),
             };
-            if let (Some(_), Some((_, node)), Some(client)) = (leader, self.leader(), self.peers())
-            {
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                self.inner.metrics.forwarded_write();
-                match raft::call_peer::<_, raft::ForwardAnswer>(
-                    client,
-                    &node,
-                    raft::kind::FORWARD_WRITE,
-                    &cmd,
-                    left,
-                )
-                .await
-                {
-                    Ok(Ok((resp, index))) => {
-                        // Read-your-writes on this member too.
-                        self.wait_applied(index, deadline).await?;
-                        return Ok(resp);
-                    }
-                    Ok(Err(LeaderError::NotLeader(_))) => {}
-                    Ok(Err(e)) => return Err(e.into()),
-                    Err(rpc::Error::Connect { .. }) => {}
-                    Err(rpc::Error::Timeout { .. }) => {
-                        return Err(WriteError::Unknown(format!(
-                            "no answer from the leader {} within {WRITE_TIMEOUT:?}",
-                            node.name
-                        )));
-                    }
-                    Err(e) => return Err(WriteError::Unknown(e.to_string())),
+            match attempt {
+                Attempt::Done(resp) => return Ok(resp),
+                Attempt::NotProposed => {}
+                Attempt::Unknown(m) if retry_safe => {
+                    self.inner.metrics.unknown_outcome_write("resent");
+                    unknown = Some(m);
+                }
+                Attempt::Unknown(m) => {
+                    self.inner.metrics.unknown_outcome_write("unknown");
+                    return Err(WriteError::Unknown(m));
                 }
             }
             if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
-                return Err(WriteError::NoLeader(format!(
-                    "no leader was reachable for {WRITE_TIMEOUT:?}"
-                )));
+                return Err(match unknown {
+                    Some(m) => WriteError::Unknown(format!(
+                        "{m}; sent again until {WRITE_TIMEOUT:?} had passed"
+                    )),
+                    None => WriteError::NoLeader(format!(
+                        "no leader was reachable for {WRITE_TIMEOUT:?}"
+                    )),
+                });
             }
             tokio::time::sleep(RETRY_PAUSE).await;
         }
+    }
+
+    /// Sends a write to the leader this member knows. Abandoned as soon as this member sees another
+    /// leader, or none (a dead leader's QUIC connection may look open until its idle timeout, and
+    /// the election that replaces it is what this member notices first).
+    async fn forward_once(
+        &self,
+        cmd: &Command,
+        deadline: tokio::time::Instant,
+    ) -> Result<Attempt, WriteError> {
+        let (Some((leader, node)), Some(client)) = (self.leader(), self.peers()) else {
+            return Ok(Attempt::NotProposed);
+        };
+        if leader == self.inner.node_id {
+            // Elected meanwhile: proposed here on the next attempt.
+            return Ok(Attempt::NotProposed);
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.inner.metrics.forwarded_write();
+        let call = raft::call_peer::<_, raft::ForwardAnswer>(
+            client,
+            &node,
+            raft::kind::FORWARD_WRITE,
+            cmd,
+            left,
+        );
+        let mut metrics = self.inner.raft.metrics();
+        let moved = async move {
+            let _ = metrics.wait_for(|m| m.current_leader != Some(leader)).await;
+        };
+        let answer = tokio::select! {
+            biased;
+            a = call => a,
+            () = moved => {
+                return Ok(Attempt::Unknown(format!(
+                    "the leader {} was replaced with the write in flight; it may or may not be committed",
+                    node.name
+                )));
+            }
+        };
+        Ok(match answer {
+            Ok(Ok((resp, index))) => {
+                // Read-your-writes on this member too.
+                self.wait_applied(index, deadline).await?;
+                Attempt::Done(resp)
+            }
+            Ok(Err(LeaderError::NotLeader(_))) | Err(rpc::Error::Connect { .. }) => {
+                Attempt::NotProposed
+            }
+            Ok(Err(LeaderError::Unknown(m))) => Attempt::Unknown(m),
+            Ok(Err(e)) => return Err(e.into()),
+            Err(rpc::Error::Timeout { .. }) => Attempt::Unknown(format!(
+                "no answer from the leader {} within {left:?}",
+                node.name
+            )),
+            Err(e) => Attempt::Unknown(e.to_string()),
+        })
     }
 
     /// Wakes whenever this replica applies new entries.

@@ -354,6 +354,11 @@ fn a_compute_only_node_runs_jobs_over_quic_and_survives_its_orchestrators_death(
 
 /// Compute sessions held by member `i` (its `caravel_compute_sessions_connected` gauge).
 fn sessions_held(g: &Group, i: usize) -> Option<u64> {
+    metric(g, i, "caravel_compute_sessions_connected ").map(|v| v as u64)
+}
+
+/// The value of the first sample of member `i`'s `/metrics` whose line starts with `series`.
+fn metric(g: &Group, i: usize, series: &str) -> Option<f64> {
     use std::io::{Read, Write};
     let mut c = std::net::TcpStream::connect(("127.0.0.1", g.members[i].api_port)).ok()?;
     c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -366,7 +371,7 @@ fn sessions_held(g: &Group, i: usize) -> Option<u64> {
     let mut text = String::new();
     c.read_to_string(&mut text).ok()?;
     text.lines()
-        .find(|l| l.starts_with("caravel_compute_sessions_connected "))
+        .find(|l| l.starts_with(series))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
 }
@@ -530,5 +535,37 @@ fn the_cli_waits_out_a_cluster_without_a_leader_and_resends_only_what_was_not_ap
         job_count(&g, survivor),
         1,
         "the write was applied once, not once per attempt"
+    );
+}
+
+/// A submission forwarded to a leader that falls silent mid-call (SIGSTOP: its QUIC connection
+/// still looks open) is abandoned once the survivors elect another leader and — a submission being
+/// safe to apply twice — sent again to the new one: the client gets its job, applied once, and the
+/// follower counts the resend. (Before, it waited out the forward's 5 s deadline and answered
+/// "outcome unknown".)
+#[test]
+fn a_submission_forwarded_to_a_leader_that_falls_silent_is_resent_to_its_successor_and_applied_once()
+ {
+    let (mut g, _d) = group(3, 0);
+    let leader = g.wait_leader(Duration::from_secs(60)).expect("a leader");
+    let follower = (0..3).find(|i| *i != leader).unwrap();
+    // The follower knows the leader and its connection to it is open.
+    submit(&g, follower, "warm-up");
+    let resent = r#"caravel_raft_unknown_outcome_writes_total{outcome="resent"}"#;
+    let before = metric(&g, follower, resent).unwrap_or(0.0);
+    g.pause(leader);
+    let started = Instant::now();
+    let id = submit(&g, follower, "through-a-silent-leader");
+    let took = started.elapsed();
+    g.resume(leader);
+    eprintln!("answered after {took:?}");
+    let j = job_json(&g, follower, &id).expect("the job exists");
+    assert_eq!(j["Job"]["Name"], "through-a-silent-leader");
+    assert_eq!(job_count(&g, follower), 2, "applied once");
+    let after = metric(&g, follower, resent).unwrap_or(0.0);
+    assert!(
+        after > before,
+        "the follower did not resend the abandoned forward ({before} → {after}):\n{}",
+        g.members[follower].log_text()
     );
 }
