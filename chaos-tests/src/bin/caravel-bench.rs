@@ -15,6 +15,8 @@
 //! - `caravel-bench schedule`: batch placements per second through the real Raft path, to N
 //!   simulated nodes (real sessions) whose simulated executor reports each execution Running then
 //!   Completed; submit → placed latency, the orchestrator's CPU and RSS.
+//! - `caravel-bench jobs`: trivial WASM jobs completed per second end to end by one hybrid node
+//!   (real executor), submitted by concurrent clients.
 //!
 //! ```text
 //!  bench process (tokio, N HTTP clients) ──PUT /api/v1/orchestrator/jobs──▶ orch-1..3 (caravel serve)
@@ -85,6 +87,25 @@ enum Cmd {
     /// Batch placements per second through the real Raft path: N simulated compute nodes (real
     /// sessions, a simulated executor that reports each execution Running then Completed).
     Schedule(ScheduleArgs),
+    /// Trivial WASM jobs completed per second end to end by one hybrid node (real orchestrator,
+    /// real WASM executor), submitted by concurrent clients.
+    Jobs(JobsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct JobsArgs {
+    /// Jobs submitted: the no-op WASM module, inline, one partition each.
+    #[arg(long, default_value_t = 2000)]
+    jobs: usize,
+    /// Concurrent submitting clients, each sending its next job when the last is acknowledged.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Executions the node runs at once (`Compute.MaxConcurrent`; 0: the node's default, one per core).
+    #[arg(long, default_value_t = 0)]
+    max_concurrent: usize,
+    /// Give up when not every job completed this many seconds after the first submission.
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -250,6 +271,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Heal(a) => heal(&rt, &bin, tmp.path(), a, &reaper, cli.output),
         Cmd::Logs(a) => logs(&rt, &bin, tmp.path(), a, &reaper, cli.output),
         Cmd::Schedule(a) => schedule(&rt, &bin, tmp.path(), a, &reaper, cli.output),
+        Cmd::Jobs(a) => jobs(&rt, &bin, tmp.path(), a, &reaper, cli.output),
     };
     drop(rt);
     res
@@ -3359,7 +3381,20 @@ struct ScheduleSummary {
     entries_per_placement: Option<f64>,
     /// Compute reports per Raft entry of the report group commit (`None`: a binary without it).
     reports_per_entry: Option<f64>,
+    /// Job submissions per Raft entry of the submission group commit (`None`: a binary without it).
+    submissions_per_entry: Option<f64>,
     timed_out: bool,
+}
+
+/// The mean of a histogram's observations between two scrapes: (Δsum / Δcount), if any.
+fn mean_between(
+    before: (Option<f64>, Option<f64>),
+    after: (Option<f64>, Option<f64>),
+) -> Option<f64> {
+    match (before, after) {
+        ((Some(s0), Some(c0)), (Some(s1), Some(c1))) if c1 > c0 => Some((s1 - s0) / (c1 - c0)),
+        _ => None,
+    }
 }
 
 /// A batch job of `count` partitions, each asking 100m CPU and 64 MiB, constrained to three of
@@ -3473,6 +3508,10 @@ fn schedule(
             scrape("caravel_compute_report_batch_reports_sum"),
             scrape("caravel_compute_report_batch_reports_count"),
         );
+        let submissions_before = (
+            scrape("caravel_api_submission_batch_jobs_sum"),
+            scrape("caravel_api_submission_batch_jobs_count"),
+        );
         let next = Arc::new(AtomicU64::new(0));
         let errors = Arc::new(AtomicU64::new(0));
         let acked = Arc::new(AtomicU64::new(0));
@@ -3551,6 +3590,10 @@ fn schedule(
             scrape("caravel_compute_report_batch_reports_sum"),
             scrape("caravel_compute_report_batch_reports_count"),
         );
+        let submissions_after = (
+            scrape("caravel_api_submission_batch_jobs_sum"),
+            scrape("caravel_api_submission_batch_jobs_count"),
+        );
         let placed = lock(&ex.placed).clone();
         let last = placed.iter().map(|(t, _)| *t).max().unwrap_or(start);
         let secs = (last - start).as_secs_f64().max(1e-3);
@@ -3579,12 +3622,8 @@ fn schedule(
                 .zip(applied_after)
                 .filter(|_| !placed.is_empty())
                 .map(|(a, b)| (b - a) / placed.len() as f64),
-            reports_per_entry: match (batches_before, batches_after) {
-                ((Some(s0), Some(c0)), (Some(s1), Some(c1))) if c1 > c0 => {
-                    Some((s1 - s0) / (c1 - c0))
-                }
-                _ => None,
-            },
+            reports_per_entry: mean_between(batches_before, batches_after),
+            submissions_per_entry: mean_between(submissions_before, submissions_after),
             timed_out,
         })
     })();
@@ -3622,9 +3661,10 @@ fn schedule(
             );
             let figure = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
             println!(
-                "raft entries per placement {}; compute reports per entry {}",
+                "raft entries per placement {}; compute reports per entry {}; submissions per entry {}",
                 figure(s.entries_per_placement),
-                figure(s.reports_per_entry)
+                figure(s.reports_per_entry),
+                figure(s.submissions_per_entry)
             );
             if s.submit_errors > 0 || s.stray_runs > 0 || s.timed_out {
                 println!(
@@ -3635,4 +3675,255 @@ fn schedule(
         }
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// jobs: trivial WASM jobs end to end on one hybrid node
+
+#[derive(Debug, Serialize)]
+struct JobsSummary {
+    jobs: usize,
+    clients: usize,
+    max_concurrent: usize,
+    completed: u64,
+    failed: u64,
+    submit_errors: u64,
+    /// First submission sent → the last job seen Completed (or Failed).
+    secs: f64,
+    completed_per_second: f64,
+    submits_per_second: f64,
+    /// Submit sent → acknowledged.
+    submit_p50_ms: f64,
+    submit_p99_ms: f64,
+    node_cpu_pct: f64,
+    node_rss_mib: f64,
+    timed_out: bool,
+}
+
+fn jobs(
+    rt: &tokio::runtime::Runtime,
+    bin: &Path,
+    dir: &Path,
+    a: &JobsArgs,
+    reaper: &Reaper,
+    output: Output,
+) -> anyhow::Result<()> {
+    if a.jobs == 0 || a.clients == 0 {
+        bail!("--jobs and --clients must be at least 1");
+    }
+    eprintln!(
+        "machine: {} cores, {} MiB RAM; caravel: {} ({})",
+        cores(),
+        mem_total_mib(),
+        bin.display(),
+        caravel_version(bin)
+    );
+    let mut extra = Vec::new();
+    if a.max_concurrent > 0 {
+        extra = vec![
+            "-c".to_string(),
+            format!("Compute.MaxConcurrent={}", a.max_concurrent),
+        ];
+    }
+    let mut group = Group::start(
+        bin,
+        &dir.join("caravel"),
+        1,
+        GroupOptions {
+            compute: 1,
+            extra,
+            ..Default::default()
+        },
+    )
+    .context("cannot start the hybrid node")?;
+    reaper.track_group(&group);
+    group.wait_leader(Duration::from_secs(60))?;
+    let m = &group.members[0];
+    let pid = m.pid().context("the node has no pid")?;
+    let api = m.api();
+    let http = http()?;
+    let metrics_url = format!("{api}/metrics");
+    // The node's compute side registers once its session is up.
+    let t = Instant::now();
+    while rt
+        .block_on(get_text(&http, &metrics_url))
+        .and_then(|m| metric_sum(&m, "caravel_nodes", &["state=\"CONNECTED\""]))
+        .unwrap_or(0.0)
+        < 1.0
+    {
+        if t.elapsed() > Duration::from_secs(60) {
+            bail!("the node's compute side did not connect within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let url = format!(
+        "data:application/wasm;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(caravel_chaos_tests::wasm::NOOP_WASM)
+    );
+    eprintln!(
+        "one hybrid node (orchestrator + compute, fsync on); {} no-op WASM jobs from {} clients",
+        a.jobs, a.clients
+    );
+    let tck = clk_tck();
+    let before = proc_stat(pid, tck).context("the node is gone")?;
+    let completed_before = count_jobs(rt, &http, &metrics_url).0;
+    let next = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let acked = Arc::new(AtomicU64::new(0));
+    let lat = Arc::new(Mutex::new(Vec::with_capacity(a.jobs)));
+    let start = Instant::now();
+    let submitters: Vec<_> = (0..a.clients)
+        .map(|_| {
+            let (http, api, next, errors, acked, lat, url) = (
+                http.clone(),
+                api.clone(),
+                next.clone(),
+                errors.clone(),
+                acked.clone(),
+                lat.clone(),
+                url.clone(),
+            );
+            let jobs = a.jobs as u64;
+            rt.spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= jobs {
+                        return;
+                    }
+                    let body = json!({"Job": {"Name": format!("noop-{i:07}"), "Type": "batch",
+                        "Count": 1, "Tasks": [{"Name": "main",
+                        "Engine": {"Type": "wasm", "Params": {"EntryModule": "/m.wasm"}},
+                        "InputSources": [{"Target": "/m.wasm",
+                            "Source": {"Type": "inline", "Params": {"URL": url}}}],
+                        "Timeouts": {"QueueTimeout": 3600}}]}});
+                    let t0 = Instant::now();
+                    let r = http
+                        .put(format!("{api}/api/v1/orchestrator/jobs"))
+                        .json(&body)
+                        .send()
+                        .await;
+                    match r {
+                        Ok(r) if r.status().is_success() => {
+                            lock(&lat).push(t0.elapsed());
+                            acked.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let deadline = start + Duration::from_secs(a.timeout_secs);
+    let mut next_line = start + Duration::from_secs(5);
+    let mut timed_out = false;
+    let (mut completed, mut failed);
+    loop {
+        // One scrape every 250 ms: the gauge walks every job on the node being measured.
+        let (c, f) = count_jobs(rt, &http, &metrics_url);
+        (completed, failed) = (c.saturating_sub(completed_before), f);
+        let errs = errors.load(Ordering::Relaxed);
+        if completed + failed + errs >= a.jobs as u64 {
+            break;
+        }
+        if Instant::now() > deadline {
+            timed_out = true;
+            eprintln!(
+                "gave up after {} s: {completed} of {} completed",
+                a.timeout_secs, a.jobs
+            );
+            break;
+        }
+        if proc_stat(pid, tck).is_none() {
+            bail!(
+                "the node exited; its log:\n{}",
+                tail_lines(&group.members[0].log_text(), 30)
+            );
+        }
+        if Instant::now() >= next_line {
+            eprintln!(
+                "{:.0} s: {} submitted, {completed} completed, {failed} failed",
+                start.elapsed().as_secs_f64(),
+                acked.load(Ordering::Relaxed)
+            );
+            next_line += Duration::from_secs(5);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let secs = start.elapsed().as_secs_f64().max(1e-3);
+    rt.block_on(futures::future::join_all(submitters));
+    let after = proc_stat(pid, tck).context("the node is gone")?;
+    let mut lat = lock(&lat).clone();
+    lat.sort_unstable();
+    let s = JobsSummary {
+        jobs: a.jobs,
+        clients: a.clients,
+        max_concurrent: a.max_concurrent,
+        completed,
+        failed,
+        submit_errors: errors.load(Ordering::Relaxed),
+        secs,
+        completed_per_second: completed as f64 / secs,
+        submits_per_second: acked.load(Ordering::Relaxed) as f64 / secs,
+        submit_p50_ms: pct_ms(&lat, 50.0),
+        submit_p99_ms: pct_ms(&lat, 99.0),
+        node_cpu_pct: (after.cpu_secs - before.cpu_secs) / secs * 100.0,
+        node_rss_mib: mib(after.rss_kib),
+        timed_out,
+    };
+    drop(group);
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&s)?),
+        Output::Table => {
+            println!(
+                "{:>6} {:>7} {:>6} {:>9} {:>6} {:>11} {:>9} {:>10} {:>10} {:>6} {:>7}",
+                "JOBS",
+                "CLIENTS",
+                "CONC",
+                "COMPLETED",
+                "FAILED",
+                "COMPLETED/S",
+                "SUBMITS/S",
+                "SUBMIT P50",
+                "SUBMIT P99",
+                "CPU %",
+                "RSS MIB"
+            );
+            println!(
+                "{:>6} {:>7} {:>6} {:>9} {:>6} {:>11.0} {:>9.0} {:>10.1} {:>10.1} {:>6.0} {:>7.0}",
+                s.jobs,
+                s.clients,
+                if s.max_concurrent == 0 {
+                    "node".to_string()
+                } else {
+                    s.max_concurrent.to_string()
+                },
+                s.completed,
+                s.failed,
+                s.completed_per_second,
+                s.submits_per_second,
+                s.submit_p50_ms,
+                s.submit_p99_ms,
+                s.node_cpu_pct,
+                s.node_rss_mib
+            );
+            if s.submit_errors > 0 || s.timed_out {
+                println!(
+                    "submit errors {}, timed out {}",
+                    s.submit_errors, s.timed_out
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Jobs Completed and Failed by the node's `caravel_jobs` gauge (0 when it cannot be read).
+fn count_jobs(rt: &tokio::runtime::Runtime, http: &reqwest::Client, url: &str) -> (u64, u64) {
+    let text = rt.block_on(get_text(http, url)).unwrap_or_default();
+    let count = |state: &str| {
+        metric_sum(&text, "caravel_jobs", &[&format!("state=\"{state}\"")]).unwrap_or(0.0) as u64
+    };
+    (count("Completed"), count("Failed"))
 }
