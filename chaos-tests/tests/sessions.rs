@@ -1427,3 +1427,182 @@ fn a_restarted_orchestrator_resets_its_old_sessions_so_the_node_reconnects_at_on
     );
     eprintln!("checked: the job running across the restart completed once");
 }
+
+// -------------------------------------------------------------------------------------------------
+// (g) the leader killed again and again while a compute-only node runs every job
+// -------------------------------------------------------------------------------------------------
+
+/// The job's `State.StateType` (a name in Bacalhau's JSON: jobs' states are strings, executions'
+/// numbers) and `State.Message` as `api` reports them.
+fn job_state(h: &Http, api: &str, job_id: &str) -> Option<(String, String)> {
+    let v = h.get(&format!("{api}/api/v1/orchestrator/jobs/{job_id}"))?;
+    let s = &v["Job"]["State"];
+    Some((
+        s["StateType"].as_str()?.to_string(),
+        s["Message"].as_str().unwrap_or_default().to_string(),
+    ))
+}
+
+/// What a nemesis client did: the jobs acknowledged (name, id), and how many submissions were not.
+type ClientRecord = (Vec<(String, String)>, usize);
+
+/// Clients that submit no-op jobs through random running members until `stop`; returns the
+/// acknowledged ones (name, id). A submission whose answer is not 200 is not retried: its outcome
+/// may be unknown, and only acknowledged jobs carry a promise.
+fn nemesis_clients(
+    clients: usize,
+    apis: &std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<std::thread::JoinHandle<ClientRecord>> {
+    use std::sync::atomic::Ordering;
+    (0..clients)
+        .map(|client| {
+            let (apis, stop) = (apis.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let h = Http::new();
+                let (mut acked, mut refused) = (Vec::new(), 0);
+                let mut seed = (client as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+                let mut k = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    let api = {
+                        let a = apis.lock().unwrap();
+                        a[(seed % a.len() as u64) as usize].clone()
+                    };
+                    let name = format!("nemesis-{client}-{k}");
+                    k += 1;
+                    let job = noop_job(&name);
+                    let answer: Option<(u16, Value)> = h.rt.block_on(async {
+                        let r =
+                            h.c.put(format!("{api}/api/v1/orchestrator/jobs"))
+                                .json(&json!({ "Job": job }))
+                                .send()
+                                .await
+                                .ok()?;
+                        Some((r.status().as_u16(), r.json().await.ok()?))
+                    });
+                    match answer {
+                        Some((200, v)) if v["JobID"].is_string() => {
+                            acked.push((name, v["JobID"].as_str().unwrap_or_default().to_string()))
+                        }
+                        Some((s @ 400..=499, v)) if s != 429 => {
+                            panic!("job {name} was refused ({s}): {v}")
+                        }
+                        _ => {
+                            refused += 1;
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                    }
+                    // Paced, so the node's backlog stays what a debug build clears in a minute.
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                (acked, refused)
+            })
+        })
+        .collect()
+}
+
+/// The nemesis of issue 11: 3 orchestrators and one compute-only node; the leader SIGKILLed every
+/// 8 s and started again once a successor is agreed, for `CARAVEL_NEMESIS_SECS` (48) seconds, while 4
+/// clients submit no-op jobs through random members. Every acknowledged job must end Completed,
+/// with exactly one Completed execution and none Failed: a failover must never fail a job (the node
+/// moving its session to a survivor is still a candidate within its heartbeat grace). Run it many
+/// times to catch rare events: `cargo nextest run -p caravel-chaos-tests --test sessions
+/// --stress-count 10 -E 'test(leader_kills)'`.
+#[test]
+fn leader_kills_fail_no_job_of_a_compute_only_node() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let secs: u64 = std::env::var("CARAVEL_NEMESIS_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(48);
+    let (_dir, mut g, mut node, h) = setup(3, "edge-nemesis", &["-c", "Compute.MaxConcurrent=8"]);
+    let apis = Arc::new(Mutex::new(running_apis(&g)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = nemesis_clients(4, &apis, &stop);
+    let started = Instant::now();
+    let mut kills = Vec::new();
+    while started.elapsed() < Duration::from_secs(secs) {
+        std::thread::sleep(Duration::from_secs(8));
+        let Some(l) = g.leader() else { continue };
+        g.kill(l);
+        let t = Instant::now();
+        *apis.lock().unwrap() = running_apis(&g);
+        let new = g.wait_leader(Duration::from_secs(30)).unwrap();
+        kills.push((
+            g.members[l].id.clone(),
+            g.members[new].id.clone(),
+            t.elapsed(),
+        ));
+        g.restart(l).unwrap();
+        *apis.lock().unwrap() = running_apis(&g);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (mut jobs, mut unacked) = (Vec::new(), 0);
+    for c in clients {
+        let (a, r) = c.join().expect("a client panicked");
+        jobs.extend(a);
+        unacked += r;
+    }
+    eprintln!(
+        "did: 3 orchestrators, compute-only node {}; {} leader kills in {:?} ({}), each restarted once a successor led; 4 clients: {} jobs acknowledged, {unacked} submissions not (member down or no leader)",
+        node.id,
+        kills.len(),
+        started.elapsed(),
+        kills
+            .iter()
+            .map(|(a, b, t)| format!("{a}→{b} {} ms", t.as_millis()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        jobs.len()
+    );
+    assert!(kills.len() >= 2, "fewer than 2 kills: {kills:?}");
+    assert!(
+        jobs.len() >= 20,
+        "only {} jobs were acknowledged",
+        jobs.len()
+    );
+    // Every acknowledged job ends Completed; one that failed fails the scenario at once. The node
+    // works through the backlog at its own pace: the wait gives up only when nothing completes
+    // for a minute and a half.
+    let mut progress = Instant::now();
+    let mut pending: Vec<&(String, String)> = jobs.iter().collect();
+    while !pending.is_empty() {
+        g.exited().unwrap();
+        node.exited().unwrap();
+        let apis = running_apis(&g);
+        let before = pending.len();
+        pending.retain(|(name, id)| {
+            match apis.iter().find_map(|api| job_state(&h, api, id)) {
+                Some((s, _)) if s == "Completed" => false,
+                Some((s, msg)) if s == "Failed" || s == "Stopped" => panic!(
+                    "acknowledged job {name} ({id}) ended in state {s}: {msg}; executions: {:?}\n{}",
+                    apis.iter().find_map(|api| h.executions(api, id)),
+                    diagnostics(&g, &node)
+                ),
+                _ => true,
+            }
+        });
+        if pending.len() < before {
+            progress = Instant::now();
+        }
+        assert!(
+            progress.elapsed() < Duration::from_secs(90),
+            "{} acknowledged jobs are not Completed and none completed for 90 s, e.g. {:?}\n{}",
+            pending.len(),
+            pending.first(),
+            diagnostics(&g, &node)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let done = wait_completed_once(&h, &mut g, &mut node, &jobs, Duration::from_secs(60));
+    let executions: usize = done.values().map(|e| e.len()).sum();
+    eprintln!(
+        "checked: all {} acknowledged jobs Completed, each with exactly one Completed execution and none Failed ({executions} executions)",
+        jobs.len()
+    );
+    eprintln!("figures: {}", figures(&h, &g, &node));
+}
