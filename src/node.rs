@@ -676,10 +676,18 @@ pub async fn serve_compute(mut config: Config, name: Option<String>) -> anyhow::
         config.compute.orchestrators.join(", ")
     );
     let s = shutdown.clone();
+    let congestion = config
+        .compute
+        .congestion_control
+        .parse()
+        .map_err(|e| anyhow::anyhow!("Compute.CongestionControl: {e}"))?;
     let client = caravel_net::session::SessionClient::new(
         config.compute.orchestrators.clone(),
         &identity,
-        caravel_net::session::SessionOptions::default(),
+        caravel_net::session::SessionOptions {
+            congestion,
+            ..Default::default()
+        },
     )
     .context("invalid session settings")?;
     if !config.compute.metrics_addr.is_empty() {

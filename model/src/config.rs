@@ -203,6 +203,9 @@ pub struct ComputeConfig {
     pub default_execution_timeout_secs: u64,
     /// Log streams this node serves at once (0 = no limit).
     pub max_log_streams: u32,
+    /// The QUIC congestion controller of a compute-only node's session: `cubic`, `newreno` or
+    /// `bbr` (`caravel_net::session::Congestion`).
+    pub congestion_control: String,
 }
 
 /// Allow-lists of a compute node (empty = any). See `crate::admission::AdmissionPolicy`.
@@ -639,6 +642,7 @@ impl Default for Config {
                 s3: S3Config::default(),
                 default_execution_timeout_secs: 3600,
                 max_log_streams: 64,
+                congestion_control: "cubic".into(),
             },
             tls: TlsConfig::default(),
             job_admission_control: JobAdmissionControl::default(),
@@ -902,6 +906,10 @@ pub const KEYS: &[(&str, &str)] = &[
     (
         "Compute.DefaultExecutionTimeoutSecs",
         "Execution timeout of batch and ops jobs that set none (0: none)",
+    ),
+    (
+        "Compute.CongestionControl",
+        "QUIC congestion controller of a compute-only node's session: cubic, newreno or bbr (quinn's, experimental there; keeps goodput on links that lose packets)",
     ),
     (
         "Compute.MaxLogStreams",
@@ -1541,6 +1549,22 @@ impl Config {
                 message: m,
             }
         })?;
+        if !matches!(
+            self.compute
+                .congestion_control
+                .trim()
+                .to_ascii_lowercase()
+                .as_str(),
+            "cubic" | "newreno" | "bbr"
+        ) {
+            return Err(Error::Invalid {
+                key: "Compute.CongestionControl".into(),
+                message: format!(
+                    "{:?} is not a congestion controller: use cubic, newreno or bbr",
+                    self.compute.congestion_control
+                ),
+            });
+        }
         let gw = self.compute.ipfs_gateway.trim();
         if !(gw.is_empty() || gw.starts_with("http://") || gw.starts_with("https://")) {
             return Err(Error::Invalid {
@@ -1941,6 +1965,35 @@ DisableAnalytics: true
         // (naming each unused key is the start-up's job: a_bacalhau_config_file_is_mapped_…).
         let c = Config::from_value(doc);
         assert!(c.is_ok(), "{c:?}");
+    }
+
+    #[test]
+    fn the_congestion_controller_is_one_of_quinns_three() {
+        for (raw, ok) in [
+            ("bbr", true),
+            ("NewReno", true),
+            ("cubic", true),
+            ("vegas", false),
+        ] {
+            let mut doc = Value::Object(Default::default());
+            set_in(&mut doc, "compute.congestioncontrol", raw).unwrap();
+            match Config::from_value(doc) {
+                Ok(c) => {
+                    assert!(ok, "{raw} was accepted");
+                    assert_eq!(c.compute.congestion_control, raw);
+                }
+                Err(e) => {
+                    assert!(!ok, "{raw}: {e}");
+                    let e = e.to_string();
+                    assert!(
+                        e.contains("Compute.CongestionControl")
+                            && e.contains("cubic, newreno or bbr"),
+                        "{e}"
+                    );
+                }
+            }
+        }
+        assert_eq!(Config::default().compute.congestion_control, "cubic");
     }
 
     #[test]

@@ -87,7 +87,9 @@
 //!   it by itself, at the cost of a burst of spurious losses at startup — set it to `false` on such
 //!   hosts. A blocked tokio worker thread looks exactly like a dead link (quinn#1509): nothing here
 //!   blocks, and callers must not block the runtime either.
-//! - MTU discovery and CUBIC as in quinn (black-hole detection falls back to 1200-byte packets).
+//! - MTU discovery as in quinn (black-hole detection falls back to 1200-byte packets); CUBIC unless
+//!   [`SessionOptions::congestion`] says otherwise (`Compute.CongestionControl` on a node: BBR for
+//!   links that lose packets for reasons other than congestion, docs/benchmarks.md).
 //! - connection rounds: a round dials the orchestrators in turn, a fresh dial every 2 s (±25 %
 //!   jitter, [`SessionOptions::probe_interval`]) for as long as none has been answered, each dial
 //!   open until its own 10 s handshake timeout. QUIC retransmits an unanswered Initial after 0.3 s,
@@ -507,6 +509,48 @@ pub struct SessionOptions {
     pub backoff_reset_after: Duration,
     /// UDP generic segmentation offload; turn off on hosts whose NIC fails it. Default true.
     pub segmentation_offload: bool,
+    /// The congestion controller of this side's sending. Default CUBIC.
+    pub congestion: Congestion,
+}
+
+/// A QUIC congestion controller (quinn's three).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Congestion {
+    /// RFC 8312, as TCP on Linux: reads every loss as congestion.
+    #[default]
+    Cubic,
+    /// RFC 9002's NewReno.
+    NewReno,
+    /// BBR (quinn marks it experimental): paces by measured bandwidth and RTT, so random loss on a
+    /// lossy link does not shrink the window as it does CUBIC's.
+    Bbr,
+}
+
+impl Congestion {
+    pub const NAMES: &'static str = "cubic, newreno or bbr";
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Congestion::Cubic => "cubic",
+            Congestion::NewReno => "newreno",
+            Congestion::Bbr => "bbr",
+        }
+    }
+}
+
+impl std::str::FromStr for Congestion {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "cubic" => Ok(Congestion::Cubic),
+            "newreno" => Ok(Congestion::NewReno),
+            "bbr" => Ok(Congestion::Bbr),
+            other => Err(format!(
+                "unknown congestion controller {other:?}: use {}",
+                Congestion::NAMES
+            )),
+        }
+    }
 }
 
 impl Default for SessionOptions {
@@ -528,6 +572,7 @@ impl Default for SessionOptions {
             backoff_cap: Duration::from_secs(30),
             backoff_reset_after: Duration::from_secs(30),
             segmentation_offload: true,
+            congestion: Congestion::Cubic,
         }
     }
 }
@@ -588,6 +633,17 @@ impl SessionOptions {
         t.send_window(self.send_window);
         t.datagram_receive_buffer_size(None);
         t.enable_segmentation_offload(self.segmentation_offload);
+        match self.congestion {
+            Congestion::Cubic => {}
+            Congestion::NewReno => {
+                t.congestion_controller_factory(Arc::new(
+                    quinn::congestion::NewRenoConfig::default(),
+                ));
+            }
+            Congestion::Bbr => {
+                t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+            }
+        }
         match side {
             // The node opens the control bi-stream, the reports stream and one stream per bulk request.
             Side::Orchestrator => {
