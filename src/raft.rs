@@ -696,19 +696,32 @@ pub struct PeerHandler {
     pub contact: LeaderContact,
 }
 
-/// When this member last received an append or a snapshot chunk from a leader.
+/// When this member last received an append or a snapshot chunk from a leader, and when it last
+/// refused its vote to a candidate whose log is shorter than its own.
 #[derive(Debug, Clone, Default)]
-pub struct LeaderContact(Arc<std::sync::Mutex<Option<std::time::Instant>>>);
+pub struct LeaderContact(Arc<std::sync::Mutex<ContactTimes>>);
+
+#[derive(Debug, Default)]
+struct ContactTimes {
+    leader: Option<std::time::Instant>,
+    refused_shorter: Option<std::time::Instant>,
+}
 
 impl LeaderContact {
+    fn times(&self) -> std::sync::MutexGuard<'_, ContactTimes> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
     fn touch(&self) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+        self.times().leader = Some(std::time::Instant::now());
+    }
+    fn refused_shorter_log(&self) {
+        self.times().refused_shorter = Some(std::time::Instant::now());
     }
     fn silence(&self) -> Option<Duration> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .map(|t| t.elapsed())
+        self.times().leader.map(|t| t.elapsed())
+    }
+    fn since_refused_shorter(&self) -> Option<Duration> {
+        self.times().refused_shorter.map(|t| t.elapsed())
     }
 }
 
@@ -719,45 +732,78 @@ impl LeaderContact {
 /// election when the lease is over on this member plus a random 0 to `election_min_ms / 2` (so
 /// that two followers seldom stand at once); openraft's own timer stays as the fallback. A vote
 /// asked of a member whose lease still runs is refused as before: safety never depends on it.
+///
+/// It also stands for a member left with no leader after refusing its vote to a candidate whose
+/// log is shorter than its own (that candidate cannot win with this vote): openraft would wait a
+/// whole election timeout, and the refused candidate backs off `smaller_log_timeout` (2 ×
+/// `election_max_ms`), so the member with the longer log stands after one to two heartbeat
+/// intervals instead (the 1.26 s failover of docs/benchmarks.md, 2026-12-04).
 pub fn election_watchdog(raft: Raft, contact: LeaderContact, t: RaftTiming) {
     let lease = Duration::from_millis(t.election_max_ms);
     let spread = (t.election_min_ms / 2).max(1);
+    let beat = t.heartbeat_ms.max(1);
     let tick = Duration::from_millis((t.heartbeat_ms / 2).clamp(5, 50));
     tokio::spawn(async move {
         let mut seed = raft_id(&format!("{:?}", std::time::SystemTime::now()));
         let mut metrics = raft.metrics();
         let mut jitter = Duration::from_millis(seed % spread);
+        // A heartbeat interval plus up to another: time for a candidate that did win to say so.
+        let mut quick = Duration::from_millis(beat + seed % beat);
+        let mut leaderless_since: Option<std::time::Instant> = None;
+        let mut last_stand: Option<std::time::Instant> = None;
         loop {
             tokio::time::sleep(tick).await;
             let m = metrics.borrow_and_update().clone();
             if m.running_state.is_err() {
                 return;
             }
-            let following = m.state == openraft::ServerState::Follower
-                && m.current_leader.is_some_and(|l| l != m.id)
+            let voter_follower = m.state == openraft::ServerState::Follower
                 && m.membership_config
                     .membership()
                     .voter_ids()
                     .any(|v| v == m.id);
-            if !following || contact.silence().is_none_or(|s| s < lease + jitter) {
+            if voter_follower && m.current_leader.is_none() {
+                leaderless_since.get_or_insert_with(std::time::Instant::now);
+            } else {
+                leaderless_since = None;
+            }
+            // Never heard from a leader (a member just started): openraft's timer decides.
+            let Some(silence) = contact.silence() else {
+                continue;
+            };
+            let since_stand = last_stand.map(|s| s.elapsed());
+            let dead_leader = voter_follower
+                && m.current_leader.is_some_and(|l| l != m.id)
+                && silence >= lease + jitter
+                && since_stand.is_none_or(|s| s >= lease);
+            let longer_log_unled = voter_follower
+                && m.current_leader.is_none()
+                && silence >= lease
+                && contact.since_refused_shorter().is_some_and(|r| r < lease)
+                && leaderless_since.is_some_and(|l| l.elapsed() >= quick)
+                && since_stand.is_none_or(|s| s >= quick);
+            if !(dead_leader || longer_log_unled) {
                 continue;
             }
-            tracing::info!(
-                leader = ?m.current_leader,
-                silent_ms = contact.silence().map(|s| s.as_millis()),
-                "no word from the leader past its lease: standing for election"
-            );
+            if dead_leader {
+                tracing::info!(
+                    leader = ?m.current_leader,
+                    silent_ms = silence.as_millis(),
+                    "no word from the leader past its lease: standing for election"
+                );
+            } else {
+                tracing::info!(
+                    silent_ms = silence.as_millis(),
+                    "no leader, and a candidate with a shorter log was refused: standing for election"
+                );
+            }
             if raft.trigger().elect().await.is_err() {
                 return;
             }
+            last_stand = Some(std::time::Instant::now());
             seed = seed.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15;
             jitter = Duration::from_millis(seed % spread);
-            // Once per silence: wait until a leader is heard from again.
-            let changed = metrics.wait_for(|m| {
-                m.state != openraft::ServerState::Follower || m.current_leader.is_none()
-            });
-            let _ = tokio::time::timeout(lease, changed).await;
-            contact.touch();
+            quick = Duration::from_millis(beat + seed % beat);
         }
     });
 }
@@ -798,7 +844,14 @@ impl PeerHandler {
             }
             kind::VOTE => {
                 let req: VoteRequest<NodeId> = decode(&body)?;
-                encode(&raft.vote(req).await)
+                let resp = raft.vote(req.clone()).await;
+                if let Ok(r) = &resp
+                    && !r.vote_granted
+                    && req.last_log_id < r.last_log_id
+                {
+                    self.contact.refused_shorter_log();
+                }
+                encode(&resp)
             }
             kind::SNAPSHOT => {
                 let req: InstallSnapshotRequest<TypeConfig> = decode(&body)?;

@@ -125,9 +125,10 @@ fn put_applied(db: &DB, batch: &mut WriteBatch, applied: &Applied) -> Result<(),
 impl StateMachineStore {
     /// Loads the state machine from the database: every `sm` record, then `sm_meta`.
     pub(crate) fn load(db: Arc<Db>) -> Result<Self, Error> {
+        let started = std::time::Instant::now();
         let mut state = ClusterState::default();
         let cf = db::cf(&db, CF_SM)?;
-        let mut records = 0usize;
+        let (mut records, mut bytes) = (0usize, 0usize);
         for item in db.iterator_cf(cf, IteratorMode::Start) {
             let (k, v) = item.map_err(|source| Error::Rocks {
                 op: "read state machine records",
@@ -150,13 +151,23 @@ impl StateMachineStore {
                     source,
                 })?;
             records += 1;
+            bytes += v.len();
         }
+        let read = started.elapsed();
         state.finish_load();
         let last_applied = db::get::<Option<LogId>>(&db, CF_SM_META, KEY_LAST_APPLIED)?.flatten();
         let last_membership =
             db::get::<Membership>(&db, CF_SM_META, KEY_LAST_MEMBERSHIP)?.unwrap_or_default();
         let counter = db::get::<u64>(&db, CF_SM_META, KEY_SNAPSHOT_COUNTER)?.unwrap_or(0);
-        tracing::debug!(records, ?last_applied, "state machine loaded");
+        // A restarted member serves nothing until this is done: its cost grows with the state.
+        tracing::info!(
+            records,
+            mib = bytes >> 20,
+            read_ms = read.as_millis() as u64,
+            indexes_ms = (started.elapsed() - read).as_millis() as u64,
+            last_applied = ?last_applied.map(|l| l.index),
+            "state machine loaded"
+        );
         let (applied_tx, _) = watch::channel(last_applied.map(|l| l.index).unwrap_or(0));
         Ok(StateMachineStore {
             shared: Arc::new(Shared {
