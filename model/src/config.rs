@@ -203,8 +203,8 @@ pub struct ComputeConfig {
     pub default_execution_timeout_secs: u64,
     /// Log streams this node serves at once (0 = no limit).
     pub max_log_streams: u32,
-    /// The QUIC congestion controller of a compute-only node's session: `cubic`, `newreno` or
-    /// `bbr` (`caravel_net::session::Congestion`).
+    /// The QUIC congestion controller of a compute-only node's session: `bbr` (default), `cubic`
+    /// or `newreno` (`caravel_net::session::Congestion`).
     pub congestion_control: String,
 }
 
@@ -642,7 +642,7 @@ impl Default for Config {
                 s3: S3Config::default(),
                 default_execution_timeout_secs: 3600,
                 max_log_streams: 64,
-                congestion_control: "cubic".into(),
+                congestion_control: "bbr".into(),
             },
             tls: TlsConfig::default(),
             job_admission_control: JobAdmissionControl::default(),
@@ -909,7 +909,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ),
     (
         "Compute.CongestionControl",
-        "QUIC congestion controller of a compute-only node's session: cubic, newreno or bbr (quinn's, experimental there; keeps goodput on links that lose packets)",
+        "QUIC congestion controller of a compute-only node's session: bbr (default: keeps goodput on links that lose packets; quinn calls it experimental), cubic or newreno",
     ),
     (
         "Compute.MaxLogStreams",
@@ -1993,7 +1993,7 @@ DisableAnalytics: true
                 }
             }
         }
-        assert_eq!(Config::default().compute.congestion_control, "cubic");
+        assert_eq!(Config::default().compute.congestion_control, "bbr");
     }
 
     #[test]
