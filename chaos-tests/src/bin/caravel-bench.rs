@@ -90,6 +90,26 @@ enum Cmd {
     /// Trivial WASM jobs completed per second end to end by one hybrid node (real orchestrator,
     /// real WASM executor), submitted by concurrent clients.
     Jobs(JobsArgs),
+    /// Execution reports committed per second by one orchestrator: N simulated nodes each hold
+    /// the executions placed on them, then all report them at once (Running, then Completed).
+    Reports(ReportsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ReportsArgs {
+    /// Simulated compute nodes (as `schedule`'s: real QUIC sessions; `ulimit -n` above this).
+    #[arg(long, default_value_t = 1000)]
+    nodes: usize,
+    /// Executions placed per node on average (schedule's job: zones z0–z2, so about three nodes
+    /// in four hold them); two reports each.
+    #[arg(long, default_value_t = 10)]
+    per_node: usize,
+    /// Handshakes in flight at once while the nodes connect.
+    #[arg(long, default_value_t = 64)]
+    in_flight: usize,
+    /// Give up when a phase (placing, reporting) takes longer than this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -207,6 +227,9 @@ struct LogsArgs {
     /// Docker image with /bin/sh and seq (scripts/test-image.sh builds the default).
     #[arg(long, default_value = "caravel-busybox:latest")]
     image: String,
+    /// The node's QUIC congestion controller (`Compute.CongestionControl`): bbr, cubic or newreno.
+    #[arg(long, default_value = "bbr")]
+    congestion: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -239,6 +262,11 @@ struct FailoverArgs {
     /// Payload bytes of each write (a job's `Meta` value).
     #[arg(long, default_value_t = 256)]
     value_bytes: usize,
+    /// Copy each member's log here at the end (`<member>.log`), to line a slow failover up with
+    /// what the survivors did: the kill lines give each kill's UTC time. With
+    /// `CARAVEL_LOG=info,openraft=info` the members log every vote too.
+    #[arg(long)]
+    logs: Option<PathBuf>,
 }
 
 /// Child processes to clean up, by kind.
@@ -272,6 +300,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Logs(a) => logs(&rt, &bin, tmp.path(), a, &reaper, cli.output),
         Cmd::Schedule(a) => schedule(&rt, &bin, tmp.path(), a, &reaper, cli.output),
         Cmd::Jobs(a) => jobs(&rt, &bin, tmp.path(), a, &reaper, cli.output),
+        Cmd::Reports(a) => reports(&rt, &bin, tmp.path(), a, &reaper, cli.output),
     };
     drop(rt);
     res
@@ -1159,6 +1188,21 @@ async fn wait_applied(api: &str, id: &str, index: u64, timeout: Duration) -> any
     }
 }
 
+/// Now in UTC as the members' logs print it (`HH:MM:SS.mmm`).
+fn utc_now() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let s = t.as_secs() % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:03} UTC",
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+        t.subsec_millis()
+    )
+}
+
 fn failover(
     rt: &tokio::runtime::Runtime,
     bin: &Path,
@@ -1218,6 +1262,7 @@ fn failover(
             let failed_before = writers.failed.load(Ordering::Relaxed);
 
             let at = Instant::now();
+            let at_utc = utc_now();
             *writers.kill.lock().unwrap_or_else(|e| e.into_inner()) = (Some(at), None);
             live.lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -1270,8 +1315,9 @@ fn failover(
                 failed_writes: failed,
             };
             eprintln!(
-                "kill {k}/{}: {} → leader {} agreed after {:.0} ms, first write acked after {:.0} ms \
-                 ({} writes failed meanwhile); restarted, caught up to index {target} in {:.0} ms",
+                "kill {k}/{} at {at_utc}: {} → leader {} agreed after {:.0} ms, first write acked \
+                 after {:.0} ms ({} writes failed meanwhile); restarted, caught up to index {target} \
+                 in {:.0} ms",
                 a.kills,
                 r.killed,
                 r.new_leader,
@@ -1289,6 +1335,15 @@ fn failover(
         t.abort();
     }
     let acked = writers.acked.load(Ordering::Relaxed);
+    if let Some(to) = &a.logs {
+        std::fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
+        for m in &group.members {
+            let dest = to.join(format!("{}.log", m.id));
+            std::fs::write(&dest, m.log_text())
+                .with_context(|| format!("cannot write {}", dest.display()))?;
+        }
+        eprintln!("member logs copied to {}", to.display());
+    }
     drop(group);
     result?;
 
@@ -1740,6 +1795,54 @@ struct SimExecutor {
     placed: Mutex<Vec<(Instant, Duration)>>,
     /// `Run`s of jobs the bench did not submit, or repeated.
     strays: AtomicU64,
+    /// `reports`: while this holds `false`, each node keeps the executions it was sent and reports
+    /// nothing; once it turns `true`, every node reports all of them at once (Running, then
+    /// Completed). `None`: report each execution as soon as it arrives.
+    release: Option<tokio::sync::watch::Sender<bool>>,
+    /// Nodes holding executions for the release.
+    holders: Mutex<std::collections::HashSet<String>>,
+}
+
+/// Reports `execution` Running, then Completed, numbered after `seq`, as a node whose task ended at
+/// once. False once the session is gone.
+async fn report_ran(end: &caravel_net::ComputeEnd, seq: &AtomicU64, execution: &str) -> bool {
+    use caravel_model::wire::ToOrchestrator;
+    for state in [
+        caravel_model::ExecutionStateType::Running,
+        caravel_model::ExecutionStateType::Completed,
+    ] {
+        let seq = seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let update = caravel_model::execution::ExecutionUpdate {
+            execution_id: execution.to_string(),
+            state,
+            message: String::new(),
+            run_output: None,
+            published_result: None,
+            topic: String::new(),
+            time: 0,
+        };
+        if end
+            .outbox
+            .send(ToOrchestrator::Report { seq, update })
+            .await
+            .is_err()
+        {
+            return false;
+        }
+    }
+    true
+}
+
+/// Until `release` turns true (forever without one).
+async fn released(release: &mut Option<tokio::sync::watch::Receiver<bool>>) {
+    match release {
+        Some(r) => {
+            if r.wait_for(|v| *v).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// A handshake slot, given back when the node's first `Hello` is acknowledged.
@@ -1914,7 +2017,13 @@ async fn sim_session(
     let mut up: Option<UpGuard> = None;
     let mut tick = tokio::time::interval(sh.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    let mut release = sh
+        .executor
+        .as_ref()
+        .and_then(|e| e.release.as_ref())
+        .map(|tx| tx.subscribe());
+    let mut held: Vec<String> = Vec::new();
+    'session: loop {
         tokio::select! {
             biased;
             _ = sh.stop.cancelled() => break,
@@ -1950,30 +2059,27 @@ async fn sim_session(
                             ex.strays.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    // Runs at once and ends at once: Running, then Completed.
-                    for state in [
-                        caravel_model::ExecutionStateType::Running,
-                        caravel_model::ExecutionStateType::Completed,
-                    ] {
-                        let seq = seq.fetch_add(1, Ordering::Relaxed) + 1;
-                        let update = caravel_model::execution::ExecutionUpdate {
-                            execution_id: execution.id.clone(),
-                            state,
-                            message: String::new(),
-                            run_output: None,
-                            published_result: None,
-                            topic: String::new(),
-                            time: 0,
-                        };
-                        if end.outbox.send(ToOrchestrator::Report { seq, update }).await.is_err() {
-                            break;
-                        }
+                    if release.as_ref().is_some_and(|r| !*r.borrow()) {
+                        lock(&ex.holders).insert(info.node_id.clone());
+                        held.push(execution.id.clone());
+                        continue;
+                    }
+                    // Runs at once and ends at once.
+                    if !report_ran(&end, &seq, &execution.id).await {
+                        break;
                     }
                 }
                 Some(_) => {
                     c.commands.fetch_add(1, Ordering::Relaxed);
                 }
             },
+            _ = released(&mut release), if !held.is_empty() => {
+                for id in std::mem::take(&mut held) {
+                    if !report_ran(&end, &seq, &id).await {
+                        break 'session;
+                    }
+                }
+            }
             _ = &mut ack_deadline, if !beating => {
                 c.no_ack.fetch_add(1, Ordering::Relaxed);
                 beating = true;
@@ -3194,7 +3300,9 @@ fn logs(
         bail!("--loss {p}: give percentages in [0, 100)");
     }
     docker_bench_preamble(bin, dir, &a.image)?;
-    let n = ProxiedNode::start(rt, bin, dir, reaper, &[])?;
+    let congestion = format!("Compute.CongestionControl={}", a.congestion);
+    let n = ProxiedNode::start(rt, bin, dir, reaper, &["-c".to_string(), congestion])?;
+    eprintln!("the node sends with congestion controller {}", a.congestion);
     let c = http()?;
     // busybox has printf, seq and sed.
     let script = if a.line_bytes == 0 {
@@ -3410,6 +3518,117 @@ fn schedule_job(name: &str, count: usize) -> Value {
             "Timeouts": {"QueueTimeout": 3600}}]}})
 }
 
+/// One orchestrator and simulated compute nodes running the simulated executor, every node
+/// connected (its `Hello` acknowledged) and the registrations' evaluations drained: what
+/// `schedule` and `reports` measure. The nodes stop, then the orchestrator, when it is dropped.
+struct Fleet {
+    sh: Arc<SimShared>,
+    group: Group,
+    pid: u32,
+    api: String,
+    tck: f64,
+    /// Nodes connected when it was ready.
+    connected: u64,
+    _nodes: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Fleet {
+    /// `sizing`: (nodes, handshakes in flight, seconds the nodes may take to connect).
+    fn start(
+        rt: &tokio::runtime::Runtime,
+        bin: &Path,
+        dir: &Path,
+        reaper: &Reaper,
+        (nodes, in_flight, timeout_secs): (usize, usize, u64),
+        bench: &str,
+        executor: SimExecutor,
+    ) -> anyhow::Result<Fleet> {
+        fd_room_for(nodes)?;
+        eprintln!(
+            "machine: {} cores, {} MiB RAM; caravel: {} ({})",
+            cores(),
+            mem_total_mib(),
+            bin.display(),
+            caravel_version(bin)
+        );
+        let group = Group::start(bin, &dir.join("caravel"), 1, GroupOptions::default())
+            .context("cannot start the orchestrator")?;
+        reaper.track_group(&group);
+        let m = &group.members[0];
+        let pid = m.pid().context("the orchestrator has no pid")?;
+        let api = m.api();
+        let target = format!("127.0.0.1:{}", m.compute_port);
+        let ca = caravel_net::tls::read_ca(&group.dir.join("certs"))
+            .context("cannot read the cluster CA")?;
+        let clients = sim_clients(&ca, nodes, &target)?;
+        let sh = Arc::new(SimShared {
+            counters: SimCounters::default(),
+            firsts: Mutex::new(Vec::with_capacity(nodes)),
+            stop: tokio_util::sync::CancellationToken::new(),
+            heartbeat: Duration::from_secs(5),
+            executor: Some(executor),
+        });
+        let gate = Arc::new(tokio::sync::Semaphore::new(in_flight));
+        let mut fleet = Fleet {
+            _nodes: spawn_sim_nodes(rt, clients, bench, &gate, &sh),
+            sh,
+            group,
+            pid,
+            api,
+            tck: clk_tck(),
+            connected: 0,
+        };
+        // Every node registered (its Hello acknowledged), or as many as came in the time.
+        let t = Instant::now();
+        let mut next_line = t + Duration::from_secs(5);
+        let established = |f: &Fleet| f.sh.counters.established.load(Ordering::Relaxed);
+        while (established(&fleet) as usize) < nodes {
+            if t.elapsed() > Duration::from_secs(timeout_secs) {
+                bail!(
+                    "only {} of {nodes} simulated nodes connected in {timeout_secs} s",
+                    established(&fleet)
+                );
+            }
+            fleet.alive()?;
+            if Instant::now() >= next_line {
+                eprintln!("connecting: {}/{nodes} nodes", established(&fleet));
+                next_line += Duration::from_secs(5);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        fleet.connected = established(&fleet);
+        eprintln!(
+            "{} simulated nodes connected in {:.1} s",
+            fleet.connected,
+            t.elapsed().as_secs_f64()
+        );
+        // Let the registrations' node-join evaluations drain before measuring.
+        std::thread::sleep(Duration::from_secs(2));
+        Ok(fleet)
+    }
+
+    /// Fails, with the orchestrator's log, once it has exited.
+    fn alive(&self) -> anyhow::Result<()> {
+        if proc_stat(self.pid, self.tck).is_none() {
+            bail!(
+                "the orchestrator exited; its log:\n{}",
+                tail_lines(&self.group.members[0].log_text(), 30)
+            );
+        }
+        Ok(())
+    }
+
+    fn ex(&self) -> &SimExecutor {
+        self.sh.executor.as_ref().expect("a fleet has an executor")
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.sh.stop.cancel();
+    }
+}
+
 fn schedule(
     rt: &tokio::runtime::Runtime,
     bin: &Path,
@@ -3421,81 +3640,24 @@ fn schedule(
     if a.nodes == 0 || a.jobs == 0 || a.count == 0 || a.clients == 0 || a.in_flight == 0 {
         bail!("--nodes, --jobs, --count, --clients and --in-flight must be at least 1");
     }
-    fd_room_for(a.nodes)?;
-    eprintln!(
-        "machine: {} cores, {} MiB RAM; caravel: {} ({})",
-        cores(),
-        mem_total_mib(),
-        bin.display(),
-        caravel_version(bin)
-    );
-    let group = Group::start(bin, &dir.join("caravel"), 1, GroupOptions::default())
-        .context("cannot start the orchestrator")?;
-    reaper.track_group(&group);
-    let m = &group.members[0];
-    let pid = m.pid().context("the orchestrator has no pid")?;
-    let api = m.api();
-    let target = format!("127.0.0.1:{}", m.compute_port);
-    let ca = caravel_net::tls::read_ca(&group.dir.join("certs"))
-        .context("cannot read the cluster CA")?;
-    let clients = sim_clients(&ca, a.nodes, &target)?;
-    let sh = Arc::new(SimShared {
-        counters: SimCounters::default(),
-        firsts: Mutex::new(Vec::with_capacity(a.nodes)),
-        stop: tokio_util::sync::CancellationToken::new(),
-        heartbeat: Duration::from_secs(5),
-        executor: Some(SimExecutor::default()),
-    });
-    let gate = Arc::new(tokio::sync::Semaphore::new(a.in_flight));
-    let tck = clk_tck();
+    let fleet = Fleet::start(
+        rt,
+        bin,
+        dir,
+        reaper,
+        (a.nodes, a.in_flight, a.timeout_secs),
+        "schedule",
+        SimExecutor::default(),
+    )?;
+    let (sh, pid, api, tck) = (&fleet.sh, fleet.pid, fleet.api.clone(), fleet.tck);
+    let nodes_connected = fleet.connected;
     let result = (|| -> anyhow::Result<ScheduleSummary> {
-        // The node tasks end when `sh.stop` is cancelled, below.
-        let _nodes = spawn_sim_nodes(rt, clients, "schedule", &gate, &sh);
-        let alive = || -> anyhow::Result<()> {
-            if proc_stat(pid, tck).is_none() {
-                bail!(
-                    "the orchestrator exited; its log:\n{}",
-                    tail_lines(&group.members[0].log_text(), 30)
-                );
-            }
-            Ok(())
-        };
-        // Every node registered (its Hello acknowledged), or as many as came in the time.
-        let c = &sh.counters;
-        let t = Instant::now();
-        let mut next_line = t + Duration::from_secs(5);
-        while (c.established.load(Ordering::Relaxed) as usize) < a.nodes {
-            if t.elapsed() > Duration::from_secs(a.timeout_secs) {
-                bail!(
-                    "only {} of {} simulated nodes connected in {} s",
-                    c.established.load(Ordering::Relaxed),
-                    a.nodes,
-                    a.timeout_secs
-                );
-            }
-            alive()?;
-            if Instant::now() >= next_line {
-                eprintln!(
-                    "connecting: {}/{} nodes",
-                    c.established.load(Ordering::Relaxed),
-                    a.nodes
-                );
-                next_line += Duration::from_secs(5);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let nodes_connected = c.established.load(Ordering::Relaxed);
         eprintln!(
-            "{nodes_connected} simulated nodes connected in {:.1} s; submitting {} jobs × {} \
-             partitions from {} clients",
-            t.elapsed().as_secs_f64(),
-            a.jobs,
-            a.count,
-            a.clients
+            "submitting {} jobs × {} partitions from {} clients",
+            a.jobs, a.count, a.clients
         );
-        // Let the registrations' node-join evaluations drain before measuring.
-        std::thread::sleep(Duration::from_secs(2));
-        let ex = sh.executor.as_ref().expect("set above");
+        let alive = || fleet.alive();
+        let ex = fleet.ex();
         let before = proc_stat(pid, tck).context("the orchestrator is gone")?;
         let http = http()?;
         let metrics_url = format!("{api}/metrics");
@@ -3627,8 +3789,7 @@ fn schedule(
             timed_out,
         })
     })();
-    sh.stop.cancel();
-    drop(group);
+    drop(fleet);
     let s = result?;
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&s)?),
@@ -3672,6 +3833,228 @@ fn schedule(
                     s.submit_errors, s.stray_runs, s.timed_out
                 );
             }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// reports: execution reports committed per second by one orchestrator
+
+#[derive(Debug, Serialize)]
+struct ReportsSummary {
+    nodes: usize,
+    /// Nodes connected (sessions acknowledged) when the submissions started.
+    nodes_connected: u64,
+    /// Executions placed and held by the simulated nodes before the release.
+    executions: usize,
+    /// Nodes that held at least one of them: the nodes that report at once.
+    nodes_reporting: usize,
+    /// Reports expected: Running and Completed for each execution.
+    reports: u64,
+    /// Release → the last of them committed (counted applied by the orchestrator).
+    secs: f64,
+    reports_per_second: f64,
+    /// Compute reports per Raft entry of the report group commit (`None`: a binary without it).
+    reports_per_entry: Option<f64>,
+    /// Raft entries applied over the window, per report.
+    entries_per_report: Option<f64>,
+    /// Jobs Completed at the end (of those submitted).
+    jobs_completed: u64,
+    jobs: usize,
+    orch_cpu_pct: f64,
+    orch_rss_end_mib: f64,
+    timed_out: bool,
+}
+
+fn reports(
+    rt: &tokio::runtime::Runtime,
+    bin: &Path,
+    dir: &Path,
+    a: &ReportsArgs,
+    reaper: &Reaper,
+    output: Output,
+) -> anyhow::Result<()> {
+    if a.nodes == 0 || a.per_node == 0 || a.in_flight == 0 {
+        bail!("--nodes, --per-node and --in-flight must be at least 1");
+    }
+    let (release, _) = tokio::sync::watch::channel(false);
+    let fleet = Fleet::start(
+        rt,
+        bin,
+        dir,
+        reaper,
+        (a.nodes, a.in_flight, a.timeout_secs),
+        "reports",
+        SimExecutor {
+            release: Some(release),
+            ..SimExecutor::default()
+        },
+    )?;
+    let result = (|| -> anyhow::Result<ReportsSummary> {
+        use futures::StreamExt;
+        let ex = fleet.ex();
+        let http = http()?;
+        let api = fleet.api.clone();
+        // Placements first: jobs of up to 100 partitions (schedule's: zones z0–z2, so about
+        // three nodes in four take them), until every execution has reached a node and is held.
+        let want = a.nodes * a.per_node;
+        let jobs: Vec<(String, usize)> = (0..want.div_ceil(100))
+            .map(|i| (format!("reports-{i:05}"), (want - i * 100).min(100)))
+            .collect();
+        eprintln!(
+            "placing {want} executions ({} jobs of up to 100 partitions); the nodes hold them",
+            jobs.len()
+        );
+        let t = Instant::now();
+        for (name, _) in &jobs {
+            lock(&ex.submitted).insert(name.clone(), Instant::now());
+        }
+        let submitted: Vec<anyhow::Result<String>> = rt.block_on(
+            futures::stream::iter(jobs.iter().map(|(name, count)| {
+                let (http, api) = (&http, &api);
+                async move { submit(http, api, &schedule_job(name, *count)).await }
+            }))
+            .buffer_unordered(8)
+            .collect(),
+        );
+        if let Some(Err(e)) = submitted.into_iter().find(Result::is_err) {
+            return Err(e.context("cannot submit the jobs to place"));
+        }
+        let deadline = t + Duration::from_secs(a.timeout_secs);
+        while lock(&ex.placed).len() < want {
+            if Instant::now() > deadline {
+                bail!(
+                    "only {} of {want} executions were placed in {} s",
+                    lock(&ex.placed).len(),
+                    a.timeout_secs
+                );
+            }
+            fleet.alive()?;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!(
+            "{want} executions placed in {:.1} s on {} nodes; releasing every report at once",
+            t.elapsed().as_secs_f64(),
+            lock(&ex.holders).len()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        let metrics_url = format!("{api}/metrics");
+        let scrape = |names: &[(&str, &[&str])]| -> Vec<Option<f64>> {
+            let text = rt.block_on(get_text(&http, &metrics_url));
+            names
+                .iter()
+                .map(|(n, l)| text.as_deref().and_then(|m| metric_sum(m, n, l)))
+                .collect()
+        };
+        let figures: [(&str, &[&str]); 4] = [
+            ("caravel_compute_reports_total", &["outcome=\"applied\""]),
+            ("caravel_raft_applied_index", &[]),
+            ("caravel_compute_report_batch_reports_sum", &[]),
+            ("caravel_compute_report_batch_reports_count", &[]),
+        ];
+        let before = scrape(&figures);
+        let cpu_before = proc_stat(fleet.pid, fleet.tck).context("the orchestrator is gone")?;
+        let applied_before = before[0].unwrap_or(0.0);
+        let reports = 2 * want as u64;
+        let start = Instant::now();
+        ex.release.as_ref().expect("set above").send_replace(true);
+        let deadline = start + Duration::from_secs(a.timeout_secs);
+        let mut next_line = start + Duration::from_secs(5);
+        let mut timed_out = false;
+        let (done_at, after) = loop {
+            let now = scrape(&figures);
+            let applied = now[0].unwrap_or(0.0) - applied_before;
+            if applied >= reports as f64 {
+                break (Instant::now(), now);
+            }
+            if Instant::now() > deadline {
+                timed_out = true;
+                eprintln!(
+                    "gave up after {} s: {applied} of {reports} reports applied",
+                    a.timeout_secs
+                );
+                break (Instant::now(), now);
+            }
+            fleet.alive()?;
+            if Instant::now() >= next_line {
+                eprintln!(
+                    "{:.0} s: {applied} of {reports} reports applied",
+                    start.elapsed().as_secs_f64()
+                );
+                next_line += Duration::from_secs(5);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let cpu_after = proc_stat(fleet.pid, fleet.tck).context("the orchestrator is gone")?;
+        let secs = (done_at - start).as_secs_f64().max(1e-3);
+        let applied = after[0].unwrap_or(0.0) - applied_before;
+        // The jobs' own view, once the reports are in (the metric counts jobs by state).
+        let t = Instant::now();
+        let mut completed = 0;
+        while t.elapsed() < Duration::from_secs(30) {
+            completed = count_jobs(rt, &http, &metrics_url).0;
+            if completed as usize >= jobs.len() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(ReportsSummary {
+            nodes: a.nodes,
+            nodes_connected: fleet.connected,
+            executions: want,
+            nodes_reporting: lock(&ex.holders).len(),
+            reports,
+            secs,
+            reports_per_second: applied / secs,
+            reports_per_entry: mean_between((before[2], before[3]), (after[2], after[3])),
+            entries_per_report: before[1]
+                .zip(after[1])
+                .filter(|_| applied > 0.0)
+                .map(|(b, e)| (e - b) / applied),
+            jobs_completed: completed,
+            jobs: jobs.len(),
+            orch_cpu_pct: (cpu_after.cpu_secs - cpu_before.cpu_secs) / secs * 100.0,
+            orch_rss_end_mib: mib(cpu_after.rss_kib),
+            timed_out,
+        })
+    })();
+    drop(fleet);
+    let s = result?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&s)?),
+        Output::Table => {
+            println!(
+                "{:>6} {:>10} {:>9} {:>8} {:>8} {:>10} {:>11} {:>8} {:>8}",
+                "NODES",
+                "EXECUTIONS",
+                "REPORTING",
+                "REPORTS",
+                "SECS",
+                "REPORTS/S",
+                "PER ENTRY",
+                "CPU %",
+                "RSS MIB"
+            );
+            println!(
+                "{:>6} {:>10} {:>9} {:>8} {:>8.2} {:>10.0} {:>11} {:>8.0} {:>8.0}",
+                s.nodes,
+                s.executions,
+                s.nodes_reporting,
+                s.reports,
+                s.secs,
+                s.reports_per_second,
+                s.reports_per_entry
+                    .map_or("-".to_string(), |v| format!("{v:.1}")),
+                s.orch_cpu_pct,
+                s.orch_rss_end_mib
+            );
+            println!(
+                "jobs completed {} of {}{}",
+                s.jobs_completed,
+                s.jobs,
+                if s.timed_out { "; TIMED OUT" } else { "" }
+            );
         }
     }
     Ok(())
