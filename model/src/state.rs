@@ -64,6 +64,13 @@ pub struct Counters {
     pub history_seq: u64,
 }
 
+/// Where a pending evaluation sorts among its job's: priority (highest first), age, id.
+type PendingKey = (std::cmp::Reverse<i32>, i64, String);
+
+fn pending_key(e: &Evaluation) -> PendingKey {
+    (std::cmp::Reverse(e.priority), e.create_time, e.id.clone())
+}
+
 /// Derived lookups, rebuilt on load; never persisted.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Indexes {
@@ -75,6 +82,9 @@ struct Indexes {
     /// The evaluations still pending: what the broker looks at, without walking every
     /// evaluation ever made.
     pending_evals: BTreeSet<String>,
+    /// The same, per job, in the broker's order (highest priority, then oldest, then id): the
+    /// broker plans one evaluation of a job at a time, so it looks only at each job's first.
+    pending_by_job: BTreeMap<String, BTreeSet<PendingKey>>,
     history_by_job: BTreeMap<String, BTreeSet<String>>,
     /// Node ids by label key and value: the nodes a job's `key = value` or `key in (…)` constraint
     /// admits, without walking the fleet.
@@ -335,6 +345,16 @@ impl ClusterState {
             .filter(|e| e.status == status::PENDING)
             .map(|e| e.id.clone())
             .collect();
+        for e in self
+            .evaluations
+            .values()
+            .filter(|e| e.status == status::PENDING)
+        {
+            idx.pending_by_job
+                .entry(e.job_id.clone())
+                .or_default()
+                .insert(pending_key(e));
+        }
         for (k, h) in &self.history {
             idx.history_by_job
                 .entry(h.job_id.clone())
@@ -434,6 +454,27 @@ impl ClusterState {
             .pending_evals
             .iter()
             .filter_map(|id| self.evaluations.get(id))
+            .collect()
+    }
+
+    /// Each job's first pending evaluation (highest priority, then oldest, then id) that is due
+    /// at `now` and not `busy_eval`, for the jobs that are not `busy_job`: what the broker can plan
+    /// now, found without walking every pending evaluation.
+    pub fn first_due_evaluations(
+        &self,
+        now: i64,
+        busy_job: impl Fn(&str) -> bool,
+        busy_eval: impl Fn(&str) -> bool,
+    ) -> Vec<&Evaluation> {
+        self.idx
+            .pending_by_job
+            .iter()
+            .filter(|(job, _)| !busy_job(job))
+            .filter_map(|(_, keys)| {
+                keys.iter()
+                    .filter_map(|(_, _, id)| self.evaluations.get(id))
+                    .find(|e| e.wait_until <= now && !busy_eval(&e.id))
+            })
             .collect()
     }
 
@@ -682,8 +723,21 @@ impl ClusterState {
     }
 
     fn put_eval(&mut self, e: Evaluation) {
+        if let Some(old) = self.evaluations.get(&e.id)
+            && let Some(set) = self.idx.pending_by_job.get_mut(&old.job_id)
+        {
+            set.remove(&pending_key(old));
+            if set.is_empty() {
+                self.idx.pending_by_job.remove(&old.job_id);
+            }
+        }
         if e.status == status::PENDING {
             self.idx.pending_evals.insert(e.id.clone());
+            self.idx
+                .pending_by_job
+                .entry(e.job_id.clone())
+                .or_default()
+                .insert(pending_key(&e));
         } else {
             self.idx.pending_evals.remove(&e.id);
         }
@@ -1599,6 +1653,89 @@ impl StateView for ClusterState {
 mod tests {
     use super::*;
     use crate::execution::ExecutionUpdate;
+
+    #[test]
+    fn each_jobs_first_due_evaluation_is_found_by_the_index_as_by_a_walk() {
+        let mut s = ClusterState::default();
+        let job = |id: &str, priority: i32| crate::Job {
+            id: id.into(),
+            priority,
+            ..Default::default()
+        };
+        let eval = |id: &str, job: &crate::Job, at: i64, wait: i64| {
+            let mut e = Evaluation::new(id.into(), job, trigger::EXEC_UPDATE, at);
+            e.wait_until = wait;
+            e
+        };
+        let (a, b, c) = (job("j-a", 0), job("j-b", 5), job("j-c", 0));
+        // j-a: the older of two; j-b: a younger one of higher priority wins; j-c: its first is
+        // not due yet, so its second is.
+        for e in [
+            eval("e-a2", &a, 20, 0),
+            eval("e-a1", &a, 10, 0),
+            eval("e-b1", &b, 10, 0),
+            eval("e-c1", &c, 5, 1_000),
+            eval("e-c2", &c, 30, 0),
+        ] {
+            s.put_eval(e);
+        }
+        let mut hi = eval("e-b2", &b, 40, 0);
+        hi.priority = 9;
+        s.put_eval(hi);
+        // The broker's walk before the index: every pending evaluation, the first per job in order.
+        let walk = |s: &ClusterState, now: i64, busy: &[&str]| {
+            let mut best: BTreeMap<&str, &Evaluation> = BTreeMap::new();
+            for e in s.pending_evaluations() {
+                if e.wait_until > now || busy.contains(&e.job_id.as_str()) {
+                    continue;
+                }
+                let key =
+                    |e: &Evaluation| (std::cmp::Reverse(e.priority), e.create_time, e.id.clone());
+                let cur = best.entry(e.job_id.as_str()).or_insert(e);
+                if key(e) < key(cur) {
+                    *cur = e;
+                }
+            }
+            let mut ids: Vec<String> = best.values().map(|e| e.id.clone()).collect();
+            ids.sort();
+            ids
+        };
+        let index = |s: &ClusterState, now: i64, busy: &[&str]| {
+            let mut ids: Vec<String> = s
+                .first_due_evaluations(now, |j| busy.contains(&j), |_| false)
+                .iter()
+                .map(|e| e.id.clone())
+                .collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(index(&s, 100, &[]), vec!["e-a1", "e-b2", "e-c2"]);
+        assert_eq!(index(&s, 2_000, &[]), vec!["e-a1", "e-b2", "e-c1"]);
+        assert_eq!(index(&s, 100, &["j-b"]), vec!["e-a1", "e-c2"]);
+        for (now, busy) in [(100, vec![]), (2_000, vec![]), (100, vec!["j-a"])] {
+            assert_eq!(index(&s, now, &busy), walk(&s, now, &busy));
+        }
+        // Completing an evaluation takes it out; the job's next one comes first.
+        let mut done = s.evaluations["e-a1"].clone();
+        done.status = status::COMPLETE.into();
+        s.put_eval(done);
+        assert_eq!(index(&s, 100, &[]), vec!["e-a2", "e-b2", "e-c2"]);
+        // A state loaded from its records rebuilds the same index.
+        let mut loaded = s.clone();
+        loaded.idx = Indexes::default();
+        loaded.rebuild_indexes();
+        assert_eq!(loaded.idx, s.idx);
+        for e in ["e-a2", "e-b1", "e-b2", "e-c1", "e-c2"] {
+            let mut d = s.evaluations[e].clone();
+            d.status = status::COMPLETE.into();
+            s.put_eval(d);
+        }
+        assert!(
+            s.first_due_evaluations(i64::MAX, |_| false, |_| false)
+                .is_empty()
+        );
+        assert!(s.idx.pending_by_job.is_empty(), "emptied sets are dropped");
+    }
 
     fn commands() -> Vec<Command> {
         let text = b"Name: d\nTasks:\n- Engine: {Type: wasm, Params: {EntryModule: /m}}\n  InputSources: [{Target: /m, Source: {Type: inline, Params: {URL: 'data:,x'}}}]\n";

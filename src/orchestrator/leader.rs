@@ -93,37 +93,22 @@ async fn broker(cluster: Cluster, stop: CancellationToken) {
                     .iter()
                     .flat_map(|(_, ps)| ps.iter().map(|p| p.job_id.as_str()))
                     .collect();
-                // Only a job's first due evaluation (by priority, age, id) can be planned now —
-                // a job's evaluations are planned one at a time — so pick it per job in one pass
-                // and sort only those. Sorting every pending evaluation on each applied entry cost
-                // O(n log n) string comparisons per entry: with 20,000 evaluations pending (one
-                // per finished execution) it was most of the leader's CPU (docs/benchmarks.md).
-                let order =
-                    |a: &&caravel_model::evaluation::Evaluation,
-                     b: &&caravel_model::evaluation::Evaluation| {
-                        b.priority
-                            .cmp(&a.priority)
-                            .then(a.create_time.cmp(&b.create_time))
-                            .then(a.id.cmp(&b.id))
-                    };
-                let mut first: std::collections::HashMap<
-                    &str,
-                    &caravel_model::evaluation::Evaluation,
-                > = std::collections::HashMap::new();
-                for e in s.pending_evaluations() {
-                    if e.wait_until > now
-                        || busy_jobs.contains(e.job_id.as_str())
-                        || busy_evals.contains(e.id.as_str())
-                    {
-                        continue;
-                    }
-                    let best = first.entry(e.job_id.as_str()).or_insert(e);
-                    if order(&e, best) == std::cmp::Ordering::Less {
-                        *best = e;
-                    }
-                }
-                let mut due: Vec<_> = first.into_values().collect();
-                due.sort_by(order);
+                // Only a job's first due evaluation (by priority, age, id) can be planned now — a
+                // job's evaluations are planned one at a time — so the state's per-job index gives
+                // those and only they are sorted. Sorting every pending evaluation on each applied
+                // entry cost O(n log n) string comparisons per entry: with 20,000 evaluations
+                // pending (one per finished execution) it was most of the leader's CPU.
+                let mut due = s.first_due_evaluations(
+                    now,
+                    |job| busy_jobs.contains(job),
+                    |eval| busy_evals.contains(eval),
+                );
+                due.sort_by(|a, b| {
+                    b.priority
+                        .cmp(&a.priority)
+                        .then(a.create_time.cmp(&b.create_time))
+                        .then(a.id.cmp(&b.id))
+                });
                 // Planned in order against one view that counts the plans being committed and
                 // the batch's earlier ones; each plan is applied or refused on its own.
                 let mut view = scheduler::PlanningView::new(s);
