@@ -46,3 +46,33 @@ fn the_schedule_bench_places_every_partition_and_prints_its_figures_as_json() {
         assert!(v[k].as_f64().is_some_and(|x| x > 0.0), "{k}: {v}");
     }
 }
+
+#[test]
+fn the_reports_bench_commits_every_held_report_and_prints_its_figures_as_json() {
+    let out = Command::new(env!("CARGO_BIN_EXE_caravel-bench"))
+        .args(["--output", "json", "reports"])
+        .args(["--nodes", "20", "--per-node", "5", "--timeout-secs", "300"])
+        .output()
+        .expect("run caravel-bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "caravel-bench failed:\n{stderr}");
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(v["nodes_connected"], 20, "{v}");
+    assert_eq!(v["executions"], 100, "{v}");
+    assert_eq!(v["reports"], 200, "Running and Completed for each: {v}");
+    assert_eq!(
+        v["timed_out"], false,
+        "every report was applied: {v}\n{stderr}"
+    );
+    assert_eq!(v["jobs_completed"], v["jobs"], "{v}");
+    assert!(v["nodes_reporting"].as_u64().is_some_and(|n| n >= 1), "{v}");
+    for k in [
+        "reports_per_second",
+        "secs",
+        "orch_cpu_pct",
+        "orch_rss_end_mib",
+    ] {
+        assert!(v[k].as_f64().is_some_and(|x| x > 0.0), "{k}: {v}");
+    }
+}
