@@ -6,27 +6,35 @@ use std::process::Command;
 
 use serde_json::Value;
 
-#[test]
-fn the_schedule_bench_places_every_partition_and_prints_its_figures_as_json() {
+/// Runs `caravel-bench --output json ARGS`; its JSON and its stderr (the progress lines).
+fn bench_json(args: &[&str]) -> (Value, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_caravel-bench"))
-        .args(["--output", "json", "schedule"])
-        .args([
-            "--nodes",
-            "20",
-            "--jobs",
-            "60",
-            "--count",
-            "2",
-            "--clients",
-            "4",
-        ])
-        .args(["--timeout-secs", "300"])
+        .args(["--output", "json"])
+        .args(args)
         .output()
         .expect("run caravel-bench");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "caravel-bench failed:\n{stderr}");
-    let v: Value = serde_json::from_slice(&out.stdout)
+    let v = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", String::from_utf8_lossy(&out.stdout)));
+    (v, stderr)
+}
+
+#[test]
+fn the_schedule_bench_places_every_partition_and_prints_its_figures_as_json() {
+    let (v, stderr) = bench_json(&[
+        "schedule",
+        "--nodes",
+        "20",
+        "--jobs",
+        "60",
+        "--count",
+        "2",
+        "--clients",
+        "4",
+        "--timeout-secs",
+        "300",
+    ]);
     assert_eq!(v["nodes"], 20, "{v}");
     assert_eq!(v["nodes_connected"], 20, "{v}");
     assert_eq!(
@@ -49,15 +57,15 @@ fn the_schedule_bench_places_every_partition_and_prints_its_figures_as_json() {
 
 #[test]
 fn the_reports_bench_commits_every_held_report_and_prints_its_figures_as_json() {
-    let out = Command::new(env!("CARGO_BIN_EXE_caravel-bench"))
-        .args(["--output", "json", "reports"])
-        .args(["--nodes", "20", "--per-node", "5", "--timeout-secs", "300"])
-        .output()
-        .expect("run caravel-bench");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "caravel-bench failed:\n{stderr}");
-    let v: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", String::from_utf8_lossy(&out.stdout)));
+    let (v, stderr) = bench_json(&[
+        "reports",
+        "--nodes",
+        "20",
+        "--per-node",
+        "5",
+        "--timeout-secs",
+        "300",
+    ]);
     assert_eq!(v["nodes_connected"], 20, "{v}");
     assert_eq!(v["executions"], 100, "{v}");
     assert_eq!(v["reports"], 200, "Running and Completed for each: {v}");
