@@ -1067,7 +1067,10 @@ mod tests {
         }
         settle(&proxy, 21).await;
         assert!(drain(&c, Duration::from_millis(200)).await.is_empty());
-        assert_eq!(proxy.stats().to_upstream.dropped_blackhole, 20);
+        // At least ours: a QUIC client of a test running beside this one may retry a port the
+        // kernel has since given to this proxy, and its stray datagrams are dropped (and counted) too.
+        let dropped = proxy.stats().to_upstream.dropped_blackhole;
+        assert!(dropped >= 20, "{dropped} dropped");
 
         proxy.heal().unwrap();
         c.send_to(&tagged(b"after"), proxy.local_addr())
@@ -1096,8 +1099,12 @@ mod tests {
         .await
         .unwrap();
         proxy.blackhole(true).unwrap();
+        // None of ours arrived (the sink keeps only marked datagrams), and the proxy dropped at
+        // least those 5 (strays from a neighbouring test's QUIC client may add to the count: CI
+        // once saw 13).
         assert!(upstream.drain(Duration::from_secs(3)).await.is_empty());
-        assert_eq!(proxy.stats().to_upstream.dropped_blackhole, 5);
+        let dropped = proxy.stats().to_upstream.dropped_blackhole;
+        assert!(dropped >= 5, "{dropped} dropped");
     }
 
     #[tokio::test]
