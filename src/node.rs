@@ -498,14 +498,14 @@ pub async fn start(
         authorizer.register(r);
         limits.register(r);
     });
-    let app = crate::api::router(crate::api::ApiState {
+    let app = crate::api::router(crate::api::ApiState::new(crate::api::ApiShared {
         cluster: cluster.clone(),
         node_info: orchestrator_info,
         config: config.clone(),
         auth: authorizer,
         limits,
         ca_fingerprint: identity.as_ref().and_then(|i| i.ca_fingerprint().ok()),
-    });
+    }));
     let listener = api_listener(listener, &config, &shutdown, cluster.metrics())?;
     let s = shutdown.clone();
     tasks.spawn(async move {

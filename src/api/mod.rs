@@ -28,8 +28,27 @@ use crate::orchestrator::{Cluster, WriteError};
 /// Largest request body, as Bacalhau's.
 pub const BODY_LIMIT: usize = 10 << 20;
 
+/// What every handler reads. axum clones the state for every request (once per middleware layer
+/// and handler), so it is one `Arc`: a clone of the node's `Config` and `NodeInfo` per request was a
+/// tenth of a busy orchestrator's CPU.
 #[derive(Clone, Debug)]
-pub struct ApiState {
+pub struct ApiState(std::sync::Arc<ApiShared>);
+
+impl ApiState {
+    pub fn new(shared: ApiShared) -> Self {
+        ApiState(std::sync::Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for ApiState {
+    type Target = ApiShared;
+    fn deref(&self) -> &ApiShared {
+        &self.0
+    }
+}
+
+#[derive(Debug)]
+pub struct ApiShared {
     pub cluster: Cluster,
     pub node_info: NodeInfo,
     pub config: Config,
