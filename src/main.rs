@@ -5,6 +5,14 @@ use std::process::ExitCode;
 use caravel_cli::{Cli, Command};
 use clap::Parser;
 
+/// mimalloc, not glibc's malloc: an orchestrator allocates and frees many small objects on every
+/// core (job specs, state records, HTTP buffers), and glibc's arenas spent a quarter of a busy
+/// leader's CPU in malloc, free and `malloc_consolidate` (docs/benchmarks.md). Without transparent
+/// huge pages (`no_thp`): with them every fresh 2 MiB region mimalloc touched was zeroed whole, a
+/// tenth of each member's CPU under a write load.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // One crypto provider for the whole process (reqwest and, later, QUIC use rustls with ring).
     let _ = rustls::crypto::ring::default_provider().install_default();
