@@ -77,9 +77,19 @@ pub(crate) fn open_db(dir: &Path) -> Result<Db, Error> {
     // or this member's vote. Refuse to open instead; the member is rebuilt from the others.
     opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::AbsoluteConsistency);
     opts.set_paranoid_checks(true);
-    let cfs = ALL_CFS
-        .iter()
-        .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+    // The state machine's records (`sm`) are written on every applied batch and read only when the
+    // member starts: a vector memtable appends each record and sorts once at flush, where the
+    // default skip list pays a cache miss per level on every insert of a random key (a fifth of a
+    // follower's CPU under a write load, docs/benchmarks.md). Vector memtables take no concurrent
+    // inserts, and the DB-wide switch must say so.
+    opts.set_allow_concurrent_memtable_write(false);
+    let cfs = ALL_CFS.iter().map(|name| {
+        let mut cf_opts = Options::default();
+        if *name == CF_SM {
+            cf_opts.set_memtable_factory(rocksdb::MemtableFactory::Vector);
+        }
+        ColumnFamilyDescriptor::new(*name, cf_opts)
+    });
     let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|source| Error::Open {
         path: dir.to_path_buf(),
         source,
