@@ -74,18 +74,16 @@ fn pending_key(e: &Evaluation) -> PendingKey {
 /// Derived lookups, rebuilt on load; never persisted.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Indexes {
-    by_name: BTreeMap<(String, String), String>,
+    /// Job ids by namespace, then name (looked up by `&str`, without building a key).
+    by_name: BTreeMap<String, BTreeMap<String, String>>,
     execs_by_job: BTreeMap<String, BTreeSet<String>>,
     /// Each node's executions that are not terminal: what the scheduler weighs against its
     /// capacity, without walking the node's whole history.
     live_by_node: BTreeMap<String, BTreeSet<String>>,
-    /// The evaluations still pending: what the broker looks at, without walking every
-    /// evaluation ever made.
-    pending_evals: BTreeSet<String>,
-    /// The same, per job, in the broker's order (highest priority, then oldest, then id): the
-    /// broker plans one evaluation of a job at a time, so it looks only at each job's first.
+    /// The evaluations still pending, per job, in the broker's order (highest priority, then
+    /// oldest, then id): the broker plans one evaluation of a job at a time, so it looks only at
+    /// each job's first, without walking every evaluation ever made.
     pending_by_job: BTreeMap<String, BTreeSet<PendingKey>>,
-    history_by_job: BTreeMap<String, BTreeSet<String>>,
     /// Node ids by label key and value: the nodes a job's `key = value` or `key in (…)` constraint
     /// admits, without walking the fleet.
     nodes_by_label: BTreeMap<String, BTreeMap<String, BTreeSet<String>>>,
@@ -138,6 +136,10 @@ pub struct ClusterState {
     idx: Indexes,
     #[serde(skip)]
     dirty: BTreeSet<(Table, String)>,
+    /// History records written since the last [`Self::take_dirty`], already encoded: a record
+    /// never changes once written, so it is encoded when it is made rather than looked up again.
+    #[serde(skip)]
+    fresh_history: Vec<DirtyRecord>,
 }
 
 impl PartialEq for ClusterState {
@@ -196,7 +198,8 @@ impl ClusterState {
     /// Records changed since the last call: `(table, key, Some(encoded) | None for deleted)`.
     pub fn take_dirty(&mut self) -> Result<Vec<DirtyRecord>, codec::Error> {
         let dirty = std::mem::take(&mut self.dirty);
-        let mut out = Vec::with_capacity(dirty.len());
+        let mut out = std::mem::take(&mut self.fresh_history);
+        out.reserve(dirty.len());
         for (t, k) in dirty {
             let v = match t {
                 Table::Job => self.jobs.get(&k).map(codec::encode).transpose()?,
@@ -272,6 +275,7 @@ impl ClusterState {
     pub fn finish_load(&mut self) {
         self.rebuild_indexes();
         self.dirty.clear();
+        self.fresh_history.clear();
     }
 
     /// The compute nodes whose executions changed since the last [`Self::take_dirty`]: whom a
@@ -325,7 +329,9 @@ impl ClusterState {
         let mut idx = Indexes::default();
         for (id, j) in &self.jobs {
             idx.by_name
-                .insert((j.namespace.clone(), j.name.clone()), id.clone());
+                .entry(j.namespace.clone())
+                .or_default()
+                .insert(j.name.clone(), id.clone());
         }
         for (id, e) in &self.executions {
             idx.execs_by_job
@@ -339,12 +345,6 @@ impl ClusterState {
                     .insert(id.clone());
             }
         }
-        idx.pending_evals = self
-            .evaluations
-            .values()
-            .filter(|e| e.status == status::PENDING)
-            .map(|e| e.id.clone())
-            .collect();
         for e in self
             .evaluations
             .values()
@@ -354,12 +354,6 @@ impl ClusterState {
                 .entry(e.job_id.clone())
                 .or_default()
                 .insert(pending_key(e));
-        }
-        for (k, h) in &self.history {
-            idx.history_by_job
-                .entry(h.job_id.clone())
-                .or_default()
-                .insert(k.clone());
         }
         for (id, n) in &self.nodes {
             idx.label_node(id, &n.info.labels);
@@ -390,11 +384,7 @@ impl ClusterState {
         if let Some(j) = self.jobs.get(id_or_name) {
             return Ok(j);
         }
-        if let Some(id) = self
-            .idx
-            .by_name
-            .get(&(namespace.to_string(), id_or_name.to_string()))
-        {
+        if let Some(id) = self.job_id_by_name(namespace, id_or_name) {
             return self.jobs.get(id).ok_or(LookupError::NotFound);
         }
         if id_or_name.len() >= 2 {
@@ -427,33 +417,56 @@ impl ClusterState {
         }
     }
 
+    fn job_id_by_name(&self, namespace: &str, name: &str) -> Option<&String> {
+        self.idx.by_name.get(namespace)?.get(name)
+    }
+
+    /// A job's history, oldest first: its records' keys are `JOB_ID/SEQ` (SEQ zero-padded), so
+    /// they lie together in key order.
     pub fn history_of(&self, job_id: &str) -> Vec<&JobHistory> {
-        self.idx
-            .history_by_job
-            .get(job_id)
-            .map(|keys| keys.iter().filter_map(|k| self.history.get(k)).collect())
-            .unwrap_or_default()
-    }
-
-    pub fn job_version(&self, job_id: &str, version: u64) -> Option<&Job> {
-        self.job_versions.get(&version_key(job_id, version))
-    }
-
-    /// Every stored version of a job, oldest first.
-    pub fn versions_of(&self, job_id: &str) -> Vec<&Job> {
         let prefix = format!("{job_id}/");
-        self.job_versions
-            .range(prefix.clone()..)
+        self.history
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix.as_str()),
+                std::ops::Bound::Unbounded,
+            ))
             .take_while(|(k, _)| k.starts_with(&prefix))
-            .map(|(_, j)| j)
+            .map(|(_, h)| h)
             .collect()
     }
 
+    /// A version of a job: the current one is the job itself, earlier ones as they ended.
+    pub fn job_version(&self, job_id: &str, version: u64) -> Option<&Job> {
+        match self.jobs.get(job_id) {
+            Some(j) if j.version == version => Some(j),
+            _ => self.job_versions.get(&version_key(job_id, version)),
+        }
+    }
+
+    /// Every stored version of a job, oldest first, the current one last. (Stores written before
+    /// the current version was kept only in `jobs` also hold a copy of it in `job_versions`, which
+    /// the job itself supersedes.)
+    pub fn versions_of(&self, job_id: &str) -> Vec<&Job> {
+        let current = self.jobs.get(job_id);
+        let prefix = format!("{job_id}/");
+        let mut v: Vec<&Job> = self
+            .job_versions
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(_, j)| j)
+            .filter(|j| current.is_none_or(|c| j.version < c.version))
+            .collect();
+        v.extend(current);
+        v
+    }
+
+    /// Every pending evaluation, job by job (each job's in the broker's order).
     pub fn pending_evaluations(&self) -> Vec<&Evaluation> {
         self.idx
-            .pending_evals
-            .iter()
-            .filter_map(|id| self.evaluations.get(id))
+            .pending_by_job
+            .values()
+            .flatten()
+            .filter_map(|(_, _, id)| self.evaluations.get(id))
             .collect()
     }
 
@@ -687,15 +700,23 @@ impl ClusterState {
         CommandResponse::Ok
     }
 
+    /// Stores a new job or a new version of one. The version it replaces, as it ended, is kept
+    /// in `job_versions`; the current version is only in `jobs` (a job's state changes are
+    /// written once, not twice).
     fn put_job(&mut self, job: Job) {
-        self.idx
-            .by_name
-            .insert((job.namespace.clone(), job.name.clone()), job.id.clone());
+        let names = match self.idx.by_name.get_mut(&job.namespace) {
+            Some(n) => n,
+            None => self.idx.by_name.entry(job.namespace.clone()).or_default(),
+        };
+        names.insert(job.name.clone(), job.id.clone());
         self.dirty.insert((Table::Job, job.id.clone()));
-        let vk = version_key(&job.id, job.version);
-        self.dirty.insert((Table::JobVersion, vk.clone()));
-        self.job_versions.insert(vk, job.clone());
-        self.jobs.insert(job.id.clone(), job);
+        if let Some(old) = self.jobs.insert(job.id.clone(), job)
+            && old.version != self.jobs[&old.id].version
+        {
+            let vk = version_key(&old.id, old.version);
+            self.dirty.insert((Table::JobVersion, vk.clone()));
+            self.job_versions.insert(vk, old);
+        }
     }
 
     fn put_execution(&mut self, e: Execution) {
@@ -723,26 +744,25 @@ impl ClusterState {
     }
 
     fn put_eval(&mut self, e: Evaluation) {
-        if let Some(old) = self.evaluations.get(&e.id)
-            && let Some(set) = self.idx.pending_by_job.get_mut(&old.job_id)
+        let new_key = (e.status == status::PENDING).then(|| (e.job_id.clone(), pending_key(&e)));
+        self.dirty.insert((Table::Evaluation, e.id.clone()));
+        if let Some(old) = self.evaluations.insert(e.id.clone(), e)
+            && old.status == status::PENDING
         {
-            set.remove(&pending_key(old));
+            self.unindex_pending(&old);
+        }
+        if let Some((job, key)) = new_key {
+            self.idx.pending_by_job.entry(job).or_default().insert(key);
+        }
+    }
+
+    fn unindex_pending(&mut self, e: &Evaluation) {
+        if let Some(set) = self.idx.pending_by_job.get_mut(&e.job_id) {
+            set.remove(&pending_key(e));
             if set.is_empty() {
-                self.idx.pending_by_job.remove(&old.job_id);
+                self.idx.pending_by_job.remove(&e.job_id);
             }
         }
-        if e.status == status::PENDING {
-            self.idx.pending_evals.insert(e.id.clone());
-            self.idx
-                .pending_by_job
-                .entry(e.job_id.clone())
-                .or_default()
-                .insert(pending_key(&e));
-        } else {
-            self.idx.pending_evals.remove(&e.id);
-        }
-        self.dirty.insert((Table::Evaluation, e.id.clone()));
-        self.evaluations.insert(e.id.clone(), e);
     }
 
     fn record(&mut self, job_id: &str, version: u64, execution_id: &str, event: Event) {
@@ -764,17 +784,20 @@ impl ClusterState {
             time: event.timestamp,
             event,
         };
-        self.idx
-            .history_by_job
-            .entry(job_id.to_string())
-            .or_default()
-            .insert(key.clone());
-        self.dirty.insert((Table::History, key.clone()));
+        // A record never changes: encoded now, for the store, instead of looked up again.
+        match codec::encode(&h) {
+            Ok(v) => self
+                .fresh_history
+                .push((Table::History, key.clone(), Some(v))),
+            Err(_) => {
+                self.dirty.insert((Table::History, key.clone()));
+            }
+        }
         self.history.insert(key, h);
     }
 
     fn set_job_state(&mut self, job_id: &str, new: JobStateType, message: &str, now: i64) {
-        let Some(mut job) = self.jobs.get(job_id).cloned() else {
+        let Some(job) = self.jobs.get_mut(job_id) else {
             return;
         };
         if job.state.state_type == new {
@@ -785,7 +808,7 @@ impl ClusterState {
         job.revision += 1;
         job.modify_time = now;
         let version = job.version;
-        self.put_job(job);
+        self.dirty.insert((Table::Job, job_id.to_string()));
         let mut text = format!("Job state changed from {prev} to {new}");
         if !message.is_empty() {
             text = format!("{text}: {message}");
@@ -848,9 +871,7 @@ impl ClusterState {
         let mut eval = eval.clone();
         let message;
         match self
-            .idx
-            .by_name
-            .get(&(job.namespace.clone(), job.name.clone()))
+            .job_id_by_name(&job.namespace, &job.name)
             .and_then(|id| self.jobs.get(id))
         {
             Some(old) => {
@@ -967,16 +988,18 @@ impl ClusterState {
             }
         }
         let now = plan.now;
-        let Some(job) = self.jobs.get(&plan.job_id).cloned() else {
+        let Some((job_version, job_revision)) =
+            self.jobs.get(&plan.job_id).map(|j| (j.version, j.revision))
+        else {
             self.finish_eval(&plan.eval_id, status::CANCELED, "job no longer exists", now);
             return CommandResponse::Ok;
         };
-        if job.revision != plan.job_revision {
+        if job_revision != plan.job_revision {
             return reject(
                 RejectCode::Stale,
                 format!(
                     "job {} changed (revision {} → {}) since the plan was made",
-                    job.id, plan.job_revision, job.revision
+                    plan.job_id, plan.job_revision, job_revision
                 ),
                 "the scheduler will evaluate again",
             );
@@ -1012,12 +1035,12 @@ impl ClusterState {
             self.change_execution(ch, now);
         }
         for ev in &plan.events {
-            self.record(&job.id, job.version, "", ev.clone());
+            self.record(&plan.job_id, job_version, "", ev.clone());
         }
         if let Some((state, msg)) = &plan.job_state
-            && !self.jobs[&job.id].state.state_type.is_terminal()
+            && !self.jobs[&plan.job_id].state.state_type.is_terminal()
         {
-            self.set_job_state(&job.id, *state, msg, now);
+            self.set_job_state(&plan.job_id, *state, msg, now);
         }
         for e in &plan.new_evaluations {
             if !self.evaluations.contains_key(&e.id) {
@@ -1034,12 +1057,28 @@ impl ClusterState {
     }
 
     fn finish_eval(&mut self, id: &str, st: &str, comment: &str, now: i64) {
-        if let Some(mut e) = self.evaluations.get(id).cloned() {
-            e.status = st.to_string();
-            e.comment = comment.to_string();
-            e.modify_time = now;
-            self.put_eval(e);
+        let Some(e) = self.evaluations.get_mut(id) else {
+            return;
+        };
+        if e.status == status::PENDING
+            && let Some(set) = self.idx.pending_by_job.get_mut(&e.job_id)
+        {
+            set.remove(&pending_key(e));
+            if set.is_empty() {
+                self.idx.pending_by_job.remove(&e.job_id);
+            }
         }
+        e.status = st.to_string();
+        e.comment = comment.to_string();
+        e.modify_time = now;
+        if e.status == status::PENDING {
+            self.idx
+                .pending_by_job
+                .entry(e.job_id.clone())
+                .or_default()
+                .insert(pending_key(e));
+        }
+        self.dirty.insert((Table::Evaluation, id.to_string()));
     }
 
     fn change_execution(&mut self, ch: &ExecutionChange, now: i64) {
@@ -1117,14 +1156,11 @@ impl ClusterState {
         e.revision += 1;
         e.modify_time = now;
         let terminal = u.state.is_terminal();
-        let job = self.jobs.get(&e.job_id).cloned();
+        let job_state = self.jobs.get(&e.job_id).map(|j| j.state.state_type);
         if terminal {
             e.desired_state =
                 State::with_message(ExecutionDesiredState::Stopped, "execution finished");
-            if let Some(job) = &job
-                && !job.state.state_type.is_terminal()
-                && !followup.is_empty()
-            {
+            if job_state.is_some_and(|s| !s.is_terminal()) && !followup.is_empty() {
                 e.followup_eval_id = followup.to_string();
             }
         }
@@ -1145,12 +1181,9 @@ impl ClusterState {
             ev = ev.error();
         }
         self.record(&jid, ver, &eid, ev);
-        if let Some(job) = job {
+        if let Some(job_state) = job_state {
             if u.state == ExecutionStateType::Running
-                && matches!(
-                    job.state.state_type,
-                    JobStateType::Pending | JobStateType::Queued
-                )
+                && matches!(job_state, JobStateType::Pending | JobStateType::Queued)
             {
                 self.set_job_state(&jid, JobStateType::Running, "", now);
             }

@@ -515,6 +515,30 @@ fn a_snapshot_written_before_the_security_tables_is_still_read() {
 }
 
 #[test]
+fn a_snapshot_that_keeps_a_copy_of_each_current_version_is_still_read_the_same() {
+    // Until the current version of a job was kept only in `jobs`, every version (the current one
+    // too) had a copy in `job_versions`. Kept as it was: the job itself is its current version.
+    let stored = std::fs::read(dir(CURRENT).join("snapshot_with_version_copies.bin")).unwrap();
+    let back = ClusterState::from_snapshot(&stored).unwrap();
+    let s = state();
+    let id = &s.jobs.values().next().unwrap().id;
+    assert_eq!(back.job_versions.len(), 1, "the old copy is there");
+    assert!(
+        s.job_versions.is_empty(),
+        "a current version is not copied now"
+    );
+    assert_eq!(back.jobs, s.jobs);
+    assert_eq!(back.job_version(id, 1), s.job_version(id, 1));
+    assert_eq!(back.job_version(id, 1), s.jobs.get(id));
+    assert_eq!(back.versions_of(id), s.versions_of(id));
+    assert_eq!(
+        back.versions_of(id).len(),
+        1,
+        "the copy is not a second version"
+    );
+}
+
+#[test]
 fn every_orchestrator_and_compute_message_reads_back_from_its_golden_encoding() {
     let down = vec![
         ToCompute::Run {
