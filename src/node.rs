@@ -296,10 +296,11 @@ pub async fn start(
     };
     let client = server.as_ref().map(|s| s.client());
     let my_id = raft_id(&node_name);
+    let entry_cache = log_store.cache();
     let raft = Raft::new(
         my_id,
         raft_cfg,
-        PeerNetwork::new(client.clone()),
+        PeerNetwork::new(client.clone(), entry_cache.clone()),
         log_store,
         sm_store,
     )
@@ -330,6 +331,7 @@ pub async fn start(
             bootstrap_peers: peers.iter().map(|(id, _)| id.clone()).collect(),
             cluster: cluster_slot.clone(),
             contact: contact.clone(),
+            cache: entry_cache.clone(),
         };
         server.serve(Arc::new(handler), shutdown.clone());
         crate::raft::election_watchdog(raft.clone(), contact, timing);

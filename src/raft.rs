@@ -22,7 +22,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use caravel_model::command::{Command, CommandResponse};
 use caravel_net::rpc;
-use caravel_raft_store::{NodeAddr, TypeConfig};
+use caravel_raft_store::{
+    EntryCache, NodeAddr, TypeConfig, decode_append_request, encode_append_request,
+};
 use futures::future::BoxFuture;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
@@ -113,13 +115,17 @@ pub fn raft_config(t: RaftTiming) -> openraft::Config {
 pub struct PeerNetwork {
     client: Option<rpc::Client>,
     sizes: EntrySizes,
+    cache: EntryCache,
 }
 
 impl PeerNetwork {
-    pub fn new(client: Option<rpc::Client>) -> Self {
+    /// `cache` is the log store's ([`caravel_raft_store::LogStore::cache`]): append requests are
+    /// built from the encodings the log made.
+    pub fn new(client: Option<rpc::Client>, cache: EntryCache) -> Self {
         PeerNetwork {
             client,
             sizes: Default::default(),
+            cache,
         }
     }
 }
@@ -135,6 +141,8 @@ pub struct PeerClient {
     /// encoding its entries, which for megabyte-sized jobs costs more CPU than a heartbeat
     /// interval allows; each entry is measured once.
     sizes: EntrySizes,
+    /// The log's recent entries with their encodings: a request is built from those bytes.
+    cache: EntryCache,
 }
 
 /// Encoded sizes by log id (an entry never changes under its id); forgotten wholesale past
@@ -202,6 +210,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             client: self.client.clone(),
             in_flight: None,
             sizes: self.sizes.clone(),
+            cache: self.cache.clone(),
         }
     }
 }
@@ -293,8 +302,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         }
         // openraft caps a batch by count only; cut it by size too, so it always fits one frame,
         // and report the part sent as a partial success (openraft sends the rest next).
-        let sizes = self.sizes.clone();
+        let (sizes, cache) = (self.sizes.clone(), self.cache.clone());
         let (rpc, cut_at, bytes) = cut_to_budget_with(rpc, APPEND_BUDGET, &mut |e| {
+            if let Some(b) = cache.bytes_of(&e.log_id) {
+                return b.len();
+            }
             if let Some(s) = sizes.lock().ok().and_then(|m| m.get(&e.log_id).copied()) {
                 return s;
             }
@@ -318,8 +330,10 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             }
         };
         if bytes < DETACH_BYTES {
+            let body = encode_append_request(&self.cache, &rpc)
+                .map_err(|e| RPCError::Network(NetworkError::new(&io::Error::other(e))))?;
             let answer: AppendEntriesResponse<NodeId> = self
-                .call(kind::APPEND, RPCTypes::AppendEntries, &rpc, &option)
+                .call_body(kind::APPEND, RPCTypes::AppendEntries, &body, &option)
                 .await?;
             return Ok(as_sent(answer, last));
         }
@@ -347,7 +361,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let task = tokio::spawn(async move {
             // Encoding megabytes of jobs is CPU work: off the runtime's workers, which also
             // carry heartbeats and votes.
-            let body = tokio::task::spawn_blocking(move || postcard::to_allocvec(&rpc)).await;
+            let cache = this.cache.clone();
+            let body =
+                tokio::task::spawn_blocking(move || encode_append_request(&cache, &rpc)).await;
             let r: AppendResult = match body {
                 Ok(Ok(body)) => {
                     this.call_body(kind::APPEND, RPCTypes::AppendEntries, &body, &detached)
@@ -621,7 +637,7 @@ fn leader_err<E: std::fmt::Display>(
 /// was not proposed and may go to the leader. openraft also answers a write that was appended and
 /// then lost with the leadership "forward to the leader" (its entry may still be committed by the
 /// next leader): that is [`LeaderError::Unknown`], never `NotLeader`.
-pub async fn propose(raft: &Raft, cmd: Command, timeout: Duration) -> ForwardAnswer {
+pub async fn propose(raft: &Raft, cmd: Arc<Command>, timeout: Duration) -> ForwardAnswer {
     let (me, leader) = {
         let m = raft.metrics();
         let m = m.borrow();
@@ -694,6 +710,8 @@ pub struct PeerHandler {
     pub cluster: Arc<OnceLock<crate::orchestrator::Cluster>>,
     /// When a leader last reached this member (for [`election_watchdog`]).
     pub contact: LeaderContact,
+    /// The log's recent entries: a received entry's bytes go to the log as they came.
+    pub cache: EntryCache,
 }
 
 /// When this member last received an append or a snapshot chunk from a leader, and when it last
@@ -838,7 +856,8 @@ impl PeerHandler {
         let raft = &self.raft;
         match k {
             kind::APPEND => {
-                let req: AppendEntriesRequest<TypeConfig> = decode(&body)?;
+                let req = decode_append_request(&self.cache, &body)
+                    .map_err(|e| format!("cannot decode the request: {e}"))?;
                 self.contact.touch();
                 encode(&raft.append_entries(req).await)
             }
@@ -859,7 +878,7 @@ impl PeerHandler {
                 encode(&raft.install_snapshot(req).await)
             }
             kind::FORWARD_WRITE => {
-                let cmd: Command = decode(&body)?;
+                let cmd: Arc<Command> = decode(&body)?;
                 encode(&propose(raft, cmd, crate::orchestrator::WRITE_TIMEOUT).await)
             }
             kind::READ_INDEX => {
@@ -919,6 +938,7 @@ impl rpc::Handler for PeerHandler {
             bootstrap_peers: self.bootstrap_peers.clone(),
             cluster: self.cluster.clone(),
             contact: self.contact.clone(),
+            cache: self.cache.clone(),
         };
         Box::pin(async move { this.handle_inner(peer, kind, body).await })
     }
@@ -979,12 +999,12 @@ mod tests {
         let lid = |i| LogId::new(CommittedLeaderId::new(1, 1), i);
         let big = |i| Entry {
             log_id: lid(i),
-            payload: EntryPayload::Normal(Command::StopJob {
+            payload: EntryPayload::Normal(std::sync::Arc::new(Command::StopJob {
                 job_id: "x".repeat(1000),
                 reason: String::new(),
                 evaluation_id: String::new(),
                 now: 0,
-            }),
+            })),
         };
         let rpc = || AppendEntriesRequest::<TypeConfig> {
             vote: Vote::new_committed(1, 1),
@@ -1052,12 +1072,12 @@ mod golden {
             prev_log_id: Some(lid(2, 9)),
             entries: vec![Entry {
                 log_id: lid(2, 10),
-                payload: EntryPayload::Normal(Command::StopJob {
+                payload: EntryPayload::Normal(std::sync::Arc::new(Command::StopJob {
                     job_id: "j-1".into(),
                     reason: "r".into(),
                     evaluation_id: "ev-1".into(),
                     now: 1,
-                }),
+                })),
             }],
             leader_commit: Some(lid(2, 9)),
         };

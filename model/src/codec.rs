@@ -31,13 +31,18 @@ pub enum Error {
 
 /// Encodes a value with the format header.
 pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, Error> {
-    let mut out = FORMAT_VERSION.to_le_bytes().to_vec();
-    let body = postcard::to_allocvec(v).map_err(|source| Error::Encode {
+    postcard::to_extend(v, FORMAT_VERSION.to_le_bytes().to_vec()).map_err(|source| Error::Encode {
         what: std::any::type_name::<T>(),
         source,
-    })?;
-    out.extend_from_slice(&body);
-    Ok(out)
+    })
+}
+
+/// What [`encode`] makes of a value whose postcard encoding (`body`) is already at hand.
+pub fn with_header(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + body.len());
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(body);
+    out
 }
 
 /// Decodes a value written by [`encode`], refusing other format versions with a clear error.
@@ -79,6 +84,13 @@ mod tests {
         let e = decode::<u32>(&b).unwrap_err().to_string();
         assert!(e.contains("version 9") && e.contains("version 1"), "{e}");
         assert!(matches!(decode::<u32>(&[1]), Err(Error::Truncated)));
+    }
+
+    #[test]
+    fn a_body_with_the_header_is_what_encode_makes() {
+        let v = ("job", 7u64, vec![1u8, 2, 3]);
+        let body = postcard::to_allocvec(&v).unwrap();
+        assert_eq!(with_header(&body), encode(&v).unwrap());
     }
 
     #[test]

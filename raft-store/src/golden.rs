@@ -78,12 +78,12 @@ fn every_record_of_the_raft_store_reads_back_from_its_golden_encoding() {
             "log_entry_normal",
             Entry {
                 log_id: log_id(2, 11),
-                payload: EntryPayload::Normal(Command::StopJob {
+                payload: EntryPayload::Normal(std::sync::Arc::new(Command::StopJob {
                     job_id: "j-1".into(),
                     reason: "Stopped at user request".into(),
                     evaluation_id: "ev-1".into(),
                     now: 5,
-                }),
+                })),
             },
         ),
         (

@@ -28,6 +28,10 @@
 //!   Logs are only purged behind a snapshot, and the synced purge also syncs every earlier WAL
 //!   record, so an applied state is on disk before the logs that produced it disappear.
 //!
+//! The most recent entries are also kept in memory with their encodings ([`EntryCache`]), so
+//! that what openraft reads back right after an append is neither read from RocksDB nor decoded,
+//! and an entry is encoded once for the log and every follower.
+//!
 //! ```text
 //!  openraft ──append/vote/truncate/purge──▶ LogStore ──▶ raft_log, raft_meta   (fsync)
 //!           ──apply(entries)───────────────▶ StateMachineStore ──▶ ClusterState (RwLock, in memory)
@@ -35,6 +39,7 @@
 //! ```
 
 mod db;
+mod entry_cache;
 #[cfg(test)]
 mod golden;
 mod log_store;
@@ -50,13 +55,16 @@ use serde::{Deserialize, Serialize};
 
 pub use caravel_model::state::{ClusterState, Table};
 pub use db::StoreClosed;
+pub use entry_cache::{EntryCache, decode_append_request, encode_append_request};
 pub use log_store::LogStore;
 pub use state_machine::StateMachineStore;
 
 openraft::declare_raft_types!(
-    /// The openraft type configuration of Caravel's orchestrator group.
+    /// The openraft type configuration of Caravel's orchestrator group. A command is behind an
+    /// `Arc` (encoded exactly as the command itself): openraft clones entries on their way to
+    /// each follower and to the state machine, and the log keeps recent ones in memory.
     pub TypeConfig:
-        D = Command,
+        D = std::sync::Arc<Command>,
         R = CommandResponse,
         NodeId = u64,
         Node = NodeAddr,

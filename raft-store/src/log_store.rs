@@ -10,14 +10,17 @@ use openraft::{OptionalSend, RaftLogReader, StorageIOError, Vote};
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 
 use crate::db::{self, CF_LOG, CF_META, Db, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE, StoreClosed};
+use crate::entry_cache::EntryCache;
 use crate::{Entry, Error, LogId, NodeId, StorageError, TypeConfig};
 
-/// The Raft log store. Cheap to clone (it is its own log reader); all clones share one database.
+/// The Raft log store. Cheap to clone (it is its own log reader); all clones share one database
+/// and one cache of recent entries.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Db>,
     /// The last committed index openraft told this store about (for the commit-index metric).
     committed: Arc<std::sync::atomic::AtomicU64>,
+    cache: EntryCache,
 }
 
 impl Debug for LogStore {
@@ -33,7 +36,13 @@ impl LogStore {
         LogStore {
             db,
             committed: Arc::default(),
+            cache: EntryCache::default(),
         }
+    }
+
+    /// The recent entries and their encodings, for the Raft network (see [`EntryCache`]).
+    pub fn cache(&self) -> EntryCache {
+        self.cache.clone()
     }
 
     /// The commit index as last saved by openraft, shared with every clone (0 before any).
@@ -62,11 +71,17 @@ impl LogStore {
         Ok(Some(decode_entry(&k, &v)?.log_id))
     }
 
-    /// Entries with `start <= index < end`, in order.
+    /// Entries with `start <= index < end`, in order: from the cache when it holds them all.
     fn read_range(&self, start: u64, end: u64) -> Result<Vec<Entry>, Error> {
         let mut out = Vec::new();
         if start >= end {
             return Ok(out);
+        }
+        // (An unbounded read, "everything from here", always goes to the database.)
+        if end != u64::MAX
+            && let Some(hit) = self.cache.range(start, end)
+        {
+            return Ok(hit);
         }
         let cf = db::cf(&self.db, CF_LOG)?;
         let mut ro = ReadOptions::default();
@@ -203,17 +218,31 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let res = async {
             let cf = db::cf(&self.db, CF_LOG)?;
             let mut batch = WriteBatch::default();
-            let mut n = 0usize;
+            let mut written = Vec::new();
             for entry in entries {
+                // Encoded once: a follower's received bytes, or the leader's encoding made here,
+                // shared with the network (see `EntryCache`).
+                let bytes = self.cache.encode(&entry).map_err(|source| Error::Encode {
+                    what: "log entry",
+                    source: caravel_model::codec::Error::Encode {
+                        what: "log entry",
+                        source,
+                    },
+                })?;
                 batch.put_cf(
                     cf,
                     db::index_key(entry.log_id.index),
-                    db::encode("log entry", &entry)?,
+                    caravel_model::codec::with_header(&bytes),
                 );
-                n += 1;
+                written.push((entry, bytes));
             }
+            let n = written.len();
             if n > 0 {
                 db::write_synced(&self.db, batch, "append log entries").await?;
+            }
+            // Readable from the cache only once they are in the log.
+            for (entry, bytes) in written {
+                self.cache.appended(entry, bytes);
             }
             tracing::trace!(entries = n, "appended and synced");
             Ok::<_, Error>(())
@@ -235,6 +264,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// Deletes `[log_id.index, ∞)`.
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         tracing::debug!(%log_id, "truncate the log");
+        self.cache.truncate(log_id.index);
         let res = async {
             let cf = db::cf(&self.db, CF_LOG)?;
             let mut batch = WriteBatch::default();
@@ -250,6 +280,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// is never older than the entries actually gone.
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         tracing::debug!(%log_id, "purge the log");
+        self.cache.purge(log_id.index);
         let res = async {
             if let Some(prev) = self.last_purged()?
                 && prev >= log_id

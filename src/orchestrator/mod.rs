@@ -561,6 +561,8 @@ impl Cluster {
     async fn write_inner(&self, cmd: Command) -> Result<CommandResponse, WriteError> {
         let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
         let retry_safe = cmd.retry_safe();
+        // Shared, not copied, by every attempt (a batch of job specs is large).
+        let cmd = Arc::new(cmd);
         // Why an earlier attempt's outcome is unknown: running out of time must then not say
         // that the write surely was not applied.
         let mut unknown: Option<String> = None;

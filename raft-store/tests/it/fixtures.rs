@@ -19,7 +19,7 @@ pub fn log_id(term: u64, index: u64) -> LogId {
 pub fn normal(term: u64, index: u64, cmd: Command) -> Entry {
     Entry {
         log_id: log_id(term, index),
-        payload: EntryPayload::Normal(cmd),
+        payload: EntryPayload::Normal(std::sync::Arc::new(cmd)),
     }
 }
 

@@ -108,7 +108,7 @@ async fn a_single_voter_commits_applies_snapshots_and_restarts_on_this_store() {
 
         let mut applied = sm.subscribe_applied();
         let resp = raft
-            .client_write(submit("j-1", "one", fixtures::T0))
+            .client_write(std::sync::Arc::new(submit("j-1", "one", fixtures::T0)))
             .await
             .unwrap();
         assert_eq!(
@@ -156,7 +156,7 @@ async fn a_single_voter_commits_applies_snapshots_and_restarts_on_this_store() {
         "state reloaded after restart"
     );
     let resp = raft
-        .client_write(submit("j-2", "two", fixtures::T0 + 1))
+        .client_write(std::sync::Arc::new(submit("j-2", "two", fixtures::T0 + 1)))
         .await
         .unwrap();
     assert!(
@@ -165,7 +165,7 @@ async fn a_single_voter_commits_applies_snapshots_and_restarts_on_this_store() {
         resp.data
     );
     let again = raft
-        .client_write(submit("j-1", "one", fixtures::T0))
+        .client_write(std::sync::Arc::new(submit("j-1", "one", fixtures::T0)))
         .await
         .unwrap();
     assert!(
