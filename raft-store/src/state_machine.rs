@@ -28,7 +28,7 @@ type Meta = SnapshotMeta<NodeId, NodeAddr>;
 
 /// What the state machine has applied: kept next to the state, persisted in `sm_meta`.
 #[derive(Debug, Clone, Default)]
-struct Applied {
+pub(crate) struct Applied {
     last_applied: Option<LogId>,
     last_membership: Membership,
 }
@@ -309,16 +309,26 @@ impl StateMachineStore {
     }
 
     async fn build(&self) -> Result<Snapshot<TypeConfig>, Error> {
-        let (data, applied) = {
-            let state = self.read_state()?;
-            let applied = self.lock_applied()?.clone();
-            (
-                state.to_snapshot().map_err(|source| Error::Encode {
-                    what: "snapshot",
-                    source,
-                })?,
-                applied,
-            )
+        // From the records on disk, under a RocksDB snapshot, on a blocking thread: the
+        // in-memory state stays free for `apply` (encoding it under its lock stalled every write
+        // for as long as the whole state took to encode: most of a second at a few hundred
+        // thousand jobs, docs/benchmarks.md).
+        let db = self.shared.db.clone();
+        let from_records = tokio::task::spawn_blocking(move || snapshot_from_records(&db)).await?;
+        let (data, applied) = match from_records {
+            Ok(built) => built,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot build the snapshot from the stored records; encoding the state in memory instead");
+                let state = self.read_state()?;
+                let applied = self.lock_applied()?.clone();
+                (
+                    state.to_snapshot().map_err(|source| Error::Encode {
+                        what: "snapshot",
+                        source,
+                    })?,
+                    applied,
+                )
+            }
         };
         let counter = self.shared.snapshot_counter.fetch_add(1, Ordering::SeqCst) + 1;
         let snapshot_id = match &applied.last_applied {
@@ -405,6 +415,113 @@ impl StateMachineStore {
             snapshot: Box::new(Cursor::new(s.data)),
         }))
     }
+}
+
+/// The snapshot of the state the stored records hold (byte for byte what
+/// [`ClusterState::to_snapshot`] makes of the same state), and what was applied to make it, read
+/// under one RocksDB snapshot so that the two agree.
+///
+/// A snapshot is `(ClusterState, Security)` in postcard: its fields one after the other, in the
+/// order of the [`Table`] bytes (each map as its length and then its entries in key order, the
+/// counters as themselves), and a stored record is the codec's header followed by the value's
+/// postcard bytes, keyed by table byte and key. So the snapshot is those bytes put together,
+/// table by table, without decoding or encoding any record.
+pub(crate) fn snapshot_from_records(db: &Db) -> Result<(Vec<u8>, Applied), Error> {
+    use caravel_model::codec::FORMAT_VERSION;
+    let snap = db.snapshot();
+    fn read_meta<T: serde::de::DeserializeOwned>(
+        db: &Db,
+        snap: &rocksdb::Snapshot<'_>,
+        key: &'static str,
+    ) -> Result<Option<T>, Error> {
+        let v = snap
+            .get_cf(db::cf(db, CF_SM_META)?, key)
+            .map_err(|source| Error::Rocks {
+                op: "read the state machine's metadata",
+                source,
+            })?;
+        v.map(|b| caravel_model::codec::decode(&b))
+            .transpose()
+            .map_err(|source| Error::Decode {
+                cf: CF_SM_META,
+                key: key.to_string(),
+                source,
+            })
+    }
+    let last_applied: Option<LogId> = read_meta(db, &snap, KEY_LAST_APPLIED)?.flatten();
+    let last_membership: Membership =
+        read_meta(db, &snap, KEY_LAST_MEMBERSHIP)?.unwrap_or_default();
+
+    // Each table's entries, encoded as a map's entries, and how many.
+    let mut tables: Vec<(usize, Vec<u8>)> = vec![(0, Vec::new()); Table::ALL.len()];
+    let mut counters: Option<Vec<u8>> = None;
+    let header = FORMAT_VERSION.to_le_bytes();
+    for item in snap.iterator_cf(db::cf(db, CF_SM)?, IteratorMode::Start) {
+        let (k, v) = item.map_err(|source| Error::Rocks {
+            op: "read state machine records",
+            source,
+        })?;
+        let bad = |reason| Error::BadKey {
+            cf: CF_SM,
+            key: show_sm_key(&k),
+            reason,
+        };
+        let (t, key) = k.split_first().ok_or_else(|| bad("empty key"))?;
+        let table = Table::from_u8(*t).ok_or_else(|| bad("unknown table byte"))?;
+        let body = v
+            .strip_prefix(&header[..])
+            .ok_or_else(|| bad("a record of another format version"))?;
+        if table == Table::Counters {
+            counters = Some(body.to_vec());
+            continue;
+        }
+        let slot = Table::ALL
+            .iter()
+            .position(|x| *x == table)
+            .ok_or_else(|| bad("unknown table"))?;
+        let (n, out) = &mut tables[slot];
+        *n += 1;
+        *out = postcard::to_extend(&key.len(), std::mem::take(out)).map_err(|source| {
+            Error::Encode {
+                what: "snapshot",
+                source: caravel_model::codec::Error::Encode {
+                    what: "snapshot",
+                    source,
+                },
+            }
+        })?;
+        out.extend_from_slice(key);
+        out.extend_from_slice(body);
+    }
+    let encode_err = |source| Error::Encode {
+        what: "snapshot",
+        source: caravel_model::codec::Error::Encode {
+            what: "snapshot",
+            source,
+        },
+    };
+    let mut data = header.to_vec();
+    for (table, (n, entries)) in Table::ALL.iter().zip(tables) {
+        if *table == Table::Counters {
+            match &counters {
+                Some(c) => data.extend_from_slice(c),
+                None => {
+                    data = postcard::to_extend(&caravel_model::state::Counters::default(), data)
+                        .map_err(encode_err)?
+                }
+            }
+            continue;
+        }
+        data = postcard::to_extend(&n, data).map_err(encode_err)?;
+        data.extend_from_slice(&entries);
+    }
+    Ok((
+        data,
+        Applied {
+            last_applied,
+            last_membership,
+        },
+    ))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
