@@ -1655,20 +1655,24 @@ impl StateView for ClusterState {
     fn node(&self, id: &str) -> Option<&NodeState> {
         self.nodes.get(id)
     }
-    fn nodes_labelled(&self, key: &str, values: &[String]) -> Option<Vec<&NodeState>> {
+    fn nodes_labelled(&self, key: &str, values: &[String]) -> Option<Vec<&str>> {
         let Some(by_value) = self.idx.nodes_by_label.get(key) else {
             return Some(Vec::new());
         };
-        let ids: BTreeSet<&String> = values
-            .iter()
-            .filter_map(|v| by_value.get(v))
-            .flatten()
-            .collect();
-        Some(
-            ids.into_iter()
-                .filter_map(|id| self.nodes.get(id))
-                .collect(),
-        )
+        // A node has one value per key, so the values' sets are disjoint: their ids are put one
+        // set after the other, the values in order (each once). Not merged into one id order nor
+        // collected into a set and looked up node by node: with 750 of 1,000 nodes in a job's
+        // zones, that was a fifth of a busy scheduler's CPU, for the ten or so nodes a sample
+        // looks at.
+        let mut values: Vec<&String> = values.iter().collect();
+        values.sort_unstable();
+        values.dedup();
+        let sets: Vec<&BTreeSet<String>> = values.iter().filter_map(|v| by_value.get(*v)).collect();
+        let mut ids = Vec::with_capacity(sets.iter().map(|s| s.len()).sum());
+        for set in sets {
+            ids.extend(set.iter().map(String::as_str));
+        }
+        Some(ids)
     }
     fn evaluation(&self, id: &str) -> Option<&Evaluation> {
         self.evaluations.get(id)
@@ -2010,14 +2014,23 @@ mod tests {
             s.nodes_labelled("zone", &values)
                 .unwrap()
                 .iter()
-                .map(|n| n.id().to_string())
+                .map(|id| id.to_string())
                 .collect()
         };
         register(&mut s, "n-2", "a");
         register(&mut s, "n-1", "a");
         register(&mut s, "n-3", "b");
         assert_eq!(zone(&s, &["a"]), ["n-1", "n-2"]);
-        assert_eq!(zone(&s, &["b", "a"]), ["n-1", "n-2", "n-3"], "in id order");
+        assert_eq!(
+            zone(&s, &["b", "a"]),
+            ["n-1", "n-2", "n-3"],
+            "by value, each value's nodes in id order"
+        );
+        assert_eq!(
+            zone(&s, &["b", "a", "b"]),
+            ["n-1", "n-2", "n-3"],
+            "each id once"
+        );
         register(&mut s, "n-2", "b");
         assert_eq!(zone(&s, &["a"]), ["n-1"]);
         assert_eq!(zone(&s, &["b"]), ["n-2", "n-3"]);

@@ -11,9 +11,11 @@ pub trait StateView {
     fn nodes(&self) -> Vec<&NodeState>;
     /// One node, by id (a lookup, not a walk over [`Self::nodes`]).
     fn node(&self, id: &str) -> Option<&NodeState>;
-    /// The nodes whose label `key` has one of `values`, in id order (an index lookup), or `None`
+    /// The ids of the nodes whose label `key` has one of `values` (an index lookup: ids only, so
+    /// that a caller that looks at a few of them does not look up all), value by value in order
+    /// and each value's nodes in id order (the same order for the same state), or `None`
     /// when this view keeps no label index (the caller walks [`Self::nodes`]).
-    fn nodes_labelled(&self, _key: &str, _values: &[String]) -> Option<Vec<&NodeState>> {
+    fn nodes_labelled(&self, _key: &str, _values: &[String]) -> Option<Vec<&str>> {
         None
     }
     fn evaluation(&self, id: &str) -> Option<&Evaluation>;

@@ -1043,7 +1043,7 @@ impl StateView for PlanningView<'_> {
     fn node(&self, id: &str) -> Option<&NodeState> {
         self.base.node(id)
     }
-    fn nodes_labelled(&self, key: &str, values: &[String]) -> Option<Vec<&NodeState>> {
+    fn nodes_labelled(&self, key: &str, values: &[String]) -> Option<Vec<&str>> {
         // A plan places executions; it never changes a node's labels.
         self.base.nodes_labelled(key, values)
     }
@@ -1203,16 +1203,21 @@ impl<'a> NodePool<'a> {
                 .min_by_key(Vec::len)
         });
         let narrowed_walk = narrowed.is_some();
-        let nodes = narrowed.unwrap_or_else(|| view.nodes());
+        // The narrowed walk has ids, and looks up only the nodes it reaches.
+        let (all, ids) = match narrowed {
+            Some(ids) => (Vec::new(), ids),
+            None => (view.nodes(), Vec::new()),
+        };
+        let len = if narrowed_walk { ids.len() } else { all.len() };
         let (start, enough) = match sample {
-            Some((want, seed)) if !nodes.is_empty() => {
+            Some((want, seed)) if len > 0 => {
                 // FNV-1a: a stable spread of start points, not a secret.
                 let h = seed.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
                     (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
                 });
-                let log2 = usize::BITS - nodes.len().leading_zeros();
+                let log2 = usize::BITS - len.leading_zeros();
                 (
-                    (h % nodes.len() as u64) as usize,
+                    (h % len as u64) as usize,
                     Some((2 * want).max(log2 as usize).max(2)),
                 )
             }
@@ -1221,12 +1226,20 @@ impl<'a> NodePool<'a> {
         let mut with_room = 0;
         let mut partial = narrowed_walk;
         let mut walked = 0;
-        for n in nodes[start..].iter().chain(&nodes[..start]).copied() {
+        for i in (start..len).chain(0..start) {
             if enough.is_some_and(|k| with_room >= k) {
                 partial = true;
                 break;
             }
             walked += 1;
+            let n = if narrowed_walk {
+                match view.node(ids[i]) {
+                    Some(n) => n,
+                    None => continue,
+                }
+            } else {
+                all[i]
+            };
             if n.info.node_type != "Compute" {
                 continue;
             }
