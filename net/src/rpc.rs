@@ -110,6 +110,7 @@ impl TransportOptions {
         let mut t = quinn::TransportConfig::default();
         t.max_idle_timeout(self.idle_timeout.try_into().ok());
         t.keep_alive_interval(Some(self.keep_alive));
+        t.initial_rtt(INITIAL_RTT);
         t.max_concurrent_bidi_streams(self.max_streams.into());
         t.max_concurrent_uni_streams(0u32.into());
         t.stream_receive_window(self.stream_window.into());
@@ -570,9 +571,17 @@ enum Slot {
 }
 
 /// A handshake unanswered for this long is joined by a fresh one (the first's Initial packets may
-/// have gone to a peer that was not yet listening, and QUIC resends them ever more slowly), so at
-/// most about one handshake a second is started towards a peer.
-const REDIAL_AFTER: Duration = Duration::from_secs(1);
+/// have gone to a peer that was not yet listening, and QUIC resends them ever more slowly: after
+/// 0.3, 0.9, 2.1 s… from [`INITIAL_RTT`]), so a restarted peer is reached within about this long
+/// of listening again, and at most four handshakes a second are started towards a silent peer
+/// (each a 1,200-byte datagram and its resends, for at most [`DIAL_TIMEOUT`]). With 1 s, a
+/// restarted member waited up to a second for its leader's next dial before catching up.
+const REDIAL_AFTER: Duration = Duration::from_millis(250);
+
+/// The RTT a new connection assumes before it has measured one (RFC 9002's default is 333 ms, so
+/// an unanswered Initial is resent only after about a second). Orchestrators are usually close;
+/// a farther peer only costs a few early resends.
+const INITIAL_RTT: Duration = Duration::from_millis(100);
 
 static DIAL_IDS: AtomicU64 = AtomicU64::new(0);
 
