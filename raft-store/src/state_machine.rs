@@ -82,6 +82,21 @@ fn encode_err(e: caravel_model::codec::Error) -> Error {
 }
 
 /// `Job/abc`-style name of an `sm` key, for error messages.
+/// A stored record's table and key (the bytes after the table byte).
+fn record_key(k: &[u8]) -> Result<(Table, &[u8]), Error> {
+    let (t, rest) = k.split_first().ok_or_else(|| bad_key(k, "empty key"))?;
+    let table = Table::from_u8(*t).ok_or_else(|| bad_key(k, "unknown table byte"))?;
+    Ok((table, rest))
+}
+
+fn bad_key(k: &[u8], reason: &'static str) -> Error {
+    Error::BadKey {
+        cf: CF_SM,
+        key: show_sm_key(k),
+        reason,
+    }
+}
+
 fn show_sm_key(k: &[u8]) -> String {
     match k.split_first() {
         Some((t, rest)) => match Table::from_u8(*t) {
@@ -134,15 +149,9 @@ impl StateMachineStore {
                 op: "read state machine records",
                 source,
             })?;
-            let bad = |reason| Error::BadKey {
-                cf: CF_SM,
-                key: show_sm_key(&k),
-                reason,
-            };
-            let (t, rest) = k.split_first().ok_or_else(|| bad("empty key"))?;
-            let table = Table::from_u8(*t).ok_or_else(|| bad("unknown table byte"))?;
-            let key =
-                String::from_utf8(rest.to_vec()).map_err(|_| bad("record key is not UTF-8"))?;
+            let (table, rest) = record_key(&k)?;
+            let key = String::from_utf8(rest.to_vec())
+                .map_err(|_| bad_key(&k, "record key is not UTF-8"))?;
             state
                 .load_record(table, key, &v)
                 .map_err(|source| Error::Decode {
@@ -461,16 +470,10 @@ pub(crate) fn snapshot_from_records(db: &Db) -> Result<(Vec<u8>, Applied), Error
             op: "read state machine records",
             source,
         })?;
-        let bad = |reason| Error::BadKey {
-            cf: CF_SM,
-            key: show_sm_key(&k),
-            reason,
-        };
-        let (t, key) = k.split_first().ok_or_else(|| bad("empty key"))?;
-        let table = Table::from_u8(*t).ok_or_else(|| bad("unknown table byte"))?;
+        let (table, key) = record_key(&k)?;
         let body = v
             .strip_prefix(&header[..])
-            .ok_or_else(|| bad("a record of another format version"))?;
+            .ok_or_else(|| bad_key(&k, "a record of another format version"))?;
         if table == Table::Counters {
             counters = Some(body.to_vec());
             continue;
@@ -478,7 +481,7 @@ pub(crate) fn snapshot_from_records(db: &Db) -> Result<(Vec<u8>, Applied), Error
         let slot = Table::ALL
             .iter()
             .position(|x| *x == table)
-            .ok_or_else(|| bad("unknown table"))?;
+            .ok_or_else(|| bad_key(&k, "unknown table"))?;
         let (n, out) = &mut tables[slot];
         *n += 1;
         *out = postcard::to_extend(&key.len(), std::mem::take(out)).map_err(|source| {
