@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use caravel_model::command::{Command, CommandResponse, ExecutionReport};
+use caravel_model::state::ClusterState;
 use caravel_model::states::{ExecutionDesiredState, ExecutionStateType};
 use caravel_model::wire::{ToCompute, ToOrchestrator};
 use caravel_net::OrchestratorEnd;
@@ -94,8 +95,7 @@ pub async fn serve(
     // Only this node's executions matter here: waking on every applied entry cost 10,000 sessions
     // most of an orchestrator's CPU (docs/benchmarks.md).
     let mut applied = cluster.subscribe_node(&node_id);
-    let mut sent_runs: HashSet<String> = HashSet::new();
-    let mut sent_cancels: HashSet<String> = HashSet::new();
+    let mut told = Told::default();
     let mut running_since: HashMap<String, i64> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_register = std::time::Instant::now();
@@ -163,7 +163,7 @@ pub async fn serve(
                         }
                     }
                     ToOrchestrator::Inventory { running } => {
-                        reconcile(&cluster, &node_id, &end, &running, &mut sent_cancels).await;
+                        reconcile(&cluster, &node_id, &end, &running, &mut told).await;
                     }
                     m @ ToOrchestrator::LogLine { request_id, .. }
                     | m @ ToOrchestrator::LogLineAt { request_id, .. }
@@ -177,7 +177,7 @@ pub async fn serve(
             }
             r = applied.changed() => {
                 if r.is_err() { break Ok(()) }
-                dispatch(&cluster, &node_id, &end, &mut sent_runs, &mut sent_cancels).await;
+                dispatch(&cluster, &node_id, &end, &mut told).await;
             }
             _ = tick.tick() => {
                 if pending_info.is_some() && last_register.elapsed() >= NODE_INFO_MIN_INTERVAL
@@ -186,7 +186,7 @@ pub async fn serve(
                     register(&cluster, &info, &admission, &shutdown).await?;
                     last_register = std::time::Instant::now();
                 }
-                dispatch(&cluster, &node_id, &end, &mut sent_runs, &mut sent_cancels).await
+                dispatch(&cluster, &node_id, &end, &mut told).await
             }
         }
     };
@@ -330,53 +330,9 @@ async fn retrying<F: std::future::Future<Output = Result<CommandResponse, WriteE
 }
 
 /// Sends the node what the replicated state wants of it and it was not told in this session.
-async fn dispatch(
-    cluster: &Cluster,
-    node_id: &str,
-    end: &OrchestratorEnd,
-    sent_runs: &mut HashSet<String>,
-    sent_cancels: &mut HashSet<String>,
-) {
-    let mut out = Vec::new();
-    cluster.read(|s| {
-        use caravel_model::view::StateView;
-        for e in s.live_executions_on(node_id) {
-            if e.desired_state.state_type == ExecutionDesiredState::Running
-                && !sent_runs.contains(&e.id)
-            {
-                if let Some(job) = s.job_version(&e.job_id, e.job_version) {
-                    out.push(ToCompute::Run {
-                        execution: Box::new(e.clone()),
-                        job: Box::new(job.clone()),
-                    });
-                }
-                sent_runs.insert(e.id.clone());
-            }
-        }
-        for id in sent_runs.iter() {
-            if sent_cancels.contains(id) {
-                continue;
-            }
-            if let Some(e) = s.executions.get(id)
-                && e.desired_state.state_type == ExecutionDesiredState::Stopped
-            {
-                if e.compute_state.state_type != ExecutionStateType::Completed
-                    && e.compute_state.state_type != ExecutionStateType::Failed
-                {
-                    out.push(ToCompute::Cancel {
-                        execution_id: id.clone(),
-                        reason: e.desired_state.message.clone(),
-                    });
-                }
-                sent_cancels.insert(id.clone());
-            }
-        }
-    });
-    for m in out {
-        if end.tx.send(m).await.is_err() {
-            return;
-        }
-    }
+async fn dispatch(cluster: &Cluster, node_id: &str, end: &OrchestratorEnd, told: &mut Told) {
+    let out = cluster.read(|s| told.news(s, node_id));
+    send_all(end, out).await;
 }
 
 /// Cancels what the node says it runs and the replicated state says must not run on it: stopped,
@@ -387,12 +343,87 @@ async fn reconcile(
     node_id: &str,
     end: &OrchestratorEnd,
     running: &[String],
-    sent_cancels: &mut HashSet<String>,
+    told: &mut Told,
 ) {
-    let mut out = Vec::new();
-    cluster.read(|s| {
-        for id in running.iter().take(MAX_INVENTORY) {
-            if sent_cancels.contains(id) {
+    let out = cluster.read(|s| told.reconcile(s, node_id, running));
+    if !out.is_empty() {
+        tracing::info!(node = %node_id, count = out.len(), "reconciling: stopping executions the cluster no longer wants on this node");
+        cluster.metrics().reconcile_cancels.inc_by(out.len() as u64);
+    }
+    send_all(end, out).await;
+}
+
+async fn send_all(end: &OrchestratorEnd, out: Vec<ToCompute>) {
+    for m in out {
+        if end.tx.send(m).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// What this session has told its node, so that each `Run` and `Cancel` goes once per session.
+///
+/// It holds only what may still need a message: a `Run` is remembered while the execution is
+/// wanted running, a `Cancel` while the node's inventory still lists the execution. A pass (on each
+/// change to the node's executions and once a second) therefore costs the node's live executions,
+/// not every execution it ran in this session: remembering them all made each pass of a node that
+/// had run 100,000 jobs look up 100,000 executions, and the sets grew without bound.
+#[derive(Debug, Default)]
+struct Told {
+    runs: HashSet<String>,
+    cancels: HashSet<String>,
+}
+
+impl Told {
+    /// The `Run`s and `Cancel`s the replicated state asks of `node_id` that it was not sent yet.
+    fn news(&mut self, s: &ClusterState, node_id: &str) -> Vec<ToCompute> {
+        use caravel_model::view::StateView;
+        let mut out = Vec::new();
+        for e in s.live_executions_on(node_id) {
+            if e.desired_state.state_type == ExecutionDesiredState::Running
+                && !self.runs.contains(&e.id)
+                && let Some(job) = s.job_version(&e.job_id, e.job_version)
+            {
+                out.push(ToCompute::Run {
+                    execution: Box::new(e.clone()),
+                    job: Box::new(job.clone()),
+                });
+                self.runs.insert(e.id.clone());
+            }
+        }
+        let Told { runs, cancels } = self;
+        runs.retain(|id| {
+            let Some(e) = s.executions.get(id) else {
+                return false;
+            };
+            if e.desired_state.state_type == ExecutionDesiredState::Running {
+                return true;
+            }
+            // No longer wanted (a wanted state never comes back): at most a Cancel is left to
+            // send, and none when the node itself said it ended.
+            let ended_there = matches!(
+                e.compute_state.state_type,
+                ExecutionStateType::Completed | ExecutionStateType::Failed
+            );
+            if !ended_there && cancels.insert(id.clone()) {
+                out.push(ToCompute::Cancel {
+                    execution_id: id.clone(),
+                    reason: e.desired_state.message.clone(),
+                });
+            }
+            false
+        });
+        out
+    }
+
+    /// `Cancel`s for what the node's inventory `running` lists and the replicated state says must
+    /// not run on it (each once while the node keeps listing it); forgets the `Cancel`s of
+    /// executions the node no longer lists.
+    fn reconcile(&mut self, s: &ClusterState, node_id: &str, running: &[String]) -> Vec<ToCompute> {
+        let running = &running[..running.len().min(MAX_INVENTORY)];
+        let mut out = Vec::new();
+        for id in running {
+            if self.cancels.contains(id) {
                 continue;
             }
             let Some(e) = s.executions.get(id) else {
@@ -420,16 +451,209 @@ async fn reconcile(
                 execution_id: id.clone(),
                 reason: why,
             });
-            sent_cancels.insert(id.clone());
+            self.cancels.insert(id.clone());
         }
-    });
-    if !out.is_empty() {
-        tracing::info!(node = %node_id, count = out.len(), "reconciling: stopping executions the cluster no longer wants on this node");
-        cluster.metrics().reconcile_cancels.inc_by(out.len() as u64);
+        // The node lists what it holds unfinished: a Cancel it no longer lists did its work. (An
+        // inventory sent before the node read a Cancel may list it again: one Cancel more.)
+        let listed: HashSet<&str> = running.iter().map(String::as_str).collect();
+        self.cancels.retain(|id| listed.contains(id.as_str()));
+        out
     }
-    for m in out {
-        if end.tx.send(m).await.is_err() {
-            return;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use caravel_model::Evaluation;
+    use caravel_model::evaluation::trigger;
+    use caravel_model::execution::ExecutionUpdate;
+    use caravel_model::ids::SequentialIds;
+    use caravel_model::node::NodeInfo;
+    use caravel_model::view::StateView;
+
+    /// A state with compute nodes `n1` and `n2`, each labelled `host` with its id.
+    fn two_nodes() -> ClusterState {
+        let mut s = ClusterState::default();
+        for id in ["n1", "n2"] {
+            let mut info = NodeInfo {
+                node_id: id.into(),
+                node_type: "Compute".into(),
+                ..Default::default()
+            };
+            info.labels.insert("host".into(), id.into());
+            let c = &mut info.compute_node_info;
+            c.execution_engines = vec!["wasm".into()];
+            c.publishers = vec!["noop".into()];
+            c.storage_sources = vec!["inline".into()];
+            c.max_capacity.cpu = 2.0;
+            c.max_capacity.memory = 4 << 30;
+            s.apply(&Command::RegisterNode { info, now: 1 });
         }
+        s
+    }
+
+    /// Submits job `id` (one partition, constrained to `node`) and applies its plan: the new
+    /// execution's id.
+    fn place(s: &mut ClusterState, id: &str, node: &str, ids: &mut SequentialIds) -> String {
+        let text = format!(
+            "Name: {id}\nType: batch\nConstraints:\n- {{Key: host, Operator: '=', Values: [{node}]}}\nTasks:\n- Name: main\n  Engine: {{Type: wasm, Params: {{EntryModule: /m.wasm}}}}\n  InputSources:\n  - Target: /m.wasm\n    Source: {{Type: inline, Params: {{URL: 'data:,x'}}}}\n"
+        );
+        let mut job =
+            caravel_model::parse::parse_job(text.as_bytes(), caravel_model::parse::Mode::Server)
+                .unwrap()
+                .job;
+        job.id = id.into();
+        let eval_id = format!("ev-{id}");
+        let eval = Evaluation::new(eval_id.clone(), &job, trigger::JOB_REGISTER, 10);
+        s.apply(&Command::SubmitJob {
+            job,
+            evaluation: eval,
+            force: false,
+            now: 10,
+        });
+        plan(s, &eval_id, ids);
+        let execs = s.executions_of(id);
+        assert_eq!(execs.len(), 1, "job {id} placed once");
+        assert_eq!(execs[0].node_id, node);
+        execs[0].id.clone()
+    }
+
+    fn plan(s: &mut ClusterState, eval_id: &str, ids: &mut SequentialIds) {
+        use crate::orchestrator::scheduler;
+        let eval = s.evaluations[eval_id].clone();
+        let p = scheduler::schedule(s, &eval, 20, ids);
+        s.apply(&Command::ApplyPlan(p));
+    }
+
+    fn report(s: &mut ClusterState, node: &str, seq: u64, exec: &str, st: ExecutionStateType) {
+        let update = ExecutionUpdate {
+            execution_id: exec.into(),
+            state: st,
+            message: String::new(),
+            run_output: None,
+            published_result: None,
+            topic: String::new(),
+            time: 0,
+        };
+        s.apply(&Command::UpdateExecution {
+            node_id: node.into(),
+            seq,
+            update,
+            followup_eval_id: format!("follow-{seq}"),
+            now: 30,
+        });
+    }
+
+    fn runs(out: &[ToCompute]) -> Vec<&str> {
+        out.iter()
+            .filter_map(|m| match m {
+                ToCompute::Run { execution, .. } => Some(execution.id.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn cancels(out: &[ToCompute]) -> Vec<&str> {
+        out.iter()
+            .filter_map(|m| match m {
+                ToCompute::Cancel { execution_id, .. } => Some(execution_id.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_run_is_told_once_and_a_finished_execution_is_forgotten() {
+        let (mut s, mut ids, mut told) = (two_nodes(), SequentialIds::default(), Told::default());
+        let mut seq = 0;
+        // Many jobs through one node: what the session remembers follows the live executions.
+        for i in 0..50 {
+            let a = place(&mut s, &format!("a{i}"), "n1", &mut ids);
+            let b = place(&mut s, &format!("b{i}"), "n1", &mut ids);
+            let out = told.news(&s, "n1");
+            let mut sent = runs(&out);
+            sent.sort();
+            let mut want = vec![a.as_str(), b.as_str()];
+            want.sort();
+            assert_eq!(sent, want, "job {i}: one Run per new execution");
+            assert!(cancels(&out).is_empty());
+            assert!(told.news(&s, "n1").is_empty(), "nothing is told twice");
+            assert!(told.news(&s, "n2").is_empty(), "n2 runs nothing");
+            for st in [ExecutionStateType::Running, ExecutionStateType::Completed] {
+                seq += 1;
+                report(&mut s, "n1", seq, &a, st);
+            }
+            seq += 1;
+            report(&mut s, "n1", seq, &b, ExecutionStateType::Failed);
+            assert!(
+                told.news(&s, "n1").is_empty(),
+                "the node's own end needs no Cancel"
+            );
+            assert!(told.runs.is_empty() && told.cancels.is_empty(), "{told:?}");
+        }
+    }
+
+    #[test]
+    fn a_stopped_execution_gets_one_cancel_kept_until_the_node_stops_listing_it() {
+        let (mut s, mut ids, mut told) = (two_nodes(), SequentialIds::default(), Told::default());
+        let a = place(&mut s, "a", "n1", &mut ids);
+        assert_eq!(runs(&told.news(&s, "n1")), [a.as_str()]);
+        report(&mut s, "n1", 1, &a, ExecutionStateType::Running);
+        s.apply(&Command::StopJob {
+            job_id: "a".into(),
+            reason: "enough".into(),
+            evaluation_id: "stop".into(),
+            now: 40,
+        });
+        plan(&mut s, "stop", &mut ids);
+        let out = told.news(&s, "n1");
+        assert_eq!((runs(&out), cancels(&out)), (vec![], vec![a.as_str()]));
+        assert!(told.news(&s, "n1").is_empty(), "one Cancel");
+        assert!(told.runs.is_empty());
+        // The node still lists it (stopping): no second Cancel; once it does not, forgotten.
+        let listed = vec![a.clone()];
+        assert!(told.reconcile(&s, "n1", &listed).is_empty());
+        assert!(told.reconcile(&s, "n1", &[]).is_empty());
+        assert!(told.cancels.is_empty(), "{told:?}");
+        assert!(
+            told.news(&s, "n1").is_empty(),
+            "a stopped execution is never run again"
+        );
+    }
+
+    #[test]
+    fn an_inventory_gets_a_cancel_for_what_must_not_run_there_once_while_it_lists_it() {
+        let (mut s, mut ids, mut told) = (two_nodes(), SequentialIds::default(), Told::default());
+        let done = place(&mut s, "done", "n1", &mut ids);
+        let other = place(&mut s, "other", "n2", &mut ids);
+        let live = place(&mut s, "live", "n1", &mut ids);
+        report(&mut s, "n1", 1, &done, ExecutionStateType::Running);
+        report(&mut s, "n1", 2, &done, ExecutionStateType::Completed);
+        let listed = vec![
+            done.clone(),
+            other.clone(),
+            live.clone(),
+            "e-not-known-here".to_string(),
+        ];
+        let out = told.reconcile(&s, "n1", &listed);
+        let mut got = cancels(&out);
+        got.sort();
+        let mut want = vec![done.as_str(), other.as_str()];
+        want.sort();
+        assert_eq!(
+            got, want,
+            "finished here and placed elsewhere; live and unknown left alone"
+        );
+        assert!(
+            told.reconcile(&s, "n1", &listed).is_empty(),
+            "once per listing"
+        );
+        assert!(told.reconcile(&s, "n1", &[live.clone()]).is_empty());
+        assert!(told.cancels.is_empty(), "{told:?}");
+        // Listed again after it was dropped: told again.
+        assert_eq!(
+            cancels(&told.reconcile(&s, "n1", &[done.clone()])),
+            [done.as_str()]
+        );
     }
 }
