@@ -483,10 +483,11 @@ mod tests {
             info.labels.insert("host".into(), id.into());
             let c = &mut info.compute_node_info;
             c.execution_engines = vec!["wasm".into()];
-            c.publishers = vec!["noop".into()];
+            c.publishers = vec!["local".into(), "noop".into()];
             c.storage_sources = vec!["inline".into()];
             c.max_capacity.cpu = 2.0;
             c.max_capacity.memory = 4 << 30;
+            c.max_capacity.disk = 10 << 30;
             s.apply(&Command::RegisterNode { info, now: 1 });
         }
         s
@@ -513,7 +514,8 @@ mod tests {
         });
         plan(s, &eval_id, ids);
         let execs = s.executions_of(id);
-        assert_eq!(execs.len(), 1, "job {id} placed once");
+        let why = &s.evaluations[&eval_id].comment;
+        assert_eq!(execs.len(), 1, "job {id} placed once: {why}");
         assert_eq!(execs[0].node_id, node);
         execs[0].id.clone()
     }
