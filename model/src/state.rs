@@ -84,9 +84,11 @@ struct Indexes {
     /// oldest, then id): the broker plans one evaluation of a job at a time, so it looks only at
     /// each job's first, without walking every evaluation ever made.
     pending_by_job: BTreeMap<String, BTreeSet<PendingKey>>,
-    /// Every pending evaluation that is due at once (no `wait_until`), in the broker's order
-    /// across jobs: the broker reads the first few it can plan, not every job with work queued.
-    pending_ready: BTreeSet<(PendingKey, String)>,
+    /// The pending evaluations due at once (no `wait_until`), per job in the broker's order.
+    ready_by_job: BTreeMap<String, BTreeSet<PendingKey>>,
+    /// Each job's first of those, in the broker's order across jobs: the broker reads the first
+    /// few jobs it can plan, not every job with work queued nor every evaluation of one job.
+    ready_heads: BTreeSet<(PendingKey, String)>,
     /// Every pending evaluation with a `wait_until` (retry delays, timers), by that time: the
     /// broker reads only those due.
     pending_timed: BTreeSet<(i64, PendingKey, String)>,
@@ -102,7 +104,15 @@ impl Indexes {
             self.pending_timed
                 .insert((e.wait_until, key.clone(), e.job_id.clone()));
         } else {
-            self.pending_ready.insert((key.clone(), e.job_id.clone()));
+            let set = self.ready_by_job.entry(e.job_id.clone()).or_default();
+            let head = set.first().cloned();
+            set.insert(key.clone());
+            if head.as_ref().is_none_or(|h| key < *h) {
+                if let Some(h) = head {
+                    self.ready_heads.remove(&(h, e.job_id.clone()));
+                }
+                self.ready_heads.insert((key.clone(), e.job_id.clone()));
+            }
         }
         self.pending_by_job
             .entry(e.job_id.clone())
@@ -115,8 +125,19 @@ impl Indexes {
         if e.wait_until > 0 {
             self.pending_timed
                 .remove(&(e.wait_until, key.clone(), e.job_id.clone()));
-        } else {
-            self.pending_ready.remove(&(key.clone(), e.job_id.clone()));
+        } else if let Some(set) = self.ready_by_job.get_mut(&e.job_id) {
+            if set.first() == Some(&key) {
+                self.ready_heads.remove(&(key.clone(), e.job_id.clone()));
+                set.remove(&key);
+                if let Some(h) = set.first() {
+                    self.ready_heads.insert((h.clone(), e.job_id.clone()));
+                }
+            } else {
+                set.remove(&key);
+            }
+            if set.is_empty() {
+                self.ready_by_job.remove(&e.job_id);
+            }
         }
         if let Some(set) = self.pending_by_job.get_mut(&e.job_id) {
             set.remove(&key);
@@ -516,35 +537,49 @@ impl ClusterState {
         busy_eval: impl Fn(&str) -> bool,
         limit: usize,
     ) -> Vec<&Evaluation> {
-        let mut timed: Vec<(&PendingKey, &str)> = self
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        use std::ops::Bound;
+        // Two streams in the broker's order, merged: each job's first ready evaluation, and (in
+        // a heap) the timed ones due plus, for a job whose first ready one is busy, its next.
+        // The first of a job met is its first due.
+        let mut others: BinaryHeap<Reverse<(&PendingKey, &str, bool)>> = self
             .idx
             .pending_timed
             .iter()
             .take_while(|(at, _, _)| *at <= now)
-            .map(|(_, key, job)| (key, job.as_str()))
+            .map(|(_, key, job)| Reverse((key, job.as_str(), false)))
             .collect();
-        timed.sort_unstable();
-        let mut timed = timed.into_iter().peekable();
-        let mut ready = self
+        let mut heads = self
             .idx
-            .pending_ready
+            .ready_heads
             .iter()
-            .map(|(key, job)| (key, job.as_str()))
+            .map(|(key, job)| (key, job.as_str(), true))
             .peekable();
-        // Both streams in the broker's order, merged: the first of a job met is its first due.
         let mut seen: BTreeSet<&str> = BTreeSet::new();
         let mut out = Vec::new();
         while out.len() < limit {
-            let next = match (ready.peek(), timed.peek()) {
-                (Some(r), Some(t)) if t < r => timed.next(),
-                (Some(_), _) => ready.next(),
-                (None, _) => timed.next(),
+            let next = match (heads.peek(), others.peek()) {
+                (Some(h), Some(Reverse(o))) if o < h => others.pop().map(|Reverse(o)| o),
+                (Some(_), _) => heads.next(),
+                (None, _) => others.pop().map(|Reverse(o)| o),
             };
-            let Some(((_, _, id), job)) = next else { break };
-            if seen.contains(job) || busy_job(job) || busy_eval(id) {
+            let Some((key, job, ready)) = next else { break };
+            if seen.contains(job) || busy_job(job) {
                 continue;
             }
-            if let Some(e) = self.evaluations.get(id) {
+            if busy_eval(&key.2) {
+                if ready
+                    && let Some(k) =
+                        self.idx.ready_by_job.get(job).and_then(|set| {
+                            set.range((Bound::Excluded(key), Bound::Unbounded)).next()
+                        })
+                {
+                    others.push(Reverse((k, job, true)));
+                }
+                continue;
+            }
+            if let Some(e) = self.evaluations.get(&key.2) {
                 seen.insert(job);
                 out.push(e);
             }
@@ -1827,7 +1862,57 @@ mod tests {
                 .is_empty()
         );
         assert!(s.idx.pending_by_job.is_empty(), "emptied sets are dropped");
-        assert!(s.idx.pending_ready.is_empty() && s.idx.pending_timed.is_empty());
+        assert!(s.idx.ready_by_job.is_empty() && s.idx.ready_heads.is_empty());
+        assert!(s.idx.pending_timed.is_empty());
+        // Many evaluations per job, added and finished in a scrambled order: at every step the
+        // index answers as the walk, in the walk's order, and equals the index rebuilt.
+        let jobs: Vec<crate::Job> = (0..5).map(|i| job(&format!("j-{i}"), i % 2)).collect();
+        let mut x: u64 = 7;
+        let mut rand = |n: u64| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) % n
+        };
+        let mut live: Vec<String> = Vec::new();
+        for step in 0..400 {
+            if live.is_empty() || rand(3) > 0 {
+                let j = &jobs[rand(5) as usize];
+                let wait = if rand(4) == 0 {
+                    1 + rand(300) as i64
+                } else {
+                    0
+                };
+                let mut e = eval(&format!("r-{step:03}"), j, rand(50) as i64, wait);
+                e.priority = rand(3) as i32;
+                live.push(e.id.clone());
+                s.put_eval(e);
+            } else {
+                let id = live.swap_remove(rand(live.len() as u64) as usize);
+                let mut d = s.evaluations[&id].clone();
+                d.status = status::COMPLETE.into();
+                s.put_eval(d);
+            }
+            let now = rand(400) as i64;
+            let busy = [format!("j-{}", rand(7))];
+            let busy: Vec<&str> = busy.iter().map(String::as_str).collect();
+            assert_eq!(index(&s, now, &busy), walk(&s, now, &busy), "step {step}");
+            let firsts = s.first_due_evaluations(now, |_| false, |_| false, usize::MAX);
+            let keys: Vec<_> = firsts.iter().map(|e| pending_key(e)).collect();
+            assert!(
+                keys.windows(2).all(|w| w[0] < w[1]),
+                "in order at step {step}"
+            );
+            let three = s.first_due_evaluations(now, |_| false, |_| false, 3);
+            assert_eq!(three.len(), firsts.len().min(3));
+            assert!(three.iter().zip(&firsts).all(|(a, b)| a.id == b.id));
+            if step % 50 == 0 {
+                let mut loaded = s.clone();
+                loaded.idx = Indexes::default();
+                loaded.rebuild_indexes();
+                assert_eq!(loaded.idx, s.idx, "step {step}");
+            }
+        }
     }
 
     fn commands() -> Vec<Command> {
