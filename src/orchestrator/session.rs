@@ -650,11 +650,14 @@ mod tests {
             told.reconcile(&s, "n1", &listed).is_empty(),
             "once per listing"
         );
-        assert!(told.reconcile(&s, "n1", &[live.clone()]).is_empty());
+        assert!(
+            told.reconcile(&s, "n1", std::slice::from_ref(&live))
+                .is_empty()
+        );
         assert!(told.cancels.is_empty(), "{told:?}");
         // Listed again after it was dropped: told again.
         assert_eq!(
-            cancels(&told.reconcile(&s, "n1", &[done.clone()])),
+            cancels(&told.reconcile(&s, "n1", std::slice::from_ref(&done))),
             [done.as_str()]
         );
     }
