@@ -173,12 +173,12 @@ struct Inner {
     peers: Option<rpc::Client>,
     me: SelfAddr,
     /// Compute reports, and job submissions, waiting for the Raft entry they will share.
-    reports: Lane<ExecutionReport>,
+    reports: Lane<Vec<ExecutionReport>>,
     submissions: Lane<Command>,
 }
 
-/// Who waits for the answer to a command of a group-commit lane.
-type Reply = tokio::sync::oneshot::Sender<Result<CommandResponse, WriteError>>;
+/// Who waits for the answers to an item of a group-commit lane: one per command it holds.
+type Reply = tokio::sync::oneshot::Sender<Result<Vec<CommandResponse>, WriteError>>;
 
 /// A group-commit lane: items waiting for the Raft entry they will share (started with the first).
 struct Lane<T> {
@@ -195,18 +195,20 @@ impl<T> Default for Lane<T> {
 
 /// How a lane fills its entries.
 struct LaneRules<T> {
-    /// What the lane is called in errors.
+    /// What the lane's commands are called in errors.
     what: &'static str,
-    /// Most items in one entry.
-    max_items: usize,
+    /// Most commands in one entry.
+    max_commands: usize,
     /// Most weight (roughly, encoded bytes) in one entry; a heavier item goes alone.
     max_weight: usize,
     /// Entries being committed at once.
     in_flight: usize,
-    /// The entry of one item, and of several.
-    single: fn(T) -> Command,
-    combine: fn(Vec<T>) -> Command,
-    /// Records how many items an entry carried.
+    /// How many commands an item holds (each gets its own answer).
+    commands: fn(&T) -> usize,
+    /// The entry of the items gathered: answered, when it holds one command, as that command is,
+    /// and otherwise with [`CommandResponse::Plans`], one answer per command in order.
+    entry: fn(Vec<T>) -> Command,
+    /// Records how many commands an entry carried.
     observe: fn(&Metrics, usize),
 }
 
@@ -217,13 +219,21 @@ pub const MAX_REPORT_BYTES_PER_ENTRY: usize = 1 << 20;
 /// Entries of reports being committed at once.
 const REPORT_ENTRIES_IN_FLIGHT: usize = 4;
 
-const REPORTS: LaneRules<ExecutionReport> = LaneRules {
+/// The report lane's item: one session's reports, in the node's order (they are applied in it).
+const REPORTS: LaneRules<Vec<ExecutionReport>> = LaneRules {
     what: "report",
-    max_items: MAX_REPORTS_PER_ENTRY,
+    max_commands: MAX_REPORTS_PER_ENTRY,
     max_weight: MAX_REPORT_BYTES_PER_ENTRY,
     in_flight: REPORT_ENTRIES_IN_FLIGHT,
-    single: ExecutionReport::into_command,
-    combine: Command::UpdateExecutions,
+    commands: Vec::len,
+    entry: |batches| {
+        let mut all: Vec<ExecutionReport> = batches.into_iter().flatten().collect();
+        if all.len() == 1 {
+            all.remove(0).into_command()
+        } else {
+            Command::UpdateExecutions(all)
+        }
+    },
     observe: Metrics::observe_report_batch,
 };
 
@@ -235,28 +245,51 @@ pub const MAX_SUBMISSION_BYTES_PER_ENTRY: usize = 1 << 20;
 
 const SUBMISSIONS: LaneRules<Command> = LaneRules {
     what: "submission",
-    max_items: MAX_SUBMISSIONS_PER_ENTRY,
+    max_commands: MAX_SUBMISSIONS_PER_ENTRY,
     max_weight: MAX_SUBMISSION_BYTES_PER_ENTRY,
     in_flight: 4,
-    single: std::convert::identity,
-    combine: Command::Batch,
+    commands: |_| 1,
+    entry: |mut cmds| {
+        if cmds.len() == 1 {
+            cmds.remove(0)
+        } else {
+            Command::Batch(cmds)
+        }
+    },
     observe: Metrics::observe_submission_batch,
 };
 
 /// Roughly what a report adds to an entry.
-fn report_weight(r: &ExecutionReport) -> usize {
-    let out = r
-        .update
+fn update_weight(u: &caravel_model::execution::ExecutionUpdate) -> usize {
+    let out = u
         .run_output
         .as_ref()
         .map_or(0, |o| o.stdout.len() + o.stderr.len());
-    256 + out + r.update.message.len()
+    256 + out + u.message.len()
+}
+
+/// The answers to an entry of `n` commands: its own answer when it is one command, else one per
+/// command of its [`CommandResponse::Plans`].
+fn answers_of(
+    what: &str,
+    n: usize,
+    answer: Result<CommandResponse, WriteError>,
+) -> Result<Vec<CommandResponse>, WriteError> {
+    match answer? {
+        CommandResponse::Plans(rs) if rs.len() == n => Ok(rs),
+        one if n == 1 && !matches!(one, CommandResponse::Plans(_)) => Ok(vec![one]),
+        other => Err(WriteError::Fatal(format!(
+            "{n} {what}s were answered with {other:?}, not one answer each"
+        ))),
+    }
 }
 
 /// Group commit: whatever the lane's writers sent while the previous entries were being committed
-/// goes into one entry (up to the rules' items, and weight unless the first item alone is heavier),
-/// at most `in_flight` entries at a time; a lone item is written as the command it is. Each writer gets its own item's answer. Holds only a
-/// weak reference: it ends with the last handle.
+/// goes into one entry (up to the rules' commands, and weight unless the first item alone is
+/// heavier), at most `in_flight` entries at a time; a lone command is written as the command it is.
+/// Each writer gets its own commands' answers. Items keep their order within an entry; a writer
+/// that needs its items applied in order waits for one before it sends the next. Holds only a weak
+/// reference: it ends with the last handle.
 async fn group_commit<T: Send + 'static>(
     inner: std::sync::Weak<Inner>,
     mut rx: mpsc::Receiver<(T, usize, Reply)>,
@@ -277,16 +310,20 @@ async fn group_commit<T: Send + 'static>(
             return;
         };
         // Gathered once an entry may go: what piled up meanwhile rides along.
-        let mut weight = first.1;
+        let (mut weight, mut commands) = (first.1, (rules.commands)(&first.0));
         let mut batch = vec![first];
-        while batch.len() < rules.max_items {
+        while commands < rules.max_commands {
             match rx.try_recv() {
-                Ok(p) if weight + p.1 > rules.max_weight => {
+                Ok(p)
+                    if weight + p.1 > rules.max_weight
+                        || commands + (rules.commands)(&p.0) > rules.max_commands =>
+                {
                     carried = Some(p);
                     break;
                 }
                 Ok(p) => {
                     weight += p.1;
+                    commands += (rules.commands)(&p.0);
                     batch.push(p);
                 }
                 Err(_) => break,
@@ -298,30 +335,28 @@ async fn group_commit<T: Send + 'static>(
         let cluster = Cluster { inner };
         tokio::spawn(async move {
             let _permit = permit;
-            let n = batch.len();
-            let (mut items, replies): (Vec<T>, Vec<Reply>) =
-                batch.into_iter().map(|(t, _, r)| (t, r)).unzip();
-            (rules.observe)(&cluster.inner.metrics, n);
-            let answers: Vec<Result<CommandResponse, WriteError>> = if n == 1 {
-                let item = items.pop().expect("one item");
-                vec![cluster.write((rules.single)(item)).await]
-            } else {
-                match cluster.write((rules.combine)(items)).await {
-                    Ok(CommandResponse::Plans(rs)) if rs.len() == n => {
-                        rs.into_iter().map(Ok).collect()
+            let mut counts = Vec::with_capacity(batch.len());
+            let mut items = Vec::with_capacity(batch.len());
+            let mut replies = Vec::with_capacity(batch.len());
+            for (item, _, reply) in batch {
+                counts.push((rules.commands)(&item));
+                items.push(item);
+                replies.push(reply);
+            }
+            (rules.observe)(&cluster.inner.metrics, commands);
+            let answer = cluster.write((rules.entry)(items)).await;
+            match answers_of(rules.what, commands, answer) {
+                Ok(all) => {
+                    let mut all = all.into_iter();
+                    for (reply, n) in replies.into_iter().zip(counts) {
+                        let _ = reply.send(Ok(all.by_ref().take(n).collect()));
                     }
-                    Ok(other) => {
-                        let e = WriteError::Fatal(format!(
-                            "{n} {}s were answered with {other:?}, not one answer each",
-                            rules.what
-                        ));
-                        vec![Err(e); n]
-                    }
-                    Err(e) => vec![Err(e); n],
                 }
-            };
-            for (reply, answer) in replies.into_iter().zip(answers) {
-                let _ = reply.send(answer);
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
             }
         });
     }
@@ -395,12 +430,19 @@ impl Cluster {
         }
     }
 
-    /// Writes a compute node's report, in one Raft entry with the reports of other sessions
-    /// waiting at the same time (a [`Command::UpdateExecutions`]); answers as [`Cluster::write`] of
-    /// its [`Command::UpdateExecution`] would.
-    pub async fn write_report(&self, r: ExecutionReport) -> Result<CommandResponse, WriteError> {
-        let weight = report_weight(&r);
-        self.write_in(&self.inner.reports, &REPORTS, r, weight)
+    /// Writes reports of one compute node, in its order, in one Raft entry with the reports of
+    /// other sessions waiting at the same time (a [`Command::UpdateExecutions`]); answers each as
+    /// [`Cluster::write`] of its [`Command::UpdateExecution`] would. The node's next reports must
+    /// wait for these answers: they are deduplicated by sequence number, so they must apply in order.
+    pub async fn write_reports(
+        &self,
+        reports: Vec<ExecutionReport>,
+    ) -> Result<Vec<CommandResponse>, WriteError> {
+        if reports.is_empty() {
+            return Ok(Vec::new());
+        }
+        let weight = reports.iter().map(|r| update_weight(&r.update)).sum();
+        self.write_in(&self.inner.reports, &REPORTS, reports, weight)
             .await
     }
 
@@ -412,8 +454,12 @@ impl Cluster {
         cmd: Command,
         weight: usize,
     ) -> Result<CommandResponse, WriteError> {
-        self.write_in(&self.inner.submissions, &SUBMISSIONS, cmd, weight)
-            .await
+        let mut answers = self
+            .write_in(&self.inner.submissions, &SUBMISSIONS, cmd, weight)
+            .await?;
+        answers
+            .pop()
+            .ok_or_else(|| WriteError::Fatal("a submission was answered with nothing".to_string()))
     }
 
     async fn write_in<T: Send + 'static>(
@@ -422,9 +468,9 @@ impl Cluster {
         rules: &'static LaneRules<T>,
         item: T,
         weight: usize,
-    ) -> Result<CommandResponse, WriteError> {
+    ) -> Result<Vec<CommandResponse>, WriteError> {
         let tx = lane.tx.get_or_init(|| {
-            let (tx, rx) = mpsc::channel(4 * rules.max_items);
+            let (tx, rx) = mpsc::channel(4 * rules.max_commands);
             tokio::spawn(group_commit(Arc::downgrade(&self.inner), rx, rules));
             tx
         });

@@ -2,21 +2,26 @@
 //!
 //! Level-triggered: on every applied change to one of the node's executions (and once a second) the
 //! handler recomputes what the node should run from the replicated desired state and sends what the
-//! node has not been told yet in this session. Reports
-//! become `UpdateExecution` writes; the node's sequence number makes each apply once, and the node is
-//! acknowledged only after the write committed.
+//! node has not been told yet in this session. Reports are committed by a task of their own
+//! ([`commit_reports`]), so that the session goes on reading log lines, result chunks and heartbeats
+//! while they commit: what the node sent meanwhile becomes one write, in the node's order (the
+//! sequence number makes each apply once, and only in order), acknowledged once it committed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use caravel_model::command::{Command, CommandResponse, ExecutionReport};
+use caravel_model::execution::ExecutionUpdate;
 use caravel_model::state::ClusterState;
 use caravel_model::states::{ExecutionDesiredState, ExecutionStateType};
 use caravel_model::wire::{ToCompute, ToOrchestrator};
 use caravel_net::OrchestratorEnd;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Cluster, SessionHandle, WriteError, now_ns};
+use super::{
+    Cluster, MAX_REPORT_BYTES_PER_ENTRY, MAX_REPORTS_PER_ENTRY, SessionHandle, WriteError, now_ns,
+};
 
 /// How long a new session may take to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -82,8 +87,11 @@ pub async fn serve(
     let committed = cluster.read(|s| s.last_report_seq(&node_id));
     let _ = end.tx.send(ToCompute::Ack { seq: committed }).await;
     // Resynchronised once every report the node had made when it said Hello is committed.
-    let mut resync_pending = (last_seq > committed).then_some(last_seq);
-    if resync_pending.is_none() {
+    let resync = Resync {
+        hello_at,
+        pending: (last_seq > committed).then_some(last_seq),
+    };
+    if resync.pending.is_none() {
         cluster
             .metrics()
             .session_resync
@@ -91,12 +99,24 @@ pub async fn serve(
     } else {
         tracing::info!(node = %node_id, committed, node_last = last_seq, "replaying the node's outbox");
     }
+    // Reports not committed when the session ends are dropped: the node replays what it was not
+    // acknowledged, on whichever orchestrator it reaches next.
+    let session_over = shutdown.child_token();
+    let (reports, queued) = mpsc::channel(REPORTS_QUEUED);
+    tokio::spawn(commit_reports(
+        cluster.clone(),
+        node_id.clone(),
+        queued,
+        end.tx.clone(),
+        resync,
+        session_over.clone(),
+    ));
+    let _end_reports = session_over.drop_guard();
 
     // Only this node's executions matter here: waking on every applied entry cost 10,000 sessions
     // most of an orchestrator's CPU (docs/benchmarks.md).
     let mut applied = cluster.subscribe_node(&node_id);
     let mut told = Told::default();
-    let mut running_since: HashMap<String, i64> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_register = std::time::Instant::now();
     let mut pending_info: Option<Box<caravel_model::NodeInfo>> = None;
@@ -126,40 +146,10 @@ pub async fn serve(
                         }
                     }
                     ToOrchestrator::Report { seq, update } => {
-                        if resync_pending.is_some_and(|last| seq <= last) {
-                            cluster.metrics().replayed_reports.inc();
-                        }
-                        // A report about an execution this node does not hold is dropped without a
-                        // Raft write (acknowledged, so the node does not replay it forever), and
-                        // leaves no trace in this session's state.
-                        if let Some(why) = foreign_report(&cluster, &node_id, &update.execution_id).await {
-                            cluster.metrics().observe_report(why);
-                            tracing::warn!(node = %node_id, execution = %update.execution_id, reason = why, "report dropped");
-                            let _ = end.tx.send(ToCompute::Ack { seq }).await;
-                            continue;
-                        }
-                        if update.state == ExecutionStateType::Running {
-                            running_since.insert(update.execution_id.clone(), update.time);
-                        }
-                        if update.state.is_terminal() && let Some(start) = running_since.remove(&update.execution_id) {
-                            let engine = cluster.read(|s| s.executions.get(&update.execution_id).and_then(|e| s.job_version(&e.job_id, e.job_version)).map(|j| j.engine())).unwrap_or_default();
-                            cluster.metrics().observe_run(&engine, update.state.as_str(), (update.time - start).max(0) as f64 / 1e9);
-                        }
-                        let report = ExecutionReport {
-                            node_id: node_id.clone(), seq, update, followup_eval_id: caravel_model::ids::new_evaluation_id(), now: now_ns(),
-                        };
-                        match retrying(|| cluster.write_report(report.clone()), &shutdown).await {
-                            Some(r) => {
-                                cluster.metrics().observe_report(match r { CommandResponse::Duplicate => "duplicate", CommandResponse::Rejected { .. } => "rejected", _ => "applied" });
-                                let _ = end.tx.send(ToCompute::Ack { seq }).await;
-                                if resync_pending.is_some_and(|last| seq >= last) {
-                                    resync_pending = None;
-                                    let took = hello_at.elapsed();
-                                    cluster.metrics().session_resync.observe(took.as_secs_f64());
-                                    tracing::info!(node = %node_id, ?took, "node resynchronised: its outbox is committed");
-                                }
-                            }
-                            None => break Ok(()),
+                        // Waits only when the reports are that far behind: the node keeps them
+                        // in its outbox meanwhile.
+                        if reports.send((seq, update)).await.is_err() {
+                            break Ok(());
                         }
                     }
                     ToOrchestrator::Inventory { running } => {
@@ -193,6 +183,131 @@ pub async fn serve(
     cluster.unregister_session(&node_id, &end.tx);
     tracing::info!(node = %node_id, ?result, "compute session ended");
     result
+}
+
+/// Reports waiting for the session's report task; beyond this the session stops reading the node
+/// until they commit (the node keeps them in its outbox).
+const REPORTS_QUEUED: usize = 2 * MAX_REPORTS_PER_ENTRY;
+
+/// When the node's outbox, as it was at Hello, is committed.
+struct Resync {
+    hello_at: std::time::Instant,
+    /// The node's last report at Hello, while not yet committed.
+    pending: Option<u64>,
+}
+
+/// Commits one session's reports, in the node's order, until the session ends: whatever the node
+/// sent while the last write was committing becomes the next write (up to an entry's reports and
+/// bytes), and the node is acknowledged up to its last report once it committed. One write at a
+/// time: a node's reports are deduplicated by sequence number, so a later one applied first would
+/// make the earlier ones duplicates.
+async fn commit_reports(
+    cluster: Cluster,
+    node_id: String,
+    mut queued: mpsc::Receiver<(u64, ExecutionUpdate)>,
+    acks: mpsc::Sender<ToCompute>,
+    mut resync: Resync,
+    session_over: CancellationToken,
+) {
+    let metrics = cluster.metrics().clone();
+    let mut running_since: HashMap<String, i64> = HashMap::new();
+    // Received, not yet written: a write stops at an entry's reports or bytes.
+    let mut backlog: VecDeque<(u64, ExecutionUpdate)> = VecDeque::new();
+    loop {
+        if backlog.is_empty() {
+            tokio::select! {
+                _ = session_over.cancelled() => return,
+                r = queued.recv() => match r {
+                    Some(r) => backlog.push_back(r),
+                    None => return,
+                },
+            }
+        }
+        while backlog.len() < MAX_REPORTS_PER_ENTRY {
+            match queued.try_recv() {
+                Ok(r) => backlog.push_back(r),
+                Err(_) => break,
+            }
+        }
+        let mut writes = Vec::new();
+        let (mut weight, mut acked) = (0, 0);
+        while let Some((_, update)) = backlog.front() {
+            let w = super::update_weight(update);
+            if writes.len() == MAX_REPORTS_PER_ENTRY
+                || (!writes.is_empty() && weight + w > MAX_REPORT_BYTES_PER_ENTRY)
+            {
+                break;
+            }
+            let Some((seq, update)) = backlog.pop_front() else {
+                break;
+            };
+            acked = seq;
+            if resync.pending.is_some_and(|last| seq <= last) {
+                metrics.replayed_reports.inc();
+            }
+            // A report about an execution this node does not hold is dropped without a Raft
+            // write (acknowledged with the rest, so the node does not replay it forever).
+            if let Some(why) = foreign_report(&cluster, &node_id, &update.execution_id).await {
+                metrics.observe_report(why);
+                tracing::warn!(node = %node_id, execution = %update.execution_id, reason = why, "report dropped");
+                continue;
+            }
+            weight += w;
+            writes.push(ExecutionReport {
+                node_id: node_id.clone(),
+                seq,
+                update,
+                followup_eval_id: caravel_model::ids::new_evaluation_id(),
+                now: now_ns(),
+            });
+        }
+        let Some(answers) = retrying(|| cluster.write_reports(writes.clone()), &session_over).await
+        else {
+            return;
+        };
+        for (report, answer) in writes.iter().zip(&answers) {
+            metrics.observe_report(match answer {
+                CommandResponse::Duplicate => "duplicate",
+                CommandResponse::Rejected { .. } => "rejected",
+                _ => "applied",
+            });
+            observe_run(&cluster, &mut running_since, &report.update);
+        }
+        let _ = acks.send(ToCompute::Ack { seq: acked }).await;
+        if resync.pending.is_some_and(|last| acked >= last) {
+            resync.pending = None;
+            let took = resync.hello_at.elapsed();
+            metrics.session_resync.observe(took.as_secs_f64());
+            tracing::info!(node = %node_id, ?took, "node resynchronised: its outbox is committed");
+        }
+    }
+}
+
+/// Records how long an execution ran, once its report that it ended is in.
+fn observe_run(
+    cluster: &Cluster,
+    running_since: &mut HashMap<String, i64>,
+    update: &ExecutionUpdate,
+) {
+    if update.state == ExecutionStateType::Running {
+        running_since.insert(update.execution_id.clone(), update.time);
+    }
+    if update.state.is_terminal()
+        && let Some(start) = running_since.remove(&update.execution_id)
+    {
+        let engine = cluster
+            .read(|s| {
+                s.executions
+                    .get(&update.execution_id)
+                    .and_then(|e| s.job_version(&e.job_id, e.job_version))
+                    .map(|j| j.engine())
+            })
+            .unwrap_or_default();
+        let secs = (update.time - start).max(0) as f64 / 1e9;
+        cluster
+            .metrics()
+            .observe_run(&engine, update.state.as_str(), secs);
+    }
 }
 
 /// Why a report of `node_id` about `execution_id` must not be written: the execution does not
@@ -303,10 +418,10 @@ async fn register(
 
 /// Makes `attempt` (a write) until it is answered, retrying while there is no leader or no
 /// quorum, backing off. `None` when shutting down.
-async fn retrying<F: std::future::Future<Output = Result<CommandResponse, WriteError>>>(
+async fn retrying<R, F: std::future::Future<Output = Result<R, WriteError>>>(
     mut attempt: impl FnMut() -> F,
     shutdown: &CancellationToken,
-) -> Option<CommandResponse> {
+) -> Option<R> {
     let mut delay = Duration::from_millis(100);
     loop {
         match attempt().await {

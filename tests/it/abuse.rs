@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use crate::bin;
 
-fn rt() -> tokio::runtime::Runtime {
+pub(crate) fn rt() -> tokio::runtime::Runtime {
     let _ = rustls::crypto::ring::default_provider().install_default();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -36,7 +36,7 @@ fn hybrid(extra: &[&str]) -> (NodeProcess, tempfile::TempDir) {
     (n, dir)
 }
 
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -73,7 +73,7 @@ fn job_with_payload(name: &str, extra_bytes: usize, seed: u64) -> Value {
         "InputSources": inputs}]})
 }
 
-async fn put_job(c: &reqwest::Client, base: &str, job: &Value) -> (u16, Value) {
+pub(crate) async fn put_job(c: &reqwest::Client, base: &str, job: &Value) -> (u16, Value) {
     let r = c
         .put(format!("{base}/api/v1/orchestrator/jobs"))
         .json(&json!({ "Job": job }))
@@ -89,7 +89,7 @@ async fn put_job(c: &reqwest::Client, base: &str, job: &Value) -> (u16, Value) {
 }
 
 /// The sum of the samples of `metric` whose labels contain `labels` (e.g. `kind="rate"`).
-fn metric_sum(text: &str, metric: &str, labels: &str) -> f64 {
+pub(crate) fn metric_sum(text: &str, metric: &str, labels: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| l.starts_with(&format!("{metric}{{")) || l.starts_with(&format!("{metric} ")))

@@ -9,6 +9,7 @@ mod deploy;
 mod e2e;
 mod ha;
 mod metrics;
+mod reports;
 mod scheduling;
 mod security;
 
