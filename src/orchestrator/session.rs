@@ -3,7 +3,7 @@
 //! Level-triggered: on every applied change to one of the node's executions (and once a second) the
 //! handler recomputes what the node should run from the replicated desired state and sends what the
 //! node has not been told yet in this session. Reports are committed by a task of their own
-//! ([`commit_reports`]), so that the session goes on reading log lines, result chunks and heartbeats
+//! (`commit_reports`), so that the session goes on reading log lines, result chunks and heartbeats
 //! while they commit: what the node sent meanwhile becomes one write, in the node's order (the
 //! sequence number makes each apply once, and only in order), acknowledged once it committed.
 
