@@ -694,6 +694,29 @@ fn large_entries_replicate_and_a_hostile_peer_costs_bounded_memory() {
     g.shutdown();
 }
 
+/// A compute session client for node `name`, with a certificate the group issued to it, to the
+/// compute port of member `member`.
+pub(crate) fn session_client(
+    g: &Group,
+    member: usize,
+    name: &str,
+) -> caravel_net::session::SessionClient {
+    let certs = g.issue_cert(name).unwrap();
+    let read = |f: &str| std::fs::read_to_string(certs.join(f)).unwrap();
+    let identity = caravel_net::session::ClientIdentity::from_pem(
+        &read("ca.crt"),
+        &read(&format!("{name}.crt")),
+        &read(&format!("{name}.key")),
+    )
+    .unwrap();
+    caravel_net::session::SessionClient::new(
+        vec![format!("127.0.0.1:{}", g.members[member].compute_port)],
+        &identity,
+        caravel_net::session::SessionOptions::default(),
+    )
+    .unwrap()
+}
+
 /// A compute peer that floods the orchestrator with reports about executions that do not exist
 /// gets every one acknowledged (so it cannot replay them for ever) and counted, and the Raft log
 /// does not grow with them.
@@ -714,14 +737,6 @@ fn a_flood_of_reports_for_unknown_executions_writes_nothing() {
     )
     .unwrap();
     let leader = g.wait_leader(Duration::from_secs(60)).unwrap();
-    let certs = g.issue_cert("flooder").unwrap();
-    let read = |f: &str| std::fs::read_to_string(certs.join(f)).unwrap();
-    let identity = caravel_net::session::ClientIdentity::from_pem(
-        &read("ca.crt"),
-        &read("flooder.crt"),
-        &read("flooder.key"),
-    )
-    .unwrap();
     let last_index = |g: &Group| -> u64 {
         g.status(leader)
             .and_then(|s| {
@@ -735,15 +750,9 @@ fn a_flood_of_reports_for_unknown_executions_writes_nothing() {
     };
     let rt = rt();
     let stop = tokio_util::sync::CancellationToken::new();
-    let orchestrator = format!("127.0.0.1:{}", g.members[leader].compute_port);
     let (acked_tx, mut acked_rx) = tokio::sync::mpsc::channel::<u64>(16);
     let (go_tx, go_rx) = tokio::sync::watch::channel(false);
-    let client = caravel_net::session::SessionClient::new(
-        vec![orchestrator],
-        &identity,
-        caravel_net::session::SessionOptions::default(),
-    )
-    .unwrap();
+    let client = session_client(&g, leader, "flooder");
     let s2 = stop.clone();
     rt.spawn(async move {
         let _ = client

@@ -9,7 +9,7 @@ use caravel_model::execution::ExecutionUpdate;
 use caravel_model::wire::{ToCompute, ToOrchestrator};
 use serde_json::json;
 
-use crate::abuse::{metric_sum, put_job, rt, wait_until};
+use crate::abuse::{metric_sum, put_job, rt, session_client, wait_until};
 use crate::bin;
 
 /// A node that can take every execution of the test's job (labelled `name=burst`).
@@ -61,22 +61,9 @@ fn a_burst_of_one_nodes_reports_is_committed_in_order_in_shared_entries() {
     )
     .unwrap();
     let leader = g.wait_leader(Duration::from_secs(60)).unwrap();
-    let certs = g.issue_cert("burst").unwrap();
-    let read = |f: &str| std::fs::read_to_string(certs.join(f)).unwrap();
-    let identity = caravel_net::session::ClientIdentity::from_pem(
-        &read("ca.crt"),
-        &read("burst.crt"),
-        &read("burst.key"),
-    )
-    .unwrap();
     let rt = rt();
     let stop = tokio_util::sync::CancellationToken::new();
-    let client = caravel_net::session::SessionClient::new(
-        vec![format!("127.0.0.1:{}", g.members[leader].compute_port)],
-        &identity,
-        caravel_net::session::SessionOptions::default(),
-    )
-    .unwrap();
+    let client = session_client(&g, leader, "burst");
     let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
     let s2 = stop.clone();
     rt.spawn(async move {
