@@ -66,6 +66,11 @@ impl StoreClosed {
     }
 }
 
+/// Bytes of one column family's memtable before it is flushed.
+const MEMTABLE_BYTES: usize = 16 << 20;
+/// Bytes of write-ahead log beyond which the column families holding its oldest file are flushed.
+const MAX_WAL_BYTES: u64 = 32 << 20;
+
 pub(crate) fn open_db(dir: &Path) -> Result<Db, Error> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
@@ -83,8 +88,14 @@ pub(crate) fn open_db(dir: &Path) -> Result<Db, Error> {
     // follower's CPU under a write load, docs/benchmarks.md). Vector memtables take no concurrent
     // inserts, and the DB-wide switch must say so.
     opts.set_allow_concurrent_memtable_write(false);
+    // What a restarted member replays from the write-ahead log before it serves: everything since
+    // the oldest memtable not flushed yet (64 MiB memtables by default, and a column family written
+    // rarely can hold old WAL files back for ever). Smaller memtables and a cap on the WAL keep the
+    // replay short (docs/benchmarks.md, "what catch-up costs").
+    opts.set_max_total_wal_size(MAX_WAL_BYTES);
     let cfs = ALL_CFS.iter().map(|name| {
         let mut cf_opts = Options::default();
+        cf_opts.set_write_buffer_size(MEMTABLE_BYTES);
         if *name == CF_SM {
             cf_opts.set_memtable_factory(rocksdb::MemtableFactory::Vector);
         }
