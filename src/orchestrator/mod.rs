@@ -260,7 +260,7 @@ const SUBMISSIONS: LaneRules<Command> = LaneRules {
 };
 
 /// Roughly what a report adds to an entry.
-fn update_weight(u: &caravel_model::execution::ExecutionUpdate) -> usize {
+pub(crate) fn update_weight(u: &caravel_model::execution::ExecutionUpdate) -> usize {
     let out = u
         .run_output
         .as_ref()

@@ -8,6 +8,7 @@
 //! sequence number makes each apply once, and only in order), acknowledged once it committed.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use caravel_model::command::{Command, CommandResponse, ExecutionReport};
@@ -16,7 +17,7 @@ use caravel_model::state::ClusterState;
 use caravel_model::states::{ExecutionDesiredState, ExecutionStateType};
 use caravel_model::wire::{ToCompute, ToOrchestrator};
 use caravel_net::OrchestratorEnd;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -103,6 +104,7 @@ pub async fn serve(
     // acknowledged, on whichever orchestrator it reaches next.
     let session_over = shutdown.child_token();
     let (reports, queued) = mpsc::channel(REPORTS_QUEUED);
+    let report_bytes = Arc::new(Semaphore::new(REPORT_BYTES_QUEUED));
     tokio::spawn(commit_reports(
         cluster.clone(),
         node_id.clone(),
@@ -146,9 +148,13 @@ pub async fn serve(
                         }
                     }
                     ToOrchestrator::Report { seq, update } => {
-                        // Waits only when the reports are that far behind: the node keeps them
-                        // in its outbox meanwhile.
-                        if reports.send((seq, update)).await.is_err() {
+                        // Waits only when the reports are that far behind (in number or bytes): the
+                        // node keeps them in its outbox meanwhile.
+                        let weight = super::update_weight(&update).min(REPORT_BYTES_QUEUED) as u32;
+                        let Ok(held) = report_bytes.clone().acquire_many_owned(weight).await else {
+                            break Ok(());
+                        };
+                        if reports.send((seq, update, held)).await.is_err() {
                             break Ok(());
                         }
                     }
@@ -185,9 +191,14 @@ pub async fn serve(
     result
 }
 
-/// Reports waiting for the session's report task; beyond this the session stops reading the node
-/// until they commit (the node keeps them in its outbox).
+/// Reports waiting for the session's report task, and their bytes (roughly: messages and output);
+/// beyond either the session stops reading the node until they commit (the node keeps them in its
+/// outbox). A larger report waits until the queue is empty, so a peer's frames cannot pile up.
 const REPORTS_QUEUED: usize = 2 * MAX_REPORTS_PER_ENTRY;
+const REPORT_BYTES_QUEUED: usize = 2 * MAX_REPORT_BYTES_PER_ENTRY;
+
+/// A report waiting to be written, with the share of the session's byte budget it holds.
+type Queued = (u64, ExecutionUpdate, OwnedSemaphorePermit);
 
 /// When the node's outbox, as it was at Hello, is committed.
 struct Resync {
@@ -204,7 +215,7 @@ struct Resync {
 async fn commit_reports(
     cluster: Cluster,
     node_id: String,
-    mut queued: mpsc::Receiver<(u64, ExecutionUpdate)>,
+    mut queued: mpsc::Receiver<Queued>,
     acks: mpsc::Sender<ToCompute>,
     mut resync: Resync,
     session_over: CancellationToken,
@@ -212,7 +223,7 @@ async fn commit_reports(
     let metrics = cluster.metrics().clone();
     let mut running_since: HashMap<String, i64> = HashMap::new();
     // Received, not yet written: a write stops at an entry's reports or bytes.
-    let mut backlog: VecDeque<(u64, ExecutionUpdate)> = VecDeque::new();
+    let mut backlog: VecDeque<Queued> = VecDeque::new();
     loop {
         if backlog.is_empty() {
             tokio::select! {
@@ -230,17 +241,20 @@ async fn commit_reports(
             }
         }
         let mut writes = Vec::new();
+        // Given back once the write is answered.
+        let mut held = Vec::new();
         let (mut weight, mut acked) = (0, 0);
-        while let Some((_, update)) = backlog.front() {
+        while let Some((_, update, _)) = backlog.front() {
             let w = super::update_weight(update);
             if writes.len() == MAX_REPORTS_PER_ENTRY
                 || (!writes.is_empty() && weight + w > MAX_REPORT_BYTES_PER_ENTRY)
             {
                 break;
             }
-            let Some((seq, update)) = backlog.pop_front() else {
+            let Some((seq, update, bytes)) = backlog.pop_front() else {
                 break;
             };
+            held.push(bytes);
             acked = seq;
             if resync.pending.is_some_and(|last| seq <= last) {
                 metrics.replayed_reports.inc();
@@ -273,6 +287,7 @@ async fn commit_reports(
             });
             observe_run(&cluster, &mut running_since, &report.update);
         }
+        drop(held);
         let _ = acks.send(ToCompute::Ack { seq: acked }).await;
         if resync.pending.is_some_and(|last| acked >= last) {
             resync.pending = None;
