@@ -76,11 +76,15 @@ pub(crate) fn open_db(dir: &Path) -> Result<Db, Error> {
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     opts.set_keep_log_file_num(4);
-    // Every WAL record is synced before openraft is told (log, vote, purge): a corrupt record in
-    // the middle of the WAL means a disk problem, and the default recovery mode
-    // (PointInTimeRecovery) would silently drop every synced record after it — acknowledged entries
-    // or this member's vote. Refuse to open instead; the member is rebuilt from the others.
-    opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::AbsoluteConsistency);
+    // Every log, vote and purge record is synced before openraft is told: a corrupt record in the
+    // middle of the WAL means a disk problem, and the default recovery mode (PointInTimeRecovery)
+    // would silently drop every synced record after it — acknowledged entries or this member's
+    // vote. Refuse to open instead; the member is rebuilt from the others. But a record cut short
+    // at the very end of the WAL is what a kill leaves when it lands while RocksDB writes a record
+    // in several pieces (a large batch, synced or not): nothing in it was acknowledged, so it is
+    // dropped and the member starts (AbsoluteConsistency refused to, and a SIGKILLed or OOM-killed
+    // member never came back without being rebuilt).
+    opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::TolerateCorruptedTailRecords);
     opts.set_paranoid_checks(true);
     // The state machine's records (`sm`) are written on every applied batch and read only when the
     // member starts: a vector memtable appends each record and sorts once at flush, where the
