@@ -329,6 +329,23 @@ impl ClusterState {
         Ok(())
     }
 
+    /// Moves in the records of another state loaded from part of the store (start-up loads ranges
+    /// of tables side by side, each into a state of its own). The counters are kept from `self`:
+    /// absorb the others into the part that loaded them.
+    pub fn absorb(&mut self, mut o: ClusterState) {
+        self.jobs.append(&mut o.jobs);
+        self.job_versions.append(&mut o.job_versions);
+        self.executions.append(&mut o.executions);
+        self.evaluations.append(&mut o.evaluations);
+        self.nodes.append(&mut o.nodes);
+        self.history.append(&mut o.history);
+        self.node_seq.append(&mut o.node_seq);
+        let sec = &mut self.security;
+        sec.join_tokens.append(&mut o.security.join_tokens);
+        sec.denied.append(&mut o.security.denied);
+        sec.node_certs.append(&mut o.security.node_certs);
+    }
+
     pub fn finish_load(&mut self) {
         self.rebuild_indexes();
         self.dirty.clear();

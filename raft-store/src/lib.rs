@@ -158,6 +158,8 @@ pub enum Error {
     Poisoned,
     #[error("a blocking storage task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("cannot start a thread to load the state machine: {0}")]
+    Thread(std::io::Error),
 }
 
 /// Opens (or creates) the store in `dir` and returns its two halves, which share one database.
