@@ -192,6 +192,8 @@ pub async fn start(
         bail!("node::start runs an orchestrator; a compute-only node runs through serve_compute");
     }
     let data_dir = PathBuf::from(&config.data_dir);
+    // From here to "database opened" and "state machine loaded": what a restart costs.
+    tracing::info!(data_dir = %data_dir.display(), "starting");
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
     let node_name = node_name(&data_dir, name, &config.name_provider)?;
@@ -297,10 +299,11 @@ pub async fn start(
     let client = server.as_ref().map(|s| s.client());
     let my_id = raft_id(&node_name);
     let entry_cache = log_store.cache();
+    let contact = crate::raft::LeaderContact::default();
     let raft = Raft::new(
         my_id,
         raft_cfg,
-        PeerNetwork::new(client.clone(), entry_cache.clone()),
+        PeerNetwork::new(client.clone(), entry_cache.clone(), contact.clone()),
         log_store,
         sm_store,
     )
@@ -320,7 +323,6 @@ pub async fn start(
     };
     if let Some(server) = &server {
         metrics.track_peers(server.stats());
-        let contact = crate::raft::LeaderContact::default();
         let handler = PeerHandler {
             raft: raft.clone(),
             me: SelfAddr {

@@ -116,16 +116,19 @@ pub struct PeerNetwork {
     client: Option<rpc::Client>,
     sizes: EntrySizes,
     cache: EntryCache,
+    contact: LeaderContact,
 }
 
 impl PeerNetwork {
     /// `cache` is the log store's ([`caravel_raft_store::LogStore::cache`]): append requests are
-    /// built from the encodings the log made.
-    pub fn new(client: Option<rpc::Client>, cache: EntryCache) -> Self {
+    /// built from the encodings the log made. Votes refused for a lease are noted in `contact` (for
+    /// [`election_watchdog`]).
+    pub fn new(client: Option<rpc::Client>, cache: EntryCache, contact: LeaderContact) -> Self {
         PeerNetwork {
             client,
             sizes: Default::default(),
             cache,
+            contact,
         }
     }
 }
@@ -143,6 +146,7 @@ pub struct PeerClient {
     sizes: EntrySizes,
     /// The log's recent entries with their encodings: a request is built from those bytes.
     cache: EntryCache,
+    contact: LeaderContact,
 }
 
 /// Encoded sizes by log id (an entry never changes under its id); forgotten wholesale past
@@ -211,6 +215,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             in_flight: None,
             sizes: self.sizes.clone(),
             cache: self.cache.clone(),
+            contact: self.contact.clone(),
         }
     }
 }
@@ -423,8 +428,24 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
-        self.call(kind::VOTE, RPCTypes::Vote, &rpc, &option).await
+        let resp = self.call(kind::VOTE, RPCTypes::Vote, &rpc, &option).await;
+        if let Ok(r) = &resp
+            && refused_for_lease(&rpc, r)
+        {
+            self.contact.refused_for_lease();
+        }
+        resp
     }
+}
+
+/// Whether a vote was refused because the member still honours its leader's lease: its log is no
+/// longer than the candidate's, and it kept a vote of an earlier term (openraft 0.9 grants a
+/// higher term to a candidate with a log as long as its own unless a lease runs; it does not say
+/// why it refused).
+pub fn refused_for_lease(req: &VoteRequest<NodeId>, resp: &VoteResponse<NodeId>) -> bool {
+    !resp.vote_granted
+        && resp.last_log_id <= req.last_log_id
+        && resp.vote.leader_id().term < req.vote.leader_id().term
 }
 
 /// The most an append-entries request may carry (its frame limit is 16 MiB; a single job is at most
@@ -728,32 +749,63 @@ pub struct PeerHandler {
     pub cache: EntryCache,
 }
 
-/// When this member last received an append or a snapshot chunk from a leader, and when it last
-/// refused its vote to a candidate whose log is shorter than its own.
+/// When this member last received an append or a snapshot chunk from a leader, when it last
+/// refused its vote to a candidate whose log is shorter than its own, and when a member last
+/// refused it a vote for its leader's lease.
 #[derive(Debug, Clone, Default)]
 pub struct LeaderContact(Arc<std::sync::Mutex<ContactTimes>>);
 
 #[derive(Debug, Default)]
 struct ContactTimes {
     leader: Option<std::time::Instant>,
+    /// Requests from a leader being handled now.
+    busy: usize,
     refused_shorter: Option<std::time::Instant>,
+    refused_for_lease: Option<std::time::Instant>,
 }
 
 impl LeaderContact {
     fn times(&self) -> std::sync::MutexGuard<'_, ContactTimes> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
-    fn touch(&self) {
-        self.times().leader = Some(std::time::Instant::now());
+    /// Marks a leader's request being handled: the leader is not silent until it is done, however
+    /// long this member takes (a restarted member's first appends wait for fsyncs on a disk still
+    /// busy with its recovery: one took 0.7 s, and the member stood against a live leader).
+    fn busy(&self) -> Busy<'_> {
+        let mut t = self.times();
+        t.busy += 1;
+        t.leader = Some(std::time::Instant::now());
+        Busy(self)
     }
     fn refused_shorter_log(&self) {
         self.times().refused_shorter = Some(std::time::Instant::now());
     }
     fn silence(&self) -> Option<Duration> {
-        self.times().leader.map(|t| t.elapsed())
+        let t = self.times();
+        if t.busy > 0 {
+            return Some(Duration::ZERO);
+        }
+        t.leader.map(|t| t.elapsed())
     }
     fn since_refused_shorter(&self) -> Option<Duration> {
         self.times().refused_shorter.map(|t| t.elapsed())
+    }
+    fn refused_for_lease(&self) {
+        self.times().refused_for_lease = Some(std::time::Instant::now());
+    }
+    fn since_refused_for_lease(&self) -> Option<Duration> {
+        self.times().refused_for_lease.map(|t| t.elapsed())
+    }
+}
+
+/// A leader's request being handled ([`LeaderContact::busy`]); done when dropped.
+struct Busy<'a>(&'a LeaderContact);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        let mut t = self.0.times();
+        t.busy = t.busy.saturating_sub(1);
+        t.leader = Some(std::time::Instant::now());
     }
 }
 
@@ -768,21 +820,35 @@ impl LeaderContact {
 /// It also stands for a member left with no leader after refusing its vote to a candidate whose
 /// log is shorter than its own (that candidate cannot win with this vote): openraft would wait a
 /// whole election timeout, and the refused candidate backs off `smaller_log_timeout` (2 ×
-/// `election_max_ms`), so the member with the longer log stands after one to two heartbeat
-/// intervals instead (the 1.26 s failover of docs/benchmarks.md, 2026-12-04).
+/// `election_max_ms`), so the member with the longer log stands after half to one heartbeat
+/// interval instead (the 1.26 s failover of docs/benchmarks.md, 2026-12-04; one to two heartbeat
+/// intervals until 2026-12-08).
+///
+/// And it stands again, once per lease, a candidate (or a member left with no leader) refused a vote
+/// for a lease one to two heartbeat intervals earlier: the other member heard the dead leader a
+/// little later than this one, so its lease ends a little later, and openraft would wait out a
+/// whole election timeout (1.05 s failovers, docs/benchmarks.md 2026-12-08). A refusal for a shorter
+/// log never triggers it, so a shorter-log candidate cannot outbid a longer one term after term.
 pub fn election_watchdog(raft: Raft, contact: LeaderContact, t: RaftTiming) {
     let lease = Duration::from_millis(t.election_max_ms);
     let spread = (t.election_min_ms / 2).max(1);
     let beat = t.heartbeat_ms.max(1);
-    let tick = Duration::from_millis((t.heartbeat_ms / 2).clamp(5, 50));
+    // Every tick past the lease is a tick of failover: a fifth of a heartbeat, at most 20 ms.
+    let tick = Duration::from_millis((t.heartbeat_ms / 5).clamp(5, 20));
+    let half_beat = (beat / 2).max(1);
     tokio::spawn(async move {
         let mut seed = raft_id(&format!("{:?}", std::time::SystemTime::now()));
         let mut metrics = raft.metrics();
         let mut jitter = Duration::from_millis(seed % spread);
         // A heartbeat interval plus up to another: time for a candidate that did win to say so.
         let mut quick = Duration::from_millis(beat + seed % beat);
+        // Half a heartbeat interval plus up to another half: a shorter-log candidate that this
+        // member refused cannot win with its vote (in a group of three with one member down, it
+        // cannot win at all), so there is little to wait for.
+        let mut settle = Duration::from_millis(half_beat + seed % half_beat);
         let mut leaderless_since: Option<std::time::Instant> = None;
         let mut last_stand: Option<std::time::Instant> = None;
+        let mut last_lease_stand: Option<std::time::Instant> = None;
         loop {
             tokio::time::sleep(tick).await;
             let m = metrics.borrow_and_update().clone();
@@ -812,9 +878,18 @@ pub fn election_watchdog(raft: Raft, contact: LeaderContact, t: RaftTiming) {
                 && m.current_leader.is_none()
                 && silence >= lease
                 && contact.since_refused_shorter().is_some_and(|r| r < lease)
-                && leaderless_since.is_some_and(|l| l.elapsed() >= quick)
-                && since_stand.is_none_or(|s| s >= quick);
-            if !(dead_leader || longer_log_unled) {
+                && leaderless_since.is_some_and(|l| l.elapsed() >= settle)
+                && since_stand.is_none_or(|s| s >= settle);
+            let unled = voter_follower && m.current_leader.is_none()
+                || m.state == openraft::ServerState::Candidate;
+            let refused_for_lease = unled
+                && silence >= lease
+                && contact
+                    .since_refused_for_lease()
+                    .is_some_and(|r| r >= quick && r < lease)
+                && since_stand.is_none_or(|s| s >= quick)
+                && last_lease_stand.is_none_or(|s| s.elapsed() >= lease);
+            if !(dead_leader || longer_log_unled || refused_for_lease) {
                 continue;
             }
             if dead_leader {
@@ -823,11 +898,17 @@ pub fn election_watchdog(raft: Raft, contact: LeaderContact, t: RaftTiming) {
                     silent_ms = silence.as_millis(),
                     "no word from the leader past its lease: standing for election"
                 );
-            } else {
+            } else if longer_log_unled {
                 tracing::info!(
                     silent_ms = silence.as_millis(),
                     "no leader, and a candidate with a shorter log was refused: standing for election"
                 );
+            } else {
+                tracing::info!(
+                    silent_ms = silence.as_millis(),
+                    "a vote was refused for a lease that has run out since: standing again"
+                );
+                last_lease_stand = Some(std::time::Instant::now());
             }
             if raft.trigger().elect().await.is_err() {
                 return;
@@ -836,6 +917,7 @@ pub fn election_watchdog(raft: Raft, contact: LeaderContact, t: RaftTiming) {
             seed = seed.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15;
             jitter = Duration::from_millis(seed % spread);
             quick = Duration::from_millis(beat + seed % beat);
+            settle = Duration::from_millis(half_beat + seed % half_beat);
         }
     });
 }
@@ -872,7 +954,7 @@ impl PeerHandler {
             kind::APPEND => {
                 let req = decode_append_request(&self.cache, &body)
                     .map_err(|e| format!("cannot decode the request: {e}"))?;
-                self.contact.touch();
+                let _busy = self.contact.busy();
                 encode(&raft.append_entries(req).await)
             }
             kind::VOTE => {
@@ -888,7 +970,7 @@ impl PeerHandler {
             }
             kind::SNAPSHOT => {
                 let req: InstallSnapshotRequest<TypeConfig> = decode(&body)?;
-                self.contact.touch();
+                let _busy = self.contact.busy();
                 encode(&raft.install_snapshot(req).await)
             }
             kind::FORWARD_WRITE => {
@@ -1005,6 +1087,48 @@ pub async fn call_peer<Req: Serialize, Resp: for<'de> Deserialize<'de>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The answers of the 1.05 s failover (docs/benchmarks.md, 2026-12-08), as openraft 0.9 gave
+    /// them: only a refusal for a lease counts, not one for a shorter log or a vote given to
+    /// another candidate of the same term.
+    #[test]
+    fn a_vote_refused_for_a_lease_is_told_from_the_other_refusals() {
+        use openraft::{CommittedLeaderId, Vote};
+        let lid = |term, i| caravel_raft_store::LogId::new(CommittedLeaderId::new(term, 3), i);
+        let req = |term, last| VoteRequest::<NodeId> {
+            vote: Vote::new(term, 1),
+            last_log_id: Some(lid(18, last)),
+        };
+        let resp = |vote: Vote<NodeId>, granted, last| VoteResponse::<NodeId> {
+            vote,
+            vote_granted: granted,
+            last_log_id: Some(lid(18, last)),
+        };
+        let old_leader = Vote::new_committed(18, 3);
+        // The old leader's follower heard it 150 ms later: its lease still ran.
+        assert!(refused_for_lease(
+            &req(19, 40_063),
+            &resp(old_leader, false, 40_062)
+        ));
+        assert!(refused_for_lease(
+            &req(19, 40_063),
+            &resp(old_leader, false, 40_063)
+        ));
+        // Refused for a shorter log, however old the responder's vote.
+        assert!(!refused_for_lease(
+            &req(19, 40_062),
+            &resp(old_leader, false, 40_063)
+        ));
+        // Already voted for another candidate of the same term, or granted.
+        assert!(!refused_for_lease(
+            &req(19, 40_063),
+            &resp(Vote::new(19, 2), false, 40_062)
+        ));
+        assert!(!refused_for_lease(
+            &req(19, 40_063),
+            &resp(Vote::new(19, 1), true, 40_062)
+        ));
+    }
 
     #[test]
     fn append_batches_are_cut_by_size_and_never_commit_past_what_they_carry() {
