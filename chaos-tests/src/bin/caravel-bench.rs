@@ -1293,6 +1293,7 @@ fn failover(
                 })
                 .context("the new leader's log index is unknown")?;
             let restarted = Instant::now();
+            let restarted_utc = utc_now();
             group.restart(leader)?;
             reaper.track_group(&group);
             rt.block_on(wait_applied(
@@ -1316,8 +1317,8 @@ fn failover(
             };
             eprintln!(
                 "kill {k}/{} at {at_utc}: {} → leader {} agreed after {:.0} ms, first write acked \
-                 after {:.0} ms ({} writes failed meanwhile); restarted, caught up to index {target} \
-                 in {:.0} ms",
+                 after {:.0} ms ({} writes failed meanwhile); restarted at {restarted_utc}, caught up \
+                 to index {target} in {:.0} ms",
                 a.kills,
                 r.killed,
                 r.new_leader,
