@@ -16,7 +16,10 @@
 //! | `raft_log` | log index, `u64` big-endian (sorts numerically) | `codec`-encoded `Entry<TypeConfig>` |
 //! | `raft_meta` | `vote`, `last_purged`, `committed` | `codec`-encoded `Vote` / `Option<LogId>` |
 //! | `sm` | one table byte ([`Table`]) + the record key's UTF-8 bytes | the record, as `ClusterState::take_dirty` encodes it |
-//! | `sm_meta` | `last_applied`, `last_membership`, `snapshot`, `snapshot_counter` | `codec`-encoded values |
+//! | `sm_meta` | `last_applied`, `last_membership`, `snapshot` (the last one installed), `snapshot_counter` | `codec`-encoded values |
+//!
+//! Beside RocksDB's files, `caravel-snapshot` holds the last snapshot this member built (a
+//! `codec`-encoded snapshot, replaced whole); the newer of it and `sm_meta/snapshot` is current.
 //!
 //! # Durability
 //!
@@ -160,6 +163,13 @@ pub enum Error {
     Task(#[from] tokio::task::JoinError),
     #[error("cannot start a thread to load the state machine: {0}")]
     Thread(std::io::Error),
+    #[error(
+        "cannot write or read the snapshot file {path}: {source} (check the disk and the directory's permissions)"
+    )]
+    SnapshotFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Opens (or creates) the store in `dir` and returns its two halves, which share one database.

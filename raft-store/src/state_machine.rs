@@ -3,7 +3,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
-use std::io::Cursor;
+use std::io::{Cursor, Write};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -33,7 +34,9 @@ pub(crate) struct Applied {
     last_membership: Membership,
 }
 
-/// The snapshot kept in `sm_meta`: openraft's meta and the `ClusterState::to_snapshot` bytes.
+/// A snapshot as stored: openraft's meta and the `ClusterState::to_snapshot` bytes. One this
+/// member built is the file [`SNAPSHOT_FILE`]; one it installed is kept in `sm_meta`, written with
+/// the state it replaces in one synced batch. The newer of the two is the current snapshot.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct StoredSnapshot {
     pub(crate) meta: Meta,
@@ -49,6 +52,64 @@ struct Shared {
     /// Per compute node: woken with the applied index when an entry changed one of its executions.
     node_tx: Mutex<HashMap<String, watch::Sender<u64>>>,
     snapshot_counter: AtomicU64,
+    /// Held while a snapshot is built or installed: a build that ends after an install must not
+    /// drop the installed snapshot for its own older one.
+    snapshot_lock: tokio::sync::Mutex<()>,
+}
+
+/// The snapshot this member built last, in the store's directory beside RocksDB's files: a
+/// `codec`-encoded [`StoredSnapshot`], replaced whole (written aside, synced, renamed). Not in
+/// RocksDB: a snapshot is the whole state (100+ MB at a few hundred thousand jobs), and one write
+/// that large went through RocksDB's single write path and write-ahead log, so every member's next
+/// synced log append waited for it to reach the disk — 0.6–0.7 s without a heartbeat, every 10,000
+/// entries, on all members at once: leader elections under a plain write load (docs/benchmarks.md).
+pub(crate) const SNAPSHOT_FILE: &str = "caravel-snapshot";
+
+/// Bytes of the snapshot file written between two syncs: the disk takes it in steps, not in one
+/// burst that a synced log append would queue behind.
+const SNAPSHOT_SYNC_BYTES: usize = 8 << 20;
+
+fn snapshot_file_err(path: &Path, source: std::io::Error) -> Error {
+    Error::SnapshotFile {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Replaces the snapshot file in `dir` with `bytes`: written to a temporary file synced step by
+/// step, renamed over the last one, and the directory synced, so a crash leaves the old snapshot
+/// or the new one, never a part.
+fn write_snapshot_file(dir: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let path = dir.join(SNAPSHOT_FILE);
+    let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+    let mut f = std::fs::File::create(&tmp).map_err(|e| snapshot_file_err(&tmp, e))?;
+    for chunk in bytes.chunks(SNAPSHOT_SYNC_BYTES) {
+        f.write_all(chunk)
+            .and_then(|()| f.sync_data())
+            .map_err(|e| snapshot_file_err(&tmp, e))?;
+    }
+    drop(f);
+    std::fs::rename(&tmp, &path).map_err(|e| snapshot_file_err(&path, e))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| snapshot_file_err(dir, e))
+}
+
+/// The snapshot file in `dir`, if this member ever built one.
+fn read_snapshot_file(dir: &Path) -> Result<Option<StoredSnapshot>, Error> {
+    let path = dir.join(SNAPSHOT_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(snapshot_file_err(&path, e)),
+    };
+    caravel_model::codec::decode(&bytes)
+        .map(Some)
+        .map_err(|source| Error::Decode {
+            cf: "snapshot file",
+            key: path.display().to_string(),
+            source,
+        })
 }
 
 /// The state machine store. Cheap to clone; clones share the state (it is also the snapshot builder).
@@ -250,6 +311,7 @@ impl StateMachineStore {
                 applied_tx,
                 node_tx: Mutex::new(HashMap::new()),
                 snapshot_counter: AtomicU64::new(counter),
+                snapshot_lock: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -379,6 +441,7 @@ impl StateMachineStore {
     }
 
     async fn build(&self) -> Result<Snapshot<TypeConfig>, Error> {
+        let _building = self.shared.snapshot_lock.lock().await;
         // From the records on disk, under a RocksDB snapshot, on a blocking thread: the
         // in-memory state stays free for `apply` (encoding it under its lock stalled every write
         // for as long as the whole state took to encode: most of a second at a few hundred
@@ -411,23 +474,26 @@ impl StateMachineStore {
             snapshot_id,
         };
         let stored = StoredSnapshot { meta, data };
-        let db = &self.shared.db;
-        let mut batch = WriteBatch::default();
-        let cf = db::cf(db, CF_SM_META)?;
-        batch.put_cf(cf, KEY_SNAPSHOT, db::encode("snapshot", &stored)?);
-        batch.put_cf(
-            cf,
-            KEY_SNAPSHOT_COUNTER,
-            db::encode("snapshot counter", &counter)?,
-        );
-        // Not synced: the state itself is persisted record by record; the purge that follows a
-        // snapshot is synced and makes this write durable with it.
-        let db2 = db.clone();
-        tokio::task::spawn_blocking(move || {
-            db2.write(batch).map_err(|source| Error::Rocks {
-                op: "store the snapshot",
+        let db = self.shared.db.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            write_snapshot_file(db.path(), &db::encode("snapshot", &stored)?)?;
+            // The snapshot installed last, if any, is older than this one (both are made under
+            // the snapshot lock): dropped. Not synced: should it survive a crash, the file is
+            // still the newer. The counter is not synced either: the state itself is persisted
+            // record by record, and the purge that follows a snapshot is synced.
+            let mut batch = WriteBatch::default();
+            let cf = db::cf(&db, CF_SM_META)?;
+            batch.delete_cf(cf, KEY_SNAPSHOT);
+            batch.put_cf(
+                cf,
+                KEY_SNAPSHOT_COUNTER,
+                db::encode("snapshot counter", &counter)?,
+            );
+            db.write(batch).map_err(|source| Error::Rocks {
+                op: "store the snapshot counter",
                 source,
-            })
+            })?;
+            Ok::<_, Error>(stored)
         })
         .await??;
         tracing::info!(snapshot_id = %stored.meta.snapshot_id, bytes = stored.data.len(), "snapshot built");
@@ -438,6 +504,7 @@ impl StateMachineStore {
     }
 
     async fn install(&self, meta: &Meta, data: Vec<u8>) -> Result<(), Error> {
+        let _installing = self.shared.snapshot_lock.lock().await;
         let mut new_state = ClusterState::from_snapshot(&data).map_err(|source| Error::Decode {
             cf: "snapshot",
             key: meta.snapshot_id.clone(),
@@ -478,8 +545,20 @@ impl StateMachineStore {
         Ok(())
     }
 
-    fn current_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, Error> {
-        let stored: Option<StoredSnapshot> = db::get(&self.shared.db, CF_SM_META, KEY_SNAPSHOT)?;
+    /// The newer of the snapshot this member built (the file) and the one it installed last.
+    async fn current_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, Error> {
+        let db = self.shared.db.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            let built = read_snapshot_file(db.path())?;
+            let installed: Option<StoredSnapshot> = db::get(&db, CF_SM_META, KEY_SNAPSHOT)?;
+            let index = |s: &StoredSnapshot| s.meta.last_log_id.map(|l| l.index);
+            Ok::<_, Error>(match (built, installed) {
+                (Some(b), Some(i)) if index(&i) > index(&b) => Some(i),
+                (Some(b), _) => Some(b),
+                (None, i) => i,
+            })
+        })
+        .await??;
         Ok(stored.map(|s| Snapshot {
             meta: s.meta,
             snapshot: Box::new(Cursor::new(s.data)),
@@ -632,6 +711,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         self.current_snapshot()
+            .await
             .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
     }
 }

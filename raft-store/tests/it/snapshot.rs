@@ -224,3 +224,113 @@ async fn a_snapshot_of_the_records_is_the_state_s_own_encoding_at_every_step() {
     let (_log, sm) = caravel_raft_store::open(dir.path()).unwrap();
     assert_eq!(*sm.state().read().unwrap(), state);
 }
+
+/// Reopens the store in `dir` once the old halves are gone.
+async fn reopen(
+    dir: &std::path::Path,
+    old: (
+        caravel_raft_store::LogStore,
+        caravel_raft_store::StateMachineStore,
+    ),
+) -> (
+    caravel_raft_store::LogStore,
+    caravel_raft_store::StateMachineStore,
+) {
+    let closed = old.0.closed();
+    drop(old);
+    closed.wait().await;
+    caravel_raft_store::open(dir).unwrap()
+}
+
+/// A member keeps the snapshot it built in a file beside RocksDB's (a value of 100+ MB written
+/// through RocksDB stalled every synced log append behind it) and the one it installed in RocksDB
+/// with the state it replaced: the newer of the two is current, before and after a restart.
+#[tokio::test]
+async fn the_newer_of_the_built_and_the_installed_snapshot_is_current_across_restarts() {
+    let (dl, df) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let (_log_l, mut leader) = caravel_raft_store::open(dl.path()).unwrap();
+    leader.apply(fixtures::entries()).await.unwrap();
+    let from_leader = leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+
+    let (log, mut sm) = caravel_raft_store::open(df.path()).unwrap();
+    sm.apply(fixtures::entries().into_iter().take(2))
+        .await
+        .unwrap();
+    let own = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    assert!(
+        own.meta.last_log_id.unwrap().index < from_leader.meta.last_log_id.unwrap().index,
+        "the follower's own snapshot is the older"
+    );
+    let file = df.path().join("caravel-snapshot");
+    assert!(file.is_file(), "a built snapshot is a file of its own");
+    assert!(
+        !df.path().join("caravel-snapshot.tmp").exists(),
+        "written aside, then renamed"
+    );
+
+    let mut data = sm.begin_receiving_snapshot().await.unwrap();
+    *data = *from_leader.snapshot.clone();
+    sm.install_snapshot(&from_leader.meta, data).await.unwrap();
+    assert_eq!(
+        sm.get_current_snapshot().await.unwrap().unwrap().meta,
+        from_leader.meta,
+        "the installed snapshot is newer than the file"
+    );
+    let (log, mut sm) = reopen(df.path(), (log, sm)).await;
+    let current = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, from_leader.meta, "and still after a restart");
+    assert_eq!(current.snapshot.get_ref(), from_leader.snapshot.get_ref());
+
+    // A build after the install is the newest: it replaces the file and the installed one goes.
+    let rebuilt = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    assert_eq!(rebuilt.meta.last_log_id, from_leader.meta.last_log_id);
+    assert_ne!(rebuilt.meta.snapshot_id, from_leader.meta.snapshot_id);
+    assert_eq!(rebuilt.snapshot.get_ref(), from_leader.snapshot.get_ref());
+    let (_log, mut sm) = reopen(df.path(), (log, sm)).await;
+    assert_eq!(
+        sm.get_current_snapshot().await.unwrap().unwrap().meta,
+        rebuilt.meta
+    );
+}
+
+#[tokio::test]
+async fn a_damaged_snapshot_file_is_refused_naming_the_file_and_a_leftover_part_is_ignored() {
+    let dir = TempDir::new().unwrap();
+    let (log, mut sm) = caravel_raft_store::open(dir.path()).unwrap();
+    sm.apply(fixtures::entries()).await.unwrap();
+    // What a crash in the middle of writing a snapshot leaves: a part, never read.
+    std::fs::write(dir.path().join("caravel-snapshot.tmp"), b"half a snap").unwrap();
+    let built = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    assert_eq!(
+        sm.get_current_snapshot().await.unwrap().unwrap().meta,
+        built.meta
+    );
+
+    let (_log, mut sm) = reopen(dir.path(), (log, sm)).await;
+    let file = dir.path().join("caravel-snapshot");
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&file, &bytes).unwrap();
+    let err = sm.get_current_snapshot().await.unwrap_err().to_string();
+    assert!(err.contains("caravel-snapshot"), "{err}");
+}
