@@ -225,6 +225,17 @@ async fn a_snapshot_of_the_records_is_the_state_s_own_encoding_at_every_step() {
     assert_eq!(*sm.state().read().unwrap(), state);
 }
 
+/// Builds a snapshot of what `sm` has applied.
+async fn build(
+    sm: &mut caravel_raft_store::StateMachineStore,
+) -> openraft::storage::Snapshot<caravel_raft_store::TypeConfig> {
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap()
+}
+
 /// Reopens the store in `dir` once the old halves are gone.
 async fn reopen(
     dir: &std::path::Path,
@@ -250,23 +261,13 @@ async fn the_newer_of_the_built_and_the_installed_snapshot_is_current_across_res
     let (dl, df) = (TempDir::new().unwrap(), TempDir::new().unwrap());
     let (_log_l, mut leader) = caravel_raft_store::open(dl.path()).unwrap();
     leader.apply(fixtures::entries()).await.unwrap();
-    let from_leader = leader
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let from_leader = build(&mut leader).await;
 
     let (log, mut sm) = caravel_raft_store::open(df.path()).unwrap();
     sm.apply(fixtures::entries().into_iter().take(2))
         .await
         .unwrap();
-    let own = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let own = build(&mut sm).await;
     assert!(
         own.meta.last_log_id.unwrap().index < from_leader.meta.last_log_id.unwrap().index,
         "the follower's own snapshot is the older"
@@ -292,12 +293,7 @@ async fn the_newer_of_the_built_and_the_installed_snapshot_is_current_across_res
     assert_eq!(current.snapshot.get_ref(), from_leader.snapshot.get_ref());
 
     // A build after the install is the newest: it replaces the file and the installed one goes.
-    let rebuilt = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let rebuilt = build(&mut sm).await;
     assert_eq!(rebuilt.meta.last_log_id, from_leader.meta.last_log_id);
     assert_ne!(rebuilt.meta.snapshot_id, from_leader.meta.snapshot_id);
     assert_eq!(rebuilt.snapshot.get_ref(), from_leader.snapshot.get_ref());
@@ -315,12 +311,7 @@ async fn a_damaged_snapshot_file_is_refused_naming_the_file_and_a_leftover_part_
     sm.apply(fixtures::entries()).await.unwrap();
     // What a crash in the middle of writing a snapshot leaves: a part, never read.
     std::fs::write(dir.path().join("caravel-snapshot.tmp"), b"half a snap").unwrap();
-    let built = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let built = build(&mut sm).await;
     assert_eq!(
         sm.get_current_snapshot().await.unwrap().unwrap().meta,
         built.meta
